@@ -1,0 +1,57 @@
+"""Task datasets: ListOps, images as pixel sequences, and the synthetic MultiHop task.
+
+Every task is a ``torch.utils.data.Dataset`` of ``(tokens LongTensor [L], label int)`` with CLS
+at position 0 and the attributes ``vocab_size``, ``num_classes`` and ``max_len``;
+:func:`collate` pads a list of them into ``(tokens [B, L], mask [B, L], labels [B])``::
+
+    from torch.utils.data import DataLoader
+    from graphdiff.data.tasks import collate, get_task
+
+    train = get_task("multihop", "train", seed=0)
+    loader = DataLoader(train, batch_size=32, shuffle=True, collate_fn=collate)
+
+Token ids 0 (PAD) and 1 (CLS) are reserved in every task. Nothing here imports torch_geometric.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from graphdiff.data.tasks.base import CLS, NUM_SPECIAL, PAD, SPLITS, TaskDataset, collate
+from graphdiff.data.tasks.image import DEFAULT_FASHION_MNIST_DIR, ImageTask
+from graphdiff.data.tasks.listops import ListOps, ListOpsTSV, listops
+from graphdiff.data.tasks.multihop import MultiHop
+
+__all__ = [
+    "CLS",
+    "DEFAULT_FASHION_MNIST_DIR",
+    "NUM_SPECIAL",
+    "PAD",
+    "SPLITS",
+    "TASKS",
+    "ImageTask",
+    "ListOps",
+    "ListOpsTSV",
+    "MultiHop",
+    "TaskDataset",
+    "collate",
+    "get_task",
+]
+
+# name -> factory(split, **kwargs) -> TaskDataset
+TASKS: dict[str, Callable[..., TaskDataset]] = {
+    "listops": listops,
+    "image": ImageTask,
+    "multihop": MultiHop,
+}
+
+
+def get_task(name: str, split: str = "train", **kwargs) -> TaskDataset:
+    """The ``split`` of task ``name``; ``kwargs`` go to the task's constructor.
+
+    Raises:
+        ValueError: for an unknown ``name`` (listing the valid ones) or ``split``.
+    """
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; valid tasks: {', '.join(sorted(TASKS))}")
+    return TASKS[name](split, **kwargs)

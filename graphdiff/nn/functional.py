@@ -1,0 +1,182 @@
+r"""Functional core of attention diffusion: one-hop edge attention and its multi-hop diffusion.
+
+Both functions take any adjacency :func:`graphdiff.nn.graph.as_graph` accepts (an
+``edge_index``, PyG ``EdgeIndex``, ``torch.sparse`` CSR/CSC ``adj_t``, ``SparseTensor`` or a
+prebuilt :class:`~graphdiff.nn.graph.DiffusionGraph`) and never build an ``[E, H, C]`` tensor,
+forward or backward.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from graphdiff.nn.graph import DiffusionGraph, as_graph
+from graphdiff.nn.kernels import Diffusion, EdgeScores, EdgeSoftmax
+
+KERNELS = ("ppr", "heat")
+
+
+def check_diffusion_args(hops: Any, alpha: Any, kernel: Any, t: Any,
+                         hop_dropout: Any = 0.0) -> None:
+    """Raise ``ValueError``/``TypeError`` naming the argument for invalid diffusion settings."""
+    if isinstance(hops, bool) or not isinstance(hops, int):
+        raise TypeError(f"'hops' must be an int (got {type(hops).__name__})")
+    if hops < 0:
+        raise ValueError(f"'hops' must be >= 0 (got {hops})")
+    if not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"'alpha' must be a float in [0, 1] (got {alpha!r})")
+    if kernel not in KERNELS:
+        raise ValueError(f"'kernel' must be one of {KERNELS} (got {kernel!r})")
+    if not isinstance(t, (int, float)) or not t >= 0.0 or math.isinf(t):
+        raise ValueError(f"'t' must be a finite float >= 0 (got {t!r})")
+    if not isinstance(hop_dropout, (int, float)) or not 0.0 <= hop_dropout < 1.0:
+        raise ValueError(f"'hop_dropout' must be a float in [0, 1) (got {hop_dropout!r})")
+
+
+def diffusion_coefficients(hops: int, alpha: float, kernel: str = "ppr",
+                           t: float = 1.0) -> Tuple[float, List[float]]:
+    r"""``(s, c)`` of the recursion :math:`Z_0 = c_0 V`, :math:`Z_{m+1} = s A Z_m + c_{m+1} V`
+    whose :math:`Z_K` is the requested diffusion.
+
+    PPR: ``s = 1 - alpha``, ``c = (1, alpha, ..., alpha)``. Heat: Horner's scheme for
+    :math:`\sum_{k \le K} \theta_k A^k V` with :math:`\theta_k \propto t^k / k!` normalised
+    to sum to one, i.e. ``s = 1``, ``c = (theta_K, ..., theta_0)``.
+    """
+    if kernel == "ppr":
+        return 1.0 - alpha, [1.0] + [float(alpha)] * hops
+    log_w = [k * math.log(t) - math.lgamma(k + 1) if t > 0 else (0.0 if k == 0 else -math.inf)
+             for k in range(hops + 1)]
+    top = max(log_w)
+    w = [math.exp(x - top) for x in log_w]
+    total = sum(w)
+    return 1.0, [x / total for x in reversed(w)]
+
+
+def _check_features(name: str, x: Any) -> None:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"'{name}' must be a Tensor (got {type(x).__name__})")
+    if not x.is_floating_point():
+        raise TypeError(f"'{name}' must be a floating point tensor (got {x.dtype})")
+    if x.dim() != 3:
+        raise ValueError(f"'{name}' must have shape [num_nodes, heads, channels] "
+                         f"(got {list(x.shape)})")
+
+
+def _num_nodes(num_nodes: Union[int, Tuple[int, int], None],
+               default: Tuple[int, int]) -> Tuple[int, int]:
+    if num_nodes is None:
+        return default
+    sizes = (num_nodes, num_nodes) if isinstance(num_nodes, int) else tuple(num_nodes)
+    if sizes != default:
+        raise ValueError(f"'num_nodes' {num_nodes} does not match the features "
+                         f"(sources, targets) = {default}")
+    return sizes
+
+
+@torch.compiler.disable
+def attention_heads_first(q: Tensor, k: Tensor, graph: DiffusionGraph,
+                          scale: Optional[float] = None) -> Tensor:
+    """:func:`edge_softmax_attention` on head-major ``[H, N, C]`` features; ``[H, E]`` in
+    CSR order."""
+    scale = q.size(-1) ** -0.5 if scale is None else scale
+    return EdgeSoftmax.apply(graph, EdgeScores.apply(graph, q.contiguous(), k.contiguous(), scale))
+
+
+@torch.compiler.disable
+def diffuse_heads_first(attn: Tensor, v: Tensor, graph: DiffusionGraph, hops: int, alpha: float,
+                        kernel: str = "ppr", t: float = 1.0, hop_dropout: float = 0.0,
+                        training: bool = False) -> Tensor:
+    """:func:`diffuse` on head-major ``attn [H, E]`` (CSR order) and ``v [H, N, C]``."""
+    if hops == 0:
+        return v
+    s, coeffs = diffusion_coefficients(hops, alpha, kernel, t)
+    if not graph.is_square and any(c != 0.0 for c in coeffs[1:]) or (
+            not graph.is_square and hops > 1):
+        raise ValueError(f"diffusion over more than one hop, or with alpha > 0, needs as many "
+                         f"sources as targets (got {graph.num_src} sources, {graph.num_dst} "
+                         f"targets); use hops=1, alpha=0.0 for bipartite cross-attention")
+    masks = None
+    if training and hop_dropout > 0.0:
+        masks = [torch.empty_like(v if graph.is_square else v[:, :graph.num_dst],
+                                  dtype=torch.bool).bernoulli_(1.0 - hop_dropout)
+                 for _ in range(hops)]
+    return Diffusion.apply(graph, attn.contiguous(), v.contiguous(), s, coeffs, masks,
+                           1.0 - hop_dropout)
+
+
+def edge_softmax_attention(q: Tensor, k: Tensor, edge_index: Any,
+                           num_nodes: Union[int, Tuple[int, int], None] = None,
+                           scale: Optional[float] = None) -> Tensor:
+    r"""One-hop attention :math:`A_{ij} = \mathrm{softmax}_{j \in \mathcal{N}(i)}
+    (q_i \cdot k_j / \sqrt{C})` on the edges ``j -> i`` of the graph.
+
+    Args:
+        q (torch.Tensor): Queries ``[N_dst, H, C]``.
+        k (torch.Tensor): Keys ``[N_src, H, C]``.
+        edge_index: The adjacency (``edge_index[0]`` = key j, ``edge_index[1]`` = query i).
+        num_nodes (int or (int, int), optional): ``N`` or ``(N_src, N_dst)``; checked
+            against the features. (default: taken from ``k`` and ``q``)
+        scale (float, optional): Score scale. (default: :math:`1/\sqrt{C}`)
+
+    Returns:
+        ``[E, H]`` attention in the input edge order (possibly a non-contiguous view); each
+        target's incoming weights sum to one; targets without edges have none.
+    """
+    _check_features("q", q)
+    _check_features("k", k)
+    if q.shape[1:] != k.shape[1:] or q.dtype != k.dtype:
+        raise ValueError(f"'q' and 'k' must agree in heads, channels and dtype "
+                         f"(got {list(q.shape)} {q.dtype} and {list(k.shape)} {k.dtype})")
+    graph = as_graph(edge_index, _num_nodes(num_nodes, (k.size(0), q.size(0))))
+    attn = attention_heads_first(q.transpose(0, 1), k.transpose(0, 1), graph, scale)
+    return graph.to_input_order(attn.t())
+
+
+def diffuse(attn: Tensor, v: Tensor, edge_index: Any, hops: int = 5, alpha: float = 0.1,
+            kernel: str = "ppr", t: float = 1.0, *, hop_dropout: float = 0.0,
+            training: bool = False) -> Tensor:
+    r"""Multi-hop diffusion of one-hop attention ``A`` over values ``V``.
+
+    .. math::
+        \text{ppr:}\quad Z^{(0)} = V,\quad Z^{(k+1)} = (1 - \alpha) A Z^{(k)} + \alpha V,
+        \quad \text{out} = Z^{(K)}
+
+        \text{heat:}\quad \text{out} = \sum_{k=0}^{K} \theta_k A^k V,\quad
+        \theta_k \propto e^{-t} t^k / k!,\ \textstyle\sum_k \theta_k = 1
+
+    Args:
+        attn (torch.Tensor): One-hop attention ``[E, H]`` in the input edge order.
+        v (torch.Tensor): Values ``[N, H, C]``.
+        edge_index: The adjacency (any type :func:`~graphdiff.nn.graph.as_graph` accepts).
+        hops (int, optional): Number of hops :math:`K \ge 0`. (default: :obj:`5`)
+        alpha (float, optional): Teleport probability in :math:`[0, 1]`. (default: :obj:`0.1`)
+        kernel (str, optional): ``"ppr"`` or ``"heat"``. (default: :obj:`"ppr"`)
+        t (float, optional): Heat kernel time :math:`t \ge 0`. (default: :obj:`1.0`)
+        hop_dropout (float, optional): Dropout probability applied to the features produced
+            by every hop (a fresh mask per hop), in training only. (default: :obj:`0.0`)
+        training (bool, optional): Whether ``hop_dropout`` is active. (default: :obj:`False`)
+
+    Returns:
+        ``[N, H, C]``. Memory: ``O(E H + K N H C)``; each hop is one sparse-dense product.
+    """
+    check_diffusion_args(hops, alpha, kernel, t, hop_dropout)
+    _check_features("v", v)
+    if not isinstance(attn, Tensor) or attn.dim() != 2 or attn.size(1) != v.size(1):
+        raise ValueError(f"'attn' must have shape [num_edges, {v.size(1)}] "
+                         f"(got {list(attn.shape) if isinstance(attn, Tensor) else attn!r})")
+    if attn.dtype != v.dtype:
+        raise TypeError(f"'attn' and 'v' must share a dtype (got {attn.dtype}, {v.dtype})")
+    graph = as_graph(edge_index, (v.size(0), v.size(0)))
+    if attn.size(0) != graph.num_edges:
+        raise ValueError(f"'attn' has {attn.size(0)} rows but the graph has "
+                         f"{graph.num_edges} edges")
+    out = diffuse_heads_first(graph.to_csr_order(attn).t(), v.transpose(0, 1), graph, hops,
+                              alpha, kernel, t, hop_dropout, training)
+    return out.transpose(0, 1)
+
+
+__all__: Sequence[str] = ["edge_softmax_attention", "diffuse", "diffusion_coefficients",
+                          "check_diffusion_args"]

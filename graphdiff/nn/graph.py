@@ -1,0 +1,220 @@
+"""The CSR structure of an attention pattern, built once per graph and reused.
+
+Every fused kernel in :mod:`graphdiff.nn` runs on a :class:`DiffusionGraph`: the target-major
+CSR of the pattern (rows = queries i, columns = keys j), its transpose (rows = keys) and the
+block-diagonal "all heads" versions of both, in which head ``h`` owns rows
+``h * N_dst ... (h + 1) * N_dst``. With per-edge values laid out head-major (``[H, E]``), one
+``torch.sparse`` call then serves all heads at once.
+
+Building the structure (sorting, CSR conversion, range checks) costs more than a whole
+diffusion, so :func:`as_graph` caches it per adjacency object: every layer, hop, head and the
+backward pass of a model that reuses one ``edge_index`` tensor (as patterns and equal-length
+batches do) share one structure.
+"""
+from __future__ import annotations
+
+import warnings
+import weakref
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+from torch import Tensor
+from torch_geometric.typing import SparseTensor
+
+_INT32_MAX = 2**31 - 1
+
+
+def sparse_csr(crow: Tensor, col: Tensor, values: Tensor, size: Tuple[int, int]) -> Tensor:
+    """A CSR tensor without invariant checks (the structure was validated when built)."""
+    with warnings.catch_warnings():
+        # torch warns once per process that CSR support is "beta"; it is what we rely on.
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(crow, col, values, size, check_invariants=False)
+
+
+class DiffusionGraph:
+    r"""Target-major CSR structure of a (possibly bipartite) graph with ``E`` edges.
+
+    Edge ``e`` of the *input* order is CSR position ``inv(perm)[e]``; ``perm`` is ``None``
+    when the input is already sorted by target (canonical patterns are), so no permutation
+    is ever applied on the common path.
+
+    Args:
+        src (torch.Tensor): Source (key) index of every edge, input order.
+        dst (torch.Tensor): Target (query) index of every edge, input order.
+        num_nodes (Tuple[int, int]): ``(N_src, N_dst)``.
+        sorted_by_target (bool, optional): Skip the sortedness check. (default: :obj:`False`)
+    """
+
+    def __init__(self, src: Tensor, dst: Tensor, num_nodes: Tuple[int, int],
+                 sorted_by_target: bool = False) -> None:
+        self.num_src, self.num_dst = int(num_nodes[0]), int(num_nodes[1])
+        self.num_edges = src.numel()
+        self.device = src.device
+        self.perm: Optional[Tensor] = None
+        if not sorted_by_target and self.num_edges > 1 and bool((dst[1:] < dst[:-1]).any()):
+            self.perm = torch.sort(dst, stable=True)[1]
+            src, dst = src[self.perm], dst[self.perm]
+        self.row = dst.long()  # target of every CSR position
+        self.col = src.long()  # source of every CSR position
+        self.crow = torch.ops.aten._convert_indices_from_coo_to_csr(self.row, self.num_dst)
+        self._transposed: Optional[Tuple[Tensor, Tensor, Tensor]] = None
+        self._blocks: Dict[Tuple[int, bool], Tuple[Tensor, Tensor, Tensor]] = {}
+
+    @property
+    def is_square(self) -> bool:
+        return self.num_src == self.num_dst
+
+    def __repr__(self) -> str:
+        return (f"{self.__class__.__name__}(num_nodes=({self.num_src}, {self.num_dst}), "
+                f"num_edges={self.num_edges})")
+
+    def to_input_order(self, values: Tensor) -> Tensor:
+        """Reorder per-edge values ``[E, ...]`` from CSR order to the input edge order."""
+        if self.perm is None:
+            return values
+        out = torch.empty_like(values)
+        out[self.perm] = values
+        return out
+
+    def to_csr_order(self, values: Tensor) -> Tensor:
+        """Reorder per-edge values ``[E, ...]`` from the input edge order to CSR order."""
+        return values if self.perm is None else values[self.perm]
+
+    def transposed(self) -> Tuple[Tensor, Tensor, Tensor]:
+        """``(crow_t, col_t, perm_t)``: the source-major CSR; ``perm_t[p]`` is the CSR
+        position of transposed position ``p``. Built lazily (only backward needs it)."""
+        if self._transposed is None:
+            perm_t = torch.sort(self.col, stable=True)[1]
+            crow_t = torch.ops.aten._convert_indices_from_coo_to_csr(self.col[perm_t],
+                                                                     self.num_src)
+            self._transposed = (crow_t, self.row[perm_t], perm_t)
+        return self._transposed
+
+    def block(self, heads: int, transpose: bool = False) -> Tuple[Tensor, Tensor, Tensor]:
+        """``(crow, col, seg)`` of the block-diagonal CSR holding ``heads`` copies of the
+        graph (or of its transpose): shape ``[H * rows, H * cols]``, int32 indices when
+        they fit. ``seg`` is the int64 row pointer used for segment reductions."""
+        key = (heads, transpose)
+        if key not in self._blocks:
+            if transpose:
+                crow, col, _ = self.transposed()
+                rows, cols = self.num_src, self.num_dst
+            else:
+                crow, col, rows, cols = self.crow, self.col, self.num_dst, self.num_src
+            E = self.num_edges
+            h = torch.arange(heads, device=self.device)
+            seg = torch.cat([(crow[:-1].unsqueeze(0) + (h * E).unsqueeze(1)).reshape(-1),
+                             crow.new_full((1,), heads * E)])
+            bcol = (col.unsqueeze(0) + (h * cols).unsqueeze(1)).reshape(-1)
+            small = max(heads * E, heads * max(rows, cols)) <= _INT32_MAX
+            itype = torch.int32 if small else torch.int64
+            self._blocks[key] = (seg.to(itype), bcol.to(itype), seg)
+        return self._blocks[key]
+
+    def block_csr(self, values: Tensor, transpose: bool = False) -> Tensor:
+        """The block-diagonal CSR with head-major values ``[H, E]`` (CSR order; for
+        ``transpose=True`` the values are permuted here)."""
+        heads = values.size(0)
+        crow, col, _ = self.block(heads, transpose)
+        if transpose:
+            values = values[:, self.transposed()[2]]
+            size = (heads * self.num_src, heads * self.num_dst)
+        else:
+            size = (heads * self.num_dst, heads * self.num_src)
+        return sparse_csr(crow, col, values.reshape(-1), size)
+
+
+# --------------------------------------------------------------------------------------
+# Conversion of every supported adjacency type, with a per-object cache.
+
+_Cache = Dict[int, Tuple[Any, int, Tuple[int, int], DiffusionGraph]]
+_CACHE: _Cache = {}
+
+
+def _check_index(name: str, index: Tensor) -> None:
+    if not isinstance(index, Tensor):
+        raise TypeError(f"'{name}' must be a Tensor, got {type(index).__name__}")
+    if index.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"'{name}' must have dtype torch.long or torch.int32 "
+                        f"(got {index.dtype})")
+
+
+def _coo(adj: Any) -> Tuple[Tensor, Tensor, Optional[Tuple[int, int]], bool]:
+    """``(src, dst, sizes or None, sorted_by_target)`` of an adjacency, in its value order."""
+    if isinstance(adj, SparseTensor):
+        row, col, _ = adj.coo()  # adj_t: rows are targets
+        n_dst, n_src = adj.sparse_sizes()
+        return col, row, (n_src, n_dst), True
+    if isinstance(adj, Tensor) and adj.layout == torch.sparse_csr:  # adj_t: rows = targets
+        crow, col = adj.crow_indices(), adj.col_indices()
+        _check_index("edge_index", col)
+        row = torch.ops.aten._convert_indices_from_csr_to_coo(crow, col)[0]
+        return col, row, (adj.size(1), adj.size(0)), True
+    if isinstance(adj, Tensor) and adj.layout == torch.sparse_csc:
+        ccol, row = adj.ccol_indices(), adj.row_indices()
+        _check_index("edge_index", row)
+        col = torch.ops.aten._convert_indices_from_csr_to_coo(ccol, row)[0]
+        return col, row, (adj.size(1), adj.size(0)), False
+    if isinstance(adj, Tensor) and adj.layout == torch.sparse_coo:
+        adj = adj.coalesce()
+        row, col = adj.indices()
+        return col, row, (adj.size(1), adj.size(0)), True
+    _check_index("edge_index", adj)
+    if adj.dim() != 2 or adj.size(0) != 2:
+        raise ValueError(f"'edge_index' must have shape [2, num_edges] (got {list(adj.shape)})")
+    if hasattr(adj, "as_tensor"):  # torch_geometric.EdgeIndex: operate on the plain data
+        adj = adj.as_tensor()
+    return adj[0], adj[1], None, False
+
+
+def edge_index_of(adj: Any) -> Tensor:
+    """A plain ``[2, E]`` edge_index (source, target) in the adjacency's value order."""
+    src, dst, _, _ = _coo(adj)
+    return torch.stack([src.long(), dst.long()])
+
+
+def as_graph(adj: Any, num_nodes: Tuple[int, int]) -> DiffusionGraph:
+    r"""The (cached) :class:`DiffusionGraph` of an adjacency.
+
+    Args:
+        adj: A ``[2, E]`` edge_index Tensor, a PyG ``EdgeIndex``, a ``torch.sparse``
+            CSR/CSC/COO adjacency ``adj_t`` (rows = targets), a ``torch_sparse.SparseTensor``
+            ``adj_t``, or a :class:`DiffusionGraph` (returned as is).
+        num_nodes (Tuple[int, int]): ``(N_src, N_dst)``, the number of rows of the key/value
+            and of the query features.
+
+    The cache is keyed on the identity of ``adj`` (and its in-place version counter), and
+    an entry dies with its tensor, so modifying or freeing ``adj`` can never return a stale
+    structure.
+    """
+    if isinstance(adj, DiffusionGraph):
+        if (adj.num_src, adj.num_dst) != tuple(num_nodes):
+            raise ValueError(f"graph has num_nodes {(adj.num_src, adj.num_dst)} but the "
+                             f"features need {tuple(num_nodes)}")
+        return adj
+    key = id(adj)
+    version = getattr(adj, "_version", 0) if isinstance(adj, Tensor) else 0
+    hit = _CACHE.get(key)
+    if hit is not None and hit[0]() is adj and hit[1] == version and hit[2] == tuple(num_nodes):
+        return hit[3]
+
+    src, dst, sizes, sorted_by_target = _coo(adj)
+    n_src, n_dst = int(num_nodes[0]), int(num_nodes[1])
+    if sizes is not None and (sizes[0] != n_src or sizes[1] != n_dst):
+        raise ValueError(f"adjacency of size [{sizes[1]}, {sizes[0]}] (targets x sources) "
+                         f"does not match the features ({n_dst} targets, {n_src} sources)")
+    if src.numel() > 0:
+        for name, index, n in (("source", src, n_src), ("target", dst, n_dst)):
+            lo, hi = int(index.min()), int(index.max())
+            if lo < 0 or hi >= n:
+                raise ValueError(f"'edge_index' {name} indices must lie in [0, {n - 1}] "
+                                 f"(found range [{lo}, {hi}])")
+    graph = DiffusionGraph(src, dst, (n_src, n_dst), sorted_by_target)
+    try:
+        ref = weakref.ref(adj)
+    except TypeError:  # not weak-referenceable: do not cache
+        return graph
+    _CACHE[key] = (ref, version, (n_src, n_dst), graph)
+    weakref.finalize(adj, _CACHE.pop, key, None)
+    return graph

@@ -1,0 +1,1 @@
+"""Spectral and expansion analysis of sparse attention patterns."""

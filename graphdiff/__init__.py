@@ -1,0 +1,1 @@
+"""graphdiff: multi-hop attention diffusion (Diffuser) on sparse patterns, on PyTorch Geometric."""

@@ -1,0 +1,167 @@
+"""Sequences as PyG graphs, and batches of them (DESIGN 4.2).
+
+A sequence of ``L`` tokens becomes a graph of ``L`` nodes whose edges follow a pattern. A batch
+is PyG's block-diagonal :class:`~torch_geometric.data.Batch`: padding tokens are not nodes, so
+variable lengths cost nothing. Batches are built without a Python loop over sequences: one
+cached pattern per distinct length, shifted by vectorised offsets.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple, Union
+
+import torch
+from torch import Tensor
+from torch_geometric.data import Batch, Data
+from torch_geometric.transforms import BaseTransform
+
+from graphdiff.patterns import Pattern
+
+
+def _check_pattern(pattern: Pattern) -> Pattern:
+    if not isinstance(pattern, Pattern):
+        raise TypeError(f"pattern must be a graphdiff.patterns.Pattern, got {type(pattern).__name__}")
+    return pattern
+
+
+def sequence_graph(tokens: Tensor, pattern: Pattern) -> Data:
+    """One sequence as a graph: ``Data(x=tokens, edge_index=pattern(L), pos=arange(L))``.
+
+    Args:
+        tokens (Tensor): token ids ``[L]`` or token features ``[L, F]``.
+        pattern (Pattern): who attends whom.
+    """
+    if not isinstance(tokens, Tensor) or tokens.dim() == 0 or tokens.size(0) == 0:
+        raise ValueError("tokens must be a non-empty tensor of shape [L] or [L, F]")
+    length = tokens.size(0)
+    return Data(x=tokens, edge_index=_check_pattern(pattern)(length), pos=torch.arange(length))
+
+
+class AddPattern(BaseTransform):
+    """PyG transform: give every sequence graph the edges of ``pattern`` and token positions.
+
+    >>> dataset = MySequenceDataset(transform=AddPattern(diffuser()))
+    """
+
+    def __init__(self, pattern: Pattern):
+        self.pattern = _check_pattern(pattern)
+
+    def forward(self, data: Data) -> Data:
+        length = data.num_nodes
+        data.edge_index = self.pattern(length)
+        if getattr(data, "pos", None) is None:
+            data.pos = torch.arange(length)
+        return data
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}({self.pattern!r})"
+
+
+def _lengths_and_mask(padded: Tensor, mask_or_lengths: Tensor) -> Tuple[Tensor, Tensor]:
+    """Normalise the second argument of :func:`graph_batch` to ``(lengths [B], mask [B, L])``."""
+    batch_size, max_len = padded.shape[:2]
+    if not isinstance(mask_or_lengths, Tensor):
+        mask_or_lengths = torch.as_tensor(mask_or_lengths)
+    if mask_or_lengths.dtype == torch.bool:
+        mask = mask_or_lengths
+        if mask.shape != (batch_size, max_len):
+            raise ValueError(f"mask must have shape [B, L] = {[batch_size, max_len]}, got {list(mask.shape)}")
+        lengths = mask.sum(dim=1)
+    else:
+        if mask_or_lengths.dtype.is_floating_point or mask_or_lengths.shape != (batch_size,):
+            raise ValueError(
+                f"lengths must be an integer tensor of shape [B] = [{batch_size}], "
+                f"got {mask_or_lengths.dtype} {list(mask_or_lengths.shape)}"
+            )
+        lengths = mask_or_lengths.long()
+        if (lengths < 0).any() or (lengths > max_len).any():
+            raise ValueError(f"lengths must lie in [0, {max_len}], got {lengths.tolist()}")
+        mask = torch.arange(max_len).unsqueeze(0) < lengths.unsqueeze(1)
+    if (lengths == 0).any():
+        raise ValueError("every sequence needs at least one token (a length or mask row is empty)")
+    return lengths, mask
+
+
+def graph_batch(padded: Tensor, mask_or_lengths: Tensor, pattern: Pattern) -> Batch:
+    """Turn a padded batch of sequences into one block-diagonal PyG :class:`Batch`.
+
+    Args:
+        padded (Tensor): ``[B, L]`` token ids or ``[B, L, F]`` features.
+        mask_or_lengths (Tensor): a boolean mask ``[B, L]`` (True = real token; any layout,
+            left padding too) or integer lengths ``[B]`` (right padding).
+        pattern (Pattern): who attends whom; built once per distinct length (cached).
+
+    Returns:
+        A :class:`Batch` with ``x`` (the real tokens, in order), ``edge_index`` (sorted by target,
+        block diagonal), ``batch``, ``ptr`` and ``pos`` (each token's rank inside its sequence).
+        ``to_data_list()`` gives back the per-sequence graphs.
+    """
+    if not isinstance(padded, Tensor) or padded.dim() < 2 or padded.size(0) == 0:
+        raise ValueError("padded must be a non-empty tensor of shape [B, L] or [B, L, F]")
+    _check_pattern(pattern)
+    lengths, mask = _lengths_and_mask(padded, mask_or_lengths)
+    batch_size = lengths.numel()
+    ptr = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)])
+
+    # One pattern per distinct length; each is copied to all sequences of that length at once.
+    distinct = torch.unique(lengths)  # sorted
+    patterns = {int(length): pattern(int(length)) for length in distinct}
+    edges_per_length = torch.tensor([edges.size(1) for edges in patterns.values()])
+    num_edges = edges_per_length[torch.searchsorted(distinct, lengths)]  # [B]
+    edge_ptr = torch.cat([num_edges.new_zeros(1), num_edges.cumsum(0)])
+    edge_index = torch.empty(2, int(edge_ptr[-1]), dtype=torch.long)
+    for length, graph_edges in patterns.items():
+        graphs = (lengths == length).nonzero().view(-1)  # [G] sequences of this length
+        slots = edge_ptr[graphs].view(-1, 1) + torch.arange(graph_edges.size(1))  # [G, E_l]
+        shifted = graph_edges.unsqueeze(1) + ptr[graphs].view(1, -1, 1)  # [2, G, E_l]
+        edge_index[:, slots.view(-1)] = shifted.reshape(2, -1)
+
+    pos = mask.long().cumsum(dim=1)[mask] - 1
+    batch = Batch(
+        x=padded[mask],
+        edge_index=edge_index,
+        pos=pos,
+        batch=torch.arange(batch_size).repeat_interleave(lengths),
+        ptr=ptr,
+    )
+    # What Batch.from_data_list would record, so that to_data_list() and batch[i] work.
+    batch._num_graphs = batch_size
+    batch._slice_dict = {"x": ptr, "pos": ptr, "edge_index": edge_ptr}
+    batch._inc_dict = {"x": torch.zeros(batch_size, dtype=torch.long),
+                       "pos": torch.zeros(batch_size, dtype=torch.long),
+                       "edge_index": ptr[:-1]}
+    return batch
+
+
+def to_padded(
+    x: Tensor,
+    batch: Union[Batch, Tensor],
+    max_len: Optional[int] = None,
+    fill_value: float = 0.0,
+) -> Tuple[Tensor, Tensor]:
+    """Node-level tensor back to padded form: the inverse of :func:`graph_batch`.
+
+    Args:
+        x (Tensor): ``[N, ...]`` one row per token of the batch.
+        batch (Batch or Tensor): the batch (uses ``batch.batch``) or the batch vector ``[N]``.
+        max_len (int, optional): pad to this length (default: the longest sequence).
+        fill_value (float, optional): value of the padding. (default: ``0.0``)
+
+    Returns:
+        ``(padded [B, L, ...], mask [B, L])``, right-padded: row ``b`` holds sequence ``b``'s
+        tokens in order, so a right-padded input comes back exactly.
+    """
+    vector = batch.batch if isinstance(batch, Batch) else batch
+    if vector.dim() != 1 or vector.numel() != x.size(0):
+        raise ValueError(f"batch vector must have shape [N] = [{x.size(0)}], got {list(vector.shape)}")
+    batch_size = int(batch.num_graphs) if isinstance(batch, Batch) else (int(vector.max()) + 1 if vector.numel() else 0)
+    lengths = torch.bincount(vector, minlength=batch_size)
+    longest = int(lengths.max()) if batch_size else 0
+    max_len = longest if max_len is None else max_len
+    if max_len < longest:
+        raise ValueError(f"max_len={max_len} is shorter than the longest sequence ({longest})")
+    starts = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)[:-1]])
+    rank = torch.arange(x.size(0)) - starts[vector]  # position inside the sequence
+    padded = x.new_full((batch_size, max_len) + tuple(x.shape[1:]), fill_value)
+    padded[vector, rank] = x
+    mask = torch.arange(max_len).unsqueeze(0) < lengths.unsqueeze(1)
+    return padded, mask

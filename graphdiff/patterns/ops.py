@@ -1,0 +1,102 @@
+"""Set operations on patterns: union ``|``, intersection ``&``, ``.causal()``, ``.symmetric()``.
+
+Self-loops are added during canonicalisation, after the operation; the results are the same as
+operating on the canonical edge sets, because every operation here commutes with adding the
+diagonal (``(p & q) + I = (p + I) & (q + I)``, and self-loops are causal and symmetric).
+"""
+from __future__ import annotations
+
+import torch
+
+from graphdiff.patterns.base import Edges, Pattern
+
+
+def _operand(pattern: Pattern, binds_tighter_than: type) -> str:
+    """``repr`` of an operand, in parentheses when Python's precedence requires them."""
+    text = repr(pattern)
+    return f"({text})" if isinstance(pattern, binds_tighter_than) else text
+
+
+class Union(Pattern):
+    """Edges present in any of the patterns (``p | q``). Nested unions are flattened."""
+
+    def __init__(self, *parts: Pattern):
+        if not parts:
+            raise ValueError("Union needs at least one pattern")
+        flat = []
+        for part in parts:
+            if not isinstance(part, Pattern):
+                raise TypeError(f"can only combine patterns, got {type(part).__name__}")
+            flat.extend(part.parts if isinstance(part, Union) else [part])
+        self.parts = tuple(flat)
+
+    def _key(self) -> tuple:
+        return self.parts
+
+    def _edges(self, n: int) -> Edges:
+        edges = [part._edges(n) for part in self.parts]
+        return torch.cat([src for src, _ in edges]), torch.cat([dst for _, dst in edges])
+
+    def __repr__(self) -> str:
+        return " | ".join(repr(part) for part in self.parts)
+
+
+class Intersection(Pattern):
+    """Edges present in every one of the patterns (``p & q``)."""
+
+    def __init__(self, *parts: Pattern):
+        if not parts:
+            raise ValueError("Intersection needs at least one pattern")
+        for part in parts:
+            if not isinstance(part, Pattern):
+                raise TypeError(f"can only combine patterns, got {type(part).__name__}")
+        self.parts = tuple(parts)
+
+    def _key(self) -> tuple:
+        return self.parts
+
+    def _edges(self, n: int) -> Edges:
+        # Canonical keys (target * n + source) are sorted and unique, so isin is a set test.
+        first, *rest = (part(n) for part in self.parts)
+        key = first[1] * n + first[0]
+        for edge_index in rest:
+            key = key[torch.isin(key, edge_index[1] * n + edge_index[0], assume_unique=True)]
+        return key % n, key // n
+
+    def __repr__(self) -> str:
+        return " & ".join(_operand(part, Union) for part in self.parts)
+
+
+class Causal(Pattern):
+    """Keep the edges ``j -> i`` with ``j <= i``: a query never attends a later key."""
+
+    def __init__(self, base: Pattern):
+        self.base = base
+
+    def _key(self) -> tuple:
+        return (self.base,)
+
+    def _edges(self, n: int) -> Edges:
+        src, dst = self.base._edges(n)
+        keep = src <= dst
+        return src[keep], dst[keep]
+
+    def __repr__(self) -> str:
+        return f"{_operand(self.base, (Union, Intersection))}.causal()"
+
+
+class Symmetric(Pattern):
+    """Add the reverse ``i -> j`` of every edge ``j -> i``."""
+
+    def __init__(self, base: Pattern):
+        self.base = base
+
+    def _key(self) -> tuple:
+        return (self.base,)
+
+    def _edges(self, n: int) -> Edges:
+        src, dst = self.base._edges(n)
+        return torch.cat([src, dst]), torch.cat([dst, src])
+
+    def __repr__(self) -> str:
+        return f"{_operand(self.base, (Union, Intersection))}.symmetric()"

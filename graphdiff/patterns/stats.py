@@ -1,0 +1,79 @@
+"""What a user looks at first about a pattern: sizes, degrees, symmetry, global tokens, a picture."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+
+import torch
+from torch import Tensor
+
+
+@dataclasses.dataclass(frozen=True)
+class PatternStats:
+    tokens: int
+    edges: int
+    edges_per_token: float
+    min_in_degree: int
+    mean_in_degree: float
+    max_in_degree: int
+    symmetric: bool
+    global_tokens: int  # tokens that attend every token and are attended by every token
+
+    def to_markdown(self) -> str:
+        rows = [(field.name.replace("_", " "), getattr(self, field.name)) for field in dataclasses.fields(self)]
+        lines = ["| statistic | value |", "|---|---|"]
+        lines += [f"| {name} | {value:.2f} |" if isinstance(value, float) else f"| {name} | {value} |" for name, value in rows]
+        return "\n".join(lines)
+
+
+def pattern_stats(edge_index: Tensor, n: int) -> PatternStats:
+    """Statistics of a canonical edge_index (sorted, no duplicates) on ``n`` tokens."""
+    src, dst = edge_index
+    in_degree = torch.bincount(dst, minlength=n)
+    out_degree = torch.bincount(src, minlength=n)
+    reverse = torch.sort(src * n + dst).values  # the keys of the reversed edges, sorted
+    return PatternStats(
+        tokens=n,
+        edges=edge_index.size(1),
+        edges_per_token=edge_index.size(1) / n,
+        min_in_degree=int(in_degree.min()),
+        mean_in_degree=float(in_degree.float().mean()),
+        max_in_degree=int(in_degree.max()),
+        symmetric=bool(torch.equal(reverse, dst * n + src)),
+        global_tokens=int(((in_degree == n) & (out_degree == n)).sum()),
+    )
+
+
+def plot_adjacency(edge_index: Tensor, n: int, path: str, title: str = "", max_pixels: int = 512) -> None:
+    """Save a PNG of the attention mask (rows = queries, columns = keys).
+
+    Above ``max_pixels`` tokens the picture is downsampled: each pixel shows the fraction of
+    token pairs in its cell that are edges, so a long pattern still shows its shape.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells = min(n, max_pixels)
+    cell_of = torch.arange(n) * cells // n  # token -> picture cell
+    src, dst = edge_index
+    counts = torch.bincount(cell_of[dst] * cells + cell_of[src], minlength=cells * cells).double()
+    tokens_per_cell = torch.bincount(cell_of, minlength=cells).double()
+    density = counts.view(cells, cells) / torch.outer(tokens_per_cell, tokens_per_cell)
+
+    fig, ax = plt.subplots(figsize=(6, 6))
+    # A power norm keeps sparse random edges (a few percent of a cell) visible next to dense blocks.
+    norm = matplotlib.colors.PowerNorm(gamma=0.3, vmin=0.0, vmax=1.0)
+    ax.imshow(density.numpy(), cmap="Greys", norm=norm, extent=(0, n, n, 0), interpolation="nearest")
+    ax.set_xlabel("key j")
+    ax.set_ylabel("query i")
+    ax.set_title(title or f"attention pattern, n={n}")
+    fig.tight_layout()
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=directory, suffix=".png", delete=False) as handle:
+        fig.savefig(handle, format="png", dpi=100)
+    plt.close(fig)
+    os.replace(handle.name, path)

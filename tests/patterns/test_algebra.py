@@ -1,0 +1,122 @@
+"""Operators are set operations on edges; presets, repr, parsing, hashing and caching."""
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from graphdiff.patterns import (
+    BlockRandom, BlockWindow, Custom, Full, Global, Pattern, Random, Strided, Window,
+    bigbird, diffuser, longformer, parse_pattern, sparse_transformer,
+)
+
+
+def edge_set(pattern, n, self_loops=True):
+    return set(map(tuple, pattern(n, self_loops).t().tolist()))
+
+
+blocks = st.one_of(
+    st.builds(Window, st.integers(0, 12), st.integers(1, 3)),
+    st.builds(BlockWindow, st.integers(2, 12)),
+    st.builds(lambda k: Global(k), st.integers(0, 2)),
+    st.builds(Random, st.integers(0, 5), st.integers(0, 3)),
+    st.builds(BlockRandom, st.integers(1, 4), st.integers(0, 2), st.integers(0, 3)),
+    st.builds(Strided, st.integers(1, 5)),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(p=blocks, q=blocks, n=st.integers(2, 30), self_loops=st.booleans())
+def test_operators_are_set_operations(p, q, n, self_loops):
+    ps, qs = edge_set(p, n, self_loops), edge_set(q, n, self_loops)
+    assert edge_set(p | q, n, self_loops) == ps | qs
+    assert edge_set(p & q, n, self_loops) == ps & qs
+    assert edge_set(p.causal(), n, self_loops) == {(j, i) for j, i in ps if j <= i}
+    assert edge_set(p.symmetric(), n, self_loops) == ps | {(i, j) for j, i in ps}
+    loops = {(i, i) for i in range(n)}
+    assert (loops <= ps) if self_loops else not (loops & ps)
+
+
+@settings(max_examples=40, deadline=None)
+@given(p=blocks, q=blocks, r=blocks)
+def test_repr_reads_like_the_expression(p, q, r):
+    for pattern in [p, p | q, p & q, (p | q) & r, p | (q & r), (p | q).causal(), (p & r).symmetric().causal()]:
+        rebuilt = eval(repr(pattern))
+        assert rebuilt == pattern and hash(rebuilt) == hash(pattern)
+        assert parse_pattern(repr(pattern)) == pattern
+        assert torch.equal(rebuilt(17), pattern(17))
+
+
+def test_union_is_flat_and_hashable():
+    p = Window(4) | Global(1) | Random(2)
+    assert repr(p) == "Window(4) | Global(1) | Random(2, seed=0)"
+    assert p == Window(4) | (Global(1) | Random(2))
+    assert len({p, Window(4) | Global(1) | Random(2), Window(6)}) == 2
+    assert Random(2, seed=0) != Random(2, seed=1)
+    assert Window(4) != BlockWindow(4)
+
+
+def test_cached_per_length_and_shared_between_equal_patterns():
+    assert Window(8)(50) is Window(8)(50)
+    assert Window(8)(50) is not Window(8)(51)
+    assert Window(8)(50, self_loops=False).size(1) == Window(8)(50).size(1) - 50
+
+
+def test_presets_compose_the_published_patterns():
+    assert diffuser() == BlockWindow(64) | Global(64) | Random(64, seed=0)
+    assert longformer() == Window(512) | Global(indices=[0])
+    assert sparse_transformer(16) == Strided(16)
+    n, block = 1024, 64
+    big = bigbird(block=block, num_random_blocks=3, num_global_blocks=2)
+    dense = big.to_dense(n)
+    assert dense[:block].all() and dense[-block:].all()  # first and last blocks are global
+    assert dense[:, :block].all() and dense[:, -block:].all()
+    # An interior query block: its own + 2 neighbour blocks, 3 random blocks, 2 global blocks.
+    row = dense[5 * block]
+    assert row.sum() <= (3 + 3 + 2) * block
+
+
+def test_parse_pattern_names_and_errors():
+    assert parse_pattern("diffuser") == diffuser()
+    assert parse_pattern("diffuser(window=32, num_global=2)") == diffuser(window=32, num_global=2)
+    assert parse_pattern("(Window(8) | Global(1)).causal()") == (Window(8) | Global(1)).causal()
+    with pytest.raises(ValueError, match="unknown name 'Foo'.*Valid names: Window"):
+        parse_pattern("Window(8) | Foo(2)")
+    with pytest.raises(ValueError, match="literals"):
+        parse_pattern("Window(__import__('os'))")
+    with pytest.raises(ValueError, match="only .causal"):
+        parse_pattern("Window(8).to_dense()")
+    with pytest.raises(ValueError, match="cannot parse"):
+        parse_pattern("Window(8) |")
+    with pytest.raises(ValueError, match="invalid pattern"):
+        parse_pattern("Window(8, bogus=1)")
+
+
+@pytest.mark.parametrize("make, error, match", [
+    (lambda: Window(-1), ValueError, "size must be an integer >= 0"),
+    (lambda: Window(2.5), TypeError, "size must be an integer"),
+    (lambda: Window(4, dilation=0), ValueError, "dilation"),
+    (lambda: BlockWindow(1), ValueError, "size must be an integer >= 2"),
+    (lambda: Random(-2), ValueError, "num"),
+    (lambda: Random(2, seed=-1), ValueError, "seed"),
+    (lambda: Random(True), TypeError, "num"),
+    (lambda: Strided(0), ValueError, "stride"),
+    (lambda: BlockRandom(0, 1), ValueError, "block"),
+    (lambda: Global(), ValueError, "exactly one of num or indices"),
+    (lambda: Global(2, indices=[0]), ValueError, "exactly one"),
+    (lambda: Global(indices=[0.5]), TypeError, "indices"),
+    (lambda: Global(3)(2), ValueError, r"Global\(num=3\) needs at least 3 positions, got n=2"),
+    (lambda: Global(indices=[5])(5), ValueError, "indices must lie in"),
+    (lambda: Window(3)(0), ValueError, "n must be an integer >= 1"),
+    (lambda: Window(3)(4.0), TypeError, "n must be an integer"),
+    (lambda: Full()(100_000), ValueError, "edges"),
+    (lambda: Window(3).to_dense(10_000), ValueError, "to_dense refuses n=10000"),
+    (lambda: Window(3) | 5, TypeError, "can only combine patterns"),
+])
+def test_bad_arguments_raise_naming_the_argument(make, error, match):
+    with pytest.raises(error, match=match):
+        make()
+
+
+def test_base_pattern_is_abstract():
+    with pytest.raises(NotImplementedError):
+        Pattern()(3)

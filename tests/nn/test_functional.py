@@ -1,0 +1,212 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings, strategies as st
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch_geometric.nn import APPNP
+
+from graphdiff.nn.functional import diffuse, diffusion_coefficients, edge_softmax_attention
+
+from .reference import dense_attention, dense_diffuse, edge_values, random_graph
+
+N, H, C = 12, 3, 4
+
+
+def features(n=N, heads=H, channels=C, seed=0, dtype=torch.float64):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(n, heads, channels, generator=gen, dtype=dtype) for _ in range(3)]
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_edge_attention_matches_dense(shuffle):
+    ei = random_graph(N, 50, seed=1, shuffle=shuffle)
+    q, k, _ = features()
+    attn = edge_softmax_attention(q, k, ei, N)
+    assert attn.shape == (ei.size(1), H)
+    torch.testing.assert_close(attn, edge_values(dense_attention(q, k, ei), ei))
+
+
+@pytest.mark.parametrize("hops", [0, 1, 2, 5])
+@pytest.mark.parametrize("alpha", [0.0, 0.1, 0.5, 1.0])
+def test_ppr_matches_dense_recursion(hops, alpha):
+    ei = random_graph(N, 40, seed=hops)
+    q, k, v = features(seed=1)
+    attn = edge_softmax_attention(q, k, ei)
+    out = diffuse(attn, v, ei, hops, alpha)
+    torch.testing.assert_close(out, dense_diffuse(dense_attention(q, k, ei), v, hops, alpha))
+
+
+@pytest.mark.parametrize("hops,t", [(0, 1.0), (1, 0.5), (4, 1.0), (6, 3.0), (3, 0.0)])
+def test_heat_matches_dense_series(hops, t):
+    ei = random_graph(N, 40, seed=2)
+    q, k, v = features(seed=2)
+    out = diffuse(edge_softmax_attention(q, k, ei), v, ei, hops, 0.1, kernel="heat", t=t)
+    expected = dense_diffuse(dense_attention(q, k, ei), v, hops, 0.1, "heat", t)
+    torch.testing.assert_close(out, expected)
+
+
+def test_heat_coefficients_sum_to_one():
+    s, c = diffusion_coefficients(5, 0.1, "heat", 2.0)
+    assert s == 1.0 and math.isclose(sum(c), 1.0)
+
+
+@pytest.mark.parametrize("hops,alpha", [(1, 0.1), (3, 0.2), (5, 0.1)])
+def test_ppr_matches_appnp_head_by_head(hops, alpha):
+    ei = random_graph(N, 40, seed=3)
+    q, k, v = features(seed=3)
+    attn = edge_softmax_attention(q, k, ei)
+    out = diffuse(attn, v, ei, hops, alpha)
+    appnp = APPNP(hops, alpha, normalize=False)
+    for h in range(H):
+        torch.testing.assert_close(out[:, h], appnp(v[:, h], ei, edge_weight=attn[:, h]))
+
+
+def test_one_hop_on_full_pattern_is_sdpa():
+    ei = torch.cartesian_prod(torch.arange(N), torch.arange(N)).t()  # all (source, target)
+    q, k, v = features(seed=4)
+    out = diffuse(edge_softmax_attention(q, k, ei), v, ei, hops=1, alpha=0.0)
+    expected = F.scaled_dot_product_attention(q.transpose(0, 1), k.transpose(0, 1),
+                                              v.transpose(0, 1)).transpose(0, 1)
+    torch.testing.assert_close(out, expected)
+
+
+@pytest.mark.parametrize("hops,alpha", [(5, 0.1), (10, 0.2), (40, 0.3)])
+def test_limit_within_truncation_bound(hops, alpha):
+    ei = random_graph(N, 50, seed=5)
+    q, k, v = features(seed=5)
+    A = dense_attention(q, k, ei)
+    limit = alpha * torch.linalg.solve(torch.eye(N, dtype=torch.float64) - (1 - alpha) * A,
+                                       v.transpose(0, 1)).transpose(0, 1)
+    out = diffuse(edge_softmax_attention(q, k, ei), v, ei, hops, alpha)
+    # Z_K - Z_inf = ((1 - alpha) A)^K (V - Z_inf) and A is row-stochastic.
+    bound = (1 - alpha) ** hops * (v - limit).abs().max()
+    assert (out - limit).abs().max() <= bound + 1e-12
+
+
+@pytest.mark.parametrize("kernel", ["ppr", "heat"])
+def test_gradcheck_fused_q_k_v(kernel):
+    ei = random_graph(7, 20, seed=6)
+    q, k, v = (x.requires_grad_() for x in features(n=7, heads=2, channels=3, seed=6))
+
+    def fn(q, k, v):
+        return diffuse(edge_softmax_attention(q, k, ei), v, ei, 3, 0.2, kernel=kernel, t=1.5)
+
+    assert torch.autograd.gradcheck(fn, (q, k, v))
+
+
+def test_gradcheck_fused_attention_values_and_hop_dropout():
+    ei = random_graph(7, 20, seed=7)
+    attn = torch.rand(ei.size(1), 2, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(7, 2, 3, dtype=torch.float64, requires_grad=True)
+
+    def fn(attn, v):
+        torch.manual_seed(0)  # the same hop-dropout masks at every evaluation
+        return diffuse(attn, v, ei, 4, 0.1, hop_dropout=0.3, training=True)
+
+    assert torch.autograd.gradcheck(fn, (attn, v))
+
+
+def test_nodes_without_incoming_edges_are_finite():
+    ei = torch.tensor([[0, 1, 2, 3], [1, 2, 3, 1]])  # nodes 0, 4, 5 receive nothing
+    q, k, v = (x.requires_grad_() for x in features(n=6, seed=8))
+    attn = edge_softmax_attention(q, k, ei)
+    out = diffuse(attn, v, ei, 3, 0.1)
+    out.sum().backward()
+    assert torch.isfinite(out).all() and torch.isfinite(q.grad).all()
+    torch.testing.assert_close(out[0], 0.1 * v[0])  # alpha * V: teleport only
+
+
+def test_huge_scores_give_no_nan():
+    ei = random_graph(N, 60, seed=9)
+    q, k, v = features(seed=9, dtype=torch.float32)
+    q = (q * 1e4).requires_grad_()
+    attn = edge_softmax_attention(q, k, ei)
+    out = diffuse(attn, v, ei, 5, 0.1)
+    out.sum().backward()
+    assert torch.isfinite(attn).all() and torch.isfinite(out).all()
+    assert torch.isfinite(q.grad).all()
+
+
+def test_float32_agrees_with_float64():
+    ei = random_graph(N, 60, seed=10)
+    q, k, v = features(seed=10)
+    out64 = diffuse(edge_softmax_attention(q, k, ei), v, ei, 5, 0.1)
+    out32 = diffuse(edge_softmax_attention(q.float(), k.float(), ei), v.float(), ei, 5, 0.1)
+    torch.testing.assert_close(out32.double(), out64, atol=1e-5, rtol=1e-4)
+
+
+class _MaxNumel(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor) and t.layout == torch.strided:
+                self.largest = max(self.largest, t.numel())
+        return out
+
+
+def test_never_materialises_per_edge_features():
+    n, heads, channels, hops = 48, 2, 8, 3
+    ei = torch.cartesian_prod(torch.arange(n), torch.arange(n)).t()  # E = n^2 >> K n
+    q, k, v = (x.requires_grad_() for x in features(n, heads, channels, seed=11))
+    with _MaxNumel() as mode:
+        out = diffuse(edge_softmax_attention(q, k, ei), v, ei, hops, 0.1)
+        out.sum().backward()
+    E = ei.size(1)
+    assert mode.largest < E * heads * channels
+    assert mode.largest <= max(E * heads, hops * n * heads * channels)
+
+
+@pytest.mark.parametrize("bad", [
+    dict(hops=-1), dict(hops=1.5), dict(alpha=-0.1), dict(alpha=1.5),
+    dict(kernel="gauss"), dict(t=-1.0), dict(hop_dropout=1.0)])
+def test_bad_diffusion_arguments(bad):
+    ei = random_graph(N, 30)
+    q, k, v = features()
+    args = dict(hops=2, alpha=0.1, kernel="ppr", t=1.0) | bad
+    hop_dropout = args.pop("hop_dropout", 0.0)
+    with pytest.raises((ValueError, TypeError), match=next(iter(bad))):
+        diffuse(edge_softmax_attention(q, k, ei), v, ei, **args, hop_dropout=hop_dropout)
+
+
+def test_bad_edge_index():
+    q, k, v = features()
+    with pytest.raises(ValueError, match="edge_index"):
+        edge_softmax_attention(q, k, torch.tensor([[0, N], [1, 2]]))
+    with pytest.raises(ValueError, match="edge_index"):
+        edge_softmax_attention(q, k, torch.tensor([[0, -1], [1, 2]]))
+    with pytest.raises(TypeError, match="edge_index"):
+        edge_softmax_attention(q, k, torch.tensor([[0.0, 1.0], [1.0, 2.0]]))
+    with pytest.raises(ValueError, match="edge_index"):
+        edge_softmax_attention(q, k, torch.tensor([0, 1, 2]))
+
+
+def test_bad_features():
+    ei = random_graph(N, 30)
+    q, k, v = features()
+    with pytest.raises(ValueError, match="'q' and 'k'"):
+        edge_softmax_attention(q, k[..., :2], ei)
+    with pytest.raises(TypeError, match="'q'"):
+        edge_softmax_attention(q.long(), k, ei)
+    with pytest.raises(ValueError, match="num_nodes"):
+        edge_softmax_attention(q, k, ei, num_nodes=N + 1)
+    attn = edge_softmax_attention(q, k, ei)
+    with pytest.raises(ValueError, match="'attn'"):
+        diffuse(attn[:, :2], v, ei)
+    with pytest.raises(ValueError, match="edges"):
+        diffuse(attn[:-1], v, ei)
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(1, 10), density=st.floats(0.0, 1.0), hops=st.integers(0, 4),
+       alpha=st.floats(0.0, 1.0), seed=st.integers(0, 1000), loops=st.booleans())
+def test_property_matches_dense(n, density, hops, alpha, seed, loops):
+    ei = random_graph(n, int(density * n * n), seed=seed, self_loops=loops)
+    q, k, v = features(n, 2, 3, seed=seed)
+    out = diffuse(edge_softmax_attention(q, k, ei), v, ei, hops, alpha)
+    torch.testing.assert_close(out, dense_diffuse(dense_attention(q, k, ei), v, hops, alpha))

@@ -32,8 +32,8 @@ def sddmm(graph: DiffusionGraph, a: Tensor, b: Tensor) -> Tensor:
     b ``[H, N_src, C]`` -> ``[H, E]``."""
     heads, _, channels = a.shape
     crow, col, _ = graph.block(heads)
-    # beta=0 never reads the input values, so an uninitialised buffer is enough.
-    pattern = sparse_csr(crow, col, a.new_empty(heads * graph.num_edges),
+    # sampled_addmm reads the input values even with beta=0 (NaN * 0 = NaN): give it zeros.
+    pattern = sparse_csr(crow, col, a.new_zeros(1).expand(heads * graph.num_edges),
                          (heads * graph.num_dst, heads * graph.num_src))
     out = torch.sparse.sampled_addmm(pattern, a.reshape(-1, channels),
                                      b.reshape(-1, channels).t(), beta=0.0)

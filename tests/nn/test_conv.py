@@ -1,0 +1,242 @@
+import pytest
+import torch
+from torch_geometric.data import Batch, Data
+from torch_geometric.explain import Explainer
+from torch_geometric.explain.algorithm import AttentionExplainer
+from torch_geometric import EdgeIndex
+from torch_geometric.nn import Sequential
+from torch_geometric.typing import WITH_TORCH_SPARSE, SparseTensor
+
+from graphdiff.nn import AttentionDiffusion, as_graph
+
+from .reference import dense_attention, dense_diffuse, random_graph
+
+N, F_IN = 10, 8
+
+
+def inputs(n=N, channels=F_IN, edges=40, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.randn(n, channels, generator=gen, dtype=torch.float64),
+            random_graph(n, edges, seed=seed))
+
+
+def make(*args, **kwargs):
+    torch.manual_seed(0)
+    return AttentionDiffusion(*args, **kwargs).double()
+
+
+def test_repr():
+    assert str(AttentionDiffusion(16, 8, heads=4)) == (
+        "AttentionDiffusion(16, 8, heads=4, hops=5, alpha=0.1, kernel='ppr')")
+    assert str(AttentionDiffusion((4, 6), 2, hops=2, alpha=0.3, kernel="heat", t=2.0)) == (
+        "AttentionDiffusion((4, 6), 2, heads=1, hops=2, alpha=0.3, kernel='heat', t=2.0)")
+
+
+def test_reset_parameters():
+    conv = make(F_IN, 4, heads=2)
+    before = [p.clone() for p in conv.parameters()]
+    conv.reset_parameters()
+    assert all(not torch.equal(a, b) for a, b in zip(before, conv.parameters()))
+
+
+@pytest.mark.parametrize("kernel", ["ppr", "heat"])
+@pytest.mark.parametrize("concat", [True, False])
+def test_matches_dense_reference(kernel, concat):
+    x, ei = inputs()
+    conv = make(F_IN, 4, heads=3, hops=4, alpha=0.2, kernel=kernel, t=0.7, concat=concat)
+    out = conv(x, ei)
+    q = conv.lin_query(x).view(N, 3, 4)
+    k, v = conv.lin_key(x).view(N, 3, 4), conv.lin_value(x).view(N, 3, 4)
+    expected = dense_diffuse(dense_attention(q, k, ei), v, 4, 0.2, kernel, 0.7)
+    expected = expected.reshape(N, 12) if concat else expected.mean(1)
+    torch.testing.assert_close(out, expected)
+
+
+def test_fused_equals_gather_scatter_reference_with_gradients():
+    x, ei = inputs()
+    grad = torch.randn(N, 3 * 4, dtype=torch.float64)
+    results = []
+    for fused in (True, False):
+        conv = make(F_IN, 4, heads=3, hops=3, fused=fused)
+        x_ = x.clone().requires_grad_()
+        out, (_, attn) = conv(x_, ei, return_attention_weights=True)
+        (out * grad).sum().backward()
+        results.append([out, attn, x_.grad] + [p.grad for p in conv.parameters()])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b)
+
+
+def adjacencies(ei, n):
+    value = torch.arange(ei.size(1), dtype=torch.float64)
+    adj = torch.sparse_coo_tensor(ei.flip(0), value, (n, n)).coalesce()  # adj_t: rows = targets
+    yield "edge_index", ei
+    yield "EdgeIndex", EdgeIndex(ei, sparse_size=(n, n))
+    yield "csr", adj.to_sparse_csr()
+    yield "csc", adj.to_sparse_csc()
+    if WITH_TORCH_SPARSE:
+        yield "SparseTensor", SparseTensor.from_edge_index(ei, sparse_sizes=(n, n)).t()
+
+
+def test_all_adjacency_types_agree():
+    x, ei = inputs()
+    conv = make(F_IN, 4, heads=2, hops=3)
+    expected, (_, attn) = conv(x, ei, return_attention_weights=True)
+    dense = torch.zeros(2, N, N, dtype=torch.float64)
+    dense[:, ei[1], ei[0]] = attn.t()
+    for name, adj in adjacencies(ei, N):
+        for fused in (True, False):
+            conv.fused = fused
+            out, (adj_out, a) = conv(x, adj, return_attention_weights=True)
+            torch.testing.assert_close(out, expected, msg=name)
+            if isinstance(adj, SparseTensor):
+                row, col, value = adj_out.coo()
+                torch.testing.assert_close(value, dense[:, row, col].t(), msg=name)
+            elif adj.layout != torch.strided:
+                coo = adj_out.to_sparse_coo().coalesce()
+                (row, col), value = coo.indices(), coo.values()
+                torch.testing.assert_close(value, dense[:, row, col].t(), msg=name)
+            else:
+                assert adj_out is adj
+                torch.testing.assert_close(a, attn, msg=name)
+
+
+@pytest.mark.skipif(not WITH_TORCH_SPARSE, reason="torch_sparse not installed")
+def test_sparse_tensor_skip_marker_runs():
+    x, ei = inputs()
+    adj = SparseTensor.from_edge_index(ei, sparse_sizes=(N, N)).t()
+    conv = make(F_IN, 4)
+    torch.testing.assert_close(conv(x, adj), conv(x, ei))
+
+
+def test_attention_rows_sum_to_one():
+    x, ei = inputs()
+    _, (_, attn) = make(F_IN, 4, heads=2)(x, ei, return_attention_weights=True)
+    sums = torch.zeros(N, 2, dtype=torch.float64).index_add_(0, ei[1], attn)
+    torch.testing.assert_close(sums, torch.ones_like(sums))
+
+
+def test_structure_is_cached_per_edge_index():
+    x, ei = inputs()
+    assert as_graph(ei, (N, N)) is as_graph(ei, (N, N))
+    other = ei.clone()
+    assert as_graph(other, (N, N)) is not as_graph(ei, (N, N))
+    before = as_graph(other, (N, N))
+    other[0, 0] = (other[0, 0] + 1) % N  # in-place change: the cache must not be stale
+    assert as_graph(other, (N, N)) is not before
+
+
+def test_bipartite():
+    gen = torch.Generator().manual_seed(1)
+    x_src = torch.randn(N, 6, generator=gen, dtype=torch.float64)
+    x_dst = torch.randn(N, 5, generator=gen, dtype=torch.float64)
+    _, ei = inputs()
+    conv = make((6, 5), 4, heads=2, hops=3)
+    out = conv((x_src, x_dst), ei)
+    q = conv.lin_query(x_dst).view(N, 2, 4)
+    k, v = conv.lin_key(x_src).view(N, 2, 4), conv.lin_value(x_src).view(N, 2, 4)
+    torch.testing.assert_close(out, dense_diffuse(dense_attention(q, k, ei), v, 3, 0.1)
+                               .reshape(N, 8))
+
+    # Cross-attention between different node sets: one hop, no teleport.
+    x_dst = x_dst[:4]
+    ei = torch.tensor([[0, 3, 9, 2, 5], [0, 0, 1, 2, 3]])
+    for fused in (True, False):
+        cross = make((6, 5), 4, heads=2, hops=1, alpha=0.0, fused=fused)
+        out = cross((x_src, x_dst), ei)
+        assert out.shape == (4, 8)
+        q = cross.lin_query(x_dst).view(4, 2, 4)
+        k, v = cross.lin_key(x_src).view(N, 2, 4), cross.lin_value(x_src).view(N, 2, 4)
+        expected = (dense_attention(q, k, ei) @ v.transpose(0, 1)).transpose(0, 1)
+        torch.testing.assert_close(out, expected.reshape(4, 8))
+        with pytest.raises(ValueError, match="sources as targets"):
+            make((6, 5), 4, hops=2, fused=fused)((x_src, x_dst), ei)
+
+
+def test_dropout_eval_deterministic_training_random():
+    x, ei = inputs()
+    conv = make(F_IN, 4, heads=2, dropout=0.5, hop_dropout=0.3)
+    conv.eval()
+    torch.testing.assert_close(conv(x, ei), conv(x, ei))
+    conv.train()
+    assert not torch.allclose(conv(x, ei), conv(x, ei))
+    for fused in (True, False):  # both paths scale dropout to keep the expectation
+        conv.fused = fused
+        torch.manual_seed(0)
+        assert torch.isfinite(conv(x, ei)).all()
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="hops"):
+        AttentionDiffusion(4, 4, hops=-1)
+    with pytest.raises(ValueError, match="alpha"):
+        AttentionDiffusion(4, 4, alpha=2.0)
+    with pytest.raises(ValueError, match="kernel"):
+        AttentionDiffusion(4, 4, kernel="diffusion")
+    with pytest.raises(ValueError, match="heads"):
+        AttentionDiffusion(4, 4, heads=0)
+    x, ei = inputs()
+    with pytest.raises(ValueError, match="in_channels"):
+        make(F_IN + 1, 4)(x, ei)
+    with pytest.raises(ValueError, match="edge_index"):
+        make(F_IN, 4)(x, ei + N)
+
+
+def test_hops_zero_returns_values():
+    x, ei = inputs()
+    conv = make(F_IN, 4, heads=2, hops=0)
+    torch.testing.assert_close(conv(x, ei), conv.lin_value(x))
+
+
+def test_sequential():
+    x, ei = inputs()
+    model = Sequential("x, edge_index", [
+        (make(F_IN, 4, heads=2), "x, edge_index -> x"),
+        torch.nn.ReLU(),
+        (make(8, 3, heads=2, concat=False), "x, edge_index -> x"),
+    ])
+    assert model(x, ei).shape == (N, 3)
+
+
+def test_batch_of_graphs_equals_graphs_one_by_one():
+    graphs = [Data(x=inputs(n, seed=n)[0], edge_index=inputs(n, seed=n)[1]) for n in (5, 9, 7)]
+    batch = Batch.from_data_list(graphs)
+    conv = make(F_IN, 4, heads=2, hops=4)
+    out = conv(batch.x, batch.edge_index)
+    expected = torch.cat([conv(g.x, g.edge_index) for g in graphs])
+    torch.testing.assert_close(out, expected)
+
+
+def test_torch_compile():
+    x, ei = inputs()
+    x = x.float()
+    torch.manual_seed(0)
+    conv = AttentionDiffusion(F_IN, 4, heads=2, hops=3)
+    compiled = torch.compile(conv)
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out = compiled(x1, ei)
+    torch.testing.assert_close(out, conv(x, ei))
+    out.sum().backward()
+    conv(x2, ei).sum().backward()
+    torch.testing.assert_close(x1.grad, x2.grad)
+
+
+class _Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = AttentionDiffusion(F_IN, 4, heads=2, hops=2)
+        self.conv2 = AttentionDiffusion(8, 3, heads=1, hops=2)
+
+    def forward(self, x, edge_index):
+        return self.conv2(self.conv1(x, edge_index).relu(), edge_index)
+
+
+def test_attention_explainer_returns_edge_mask():
+    x, ei = inputs()
+    x = x.float()
+    explainer = Explainer(_Net(), algorithm=AttentionExplainer(), explanation_type="model",
+                          node_mask_type=None, edge_mask_type="object",
+                          model_config=dict(mode="multiclass_classification",
+                                            task_level="node", return_type="raw"))
+    explanation = explainer(x, ei, index=2)
+    assert explanation.edge_mask.shape == (ei.size(1),)
+    assert (explanation.edge_mask >= 0).all() and explanation.edge_mask.sum() > 0

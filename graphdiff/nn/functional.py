@@ -98,13 +98,13 @@ def diffuse_heads_first(attn: Tensor, v: Tensor, graph: DiffusionGraph, hops: in
         raise ValueError(f"diffusion over more than one hop, or with alpha > 0, needs as many "
                          f"sources as targets (got {graph.num_src} sources, {graph.num_dst} "
                          f"targets); use hops=1, alpha=0.0 for bipartite cross-attention")
+    v = v.contiguous()
     masks = None
     if training and hop_dropout > 0.0:
-        masks = [torch.empty_like(v if graph.is_square else v[:, :graph.num_dst],
-                                  dtype=torch.bool).bernoulli_(1.0 - hop_dropout)
-                 for _ in range(hops)]
-    return Diffusion.apply(graph, attn.contiguous(), v.contiguous(), s, coeffs, masks,
-                           1.0 - hop_dropout)
+        shape = (v.size(0), graph.num_dst, v.size(2))
+        masks = [torch.empty(shape, dtype=torch.bool, device=v.device).bernoulli_(
+            1.0 - hop_dropout) for _ in range(hops)]
+    return Diffusion.apply(graph, attn.contiguous(), v, s, coeffs, masks, 1.0 - hop_dropout)
 
 
 def edge_softmax_attention(q: Tensor, k: Tensor, edge_index: Any,

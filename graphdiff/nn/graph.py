@@ -118,7 +118,7 @@ class DiffusionGraph:
         heads = values.size(0)
         crow, col, _ = self.block(heads, transpose)
         if transpose:
-            values = values[:, self.transposed()[2]]
+            values = values.index_select(1, self.transposed()[2])
             size = (heads * self.num_src, heads * self.num_dst)
         else:
             size = (heads * self.num_dst, heads * self.num_src)

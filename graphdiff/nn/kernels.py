@@ -114,17 +114,18 @@ class Diffusion(Function):
         # Hop inputs live side by side in one [H, N, K * C] buffer: backward needs them for
         # the one SDDMM that yields dA of all hops at once.
         zs = v.new_empty(heads, graph.num_src, hops * channels) if need_attn_grad else None
-        z = v if coeffs[0] == 1.0 else v * coeffs[0]
+        v_flat = v.reshape(-1, channels)
+        z = v_flat if coeffs[0] == 1.0 else v_flat * coeffs[0]
         for m in range(hops):
             if zs is not None:
-                zs[..., m * channels:(m + 1) * channels] = z
-            z = (csr @ z.reshape(-1, channels)).view(heads, -1, channels)
-            if s != 1.0:
-                z.mul_(s)
-            if coeffs[m + 1] != 0.0:
-                z.add_(v, alpha=coeffs[m + 1])
+                zs[..., m * channels:(m + 1) * channels] = z.view(heads, -1, channels)
+            if coeffs[m + 1] != 0.0:  # s * A @ z + c * V in one pass over the output
+                z = torch.addmm(v_flat, csr, z, beta=coeffs[m + 1], alpha=s)
+            else:  # also the bipartite case, where V and the output differ in size
+                z = csr @ z if s == 1.0 else (csr @ z).mul_(s)
             if masks is not None:
-                z.mul_(masks[m]).div_(keep)
+                z.mul_(masks[m].view(-1, channels)).div_(keep)
+        z = z.view(heads, -1, channels)
         ctx.graph, ctx.s, ctx.coeffs, ctx.masks, ctx.keep = graph, s, coeffs, masks, keep
         ctx.save_for_backward(attn, zs)
         return z
@@ -148,7 +149,7 @@ class Diffusion(Function):
                 gs[..., m * channels:(m + 1) * channels] = g
             g = (csr_t @ g.reshape(-1, channels)).view(heads, -1, channels)
             if s != 1.0:
-                g.mul_(s)
+                g.mul_(s)  # addmm(beta=0) still allocates and reads: this is as fast
         grad_v.add_(g, alpha=coeffs[0])
         grad_attn = sddmm(graph, gs, zs).mul_(s) if gs is not None else None
         return None, grad_attn, grad_v, None, None, None, None

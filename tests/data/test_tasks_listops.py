@@ -158,7 +158,7 @@ def test_tsv_round_trip_matches_generator(tmp_path):
 
 
 def _write(path, text):
-    path.write_bytes(text.encode())
+    path.write_bytes(text.encode("utf-8", "surrogateescape"))  # \udcff becomes the byte 0xff
     return path
 
 
@@ -180,6 +180,7 @@ def test_tsv_reader_accepts_crlf_and_lra_lines(tmp_path):
         ("Source\tTarget\n( )\t1\n", 2, "empty Source"),
         ("Src\tTgt\n[MAX 1 2 ]\t2\n", 1, "header"),
         ("", 1, "no 'Source<TAB>Target' header"),
+        ("Source\tTarget\n[MAX 1 2 ]\t2\n[MAX 1 \udcff ]\t2\n", 3, "can't decode"),
     ],
 )
 def test_malformed_tsv_names_file_and_line(tmp_path, text, line, why):

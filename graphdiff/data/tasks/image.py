@@ -157,12 +157,12 @@ def load_cifar10_gray(root: str | os.PathLike, train: bool) -> tuple[np.ndarray,
         images: uint8 [N, 1024], gray pixels row-major.
         labels: int64 [N] in 0..9.
     """
-    names = CIFAR_TRAIN_BATCHES if train else CIFAR_TEST_BATCHES
-    batches = [_read_cifar_batch(Path(root) / name) for name in names]
-    return (
-        rgb_to_gray(np.concatenate([data for data, _ in batches])),
-        np.concatenate([labels for _, labels in batches]),
-    )
+    images, labels = [], []
+    for name in CIFAR_TRAIN_BATCHES if train else CIFAR_TEST_BATCHES:
+        data, batch_labels = _read_cifar_batch(Path(root) / name)
+        images.append(rgb_to_gray(data))  # per batch: float32 planes of all 50000 are 600 MB
+        labels.append(batch_labels)
+    return np.concatenate(images), np.concatenate(labels)
 
 
 LOADERS: dict[str, Callable[[str | os.PathLike, bool], tuple[np.ndarray, np.ndarray]]] = {

@@ -215,10 +215,12 @@ def read_listops_tsv(path: str | os.PathLike) -> tuple[list[np.ndarray], np.ndar
     sequences: list[np.ndarray] = []
     labels: list[int] = []
     header_seen = False
-    with open(path, encoding="utf-8", newline="") as f:
-        for number, line in enumerate(f, start=1):
-            fields = line.rstrip("\r\n").split("\t")
+    # Binary lines, decoded one at a time: a decoding error then names its own line.
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
             try:
+                line = raw.decode("utf-8").rstrip("\r\n")
+                fields = line.split("\t")
                 if not header_seen:
                     if fields != ["Source", "Target"]:
                         raise ValueError(f"expected the header 'Source<TAB>Target', got {line!r}")
@@ -232,7 +234,7 @@ def read_listops_tsv(path: str | os.PathLike) -> tuple[list[np.ndarray], np.ndar
                     raise ValueError("empty Source")
                 if target.strip() not in DIGITS:
                     raise ValueError(f"Target must be a digit 0-9, got {target!r}")
-            except ValueError as err:
+            except ValueError as err:  # UnicodeDecodeError is one too
                 raise ValueError(f"{path}:{number}: malformed ListOps line: {err}") from None
             # uint8 holds every id (vocab_size 17) at an eighth of int64's memory.
             sequences.append(tokens.astype(np.uint8))

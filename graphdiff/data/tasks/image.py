@@ -29,6 +29,7 @@ images for Fashion-MNIST, 45000 / 5000 for CIFAR-10.
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import pickle
 from pathlib import Path
@@ -82,7 +83,7 @@ def read_idx(path: str | os.PathLike, ndim: int) -> np.ndarray:
     if len(data) < header:
         raise ValueError(f"{path}: truncated IDX header ({len(data)} of {header} bytes)")
     shape = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
-    expected = header + int(np.prod(shape))
+    expected = header + math.prod(shape)  # exact: three uint32 sizes can overflow int64
     if len(data) != expected:
         raise ValueError(
             f"{path}: IDX payload of {len(data) - header} bytes, expected {expected - header} "

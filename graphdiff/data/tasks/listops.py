@@ -100,7 +100,7 @@ def to_tokens(tree: Tree) -> list[str]:
 
 
 def to_lra_source(tree: Tree) -> str:
-    """``tree`` in LRA's binarised, parenthesised form: ``[MAX 2 9 ]`` is ``( ( ( [MAX 2 ) 9 ) ] )``.
+    """``tree`` in LRA's binarised, parenthesised form (``[MAX 2 9 ]``: ``( ( ( [MAX 2 ) 9 ) ] )``).
 
     LRA nests ``(((op, a0), a1), ..., END)`` and prints every pair as ``( left right )``.
     """

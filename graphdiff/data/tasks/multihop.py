@@ -1,4 +1,4 @@
-"""MultiHop: a synthetic task whose answer lies more pattern hops away than one hop per layer reaches.
+"""MultiHop: a synthetic task whose answer lies beyond the reach of one hop per layer.
 
 Meant for a window-only pattern ``Window(window)`` (token i attends j when
 ``|i - j| <= window // 2``; no global or random edges) and a model that reads its answer at the

@@ -209,7 +209,8 @@ class ImageTask(TaskDataset):
         self.source = source
         self.root = Path(DEFAULT_ROOTS[source] if root is None else root)
         if not self.root.is_dir():
-            raise ValueError(f"root: {self.root} is not a directory")
+            hint = " (apt-get install dataset-fashion-mnist, or pass root)" if root is None else ""
+            raise ValueError(f"root: {self.root} is not a directory{hint}")
         images, labels = LOADERS[source](self.root, split != "test")
         if split != "test":
             # The held-out slice is the tail of the file, in file order (LRA: train[90%:]).

@@ -22,8 +22,8 @@ only on positions ``0 .. layers * r`` (the one-hop reach). The default ``min_dis
 ``layers * r + 1``, so those positions hold CLS and fillers only, which are independent of the
 label: any such model is at chance (``1 / num_values``). Diffusion with ``hops`` hops per layer
 reaches ``hops * layers * r`` positions; ``max_distance`` may not exceed that. The defaults put
-the key at ``layers * r + 1 .. 2 * layers * r``: two or more hops per layer are needed, five are
-available.
+the key at ``layers * r + 1 .. 2 * layers * r``: a path to it takes ``ceil(d / r)`` hops, between
+``layers + 1`` and ``2 * layers`` in all, while diffusion offers ``hops * layers``.
 
 Defaults (``length=128, window=8, layers=2, hops=5``): r = 4, one-hop reach 8, diffusion reach
 40, key at distance 9..16; 10 classes, 8 fillers, vocab_size 20.

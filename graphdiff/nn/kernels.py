@@ -32,12 +32,14 @@ def sddmm(graph: DiffusionGraph, a: Tensor, b: Tensor) -> Tensor:
     b ``[H, N_src, C]`` -> ``[H, E]``."""
     heads, _, channels = a.shape
     crow, col, _ = graph.block(heads)
-    # sampled_addmm reads the input values even with beta=0 (NaN * 0 = NaN): give it zeros.
-    pattern = sparse_csr(crow, col, a.new_zeros(1).expand(heads * graph.num_edges),
-                         (heads * graph.num_dst, heads * graph.num_src))
-    out = torch.sparse.sampled_addmm(pattern, a.reshape(-1, channels),
-                                     b.reshape(-1, channels).t(), beta=0.0)
-    return out.values().view(heads, -1)
+    values = a.new_zeros(heads * graph.num_edges)
+    pattern = sparse_csr(crow, col, values, (heads * graph.num_dst, heads * graph.num_src))
+    # out=pattern writes into `values` in place: without it torch copies the structure and
+    # values first (3x the kernel's own time). The values must be finite: beta=0 still
+    # multiplies them.
+    torch.sparse.sampled_addmm(pattern, a.reshape(-1, channels), b.reshape(-1, channels).t(),
+                               beta=0.0, out=pattern)
+    return values.view(heads, -1)
 
 
 def segment_sum(graph: DiffusionGraph, values: Tensor) -> Tensor:

@@ -1,0 +1,337 @@
+"""Speed and memory of one attention diffusion layer against its baselines.
+
+Every (variant, n) runs in a fresh subprocess, so that its peak memory is its own: peak RSS
+(``ru_maxrss``) minus the RSS after the inputs and the cached CSR structure exist. Times are
+the median of ``--repeats`` runs after one warm-up. Ratios compare variants of the same run.
+
+Variants (all fp32, H heads x C channels, K hops):
+
+- ``graphdiff``   functional core: edge attention + K-hop PPR diffusion (default path)
+- ``module``      ``AttentionDiffusion`` layer (adds the Q/K/V projections from ``H*C``)
+- ``gather``      the same layer with ``fused=False``: one PyG gather-scatter per hop
+- ``sdpa``        dense ``scaled_dot_product_attention`` over all n tokens
+- ``spmm``        one bare ``torch.sparse`` CSR SpMM on the same structure (forward only)
+- ``hop``         graphdiff's diffusion with ``hops=1`` (forward only; compare with spmm)
+- ``lf_graphdiff`` graphdiff, ``hops=1``, on ``longformer(window)`` with 16 global tokens
+- ``longformer``  HF ``LongformerSelfAttention`` (window, 16 global tokens), when
+  ``transformers`` is installed (``pip install graphdiff[bench]``)
+
+Usage::
+
+    python benchmarks/bench_layer.py                 # n = 1k, 4k, 16k, 64k
+    python benchmarks/bench_layer.py --quick         # n = 256, 1k: a smoke test
+    python benchmarks/bench_layer.py --n 16384 --variants graphdiff sdpa --plot
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+ALL_VARIANTS = ["graphdiff", "module", "gather", "sdpa", "spmm", "hop", "lf_graphdiff",
+                "longformer"]
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ----------------------------------------------------------------------------- worker side
+
+def _setup(variant: str, n: int, heads: int, channels: int, hops: int, window: int,
+           num_global: int, num_random: int):
+    """Build inputs for one variant; returns (forward, backward or None, info)."""
+    import torch
+
+    from graphdiff.nn import AttentionDiffusion, as_graph
+    from graphdiff.nn.functional import attention_heads_first, diffuse_heads_first
+    from graphdiff.patterns import Global, Random, Window, longformer
+
+    torch.manual_seed(0)
+    H, C = heads, channels
+    info: Dict[str, float] = {}
+    if variant in ("lf_graphdiff", "longformer"):
+        pattern = longformer(window=window, global_indices=range(num_global))
+    else:
+        pattern = Window(window) | Global(num_global) | Random(num_random, seed=0)
+
+    if variant == "sdpa":
+        q, k, v = (torch.randn(1, H, n, C, requires_grad=True) for _ in range(3))
+        return (lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v)), True, info
+
+    if variant == "longformer":
+        from transformers import LongformerConfig
+        from transformers.models.longformer.modeling_longformer import LongformerSelfAttention
+        cfg = LongformerConfig(hidden_size=H * C, num_attention_heads=H,
+                               attention_window=[window], attention_probs_dropout_prob=0.0)
+        layer = LongformerSelfAttention(cfg, layer_id=0)
+        x = torch.randn(1, n, H * C, requires_grad=True)
+        mask = torch.zeros(1, n)
+        mask[:, :num_global] = 1.0  # >0: global attention (HF's extended-mask convention)
+        is_global = mask > 0
+        is_index_masked = mask < 0
+
+        def forward():
+            return layer(x, attention_mask=mask, is_index_masked=is_index_masked,
+                         is_index_global_attn=is_global,
+                         is_global_attn=bool(is_global.any()))[0]
+        return forward, True, info
+
+    edge_index = pattern(n)
+    info["edges"] = edge_index.size(1)
+    before = rss_mb()
+    graph = as_graph(edge_index, (n, n))
+    graph.block(H), graph.block(H, transpose=True)  # structure built once per pattern
+    info["structure_mb"] = rss_mb() - before
+
+    if variant in ("module", "gather"):
+        conv = AttentionDiffusion(H * C, C, heads=H, hops=hops, alpha=0.1,
+                                  fused=variant == "module")
+        x = torch.randn(n, H * C, requires_grad=True)
+        return (lambda: conv(x, edge_index)), True, info
+
+    q, k, v = (torch.randn(H, n, C, requires_grad=variant != "spmm") for _ in range(3))
+    if variant == "spmm":
+        values = torch.rand(H, graph.num_edges)
+        x = v.reshape(-1, C)
+        csr = graph.block_csr(values)
+        return (lambda: csr @ x), False, info
+    if variant == "hop":
+        attn = torch.rand(H, graph.num_edges)
+        vv = v.detach()
+        return (lambda: diffuse_heads_first(attn, vv, graph, 1, 0.1)), False, info
+    k_hops = 1 if variant == "lf_graphdiff" else hops
+    alpha = 0.0 if variant == "lf_graphdiff" else 0.1
+    return (lambda: diffuse_heads_first(attention_heads_first(q, k, graph), v, graph, k_hops,
+                                        alpha)), True, info
+
+
+def worker(spec: dict) -> dict:
+    import torch
+
+    forward, with_backward, info = _setup(**{k: spec[k] for k in (
+        "variant", "n", "heads", "channels", "hops", "window", "num_global", "num_random")})
+    base = rss_mb()
+    fwd_times: List[float] = []
+    bwd_times: List[float] = []
+    for i in range(spec["repeats"] + 1):  # the first run is the warm-up
+        start = time.perf_counter()
+        if with_backward:
+            out = forward()
+        else:
+            with torch.no_grad():
+                out = forward()
+        mid = time.perf_counter()
+        if with_backward:
+            out.backward(torch.ones_like(out))
+        end = time.perf_counter()
+        del out
+        if i > 0:
+            fwd_times.append(mid - start)
+            bwd_times.append(end - mid)
+    result = dict(info, fwd=statistics.median(fwd_times),
+                  bwd=statistics.median(bwd_times) if with_backward else None,
+                  peak_mb=peak_rss_mb() - base)
+    return result
+
+
+# ----------------------------------------------------------------------------- driver side
+
+def gather_gb(n: int, heads: int, channels: int, edges_per_token: float = 113.0) -> float:
+    """Rough peak of the gather-scatter path: about ten live [E, H, C] fp32 tensors."""
+    return 10 * n * edges_per_token * heads * channels * 4 / 2**30
+
+
+def run_one(spec: dict, timeout: float) -> Optional[dict]:
+    cmd = [sys.executable, __file__, "--worker", json.dumps(spec)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timeout after {timeout:.0f} s"}
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
+        return {"error": f"exit {proc.returncode}: {tail[:120]}"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def fmt(x: Optional[float], unit: str = "s") -> str:
+    if x is None:
+        return "-"
+    return f"{x:.3f}" if unit == "s" else f"{x:.0f}"
+
+
+def table(results: Dict[int, Dict[str, dict]], variants: List[str]) -> str:
+    lines = ["| n | variant | fwd s | bwd s | fwd+bwd s | peak extra MB | vs graphdiff | "
+             "vs sdpa |", "|---|---|---|---|---|---|---|---|"]
+    for n, row in results.items():
+        ref = row.get("graphdiff", {})
+        sdpa = row.get("sdpa", {})
+        total_ref = _total(ref)
+        total_sdpa = _total(sdpa)
+        for variant in variants:
+            r = row.get(variant)
+            if r is None:
+                continue
+            if "error" in r or "skipped" in r:
+                lines.append(f"| {n} | {variant} | {r.get('error') or r['skipped']} "
+                             "| | | | | |")
+                continue
+            total = _total(r)
+            ratio = f"{total / total_ref:.2f}x" if total and total_ref else "-"
+            ratio_sdpa = f"{total / total_sdpa:.2f}x" if total and total_sdpa else "-"
+            lines.append(f"| {n} | {variant} | {fmt(r['fwd'])} | {fmt(r['bwd'])} | "
+                         f"{fmt(total)} | {fmt(r['peak_mb'], 'mb')} | {ratio} | {ratio_sdpa} |")
+    return "\n".join(lines)
+
+
+def _total(r: dict) -> Optional[float]:
+    if not r or "fwd" not in r:
+        return None
+    return r["fwd"] + (r["bwd"] or 0.0)
+
+
+def targets(results: Dict[int, Dict[str, dict]]) -> List[str]:
+    """The checks of issue 6 that this run can evaluate."""
+    out = []
+    for n, row in results.items():
+        g, s = _total(row.get("graphdiff", {})), _total(row.get("sdpa", {}))
+        if g and s:
+            out.append(f"n={n}: graphdiff fwd+bwd / SDPA = {g / s:.2f} (target <= 0.5)")
+        if g:
+            out.append(f"n={n}: graphdiff peak extra memory = "
+                       f"{row['graphdiff']['peak_mb']:.0f} MB (target <= 550 at 16k)")
+        m = _total(row.get("module", {}))
+        if g and m:
+            out.append(f"n={n}: module / functional core = {m / g:.2f}")
+        hop, spmm = row.get("hop", {}), row.get("spmm", {})
+        if "fwd" in hop and "fwd" in spmm:
+            out.append(f"n={n}: one hop / bare CSR SpMM = {hop['fwd'] / spmm['fwd']:.2f} "
+                       "(target <= 1.5)")
+        lf, lfg = _total(row.get("longformer", {})), _total(row.get("lf_graphdiff", {}))
+        if lf and lfg:
+            out.append(f"n={n}: graphdiff (hops=1, Longformer pattern) / HF Longformer = "
+                       f"{lfg / lf:.2f} (target <= 2)")
+    ns = sorted(n for n in results if _total(results[n].get("graphdiff", {})))
+    for a, b in zip(ns, ns[1:]):
+        ratio = _total(results[b]["graphdiff"]) / _total(results[a]["graphdiff"])
+        out.append(f"graphdiff time({b}) / time({a}) = {ratio:.2f} "
+                   f"(linear: {b / a:.1f}; target <= {1.125 * b / a:.1f})")
+    return out
+
+
+def plot(results: Dict[int, Dict[str, dict]], variants: List[str], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(9, 3.6))
+    for variant in variants:
+        pts = [(n, _total(row[variant]), row[variant]["peak_mb"]) for n, row in results.items()
+               if variant in row and _total(row[variant])]
+        if variant in ("spmm", "hop") or not pts:
+            continue
+        ns, ts, ms = zip(*pts)
+        ax_t.loglog(ns, ts, "o-", label=variant)
+        ax_m.loglog(ns, [max(m, 1.0) for m in ms], "o-", label=variant)
+    ax_t.set(xlabel="tokens n", ylabel="fwd + bwd time (s)", title="time")
+    ax_m.set(xlabel="tokens n", ylabel="peak extra memory (MB)", title="memory")
+    for ax in (ax_t, ax_m):
+        ax.grid(True, which="both", alpha=0.3)
+    ax_t.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--n", type=int, nargs="+", default=[1024, 4096, 16384, 65536])
+    parser.add_argument("--quick", action="store_true", help="n = 256, 1024, 2 repeats")
+    parser.add_argument("--variants", nargs="+", default=ALL_VARIANTS, choices=ALL_VARIANTS)
+    parser.add_argument("--heads", type=int, default=8)
+    parser.add_argument("--channels", type=int, default=32)
+    parser.add_argument("--hops", type=int, default=5)
+    parser.add_argument("--window", type=int, default=64)
+    parser.add_argument("--num-global", type=int, default=16)
+    parser.add_argument("--num-random", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--max-gather-gb", type=float, default=12.0,
+                        help="skip the gather-scatter path when its estimate exceeds this")
+    parser.add_argument("--max-sdpa-n", type=int, default=16384,
+                        help="skip dense SDPA above this n (quadratic time)")
+    parser.add_argument("--timeout", type=float, default=1800.0, help="per variant and n")
+    parser.add_argument("--plot", action="store_true", help="save a PNG under --out")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="write table (markdown), raw JSON and plot to this folder")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return
+    if args.quick:
+        args.n, args.repeats = [256, 1024], 2
+    variants = list(args.variants)
+    if "longformer" in variants:
+        try:
+            import transformers  # noqa: F401
+        except ImportError:
+            print("note: transformers is not installed (pip install graphdiff[bench]); "
+                  "skipping the HF Longformer baseline")
+            variants.remove("longformer")
+
+    import torch
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; H={args.heads}, "
+          f"C={args.channels}, K={args.hops}, pattern Window({args.window}) | "
+          f"Global({args.num_global}) | Random({args.num_random}); median of "
+          f"{args.repeats} runs after a warm-up", flush=True)
+    results: Dict[int, Dict[str, dict]] = {}
+    for n in args.n:
+        results[n] = {}
+        for variant in variants:
+            if variant == "gather" and gather_gb(n, args.heads, args.channels) > args.max_gather_gb:
+                results[n][variant] = {"skipped": f"skipped: needs ~"
+                                       f"{gather_gb(n, args.heads, args.channels):.0f} GB"}
+            elif variant == "sdpa" and n > args.max_sdpa_n:
+                results[n][variant] = {"skipped": f"skipped above n={args.max_sdpa_n}"}
+            else:
+                spec = dict(variant=variant, n=n, heads=args.heads, channels=args.channels,
+                            hops=args.hops, window=args.window, num_global=args.num_global,
+                            num_random=args.num_random, repeats=args.repeats)
+                results[n][variant] = run_one(spec, args.timeout)
+            r = results[n][variant]
+            print(f"  n={n:>7} {variant:>12}: " + (
+                f"fwd {fmt(r['fwd'])} s, bwd {fmt(r.get('bwd'))} s, "
+                f"peak {r['peak_mb']:.0f} MB" if "fwd" in r else
+                r.get("error") or r["skipped"]), flush=True)
+    md = table(results, variants)
+    checks = targets(results)
+    print("\n" + md + "\n")
+    print("\n".join(checks))
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "bench_layer.md").write_text(md + "\n\n" + "\n".join(
+            f"- {c}" for c in checks) + "\n")
+        (args.out / "bench_layer.json").write_text(json.dumps(
+            {str(n): row for n, row in results.items()}, indent=1))
+        if args.plot:
+            plot(results, variants, args.out / "bench_layer.png")
+    elif args.plot:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        plot(results, variants, RESULTS / "bench_layer.png")
+
+
+if __name__ == "__main__":
+    main()

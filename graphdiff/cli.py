@@ -9,10 +9,11 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import sys
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 
 def run_patterns(args: argparse.Namespace) -> int:
@@ -33,6 +34,40 @@ def run_patterns(args: argparse.Namespace) -> int:
     return 0
 
 
+def key_values(items: List[str]) -> Dict[str, Any]:
+    """``["length=256", "seed=1"]`` -> ``{"length": 256, "seed": 1}`` (values are Python literals)."""
+    values: Dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"expected KEY=VALUE, got {item!r}")
+        try:
+            values[key] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            values[key] = text
+    return values
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from graphdiff.train import TrainArgs, train
+
+    options = {name: getattr(args, name) for name in (
+        "task", "preset", "out", "pattern", "hops", "alpha", "data_dir", "max_steps", "epochs", "batch_size",
+        "lr", "weight_decay", "warmup", "clip", "seed", "eval_every", "log_every", "stop_after", "resume",
+        "workers", "device")}
+    result = train(TrainArgs(**options, task_args=key_values(args.task_arg), model_args=key_values(args.model_arg)))
+    if result.metrics:
+        print(json.dumps(result.metrics))
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from graphdiff.train.evaluate import evaluate_checkpoint
+
+    print(json.dumps(evaluate_checkpoint(args.checkpoint, args.data, args.split, args.batch_size)))
+    return 0
+
+
 def run_demo(args: argparse.Namespace) -> int:
     """The main job on the embedded default: everything lands under ``--out``."""
     pattern_args = argparse.Namespace(pattern="diffuser", n=args.n, out=args.out, no_self_loops=False)
@@ -50,6 +85,42 @@ def build_parser() -> argparse.ArgumentParser:
     patterns.add_argument("--out", default="runs/patterns", help="directory for the PNG and JSON")
     patterns.add_argument("--no-self-loops", action="store_true", help="drop self-loops")
     patterns.set_defaults(func=run_patterns)
+
+    train = commands.add_parser("train", help="train a Diffuser classifier on a task")
+    train.add_argument("--task", required=True, help="listops, image or multihop")
+    train.add_argument("--preset", default="tiny", help="model preset: tiny, small or paper_base")
+    train.add_argument("--pattern", help="attention pattern expression (default: the task's or the preset's)")
+    train.add_argument("--hops", type=int, help="diffusion hops K")
+    train.add_argument("--alpha", type=float, help="PPR teleport probability")
+    steps = train.add_mutually_exclusive_group(required=True)
+    steps.add_argument("--max-steps", type=int)
+    steps.add_argument("--epochs", type=float)
+    train.add_argument("--batch-size", type=int, default=32, help="global batch size")
+    train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--weight-decay", type=float, default=0.01)
+    train.add_argument("--warmup", type=float, default=0.1, help="warm-up fraction of the steps")
+    train.add_argument("--clip", type=float, default=1.0, help="gradient norm clipping")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--data-dir", help="directory of the task's files (LRA TSVs, IDX files, CIFAR batches)")
+    train.add_argument("--task-arg", action="append", default=[], metavar="KEY=VALUE",
+                       help="task constructor argument, e.g. length=256 (repeatable)")
+    train.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                       help="DiffuserConfig field, e.g. hidden=64 (repeatable)")
+    train.add_argument("--eval-every", type=int, help="steps between validations")
+    train.add_argument("--log-every", type=int, default=10, help="steps between loss lines in metrics.jsonl")
+    train.add_argument("--stop-after", type=int, help="leave after this many steps of this run (then --resume)")
+    train.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    train.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    train.add_argument("--out", required=True, help="run directory")
+    train.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    train.set_defaults(func=run_train)
+
+    evaluate = commands.add_parser("evaluate", help="evaluate a checkpoint; prints one JSON line")
+    evaluate.add_argument("--checkpoint", required=True)
+    evaluate.add_argument("--data", help="a data file or directory (for listops: an LRA TSV file)")
+    evaluate.add_argument("--split", default="test", choices=("train", "val", "test"))
+    evaluate.add_argument("--batch-size", type=int, default=32)
+    evaluate.set_defaults(func=run_evaluate)
 
     demo = commands.add_parser("demo", help="the main job on the embedded default (no download)")
     demo.add_argument("--out", default="runs/demo")

@@ -7,6 +7,7 @@ cached pattern per distinct length, shifted by vectorised offsets.
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional, Tuple, Union
 
 import torch
@@ -81,6 +82,30 @@ def _lengths_and_mask(padded: Tensor, mask_or_lengths: Tensor) -> Tuple[Tensor, 
     return lengths, mask
 
 
+@functools.lru_cache(maxsize=16)
+def _batched_edges(pattern: Pattern, lengths: Tuple[int, ...]) -> Tuple[Tensor, Tensor]:
+    """Block-diagonal edge_index of sequences of these lengths, and each graph's edge offsets.
+
+    Cached, so that a training loop over equal-length batches gets the very same tensor back and
+    the layer's sparse structure (cached per edge_index) is built once, not once per step.
+    """
+    lengths_t = torch.tensor(lengths)
+    ptr = torch.cat([lengths_t.new_zeros(1), lengths_t.cumsum(0)])
+    # One pattern per distinct length; each is copied to all sequences of that length at once.
+    distinct = torch.unique(lengths_t)  # sorted
+    patterns = {int(length): pattern(int(length)) for length in distinct}
+    edges_per_length = torch.tensor([edges.size(1) for edges in patterns.values()])
+    num_edges = edges_per_length[torch.searchsorted(distinct, lengths_t)]  # [B]
+    edge_ptr = torch.cat([num_edges.new_zeros(1), num_edges.cumsum(0)])
+    edge_index = torch.empty(2, int(edge_ptr[-1]), dtype=torch.long)
+    for length, graph_edges in patterns.items():
+        graphs = (lengths_t == length).nonzero().view(-1)  # [G] sequences of this length
+        slots = edge_ptr[graphs].view(-1, 1) + torch.arange(graph_edges.size(1))  # [G, E_l]
+        shifted = graph_edges.unsqueeze(1) + ptr[graphs].view(1, -1, 1)  # [2, G, E_l]
+        edge_index[:, slots.view(-1)] = shifted.reshape(2, -1)
+    return edge_index, edge_ptr
+
+
 def graph_batch(padded: Tensor, mask_or_lengths: Tensor, pattern: Pattern) -> Batch:
     """Turn a padded batch of sequences into one block-diagonal PyG :class:`Batch`.
 
@@ -102,19 +127,7 @@ def graph_batch(padded: Tensor, mask_or_lengths: Tensor, pattern: Pattern) -> Ba
     batch_size = lengths.numel()
     ptr = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)])
 
-    # One pattern per distinct length; each is copied to all sequences of that length at once.
-    distinct = torch.unique(lengths)  # sorted
-    patterns = {int(length): pattern(int(length)) for length in distinct}
-    edges_per_length = torch.tensor([edges.size(1) for edges in patterns.values()])
-    num_edges = edges_per_length[torch.searchsorted(distinct, lengths)]  # [B]
-    edge_ptr = torch.cat([num_edges.new_zeros(1), num_edges.cumsum(0)])
-    edge_index = torch.empty(2, int(edge_ptr[-1]), dtype=torch.long)
-    for length, graph_edges in patterns.items():
-        graphs = (lengths == length).nonzero().view(-1)  # [G] sequences of this length
-        slots = edge_ptr[graphs].view(-1, 1) + torch.arange(graph_edges.size(1))  # [G, E_l]
-        shifted = graph_edges.unsqueeze(1) + ptr[graphs].view(1, -1, 1)  # [2, G, E_l]
-        edge_index[:, slots.view(-1)] = shifted.reshape(2, -1)
-
+    edge_index, edge_ptr = _batched_edges(pattern, tuple(lengths.tolist()))
     pos = mask.long().cumsum(dim=1)[mask] - 1
     batch = Batch(
         x=padded[mask],

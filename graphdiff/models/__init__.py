@@ -1,0 +1,10 @@
+"""Diffuser models (DESIGN 4.4): config, encoder and task heads."""
+from graphdiff.models.config import PRESETS, DiffuserConfig, preset_config
+from graphdiff.models.diffuser import (
+    Diffuser, DiffuserForMaskedLM, DiffuserForSequenceClassification, DiffuserLayer, count_parameters,
+)
+
+__all__ = [
+    "DiffuserConfig", "PRESETS", "preset_config",
+    "Diffuser", "DiffuserLayer", "DiffuserForSequenceClassification", "DiffuserForMaskedLM", "count_parameters",
+]

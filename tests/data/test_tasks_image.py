@@ -48,7 +48,7 @@ def test_idx_splits_tokens_and_labels(tmp_path, gz):
         "test": data["t10k"],
     }
     for split, (images, labels) in expected.items():
-        ds = get_task("image", split, root=tmp_path, val_fraction=0.2)
+        ds = get_task("image", split, data_dir=tmp_path, val_fraction=0.2)
         assert (len(ds), ds.max_len, ds.vocab_size, ds.num_classes) == (len(images), 13, 258, 10)
         for i in range(len(ds)):
             tokens, label = ds[i]
@@ -59,8 +59,8 @@ def test_idx_splits_tokens_and_labels(tmp_path, gz):
 def test_idx_max_len_and_truncate(tmp_path):
     write_idx_dir(tmp_path)
     with pytest.raises(ValueError, match="13 tokens.*max_len=5"):
-        ImageTask("test", root=tmp_path, max_len=5)
-    tokens, _ = ImageTask("test", root=tmp_path, max_len=5, truncate=True)[0]
+        ImageTask("test", data_dir=tmp_path, max_len=5)
+    tokens, _ = ImageTask("test", data_dir=tmp_path, max_len=5, truncate=True)[0]
     assert len(tokens) == 5
 
 
@@ -93,7 +93,7 @@ def test_corrupt_idx_names_the_file(tmp_path, how, match):
     path = tmp_path / "t10k-images-idx3-ubyte"
     path.write_bytes(corrupt(path.read_bytes(), how))
     with pytest.raises(ValueError, match=rf"t10k-images-idx3-ubyte: .*{match}"):
-        ImageTask("test", root=tmp_path)
+        ImageTask("test", data_dir=tmp_path)
 
 
 def test_corrupt_gzip_names_the_file(tmp_path):
@@ -101,20 +101,20 @@ def test_corrupt_gzip_names_the_file(tmp_path):
     path = tmp_path / "train-labels-idx1-ubyte.gz"
     path.write_bytes(path.read_bytes()[:-12])  # cut inside the deflate stream and trailer
     with pytest.raises(ValueError, match=r"train-labels-idx1-ubyte\.gz: unreadable IDX"):
-        ImageTask("train", root=tmp_path)
+        ImageTask("train", data_dir=tmp_path)
 
 
 def test_idx_label_mismatch_and_missing_files(tmp_path):
     write_idx_dir(tmp_path)
     (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(idx_bytes(np.zeros(3, np.uint8)))
     with pytest.raises(ValueError, match="3 labels for 4 images"):
-        ImageTask("test", root=tmp_path)
+        ImageTask("test", data_dir=tmp_path)
     (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(idx_bytes(np.full(4, 10, np.uint8)))
     with pytest.raises(ValueError, match="label 10 outside 0..9"):
-        ImageTask("test", root=tmp_path)
+        ImageTask("test", data_dir=tmp_path)
     (tmp_path / "t10k-labels-idx1-ubyte").unlink()
     with pytest.raises(ValueError, match="neither t10k-labels-idx1-ubyte nor"):
-        ImageTask("test", root=tmp_path)
+        ImageTask("test", data_dir=tmp_path)
 
 
 def test_read_idx_shape(tmp_path):
@@ -125,13 +125,13 @@ def test_read_idx_shape(tmp_path):
 
 def test_argument_errors(tmp_path):
     with pytest.raises(ValueError, match="source must be one of"):
-        ImageTask("train", source="svhn", root=tmp_path)
+        ImageTask("train", source="svhn", data_dir=tmp_path)
     with pytest.raises(ValueError, match="cifar10 has no default directory"):
         ImageTask("train", source="cifar10")
     with pytest.raises(ValueError, match=r"val_fraction must be in \(0, 1\)"):
-        ImageTask("train", root=tmp_path, val_fraction=1.0)
+        ImageTask("train", data_dir=tmp_path, val_fraction=1.0)
     with pytest.raises(ValueError, match="is not a directory"):
-        ImageTask("train", root=tmp_path / "nope")
+        ImageTask("train", data_dir=tmp_path / "nope")
 
 
 # Hand-computed from LRA's formula floor(255.5 * (0.2989 R + 0.5870 G + 0.1140 B) / 255).
@@ -159,9 +159,9 @@ def test_cifar10_gray_sequences(tmp_path):
     gray_of = np.array([g for _, g in GRAY_CASES])
     train_cases = np.concatenate([batches[f"data_batch_{i}"][0] for i in range(1, 6)])
     train_labels = sum((batches[f"data_batch_{i}"][1] for i in range(1, 6)), [])
-    train = ImageTask("train", source="cifar10", root=tmp_path)
-    val = ImageTask("val", source="cifar10", root=tmp_path)
-    test = ImageTask("test", source="cifar10", root=tmp_path)
+    train = ImageTask("train", source="cifar10", data_dir=tmp_path)
+    val = ImageTask("val", source="cifar10", data_dir=tmp_path)
+    test = ImageTask("test", source="cifar10", data_dir=tmp_path)
     assert (len(train), len(val), len(test), train.max_len) == (9, 1, 2, 1025)
     for ds, cases, labels in ((train, train_cases[:9], train_labels[:9]),
                               (val, train_cases[9:], train_labels[9:]),
@@ -186,14 +186,14 @@ def test_bad_cifar_batch_names_the_file(tmp_path):
     write_cifar_dir(tmp_path)
     (tmp_path / "test_batch").write_bytes(b"not a pickle")
     with pytest.raises(ValueError, match="test_batch: not a CIFAR-10 python batch"):
-        ImageTask("test", source="cifar10", root=tmp_path)
+        ImageTask("test", source="cifar10", data_dir=tmp_path)
     with open(tmp_path / "test_batch", "wb") as f:
         pickle.dump({b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]}, f)
     with pytest.raises(ValueError, match=r"test_batch: b'data' must be uint8 \[N, 3072\]"):
-        ImageTask("test", source="cifar10", root=tmp_path)
+        ImageTask("test", source="cifar10", data_dir=tmp_path)
     (tmp_path / "data_batch_3").unlink()
     with pytest.raises(ValueError, match="no CIFAR-10 batch .*data_batch_3"):
-        ImageTask("train", source="cifar10", root=tmp_path)
+        ImageTask("train", source="cifar10", data_dir=tmp_path)
 
 
 @pytest.mark.skipif(not Path(DEFAULT_FASHION_MNIST_DIR).is_dir(),

@@ -97,7 +97,7 @@ def _idx_path(root: Path, name: str) -> Path:
     for path in (root / name, root / f"{name}.gz"):
         if path.is_file():
             return path
-    raise ValueError(f"root: neither {name} nor {name}.gz in {root}")
+    raise ValueError(f"data_dir: neither {name} nor {name}.gz in {root}")
 
 
 def _check_labels(labels: np.ndarray, count: int, where: str | os.PathLike) -> np.ndarray:
@@ -143,7 +143,7 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         data = np.asarray(batch[b"data"])
         labels = np.asarray(batch[b"labels"])
     except FileNotFoundError:
-        raise ValueError(f"root: no CIFAR-10 batch {path}") from None
+        raise ValueError(f"data_dir: no CIFAR-10 batch {path}") from None
     except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as err:
         raise ValueError(f"{path}: not a CIFAR-10 python batch ({err!r})") from None
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
@@ -180,7 +180,7 @@ class ImageTask(TaskDataset):
         split: ``"train"``, ``"val"`` (the last ``val_fraction`` of the training file) or
             ``"test"``.
         source: ``"fashion_mnist"`` (IDX files) or ``"cifar10"`` (python batches, in gray).
-        root: directory of the files; default :data:`DEFAULT_FASHION_MNIST_DIR` for
+        data_dir: directory of the files; default :data:`DEFAULT_FASHION_MNIST_DIR` for
             Fashion-MNIST, required for CIFAR-10.
         val_fraction: share of the training file held out as ``"val"``, in (0, 1).
         max_len: longest sequence, CLS included; default pixels + 1.
@@ -194,23 +194,23 @@ class ImageTask(TaskDataset):
         self,
         split: str = "train",
         source: str = "fashion_mnist",
-        root: str | os.PathLike | None = None,
+        data_dir: str | os.PathLike | None = None,
         val_fraction: float = 0.1,
         max_len: int | None = None,
         truncate: bool = False,
     ) -> None:
         if source not in LOADERS:
             raise ValueError(f"source must be one of {sorted(LOADERS)}, got {source!r}")
-        if root is None and source not in DEFAULT_ROOTS:
-            raise ValueError(f"root: {source} has no default directory, pass root")
+        if data_dir is None and source not in DEFAULT_ROOTS:
+            raise ValueError(f"data_dir: {source} has no default directory, pass data_dir")
         if not 0.0 < val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
         check_split(split)  # before the (second-long) load
         self.source = source
-        self.root = Path(DEFAULT_ROOTS[source] if root is None else root)
+        self.root = Path(DEFAULT_ROOTS[source] if data_dir is None else data_dir)
         if not self.root.is_dir():
-            hint = " (apt-get install dataset-fashion-mnist, or pass root)" if root is None else ""
-            raise ValueError(f"root: {self.root} is not a directory{hint}")
+            hint = " (apt-get install dataset-fashion-mnist, or pass data_dir)" if data_dir is None else ""
+            raise ValueError(f"data_dir: {self.root} is not a directory{hint}")
         images, labels = LOADERS[source](self.root, split != "test")
         if split != "test":
             # The held-out slice is the tail of the file, in file order (LRA: train[90%:]).

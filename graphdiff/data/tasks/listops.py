@@ -304,7 +304,7 @@ class ListOpsTSV(TaskDataset):
 
     Args:
         split: ``"train"``, ``"val"`` or ``"test"``.
-        data_dir: directory holding the TSV files.
+        data_dir: directory holding the TSV files, or one TSV file (read whatever the split).
         max_len: longest sequence, CLS included (LRA: 2000).
         truncate: cut longer sequences instead of raising ``ValueError`` naming file and line.
     """
@@ -320,7 +320,9 @@ class ListOpsTSV(TaskDataset):
         truncate: bool = False,
     ) -> None:
         super().__init__(split, max_len, truncate)
-        self.path = Path(data_dir) / f"basic_{split}.tsv"
+        self.path = Path(data_dir)
+        if self.path.is_dir():
+            self.path = self.path / f"basic_{split}.tsv"
         if not self.path.is_file():
             raise ValueError(f"data_dir: no ListOps file {self.path}")
         self.sequences, self.labels = read_listops_tsv(self.path)

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from graphdiff.patterns import Window
 from graphdiff.data.tasks.base import (
     NUM_SPECIAL,
     TaskDataset,
@@ -67,6 +68,7 @@ class MultiHop(TaskDataset):
         truncate: allow ``max_len < length`` and cut sequences (the key must stay inside).
 
     Attributes:
+        pattern: ``Window(window)``, the pattern the task is built for.
         one_hop_reach: ``layers * (window // 2)``, the farthest position one hop per layer reads.
         diffusion_reach: ``hops * one_hop_reach``.
     """
@@ -115,6 +117,7 @@ class MultiHop(TaskDataset):
         check_length(length, self.max_len, truncate, f"MultiHop {split}")
         self.vocab_size = NUM_SPECIAL + self.num_fillers + self.num_values
         self.num_classes = self.num_values
+        self.pattern = Window(window)  # the pattern the task is built for (training uses it by default)
 
     def __len__(self) -> int:
         return self.num_samples

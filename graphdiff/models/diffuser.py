@@ -1,0 +1,198 @@
+"""The Diffuser transformer: RoBERTa-style post-LayerNorm layers whose self-attention is
+attention diffusion on a sparse pattern graph (DESIGN 4.4).
+
+Every model takes either a PyG :class:`~torch_geometric.data.Batch` of token graphs (``x``
+token ids ``[N]``, ``edge_index``, ``pos``, ``batch``) or padded token ids ``[B, L]`` with a
+boolean mask ``[B, L]``; the padded form is turned into a graph batch with the model's pattern.
+The pattern's sparse structure is built once per batch and shared by every layer.
+"""
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch_geometric.data import Batch
+from torch_geometric.utils import scatter
+
+from graphdiff.data import graph_batch, to_padded
+from graphdiff.models.config import DiffuserConfig
+from graphdiff.nn import AttentionDiffusion
+from graphdiff.nn.graph import DiffusionGraph, as_graph
+
+Inputs = Union[Batch, Tensor]
+
+
+def sinusoidal_positions(max_len: int, dim: int) -> Tensor:
+    """The fixed ``[max_len, dim]`` sine/cosine table of Vaswani et al. (2017)."""
+    position = torch.arange(max_len, dtype=torch.float).unsqueeze(1)
+    frequency = torch.exp(torch.arange(0, dim, 2, dtype=torch.float) * (-math.log(10000.0) / dim))
+    table = torch.zeros(max_len, dim)
+    table[:, 0::2] = torch.sin(position * frequency)
+    table[:, 1::2] = torch.cos(position * frequency[: dim // 2])
+    return table
+
+
+class Embeddings(nn.Module):
+    """Token plus position embeddings, then LayerNorm and dropout: ``[N] -> [N, D]``."""
+
+    def __init__(self, config: DiffuserConfig):
+        super().__init__()
+        self.tokens = nn.Embedding(config.vocab_size, config.hidden, padding_idx=0)
+        self.positional = config.positional
+        if config.positional == "learned":
+            self.positions = nn.Embedding(config.max_len, config.hidden)
+        elif config.positional == "sinusoidal":
+            self.register_buffer("table", sinusoidal_positions(config.max_len, config.hidden), persistent=False)
+        self.norm = nn.LayerNorm(config.hidden, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, tokens: Tensor, pos: Tensor) -> Tensor:
+        x = self.tokens(tokens)
+        if self.positional == "learned":
+            x = x + self.positions(pos)
+        elif self.positional == "sinusoidal":
+            x = x + self.table[pos]
+        return self.dropout(self.norm(x))
+
+
+class DiffuserLayer(nn.Module):
+    """``x = LN(x + Drop(W_o Diffuse(x)))``, then ``x = LN(x + Drop(FFN(x)))`` (post-LN, GELU)."""
+
+    def __init__(self, config: DiffuserConfig):
+        super().__init__()
+        self.attention = AttentionDiffusion(
+            config.hidden, config.hidden // config.heads, heads=config.heads, hops=config.hops,
+            alpha=config.alpha, kernel=config.kernel, t=config.t, concat=True,
+            dropout=config.attention_dropout, hop_dropout=config.hop_dropout,
+        )
+        self.output = nn.Linear(config.hidden, config.hidden)
+        self.norm1 = nn.LayerNorm(config.hidden, eps=config.layer_norm_eps)
+        self.ffn = nn.Sequential(nn.Linear(config.hidden, config.ffn), nn.GELU(), nn.Linear(config.ffn, config.hidden))
+        self.norm2 = nn.LayerNorm(config.hidden, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: Tensor, graph: DiffusionGraph, return_attention_weights: bool = False):
+        attended = self.attention(x, graph, return_attention_weights=return_attention_weights)
+        attended, attention = attended if return_attention_weights else (attended, None)
+        x = self.norm1(x + self.dropout(self.output(attended)))
+        x = self.norm2(x + self.dropout(self.ffn(x)))
+        return (x, attention) if return_attention_weights else x
+
+
+class Diffuser(nn.Module):
+    """The Diffuser encoder.
+
+    ``model(batch)`` returns node states ``[N, D]``; ``model(tokens, mask)`` returns padded
+    states ``[B, L, D]``. With ``return_attention_weights=True`` it also returns
+    ``(edge_index, [attention [E, H] of each layer])``: the one-hop attention, never a dense
+    diffused matrix.
+    """
+
+    def __init__(self, config: DiffuserConfig):
+        super().__init__()
+        self.config = config
+        self.pattern = config.build_pattern()
+        self.embeddings = Embeddings(config)
+        self.layers = nn.ModuleList(DiffuserLayer(config) for _ in range(config.layers))
+
+    def to_batch(self, tokens: Tensor, mask: Tensor, truncate: bool = False) -> Batch:
+        """Padded ``[B, L]`` ids and mask to a graph batch with the model's pattern."""
+        if tokens.dim() != 2 or mask.shape != tokens.shape:
+            raise ValueError(f"tokens and mask must both be [B, L], got {list(tokens.shape)} and {list(mask.shape)}")
+        if tokens.size(1) > self.config.max_len:
+            if not truncate:
+                raise ValueError(f"sequence length {tokens.size(1)} exceeds max_len={self.config.max_len}; "
+                                 "pass truncate=True to cut sequences to max_len")
+            tokens, mask = tokens[:, : self.config.max_len], mask[:, : self.config.max_len]
+        return graph_batch(tokens, mask.bool(), self.pattern)
+
+    def encode(self, batch: Batch, return_attention_weights: bool = False):
+        """Node states ``[N, D]`` of a graph batch (and the per-layer attention if asked)."""
+        if batch.pos.numel() and int(batch.pos.max()) >= self.config.max_len:
+            raise ValueError(f"a sequence has {int(batch.pos.max()) + 1} tokens, more than "
+                             f"max_len={self.config.max_len}; truncate the sequences first")
+        num_nodes = batch.x.size(0)
+        graph = as_graph(batch.edge_index, (num_nodes, num_nodes))  # built once, shared by all layers
+        x = self.embeddings(batch.x, batch.pos)
+        attentions: List[Tensor] = []
+        for layer in self.layers:
+            if return_attention_weights:
+                x, (_, attention) = layer(x, graph, return_attention_weights=True)
+                attentions.append(attention)
+            else:
+                x = layer(x, graph)
+        return (x, (batch.edge_index, attentions)) if return_attention_weights else x
+
+    def forward(self, inputs: Inputs, mask: Optional[Tensor] = None, *, truncate: bool = False,
+                return_attention_weights: bool = False):
+        batch = inputs if isinstance(inputs, Batch) else self.to_batch(inputs, _require(mask), truncate)
+        out = self.encode(batch, return_attention_weights)
+        if isinstance(inputs, Batch):
+            return out
+        states, extra = out if return_attention_weights else (out, None)
+        padded, _ = to_padded(states, batch, max_len=min(inputs.size(1), self.config.max_len))
+        return (padded, extra) if return_attention_weights else padded
+
+
+def _require(mask: Optional[Tensor]) -> Tensor:
+    if mask is None:
+        raise ValueError("padded token input needs its mask [B, L] (True = real token)")
+    return mask
+
+
+def pool(states: Tensor, batch: Batch, pooling: str) -> Tensor:
+    """One vector per sequence: its first (CLS) token, or the mean of its tokens. ``[B, D]``."""
+    if pooling == "cls":
+        return states[batch.ptr[:-1]]
+    return scatter(states, batch.batch, dim=0, dim_size=batch.num_graphs, reduce="mean")
+
+
+class DiffuserForSequenceClassification(nn.Module):
+    """Encoder, pooling, then RoBERTa's classification head: ``logits [B, num_classes]``."""
+
+    def __init__(self, config: DiffuserConfig):
+        super().__init__()
+        self.config = config
+        self.diffuser = Diffuser(config)
+        self.dense = nn.Linear(config.hidden, config.hidden)
+        self.dropout = nn.Dropout(config.dropout)
+        self.classifier = nn.Linear(config.hidden, config.num_classes)
+
+    def forward(self, inputs: Inputs, mask: Optional[Tensor] = None, *, truncate: bool = False,
+                return_attention_weights: bool = False):
+        batch = inputs if isinstance(inputs, Batch) else self.diffuser.to_batch(inputs, _require(mask), truncate)
+        out = self.diffuser.encode(batch, return_attention_weights)
+        states, extra = out if return_attention_weights else (out, None)
+        pooled = self.dropout(pool(states, batch, self.config.pooling))
+        logits = self.classifier(self.dropout(torch.tanh(self.dense(pooled))))
+        return (logits, extra) if return_attention_weights else logits
+
+
+class DiffuserForMaskedLM(nn.Module):
+    """Encoder and a language-model head tied to the token embeddings: ``logits [N, V]``
+    for a graph batch, ``[B, L, V]`` for padded input. Train with cross-entropy on the
+    masked positions (``ignore_index=-100`` elsewhere)."""
+
+    def __init__(self, config: DiffuserConfig):
+        super().__init__()
+        self.config = config
+        self.diffuser = Diffuser(config)
+        self.dense = nn.Linear(config.hidden, config.hidden)
+        self.norm = nn.LayerNorm(config.hidden, eps=config.layer_norm_eps)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def forward(self, inputs: Inputs, mask: Optional[Tensor] = None, *, truncate: bool = False) -> Tensor:
+        batch = inputs if isinstance(inputs, Batch) else self.diffuser.to_batch(inputs, _require(mask), truncate)
+        states = self.norm(F.gelu(self.dense(self.diffuser.encode(batch))))
+        logits = F.linear(states, self.diffuser.embeddings.tokens.weight, self.bias)
+        if isinstance(inputs, Batch):
+            return logits
+        return to_padded(logits, batch, max_len=min(inputs.size(1), self.config.max_len))[0]
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(parameter.numel() for parameter in model.parameters())
+

@@ -1,0 +1,73 @@
+"""Checkpoints: written atomically, loaded with ``weights_only=True``.
+
+A checkpoint is a plain dictionary of tensors, numbers and strings (nothing that needs pickle's
+arbitrary code execution): ``model``, ``optimizer`` and ``scheduler`` state dicts, the
+``config`` and ``train`` arguments as dictionaries, the progress counters and the RNG state.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any, Dict, Tuple
+
+import torch
+
+from graphdiff.models import DiffuserConfig, DiffuserForSequenceClassification
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, truncated, corrupt or not a graphdiff checkpoint."""
+
+
+def atomic_write(path: str, write) -> None:
+    """Call ``write(file_object)`` on a temporary file next to ``path``, then rename it over
+    ``path``: a crash mid-write leaves the previous file intact."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    handle = tempfile.NamedTemporaryFile(dir=directory, prefix=f".{os.path.basename(path)}.", delete=False)
+    try:
+        with handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(handle.name, 0o666 & ~umask)  # NamedTemporaryFile creates 0600; use the normal mode
+        os.replace(handle.name, path)
+    except BaseException:
+        os.unlink(handle.name)
+        raise
+
+
+def save_checkpoint(path: str, state: Dict[str, Any]) -> None:
+    atomic_write(path, lambda handle: torch.save(state, handle))
+
+
+def save_json(path: str, value: Any) -> None:
+    atomic_write(path, lambda handle: handle.write(json.dumps(value, indent=2).encode()))
+
+
+REQUIRED_KEYS = ("model", "config", "step")
+
+
+def load_checkpoint(path: str) -> Dict[str, Any]:
+    """Load a checkpoint safely (``weights_only=True``) with a clear error for bad files."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for truncated or foreign files
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({type(error).__name__}: {error})") from None
+    if not isinstance(state, dict) or any(key not in state for key in REQUIRED_KEYS):
+        raise CheckpointError(f"{path} is not a graphdiff checkpoint (needs keys {REQUIRED_KEYS})")
+    return state
+
+
+def load_model(path: str) -> Tuple[DiffuserForSequenceClassification, DiffuserConfig]:
+    """The classification model stored in a checkpoint, in eval mode, and its config."""
+    state = load_checkpoint(path)
+    config = DiffuserConfig.from_dict(state["config"])
+    model = DiffuserForSequenceClassification(config)
+    model.load_state_dict(state["model"])
+    return model.eval(), config

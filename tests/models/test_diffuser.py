@@ -1,0 +1,156 @@
+"""The Diffuser model against independent references: a dense SDPA transformer layer, per-sequence
+runs, and the pooling definitions."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from graphdiff.data import graph_batch
+from graphdiff.models import (
+    Diffuser, DiffuserConfig, DiffuserForMaskedLM, DiffuserForSequenceClassification, DiffuserLayer,
+    count_parameters, preset_config,
+)
+from graphdiff.nn.graph import as_graph
+
+torch.manual_seed(0)
+
+
+def dense_post_ln_layer(layer: DiffuserLayer, x: torch.Tensor, heads: int) -> torch.Tensor:
+    """A RoBERTa layer with full softmax attention, written with scaled_dot_product_attention."""
+    conv = layer.attention
+    n, d = x.shape
+
+    def split(t):  # [N, H*C] -> [H, N, C]
+        return t.view(n, heads, d // heads).transpose(0, 1)
+
+    q, k, v = split(conv.lin_query(x)), split(conv.lin_key(x)), split(conv.lin_value(x))
+    attended = F.scaled_dot_product_attention(q, k, v).transpose(0, 1).reshape(n, d)
+    x = layer.norm1(x + layer.output(attended))
+    return layer.norm2(x + layer.ffn(x))
+
+
+def test_layer_with_one_hop_on_full_pattern_is_a_dense_transformer_layer():
+    config = DiffuserConfig(hidden=16, heads=4, ffn=32, hops=1, alpha=0.0, dropout=0.0, attention_dropout=0.0,
+                            pattern="Full()")
+    layer = DiffuserLayer(config).double().eval()
+    x = torch.randn(11, 16, dtype=torch.double)
+    graph = as_graph(config.build_pattern()(11), (11, 11))
+    torch.testing.assert_close(layer(x, graph), dense_post_ln_layer(layer, x, heads=4))
+
+
+def test_batch_equals_each_sequence_alone_and_padding_is_ignored():
+    config = DiffuserConfig.tiny(vocab_size=30, pattern="Window(4) | Global(1) | Random(2)", dropout=0.0)
+    model = Diffuser(config).eval()
+    lengths = [9, 5, 7]
+    tokens = torch.randint(2, 30, (3, 9))
+    mask = torch.arange(9) < torch.tensor(lengths).unsqueeze(1)
+    together = model(tokens, mask)
+    for b, length in enumerate(lengths):
+        alone = model(tokens[b:b + 1, :length], torch.ones(1, length, dtype=torch.bool))
+        torch.testing.assert_close(together[b, :length], alone[0], rtol=1e-5, atol=1e-5)
+    noisy = tokens.masked_fill(~mask, 17)  # other padding content changes nothing
+    torch.testing.assert_close(model(noisy, mask)[mask], together[mask])
+    assert torch.all(together[~mask] == 0)
+
+
+def test_graph_batch_and_padded_entry_points_agree():
+    config = DiffuserConfig.tiny(vocab_size=30)
+    model = DiffuserForSequenceClassification(config).eval()
+    tokens = torch.randint(2, 30, (4, 20))
+    mask = torch.arange(20) < torch.tensor([20, 18, 20, 3]).unsqueeze(1)
+    batch = graph_batch(tokens, mask, model.diffuser.pattern)
+    torch.testing.assert_close(model(batch), model(tokens, mask))
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_pooling(pooling):
+    config = DiffuserConfig.tiny(vocab_size=30, pooling=pooling, num_classes=3)
+    model = DiffuserForSequenceClassification(config).eval()
+    tokens = torch.randint(2, 30, (2, 12))
+    mask = torch.arange(12) < torch.tensor([12, 6]).unsqueeze(1)
+    states = model.diffuser(tokens, mask)  # [B, L, D], zeros at padding
+    pooled = states[:, 0] if pooling == "cls" else states.sum(1) / mask.sum(1, keepdim=True)
+    expected = model.classifier(torch.tanh(model.dense(pooled)))
+    torch.testing.assert_close(model(tokens, mask), expected)
+
+
+def test_attention_weights_are_one_hop_and_row_stochastic():
+    config = DiffuserConfig.tiny(vocab_size=30)
+    model = Diffuser(config).eval()
+    tokens = torch.randint(2, 30, (2, 40))
+    mask = torch.ones(2, 40, dtype=torch.bool)
+    _, (edge_index, attentions) = model(tokens, mask, return_attention_weights=True)
+    assert len(attentions) == config.layers
+    for attention in attentions:
+        assert attention.shape == (edge_index.size(1), config.heads)
+        row_sums = torch.zeros(80, config.heads).index_add_(0, edge_index[1], attention)
+        torch.testing.assert_close(row_sums, torch.ones_like(row_sums))
+
+
+def test_masked_lm_head_is_tied_to_the_embeddings():
+    config = DiffuserConfig.tiny(vocab_size=25, dropout=0.0)
+    model = DiffuserForMaskedLM(config).eval()
+    tokens = torch.randint(2, 25, (2, 10))
+    mask = torch.ones(2, 10, dtype=torch.bool)
+    logits = model(tokens, mask)
+    head_states = model.norm(F.gelu(model.dense(model.diffuser(tokens, mask))))
+    expected = head_states @ model.diffuser.embeddings.tokens.weight.t() + model.bias
+    torch.testing.assert_close(logits, expected)
+    assert not any(p.shape == (25, config.hidden) for p in model.parameters() if p is not model.diffuser.embeddings.tokens.weight)
+    loss = F.cross_entropy(logits.view(-1, 25), tokens.view(-1))
+    loss.backward()
+    assert model.diffuser.embeddings.tokens.weight.grad is not None
+
+
+def test_max_len_is_enforced_unless_truncation_is_asked_for():
+    config = DiffuserConfig.tiny(vocab_size=30, max_len=16)
+    model = DiffuserForSequenceClassification(config).eval()
+    tokens, mask = torch.randint(2, 30, (2, 20)), torch.ones(2, 20, dtype=torch.bool)
+    with pytest.raises(ValueError, match="sequence length 20 exceeds max_len=16; pass truncate=True"):
+        model(tokens, mask)
+    torch.testing.assert_close(model(tokens, mask, truncate=True), model(tokens[:, :16], mask[:, :16]))
+    with pytest.raises(ValueError, match="needs its mask"):
+        model(tokens)
+
+
+def test_paper_base_is_the_official_configuration():
+    config = DiffuserConfig.paper_base()
+    assert (config.hidden, config.layers, config.heads, config.ffn) == (768, 12, 12, 3072)
+    assert (config.hops, config.alpha, config.dropout) == (5, 0.1, 0.1)
+    assert config.build_pattern() == preset_config("tiny", pattern="diffuser()").build_pattern()
+    model = Diffuser(config)
+    # RoBERTa-base: 12 x 7.08M layer parameters plus token and 4096 position embeddings.
+    per_layer = 4 * (768 * 768 + 768) + 2 * 768 * 3072 + 3072 + 768 + 4 * 768
+    expected = 12 * per_layer + (50265 + 4096) * 768 + 2 * 768
+    assert count_parameters(model) == expected
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(hidden=30, heads=4), "divisible by heads"),
+    (dict(pooling="max"), "pooling must be one of"),
+    (dict(positional="rope"), "positional must be one of"),
+    (dict(layers=0), "layers must be a positive integer"),
+    (dict(dropout=1.0), "dropout must lie in"),
+    (dict(pattern="Window(8) | Nope(1)"), "unknown name 'Nope'"),
+])
+def test_config_rejects_bad_values(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        DiffuserConfig(**kwargs)
+
+
+def test_unknown_preset_lists_the_valid_ones():
+    with pytest.raises(ValueError, match="unknown preset 'huge'; valid presets: tiny, small, paper_base"):
+        preset_config("huge")
+    config = DiffuserConfig.small()
+    assert DiffuserConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match="unknown DiffuserConfig fields"):
+        DiffuserConfig.from_dict({"hiden": 3})
+
+
+@pytest.mark.parametrize("positional", ["learned", "sinusoidal", "none"])
+def test_positional_encodings_make_positions_distinguishable(positional):
+    config = DiffuserConfig.tiny(vocab_size=10, positional=positional, dropout=0.0, pattern="Full()")
+    model = Diffuser(config).eval()
+    tokens = torch.full((1, 6), 3)
+    states = model(tokens, torch.ones(1, 6, dtype=torch.bool))[0]
+    same = torch.allclose(states[0], states[3], atol=1e-6)
+    assert same == (positional == "none")

@@ -56,7 +56,7 @@ def run_train(args: argparse.Namespace) -> int:
         "lr", "weight_decay", "warmup", "clip", "seed", "eval_every", "log_every", "stop_after", "resume",
         "workers", "device")}
     result = train(TrainArgs(**options, task_args=key_values(args.task_arg), model_args=key_values(args.model_arg)))
-    if result.metrics:
+    if result.metrics and int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(result.metrics))
     return 0
 
@@ -69,9 +69,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    """The main job on the embedded default: everything lands under ``--out``."""
-    pattern_args = argparse.Namespace(pattern="diffuser", n=args.n, out=args.out, no_self_loops=False)
-    return run_patterns(pattern_args)
+    from graphdiff.demo import run_demo as demo
+
+    demo(args.out, n=args.n, steps=args.steps)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -125,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="the main job on the embedded default (no download)")
     demo.add_argument("--out", default="runs/demo")
     demo.add_argument("--n", type=int, default=4096, help="sequence length for the pattern statistics")
+    demo.add_argument("--steps", type=int, default=300, help="training steps of each multihop model")
     demo.set_defaults(func=run_demo)
 
     # analysis owns its own parser: everything after `analyze` is passed through.

@@ -1,0 +1,180 @@
+"""Input normalisation: patterns, edge indices and scipy matrices become one :class:`Graph`.
+
+Every analysis function accepts
+
+* a pattern (any object with ``to_scipy(n)``, e.g. :class:`graphdiff.patterns.Pattern`) with a
+  length ``n``;
+* an ``edge_index`` (torch tensor, numpy array or nested list of shape ``[2, E]``, row 0 the
+  source ``j``, row 1 the target ``i``) with the number of nodes ``n``;
+* a square scipy sparse matrix ``M [n, n]`` with ``M[i, j] != 0`` for the edge ``j -> i``
+  (the convention of ``Pattern.to_scipy``); ``n``, if given, must match;
+* a :class:`Graph` built earlier, so that several quantities of one large pattern share the
+  conversion (``n`` is then ignored unless it disagrees).
+
+Spectral quantities use the symmetrised simple graph ``W`` (DESIGN 4.5): an undirected edge
+``{i, j}`` wherever ``j -> i`` or ``i -> j``, weight 1, no self-loops. Reachability uses the
+directed adjacency as given.
+"""
+from __future__ import annotations
+
+import functools
+import numbers
+from typing import Any, Optional
+
+import numpy as np
+import scipy.sparse
+from scipy.sparse.csgraph import connected_components
+
+
+class Graph:
+    """A validated graph on ``n`` nodes, with lazily built views shared between analyses.
+
+    Attributes:
+        n: number of nodes.
+        directed: ``[n, n]`` CSR, ``directed[i, j] = 1`` for every edge ``j -> i`` (float64,
+            binary, self-loops kept as given).
+    """
+
+    def __init__(self, directed: scipy.sparse.csr_matrix):
+        self.n = directed.shape[0]
+        self.directed = directed
+
+    @functools.cached_property
+    def adjacency(self) -> scipy.sparse.csr_matrix:
+        """``W [n, n]``: symmetric, binary, zero diagonal (float64 CSR)."""
+        w = (self.directed + self.directed.T).tocsr()
+        w.setdiag(0)
+        w.eliminate_zeros()
+        w.data[:] = 1.0
+        return w
+
+    @functools.cached_property
+    def degrees(self) -> np.ndarray:
+        """``d [n]``: degrees in ``W`` (float64)."""
+        return np.diff(self.adjacency.indptr).astype(np.float64)
+
+    @functools.cached_property
+    def components(self) -> tuple[int, np.ndarray]:
+        """``(count, labels [n])`` of the connected components of ``W``."""
+        return connected_components(self.adjacency, directed=False)
+
+    @property
+    def num_components(self) -> int:
+        return self.components[0]
+
+    @property
+    def num_edges(self) -> int:
+        """Directed edges of the input, self-loops included: what attention computes."""
+        return self.directed.nnz
+
+    def normalized_adjacency(self) -> scipy.sparse.csr_matrix:
+        r"""``M = I - L`` where ``L`` is the normalised Laplacian.
+
+        .. math::
+            M = D^{-1/2} W D^{-1/2} + \operatorname{diag}(d = 0)
+
+        An isolated node has ``L_{vv} = 0`` (Chung's convention, as networkx), so the
+        multiplicity of the eigenvalue 0 of ``L`` is the number of components.
+        """
+        d = self.degrees
+        scale = np.divide(1.0, np.sqrt(d), out=np.zeros_like(d), where=d > 0)
+        s = scipy.sparse.diags(scale) @ self.adjacency @ scipy.sparse.diags(scale)
+        return (s + scipy.sparse.diags((d == 0).astype(np.float64))).tocsr()
+
+    def laplacian(self) -> scipy.sparse.csr_matrix:
+        r"""``L = I - D^{-1/2} W D^{-1/2}`` (``[n, n]`` CSR), with ``L_{vv} = 0`` for isolated ``v``."""
+        return (scipy.sparse.identity(self.n, format="csr") - self.normalized_adjacency()).tocsr()
+
+    def null_space(self) -> scipy.sparse.csc_matrix:
+        r"""``U [n, c]``: orthonormal basis of the kernel of ``L``, one column per component.
+
+        Column ``c`` is :math:`D^{1/2} \mathbf{1}_c` normalised (a unit vector on an isolated node).
+        The columns have disjoint supports, so ``U`` is sparse and exactly orthonormal.
+        """
+        count, labels = self.components
+        weight = np.where(self.degrees > 0, np.sqrt(self.degrees), 1.0)
+        norms = np.sqrt(np.bincount(labels, weights=weight**2, minlength=count))
+        values = weight / norms[labels]
+        return scipy.sparse.csc_matrix((values, (np.arange(self.n), labels)), shape=(self.n, count))
+
+    def __repr__(self) -> str:
+        return f"Graph(n={self.n}, edges={self.num_edges})"
+
+
+def as_graph(graph: Any, n: Optional[int] = None) -> Graph:
+    """Validate ``graph`` (see the module docstring) and return it as a :class:`Graph`.
+
+    Raises:
+        ValueError: on an empty graph (``n = 0``), a non-square matrix, a malformed edge_index,
+            negative indices, or indices ``>= n``; the message names the argument.
+        TypeError: on an unsupported input type or a non-integer ``n``.
+    """
+    if isinstance(graph, Graph):
+        if n is not None and _check_n(n) != graph.n:
+            raise ValueError(f"n={n} disagrees with the graph's {graph.n} nodes")
+        return graph
+    if hasattr(graph, "to_scipy"):
+        if n is None:
+            raise ValueError("n (the sequence length) is required to build a pattern")
+        return Graph(_binary(graph.to_scipy(_check_n(n)).tocsr(), copy=False))
+    if scipy.sparse.issparse(graph):
+        rows, cols = graph.shape
+        if rows != cols:
+            raise ValueError(f"adjacency matrix must be square, got shape {rows} x {cols}")
+        if n is not None and _check_n(n) != rows:
+            raise ValueError(f"n={n} disagrees with the {rows} x {rows} adjacency matrix")
+        _check_n(rows)
+        return Graph(_binary(scipy.sparse.csr_matrix(graph), copy=True))
+    return _from_edge_index(graph, n)
+
+
+def _from_edge_index(edge_index: Any, n: Optional[int]) -> Graph:
+    if hasattr(edge_index, "detach"):  # torch tensor (or EdgeIndex): no torch import needed here
+        edge_index = edge_index.detach().cpu().numpy()
+    try:
+        array = np.asarray(edge_index)
+    except (TypeError, ValueError):
+        raise TypeError(
+            "graph must be a pattern, an edge_index [2, E] or a scipy sparse matrix, "
+            f"got {type(edge_index).__name__}"
+        ) from None
+    if array.dtype == object:
+        raise TypeError(f"edge_index must be an integer array [2, E], got {type(edge_index).__name__}")
+    if array.ndim != 2 or array.shape[0] != 2:
+        raise ValueError(f"edge_index must have shape [2, E], got {list(array.shape)}")
+    if array.size and not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(f"edge_index must hold integers, got dtype {array.dtype}")
+    if n is None:
+        raise ValueError("n (the number of nodes) is required with an edge_index")
+    n = _check_n(n)
+    array = array.astype(np.int64, copy=False)
+    if array.size:
+        low, high = int(array.min()), int(array.max())
+        if low < 0:
+            raise ValueError(f"edge_index holds a negative index ({low}); indices must be in [0, n)")
+        if high >= n:
+            raise ValueError(f"edge_index holds index {high} but n={n}: indices must be in [0, {n})")
+    src, dst = array
+    data = np.ones(src.shape[0], dtype=np.float64)
+    return Graph(_binary(scipy.sparse.csr_matrix((data, (dst, src)), shape=(n, n)), copy=False))
+
+
+def _binary(matrix: scipy.sparse.csr_matrix, copy: bool) -> scipy.sparse.csr_matrix:
+    """Sum duplicates, drop explicit zeros, set every stored weight to 1 (float64).
+
+    ``copy=False`` edits ``matrix`` in place: only for matrices built here (a 131k-token pattern
+    is half a gigabyte), never for the caller's.
+    """
+    matrix = matrix.astype(np.float64, copy=copy)
+    matrix.sum_duplicates()
+    matrix.eliminate_zeros()
+    matrix.data[:] = 1.0
+    return matrix
+
+
+def _check_n(n: Any) -> int:
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral):
+        raise TypeError(f"n must be an integer >= 1, got {n!r}")
+    if n < 1:
+        raise ValueError(f"n must be >= 1 (the graph is empty), got {n}")
+    return int(n)

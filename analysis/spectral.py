@@ -1,0 +1,325 @@
+r"""Eigenvalues of the normalised Laplacian and of the adjacency of a pattern graph.
+
+With ``W`` the symmetrised simple graph (see :mod:`analysis.graph`) and ``D`` its degrees,
+
+.. math::
+    L = I - D^{-1/2} W D^{-1/2}, \qquad 0 = \lambda_1 \le \lambda_2 \le \dots \le \lambda_n \le 2.
+
+Solvers, chosen by size and shape:
+
+* ``n <= DENSE_MAX_NODES``: the full spectrum from ``numpy.linalg.eigvalsh`` (exact).
+* banded graphs (after a reverse Cuthill-McKee ordering the band holds at most
+  ``BAND_FACTOR`` times the edges: windows, dilated windows, blocks): shift-invert Lanczos
+  around 0 with a banded Cholesky factor. These are the poor expanders whose small eigenvalues
+  crowd together like ``1/n^2``; plain Lanczos cannot separate them.
+* everything else: Lanczos (ARPACK ``eigsh``) on ``M = I - L`` with the kernel of ``L``
+  (``D^{1/2} 1`` per component) deflated. Memory is ``O(edges)``.
+
+Sparse eigenvalues carry a residual below ``TOL`` (a guaranteed bound on their error; the
+actual error is usually about its square). Failure to converge raises
+:class:`SpectralConvergenceError`, never a silent estimate. A disconnected graph has
+``lambda_2 = 0`` exactly: :func:`spectral_gap` returns 0.0 and warns with
+:class:`DisconnectedGraphWarning`.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+from typing import Any, NamedTuple, Optional
+
+import numpy as np
+import scipy.linalg
+import scipy.sparse
+import scipy.sparse.linalg as sla
+from scipy.sparse.csgraph import reverse_cuthill_mckee
+
+from analysis.graph import Graph, as_graph
+
+DENSE_MAX_NODES = 1024
+BAND_FACTOR = 4  # banded storage may hold this many times the edges of W
+TOL = 1e-5  # ARPACK residual tolerance relative to the eigenvalue; eigenvalue errors are ~TOL^2/gap
+MAXITER = 5000  # ARPACK restarts
+SHIFT = 1e-8  # L + SHIFT * I is positive definite; far below any gap that float64 resolves at n ~ 1e5
+
+
+class DisconnectedGraphWarning(UserWarning):
+    """The graph has several connected components: its spectral gap is exactly 0."""
+
+
+class SpectralConvergenceError(RuntimeError):
+    """A sparse eigensolver stopped before reaching the requested accuracy."""
+
+
+class LaplacianExtremes(NamedTuple):
+    """Extreme eigenvalues of the normalised Laplacian.
+
+    Attributes:
+        smallest: ``[k]`` ascending; the first ``min(k, num_components)`` are exactly 0.
+        largest: ``[k]`` ascending; ``largest[-1]`` is ``lambda_n``.
+        num_components: connected components of ``W`` (isolated nodes count).
+        method: ``"dense"``, ``"lanczos"`` or ``"shift-invert"`` (the solver of ``smallest``).
+    """
+
+    smallest: np.ndarray
+    largest: np.ndarray
+    num_components: int
+    method: str
+
+
+class AdjacencyLambda(NamedTuple):
+    r"""Second adjacency eigenvalue and the Ramanujan ratio.
+
+    Attributes:
+        lam: :math:`\max(|\mu_2|, |\mu_n|)` over the eigenvalues :math:`\mu_1 \ge \dots \ge \mu_n`
+            of ``W``.
+        ramanujan_ratio: ``lam / (2 sqrt(d - 1))`` with ``d`` the mean degree: at most 1 for a
+            Ramanujan graph (``nan`` when ``d <= 1``). Meaningful for near-regular graphs; hubs
+            such as global tokens raise ``mu_2`` far above the bound.
+        mean_degree: ``d = nnz(W) / n``.
+    """
+
+    lam: float
+    ramanujan_ratio: float
+    mean_degree: float
+
+
+def laplacian_extremes(graph: Any, n: Optional[int] = None, k: int = 2) -> LaplacianExtremes:
+    """The ``k`` smallest and ``k`` largest eigenvalues of the normalised Laplacian.
+
+    Args:
+        graph: a pattern, an edge_index ``[2, E]``, a scipy sparse matrix or a :class:`Graph`.
+        n: the number of nodes (required with a pattern or an edge_index).
+        k: how many eigenvalues at each end, ``1 <= k <= n``.
+
+    Raises:
+        SpectralConvergenceError: when a sparse solver does not converge.
+    """
+    g = as_graph(graph, n)
+    k = _check_k(k, g.n)
+    return extremes(g, k, k)
+
+
+def extremes(g: Graph, k_small: int, k_large: int) -> LaplacianExtremes:
+    """:func:`laplacian_extremes` with a separate count at each end (``k_large`` may be 0)."""
+    if g.n <= DENSE_MAX_NODES:
+        spectrum = _dense_spectrum(g)
+        return LaplacianExtremes(
+            spectrum[:k_small], spectrum[g.n - k_large :], g.num_components, "dense"
+        )
+    band = _band(g)
+    smallest, method = _sparse_smallest(g, k_small, band)
+    largest = _sparse_largest(g, k_large, band) if k_large else np.zeros(0)
+    return LaplacianExtremes(smallest, largest, g.num_components, method)
+
+
+def spectral_gap(graph: Any, n: Optional[int] = None) -> float:
+    r"""``lambda_2`` of the normalised Laplacian: how fast a random walk on the pattern mixes.
+
+    Cheeger: :math:`\lambda_2 / 2 \le h(G) \le \sqrt{2 \lambda_2}` for the conductance ``h``.
+    A disconnected graph returns exactly ``0.0`` and emits :class:`DisconnectedGraphWarning`
+    (filter it with :mod:`warnings` when 0 is the expected answer).
+
+    Raises:
+        ValueError: for ``n < 2`` (no second eigenvalue), or invalid input.
+        SpectralConvergenceError: when the sparse solver does not converge.
+    """
+    g = as_graph(graph, n)
+    if g.n < 2:
+        raise ValueError(f"the spectral gap needs n >= 2 nodes, got n={g.n}")
+    if g.num_components > 1:
+        warnings.warn(
+            DisconnectedGraphWarning(
+                f"graph on {g.n} nodes has {g.num_components} connected components: lambda_2 = 0"
+            ),
+            stacklevel=2,
+        )
+        return 0.0
+    if g.n <= DENSE_MAX_NODES:
+        return float(_dense_spectrum(g)[1])
+    return float(_sparse_smallest(g, 2, _band(g))[0][1])
+
+
+def adjacency_lambda(graph: Any, n: Optional[int] = None) -> AdjacencyLambda:
+    r""":math:`\lambda = \max(|\mu_2|, |\mu_n|)` of the adjacency ``W`` and the Ramanujan ratio.
+
+    A connected ``d``-regular graph is Ramanujan when :math:`\lambda \le 2\sqrt{d-1}`; random
+    ``d``-regular graphs are nearly Ramanujan (Friedman), the benchmark for random attention.
+
+    Raises:
+        ValueError: for ``n < 2``, or invalid input.
+        SpectralConvergenceError: when the sparse solver does not converge.
+    """
+    g = as_graph(graph, n)
+    if g.n < 2:
+        raise ValueError(f"adjacency_lambda needs n >= 2 nodes, got n={g.n}")
+    w = g.adjacency
+    if g.n <= DENSE_MAX_NODES:
+        mu = np.linalg.eigvalsh(w.toarray())  # ascending
+        second, last = mu[-2], mu[0]
+    else:
+        second = _lanczos(w, 2, "LA")[0]
+        last = _lanczos(w, 1, "SA")[0]
+    lam = float(max(abs(second), abs(last)))
+    mean_degree = w.nnz / g.n
+    ratio = lam / (2.0 * math.sqrt(mean_degree - 1.0)) if mean_degree > 1 else math.nan
+    return AdjacencyLambda(lam, ratio, mean_degree)
+
+
+# -- solvers -------------------------------------------------------------------------------------
+
+
+def _dense_spectrum(g: Graph) -> np.ndarray:
+    """All ``n`` eigenvalues of ``L``, ascending, with the kernel set to exactly 0."""
+    spectrum = np.linalg.eigvalsh(g.laplacian().toarray())
+    spectrum[: g.num_components] = 0.0
+    return spectrum
+
+
+Band = Optional[tuple[np.ndarray, int]]  # (reverse Cuthill-McKee permutation, half bandwidth)
+
+
+def _sparse_smallest(g: Graph, k: int, band: Band) -> tuple[np.ndarray, str]:
+    """``k`` smallest eigenvalues of ``L`` (ascending) and the method used."""
+    zeros = min(k, g.num_components)
+    if zeros == k:
+        return np.zeros(k), "components"
+    null = g.null_space()
+    if band is not None:
+        found = _shift_invert_smallest(g, k - zeros, null, *band)
+        method = "shift-invert"
+    else:
+        # Map the kernel of L (eigenvalue 1 of M) to -1, the bottom of M's spectrum, so that the
+        # largest eigenvalues of the deflated operator are 1 - lambda_2, 1 - lambda_3, ...
+        # Where -1 is returned, it is a true eigenvalue of M too (no eigenvalue lies below -1).
+        m = g.normalized_adjacency()
+        deflated = sla.LinearOperator(
+            m.shape, matvec=lambda x: m @ x - 2.0 * (null @ (null.T @ x)), dtype=np.float64
+        )
+        found = 1.0 - _lanczos(deflated, k - zeros, "LA")
+        method = "lanczos"
+    return np.concatenate([np.zeros(zeros), np.sort(found)]), method
+
+
+def _sparse_largest(g: Graph, k: int, band: Band) -> np.ndarray:
+    """``k`` largest eigenvalues of ``L``, ascending."""
+    if band is not None:
+        return np.sort(_shift_invert_largest(g, k, *band))
+    return np.sort(1.0 - _lanczos(g.normalized_adjacency(), k, "SA"))
+
+
+def _band(g: Graph) -> Band:
+    """``(permutation, half bandwidth)`` when a banded factorisation of ``L`` stays ``O(edges)``."""
+    w = g.adjacency
+    budget = BAND_FACTOR * max(w.nnz, g.n)
+    # A node of degree d forces a half bandwidth >= d / 2: hubs (global tokens) rule out a band
+    # before the O(edges) reordering is paid for.
+    if (g.degrees.max(initial=0) // 2 + 1) * g.n > budget:
+        return None
+    perm = reverse_cuthill_mckee(w, symmetric_mode=True)
+    position = np.empty_like(perm)
+    position[perm] = np.arange(g.n, dtype=perm.dtype)
+    rows = np.repeat(np.arange(g.n), np.diff(w.indptr))
+    half = int(np.abs(position[rows] - position[w.indices]).max(initial=0))
+    return (perm, half) if (half + 1) * g.n <= budget else None
+
+
+def _banded_cholesky(matrix: scipy.sparse.spmatrix, half: int) -> Optional[np.ndarray]:
+    """Upper banded Cholesky factor of a symmetric matrix of half bandwidth ``half``, or
+    ``None`` when it is not positive definite."""
+    coo = matrix.tocoo()
+    upper = coo.row <= coo.col
+    bands = np.zeros((half + 1, matrix.shape[0]))
+    bands[half + coo.row[upper] - coo.col[upper], coo.col[upper]] = coo.data[upper]
+    try:
+        return scipy.linalg.cholesky_banded(bands, lower=False)
+    except np.linalg.LinAlgError:
+        return None
+
+
+def _shift_invert_smallest(
+    g: Graph, k: int, null: scipy.sparse.csc_matrix, perm: np.ndarray, half: int
+) -> np.ndarray:
+    r"""``k`` smallest nonzero eigenvalues of ``L`` by shift-invert Lanczos.
+
+    Iterates with :math:`P (L + \sigma I)^{-1} P`, ``P`` the projector off the kernel, so the
+    kernel maps to 0 and :math:`\lambda_2, \lambda_3, \dots` to the largest values
+    :math:`1 / (\lambda + \sigma)`. ``L + sigma I`` is factored once in banded form (Cholesky,
+    ``O(n * half^2)`` time, ``O(n * half)`` memory) in the reverse Cuthill-McKee order.
+    """
+    lap = g.laplacian()[perm][:, perm]
+    null = null[perm]
+    factor = _banded_cholesky(lap + SHIFT * scipy.sparse.identity(g.n), half)
+    if factor is None:  # L is positive semidefinite: only rounding can get here
+        raise SpectralConvergenceError(f"banded Cholesky of L + {SHIFT} I failed (n={g.n})")
+
+    def solve(x: np.ndarray) -> np.ndarray:
+        x = x.ravel()
+        x = x - null @ (null.T @ x)
+        y = scipy.linalg.cho_solve_banded((factor, False), x)
+        return y - null @ (null.T @ y)
+
+    inverse = sla.LinearOperator(lap.shape, matvec=solve, dtype=np.float64)
+    return _lanczos(lap, k, "LM", sigma=-SHIFT, inverse=inverse)
+
+
+def _shift_invert_largest(g: Graph, k: int, perm: np.ndarray, half: int) -> np.ndarray:
+    r"""``k`` largest eigenvalues of ``L`` by bisection on inertia, then shift-invert Lanczos.
+
+    :math:`\sigma I - L` has a Cholesky factor exactly when :math:`\sigma > \lambda_n`
+    (Sylvester), so bisection on ``[0, 2 + SHIFT]`` brackets :math:`\lambda_n` to ``SHIFT``.
+    Shift-invert at the upper end then separates the top eigenvalues, which for banded graphs
+    crowd together like ``1/n^2`` and defeat plain Lanczos.
+    """
+    lap = g.laplacian()[perm][:, perm]
+    identity = scipy.sparse.identity(g.n)
+    low, high = 0.0, 2.0 + SHIFT
+    factor = _banded_cholesky(high * identity - lap, half)
+    while high - low > SHIFT:
+        middle = 0.5 * (low + high)
+        attempt = _banded_cholesky(middle * identity - lap, half)
+        if attempt is None:
+            low = middle
+        else:
+            high, factor = middle, attempt
+    if factor is None:
+        raise SpectralConvergenceError(f"banded Cholesky of {high} I - L failed (n={g.n})")
+
+    def solve(x: np.ndarray) -> np.ndarray:  # (L - high I)^-1 x
+        return -scipy.linalg.cho_solve_banded((factor, False), x.ravel())
+
+    inverse = sla.LinearOperator(lap.shape, matvec=solve, dtype=np.float64)
+    return _lanczos(lap, k, "LM", sigma=high, inverse=inverse)
+
+
+def _lanczos(
+    operator: Any,
+    k: int,
+    which: str,
+    sigma: Optional[float] = None,
+    inverse: Optional[sla.LinearOperator] = None,
+) -> np.ndarray:
+    """ARPACK ``eigsh`` with a fixed start vector (reproducible) and errors that say what failed."""
+    size = operator.shape[0]
+    if k >= size:
+        raise ValueError(f"the sparse solver needs k < n, got k={k}, n={size}")
+    start = np.random.default_rng(0).standard_normal(size)
+    ncv = min(size, max(2 * k + 1, 24))
+    try:
+        return sla.eigsh(
+            operator, k=k, which=which, sigma=sigma, OPinv=inverse, v0=start, ncv=ncv,
+            tol=TOL, maxiter=MAXITER, return_eigenvectors=False,
+        )
+    except sla.ArpackNoConvergence as error:
+        raise SpectralConvergenceError(
+            f"ARPACK ({which}, k={k}, n={size}) converged {len(error.eigenvalues)} of {k} "
+            f"eigenvalues to tol={TOL} within {MAXITER} restarts"
+        ) from error
+
+
+def _check_k(k: Any, n: int) -> int:
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
+        raise TypeError(f"k must be an integer in [1, n={n}], got {k!r}")
+    if not 1 <= k <= n:
+        raise ValueError(f"k must be in [1, n={n}], got {k}")
+    return int(k)

@@ -129,6 +129,20 @@ def as_graph(graph: Any, n: Optional[int] = None) -> Graph:
 
 
 def _from_edge_index(edge_index: Any, n: Optional[int]) -> Graph:
+    src, dst = edge_array(edge_index, n)
+    data = np.ones(src.shape[0], dtype=np.float64)
+    n = int(n)  # validated by edge_array
+    return Graph(_binary(scipy.sparse.csr_matrix((data, (dst, src)), shape=(n, n)), copy=False))
+
+
+def edge_array(edge_index: Any, n: Optional[int]) -> np.ndarray:
+    """Validate an edge_index ``[2, E]`` against ``n`` nodes; return it as int64 numpy.
+
+    Raises:
+        ValueError: on a wrong shape, non-integer entries, a missing or invalid ``n``, or an
+            index outside ``[0, n)``.
+        TypeError: when ``edge_index`` is not array-like.
+    """
     if hasattr(edge_index, "detach"):  # torch tensor (or EdgeIndex): no torch import needed here
         edge_index = edge_index.detach().cpu().numpy()
     try:
@@ -154,9 +168,7 @@ def _from_edge_index(edge_index: Any, n: Optional[int]) -> Graph:
             raise ValueError(f"edge_index holds a negative index ({low}); indices must be in [0, n)")
         if high >= n:
             raise ValueError(f"edge_index holds index {high} but n={n}: indices must be in [0, {n})")
-    src, dst = array
-    data = np.ones(src.shape[0], dtype=np.float64)
-    return Graph(_binary(scipy.sparse.csr_matrix((data, (dst, src)), shape=(n, n)), copy=False))
+    return array
 
 
 def _binary(matrix: scipy.sparse.csr_matrix, copy: bool) -> scipy.sparse.csr_matrix:

@@ -1,0 +1,177 @@
+r"""Attention diffusion as a spectral filter.
+
+Diffuser's output is ``T V`` with ``T = sum_k theta_k A^k`` a polynomial in the one-hop
+attention ``A`` (DESIGN section 1). Every eigenvalue ``mu`` of ``A`` becomes ``f(mu)`` of ``T``
+(spectral mapping, valid for any square matrix), with
+
+.. math::
+    f_{\text{ppr}}(\mu) = (1-\alpha)^K \mu^K + \alpha \sum_{k<K} (1-\alpha)^k \mu^k
+    \;\xrightarrow{K \to \infty}\; \frac{\alpha}{1 - (1-\alpha)\mu},
+    \qquad
+    f_{\text{heat}}(\mu) = \frac{\sum_{k \le K} e^{-t} t^k \mu^k / k!}{\sum_{k \le K} e^{-t} t^k / k!}.
+
+Both keep ``f(1) = 1`` (the stationary, "average" signal of a row-stochastic ``A``) and shrink
+eigenvalues away from 1: a low-pass filter.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any, NamedTuple, Optional
+
+import numpy as np
+import scipy.sparse
+import scipy.sparse.linalg as sla
+
+from analysis.graph import _check_n, edge_array
+from analysis.spectral import DENSE_MAX_NODES, SpectralConvergenceError, TOL, MAXITER
+
+KERNELS = ("ppr", "heat")
+
+
+def diffusion_coefficients(alpha: float = 0.1, hops: int = 5, kernel: str = "ppr", t: float = 1.0) -> np.ndarray:
+    r"""``theta [hops + 1]``: the weight of ``A^k`` in the truncated diffusion (sums to 1).
+
+    ``ppr``: :math:`\theta_k = \alpha (1-\alpha)^k` for ``k < K`` and :math:`(1-\alpha)^K` for
+    ``k = K`` (the recursion ``Z <- (1-alpha) A Z + alpha V`` unrolled ``K`` times).
+    ``heat``: :math:`e^{-t} t^k / k!` renormalised over ``k <= K``.
+    """
+    hops = _check_hops(hops, allow_none=False)
+    _check_kernel(kernel, alpha, t)
+    k = np.arange(hops + 1)
+    if kernel == "ppr":
+        theta = alpha * (1.0 - alpha) ** k.astype(np.float64)
+        theta[hops] = (1.0 - alpha) ** hops
+        return theta
+    if t == 0:  # t^0 / 0! = 1: no diffusion at all
+        return (k == 0).astype(np.float64)
+    # In log space so large t and K do not overflow; e^-t cancels in the normalisation.
+    theta = np.exp(k * math.log(t) - np.array([math.lgamma(i + 1) for i in k]))
+    return theta / theta.sum()
+
+
+def diffusion_spectrum(
+    eigs: Any, alpha: float = 0.1, hops: Optional[int] = 5, kernel: str = "ppr", t: float = 1.0
+) -> np.ndarray:
+    r"""Eigenvalues of the diffusion matrix ``T`` given eigenvalues ``eigs`` of ``A``.
+
+    Args:
+        eigs: eigenvalues of ``A`` (real or complex, any shape).
+        alpha: teleport probability of ``ppr``, in ``[0, 1]``.
+        hops: ``K``; ``None`` for the untruncated limit :math:`\alpha / (1 - (1-\alpha)\mu)`
+            (``ppr`` with ``alpha > 0`` only).
+        kernel: ``"ppr"`` or ``"heat"``.
+        t: diffusion time of ``heat``, ``>= 0``.
+
+    Returns:
+        ``f(eigs)``, same shape; complex when ``eigs`` is.
+    """
+    mu = np.asarray(eigs)
+    if not (np.issubdtype(mu.dtype, np.number) and not np.issubdtype(mu.dtype, np.bool_)):
+        raise TypeError(f"eigs must be numeric, got dtype {mu.dtype}")
+    if hops is None:
+        _check_kernel(kernel, alpha, t)
+        if kernel != "ppr" or not alpha > 0:
+            raise ValueError("hops=None (the infinite series) needs kernel='ppr' and alpha > 0")
+        return alpha / (1.0 - (1.0 - alpha) * mu)
+    theta = diffusion_coefficients(alpha, hops, kernel, t)
+    value = np.zeros_like(mu, dtype=np.result_type(mu.dtype, np.float64))
+    for coefficient in theta[::-1]:  # Horner: f(mu) = theta_0 + mu (theta_1 + mu (...))
+        value = value * mu + coefficient
+    return value
+
+
+class AttentionSpectrum(NamedTuple):
+    """Leading eigenvalues of a learned attention and of its diffusion, per head.
+
+    Attributes:
+        eigs: ``[H, k]`` complex eigenvalues of ``A_h``, by decreasing modulus.
+        diffused: ``[H, k]`` complex, ``f(eigs)``: the eigenvalues of the diffusion ``T_h`` on
+            the same eigenvectors.
+    """
+
+    eigs: np.ndarray
+    diffused: np.ndarray
+
+
+def attention_spectrum(
+    attn: Any,
+    edge_index: Any,
+    n: int,
+    k: int = 8,
+    alpha: float = 0.1,
+    hops: Optional[int] = 5,
+    kernel: str = "ppr",
+    t: float = 1.0,
+) -> AttentionSpectrum:
+    r"""The ``k`` eigenvalues of largest modulus of a learned attention ``A`` and of its diffusion.
+
+    ``A`` is directed and row-stochastic: :math:`A_{ij}` = ``attn[e, h]`` for the edge
+    ``e = (j -> i)`` (as returned by ``AttentionDiffusion(..., return_attention_weights=True)``),
+    so ``mu = 1`` leads and :math:`|\mu_2|` tells how fast one hop mixes.
+
+    Args:
+        attn: ``[E]`` or ``[E, H]`` weights (torch or numpy).
+        edge_index: ``[2, E]``, row 0 the key ``j``, row 1 the query ``i``.
+        n: number of tokens.
+        k: eigenvalues per head, ``1 <= k <= n`` (``k < n - 1`` above ``DENSE_MAX_NODES``).
+        alpha, hops, kernel, t: the diffusion, as in :func:`diffusion_spectrum`.
+
+    Raises:
+        ValueError: on mismatched shapes or invalid indices.
+        SpectralConvergenceError: when ARPACK does not converge.
+    """
+    src, dst = edge_array(edge_index, n)
+    n = _check_n(n)
+    weights = attn.detach().cpu().numpy() if hasattr(attn, "detach") else np.asarray(attn)
+    weights = weights.astype(np.float64)
+    if weights.ndim == 1:
+        weights = weights[:, None]
+    if weights.ndim != 2 or weights.shape[0] != src.shape[0]:
+        raise ValueError(
+            f"attn must have shape [E] or [E, H] with E={src.shape[0]} (the edges), "
+            f"got {list(np.shape(attn))}"
+        )
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 1 <= k <= n:
+        raise ValueError(f"k must be an integer in [1, n={n}], got {k!r}")
+    eigs = np.stack([_leading(scipy.sparse.csr_matrix((w, (dst, src)), shape=(n, n)), int(k)) for w in weights.T])
+    return AttentionSpectrum(eigs, diffusion_spectrum(eigs, alpha, hops, kernel, t))
+
+
+def _leading(matrix: scipy.sparse.csr_matrix, k: int) -> np.ndarray:
+    """``k`` eigenvalues of largest modulus, sorted by modulus then real part, descending."""
+    n = matrix.shape[0]
+    if n <= DENSE_MAX_NODES:
+        values = np.linalg.eigvals(matrix.toarray())
+    else:
+        if k >= n - 1:
+            raise ValueError(f"k must be < n - 1 = {n - 1} for the sparse solver, got {k}")
+        start = np.random.default_rng(0).standard_normal(n)
+        try:
+            values = sla.eigs(
+                matrix, k=k, which="LM", v0=start, tol=TOL, maxiter=MAXITER, return_eigenvectors=False
+            )
+        except sla.ArpackNoConvergence as error:
+            raise SpectralConvergenceError(
+                f"ARPACK (eigs, k={k}, n={n}) converged {len(error.eigenvalues)} of {k} eigenvalues"
+            ) from error
+    values = values.astype(np.complex128)
+    order = np.lexsort((-values.real, -np.abs(values)))
+    return values[order][:k]
+
+
+def _check_hops(hops: Any, allow_none: bool) -> Optional[int]:
+    if hops is None and allow_none:
+        return None
+    if isinstance(hops, bool) or not isinstance(hops, numbers.Integral) or hops < 0:
+        raise ValueError(f"hops must be an integer >= 0, got {hops!r}")
+    return int(hops)
+
+
+def _check_kernel(kernel: Any, alpha: Any, t: Any) -> None:
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+    if not isinstance(alpha, numbers.Real) or not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
+    if not isinstance(t, numbers.Real) or not t >= 0.0:
+        raise ValueError(f"t must be >= 0, got {t!r}")

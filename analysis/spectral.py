@@ -8,8 +8,8 @@ With ``W`` the symmetrised simple graph (see :mod:`analysis.graph`) and ``D`` it
 Solvers, chosen by size and shape:
 
 * ``n <= DENSE_MAX_NODES``: the full spectrum from ``numpy.linalg.eigvalsh`` (exact).
-* banded graphs (after a reverse Cuthill-McKee ordering the band holds at most
-  ``BAND_FACTOR`` times the edges: windows, dilated windows, blocks): shift-invert Lanczos
+* banded graphs (after a reverse Cuthill-McKee ordering the half band is at most
+  ``MAX_HALF_BAND`` and holds at most ``BAND_FACTOR`` times the edges: windows, blocks): shift-invert Lanczos
   around 0 with a banded Cholesky factor. These are the poor expanders whose small eigenvalues
   crowd together like ``1/n^2``; plain Lanczos cannot separate them.
 * everything else: Lanczos (ARPACK ``eigsh``) on ``M = I - L`` with the kernel of ``L``
@@ -38,6 +38,7 @@ from analysis.graph import Graph, as_graph
 
 DENSE_MAX_NODES = 1024
 BAND_FACTOR = 4  # banded storage may hold this many times the edges of W
+MAX_HALF_BAND = 256  # and a Cholesky factorisation, O(n * half^2), runs ~30 times in a bisection
 TOL = 1e-5  # ARPACK residual tolerance relative to the eigenvalue; eigenvalue errors are ~TOL^2/gap
 MAXITER = 5000  # ARPACK restarts
 SHIFT = 1e-8  # L + SHIFT * I is positive definite; far below any gap that float64 resolves at n ~ 1e5
@@ -214,14 +215,14 @@ def _band(g: Graph) -> Band:
     budget = BAND_FACTOR * max(w.nnz, g.n)
     # A node of degree d forces a half bandwidth >= d / 2: hubs (global tokens) rule out a band
     # before the O(edges) reordering is paid for.
-    if (g.degrees.max(initial=0) // 2 + 1) * g.n > budget:
+    if g.degrees.max(initial=0) // 2 > MAX_HALF_BAND or (g.degrees.max(initial=0) // 2 + 1) * g.n > budget:
         return None
     perm = reverse_cuthill_mckee(w, symmetric_mode=True)
     position = np.empty_like(perm)
     position[perm] = np.arange(g.n, dtype=perm.dtype)
     rows = np.repeat(np.arange(g.n), np.diff(w.indptr))
     half = int(np.abs(position[rows] - position[w.indices]).max(initial=0))
-    return (perm, half) if (half + 1) * g.n <= budget else None
+    return (perm, half) if half <= MAX_HALF_BAND and (half + 1) * g.n <= budget else None
 
 
 def _banded_cholesky(matrix: scipy.sparse.spmatrix, half: int) -> Optional[np.ndarray]:

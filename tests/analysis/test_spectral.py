@@ -1,0 +1,140 @@
+"""Spectral quantities against closed forms, networkx and dense numpy."""
+import math
+import warnings
+
+import networkx as nx
+import numpy as np
+import pytest
+import scipy.sparse
+from hypothesis import given, settings, strategies as st
+
+import analysis
+from analysis import spectral
+
+SPARSE_N = spectral.DENSE_MAX_NODES + 476  # above the dense threshold: exercises the sparse solvers
+
+
+def adjacency(graph: nx.Graph) -> scipy.sparse.csr_matrix:
+    return scipy.sparse.csr_matrix(nx.to_scipy_sparse_array(graph, nodelist=sorted(graph.nodes)))
+
+
+def cycle_spectrum(n):
+    return np.sort(1 - np.cos(2 * np.pi * np.arange(n) / n))
+
+
+def path_spectrum(n):
+    return 1 - np.cos(np.pi * np.arange(n) / (n - 1))
+
+
+CLOSED_FORMS = {
+    # name: (graph, lambda_2, lambda_max)
+    "cycle_small": (nx.cycle_graph(200), 1 - math.cos(2 * math.pi / 200), 2.0),
+    "cycle_odd_sparse": (nx.cycle_graph(SPARSE_N + 1), 1 - math.cos(2 * math.pi / (SPARSE_N + 1)),
+                         1 - math.cos(2 * math.pi * ((SPARSE_N + 1) // 2) / (SPARSE_N + 1))),
+    "path_small": (nx.path_graph(300), 1 - math.cos(math.pi / 299), 2.0),
+    "path_sparse": (nx.path_graph(SPARSE_N), 1 - math.cos(math.pi / (SPARSE_N - 1)), 2.0),
+    "complete_small": (nx.complete_graph(40), 40 / 39, 40 / 39),
+    "complete_sparse": (nx.complete_graph(1030), 1030 / 1029, 1030 / 1029),
+    "hypercube_8": (nx.hypercube_graph(8), 2 / 8, 2.0),
+    "hypercube_11": (nx.hypercube_graph(11), 2 / 11, 2.0),
+    "star": (nx.star_graph(30), 1.0, 2.0),
+    "complete_bipartite": (nx.complete_bipartite_graph(7, 12), 1.0, 2.0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CLOSED_FORMS))
+def test_closed_forms(name):
+    graph, lam2, lam_max = CLOSED_FORMS[name]
+    ext = analysis.laplacian_extremes(adjacency(graph), k=2)
+    assert ext.smallest[0] == 0.0
+    assert ext.smallest[1] == pytest.approx(lam2, rel=1e-6, abs=1e-10)
+    assert ext.largest[-1] == pytest.approx(lam_max, rel=1e-6)
+    assert analysis.spectral_gap(adjacency(graph)) == pytest.approx(lam2, rel=1e-6, abs=1e-10)
+
+
+def test_sparse_cycle_extremes_match_closed_form():
+    n = SPARSE_N
+    ext = analysis.laplacian_extremes(adjacency(nx.cycle_graph(n)), k=4)
+    spectrum = cycle_spectrum(n)
+    np.testing.assert_allclose(ext.smallest, spectrum[:4], rtol=1e-6, atol=1e-12)
+    np.testing.assert_allclose(ext.largest, spectrum[-4:], rtol=1e-6)
+    assert ext.method == "shift-invert"
+
+
+def test_sparse_expander_uses_lanczos_and_matches_networkx():
+    # A random 6-regular graph is no band: the deflated Lanczos path.
+    graph = nx.random_regular_graph(6, SPARSE_N, seed=3)
+    ext = analysis.laplacian_extremes(adjacency(graph), k=2)
+    assert ext.method == "lanczos"
+    dense = np.linalg.eigvalsh(nx.normalized_laplacian_matrix(graph).toarray())
+    assert ext.smallest[1] == pytest.approx(dense[1], rel=1e-6)
+    assert ext.largest[-1] == pytest.approx(dense[-1], rel=1e-6)
+
+
+def test_algebraic_connectivity_matches_networkx():
+    graph = nx.connected_watts_strogatz_graph(400, 6, 0.1, seed=1)
+    expected = nx.algebraic_connectivity(graph, normalized=True, tol=1e-12, method="tracemin_lu")
+    assert analysis.spectral_gap(adjacency(graph)) == pytest.approx(expected, rel=1e-6)
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(2, 40), p=st.floats(0.05, 0.9), seed=st.integers(0, 10_000))
+def test_dense_spectrum_matches_networkx(n, p, seed):
+    graph = nx.gnp_random_graph(n, p, seed=seed)
+    expected = np.sort(nx.normalized_laplacian_spectrum(graph))
+    k = max(1, n // 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", analysis.DisconnectedGraphWarning)
+        ext = analysis.laplacian_extremes(adjacency(graph), k=k)
+    np.testing.assert_allclose(ext.smallest, expected[:k], atol=1e-9)
+    np.testing.assert_allclose(ext.largest, expected[-k:], atol=1e-9)
+    assert ext.num_components == nx.number_connected_components(graph)
+
+
+def test_direction_and_duplicates_do_not_matter():
+    # One-way edges, duplicates and self-loops all describe the same simple graph.
+    n = 50
+    forward = np.array([np.arange(n - 1), np.arange(1, n)])
+    messy = np.concatenate([forward, forward, np.array([np.arange(n), np.arange(n)])], axis=1)
+    expected = 1 - math.cos(math.pi / (n - 1))
+    assert analysis.spectral_gap(forward, n) == pytest.approx(expected, rel=1e-9)
+    assert analysis.spectral_gap(messy, n) == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.parametrize("n", [300, SPARSE_N])
+def test_disconnected_graph_has_zero_gap_and_is_flagged(n):
+    graph = nx.disjoint_union(nx.cycle_graph(n // 2), nx.path_graph(n - n // 2))
+    with pytest.warns(analysis.DisconnectedGraphWarning, match="2 connected components"):
+        assert analysis.spectral_gap(adjacency(graph)) == 0.0
+    ext = analysis.laplacian_extremes(adjacency(graph), k=3)
+    assert ext.num_components == 2
+    assert list(ext.smallest[:2]) == [0.0, 0.0]
+    # The third eigenvalue is the smaller of the two components' own lambda_2.
+    expected = min(1 - math.cos(2 * math.pi / (n // 2)), 1 - math.cos(math.pi / (n - n // 2 - 1)))
+    assert ext.smallest[2] == pytest.approx(expected, rel=1e-6)
+
+
+def test_isolated_nodes_count_as_components():
+    edge_index = np.array([[0, 1], [1, 0]])
+    with pytest.warns(analysis.DisconnectedGraphWarning):
+        assert analysis.spectral_gap(edge_index, 4) == 0.0
+    assert analysis.laplacian_extremes(edge_index, 4, k=4).smallest.tolist() == [0.0, 0.0, 0.0, 2.0]
+
+
+@pytest.mark.parametrize("d,n", [(3, 400), (4, SPARSE_N), (8, SPARSE_N)])
+def test_random_regular_graphs_are_nearly_ramanujan(d, n):
+    graph = nx.random_regular_graph(d, n, seed=d)
+    result = analysis.adjacency_lambda(adjacency(graph))
+    assert result.mean_degree == d
+    if d == 8:  # one sparse (Lanczos) result against a dense reference
+        dense = np.linalg.eigvalsh(nx.to_numpy_array(graph))
+        assert result.lam == pytest.approx(max(abs(dense[-2]), abs(dense[0])), rel=1e-6)
+    # Friedman: lambda <= 2 sqrt(d - 1) + o(1); finite-n fluctuations are O(n^-2/3).
+    assert result.ramanujan_ratio <= 1.03
+    assert result.ramanujan_ratio == pytest.approx(result.lam / (2 * math.sqrt(d - 1)))
+
+
+def test_adjacency_lambda_closed_forms():
+    # Complete graph K_n: mu = n - 1 once, -1 otherwise. Cycle C_n (even): mu_n = -2.
+    assert analysis.adjacency_lambda(adjacency(nx.complete_graph(30))).lam == pytest.approx(1.0)
+    assert analysis.adjacency_lambda(adjacency(nx.cycle_graph(64))).lam == pytest.approx(2.0)

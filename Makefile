@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test bench clean install
+.PHONY: demo test bench clean install data
 
 install: $(STAMP)
 
@@ -33,6 +33,10 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_patterns.py
 	$(PY) benchmarks/bench_layer.py
 	$(PY) benchmarks/bench_spectral.py
+
+# Optional: Fashion-MNIST for `graphdiff train --task image` (Debian package, needs root).
+data:
+	apt-get install -y dataset-fashion-mnist
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .hypothesis build *.egg-info

@@ -20,7 +20,6 @@ from torch_geometric.utils import scatter
 from graphdiff.data import graph_batch, to_padded
 from graphdiff.models.config import DiffuserConfig
 from graphdiff.nn import AttentionDiffusion
-from graphdiff.nn.graph import DiffusionGraph, as_graph
 
 Inputs = Union[Batch, Tensor]
 
@@ -74,8 +73,8 @@ class DiffuserLayer(nn.Module):
         self.norm2 = nn.LayerNorm(config.hidden, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: Tensor, graph: DiffusionGraph, return_attention_weights: bool = False):
-        attended = self.attention(x, graph, return_attention_weights=return_attention_weights)
+    def forward(self, x: Tensor, edge_index: Tensor, return_attention_weights: bool = False):
+        attended = self.attention(x, edge_index, return_attention_weights=return_attention_weights)
         attended, attention = attended if return_attention_weights else (attended, None)
         x = self.norm1(x + self.dropout(self.output(attended)))
         x = self.norm2(x + self.dropout(self.ffn(x)))
@@ -114,16 +113,16 @@ class Diffuser(nn.Module):
         if batch.pos.numel() and int(batch.pos.max()) >= self.config.max_len:
             raise ValueError(f"a sequence has {int(batch.pos.max()) + 1} tokens, more than "
                              f"max_len={self.config.max_len}; truncate the sequences first")
-        num_nodes = batch.x.size(0)
-        graph = as_graph(batch.edge_index, (num_nodes, num_nodes))  # built once, shared by all layers
+        # Every layer gets the same edge_index tensor: the layer's structure cache (keyed on it)
+        # builds the CSR structure once per batch and all layers share it.
         x = self.embeddings(batch.x, batch.pos)
         attentions: List[Tensor] = []
         for layer in self.layers:
             if return_attention_weights:
-                x, (_, attention) = layer(x, graph, return_attention_weights=True)
+                x, (_, attention) = layer(x, batch.edge_index, return_attention_weights=True)
                 attentions.append(attention)
             else:
-                x = layer(x, graph)
+                x = layer(x, batch.edge_index)
         return (x, (batch.edge_index, attentions)) if return_attention_weights else x
 
     def forward(self, inputs: Inputs, mask: Optional[Tensor] = None, *, truncate: bool = False,

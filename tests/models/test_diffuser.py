@@ -9,7 +9,6 @@ from graphdiff.models import (
     Diffuser, DiffuserConfig, DiffuserForMaskedLM, DiffuserForSequenceClassification, DiffuserLayer,
     count_parameters, preset_config,
 )
-from graphdiff.nn.graph import as_graph
 
 torch.manual_seed(0)
 
@@ -33,8 +32,10 @@ def test_layer_with_one_hop_on_full_pattern_is_a_dense_transformer_layer():
                             pattern="Full()")
     layer = DiffuserLayer(config).double().eval()
     x = torch.randn(11, 16, dtype=torch.double)
-    graph = as_graph(config.build_pattern()(11), (11, 11))
-    torch.testing.assert_close(layer(x, graph), dense_post_ln_layer(layer, x, heads=4))
+    edge_index = config.build_pattern()(11)
+    torch.testing.assert_close(layer(x, edge_index), dense_post_ln_layer(layer, x, heads=4))
+    layer.attention.fused = False  # PyG's gather-scatter reference path gives the same layer
+    torch.testing.assert_close(layer(x, edge_index), dense_post_ln_layer(layer, x, heads=4))
 
 
 def test_batch_equals_each_sequence_alone_and_padding_is_ignored():
@@ -154,3 +155,16 @@ def test_positional_encodings_make_positions_distinguishable(positional):
     states = model(tokens, torch.ones(1, 6, dtype=torch.bool))[0]
     same = torch.allclose(states[0], states[3], atol=1e-6)
     assert same == (positional == "none")
+
+
+def test_layers_share_one_cached_structure_per_batch():
+    from graphdiff.nn.graph import as_graph
+
+    config = DiffuserConfig.tiny(vocab_size=30, layers=3)
+    model = Diffuser(config).eval()
+    tokens, mask = torch.randint(2, 30, (2, 24)), torch.ones(2, 24, dtype=torch.bool)
+    batch = model.to_batch(tokens, mask)
+    model(batch)
+    structure = as_graph(batch.edge_index, (48, 48))
+    assert as_graph(batch.edge_index, (48, 48)) is structure
+    assert model.to_batch(tokens, mask).edge_index is batch.edge_index  # equal lengths: same tensor next step

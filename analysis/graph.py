@@ -145,15 +145,16 @@ def edge_array(edge_index: Any, n: Optional[int]) -> np.ndarray:
     """
     if hasattr(edge_index, "detach"):  # torch tensor (or EdgeIndex): no torch import needed here
         edge_index = edge_index.detach().cpu().numpy()
+    unsupported = TypeError(
+        "graph must be a pattern, an edge_index [2, E] or a scipy sparse matrix, "
+        f"got {type(edge_index).__name__}"
+    )
     try:
         array = np.asarray(edge_index)
     except (TypeError, ValueError):
-        raise TypeError(
-            "graph must be a pattern, an edge_index [2, E] or a scipy sparse matrix, "
-            f"got {type(edge_index).__name__}"
-        ) from None
+        raise unsupported from None
     if array.dtype == object:
-        raise TypeError(f"edge_index must be an integer array [2, E], got {type(edge_index).__name__}")
+        raise unsupported
     if array.ndim != 2 or array.shape[0] != 2:
         raise ValueError(f"edge_index must have shape [2, E], got {list(array.shape)}")
     if array.size and not np.issubdtype(array.dtype, np.integer):

@@ -1,8 +1,9 @@
 """Speed and memory of one attention diffusion layer against its baselines.
 
-Every (variant, n) runs in a fresh subprocess, so that its peak memory is its own: peak RSS
-(``ru_maxrss``) minus the RSS after the inputs and the cached CSR structure exist. Times are
-the median of ``--repeats`` runs after one warm-up. Ratios compare variants of the same run.
+Every (variant, n) runs in fresh subprocesses: one for time (median of ``--repeats`` runs
+after a warm-up) and one for memory (peak RSS of one fwd+bwd after a warm-up, minus the RSS
+before it: inputs and the cached CSR structure, built once per pattern and length, are not
+counted; the structure's size is reported apart). Ratios compare variants of the same run.
 
 Variants (all fp32, H heads x C channels, K hops):
 
@@ -12,8 +13,10 @@ Variants (all fp32, H heads x C channels, K hops):
 - ``sdpa``        dense ``scaled_dot_product_attention`` over all n tokens
 - ``spmm``        one bare ``torch.sparse`` CSR SpMM on the same structure (forward only)
 - ``hop``         graphdiff's diffusion with ``hops=1`` (forward only; compare with spmm)
-- ``lf_graphdiff`` graphdiff, ``hops=1``, on ``longformer(window)`` with 16 global tokens
-- ``longformer``  HF ``LongformerSelfAttention`` (window, 16 global tokens), when
+- ``lf_graphdiff`` the layer (projections included), ``hops=1, alpha=0``, on
+  ``longformer(window)`` with 16 global tokens
+- ``longformer``  HF ``LongformerSelfAttention`` (projections included; window, 16 global
+  tokens), when
   ``transformers`` is installed (``pip install graphdiff[bench]``)
 
 Usage::
@@ -27,13 +30,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 ALL_VARIANTS = ["graphdiff", "module", "gather", "sdpa", "spmm", "hop", "lf_graphdiff",
                 "longformer"]
@@ -43,10 +45,6 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def rss_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 # ----------------------------------------------------------------------------- worker side
@@ -97,9 +95,10 @@ def _setup(variant: str, n: int, heads: int, channels: int, hops: int, window: i
     graph.block(H), graph.block(H, transpose=True)  # structure built once per pattern
     info["structure_mb"] = rss_mb() - before
 
-    if variant in ("module", "gather"):
-        conv = AttentionDiffusion(H * C, C, heads=H, hops=hops, alpha=0.1,
-                                  fused=variant == "module")
+    if variant in ("module", "gather", "lf_graphdiff"):
+        one_hop = variant == "lf_graphdiff"  # like Longformer: projections + one hop
+        conv = AttentionDiffusion(H * C, C, heads=H, hops=1 if one_hop else hops,
+                                  alpha=0.0 if one_hop else 0.1, fused=variant != "gather")
         x = torch.randn(n, H * C, requires_grad=True)
         return (lambda: conv(x, edge_index)), True, info
 
@@ -113,39 +112,49 @@ def _setup(variant: str, n: int, heads: int, channels: int, hops: int, window: i
         attn = torch.rand(H, graph.num_edges)
         vv = v.detach()
         return (lambda: diffuse_heads_first(attn, vv, graph, 1, 0.1)), False, info
-    k_hops = 1 if variant == "lf_graphdiff" else hops
-    alpha = 0.0 if variant == "lf_graphdiff" else 0.1
-    return (lambda: diffuse_heads_first(attention_heads_first(q, k, graph), v, graph, k_hops,
-                                        alpha)), True, info
+    return (lambda: diffuse_heads_first(attention_heads_first(q, k, graph), v, graph, hops,
+                                        0.1)), True, info
+
+
+def reset_peak_rss() -> None:
+    """Restart the kernel's high-water mark of this process's RSS (Linux >= 4.0)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def peak_rss_since_reset_mb() -> float:
+    with open("/proc/self/status") as f:
+        line = next(line for line in f if line.startswith("VmHWM"))
+    return int(line.split()[1]) / 1024
+
+
+def _run(forward: Callable, with_backward: bool) -> Tuple[float, float]:
+    import torch
+
+    start = time.perf_counter()
+    with torch.set_grad_enabled(with_backward):
+        out = forward()
+    mid = time.perf_counter()
+    if with_backward:
+        out.backward(torch.ones_like(out))
+    return mid - start, time.perf_counter() - mid
 
 
 def worker(spec: dict) -> dict:
-    import torch
-
+    """``mode="time"``: median times after a warm-up. ``mode="memory"``: peak RSS of one
+    fwd(+bwd) after a warm-up, over the RSS before it (run with glibc's mmap threshold fixed,
+    so that freed tensors leave the RSS and the high-water mark is exact)."""
     forward, with_backward, info = _setup(**{k: spec[k] for k in (
         "variant", "n", "heads", "channels", "hops", "window", "num_global", "num_random")})
-    base = rss_mb()
-    fwd_times: List[float] = []
-    bwd_times: List[float] = []
-    for i in range(spec["repeats"] + 1):  # the first run is the warm-up
-        start = time.perf_counter()
-        if with_backward:
-            out = forward()
-        else:
-            with torch.no_grad():
-                out = forward()
-        mid = time.perf_counter()
-        if with_backward:
-            out.backward(torch.ones_like(out))
-        end = time.perf_counter()
-        del out
-        if i > 0:
-            fwd_times.append(mid - start)
-            bwd_times.append(end - mid)
-    result = dict(info, fwd=statistics.median(fwd_times),
-                  bwd=statistics.median(bwd_times) if with_backward else None,
-                  peak_mb=peak_rss_mb() - base)
-    return result
+    _run(forward, with_backward)  # warm-up
+    if spec["mode"] == "memory":
+        base = rss_mb()
+        reset_peak_rss()
+        _run(forward, with_backward)
+        return dict(info, peak_mb=peak_rss_since_reset_mb() - base)
+    times = [_run(forward, with_backward) for _ in range(spec["repeats"])]
+    return dict(info, fwd=statistics.median(t[0] for t in times),
+                bwd=statistics.median(t[1] for t in times) if with_backward else None)
 
 
 # ----------------------------------------------------------------------------- driver side
@@ -155,16 +164,24 @@ def gather_gb(n: int, heads: int, channels: int, edges_per_token: float = 113.0)
     return 10 * n * edges_per_token * heads * channels * 4 / 2**30
 
 
-def run_one(spec: dict, timeout: float) -> Optional[dict]:
-    cmd = [sys.executable, __file__, "--worker", json.dumps(spec)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timeout after {timeout:.0f} s"}
-    if proc.returncode != 0:
-        tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
-        return {"error": f"exit {proc.returncode}: {tail[:120]}"}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+def run_one(spec: dict, timeout: float) -> dict:
+    """Time, then measure memory, each in a fresh subprocess."""
+    result: dict = {}
+    for mode in ("time", "memory"):
+        env = dict(os.environ)
+        if mode == "memory":
+            env["MALLOC_MMAP_THRESHOLD_"] = str(1 << 17)
+        cmd = [sys.executable, __file__, "--worker", json.dumps(dict(spec, mode=mode))]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                                  env=env)
+        except subprocess.TimeoutExpired:
+            return {"error": f"{mode}: timeout after {timeout:.0f} s"}
+        if proc.returncode != 0:
+            tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
+            return {"error": f"{mode}: exit {proc.returncode}: {tail[:120]}"}
+        result.update(json.loads(proc.stdout.strip().splitlines()[-1]))
+    return result
 
 
 def fmt(x: Optional[float], unit: str = "s") -> str:

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from graphdiff.nn.graph import DiffusionGraph, as_graph
-from graphdiff.nn.kernels import Diffusion, EdgeScores, EdgeSoftmax
+from graphdiff.nn.kernels import Diffusion, EdgeAttention
 
 KERNELS = ("ppr", "heat")
 
@@ -82,7 +82,7 @@ def attention_heads_first(q: Tensor, k: Tensor, graph: DiffusionGraph,
     """:func:`edge_softmax_attention` on head-major ``[H, N, C]`` features; ``[H, E]`` in
     CSR order."""
     scale = q.size(-1) ** -0.5 if scale is None else scale
-    return EdgeSoftmax.apply(graph, EdgeScores.apply(graph, q.contiguous(), k.contiguous(), scale))
+    return EdgeAttention.apply(graph, q.contiguous(), k.contiguous(), scale)
 
 
 @torch.compiler.disable

@@ -112,17 +112,17 @@ class DiffusionGraph:
             self._blocks[key] = (seg.to(itype), bcol.to(itype), seg)
         return self._blocks[key]
 
+    def transpose_values(self, values: Tensor) -> Tensor:
+        """Per-edge values ``[H, E]`` from CSR order to the order of the transposed CSR."""
+        return values.index_select(1, self.transposed()[2])
+
     def block_csr(self, values: Tensor, transpose: bool = False) -> Tensor:
-        """The block-diagonal CSR with head-major values ``[H, E]`` (CSR order; for
-        ``transpose=True`` the values are permuted here)."""
+        """The block-diagonal CSR with head-major values ``[H, E]``: in CSR order, or for
+        ``transpose=True`` (the CSR of ``A^T``) in :meth:`transpose_values` order."""
         heads = values.size(0)
         crow, col, _ = self.block(heads, transpose)
-        if transpose:
-            values = values.index_select(1, self.transposed()[2])
-            size = (heads * self.num_src, heads * self.num_dst)
-        else:
-            size = (heads * self.num_dst, heads * self.num_src)
-        return sparse_csr(crow, col, values.reshape(-1), size)
+        rows, cols = (self.num_src, self.num_dst) if transpose else (self.num_dst, self.num_src)
+        return sparse_csr(crow, col, values.reshape(-1), (heads * rows, heads * cols))
 
 
 # --------------------------------------------------------------------------------------

@@ -21,7 +21,8 @@ from graphdiff.nn.graph import DiffusionGraph, sparse_csr
 
 
 def spmm(graph: DiffusionGraph, values: Tensor, x: Tensor, transpose: bool = False) -> Tensor:
-    """``A @ x`` per head: values ``[H, E]``, x ``[H, N_cols, C]`` -> ``[H, N_rows, C]``."""
+    """``A @ x`` per head: values ``[H, E]``, x ``[H, N_cols, C]`` -> ``[H, N_rows, C]``.
+    For ``transpose=True`` (``A^T @ x``) the values are in transposed order."""
     heads, _, channels = x.shape
     out = graph.block_csr(values, transpose) @ x.reshape(-1, channels)
     return out.view(heads, -1, channels)
@@ -42,57 +43,52 @@ def sddmm(graph: DiffusionGraph, a: Tensor, b: Tensor) -> Tensor:
     return values.view(heads, -1)
 
 
-def segment_sum(graph: DiffusionGraph, values: Tensor) -> Tensor:
-    """Sum of ``[H, E]`` values over each target's edges -> ``[H, N_dst]``."""
-    seg = graph.block(values.size(0))[2]
-    return torch.segment_reduce(values.reshape(-1), "sum", offsets=seg).view(values.size(0), -1)
+def segment_reduce(graph: DiffusionGraph, values: Tensor, reduce: str) -> Tensor:
+    """``reduce`` ("sum" or "max") of ``[H, E]`` values over each target's edges ->
+    ``[H, N_dst]``; targets without edges get 0 (sum) or -inf (max)."""
+    heads = values.size(0)
+    seg = graph.block(heads)[2]
+    return torch.segment_reduce(values.reshape(-1), reduce, offsets=seg).view(heads, -1)
 
 
-def per_edge(graph: DiffusionGraph, node_values: Tensor) -> Tensor:
-    """Broadcast per-target values ``[H, N_dst]`` to the edges ``[H, E]``."""
-    return node_values.index_select(1, graph.row)
+def per_edge_(graph: DiffusionGraph, values: Tensor, node_values: Tensor, op: str) -> Tensor:
+    """In place ``values[h, e] <op>= node_values[h, target(e)]``; one head at a time, so
+    the broadcast never costs a second ``[H, E]`` tensor."""
+    for h in range(values.size(0)):
+        getattr(values[h], op)(node_values[h].index_select(0, graph.row))
+    return values
 
 
-class EdgeScores(Function):
-    """``scale * <q_i, k_j>`` on every edge, ``[H, E]``; backward is two SpMMs."""
+class EdgeAttention(Function):
+    r"""One-hop attention :math:`\mathrm{softmax}_j(\mathrm{scale}\,q_i \cdot k_j)` on the
+    edges, ``[H, E]``: one SDDMM, then an in-place segment softmax. Saves ``q``, ``k`` and
+    the output; backward is the softmax Jacobian on ``[H, E]`` and two SpMMs."""
 
     @staticmethod
     def forward(ctx, graph: DiffusionGraph, q: Tensor, k: Tensor, scale: float) -> Tensor:
+        attn = sddmm(graph, q, k).mul_(scale)
+        per_edge_(graph, attn, segment_reduce(graph, attn, "max"), "sub_").exp_()
+        per_edge_(graph, attn, segment_reduce(graph, attn, "sum").reciprocal_(), "mul_")
         ctx.graph, ctx.scale = graph, scale
-        ctx.save_for_backward(q, k)
-        return sddmm(graph, q, k).mul_(scale)
+        ctx.save_for_backward(q, k, attn)
+        return attn
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         graph, scale = ctx.graph, ctx.scale
-        q, k = ctx.saved_tensors
-        grad = grad.contiguous() * scale
-        grad_q = spmm(graph, grad, k) if ctx.needs_input_grad[1] else None
-        grad_k = spmm(graph, grad, q, transpose=True) if ctx.needs_input_grad[2] else None
+        q, k, attn = ctx.saved_tensors
+        # d score = scale * A * (dA - sum_j A dA): the softmax Jacobian, on [H, E] only.
+        d_score = attn * grad
+        row_dot = segment_reduce(graph, d_score, "sum")
+        for h in range(attn.size(0)):
+            d_score[h].sub_(attn[h] * row_dot[h].index_select(0, graph.row))
+        d_score.mul_(scale)
+        grad_q = spmm(graph, d_score, k) if ctx.needs_input_grad[1] else None
+        grad_k = None
+        if ctx.needs_input_grad[2]:
+            d_score = graph.transpose_values(d_score)  # frees the CSR-order copy
+            grad_k = spmm(graph, d_score, q, transpose=True)
         return None, grad_q, grad_k, None
-
-
-class EdgeSoftmax(Function):
-    """Softmax of ``[H, E]`` scores over each target's incoming edges (max-shifted)."""
-
-    @staticmethod
-    def forward(ctx, graph: DiffusionGraph, scores: Tensor) -> Tensor:
-        heads = scores.size(0)
-        seg = graph.block(heads)[2]
-        row_max = torch.segment_reduce(scores.reshape(-1), "max", offsets=seg).view(heads, -1)
-        out = (scores - per_edge(graph, row_max)).exp_()
-        out.div_(per_edge(graph, segment_sum(graph, out)))
-        ctx.graph = graph
-        ctx.save_for_backward(out)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        graph = ctx.graph
-        (out,) = ctx.saved_tensors
-        prod = out * grad
-        prod.sub_(out * per_edge(graph, segment_sum(graph, prod)))
-        return None, prod
 
 
 class Diffusion(Function):
@@ -138,7 +134,7 @@ class Diffusion(Function):
         attn, zs = ctx.saved_tensors
         hops = len(coeffs) - 1
         heads, _, channels = grad.shape
-        csr_t = graph.block_csr(attn, transpose=True)
+        csr_t = graph.block_csr(graph.transpose_values(attn), transpose=True)
         gs = grad.new_empty(heads, graph.num_dst, hops * channels) if zs is not None else None
         g = grad.contiguous()
         grad_v = g.new_zeros(heads, graph.num_src, channels)
@@ -153,5 +149,6 @@ class Diffusion(Function):
             if s != 1.0:
                 g.mul_(s)  # addmm(beta=0) still allocates and reads: this is as fast
         grad_v.add_(g, alpha=coeffs[0])
+        del csr_t, g  # before the SDDMM allocates dA
         grad_attn = sddmm(graph, gs, zs).mul_(s) if gs is not None else None
         return None, grad_attn, grad_v, None, None, None, None

@@ -70,19 +70,8 @@ def test_diffusion_spectrum_of_complex_eigenvalues():
         assert np.min(np.abs(got - value)) < 1e-9
 
 
-def synthetic_attention(n, heads, seed):
-    """Row-stochastic attention on a window + random pattern, as edge weights [E, H]."""
-    rng = np.random.default_rng(seed)
-    mask = (np.abs(np.subtract.outer(np.arange(n), np.arange(n))) <= 2) | (rng.random((n, n)) < 4 / n)
-    dst, src = np.nonzero(mask)  # mask[i, j]: i attends j
-    logits = rng.normal(size=(src.size, heads))
-    weights = np.exp(logits)
-    weights /= np.stack([np.bincount(dst, weights=weights[:, h], minlength=n) for h in range(heads)], 1)[dst]
-    return np.stack([src, dst]), weights
-
-
 @pytest.mark.parametrize("n,dense_max", [(60, spectral.DENSE_MAX_NODES), (300, 100)])
-def test_attention_spectrum_of_row_stochastic_attention(n, dense_max, monkeypatch):
+def test_attention_spectrum_of_row_stochastic_attention(n, dense_max, monkeypatch, synthetic_attention):
     # dense_max < n runs the sparse (ARPACK) path on a graph small enough for a dense reference.
     monkeypatch.setattr(analysis.diffusion, "DENSE_MAX_NODES", dense_max)
     edge_index, attn = synthetic_attention(n, heads=2, seed=n)

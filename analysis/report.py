@@ -1,0 +1,290 @@
+"""The spectral report: a markdown table over patterns and lengths, and PNG figures.
+
+``report(patterns, lengths, out)`` writes ``out/report.md`` and
+
+* ``lambda2_vs_n.png``: the spectral gap against the length, per pattern;
+* ``receptive_field.png``: the fraction of (query, key) pairs reached against hops;
+* ``spectra.png``: the spectrum of ``M = I - L`` at the smallest length and the diffusion filter;
+* ``attention_spectra.png`` (with learned attention): eigenvalues of each layer's attention
+  and of its diffusion in the complex plane.
+
+Every file is written to a temporary name and renamed, so a crash leaves no half-written file.
+"""
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from analysis.diffusion import AttentionSpectrum, diffusion_spectrum
+from analysis.expansion import EXACT_MAX_NODES, hops_to_cover, receptive_field
+from analysis.graph import Graph, as_graph
+from analysis.spectral import (
+    DENSE_MAX_NODES,
+    DisconnectedGraphWarning,
+    SpectralConvergenceError,
+    adjacency_lambda,
+    extremes,
+)
+
+# name -> pattern expression for graphdiff.patterns.parse_pattern. "window only" is Diffuser's
+# own window without its global and random tokens: the ablation the paper argues from.
+PRESETS: dict[str, str] = {
+    "window only": "BlockWindow(64)",
+    "longformer": "longformer",
+    "bigbird": "bigbird",
+    "diffuser": "diffuser",
+    "random only": "Random(64)",
+    "sparse_transformer": "sparse_transformer",
+}
+LENGTHS = (1024, 4096, 16384, 65536)
+FIELD_HOPS = 8
+ALPHA, HOPS = 0.1, 5  # the paper's diffusion
+
+
+@dataclass
+class Row:
+    """One (pattern, length) line of the table; ``None`` where a solver did not converge."""
+
+    pattern: str
+    n: int
+    edges_per_token: float
+    lambda_2: Optional[float]
+    epsilon: Optional[float]
+    ramanujan_ratio: Optional[float]
+    hops_to_cover: Optional[int]
+    connected: bool
+    field: np.ndarray = field(repr=False)  # receptive field for 0..FIELD_HOPS hops
+
+
+@dataclass
+class Report:
+    rows: list[Row]
+    markdown: str
+    files: list[str]
+
+
+def report(
+    patterns: Union[Sequence[str], Mapping[str, Any], None] = None,
+    lengths: Sequence[int] = LENGTHS,
+    out: Optional[str] = None,
+    attention: Optional[Sequence[AttentionSpectrum]] = None,
+) -> Report:
+    """Compute the table (and, with ``out``, write ``report.md`` and the figures).
+
+    Args:
+        patterns: names from ``PRESETS``, pattern expressions, or a mapping name -> pattern
+            (expression or object with ``to_scipy``). Default: all of ``PRESETS``.
+        lengths: sequence lengths.
+        out: directory to write into (created); ``None`` computes the table only.
+        attention: per-layer spectra of a learned attention (see :func:`attention_spectrum`).
+
+    Returns:
+        the rows, the markdown text and the files written.
+    """
+    named = _resolve(patterns)
+    lengths = sorted({int(n) for n in lengths})
+    if not lengths or lengths[0] < 2:
+        raise ValueError(f"lengths must be integers >= 2, got {lengths}")
+    rows = []
+    with tqdm(total=len(named) * len(lengths), desc="spectral report", unit="graph") as bar:
+        for name, pattern in named.items():
+            for n in lengths:
+                bar.set_postfix_str(f"{name} n={n}")
+                rows.append(_row(name, as_graph(pattern, n)))
+                bar.update()
+    markdown = _markdown(rows, attention)
+    files: list[str] = []
+    if out is not None:
+        os.makedirs(out, exist_ok=True)
+        files.append(_write_text(os.path.join(out, "report.md"), markdown))
+        files += _figures(rows, named, lengths[0], attention, out)
+    return Report(rows, markdown, files)
+
+
+def _resolve(patterns: Union[Sequence[str], Mapping[str, Any], None]) -> dict[str, Any]:
+    from graphdiff.patterns import parse_pattern
+
+    if patterns is None:
+        patterns = list(PRESETS)
+    if isinstance(patterns, Mapping):
+        items = list(patterns.items())
+    else:
+        items = [(name, PRESETS.get(name, name)) for name in patterns]
+    if not items:
+        raise ValueError("patterns must name at least one pattern")
+    return {name: parse_pattern(p) if isinstance(p, str) else p for name, p in items}
+
+
+def _row(name: str, g: Graph) -> Row:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DisconnectedGraphWarning)  # shown in the table instead
+        connected = g.num_components == 1
+        try:
+            if connected:
+                ext = extremes(g, 2, 1)
+                lam2, lam_max = float(ext.smallest[1]), float(ext.largest[-1])
+                epsilon: Optional[float] = (lam_max - lam2) / (lam_max + lam2)
+            else:
+                lam2, epsilon = 0.0, 1.0
+        except SpectralConvergenceError as error:
+            warnings.warn(f"{name} at n={g.n}: {error}", stacklevel=3)
+            lam2 = epsilon = None
+        try:
+            ratio: Optional[float] = adjacency_lambda(g).ramanujan_ratio
+        except SpectralConvergenceError as error:
+            warnings.warn(f"{name} at n={g.n}: {error}", stacklevel=3)
+            ratio = None
+    return Row(
+        pattern=name, n=g.n, edges_per_token=g.num_edges / g.n, lambda_2=lam2, epsilon=epsilon,
+        ramanujan_ratio=ratio, hops_to_cover=hops_to_cover(g), connected=connected,
+        field=receptive_field(g, hops=FIELD_HOPS),
+    )
+
+
+def _fmt(value: Optional[float], digits: int = 4) -> str:
+    if value is None:
+        return "n/c"  # not converged
+    if abs(value) < 1e-12:  # rounding noise around an exact 0 (e.g. epsilon of full attention)
+        return "0"
+    return f"{value:.{digits}g}"
+
+
+def _markdown(rows: list[Row], attention: Optional[Sequence[AttentionSpectrum]]) -> str:
+    lines = [
+        "# Spectral report",
+        "",
+        "Normalised Laplacian `L = I - D^-1/2 W D^-1/2` of the symmetrised pattern graph `W`. "
+        "`lambda_2`: spectral gap (larger mixes faster; 0 = disconnected). `epsilon`: "
+        "`(lambda_max - lambda_2) / (lambda_max + lambda_2)`, 0 for full attention. Ramanujan "
+        "ratio: `max(|mu_2|, |mu_n|) / (2 sqrt(d - 1))` of the adjacency, <= 1 for a Ramanujan "
+        "graph (hubs push it up). Hops to cover: diffusion hops until every query has heard "
+        "every key (sampled queries above "
+        f"{EXACT_MAX_NODES} tokens, a lower bound). `n/c`: the eigensolver did not converge.",
+        "",
+        "| pattern | n | edges / token | lambda_2 | epsilon | Ramanujan ratio | hops to cover |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        hops = "never" if r.hops_to_cover is None else str(r.hops_to_cover)
+        gap = _fmt(r.lambda_2) + ("" if r.connected else " (disconnected)")
+        lines.append(
+            f"| {r.pattern} | {r.n} | {r.edges_per_token:.1f} | {gap} | {_fmt(r.epsilon)} | "
+            f"{_fmt(r.ramanujan_ratio, 3)} | {hops} |"
+        )
+    lines += ["", "![lambda_2 against n](lambda2_vs_n.png)", "",
+              "![receptive field against hops](receptive_field.png)", "", "![spectra](spectra.png)", ""]
+    if attention:
+        lines += [
+            "## Learned attention",
+            "",
+            f"Leading eigenvalues of each layer's one-hop attention `A` (row-stochastic, so "
+            f"`mu_1 = 1`) and of its diffusion (PPR, alpha={ALPHA}, K={HOPS}); worst head.",
+            "",
+            "| layer | heads | abs(mu_2) of A | abs(mu_2) of diffusion |",
+            "|---:|---:|---:|---:|",
+        ]
+        for layer, spectrum in enumerate(attention):
+            second = np.abs(spectrum.eigs[:, 1]).max() if spectrum.eigs.shape[1] > 1 else math.nan
+            second_diffused = np.abs(spectrum.diffused[:, 1]).max() if spectrum.eigs.shape[1] > 1 else math.nan
+            lines.append(f"| {layer} | {spectrum.eigs.shape[0]} | {second:.4f} | {second_diffused:.4f} |")
+        lines += ["", "![attention spectra](attention_spectra.png)", ""]
+    return "\n".join(lines)
+
+
+def _figures(
+    rows: list[Row],
+    named: Mapping[str, Any],
+    smallest: int,
+    attention: Optional[Sequence[AttentionSpectrum]],
+    out: str,
+) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    files = []
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name in named:
+        mine = [r for r in rows if r.pattern == name and r.lambda_2]
+        ax.loglog([r.n for r in mine], [r.lambda_2 for r in mine], "o-", label=name)
+    ax.set(xlabel="sequence length n", ylabel="spectral gap lambda_2", title="Spectral gap against length")
+    ax.legend(fontsize=8)
+    files.append(_save(fig, os.path.join(out, "lambda2_vs_n.png")))
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    largest = max(r.n for r in rows)
+    for r in rows:
+        if r.n == largest:
+            ax.plot(range(FIELD_HOPS + 1), r.field, "o-", label=r.pattern)
+    ax.set(xlabel="hops k", ylabel="fraction of (query, key) pairs", ylim=(0, 1.02),
+           title=f"Receptive field after k hops (n={largest})")
+    ax.legend(fontsize=8)
+    files.append(_save(fig, os.path.join(out, "receptive_field.png")))
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    mu = np.linspace(-1, 1, 401)
+    for name, pattern in named.items():
+        g = as_graph(pattern, min(smallest, DENSE_MAX_NODES))
+        spectrum = extremes(g, g.n, 0).smallest  # the whole spectrum (dense at this size)
+        left.hist(1.0 - spectrum, bins=60, histtype="step", density=True, label=name)
+    left.set(xlabel="eigenvalue mu of D^-1/2 W D^-1/2", ylabel="density",
+             title=f"Pattern spectra (n={min(smallest, DENSE_MAX_NODES)})")
+    left.legend(fontsize=7)
+    right.plot(mu, diffusion_spectrum(mu, ALPHA, HOPS), label=f"PPR, K={HOPS}")
+    right.plot(mu, diffusion_spectrum(mu, ALPHA, None), "--", label="PPR, K=inf")
+    right.plot(mu, mu, ":", color="grey", label="one hop (identity)")
+    right.set(xlabel="eigenvalue mu of A", ylabel="eigenvalue of the diffusion",
+              title=f"Diffusion as a low-pass filter (alpha={ALPHA})")
+    right.legend(fontsize=8)
+    files.append(_save(fig, os.path.join(out, "spectra.png")))
+
+    if attention:
+        cols = len(attention)
+        fig, axes = plt.subplots(1, cols, figsize=(3.2 * cols, 3.2), squeeze=False)
+        circle = np.exp(1j * np.linspace(0, 2 * np.pi, 200))
+        for layer, (ax, spectrum) in enumerate(zip(axes[0], attention)):
+            ax.plot(circle.real, circle.imag, color="lightgrey")
+            ax.scatter(spectrum.eigs.real, spectrum.eigs.imag, s=12, label="A")
+            ax.scatter(spectrum.diffused.real, spectrum.diffused.imag, s=12, marker="x", label="diffusion")
+            ax.set(title=f"layer {layer}", aspect="equal", xlim=(-1.1, 1.1), ylim=(-1.1, 1.1))
+        axes[0][0].legend(fontsize=7)
+        files.append(_save(fig, os.path.join(out, "attention_spectra.png")))
+    return files
+
+
+def _save(fig: Any, path: str) -> str:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    try:
+        return _atomic(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    finally:
+        plt.close(fig)
+
+
+def _write_text(path: str, text: str) -> str:
+    return _atomic(path, lambda f: f.write(text.encode()))
+
+
+def _atomic(path: str, write: Callable[[Any], Any]) -> str:
+    """``write(binary file)`` to a temporary file next to ``path``, then rename it over ``path``."""
+    handle, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-")
+    try:
+        with os.fdopen(handle, "wb") as f:
+            write(f)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual mode
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path

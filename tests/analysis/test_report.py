@@ -1,0 +1,66 @@
+"""The report and `graphdiff analyze`: files written, table content, learned attention."""
+import os
+
+import numpy as np
+import pytest
+
+pytest.importorskip("graphdiff.patterns")
+pytest.importorskip("matplotlib")
+
+import analysis
+from analysis import cli
+from analysis.report import report
+
+
+def test_report_table_and_figures(tmp_path):
+    result = report(["window only", "diffuser", "Window(4) & Window(2)"], [64, 128], str(tmp_path))
+    names = sorted(os.listdir(tmp_path))
+    assert names == ["lambda2_vs_n.png", "receptive_field.png", "report.md", "spectra.png"]
+    for name in names:
+        assert os.path.getsize(tmp_path / name) > 100
+        if name.endswith(".png"):
+            assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = (tmp_path / "report.md").read_text()
+    assert "| diffuser | 128 |" in text and "| window only | 64 |" in text
+    assert len(result.rows) == 6
+    row = next(r for r in result.rows if r.pattern == "diffuser" and r.n == 128)
+    assert row.lambda_2 == pytest.approx(analysis.spectral_gap(analysis.as_graph(row_pattern("diffuser"), 128)))
+    assert row.field[-1] == 1.0 and row.hops_to_cover <= 2
+
+
+def row_pattern(expression):
+    from graphdiff.patterns import parse_pattern
+
+    return parse_pattern(expression)
+
+
+def test_report_flags_disconnected_patterns(tmp_path):
+    result = report({"dilated": "Window(8, dilation=2)"}, [64])
+    (row,) = result.rows
+    assert not row.connected and row.lambda_2 == 0.0 and row.hops_to_cover is None
+    assert "0 (disconnected)" in result.markdown and "never" in result.markdown
+
+
+def test_cli_writes_the_report(tmp_path, capsys):
+    out = tmp_path / "rep"
+    assert cli.main(["--patterns", "random only", "Window(8) | Global(1)", "--n", "100", "--out", str(out)]) == 0
+    assert (out / "report.md").exists()
+    assert "| random only | 100 |" in capsys.readouterr().out
+
+
+def test_cli_rejects_bad_input(tmp_path, capsys):
+    assert cli.main(["--patterns", "Nonsense(3)", "--n", "64", "--out", str(tmp_path)]) == 2
+    assert "error" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["--n", "64"])  # --out is required
+
+
+def test_report_with_learned_attention(tmp_path, synthetic_attention):
+    # Synthetic per-layer attention spectra stand in for a checkpoint's.
+    layers = []
+    for seed in range(2):
+        edge_index, attn = synthetic_attention(50, heads=2, seed=seed)
+        layers.append(analysis.attention_spectrum(attn, edge_index, 50, k=4))
+    result = report(["random only"], [64], str(tmp_path), attention=layers)
+    assert (tmp_path / "attention_spectra.png").exists()
+    assert "## Learned attention" in result.markdown and "| 1 | 2 |" in result.markdown

@@ -17,12 +17,15 @@ Tasks:
   pattern ``diffuser(window=16, num_global=1, num_random=4)``; the data are written once to TSV
   files under ``OUT/data`` so that training does not spend its time generating trees.
 
+Defaults: 500 steps, batch 32, AdamW at lr 3e-3 with 10% warm-up and linear decay, seeds 0 1 2.
 Each (task, variant) runs for every seed; the seed sets the model initialisation, dropout and
 data order (the data sets themselves are fixed). Reported: accuracy of the final model on the
 test split (no checkpoint selection), mean and sample standard deviation over seeds, and the
 training throughput that :func:`graphdiff.train.train` measures (non-padding tokens per second
 of wall time over the training steps, data loading included, the final validation excluded).
 Throughput depends on the machine and on whatever else runs on it: compare it within a table.
+One torch thread by default: on a CPU shared with other jobs, two intra-op threads ran the same
+step up to ~20x slower than one (threads spin waiting for each other).
 
 Every run writes ``OUT/runs/TASK/VARIANT/seedS/result.json`` atomically; a rerun skips runs
 whose result exists with the same arguments, so an interrupted sweep resumes where it stopped.
@@ -203,7 +206,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     parser.add_argument("--tasks", nargs="+", default=["multihop", "listops"], choices=["multihop", "listops"])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--threads", type=int, default=1,

@@ -234,7 +234,7 @@ def _figures(
     for name, pattern in named.items():
         g = as_graph(pattern, min(smallest, DENSE_MAX_NODES))
         spectrum = extremes(g, g.n, 0).smallest  # the whole spectrum (dense at this size)
-        left.hist(1.0 - spectrum, bins=60, histtype="step", density=True, label=name)
+        left.hist(1.0 - spectrum, bins=60, histtype="step", density=True, log=True, label=name)
     left.set(xlabel="eigenvalue mu of D^-1/2 W D^-1/2", ylabel="density",
              title=f"Pattern spectra (n={min(smallest, DENSE_MAX_NODES)})")
     left.legend(fontsize=7)

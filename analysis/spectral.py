@@ -155,11 +155,17 @@ def adjacency_lambda(graph: Any, n: Optional[int] = None) -> AdjacencyLambda:
     if g.n < 2:
         raise ValueError(f"adjacency_lambda needs n >= 2 nodes, got n={g.n}")
     w = g.adjacency
+    band = None if g.n <= DENSE_MAX_NODES else _band(g)
     if g.n <= DENSE_MAX_NODES:
         mu = np.linalg.eigvalsh(w.toarray())  # ascending
         second, last = mu[-2], mu[0]
+    elif band is not None:  # clustered ends: see _banded_largest
+        perm, half = band
+        permuted = w[perm][:, perm]
+        second = np.sort(_banded_largest(permuted, 2, half))[0]
+        last = -_banded_largest(-permuted, 1, half)[0]
     else:
-        second = _lanczos(w, 2, "LA")[0]
+        second = np.sort(_lanczos(w, 2, "LA"))[0]
         last = _lanczos(w, 1, "SA")[0]
     lam = float(max(abs(second), abs(last)))
     mean_degree = w.nnz / g.n
@@ -205,7 +211,8 @@ def _sparse_smallest(g: Graph, k: int, band: Band) -> tuple[np.ndarray, str]:
 def _sparse_largest(g: Graph, k: int, band: Band) -> np.ndarray:
     """``k`` largest eigenvalues of ``L``, ascending."""
     if band is not None:
-        return np.sort(_shift_invert_largest(g, k, *band))
+        perm, half = band
+        return np.sort(_banded_largest(g.laplacian()[perm][:, perm], k, half))
     return np.sort(1.0 - _lanczos(g.normalized_adjacency(), k, "SA"))
 
 
@@ -264,33 +271,43 @@ def _shift_invert_smallest(
     return _lanczos(lap, k, "LM", sigma=-SHIFT, inverse=inverse)
 
 
-def _shift_invert_largest(g: Graph, k: int, perm: np.ndarray, half: int) -> np.ndarray:
-    r"""``k`` largest eigenvalues of ``L`` by bisection on inertia, then shift-invert Lanczos.
+def _banded_largest(matrix: scipy.sparse.csr_matrix, k: int, half: int) -> np.ndarray:
+    r"""``k`` largest eigenvalues of a symmetric banded matrix ``X``: bisection on inertia, then
+    shift-invert Lanczos.
 
-    :math:`\sigma I - L` has a Cholesky factor exactly when :math:`\sigma > \lambda_n`
-    (Sylvester), so bisection on ``[0, 2 + SHIFT]`` brackets :math:`\lambda_n` to ``SHIFT``.
-    Shift-invert at the upper end then separates the top eigenvalues, which for banded graphs
-    crowd together like ``1/n^2`` and defeat plain Lanczos.
+    :math:`\sigma I - X` has a Cholesky factor exactly when :math:`\sigma > \mu_{max}`
+    (Sylvester), so bisection brackets the top to ``SHIFT`` relative. Shift-invert at the upper
+    end then separates the top eigenvalues, which for banded graphs crowd together like
+    ``1/n^2`` and defeat plain Lanczos. Cost: about 20 banded factorisations, ``O(n half^2)``
+    each.
     """
-    lap = g.laplacian()[perm][:, perm]
-    identity = scipy.sparse.identity(g.n)
-    low, high = 0.0, 2.0 + SHIFT
-    factor = _banded_cholesky(high * identity - lap, half)
-    while high - low > SHIFT:
+    n = matrix.shape[0]
+    identity = scipy.sparse.identity(n)
+    # A Ritz value never exceeds the top eigenvalue: a cheap, loose Lanczos run gives a lower
+    # end; step up from it until sigma I - X factors, then bisect the (short) bracket.
+    low = float(_lanczos(matrix, 1, "LA", tol=1e-3)[0])
+    step = 1e-3 * max(1.0, abs(low))
+    high = low + step
+    factor = _banded_cholesky(high * identity - matrix, half)
+    while factor is None:
+        low, step = high, 4 * step
+        high = low + step
+        factor = _banded_cholesky(high * identity - matrix, half)
+    while high - low > SHIFT * max(1.0, abs(high)):
         middle = 0.5 * (low + high)
-        attempt = _banded_cholesky(middle * identity - lap, half)
+        attempt = _banded_cholesky(middle * identity - matrix, half)
         if attempt is None:
             low = middle
         else:
             high, factor = middle, attempt
     if factor is None:
-        raise SpectralConvergenceError(f"banded Cholesky of {high} I - L failed (n={g.n})")
+        raise SpectralConvergenceError(f"banded Cholesky of {high} I - X failed (n={n})")
 
-    def solve(x: np.ndarray) -> np.ndarray:  # (L - high I)^-1 x
+    def solve(x: np.ndarray) -> np.ndarray:  # (X - high I)^-1 x
         return -scipy.linalg.cho_solve_banded((factor, False), x.ravel())
 
-    inverse = sla.LinearOperator(lap.shape, matvec=solve, dtype=np.float64)
-    return _lanczos(lap, k, "LM", sigma=high, inverse=inverse)
+    inverse = sla.LinearOperator(matrix.shape, matvec=solve, dtype=np.float64)
+    return _lanczos(matrix, k, "LM", sigma=high, inverse=inverse)
 
 
 def _lanczos(
@@ -299,6 +316,7 @@ def _lanczos(
     which: str,
     sigma: Optional[float] = None,
     inverse: Optional[sla.LinearOperator] = None,
+    tol: float = TOL,
 ) -> np.ndarray:
     """ARPACK ``eigsh`` with a fixed start vector (reproducible) and errors that say what failed."""
     size = operator.shape[0]
@@ -309,12 +327,12 @@ def _lanczos(
     try:
         return sla.eigsh(
             operator, k=k, which=which, sigma=sigma, OPinv=inverse, v0=start, ncv=ncv,
-            tol=TOL, maxiter=MAXITER, return_eigenvectors=False,
+            tol=tol, maxiter=MAXITER, return_eigenvectors=False,
         )
     except sla.ArpackNoConvergence as error:
         raise SpectralConvergenceError(
             f"ARPACK ({which}, k={k}, n={size}) converged {len(error.eigenvalues)} of {k} "
-            f"eigenvalues to tol={TOL} within {MAXITER} restarts"
+            f"eigenvalues to tol={tol} within {MAXITER} restarts"
         ) from error
 
 

@@ -67,36 +67,39 @@ class Intersection(Pattern):
         return " & ".join(_operand(part, Union) for part in self.parts)
 
 
-class Causal(Pattern):
-    """Keep the edges ``j -> i`` with ``j <= i``: a query never attends a later key."""
+class _Transform(Pattern):
+    """A pattern derived from one other pattern, written ``base.<method>()``."""
+
+    method = ""
 
     def __init__(self, base: Pattern):
+        if not isinstance(base, Pattern):
+            raise TypeError(f"can only transform a pattern, got {type(base).__name__}")
         self.base = base
 
     def _key(self) -> tuple:
         return (self.base,)
+
+    def __repr__(self) -> str:
+        return f"{_operand(self.base, (Union, Intersection))}.{self.method}()"
+
+
+class Causal(_Transform):
+    """Keep the edges ``j -> i`` with ``j <= i``: a query never attends a later key."""
+
+    method = "causal"
 
     def _edges(self, n: int) -> Edges:
         src, dst = self.base._edges(n)
         keep = src <= dst
         return src[keep], dst[keep]
 
-    def __repr__(self) -> str:
-        return f"{_operand(self.base, (Union, Intersection))}.causal()"
 
-
-class Symmetric(Pattern):
+class Symmetric(_Transform):
     """Add the reverse ``i -> j`` of every edge ``j -> i``."""
 
-    def __init__(self, base: Pattern):
-        self.base = base
-
-    def _key(self) -> tuple:
-        return (self.base,)
+    method = "symmetric"
 
     def _edges(self, n: int) -> Edges:
         src, dst = self.base._edges(n)
         return torch.cat([src, dst]), torch.cat([dst, src])
-
-    def __repr__(self) -> str:
-        return f"{_operand(self.base, (Union, Intersection))}.symmetric()"

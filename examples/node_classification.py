@@ -50,7 +50,7 @@ def sbm(num_classes: int = 5, per_class: int = 300, p_in: float = 0.02, p_out: f
     masks = {}
     train = torch.cat([perm[y[perm] == c][:20] for c in range(num_classes)])
     rest = perm[~torch.isin(perm, train)]
-    for name, idx in (("train", train), ("val", rest[:500]), ("test", rest[500:1500])):
+    for name, idx in (("train", train), ("val", rest[:500]), ("test", rest[500:])):
         masks[name] = torch.zeros(y.numel(), dtype=torch.bool)
         masks[name][idx] = True
     return Data(x=x, edge_index=edge_index, y=y, train_mask=masks["train"],

@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 import numpy as np
 import scipy.sparse
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from analysis.graph import Graph, as_graph
 from analysis.spectral import DisconnectedGraphWarning, extremes, spectral_gap

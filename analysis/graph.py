@@ -38,6 +38,9 @@ class Graph:
     def __init__(self, directed: scipy.sparse.csr_matrix):
         self.n = directed.shape[0]
         self.directed = directed
+        # Results derived from the graph alone (e.g. a dense spectrum), keyed by the module
+        # that computes them, so that several quantities of one graph pay for it once.
+        self.cache: dict[str, Any] = {}
 
     @functools.cached_property
     def adjacency(self) -> scipy.sparse.csr_matrix:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from analysis.diffusion import AttentionSpectrum, diffusion_spectrum
 from analysis.expansion import EXACT_MAX_NODES, hops_to_cover, receptive_field
@@ -93,7 +93,8 @@ def report(
     if not lengths or lengths[0] < 2:
         raise ValueError(f"lengths must be integers >= 2, got {lengths}")
     rows = []
-    with tqdm(total=len(named) * len(lengths), desc="spectral report", unit="graph") as bar:
+    # disable=None: a progress bar on a terminal, silence in notebooks, logs and tests
+    with tqdm(total=len(named) * len(lengths), desc="spectral report", unit="graph", disable=None) as bar:
         for name, pattern in named.items():
             for n in lengths:
                 bar.set_postfix_str(f"{name} n={n}")

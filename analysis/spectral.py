@@ -106,7 +106,7 @@ def extremes(g: Graph, k_small: int, k_large: int) -> LaplacianExtremes:
     if g.n <= DENSE_MAX_NODES:
         spectrum = _dense_spectrum(g)
         return LaplacianExtremes(
-            spectrum[:k_small], spectrum[g.n - k_large :], g.num_components, "dense"
+            spectrum[:k_small].copy(), spectrum[g.n - k_large :].copy(), g.num_components, "dense"
         )
     band = _band(g)
     smallest, method = _sparse_smallest(g, k_small, band)
@@ -157,8 +157,9 @@ def adjacency_lambda(graph: Any, n: Optional[int] = None) -> AdjacencyLambda:
     w = g.adjacency
     band = None if g.n <= DENSE_MAX_NODES else _band(g)
     if g.n <= DENSE_MAX_NODES:
-        mu = np.linalg.eigvalsh(w.toarray())  # ascending
-        second, last = mu[-2], mu[0]
+        if "adjacency_spectrum" not in g.cache:
+            g.cache["adjacency_spectrum"] = np.linalg.eigvalsh(w.toarray())  # ascending
+        second, last = g.cache["adjacency_spectrum"][[-2, 0]]
     elif band is not None:  # clustered ends: see _banded_largest
         perm, half = band
         permuted = w[perm][:, perm]
@@ -177,10 +178,13 @@ def adjacency_lambda(graph: Any, n: Optional[int] = None) -> AdjacencyLambda:
 
 
 def _dense_spectrum(g: Graph) -> np.ndarray:
-    """All ``n`` eigenvalues of ``L``, ascending, with the kernel set to exactly 0."""
-    spectrum = np.linalg.eigvalsh(g.laplacian().toarray())
-    spectrum[: g.num_components] = 0.0
-    return spectrum
+    """All ``n`` eigenvalues of ``L``, ascending, with the kernel set to exactly 0 (cached)."""
+    if "laplacian_spectrum" not in g.cache:
+        spectrum = np.linalg.eigvalsh(g.laplacian().toarray())
+        spectrum[: g.num_components] = 0.0
+        spectrum.flags.writeable = False  # shared between callers
+        g.cache["laplacian_spectrum"] = spectrum
+    return g.cache["laplacian_spectrum"]
 
 
 Band = Optional[tuple[np.ndarray, int]]  # (reverse Cuthill-McKee permutation, half bandwidth)

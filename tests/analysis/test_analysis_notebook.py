@@ -24,7 +24,10 @@ def kernel_name(tmp_path, monkeypatch):
     pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     (spec / "kernel.json").write_text(json.dumps({
         "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": name, "language": "python", "env": {"PYTHONPATH": pythonpath, "MPLBACKEND": "Agg"},
+        "display_name": name, "language": "python",
+        # One BLAS thread: on a shared CI machine threaded OpenBLAS spins and runs dense
+        # eigensolvers ~50x slower; figures render off-screen.
+        "env": {"PYTHONPATH": pythonpath, "MPLBACKEND": "Agg", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"},
     }))
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path))
     return name

@@ -67,7 +67,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ValueError as error:  # bad pattern, length or checkpoint: one line, not a traceback
         print(f"graphdiff analyze: error: {error}", file=sys.stderr)
         return 2
-    print(result.markdown.split("\n\n![")[0])
+    print("\n".join(line for line in result.markdown.splitlines() if not line.startswith("![")))
     print("\nwrote " + ", ".join(result.files))
     return 0
 

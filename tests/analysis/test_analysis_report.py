@@ -64,3 +64,19 @@ def test_report_with_learned_attention(tmp_path, synthetic_attention):
     result = report(["random only"], [64], str(tmp_path), attention=layers)
     assert (tmp_path / "attention_spectra.png").exists()
     assert "## Learned attention" in result.markdown and "| 1 | 2 |" in result.markdown
+
+
+def test_cli_with_a_checkpoint(tmp_path, capsys):
+    train = pytest.importorskip("graphdiff.train.checkpoint")
+    from graphdiff.models import DiffuserConfig, DiffuserForSequenceClassification
+
+    config = DiffuserConfig.small(layers=2)
+    model = DiffuserForSequenceClassification(config)
+    path = str(tmp_path / "tiny.pt")
+    train.save_checkpoint(path, {"model": model.state_dict(), "config": config.to_dict(), "step": 0})
+    out = tmp_path / "rep"
+    args = ["--patterns", "random only", "--n", "64", "--checkpoint", path, "--checkpoint-n", "96", "--k", "3"]
+    assert cli.main(args + ["--out", str(out)]) == 0
+    assert (out / "attention_spectra.png").exists()
+    printed = capsys.readouterr().out
+    assert "## Learned attention" in printed and "| 1 | " in printed

@@ -19,7 +19,7 @@ import time
 def measure(pattern: str, n: int) -> dict:
     """Runs in the child: build, solve, report."""
     import analysis
-    from analysis.spectral import _band, extremes
+    from analysis.spectral import _band
     from graphdiff.patterns import parse_pattern
 
     start = time.perf_counter()

@@ -1,7 +1,6 @@
 """The report and `graphdiff analyze`: files written, table content, learned attention."""
 import os
 
-import numpy as np
 import pytest
 
 pytest.importorskip("graphdiff.patterns")

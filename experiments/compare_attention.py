@@ -23,7 +23,8 @@ data order (the data sets themselves are fixed). Reported: accuracy of the final
 test split (no checkpoint selection), mean and sample standard deviation over seeds, and the
 training throughput that :func:`graphdiff.train.train` measures (non-padding tokens per second
 of wall time over the training steps, data loading included, the final validation excluded).
-Throughput depends on the machine and on whatever else runs on it: compare it within a table.
+Throughput depends on the machine and on whatever else runs on it: compare it within a table
+(runs go seed by seed, the variants of a seed back to back, so slow drifts in load are shared).
 One torch thread by default: on a CPU shared with other jobs, two intra-op threads ran the same
 step up to ~20x slower than one (threads spin waiting for each other).
 
@@ -224,8 +225,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     for task in args.tasks:
         spec = specs[task]
         data_dir = listops_data(spec, args.out) if spec.split_sizes else None
-        for variant in args.variants:
-            for seed in args.seeds:
+        for seed in args.seeds:  # variants interleaved: a change in machine load hits them all
+            for variant in args.variants:
                 jobs.append((variant, train_args(task, variant, seed, spec, data_dir, args.steps,
                                                  args.batch_size, args.lr, args.device, args.out)))
         majority[task] = majority_accuracy(task, jobs[-1][1].task_args, data_dir)

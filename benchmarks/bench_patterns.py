@@ -11,7 +11,7 @@ import argparse
 import time
 
 from graphdiff.patterns import parse_pattern
-from graphdiff.patterns.base import _cached_edge_index
+from graphdiff.patterns.base import EDGE_INDEX_CACHE
 
 DEFAULT_PATTERNS = ["Window(64) | Global(2) | Random(3)", "diffuser", "bigbird", "longformer(window=512)"]
 DEFAULT_LENGTHS = [4096, 16384, 65536, 131072, 262144, 1_048_576]
@@ -32,12 +32,12 @@ def main() -> None:
         for n in args.lengths:
             if n > MAX_LENGTH.get(text, n):
                 continue
-            _cached_edge_index.cache_clear()
+            EDGE_INDEX_CACHE.clear()
             start = time.perf_counter()
             edges = pattern.num_edges(n)
             seconds = time.perf_counter() - start
             print(f"| `{text}` | {n:,} | {seconds:.2f} | {edges:,} | {edges / n:.1f} |", flush=True)
-    _cached_edge_index.cache_clear()
+    EDGE_INDEX_CACHE.clear()
 
 
 if __name__ == "__main__":

@@ -12,8 +12,8 @@ duplicates; canonicalisation, caching and every conversion live here, once.
 """
 from __future__ import annotations
 
-import functools
 import numbers
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Tuple
 
 import numpy as np
@@ -61,10 +61,40 @@ def canonicalize(src: Tensor, dst: Tensor, n: int, self_loops: bool = True) -> T
     return torch.stack([key % n, key // n])
 
 
-@functools.lru_cache(maxsize=32)
-def _cached_edge_index(pattern: "Pattern", n: int, self_loops: bool) -> Tensor:
-    src, dst = pattern._edges(n)
-    return canonicalize(src.long(), dst.long(), n, self_loops)
+class EdgeIndexCache:
+    """Least-recently-used cache of built edge_index tensors, bounded by their total size.
+
+    A count bound would be wrong both ways: ListOps-style batches need hundreds of short
+    lengths, while a handful of million-token patterns already take gigabytes.
+    """
+
+    def __init__(self, max_bytes: int = 1 << 30):
+        self.max_bytes = max_bytes
+        self.entries: "OrderedDict[tuple, Tensor]" = OrderedDict()
+        self.bytes = 0
+
+    def get(self, pattern: "Pattern", n: int, self_loops: bool) -> Tensor:
+        key = (pattern, n, self_loops)
+        if key in self.entries:
+            self.entries.move_to_end(key)
+            return self.entries[key]
+        src, dst = pattern._edges(n)
+        edge_index = canonicalize(src.long(), dst.long(), n, self_loops)
+        size = edge_index.numel() * edge_index.element_size()
+        while self.entries and self.bytes + size > self.max_bytes:
+            _, evicted = self.entries.popitem(last=False)
+            self.bytes -= evicted.numel() * evicted.element_size()
+        if size <= self.max_bytes:  # larger ones are returned but not kept
+            self.entries[key] = edge_index
+            self.bytes += size
+        return edge_index
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self.bytes = 0
+
+
+EDGE_INDEX_CACHE = EdgeIndexCache()
 
 
 class Pattern:
@@ -92,9 +122,9 @@ class Pattern:
 
     # -- building -----------------------------------------------------------------------------
     def __call__(self, n: int, self_loops: bool = True) -> Tensor:
-        """Canonical edge_index ``[2, E]`` (int64) of this pattern on ``n`` tokens."""
+        """Canonical edge_index ``[2, E]`` (int64) of this pattern on ``n`` tokens (cached, read-only)."""
         n = check_int("n", n, minimum=1)
-        return _cached_edge_index(self, n, bool(self_loops))
+        return EDGE_INDEX_CACHE.get(self, n, bool(self_loops))
 
     def num_edges(self, n: int, self_loops: bool = True) -> int:
         return self(n, self_loops).size(1)

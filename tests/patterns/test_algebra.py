@@ -120,3 +120,20 @@ def test_bad_arguments_raise_naming_the_argument(make, error, match):
 def test_base_pattern_is_abstract():
     with pytest.raises(NotImplementedError):
         Pattern()(3)
+
+
+def test_edge_index_cache_is_bounded_by_bytes_and_evicts_least_recently_used():
+    from graphdiff.patterns.base import EdgeIndexCache
+
+    cache = EdgeIndexCache(max_bytes=3 * 2 * 8 * 10)  # room for three 10-edge graphs
+    window = Window(0)  # self-loops only: n edges
+    first = cache.get(window, 10, True)
+    cache.get(Window(0), 10, True)
+    assert cache.get(Window(0), 10, True) is first  # equal patterns share entries
+    cache.get(window, 9, True)
+    cache.get(window, 8, True)
+    cache.get(window, 10, True)  # touch 10: now 9 is the least recently used
+    cache.get(window, 7, True)
+    assert [key[1] for key in cache.entries] == [8, 10, 7]
+    assert cache.bytes == (8 + 10 + 7) * 2 * 8
+    assert cache.get(window, 100, True).size(1) == 100 and (window, 100, True) not in cache.entries  # too big

@@ -10,11 +10,13 @@ edge_index ``[2, E]`` with ``n``, a square scipy sparse matrix, or a prebuilt :c
 >>> analysis.spectral_gap(diffuser(), 4096)          # lambda_2 of L   # doctest: +SKIP
 >>> analysis.hops_to_cover(diffuser(), 4096)         # doctest: +SKIP
 
-Imports ``graphdiff.patterns`` only (for presets, in :mod:`analysis.report`).
+Imports ``graphdiff.patterns`` only (to resolve preset names, in :mod:`analysis.reporting`);
+matplotlib is loaded only when figures are written.
 """
 from analysis.diffusion import AttentionSpectrum, attention_spectrum, diffusion_coefficients, diffusion_spectrum
 from analysis.expansion import cheeger_bounds, complete_graph_epsilon, hops_to_cover, receptive_field
 from analysis.graph import Graph, as_graph
+from analysis.reporting import Report, report
 from analysis.spectral import (
     AdjacencyLambda,
     DisconnectedGraphWarning,
@@ -31,15 +33,7 @@ __all__ = [
     "receptive_field", "hops_to_cover",
     "diffusion_spectrum", "diffusion_coefficients", "attention_spectrum",
     "report",
-    "LaplacianExtremes", "AdjacencyLambda", "AttentionSpectrum",
+    "Report", "LaplacianExtremes", "AdjacencyLambda", "AttentionSpectrum",
     "DisconnectedGraphWarning", "SpectralConvergenceError",
 ]
 
-
-def __getattr__(name: str):
-    # report pulls in matplotlib and graphdiff.patterns: load it on first use only.
-    if name == "report":
-        from analysis.report import report
-
-        return report
-    raise AttributeError(f"module 'analysis' has no attribute {name!r}")

@@ -13,7 +13,7 @@ import sys
 from typing import Optional, Sequence
 
 from analysis.diffusion import AttentionSpectrum, attention_spectrum
-from analysis.report import ALPHA, HOPS, LENGTHS, PRESETS, report
+from analysis.reporting import ALPHA, HOPS, LENGTHS, PRESETS, report
 
 
 def build_parser() -> argparse.ArgumentParser:

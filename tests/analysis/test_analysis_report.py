@@ -8,7 +8,13 @@ pytest.importorskip("matplotlib")
 
 import analysis
 from analysis import cli
-from analysis.report import report
+from analysis.reporting import report
+
+
+def test_report_is_exported_as_a_function():
+    # The module is analysis.reporting: a submodule named "report" would replace the function
+    # attribute on first import.
+    assert analysis.report is report and callable(analysis.report)
 
 
 def test_report_table_and_figures(tmp_path):

@@ -160,7 +160,7 @@ class AttentionDiffusion(MessagePassing):
         if not return_attention_weights:
             return out
         weights = graph.to_input_order(attn.t())
-        return out, (self._with_values(edge_index, graph, weights), weights)
+        return out, (self._with_values(edge_index, weights), weights)
 
     def _use_fused(self) -> bool:
         # Explainers and message hooks must see every hop's message: take the reference path.
@@ -192,7 +192,7 @@ class AttentionDiffusion(MessagePassing):
         return alpha.unsqueeze(-1) * x_j
 
     @staticmethod
-    def _with_values(edge_index: Any, graph: DiffusionGraph, weights: Tensor) -> Any:
+    def _with_values(edge_index: Any, weights: Tensor) -> Any:
         if isinstance(edge_index, SparseTensor):
             return edge_index.set_value(weights, layout="coo")
         if is_torch_sparse_tensor(edge_index):

@@ -53,22 +53,7 @@ import torch
 from tqdm.auto import tqdm
 
 from graphdiff.data.tasks.listops import ListOps, write_listops_tsv
-from graphdiff.nn.graph import DiffusionGraph
 from graphdiff.train import TrainArgs, build_task, evaluate, train
-
-# Workaround for a leak in graphdiff.nn.graph: a cached DiffusionGraph keeps views of the
-# edge_index it was built from (row/col: `dst.long()` is `dst` itself for int64), so the weakly
-# keyed cache entry never dies and every distinct edge_index (one per variable-length ListOps
-# batch) stays in memory: ~30 MB per step for dense ListOps. Building the graph from copies
-# breaks the cycle and changes no result. Remove once DiffusionGraph stores copies itself.
-_diffusion_graph_init = DiffusionGraph.__init__
-
-
-def _init_from_copies(self: DiffusionGraph, src: torch.Tensor, dst: torch.Tensor, *args: Any, **kwargs: Any) -> None:
-    _diffusion_graph_init(self, src.clone(), dst.clone(), *args, **kwargs)
-
-
-DiffusionGraph.__init__ = _init_from_copies
 
 VARIANTS: Dict[str, Dict[str, Any]] = {  # pattern None: the task's sparse pattern
     "diffuser": dict(pattern=None, hops=5, alpha=0.1),

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from typing import Any, Optional, Tuple, Union
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch_geometric.nn.conv import MessagePassing

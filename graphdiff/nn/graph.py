@@ -55,8 +55,10 @@ class DiffusionGraph:
         if not sorted_by_target and self.num_edges > 1 and bool((dst[1:] < dst[:-1]).any()):
             self.perm = torch.sort(dst, stable=True)[1]
             src, dst = src[self.perm], dst[self.perm]
-        self.row = dst.long()  # target of every CSR position
-        self.col = src.long()  # source of every CSR position
+        # Copies, never views: a view would keep the adjacency alive from inside the cache that
+        # is keyed on its weak reference, so the entry (and the tensor) would never be freed.
+        self.row = dst.to(torch.long, copy=True)  # target of every CSR position
+        self.col = src.to(torch.long, copy=True)  # source of every CSR position
         self.crow = torch.ops.aten._convert_indices_from_coo_to_csr(self.row, self.num_dst)
         self._transposed: Optional[Tuple[Tensor, Tensor, Tensor]] = None
         self._blocks: Dict[Tuple[int, bool], Tuple[Tensor, Tensor, Tensor]] = {}

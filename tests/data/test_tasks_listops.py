@@ -184,7 +184,7 @@ def test_tsv_reader_accepts_crlf_and_lra_lines(tmp_path):
     ],
 )
 def test_malformed_tsv_names_file_and_line(tmp_path, text, line, why):
-    path = _write(tmp_path / "basic_test.tsv", text)
+    _write(tmp_path / "basic_test.tsv", text)
     with pytest.raises(ValueError, match=rf"basic_test\.tsv:{line}: malformed.*{why}"):
         ListOpsTSV("test", tmp_path)
 

@@ -23,7 +23,7 @@ def random_graph(num_nodes: int, num_edges: int, seed: int = 0, self_loops: bool
 
 def dense_attention(q: Tensor, k: Tensor, edge_index: Tensor) -> Tensor:
     """``[H, N_dst, N_src]`` row-softmax of masked scores; rows without edges are zero."""
-    H, C = q.size(1), q.size(2)
+    C = q.size(2)
     scores = torch.einsum("ihc,jhc->hij", q, k) / math.sqrt(C)
     mask = torch.zeros(q.size(0), k.size(0), dtype=torch.bool)
     mask[edge_index[1], edge_index[0]] = True

@@ -242,3 +242,17 @@ def test_attention_explainer_returns_edge_mask():
     explanation = explainer(x, ei, index=2)
     assert explanation.edge_mask.shape == (ei.size(1),)
     assert (explanation.edge_mask >= 0).all() and explanation.edge_mask.sum() > 0
+
+
+def test_structure_cache_entries_die_with_their_edge_index():
+    import gc
+
+    from graphdiff.nn import graph as structure
+
+    before = len(structure._CACHE)
+    for _ in range(5):
+        edge_index = torch.arange(10).repeat(2, 1)  # sorted by target, like every pattern
+        assert structure.as_graph(edge_index, (10, 10)) is structure.as_graph(edge_index, (10, 10))
+        del edge_index
+        gc.collect()
+    assert len(structure._CACHE) == before

@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from graphdiff.patterns import (
-    BlockRandom, BlockWindow, Custom, Full, Global, Pattern, Random, Strided, Window,
+    BlockRandom, BlockWindow, Full, Global, Pattern, Random, Strided, Window,
     bigbird, diffuser, longformer, parse_pattern, sparse_transformer,
 )
 

@@ -62,7 +62,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from graphdiff.train.evaluate import evaluate_checkpoint
+    from graphdiff.train.evaluation import evaluate_checkpoint
 
     print(json.dumps(evaluate_checkpoint(args.checkpoint, args.data, args.split, args.batch_size)))
     return 0

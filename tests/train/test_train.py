@@ -7,7 +7,7 @@ import torch
 
 from graphdiff.cli import main
 from graphdiff.train import CheckpointError, TrainArgs, load_checkpoint, load_model, save_checkpoint, train
-from graphdiff.train.evaluate import evaluate_checkpoint
+from graphdiff.train.evaluation import evaluate_checkpoint
 
 TASK_ARGS = {"num_samples": 32, "length": 32}
 MODEL_ARGS = {"hidden": 16, "ffn": 32, "heads": 2}

@@ -126,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="the main job on the embedded default (no download)")
     demo.add_argument("--out", default="runs/demo")
     demo.add_argument("--n", type=int, default=4096, help="sequence length for the pattern statistics")
-    demo.add_argument("--steps", type=int, default=300, help="training steps of each multihop model")
+    demo.add_argument("--steps", type=int, default=600, help="training steps of each multihop model")
     demo.set_defaults(func=run_demo)
 
     # analysis owns its own parser: everything after `analyze` is passed through.

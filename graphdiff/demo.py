@@ -54,7 +54,7 @@ def demo_training(out: str, steps: int) -> List[Dict[str, object]]:
     return rows
 
 
-def run_demo(out: str = "runs/demo", n: int = 4096, steps: int = 300) -> List[Dict[str, object]]:
+def run_demo(out: str = "runs/demo", n: int = 4096, steps: int = 600) -> List[Dict[str, object]]:
     os.makedirs(out, exist_ok=True)
     demo_patterns(out, n)
     demo_analysis(os.path.join(out, "analysis"))

@@ -17,21 +17,17 @@ from typing import Any, Dict, List, Optional
 
 
 def run_patterns(args: argparse.Namespace) -> int:
-    from graphdiff.patterns import parse_pattern, pattern_stats
-    from graphdiff.patterns.stats import plot_adjacency
+    from graphdiff.patterns import parse_pattern
+    from graphdiff.patterns.stats import save_pattern_report
 
-    pattern = parse_pattern(args.pattern)
-    edge_index = pattern(args.n, self_loops=not args.no_self_loops)
-    stats = pattern_stats(edge_index, args.n)
-    print(f"pattern: {pattern!r}")
-    print(stats.to_markdown())
-    os.makedirs(args.out, exist_ok=True)
-    picture = os.path.join(args.out, f"pattern_{args.n}.png")
-    plot_adjacency(edge_index, args.n, picture, title=f"{pattern!r}\nn={args.n}")
-    with open(os.path.join(args.out, f"pattern_{args.n}.json"), "w") as handle:
-        json.dump({"pattern": repr(pattern), **stats.__dict__}, handle, indent=2)
-    print(f"picture: {picture}")
+    save_pattern_report(parse_pattern(args.pattern), args.n, args.out, self_loops=not args.no_self_loops)
     return 0
+
+
+def run_analyze(args: argparse.Namespace) -> int:
+    from analysis.cli import main as analyze
+
+    return analyze(args.rest)
 
 
 def key_values(items: List[str]) -> Dict[str, Any]:
@@ -132,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     # analysis owns its own parser: everything after `analyze` is passed through.
     analyze = commands.add_parser("analyze", help="spectral / expansion report of patterns", add_help=False)
     analyze.add_argument("rest", nargs=argparse.REMAINDER)
-    analyze.set_defaults(func=lambda args: __import__("analysis.cli").cli.main(args.rest))
+    analyze.set_defaults(func=run_analyze)
     return parser
 
 

@@ -10,14 +10,13 @@ Everything is written under ``out``; a table of accuracies is printed at the end
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Dict, List
 
-from graphdiff.patterns import diffuser, pattern_stats
-from graphdiff.patterns.stats import plot_adjacency
+from graphdiff.io import atomic_write
+from graphdiff.patterns import diffuser
+from graphdiff.patterns.stats import save_pattern_report
 from graphdiff.train import TrainArgs, train
-from graphdiff.train.checkpoint import atomic_write
 
 # Two layers of Window(8): one hop per layer reads 8 positions, the key sits 9..16 away.
 MULTIHOP = dict(task="multihop", preset="tiny", pattern="Window(8)", batch_size=32, lr=3e-3, seed=0,
@@ -27,13 +26,8 @@ VARIANTS = {"Diffuser (K=5, alpha=0.1)": dict(hops=5, alpha=0.1),
 
 
 def demo_patterns(out: str, n: int) -> None:
-    pattern = diffuser()
-    edge_index = pattern(n)
-    stats = pattern_stats(edge_index, n)
-    print(f"\n== 1. the paper's pattern as a graph: {pattern!r}, n={n}\n{stats.to_markdown()}")
-    plot_adjacency(edge_index, n, os.path.join(out, "pattern.png"), title=f"{pattern!r}\nn={n}")
-    atomic_write(os.path.join(out, "pattern.json"),
-                 lambda handle: handle.write(json.dumps({"pattern": repr(pattern), **stats.__dict__}, indent=2).encode()))
+    print("\n== 1. the paper's pattern as a graph")
+    save_pattern_report(diffuser(), n, out)
 
 
 def demo_analysis(out: str) -> None:
@@ -63,6 +57,6 @@ def run_demo(out: str = "runs/demo", n: int = 4096, steps: int = 600) -> List[Di
     table += [f"| {row['model']} | {row['val_accuracy']:.3f} | {row['tokens_per_second']:.0f} |" for row in rows]
     chance = 1 / 10
     summary = "\n".join(table) + f"\n\nchance level: {chance:.2f}\n"
-    atomic_write(os.path.join(out, "summary.md"), lambda handle: handle.write(summary.encode()))
+    atomic_write(os.path.join(out, "summary.md"), lambda handle: handle.write(summary), text=True)
     print(f"\n== results (also in {out}/summary.md)\n{summary}")
     return rows

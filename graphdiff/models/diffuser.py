@@ -108,6 +108,21 @@ class Diffuser(nn.Module):
             tokens, mask = tokens[:, : self.config.max_len], mask[:, : self.config.max_len]
         return graph_batch(tokens, mask.bool(), self.pattern)
 
+    def as_batch(self, inputs: Inputs, mask: Optional[Tensor], truncate: bool = False) -> Batch:
+        """A graph batch as is, or padded ``[B, L]`` ids with their mask turned into one."""
+        if isinstance(inputs, Batch):
+            return inputs
+        if mask is None:
+            raise ValueError("padded token input needs its mask [B, L] (True = real token)")
+        return self.to_batch(inputs, mask, truncate)
+
+    def unpad(self, node_values: Tensor, batch: Batch, inputs: Inputs) -> Tensor:
+        """Node-level ``[N, ...]`` values in the caller's layout: as is for a graph batch, padded
+        ``[B, L, ...]`` (L capped at max_len) for padded input."""
+        if isinstance(inputs, Batch):
+            return node_values
+        return to_padded(node_values, batch, max_len=min(inputs.size(1), self.config.max_len))[0]
+
     def encode(self, batch: Batch, return_attention_weights: bool = False):
         """Node states ``[N, D]`` of a graph batch (and the per-layer attention if asked)."""
         if batch.pos.numel() and int(batch.pos.max()) >= self.config.max_len:
@@ -127,19 +142,11 @@ class Diffuser(nn.Module):
 
     def forward(self, inputs: Inputs, mask: Optional[Tensor] = None, *, truncate: bool = False,
                 return_attention_weights: bool = False):
-        batch = inputs if isinstance(inputs, Batch) else self.to_batch(inputs, _require(mask), truncate)
+        batch = self.as_batch(inputs, mask, truncate)
         out = self.encode(batch, return_attention_weights)
-        if isinstance(inputs, Batch):
-            return out
         states, extra = out if return_attention_weights else (out, None)
-        padded, _ = to_padded(states, batch, max_len=min(inputs.size(1), self.config.max_len))
-        return (padded, extra) if return_attention_weights else padded
-
-
-def _require(mask: Optional[Tensor]) -> Tensor:
-    if mask is None:
-        raise ValueError("padded token input needs its mask [B, L] (True = real token)")
-    return mask
+        states = self.unpad(states, batch, inputs)
+        return (states, extra) if return_attention_weights else states
 
 
 def pool(states: Tensor, batch: Batch, pooling: str) -> Tensor:
@@ -162,7 +169,7 @@ class DiffuserForSequenceClassification(nn.Module):
 
     def forward(self, inputs: Inputs, mask: Optional[Tensor] = None, *, truncate: bool = False,
                 return_attention_weights: bool = False):
-        batch = inputs if isinstance(inputs, Batch) else self.diffuser.to_batch(inputs, _require(mask), truncate)
+        batch = self.diffuser.as_batch(inputs, mask, truncate)
         out = self.diffuser.encode(batch, return_attention_weights)
         states, extra = out if return_attention_weights else (out, None)
         pooled = self.dropout(pool(states, batch, self.config.pooling))
@@ -184,12 +191,10 @@ class DiffuserForMaskedLM(nn.Module):
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
 
     def forward(self, inputs: Inputs, mask: Optional[Tensor] = None, *, truncate: bool = False) -> Tensor:
-        batch = inputs if isinstance(inputs, Batch) else self.diffuser.to_batch(inputs, _require(mask), truncate)
+        batch = self.diffuser.as_batch(inputs, mask, truncate)
         states = self.norm(F.gelu(self.dense(self.diffuser.encode(batch))))
         logits = F.linear(states, self.diffuser.embeddings.tokens.weight, self.bias)
-        if isinstance(inputs, Batch):
-            return logits
-        return to_padded(logits, batch, max_len=min(inputs.size(1), self.config.max_len))[0]
+        return self.diffuser.unpad(logits, batch, inputs)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -15,12 +15,16 @@ from torch import Tensor
 from graphdiff.patterns.base import Edges, Pattern, check_int
 
 
+def key_grid_edges(keys: Tensor) -> Edges:
+    """Edges ``keys[i, m] -> i`` for a ``[n, w]`` grid of candidate keys, dropping those outside ``[0, n)``."""
+    n = keys.size(0)
+    inside = (keys >= 0) & (keys < n)
+    return keys[inside], torch.arange(n).unsqueeze(1).expand_as(keys)[inside]
+
+
 def offset_edges(n: int, offsets: Tensor) -> Edges:
     """Edges ``j = i + d -> i`` for every query ``i`` and offset ``d`` that stays inside ``[0, n)``."""
-    queries = torch.arange(n).unsqueeze(1)  # [n, 1]
-    keys = queries + offsets.unsqueeze(0)  # [n, len(offsets)]
-    inside = (keys >= 0) & (keys < n)
-    return keys[inside], queries.expand_as(keys)[inside]
+    return key_grid_edges(torch.arange(n).unsqueeze(1) + offsets.unsqueeze(0))
 
 
 def sample_distinct(rows: int, num: int, population: int, seed: int) -> Tensor:
@@ -93,11 +97,8 @@ class BlockWindow(Pattern):
 
     def _edges(self, n: int) -> Edges:
         block = self.size // 2
-        queries = torch.arange(n).unsqueeze(1)  # [n, 1]
-        first_key = (queries // block - 1) * block  # start of the previous block
-        keys = first_key + torch.arange(3 * block).unsqueeze(0)  # [n, 3 * block]
-        inside = (keys >= 0) & (keys < n)
-        return keys[inside], queries.expand_as(keys)[inside]
+        first_key = (torch.arange(n).unsqueeze(1) // block - 1) * block  # start of the previous block
+        return key_grid_edges(first_key + torch.arange(3 * block).unsqueeze(0))  # [n, 3 * block] candidates
 
     def __repr__(self) -> str:
         return f"BlockWindow({self.size})"

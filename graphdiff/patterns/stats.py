@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
-import tempfile
 
 import torch
 from torch import Tensor
+
+from graphdiff.io import atomic_write
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,9 +73,17 @@ def plot_adjacency(edge_index: Tensor, n: int, path: str, title: str = "", max_p
     ax.set_ylabel("query i")
     ax.set_title(title or f"attention pattern, n={n}")
     fig.tight_layout()
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=directory, suffix=".png", delete=False) as handle:
-        fig.savefig(handle, format="png", dpi=100)
+    atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=100))
     plt.close(fig)
-    os.replace(handle.name, path)
+
+
+def save_pattern_report(pattern, n: int, out: str, self_loops: bool = True) -> PatternStats:
+    """Print a pattern's statistics and write ``out/pattern_{n}.png`` and ``out/pattern_{n}.json``."""
+    edge_index = pattern(n, self_loops=self_loops)
+    stats = pattern_stats(edge_index, n)
+    print(f"pattern: {pattern!r}, n={n}\n{stats.to_markdown()}")
+    plot_adjacency(edge_index, n, os.path.join(out, f"pattern_{n}.png"), title=f"{pattern!r}\nn={n}")
+    record = {"pattern": repr(pattern), **dataclasses.asdict(stats)}
+    atomic_write(os.path.join(out, f"pattern_{n}.json"), lambda handle: json.dump(record, handle, indent=2), text=True)
+    print(f"picture: {os.path.join(out, f'pattern_{n}.png')}")
+    return stats

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from typing import Any, Dict, Tuple
 
 import torch
 
+from graphdiff.io import atomic_write
 from graphdiff.models import DiffuserConfig, DiffuserForSequenceClassification
 
 
@@ -20,32 +20,12 @@ class CheckpointError(ValueError):
     """A checkpoint file is missing, truncated, corrupt or not a graphdiff checkpoint."""
 
 
-def atomic_write(path: str, write) -> None:
-    """Call ``write(file_object)`` on a temporary file next to ``path``, then rename it over
-    ``path``: a crash mid-write leaves the previous file intact."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(dir=directory, prefix=f".{os.path.basename(path)}.", delete=False)
-    try:
-        with handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(handle.name, 0o666 & ~umask)  # NamedTemporaryFile creates 0600; use the normal mode
-        os.replace(handle.name, path)
-    except BaseException:
-        os.unlink(handle.name)
-        raise
-
-
 def save_checkpoint(path: str, state: Dict[str, Any]) -> None:
     atomic_write(path, lambda handle: torch.save(state, handle))
 
 
 def save_json(path: str, value: Any) -> None:
-    atomic_write(path, lambda handle: handle.write(json.dumps(value, indent=2).encode()))
+    atomic_write(path, lambda handle: handle.write(json.dumps(value, indent=2)), text=True)
 
 
 REQUIRED_KEYS = ("model", "config", "step")

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm.auto import tqdm
 
 from graphdiff.data.tasks import TASKS, TaskDataset, collate, get_task
+from graphdiff.io import atomic_write
 from graphdiff.models import PRESETS, DiffuserConfig, DiffuserForSequenceClassification, preset_config
 from graphdiff.patterns import parse_pattern
 from graphdiff.train.checkpoint import load_checkpoint, save_checkpoint, save_json
@@ -103,8 +104,8 @@ def lr_factor(step: int, total: int, warmup_steps: int) -> float:
 
 def make_optimizer(model: nn.Module, args: TrainArgs) -> torch.optim.Optimizer:
     # As in BERT/RoBERTa: no weight decay on biases and LayerNorm weights.
-    decay = [p for name, p in model.named_parameters() if p.dim() >= 2]
-    rest = [p for name, p in model.named_parameters() if p.dim() < 2]
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    rest = [p for p in model.parameters() if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": rest, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=args.lr)
 
@@ -138,10 +139,7 @@ class MetricsLog:
             return
         with open(self.path) as handle:
             kept = [line for line in handle if line.strip() and json.loads(line)["step"] <= step]
-        tmp = self.path + ".tmp"
-        with open(tmp, "w") as handle:
-            handle.writelines(kept)
-        os.replace(tmp, self.path)
+        atomic_write(self.path, lambda handle: handle.writelines(kept), text=True)
 
     def write(self, record: Dict[str, Any]) -> None:
         if self.enabled:
@@ -252,7 +250,7 @@ def _train(args: TrainArgs, context: DistributedContext) -> TrainResult:
             result = {"step": step, "epoch": step / steps_per_epoch, "train_loss": window_loss / window_steps,
                       "tokens_per_second": tokens_seen / (time.perf_counter() - started)}
             if context.is_main:
-                result.update({f"val_{k}": v for k, v in evaluate(model, val_set, per_process, context.device).items()})
+                result.update({f"val_{k}": v for k, v in evaluate(model, val_set, per_process, context.device, args.workers).items()})
                 metrics.write(result)
                 bar.set_postfix(loss=f"{result['train_loss']:.3f}", val_acc=f"{result['val_accuracy']:.3f}")
                 if result["val_accuracy"] > best:

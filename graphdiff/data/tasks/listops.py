@@ -28,12 +28,12 @@ the parentheses. :func:`write_listops_tsv` writes the same format.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterable, Union
 
 import numpy as np
 
+from graphdiff.io import atomic_write
 from graphdiff.data.tasks.base import (
     NUM_SPECIAL,
     TaskDataset,
@@ -188,17 +188,13 @@ def generate_tree(
 
 def write_listops_tsv(path: str | os.PathLike, trees: Iterable[Tree]) -> None:
     """Write ``trees`` as an LRA ListOps TSV (header, ``source<TAB>value`` lines), atomically."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write("Source\tTarget\n")
-            for tree in trees:
-                f.write(f"{to_lra_source(tree)}\t{evaluate(tree)}\n")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+
+    def write(handle) -> None:
+        handle.write("Source\tTarget\n")
+        for tree in trees:
+            handle.write(f"{to_lra_source(tree)}\t{evaluate(tree)}\n")
+
+    atomic_write(path, write, text=True)
 
 
 def read_listops_tsv(path: str | os.PathLike) -> tuple[list[np.ndarray], np.ndarray]:

@@ -36,7 +36,7 @@ def diffusion_coefficients(alpha: float = 0.1, hops: int = 5, kernel: str = "ppr
     ``k = K`` (the recursion ``Z <- (1-alpha) A Z + alpha V`` unrolled ``K`` times).
     ``heat``: :math:`e^{-t} t^k / k!` renormalised over ``k <= K``.
     """
-    hops = _check_hops(hops, allow_none=False)
+    hops = _check_hops(hops)
     _check_kernel(kernel, alpha, t)
     k = np.arange(hops + 1)
     if kernel == "ppr":
@@ -160,9 +160,7 @@ def _leading(matrix: scipy.sparse.csr_matrix, k: int) -> np.ndarray:
     return values[order][:k]
 
 
-def _check_hops(hops: Any, allow_none: bool) -> Optional[int]:
-    if hops is None and allow_none:
-        return None
+def _check_hops(hops: Any) -> int:
     if isinstance(hops, bool) or not isinstance(hops, numbers.Integral) or hops < 0:
         raise ValueError(f"hops must be an integer >= 0, got {hops!r}")
     return int(hops)

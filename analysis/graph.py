@@ -119,7 +119,8 @@ def as_graph(graph: Any, n: Optional[int] = None) -> Graph:
     if hasattr(graph, "to_scipy"):
         if n is None:
             raise ValueError("n (the sequence length) is required to build a pattern")
-        return Graph(_binary(graph.to_scipy(_check_n(n)).tocsr(), copy=False))
+        # copy: a duck-typed pattern may return (and keep) a cached matrix of its own.
+        return Graph(_binary(graph.to_scipy(_check_n(n)).tocsr(), copy=True))
     if scipy.sparse.issparse(graph):
         rows, cols = graph.shape
         if rows != cols:

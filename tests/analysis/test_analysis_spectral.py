@@ -138,3 +138,5 @@ def test_adjacency_lambda_closed_forms():
     # Complete graph K_n: mu = n - 1 once, -1 otherwise. Cycle C_n (even): mu_n = -2.
     assert analysis.adjacency_lambda(adjacency(nx.complete_graph(30))).lam == pytest.approx(1.0)
     assert analysis.adjacency_lambda(adjacency(nx.cycle_graph(64))).lam == pytest.approx(2.0)
+    # C_64 is 2-regular with lambda = 2 = 2 sqrt(d - 1): exactly on the Ramanujan bound.
+    assert analysis.adjacency_lambda(adjacency(nx.cycle_graph(64))).ramanujan_ratio == pytest.approx(1.0)

@@ -40,7 +40,7 @@ class AttentionDiffusion(MessagePassing):
 
     The default (fused) path runs every hop as one sparse-dense product on a CSR structure
     cached per graph and never materialises per-edge features ``[E, H, C]``, forward or
-    backward. With ``fused=False``, or whenever PyG's explain machinery or message hooks are
+    backward. With ``fused=False``, or whenever PyG's explain machinery or message (pre-)hooks are
     attached, each hop is a plain :meth:`propagate` whose :meth:`message` receives the
     attention as ``alpha``: the reference path, identical in value.
 

@@ -218,5 +218,6 @@ def as_graph(adj: Any, num_nodes: Tuple[int, int]) -> DiffusionGraph:
     except TypeError:  # not weak-referenceable: do not cache
         return graph
     _CACHE[key] = (ref, version, (n_src, n_dst), graph)
-    weakref.finalize(adj, _CACHE.pop, key, None)
+    if hit is None or hit[0]() is not adj:  # one finalizer per tensor, not one per rebuild
+        weakref.finalize(adj, _CACHE.pop, key, None)
     return graph

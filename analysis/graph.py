@@ -23,11 +23,17 @@ from typing import Any, Optional
 
 import numpy as np
 import scipy.sparse
-from scipy.sparse.csgraph import connected_components
+from scipy.sparse.csgraph import connected_components, reverse_cuthill_mckee
+
+DENSE_MAX_NODES = 1024  # dense n x n work (full spectra) only up to here: 8 MiB a matrix
 
 
 class Graph:
     """A validated graph on ``n`` nodes, with lazily built views shared between analyses.
+
+    Every view is built on first use and kept, so that several quantities of one graph (its
+    gap, epsilon and adjacency spectrum in a report row) pay for each matrix and spectrum once.
+    The views are shared: read them, never modify them in place.
 
     Attributes:
         n: number of nodes.
@@ -38,9 +44,6 @@ class Graph:
     def __init__(self, directed: scipy.sparse.csr_matrix):
         self.n = directed.shape[0]
         self.directed = directed
-        # Results derived from the graph alone (e.g. a dense spectrum), keyed by the module
-        # that computes them, so that several quantities of one graph pay for it once.
-        self.cache: dict[str, Any] = {}
 
     @functools.cached_property
     def adjacency(self) -> scipy.sparse.csr_matrix:
@@ -71,7 +74,7 @@ class Graph:
         return self.directed.nnz
 
     def normalized_adjacency(self) -> scipy.sparse.csr_matrix:
-        r"""``M = I - L`` where ``L`` is the normalised Laplacian.
+        r"""``M = I - L`` where ``L`` is the normalised Laplacian (built once, shared).
 
         .. math::
             M = D^{-1/2} W D^{-1/2} + \operatorname{diag}(d = 0)
@@ -79,14 +82,72 @@ class Graph:
         An isolated node has ``L_{vv} = 0`` (Chung's convention, as networkx), so the
         multiplicity of the eigenvalue 0 of ``L`` is the number of components.
         """
+        return self._normalized_adjacency
+
+    @functools.cached_property
+    def _normalized_adjacency(self) -> scipy.sparse.csr_matrix:
         d = self.degrees
         scale = np.divide(1.0, np.sqrt(d), out=np.zeros_like(d), where=d > 0)
         s = scipy.sparse.diags(scale) @ self.adjacency @ scipy.sparse.diags(scale)
         return (s + scipy.sparse.diags((d == 0).astype(np.float64))).tocsr()
 
     def laplacian(self) -> scipy.sparse.csr_matrix:
-        r"""``L = I - D^{-1/2} W D^{-1/2}`` (``[n, n]`` CSR), with ``L_{vv} = 0`` for isolated ``v``."""
+        r"""``L = I - D^{-1/2} W D^{-1/2}`` (``[n, n]`` CSR), with ``L_{vv} = 0`` for isolated ``v``.
+
+        A new matrix on every call: the solvers keep only the views they reuse
+        (:attr:`permuted_laplacian`, :attr:`laplacian_spectrum`).
+        """
         return (scipy.sparse.identity(self.n, format="csr") - self.normalized_adjacency()).tocsr()
+
+    @functools.cached_property
+    def rcm_order(self) -> tuple[np.ndarray, int]:
+        """``(perm, half)``: a reverse Cuthill-McKee ordering of ``W`` and the half bandwidth of
+        ``W`` in that order (``O(edges)``). Small ``half`` means a banded graph (windows, blocks).
+        """
+        w = self.adjacency
+        perm = reverse_cuthill_mckee(w, symmetric_mode=True)
+        position = np.empty_like(perm)
+        position[perm] = np.arange(self.n, dtype=perm.dtype)
+        rows = np.repeat(np.arange(self.n), np.diff(w.indptr))
+        return perm, int(np.abs(position[rows] - position[w.indices]).max(initial=0))
+
+    @functools.cached_property
+    def permuted_laplacian(self) -> scipy.sparse.csr_matrix:
+        """``L[perm][:, perm]`` in the order of :attr:`rcm_order`: what the banded solvers factor."""
+        perm, _ = self.rcm_order
+        return self.laplacian()[perm][:, perm]
+
+    @functools.cached_property
+    def laplacian_spectrum(self) -> np.ndarray:
+        """All ``n`` eigenvalues of ``L``, ascending, the kernel set to exactly 0 (read-only).
+
+        Raises:
+            ValueError: above ``DENSE_MAX_NODES`` nodes, where the dense ``n x n`` matrix is too
+                large (the sparse solvers of :mod:`analysis.spectral` take over there).
+        """
+        spectrum = np.linalg.eigvalsh(self._dense("laplacian_spectrum", self.laplacian()))
+        spectrum[: self.num_components] = 0.0
+        spectrum.flags.writeable = False  # shared between callers
+        return spectrum
+
+    @functools.cached_property
+    def adjacency_spectrum(self) -> np.ndarray:
+        """All ``n`` eigenvalues of ``W``, ascending (read-only).
+
+        Raises:
+            ValueError: above ``DENSE_MAX_NODES`` nodes, as :attr:`laplacian_spectrum`.
+        """
+        spectrum = np.linalg.eigvalsh(self._dense("adjacency_spectrum", self.adjacency))
+        spectrum.flags.writeable = False  # shared between callers
+        return spectrum
+
+    def _dense(self, name: str, matrix: scipy.sparse.spmatrix) -> np.ndarray:
+        if self.n > DENSE_MAX_NODES:
+            raise ValueError(
+                f"{name} is dense: for n <= {DENSE_MAX_NODES} nodes, got n={self.n} "
+                "(use laplacian_extremes or adjacency_lambda)"
+            )
+        return matrix.toarray()
 
     def null_space(self) -> scipy.sparse.csc_matrix:
         r"""``U [n, c]``: orthonormal basis of the kernel of ``L``, one column per component.

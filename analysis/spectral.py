@@ -32,11 +32,9 @@ import numpy as np
 import scipy.linalg
 import scipy.sparse
 import scipy.sparse.linalg as sla
-from scipy.sparse.csgraph import reverse_cuthill_mckee
 
-from analysis.graph import Graph, as_graph
+from analysis.graph import DENSE_MAX_NODES, Graph, as_graph
 
-DENSE_MAX_NODES = 1024
 BAND_FACTOR = 4  # banded storage may hold this many times the edges of W
 MAX_HALF_BAND = 256  # and a Cholesky factorisation, O(n * half^2), runs ~30 times in a bisection
 TOL = 1e-5  # ARPACK residual tolerance relative to the eigenvalue; eigenvalue errors are ~TOL^2/gap
@@ -104,7 +102,7 @@ def laplacian_extremes(graph: Any, n: Optional[int] = None, k: int = 2) -> Lapla
 def extremes(g: Graph, k_small: int, k_large: int) -> LaplacianExtremes:
     """:func:`laplacian_extremes` with a separate count at each end (``k_large`` may be 0)."""
     if g.n <= DENSE_MAX_NODES:
-        spectrum = _dense_spectrum(g)
+        spectrum = g.laplacian_spectrum
         return LaplacianExtremes(
             spectrum[:k_small].copy(), spectrum[g.n - k_large :].copy(), g.num_components, "dense"
         )
@@ -137,7 +135,7 @@ def spectral_gap(graph: Any, n: Optional[int] = None) -> float:
         )
         return 0.0
     if g.n <= DENSE_MAX_NODES:
-        return float(_dense_spectrum(g)[1])
+        return float(g.laplacian_spectrum[1])
     return float(_sparse_smallest(g, 2, _band(g))[0][1])
 
 
@@ -157,9 +155,7 @@ def adjacency_lambda(graph: Any, n: Optional[int] = None) -> AdjacencyLambda:
     w = g.adjacency
     band = None if g.n <= DENSE_MAX_NODES else _band(g)
     if g.n <= DENSE_MAX_NODES:
-        if "adjacency_spectrum" not in g.cache:
-            g.cache["adjacency_spectrum"] = np.linalg.eigvalsh(w.toarray())  # ascending
-        second, last = g.cache["adjacency_spectrum"][[-2, 0]]
+        second, last = g.adjacency_spectrum[[-2, 0]]
     elif band is not None:  # clustered ends: see _banded_largest
         perm, half = band
         permuted = w[perm][:, perm]
@@ -175,16 +171,6 @@ def adjacency_lambda(graph: Any, n: Optional[int] = None) -> AdjacencyLambda:
 
 
 # -- solvers -------------------------------------------------------------------------------------
-
-
-def _dense_spectrum(g: Graph) -> np.ndarray:
-    """All ``n`` eigenvalues of ``L``, ascending, with the kernel set to exactly 0 (cached)."""
-    if "laplacian_spectrum" not in g.cache:
-        spectrum = np.linalg.eigvalsh(g.laplacian().toarray())
-        spectrum[: g.num_components] = 0.0
-        spectrum.flags.writeable = False  # shared between callers
-        g.cache["laplacian_spectrum"] = spectrum
-    return g.cache["laplacian_spectrum"]
 
 
 Band = Optional[tuple[np.ndarray, int]]  # (reverse Cuthill-McKee permutation, half bandwidth)
@@ -215,24 +201,22 @@ def _sparse_smallest(g: Graph, k: int, band: Band) -> tuple[np.ndarray, str]:
 def _sparse_largest(g: Graph, k: int, band: Band) -> np.ndarray:
     """``k`` largest eigenvalues of ``L``, ascending."""
     if band is not None:
-        perm, half = band
-        return np.sort(_banded_largest(g.laplacian()[perm][:, perm], k, half))
+        return np.sort(_banded_largest(g.permuted_laplacian, k, band[1]))
     return np.sort(1.0 - _lanczos(g.normalized_adjacency(), k, "SA"))
 
 
 def _band(g: Graph) -> Band:
-    """``(permutation, half bandwidth)`` when a banded factorisation of ``L`` stays ``O(edges)``."""
-    w = g.adjacency
-    budget = BAND_FACTOR * max(w.nnz, g.n)
+    """``(permutation, half bandwidth)`` when a banded factorisation of ``L`` stays ``O(edges)``.
+
+    The ``O(edges)`` reordering is :attr:`Graph.rcm_order`, built once per graph; this decision
+    on top of it is ``O(n)``.
+    """
+    budget = BAND_FACTOR * max(g.adjacency.nnz, g.n)
     # A node of degree d forces a half bandwidth >= d / 2: hubs (global tokens) rule out a band
     # before the O(edges) reordering is paid for.
     if g.degrees.max(initial=0) // 2 > MAX_HALF_BAND or (g.degrees.max(initial=0) // 2 + 1) * g.n > budget:
         return None
-    perm = reverse_cuthill_mckee(w, symmetric_mode=True)
-    position = np.empty_like(perm)
-    position[perm] = np.arange(g.n, dtype=perm.dtype)
-    rows = np.repeat(np.arange(g.n), np.diff(w.indptr))
-    half = int(np.abs(position[rows] - position[w.indices]).max(initial=0))
+    perm, half = g.rcm_order
     return (perm, half) if half <= MAX_HALF_BAND and (half + 1) * g.n <= budget else None
 
 
@@ -259,7 +243,7 @@ def _shift_invert_smallest(
     :math:`1 / (\lambda + \sigma)`. ``L + sigma I`` is factored once in banded form (Cholesky,
     ``O(n * half^2)`` time, ``O(n * half)`` memory) in the reverse Cuthill-McKee order.
     """
-    lap = g.laplacian()[perm][:, perm]
+    lap = g.permuted_laplacian
     null = null[perm]
     factor = _banded_cholesky(lap + SHIFT * scipy.sparse.identity(g.n), half)
     if factor is None:  # L is positive semidefinite: only rounding can get here

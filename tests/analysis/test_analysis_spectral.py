@@ -140,3 +140,36 @@ def test_adjacency_lambda_closed_forms():
     assert analysis.adjacency_lambda(adjacency(nx.cycle_graph(64))).lam == pytest.approx(2.0)
     # C_64 is 2-regular with lambda = 2 = 2 sqrt(d - 1): exactly on the Ramanujan bound.
     assert analysis.adjacency_lambda(adjacency(nx.cycle_graph(64))).ramanujan_ratio == pytest.approx(1.0)
+
+
+def test_matrices_and_reordering_are_built_once_per_graph(monkeypatch):
+    # The gap, epsilon and adjacency spectrum of one banded graph share one reverse Cuthill-McKee
+    # ordering and one permuted Laplacian; results match the closed forms of the cycle.
+    orderings = []
+    rcm = analysis.graph.reverse_cuthill_mckee
+
+    def counted(*args, **kwargs):
+        orderings.append(args)
+        return rcm(*args, **kwargs)
+
+    monkeypatch.setattr(analysis.graph, "reverse_cuthill_mckee", counted)
+    n = SPARSE_N
+    g = analysis.as_graph(adjacency(nx.cycle_graph(n)))
+    permuted = g.permuted_laplacian
+    lam2 = 1 - math.cos(2 * math.pi / n)  # n even: lambda_max = 2
+    assert analysis.spectral_gap(g) == pytest.approx(lam2, rel=1e-6)
+    assert analysis.complete_graph_epsilon(g) == pytest.approx((2 - lam2) / (2 + lam2), rel=1e-9)
+    assert analysis.adjacency_lambda(g).lam == pytest.approx(2.0, rel=1e-6)
+    assert len(orderings) == 1
+    assert g.permuted_laplacian is permuted and g.normalized_adjacency() is g.normalized_adjacency()
+
+
+def test_dense_spectra_refuse_large_graphs():
+    g = analysis.as_graph(adjacency(nx.path_graph(spectral.DENSE_MAX_NODES + 1)))
+    with pytest.raises(ValueError, match="dense"):
+        g.laplacian_spectrum
+    with pytest.raises(ValueError, match="dense"):
+        g.adjacency_spectrum
+    small = analysis.as_graph(adjacency(nx.path_graph(30)))
+    np.testing.assert_allclose(small.laplacian_spectrum, path_spectrum(30), atol=1e-12)
+    np.testing.assert_allclose(small.adjacency_spectrum, np.sort(2 * np.cos(np.pi * np.arange(1, 31) / 31)), atol=1e-12)

@@ -43,10 +43,21 @@ def complete_graph_epsilon(graph: Any, n: Optional[int] = None) -> float:
             DisconnectedGraphWarning(f"graph has {g.num_components} components: epsilon = 1"),
             stacklevel=2,
         )
-        return 1.0
+    return gap_and_epsilon(g)[1]
+
+
+def gap_and_epsilon(g: Graph) -> tuple[float, float]:
+    """``lambda_2`` and :func:`complete_graph_epsilon` of ``g`` from one eigensolve, without
+    warnings: ``(0.0, 1.0)`` for a disconnected graph. For callers that need both (the report).
+
+    Raises:
+        SpectralConvergenceError: when the sparse solver does not converge.
+    """
+    if g.num_components > 1:
+        return 0.0, 1.0
     result = extremes(g, 2, 1)
-    lam2, lam_max = result.smallest[1], result.largest[-1]
-    return float((lam_max - lam2) / (lam_max + lam2))
+    lam2, lam_max = float(result.smallest[1]), float(result.largest[-1])
+    return lam2, (lam_max - lam2) / (lam_max + lam2)
 
 
 def cheeger_bounds(graph: Any, n: Optional[int] = None) -> tuple[float, float]:
@@ -82,7 +93,7 @@ def receptive_field(
     g = as_graph(graph, n)
     hops = _check_count("hops", hops, 0)
     reached, _ = _reach(g, _queries(g.n, samples), hops)
-    return reached / g.n
+    return _field(reached, g.n, hops)
 
 
 def hops_to_cover(graph: Any, n: Optional[int] = None, samples: Optional[int] = None) -> Optional[int]:
@@ -96,6 +107,16 @@ def hops_to_cover(graph: Any, n: Optional[int] = None, samples: Optional[int] = 
     g = as_graph(graph, n)
     _, levels = _reach(g, _queries(g.n, samples), None)
     return levels
+
+
+def field_and_cover(g: Graph, hops: int) -> tuple[np.ndarray, Optional[int]]:
+    """``receptive_field(g, hops=hops)`` and ``hops_to_cover(g)`` (default samples) from one
+    search: the search to cover passes through the first ``hops`` hops anyway. For callers that
+    need both (the report).
+    """
+    hops = _check_count("hops", hops, 0)
+    reached, levels = _reach(g, _queries(g.n, None), None)
+    return _field(reached, g.n, hops), levels
 
 
 def _queries(n: int, samples: Optional[int]) -> np.ndarray:
@@ -115,9 +136,10 @@ def _reach(g: Graph, queries: np.ndarray, hops: Optional[int]) -> tuple[np.ndarr
     ``O(s * n)`` memory for the seen-mask, whatever the number of hops.
 
     Returns:
-        ``reached [levels]``: mean number of keys reached within ``k`` hops, ``k = 0..`` (padded
-        to ``hops + 1`` when given), and the number of hops after which every query has reached
-        every key (``None`` if never, or not within ``hops``).
+        ``reached [levels]``: mean number of keys reached within ``k`` hops, ``k = 0..`` (at most
+        ``hops + 1`` entries when ``hops`` is given, fewer when the search runs out first), and
+        the number of hops after which every query has reached every key (``None`` if never, or
+        not within ``hops``).
     """
     s, n = len(queries), g.n
     adjacency = g.directed
@@ -138,10 +160,14 @@ def _reach(g: Graph, queries: np.ndarray, hops: Optional[int]) -> tuple[np.ndarr
         covered: Optional[int] = int(np.argmax([c.min() == n for c in counts]))
     else:
         covered = None
-    reached = np.array([c.mean() for c in counts], dtype=np.float64)
-    if hops is not None:
-        reached = np.pad(reached, (0, hops + 1 - reached.size), mode="edge")
-    return reached, covered
+    return np.array([c.mean() for c in counts], dtype=np.float64), covered
+
+
+def _field(reached: np.ndarray, n: int, hops: int) -> np.ndarray:
+    """The receptive field ``[hops + 1]`` from :func:`_reach`'s counts: cut to ``hops`` hops, or
+    held at its last value past the end of the search (nothing new is reached after it)."""
+    reached = reached[: hops + 1]
+    return np.pad(reached, (0, hops + 1 - reached.size), mode="edge") / n
 
 
 def _check_count(name: str, value: Any, minimum: int) -> int:

@@ -23,15 +23,9 @@ import numpy as np
 from tqdm import tqdm
 
 from analysis.diffusion import AttentionSpectrum, diffusion_spectrum
-from analysis.expansion import EXACT_MAX_NODES, hops_to_cover, receptive_field
+from analysis.expansion import EXACT_MAX_NODES, field_and_cover, gap_and_epsilon
 from analysis.graph import Graph, as_graph
-from analysis.spectral import (
-    DENSE_MAX_NODES,
-    DisconnectedGraphWarning,
-    SpectralConvergenceError,
-    adjacency_lambda,
-    extremes,
-)
+from analysis.spectral import DENSE_MAX_NODES, SpectralConvergenceError, adjacency_lambda
 
 # name -> pattern expression for graphdiff.patterns.parse_pattern. "window only" is Diffuser's
 # own window without its global and random tokens: the ablation the paper argues from.
@@ -92,20 +86,28 @@ def report(
     lengths = sorted({int(n) for n in lengths})
     if not lengths or lengths[0] < 2:
         raise ValueError(f"lengths must be integers >= 2, got {lengths}")
-    rows = []
+    spectrum_n = min(lengths[0], DENSE_MAX_NODES)  # spectra.png: whole (dense) spectra
+    rows: list[Row] = []
+    spectra: dict[str, np.ndarray] = {}
     # disable=None: a progress bar on a terminal, silence in notebooks, logs and tests
     with tqdm(total=len(named) * len(lengths), desc="spectral report", unit="graph", disable=None) as bar:
         for name, pattern in named.items():
             for n in lengths:
                 bar.set_postfix_str(f"{name} n={n}")
-                rows.append(_row(name, as_graph(pattern, n)))
+                g = as_graph(pattern, n)
+                rows.append(_row(name, g))
+                if out is not None and n == spectrum_n:
+                    spectra[name] = g.laplacian_spectrum  # cached: _row's own solve when connected
                 bar.update()
     markdown = _markdown(rows, attention)
     files: list[str] = []
     if out is not None:
+        for name, pattern in named.items():
+            if name not in spectra:  # every length is above the dense limit: one more graph
+                spectra[name] = as_graph(pattern, spectrum_n).laplacian_spectrum
         os.makedirs(out, exist_ok=True)
         files.append(_write_text(os.path.join(out, "report.md"), markdown))
-        files += _figures(rows, named, lengths[0], attention, out)
+        files += _figures(rows, spectra, spectrum_n, attention, out)
     return Report(rows, markdown, files)
 
 
@@ -124,28 +126,23 @@ def _resolve(patterns: Union[Sequence[str], Mapping[str, Any], None]) -> dict[st
 
 
 def _row(name: str, g: Graph) -> Row:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DisconnectedGraphWarning)  # shown in the table instead
-        connected = g.num_components == 1
-        try:
-            if connected:
-                ext = extremes(g, 2, 1)
-                lam2, lam_max = float(ext.smallest[1]), float(ext.largest[-1])
-                epsilon: Optional[float] = (lam_max - lam2) / (lam_max + lam2)
-            else:
-                lam2, epsilon = 0.0, 1.0
-        except SpectralConvergenceError as error:
-            warnings.warn(f"{name} at n={g.n}: {error}", stacklevel=3)
-            lam2 = epsilon = None
-        try:
-            ratio: Optional[float] = adjacency_lambda(g).ramanujan_ratio
-        except SpectralConvergenceError as error:
-            warnings.warn(f"{name} at n={g.n}: {error}", stacklevel=3)
-            ratio = None
+    # A disconnected graph is flagged in the table (gap_and_epsilon does not warn about it).
+    lam2: Optional[float]
+    epsilon: Optional[float]
+    try:
+        lam2, epsilon = gap_and_epsilon(g)
+    except SpectralConvergenceError as error:
+        warnings.warn(f"{name} at n={g.n}: {error}", stacklevel=3)
+        lam2 = epsilon = None
+    try:
+        ratio: Optional[float] = adjacency_lambda(g).ramanujan_ratio
+    except SpectralConvergenceError as error:
+        warnings.warn(f"{name} at n={g.n}: {error}", stacklevel=3)
+        ratio = None
+    field, covered = field_and_cover(g, FIELD_HOPS)
     return Row(
         pattern=name, n=g.n, edges_per_token=g.num_edges / g.n, lambda_2=lam2, epsilon=epsilon,
-        ramanujan_ratio=ratio, hops_to_cover=hops_to_cover(g), connected=connected,
-        field=receptive_field(g, hops=FIELD_HOPS),
+        ramanujan_ratio=ratio, hops_to_cover=covered, connected=g.num_components == 1, field=field,
     )
 
 
@@ -201,11 +198,12 @@ def _markdown(rows: list[Row], attention: Optional[Sequence[AttentionSpectrum]])
 
 def _figures(
     rows: list[Row],
-    named: Mapping[str, Any],
-    smallest: int,
+    spectra: Mapping[str, np.ndarray],
+    spectrum_n: int,
     attention: Optional[Sequence[AttentionSpectrum]],
     out: str,
 ) -> list[str]:
+    """Write the figures; ``spectra``: each pattern's whole Laplacian spectrum at ``spectrum_n``."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
@@ -213,7 +211,7 @@ def _figures(
 
     files = []
     fig, ax = plt.subplots(figsize=(6, 4))
-    for name in named:
+    for name in spectra:
         mine = [r for r in rows if r.pattern == name and r.lambda_2]
         ax.loglog([r.n for r in mine], [r.lambda_2 for r in mine], "o-", label=name)
     ax.set(xlabel="sequence length n", ylabel="spectral gap lambda_2", title="Spectral gap against length")
@@ -232,12 +230,9 @@ def _figures(
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     mu = np.linspace(-1, 1, 401)
-    for name, pattern in named.items():
-        g = as_graph(pattern, min(smallest, DENSE_MAX_NODES))
-        spectrum = extremes(g, g.n, 0).smallest  # the whole spectrum (dense at this size)
+    for name, spectrum in spectra.items():
         left.hist(1.0 - spectrum, bins=60, histtype="step", density=True, log=True, label=name)
-    left.set(xlabel="eigenvalue mu of D^-1/2 W D^-1/2", ylabel="density",
-             title=f"Pattern spectra (n={min(smallest, DENSE_MAX_NODES)})")
+    left.set(xlabel="eigenvalue mu of D^-1/2 W D^-1/2", ylabel="density", title=f"Pattern spectra (n={spectrum_n})")
     left.legend(fontsize=7)
     right.plot(mu, diffusion_spectrum(mu, ALPHA, HOPS), label=f"PPR, K={HOPS}")
     right.plot(mu, diffusion_spectrum(mu, ALPHA, None), "--", label="PPR, K=inf")

@@ -8,6 +8,7 @@ import scipy.sparse
 from hypothesis import given, settings, strategies as st
 
 import analysis
+from analysis import expansion
 
 
 def adjacency(graph):
@@ -33,6 +34,13 @@ def test_complete_graph_epsilon_closed_forms():
         assert analysis.complete_graph_epsilon(np.array([[0], [1]]), 3) == 1.0
 
 
+def test_gap_and_epsilon_from_one_solve():
+    # Hypercube Q_6: lambda_2 = 2/6, lambda_max = 2. A disconnected graph: (0, 1), as the public functions.
+    lam2, epsilon = expansion.gap_and_epsilon(analysis.as_graph(adjacency(nx.hypercube_graph(6))))
+    assert (lam2, epsilon) == pytest.approx((2 / 6, (2 - 2 / 6) / (2 + 2 / 6)))
+    assert expansion.gap_and_epsilon(analysis.as_graph(np.array([[0], [1]]), 3)) == (0.0, 1.0)
+
+
 def test_cheeger_bounds_bracket_the_conductance_of_a_cycle():
     n = 40
     lower, upper = analysis.cheeger_bounds(adjacency(nx.cycle_graph(n)))
@@ -50,6 +58,11 @@ def test_receptive_field_equals_dense_boolean_powers(n, m, hops, seed):
     edge_index = rng.integers(0, n, size=(2, m))
     expected = dense_receptive_field(edge_index, n, hops)
     np.testing.assert_allclose(analysis.receptive_field(edge_index, n, hops), expected)
+    # The report's single search gives the same field and the first k where the field reaches 1.
+    field, covered = expansion.field_and_cover(analysis.as_graph(edge_index, n), hops)
+    np.testing.assert_allclose(field, expected)
+    full = dense_receptive_field(edge_index, n, n)  # a path has at most n - 1 edges
+    assert covered == (int(np.argmax(full == 1.0)) if full[-1] == 1.0 else None)
 
 
 def test_receptive_field_is_directed():

@@ -1,13 +1,15 @@
 """The report and `graphdiff analyze`: files written, table content, learned attention."""
+import math
 import os
 
+import numpy as np
 import pytest
 
 pytest.importorskip("graphdiff.patterns")
 pytest.importorskip("matplotlib")
 
 import analysis
-from analysis import cli
+from analysis import cli, expansion
 from analysis.reporting import report
 
 
@@ -31,6 +33,24 @@ def test_report_table_and_figures(tmp_path):
     row = next(r for r in result.rows if r.pattern == "diffuser" and r.n == 128)
     assert row.lambda_2 == pytest.approx(analysis.spectral_gap(analysis.as_graph(row_pattern("diffuser"), 128)))
     assert row.field[-1] == 1.0 and row.hops_to_cover <= 2
+
+
+def test_report_searches_reachability_once_per_row(monkeypatch):
+    # hops_to_cover and the receptive field of a row come from one breadth-first search.
+    calls = []
+    search = expansion._reach
+
+    def counted(*args):
+        calls.append(args)
+        return search(*args)
+
+    monkeypatch.setattr(expansion, "_reach", counted)
+    result = report({"window": "Window(8)"}, [64, 128])
+    assert len(calls) == len(result.rows) == 2
+    for row in result.rows:
+        graph = analysis.as_graph(row_pattern("Window(8)"), row.n)
+        assert row.hops_to_cover == analysis.hops_to_cover(graph) == math.ceil((row.n - 1) / 4)
+        np.testing.assert_array_equal(row.field, analysis.receptive_field(graph, hops=len(row.field) - 1))
 
 
 def row_pattern(expression):

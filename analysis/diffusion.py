@@ -21,10 +21,9 @@ from typing import Any, NamedTuple, Optional
 
 import numpy as np
 import scipy.sparse
-import scipy.sparse.linalg as sla
 
-from analysis.graph import _check_n, edge_array
-from analysis.spectral import DENSE_MAX_NODES, SpectralConvergenceError, TOL, MAXITER
+from analysis.graph import check_int, edge_array
+from analysis.spectral import DENSE_MAX_NODES, arpack
 
 KERNELS = ("ppr", "heat")
 
@@ -36,7 +35,7 @@ def diffusion_coefficients(alpha: float = 0.1, hops: int = 5, kernel: str = "ppr
     ``k = K`` (the recursion ``Z <- (1-alpha) A Z + alpha V`` unrolled ``K`` times).
     ``heat``: :math:`e^{-t} t^k / k!` renormalised over ``k <= K``.
     """
-    hops = _check_hops(hops)
+    hops = check_int("hops", hops, 0)
     _check_kernel(kernel, alpha, t)
     k = np.arange(hops + 1)
     if kernel == "ppr":
@@ -118,11 +117,12 @@ def attention_spectrum(
         alpha, hops, kernel, t: the diffusion, as in :func:`diffusion_spectrum`.
 
     Raises:
-        ValueError: on mismatched shapes or invalid indices.
+        ValueError: on mismatched shapes, invalid indices or ``k`` out of range.
+        TypeError: on a non-integer ``k``.
         SpectralConvergenceError: when ARPACK does not converge.
     """
     src, dst = edge_array(edge_index, n)
-    n = _check_n(n)
+    n = int(n)  # validated by edge_array
     weights = attn.detach().cpu().numpy() if hasattr(attn, "detach") else np.asarray(attn)
     weights = weights.astype(np.float64)
     if weights.ndim == 1:
@@ -132,9 +132,8 @@ def attention_spectrum(
             f"attn must have shape [E] or [E, H] with E={src.shape[0]} (the edges), "
             f"got {list(np.shape(attn))}"
         )
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 1 <= k <= n:
-        raise ValueError(f"k must be an integer in [1, n={n}], got {k!r}")
-    eigs = np.stack([_leading(scipy.sparse.csr_matrix((w, (dst, src)), shape=(n, n)), int(k)) for w in weights.T])
+    k = check_int("k", k, 1, n)
+    eigs = np.stack([_leading(scipy.sparse.csr_matrix((w, (dst, src)), shape=(n, n)), k) for w in weights.T])
     return AttentionSpectrum(eigs, diffusion_spectrum(eigs, alpha, hops, kernel, t))
 
 
@@ -144,26 +143,10 @@ def _leading(matrix: scipy.sparse.csr_matrix, k: int) -> np.ndarray:
     if n <= DENSE_MAX_NODES:
         values = np.linalg.eigvals(matrix.toarray())
     else:
-        if k >= n - 1:
-            raise ValueError(f"k must be < n - 1 = {n - 1} for the sparse solver, got {k}")
-        start = np.random.default_rng(0).standard_normal(n)
-        try:
-            values = sla.eigs(
-                matrix, k=k, which="LM", v0=start, tol=TOL, maxiter=MAXITER, return_eigenvectors=False
-            )
-        except sla.ArpackNoConvergence as error:
-            raise SpectralConvergenceError(
-                f"ARPACK (eigs, k={k}, n={n}) converged {len(error.eigenvalues)} of {k} eigenvalues"
-            ) from error
+        values = arpack(matrix, k, "LM", symmetric=False)
     values = values.astype(np.complex128)
     order = np.lexsort((-values.real, -np.abs(values)))
     return values[order][:k]
-
-
-def _check_hops(hops: Any) -> int:
-    if isinstance(hops, bool) or not isinstance(hops, numbers.Integral) or hops < 0:
-        raise ValueError(f"hops must be an integer >= 0, got {hops!r}")
-    return int(hops)
 
 
 def _check_kernel(kernel: Any, alpha: Any, t: Any) -> None:

@@ -8,7 +8,6 @@ directed path ``j -> ... -> i`` of at most ``k`` edges exists.
 from __future__ import annotations
 
 import math
-import numbers
 import warnings
 from typing import Any, Optional
 
@@ -16,7 +15,7 @@ import numpy as np
 import scipy.sparse
 from tqdm import tqdm
 
-from analysis.graph import Graph, as_graph
+from analysis.graph import Graph, as_graph, check_int
 from analysis.spectral import DisconnectedGraphWarning, extremes, spectral_gap
 
 EXACT_MAX_NODES = 2048  # receptive fields from every query up to here, from a sample above
@@ -91,7 +90,7 @@ def receptive_field(
         ``[hops + 1]`` float64, non-decreasing.
     """
     g = as_graph(graph, n)
-    hops = _check_count("hops", hops, 0)
+    hops = check_int("hops", hops, 0)
     reached, _ = _reach(g, _queries(g.n, samples), hops)
     return _field(reached, g.n, hops)
 
@@ -114,7 +113,7 @@ def field_and_cover(g: Graph, hops: int) -> tuple[np.ndarray, Optional[int]]:
     search: the search to cover passes through the first ``hops`` hops anyway. For callers that
     need both (the report).
     """
-    hops = _check_count("hops", hops, 0)
+    hops = check_int("hops", hops, 0)
     reached, levels = _reach(g, _queries(g.n, None), None)
     return _field(reached, g.n, hops), levels
 
@@ -122,7 +121,7 @@ def field_and_cover(g: Graph, hops: int) -> tuple[np.ndarray, Optional[int]]:
 def _queries(n: int, samples: Optional[int]) -> np.ndarray:
     if samples is None:
         samples = n if n <= EXACT_MAX_NODES else DEFAULT_SAMPLES
-    samples = _check_count("samples", samples, 1)
+    samples = check_int("samples", samples, 1)
     if samples >= n:
         return np.arange(n)
     return np.unique(np.linspace(0, n - 1, samples).round().astype(np.int64))
@@ -168,11 +167,3 @@ def _field(reached: np.ndarray, n: int, hops: int) -> np.ndarray:
     held at its last value past the end of the search (nothing new is reached after it)."""
     reached = reached[: hops + 1]
     return np.pad(reached, (0, hops + 1 - reached.size), mode="edge") / n
-
-
-def _check_count(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
-    return int(value)

@@ -24,7 +24,6 @@ actual error is usually about its square). Failure to converge raises
 from __future__ import annotations
 
 import math
-import numbers
 import warnings
 from typing import Any, NamedTuple, Optional
 
@@ -33,7 +32,7 @@ import scipy.linalg
 import scipy.sparse
 import scipy.sparse.linalg as sla
 
-from analysis.graph import DENSE_MAX_NODES, Graph, as_graph
+from analysis.graph import DENSE_MAX_NODES, Graph, as_graph, check_int
 
 BAND_FACTOR = 4  # banded storage may hold this many times the edges of W
 MAX_HALF_BAND = 256  # and a Cholesky factorisation, O(n * half^2), runs ~30 times in a bisection
@@ -95,7 +94,7 @@ def laplacian_extremes(graph: Any, n: Optional[int] = None, k: int = 2) -> Lapla
         SpectralConvergenceError: when a sparse solver does not converge.
     """
     g = as_graph(graph, n)
-    k = _check_k(k, g.n)
+    k = check_int("k", k, 1, g.n)
     return extremes(g, k, k)
 
 
@@ -162,8 +161,8 @@ def adjacency_lambda(graph: Any, n: Optional[int] = None) -> AdjacencyLambda:
         second = np.sort(_banded_largest(permuted, 2, half))[0]
         last = -_banded_largest(-permuted, 1, half)[0]
     else:
-        second = np.sort(_lanczos(w, 2, "LA"))[0]
-        last = _lanczos(w, 1, "SA")[0]
+        second = np.sort(arpack(w, 2, "LA"))[0]
+        last = arpack(w, 1, "SA")[0]
     lam = float(max(abs(second), abs(last)))
     mean_degree = w.nnz / g.n
     ratio = lam / (2.0 * math.sqrt(mean_degree - 1.0)) if mean_degree > 1 else math.nan
@@ -193,7 +192,7 @@ def _sparse_smallest(g: Graph, k: int, band: Band) -> tuple[np.ndarray, str]:
         deflated = sla.LinearOperator(
             m.shape, matvec=lambda x: m @ x - 2.0 * (null @ (null.T @ x)), dtype=np.float64
         )
-        found = 1.0 - _lanczos(deflated, k - zeros, "LA")
+        found = 1.0 - arpack(deflated, k - zeros, "LA")
         method = "lanczos"
     return np.concatenate([np.zeros(zeros), np.sort(found)]), method
 
@@ -202,7 +201,7 @@ def _sparse_largest(g: Graph, k: int, band: Band) -> np.ndarray:
     """``k`` largest eigenvalues of ``L``, ascending."""
     if band is not None:
         return np.sort(_banded_largest(g.permuted_laplacian, k, band[1]))
-    return np.sort(1.0 - _lanczos(g.normalized_adjacency(), k, "SA"))
+    return np.sort(1.0 - arpack(g.normalized_adjacency(), k, "SA"))
 
 
 def _band(g: Graph) -> Band:
@@ -256,7 +255,7 @@ def _shift_invert_smallest(
         return y - null @ (null.T @ y)
 
     inverse = sla.LinearOperator(lap.shape, matvec=solve, dtype=np.float64)
-    return _lanczos(lap, k, "LM", sigma=-SHIFT, inverse=inverse)
+    return arpack(lap, k, "LM", sigma=-SHIFT, inverse=inverse)
 
 
 def _banded_largest(matrix: scipy.sparse.csr_matrix, k: int, half: int) -> np.ndarray:
@@ -273,7 +272,7 @@ def _banded_largest(matrix: scipy.sparse.csr_matrix, k: int, half: int) -> np.nd
     identity = scipy.sparse.identity(n)
     # A Ritz value never exceeds the top eigenvalue: a cheap, loose Lanczos run gives a lower
     # end; step up from it until sigma I - X factors, then bisect the (short) bracket.
-    low = float(_lanczos(matrix, 1, "LA", tol=1e-3)[0])
+    low = float(arpack(matrix, 1, "LA", tol=1e-3)[0])
     step = 1e-3 * max(1.0, abs(low))
     high = low + step
     factor = _banded_cholesky(high * identity - matrix, half)
@@ -295,38 +294,42 @@ def _banded_largest(matrix: scipy.sparse.csr_matrix, k: int, half: int) -> np.nd
         return -scipy.linalg.cho_solve_banded((factor, False), x.ravel())
 
     inverse = sla.LinearOperator(matrix.shape, matvec=solve, dtype=np.float64)
-    return _lanczos(matrix, k, "LM", sigma=high, inverse=inverse)
+    return arpack(matrix, k, "LM", sigma=high, inverse=inverse)
 
 
-def _lanczos(
+def arpack(
     operator: Any,
     k: int,
     which: str,
     sigma: Optional[float] = None,
     inverse: Optional[sla.LinearOperator] = None,
     tol: float = TOL,
+    symmetric: bool = True,
 ) -> np.ndarray:
-    """ARPACK ``eigsh`` with a fixed start vector (reproducible) and errors that say what failed."""
+    """``k`` eigenvalues from ARPACK with a fixed start vector (reproducible) and errors that say
+    what failed: Lanczos (``eigsh``, real, ``k < n``) for a symmetric operator, else Arnoldi
+    (``eigs``, complex, ``k < n - 1``).
+
+    Raises:
+        ValueError: when ``k`` is too large for ARPACK.
+        SpectralConvergenceError: when it does not converge within ``MAXITER`` restarts.
+    """
     size = operator.shape[0]
-    if k >= size:
-        raise ValueError(f"the sparse solver needs k < n, got k={k}, n={size}")
+    bound = size if symmetric else size - 1
+    if k >= bound:
+        raise ValueError(f"the sparse solver needs k < {bound} (n={size}), got k={k}")
     start = np.random.default_rng(0).standard_normal(size)
-    ncv = min(size, max(2 * k + 1, 24))
+    if symmetric:
+        solver, ncv = sla.eigsh, min(size, max(2 * k + 1, 24))
+    else:
+        solver, ncv = sla.eigs, None  # scipy's default Krylov size: min(n, max(2 k + 1, 20))
     try:
-        return sla.eigsh(
+        return solver(
             operator, k=k, which=which, sigma=sigma, OPinv=inverse, v0=start, ncv=ncv,
             tol=tol, maxiter=MAXITER, return_eigenvectors=False,
         )
     except sla.ArpackNoConvergence as error:
         raise SpectralConvergenceError(
-            f"ARPACK ({which}, k={k}, n={size}) converged {len(error.eigenvalues)} of {k} "
-            f"eigenvalues to tol={tol} within {MAXITER} restarts"
+            f"ARPACK ({solver.__name__}, {which}, k={k}, n={size}) converged "
+            f"{len(error.eigenvalues)} of {k} eigenvalues to tol={tol} within {MAXITER} restarts"
         ) from error
-
-
-def _check_k(k: Any, n: int) -> int:
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
-        raise TypeError(f"k must be an integer in [1, n={n}], got {k!r}")
-    if not 1 <= k <= n:
-        raise ValueError(f"k must be in [1, n={n}], got {k}")
-    return int(k)

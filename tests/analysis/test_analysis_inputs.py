@@ -74,6 +74,13 @@ def test_bad_arguments():
         analysis.laplacian_extremes(EDGES, N, k=N + 1)
     with pytest.raises(ValueError, match="hops must be"):
         analysis.receptive_field(EDGES, N, hops=-1)
+    # Every integer argument: TypeError when not an integer, ValueError when out of range.
+    with pytest.raises(TypeError, match="hops must be an integer >= 0"):
+        analysis.diffusion_spectrum([0.5], hops=1.5)
+    with pytest.raises(TypeError, match="samples must be an integer >= 1"):
+        analysis.hops_to_cover(EDGES, N, samples=True)
+    with pytest.raises(ValueError, match=r"k must be in \[1, 40\]"):
+        analysis.attention_spectrum(np.ones(N - 1), EDGES, N, k=0)
     with pytest.raises(ValueError, match="alpha must be"):
         analysis.diffusion_spectrum([0.5], alpha=1.5)
     with pytest.raises(ValueError, match="kernel must be"):

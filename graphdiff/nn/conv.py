@@ -11,8 +11,9 @@ from torch_geometric.typing import PairTensor, SparseTensor
 from torch_geometric.utils import is_torch_sparse_tensor
 from torch_geometric.utils.sparse import set_sparse_value
 
-from graphdiff.nn.functional import (attention_heads_first, check_diffusion_args,
-                                     diffuse_heads_first, diffusion_coefficients)
+from graphdiff.nn.functional import (attention_heads_first, check_bipartite_diffusion,
+                                     check_diffusion_args, diffuse_heads_first,
+                                     diffusion_coefficients)
 from graphdiff.nn.graph import DiffusionGraph, as_graph, edge_index_of
 
 
@@ -172,10 +173,7 @@ class AttentionDiffusion(MessagePassing):
         if self.hops == 0:
             return v
         s, coeffs = diffusion_coefficients(self.hops, self.alpha, self.kernel, self.t)
-        if not graph.is_square and (self.hops > 1 or any(c != 0.0 for c in coeffs[1:])):
-            raise ValueError("diffusion over more than one hop, or with alpha > 0, needs as "
-                             "many sources as targets; use hops=1, alpha=0.0 for bipartite "
-                             "cross-attention")
+        check_bipartite_diffusion(graph, self.hops, coeffs)
         ei = edge_index_of(edge_index)
         alpha = graph.to_input_order(attn.t())  # [E, H] in the order of `ei`
         size = (graph.num_src, graph.num_dst)

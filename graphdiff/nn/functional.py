@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from graphdiff.nn.graph import DiffusionGraph, as_graph
-from graphdiff.nn.kernels import Diffusion, EdgeAttention
+from graphdiff.nn.kernels import Diffusion, EdgeAttention, chunk_width, from_chunks, to_chunks
 
 KERNELS = ("ppr", "heat")
 
@@ -76,35 +76,48 @@ def _num_nodes(num_nodes: Union[int, Tuple[int, int], None],
     return sizes
 
 
+def _width(graph: DiffusionGraph, x: Tensor) -> int:
+    return chunk_width(max(graph.num_src, graph.num_dst), x.size(-1), x.dtype)
+
+
+def check_bipartite_diffusion(graph: DiffusionGraph, hops: int,
+                              coeffs: Sequence[float]) -> None:
+    """Raise ``ValueError`` unless the recursion can run on ``graph``: with fewer sources
+    than targets (or more), only one hop without teleport (``Z_1 = A V``) is defined."""
+    if not graph.is_square and (hops > 1 or any(c != 0.0 for c in coeffs[1:])):
+        raise ValueError(f"diffusion over more than one hop, or with alpha > 0, needs as many "
+                         f"sources as targets (got {graph.num_src} sources, {graph.num_dst} "
+                         f"targets); use hops=1, alpha=0.0 for bipartite cross-attention")
+
+
 @torch.compiler.disable
 def attention_heads_first(q: Tensor, k: Tensor, graph: DiffusionGraph,
                           scale: Optional[float] = None) -> Tensor:
     """:func:`edge_softmax_attention` on head-major ``[H, N, C]`` features; ``[H, E]`` in
     CSR order."""
     scale = q.size(-1) ** -0.5 if scale is None else scale
-    return EdgeAttention.apply(graph, q.contiguous(), k.contiguous(), scale)
+    width = _width(graph, q)
+    return EdgeAttention.apply(graph, to_chunks(q, width), to_chunks(k, width), scale)
 
 
 @torch.compiler.disable
 def diffuse_heads_first(attn: Tensor, v: Tensor, graph: DiffusionGraph, hops: int, alpha: float,
                         kernel: str = "ppr", t: float = 1.0, hop_dropout: float = 0.0,
                         training: bool = False) -> Tensor:
-    """:func:`diffuse` on head-major ``attn [H, E]`` (CSR order) and ``v [H, N, C]``."""
+    """:func:`diffuse` on head-major ``attn [H, E]`` (CSR order) and ``v [H, N, C]``;
+    returns head-major ``[H, N_dst, C]``."""
     if hops == 0:
         return v
     s, coeffs = diffusion_coefficients(hops, alpha, kernel, t)
-    if not graph.is_square and any(c != 0.0 for c in coeffs[1:]) or (
-            not graph.is_square and hops > 1):
-        raise ValueError(f"diffusion over more than one hop, or with alpha > 0, needs as many "
-                         f"sources as targets (got {graph.num_src} sources, {graph.num_dst} "
-                         f"targets); use hops=1, alpha=0.0 for bipartite cross-attention")
-    v = v.contiguous()
+    check_bipartite_diffusion(graph, hops, coeffs)
+    v = to_chunks(v, _width(graph, v))
     masks = None
     if training and hop_dropout > 0.0:
-        shape = (v.size(0), graph.num_dst, v.size(2))
+        shape = (v.size(0), v.size(1), graph.num_dst, v.size(3))
         masks = [torch.empty(shape, dtype=torch.bool, device=v.device).bernoulli_(
             1.0 - hop_dropout) for _ in range(hops)]
-    return Diffusion.apply(graph, attn.contiguous(), v, s, coeffs, masks, 1.0 - hop_dropout)
+    out = Diffusion.apply(graph, attn.contiguous(), v, s, coeffs, masks, 1.0 - hop_dropout)
+    return from_chunks(out)
 
 
 def edge_softmax_attention(q: Tensor, k: Tensor, edge_index: Any,
@@ -179,4 +192,4 @@ def diffuse(attn: Tensor, v: Tensor, edge_index: Any, hops: int = 5, alpha: floa
 
 
 __all__: Sequence[str] = ["edge_softmax_attention", "diffuse", "diffusion_coefficients",
-                          "check_diffusion_args"]
+                          "check_diffusion_args", "check_bipartite_diffusion"]

@@ -1,10 +1,10 @@
 """The CSR structure of an attention pattern, built once per graph and reused.
 
 Every fused kernel in :mod:`graphdiff.nn` runs on a :class:`DiffusionGraph`: the target-major
-CSR of the pattern (rows = queries i, columns = keys j), its transpose (rows = keys) and the
-block-diagonal "all heads" versions of both, in which head ``h`` owns rows
-``h * N_dst ... (h + 1) * N_dst``. With per-edge values laid out head-major (``[H, E]``), one
-``torch.sparse`` call then serves all heads at once.
+CSR of the pattern (rows = queries i, columns = keys j) and its transpose (rows = keys), with
+int32 indices when they fit. Every head shares the one structure; per-edge values are laid out
+head-major (``[H, E]``) and :meth:`DiffusionGraph.csr` wraps one head's row as a
+``torch.sparse`` CSR matrix without copying.
 
 Building the structure (sorting, CSR conversion, range checks) costs more than a whole
 diffusion, so :func:`as_graph` caches it per adjacency object: every layer, hop, head and the
@@ -50,7 +50,6 @@ class DiffusionGraph:
                  sorted_by_target: bool = False) -> None:
         self.num_src, self.num_dst = int(num_nodes[0]), int(num_nodes[1])
         self.num_edges = src.numel()
-        self.device = src.device
         self.perm: Optional[Tensor] = None
         if not sorted_by_target and self.num_edges > 1 and bool((dst[1:] < dst[:-1]).any()):
             self.perm = torch.sort(dst, stable=True)[1]
@@ -61,7 +60,8 @@ class DiffusionGraph:
         self.col = src.to(torch.long, copy=True)  # source of every CSR position
         self.crow = torch.ops.aten._convert_indices_from_coo_to_csr(self.row, self.num_dst)
         self._transposed: Optional[Tuple[Tensor, Tensor, Tensor]] = None
-        self._blocks: Dict[Tuple[int, bool], Tuple[Tensor, Tensor, Tensor]] = {}
+        self._compact: Dict[bool, Tuple[Tensor, Tensor]] = {}
+        self._segments: Dict[int, Tensor] = {}
 
     @property
     def is_square(self) -> bool:
@@ -93,38 +93,36 @@ class DiffusionGraph:
             self._transposed = (crow_t, self.row[perm_t], perm_t)
         return self._transposed
 
-    def block(self, heads: int, transpose: bool = False) -> Tuple[Tensor, Tensor, Tensor]:
-        """``(crow, col, seg)`` of the block-diagonal CSR holding ``heads`` copies of the
-        graph (or of its transpose): shape ``[H * rows, H * cols]``, int32 indices when
-        they fit. ``seg`` is the int64 row pointer used for segment reductions."""
-        key = (heads, transpose)
-        if key not in self._blocks:
-            if transpose:
-                crow, col, _ = self.transposed()
-                rows, cols = self.num_src, self.num_dst
-            else:
-                crow, col, rows, cols = self.crow, self.col, self.num_dst, self.num_src
-            E = self.num_edges
-            h = torch.arange(heads, device=self.device)
-            seg = torch.cat([(crow[:-1].unsqueeze(0) + (h * E).unsqueeze(1)).reshape(-1),
-                             crow.new_full((1,), heads * E)])
-            bcol = (col.unsqueeze(0) + (h * cols).unsqueeze(1)).reshape(-1)
-            small = max(heads * E, heads * max(rows, cols)) <= _INT32_MAX
-            itype = torch.int32 if small else torch.int64
-            self._blocks[key] = (seg.to(itype), bcol.to(itype), seg)
-        return self._blocks[key]
+    def compact_indices(self, transpose: bool = False) -> Tuple[Tensor, Tensor]:
+        """``(crow, col)`` of the CSR (or of its transpose) as int32 when they fit: half the
+        index traffic of every sparse product."""
+        if transpose not in self._compact:
+            crow, col = self.transposed()[:2] if transpose else (self.crow, self.col)
+            if max(self.num_edges, self.num_src, self.num_dst) <= _INT32_MAX:
+                crow, col = crow.to(torch.int32), col.to(torch.int32)
+            self._compact[transpose] = (crow, col)
+        return self._compact[transpose]
+
+    def csr(self, values: Tensor, transpose: bool = False) -> Tensor:
+        """One head's sparse matrix ``A`` (``[N_dst, N_src]``) with per-edge ``values [E]``
+        in CSR order, or for ``transpose=True`` ``A^T`` with values in
+        :meth:`transpose_values` order. Shares the indices; never copies."""
+        crow, col = self.compact_indices(transpose)
+        size = (self.num_src, self.num_dst) if transpose else (self.num_dst, self.num_src)
+        return sparse_csr(crow, col, values, size)
+
+    def segments(self, heads: int) -> Tensor:
+        """int64 row pointer of ``heads`` stacked copies of the CSR: the offsets that
+        reduce flat ``[H * E]`` values per (head, target) in one segment reduction."""
+        if heads not in self._segments:
+            shift = torch.arange(heads, device=self.crow.device).unsqueeze(1) * self.num_edges
+            self._segments[heads] = torch.cat([(self.crow[:-1] + shift).reshape(-1),
+                                               self.crow.new_full((1,), heads * self.num_edges)])
+        return self._segments[heads]
 
     def transpose_values(self, values: Tensor) -> Tensor:
         """Per-edge values ``[H, E]`` from CSR order to the order of the transposed CSR."""
         return values.index_select(1, self.transposed()[2])
-
-    def block_csr(self, values: Tensor, transpose: bool = False) -> Tensor:
-        """The block-diagonal CSR with head-major values ``[H, E]``: in CSR order, or for
-        ``transpose=True`` (the CSR of ``A^T``) in :meth:`transpose_values` order."""
-        heads = values.size(0)
-        crow, col, _ = self.block(heads, transpose)
-        rows, cols = (self.num_src, self.num_dst) if transpose else (self.num_dst, self.num_src)
-        return sparse_csr(crow, col, values.reshape(-1), (heads * rows, heads * cols))
 
 
 # --------------------------------------------------------------------------------------

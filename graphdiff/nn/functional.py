@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from graphdiff.nn.graph import DiffusionGraph, as_graph
-from graphdiff.nn.kernels import Diffusion, EdgeAttention, chunk_width, from_chunks, to_chunks
+from graphdiff.nn.kernels import Diffusion, EdgeAttention
 
 KERNELS = ("ppr", "heat")
 
@@ -76,10 +76,6 @@ def _num_nodes(num_nodes: Union[int, Tuple[int, int], None],
     return sizes
 
 
-def _width(graph: DiffusionGraph, x: Tensor) -> int:
-    return chunk_width(max(graph.num_src, graph.num_dst), x.size(-1), x.dtype)
-
-
 def check_bipartite_diffusion(graph: DiffusionGraph, hops: int,
                               coeffs: Sequence[float]) -> None:
     """Raise ``ValueError`` unless the recursion can run on ``graph``: with fewer sources
@@ -96,8 +92,7 @@ def attention_heads_first(q: Tensor, k: Tensor, graph: DiffusionGraph,
     """:func:`edge_softmax_attention` on head-major ``[H, N, C]`` features; ``[H, E]`` in
     CSR order."""
     scale = q.size(-1) ** -0.5 if scale is None else scale
-    width = _width(graph, q)
-    return EdgeAttention.apply(graph, to_chunks(q, width), to_chunks(k, width), scale)
+    return EdgeAttention.apply(graph, q.contiguous(), k.contiguous(), scale)
 
 
 @torch.compiler.disable
@@ -110,14 +105,13 @@ def diffuse_heads_first(attn: Tensor, v: Tensor, graph: DiffusionGraph, hops: in
         return v
     s, coeffs = diffusion_coefficients(hops, alpha, kernel, t)
     check_bipartite_diffusion(graph, hops, coeffs)
-    v = to_chunks(v, _width(graph, v))
+    v = v.contiguous()
     masks = None
     if training and hop_dropout > 0.0:
-        shape = (v.size(0), v.size(1), graph.num_dst, v.size(3))
+        shape = (v.size(0), graph.num_dst, v.size(2))
         masks = [torch.empty(shape, dtype=torch.bool, device=v.device).bernoulli_(
             1.0 - hop_dropout) for _ in range(hops)]
-    out = Diffusion.apply(graph, attn.contiguous(), v, s, coeffs, masks, 1.0 - hop_dropout)
-    return from_chunks(out)
+    return Diffusion.apply(graph, attn.contiguous(), v, s, coeffs, masks, 1.0 - hop_dropout)
 
 
 def edge_softmax_attention(q: Tensor, k: Tensor, edge_index: Any,

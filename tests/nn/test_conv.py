@@ -11,8 +11,6 @@ from graphdiff.nn import AttentionDiffusion, as_graph
 
 from .reference import dense_attention, dense_diffuse, random_graph
 
-pytestmark = pytest.mark.usefixtures("chunking")  # whole and chunked kernels
-
 N, F_IN = 10, 8
 
 

@@ -11,8 +11,6 @@ from graphdiff.nn.functional import diffuse, diffusion_coefficients, edge_softma
 
 from .reference import dense_attention, dense_diffuse, edge_values, random_graph
 
-pytestmark = pytest.mark.usefixtures("chunking")  # whole and chunked kernels
-
 N, H, C = 12, 3, 4
 
 

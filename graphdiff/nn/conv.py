@@ -142,10 +142,12 @@ class AttentionDiffusion(MessagePassing):
                                  f"expects in_channels={size}")
         graph = as_graph(edge_index, (x_src.size(0), x_dst.size(0)))
 
-        # [N, H * C] -> head-major [H, N, C]: one block-diagonal sparse op serves all heads.
+        # [N, H * C] -> head-major [H, N, C]: the sparse kernels run one head at a time.
+        v = self.lin_value(x_src).view(-1, H, C).transpose(0, 1)
+        if self.hops == 0 and not return_attention_weights:
+            return self._merge_heads(v.transpose(0, 1))  # Z_0 = V: the attention is unused
         q = self.lin_query(x_dst).view(-1, H, C).transpose(0, 1)
         k = self.lin_key(x_src).view(-1, H, C).transpose(0, 1)
-        v = self.lin_value(x_src).view(-1, H, C).transpose(0, 1)
         attn = attention_heads_first(q, k, graph)  # [H, E], CSR order
         attn_used = F.dropout(attn, p=self.dropout, training=self.training)
 
@@ -156,11 +158,15 @@ class AttentionDiffusion(MessagePassing):
         else:
             out = self._diffuse_by_messages(attn_used, v.transpose(0, 1), edge_index, graph)
 
-        out = out.reshape(-1, H * C) if self.concat else out.mean(dim=1)
+        out = self._merge_heads(out)
         if not return_attention_weights:
             return out
         weights = graph.to_input_order(attn.t())
         return out, (self._with_values(edge_index, weights), weights)
+
+    def _merge_heads(self, out: Tensor) -> Tensor:
+        """``[N, H, C]`` -> ``[N, H * C]`` (concat) or ``[N, C]`` (mean over heads)."""
+        return out.reshape(out.size(0), -1) if self.concat else out.mean(dim=1)
 
     def _use_fused(self) -> bool:
         # Explainers and message hooks must see every hop's message: take the reference path.

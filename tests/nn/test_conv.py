@@ -101,7 +101,7 @@ def test_all_adjacency_types_agree():
 
 
 @pytest.mark.skipif(not WITH_TORCH_SPARSE, reason="torch_sparse not installed")
-def test_sparse_tensor_skip_marker_runs():
+def test_sparse_tensor_matches_edge_index():
     x, ei = inputs()
     adj = SparseTensor.from_edge_index(ei, sparse_sizes=(N, N)).t()
     conv = make(F_IN, 4)
@@ -159,10 +159,22 @@ def test_dropout_eval_deterministic_training_random():
     torch.testing.assert_close(conv(x, ei), conv(x, ei))
     conv.train()
     assert not torch.allclose(conv(x, ei), conv(x, ei))
-    for fused in (True, False):  # both paths scale dropout to keep the expectation
-        conv.fused = fused
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_hop_dropout_keeps_the_expectation(fused):
+    # Fresh independent masks per hop with mean one, and every hop is linear in its input:
+    # the mean output over many draws is the output without dropout.
+    x, ei = inputs()
+    conv = make(F_IN, 4, heads=2, hops=3, hop_dropout=0.3, fused=fused)
+    with torch.no_grad():
+        expected = conv.eval()(x, ei)
+        conv.train()
         torch.manual_seed(0)
-        assert torch.isfinite(conv(x, ei)).all()
+        draws = torch.stack([conv(x, ei) for _ in range(2000)])
+    standard_error = draws.std(dim=0) / draws.size(0) ** 0.5
+    assert ((draws.mean(dim=0) - expected).abs() <= 5 * standard_error + 1e-12).all()
+    assert (draws.std(dim=0) > 0).any()  # the masks were really drawn
 
 
 def test_bad_arguments():
@@ -181,10 +193,15 @@ def test_bad_arguments():
         make(F_IN, 4)(x, ei + N)
 
 
-def test_hops_zero_returns_values():
+def test_hops_zero_returns_values_without_computing_attention(monkeypatch):
     x, ei = inputs()
     conv = make(F_IN, 4, heads=2, hops=0)
+    monkeypatch.setattr(conv.lin_query, "forward", None)  # any call would raise TypeError
     torch.testing.assert_close(conv(x, ei), conv.lin_value(x))
+    monkeypatch.undo()
+    out, (_, attn) = conv(x, ei, return_attention_weights=True)
+    torch.testing.assert_close(out, conv.lin_value(x))
+    assert attn.shape == (ei.size(1), 2)
 
 
 def test_sequential():
@@ -194,6 +211,8 @@ def test_sequential():
         torch.nn.ReLU(),
         (make(8, 3, heads=2, concat=False), "x, edge_index -> x"),
     ])
+    first, second = [m for m in model.modules() if isinstance(m, AttentionDiffusion)]
+    torch.testing.assert_close(model(x, ei), second(first(x, ei).relu(), ei))
     assert model(x, ei).shape == (N, 3)
 
 
@@ -232,16 +251,26 @@ class _Net(torch.nn.Module):
         return self.conv2(self.conv1(x, edge_index).relu(), edge_index)
 
 
-def test_attention_explainer_returns_edge_mask():
+def test_attention_explainer_returns_edge_mask(monkeypatch):
     x, ei = inputs()
     x = x.float()
     explainer = Explainer(_Net(), algorithm=AttentionExplainer(), explanation_type="model",
                           node_mask_type=None, edge_mask_type="object",
                           model_config=dict(mode="multiclass_classification",
                                             task_level="node", return_type="raw"))
+    messages = []
+    original = AttentionDiffusion.message
+    monkeypatch.setattr(AttentionDiffusion, "message",
+                        lambda self, x_j, alpha: messages.append(alpha) or original(self, x_j,
+                                                                                   alpha))
     explanation = explainer(x, ei, index=2)
-    assert explanation.edge_mask.shape == (ei.size(1),)
-    assert (explanation.edge_mask >= 0).all() and explanation.edge_mask.sum() > 0
+    assert len(messages) == 2 + 2  # the reference path: one propagate per hop, two layers
+    mask = explanation.edge_mask
+    assert mask.shape == (ei.size(1),)
+    assert (mask >= 0).all() and mask.sum() > 0
+    # The mask follows the input edge order: permuting the edges permutes the mask.
+    perm = torch.randperm(ei.size(1), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(explainer(x, ei[:, perm], index=2).edge_mask, mask[perm])
 
 
 def test_structure_cache_entries_die_with_their_edge_index():

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
@@ -26,6 +25,7 @@ from analysis.diffusion import AttentionSpectrum, diffusion_spectrum
 from analysis.expansion import EXACT_MAX_NODES, field_and_cover, gap_and_epsilon
 from analysis.graph import Graph, as_graph
 from analysis.spectral import DENSE_MAX_NODES, SpectralConvergenceError, adjacency_lambda
+from graphdiff.io import atomic_write
 
 # name -> pattern expression for graphdiff.patterns.parse_pattern. "window only" is Diffuser's
 # own window without its global and random tokens: the ablation the paper argues from.
@@ -271,16 +271,6 @@ def _write_text(path: str, text: str) -> str:
 
 
 def _atomic(path: str, write: Callable[[Any], Any]) -> str:
-    """``write(binary file)`` to a temporary file next to ``path``, then rename it over ``path``."""
-    handle, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-")
-    try:
-        with os.fdopen(handle, "wb") as f:
-            write(f)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual mode
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """:func:`graphdiff.io.atomic_write` in binary mode, returning ``path``."""
+    atomic_write(path, write)
     return path

@@ -64,9 +64,11 @@ def segment_reduce(graph: DiffusionGraph, values: Tensor, reduce: str) -> Tensor
 def per_edge_(graph: DiffusionGraph, values: Tensor, node_values: Tensor, op: str,
               scale: Optional[Tensor] = None) -> Tensor:
     """In place ``values[h, e] <op>= node_values[h, target(e)]`` (times ``scale[h, e]`` when
-    given); one head at a time, so the broadcast never costs a second ``[H, E]`` tensor."""
+    given); one head at a time into one reused buffer, so the broadcast never costs a second
+    ``[H, E]`` tensor."""
+    gathered = values.new_empty(graph.num_edges)
     for h in range(values.size(0)):
-        gathered = node_values[h].index_select(0, graph.row)
+        torch.index_select(node_values[h], 0, graph.target_index, out=gathered)
         getattr(values[h], op)(gathered if scale is None else gathered.mul_(scale[h]))
     return values
 

@@ -7,6 +7,7 @@ from hypothesis import given, settings, strategies as st
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch_geometric.nn import APPNP
 
+from graphdiff.nn import as_graph
 from graphdiff.nn.functional import diffuse, diffusion_coefficients, edge_softmax_attention
 
 from .reference import dense_attention, dense_diffuse, edge_values, random_graph
@@ -127,6 +128,25 @@ def test_huge_scores_give_no_nan():
     out.sum().backward()
     assert torch.isfinite(attn).all() and torch.isfinite(out).all()
     assert torch.isfinite(q.grad).all()
+
+
+@pytest.mark.parametrize("int32_max", [2**31 - 1, 8])  # 8: every index stays int64
+def test_gradients_match_dense_with_either_index_width(int32_max, monkeypatch):
+    from graphdiff.nn import graph as structure
+
+    monkeypatch.setattr(structure, "_INT32_MAX", int32_max)
+    ei = random_graph(N, 50, seed=12, shuffle=True)
+    q, k, v = (x.requires_grad_() for x in features(seed=12))
+    out = diffuse(edge_softmax_attention(q, k, ei), v, ei, 4, 0.2)
+    weight = torch.randn_like(out)
+    fused = torch.autograd.grad((out * weight).sum(), (q, k, v))
+    expected = dense_diffuse(dense_attention(q, k, ei), v, 4, 0.2)
+    dense = torch.autograd.grad((expected * weight).sum(), (q, k, v))
+    torch.testing.assert_close(out, expected)
+    for got, want in zip(fused, dense):
+        torch.testing.assert_close(got, want)
+    index_dtype = torch.int32 if int32_max > 100 else torch.int64
+    assert as_graph(ei, (N, N)).target_index.dtype == index_dtype
 
 
 def test_float32_agrees_with_float64():

@@ -4,7 +4,7 @@ Per-edge tensors are head-major ``[H, E]`` in CSR order, node tensors head-major
 ``[H, N, C]``. Every head shares the graph's one CSR structure, and each sparse product runs
 on one head at a time: a product reads its dense operand in the pattern's (partly random)
 column order, and with one head's ``[N, C]`` operand in flight instead of all heads' (as one
-block-diagonal matrix for all heads would have) those reads stay in cache far longer. For the
+block-diagonal matrix for all heads would have) more of those reads hit the cache. For the
 same reason the ``[K, N, C]`` hop history enters the ``dA`` SDDMM one hop at a time
 (:mod:`benchmarks.profile_scaling`).
 

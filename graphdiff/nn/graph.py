@@ -54,16 +54,17 @@ class DiffusionGraph:
         if not sorted_by_target and self.num_edges > 1 and bool((dst[1:] < dst[:-1]).any()):
             self.perm = torch.sort(dst, stable=True)[1]
             src, dst = src[self.perm], dst[self.perm]
-        # Copies, never views: a view would keep the adjacency alive from inside the cache that
-        # is keyed on its weak reference, so the entry (and the tensor) would never be freed.
-        self.row = dst.to(torch.long, copy=True)  # target of every CSR position
-        self.col = src.to(torch.long, copy=True)  # source of every CSR position
-        self.crow = torch.ops.aten._convert_indices_from_coo_to_csr(self.row, self.num_dst)
+        # int32 indices when they fit: half the index memory and traffic of every sparse
+        # product (torch would convert int64 ones at every call). Copies, never views: a view
+        # would keep the adjacency alive from inside the cache that is keyed on its weak
+        # reference, so the entry (and the tensor) would never be freed.
+        fits = max(self.num_edges, self.num_src, self.num_dst) <= _INT32_MAX
+        self.index_dtype = torch.int32 if fits else torch.long
+        self.row = dst.to(self.index_dtype, copy=True)  # target of every CSR position
+        self.col = src.to(self.index_dtype, copy=True)  # source of every CSR position
+        self.crow = self._row_pointer(self.row, self.num_dst)
         self._transposed: Optional[Tuple[Tensor, Tensor, Tensor]] = None
-        self._compact: Dict[bool, Tuple[Tensor, Tensor]] = {}
         self._segments: Dict[int, Tensor] = {}
-        self._rows: Optional[Tensor] = None
-        self._perm_t: Optional[Tensor] = None
 
     @property
     def is_square(self) -> bool:
@@ -90,26 +91,18 @@ class DiffusionGraph:
         position of transposed position ``p``. Built lazily (only backward needs it)."""
         if self._transposed is None:
             perm_t = torch.sort(self.col, stable=True)[1]
-            crow_t = torch.ops.aten._convert_indices_from_coo_to_csr(self.col[perm_t],
-                                                                     self.num_src)
-            self._transposed = (crow_t, self.row[perm_t], perm_t)
+            crow_t = self._row_pointer(self.col[perm_t], self.num_src)
+            self._transposed = (crow_t, self.row[perm_t], perm_t.to(self.index_dtype))
         return self._transposed
-
-    def compact_indices(self, transpose: bool = False) -> Tuple[Tensor, Tensor]:
-        """``(crow, col)`` of the CSR (or of its transpose) as int32 when they fit: half the
-        index traffic of every sparse product."""
-        if transpose not in self._compact:
-            crow, col = self.transposed()[:2] if transpose else (self.crow, self.col)
-            self._compact[transpose] = (self._compact_index(crow), self._compact_index(col))
-        return self._compact[transpose]
 
     def csr(self, values: Tensor, transpose: bool = False) -> Tensor:
         """One head's sparse matrix ``A`` (``[N_dst, N_src]``) with per-edge ``values [E]``
         in CSR order, or for ``transpose=True`` ``A^T`` with values in
         :meth:`transpose_values` order. Shares the indices; never copies."""
-        crow, col = self.compact_indices(transpose)
-        size = (self.num_src, self.num_dst) if transpose else (self.num_dst, self.num_src)
-        return sparse_csr(crow, col, values, size)
+        if transpose:
+            crow, col, _ = self.transposed()
+            return sparse_csr(crow, col, values, (self.num_src, self.num_dst))
+        return sparse_csr(self.crow, self.col, values, (self.num_dst, self.num_src))
 
     def segments(self, heads: int) -> Tensor:
         """int64 row pointer of ``heads`` stacked copies of the CSR: the offsets that
@@ -117,28 +110,20 @@ class DiffusionGraph:
         if heads not in self._segments:
             shift = torch.arange(heads, device=self.crow.device).unsqueeze(1) * self.num_edges
             self._segments[heads] = torch.cat([(self.crow[:-1] + shift).reshape(-1),
-                                               self.crow.new_full((1,), heads * self.num_edges)])
+                                               shift.new_full((1,), heads * self.num_edges)])
         return self._segments[heads]
-
-    @property
-    def target_index(self) -> Tensor:
-        """The target of every CSR position, as a compact (int32 when it fits) gather index."""
-        if self._rows is None:
-            self._rows = self._compact_index(self.row)
-        return self._rows
 
     def transpose_values(self, values: Tensor) -> Tensor:
         """Per-edge values ``[H, E]`` from CSR order to the order of the transposed CSR."""
-        if self._perm_t is None:
-            self._perm_t = self._compact_index(self.transposed()[2])
+        perm_t = self.transposed()[2]
         out = torch.empty_like(values)
         for h in range(values.size(0)):  # 1-D gathers into place: 1.7x faster than one 2-D
-            torch.index_select(values[h], 0, self._perm_t, out=out[h])
+            torch.index_select(values[h], 0, perm_t, out=out[h])
         return out
 
-    def _compact_index(self, index: Tensor) -> Tensor:
-        fits = max(self.num_edges, self.num_src, self.num_dst) <= _INT32_MAX
-        return index.to(torch.int32) if fits else index
+    def _row_pointer(self, sorted_rows: Tensor, num_rows: int) -> Tensor:
+        return torch.ops.aten._convert_indices_from_coo_to_csr(
+            sorted_rows, num_rows, out_int32=self.index_dtype == torch.int32)
 
 
 # --------------------------------------------------------------------------------------

@@ -68,7 +68,7 @@ def per_edge_(graph: DiffusionGraph, values: Tensor, node_values: Tensor, op: st
     ``[H, E]`` tensor."""
     gathered = values.new_empty(graph.num_edges)
     for h in range(values.size(0)):
-        torch.index_select(node_values[h], 0, graph.target_index, out=gathered)
+        torch.index_select(node_values[h], 0, graph.row, out=gathered)
         getattr(values[h], op)(gathered if scale is None else gathered.mul_(scale[h]))
     return values
 

@@ -146,7 +146,7 @@ def test_gradients_match_dense_with_either_index_width(int32_max, monkeypatch):
     for got, want in zip(fused, dense):
         torch.testing.assert_close(got, want)
     index_dtype = torch.int32 if int32_max > 100 else torch.int64
-    assert as_graph(ei, (N, N)).target_index.dtype == index_dtype
+    assert as_graph(ei, (N, N)).row.dtype == index_dtype
 
 
 def test_float32_agrees_with_float64():

@@ -27,15 +27,23 @@ from graphdiff.nn.graph import DiffusionGraph
 
 
 def spmm(graph: DiffusionGraph, values: Tensor, x: Tensor, transpose: bool = False,
-         out: Optional[Tensor] = None) -> Tensor:
-    """``A @ x`` per head: values ``[H, E]``, x ``[H, N_cols, C]`` -> ``[H, N_rows, C]``
-    (into ``out`` when given). For ``transpose=True`` (``A^T @ x``) the values are in
+         out: Optional[Tensor] = None, alpha: float = 1.0, add: Optional[Tensor] = None,
+         beta: float = 1.0) -> Tensor:
+    """``alpha * A @ x (+ beta * add)`` per head: values ``[H, E]``, x ``[H, N_cols, C]``,
+    add ``[H, N_rows, C]`` -> ``[H, N_rows, C]`` (into ``out`` when given). For
+    ``transpose=True`` (``A^T @ x``) the values are in
     :meth:`~graphdiff.nn.graph.DiffusionGraph.transpose_values` order."""
     heads, _, channels = x.shape
     rows = graph.num_src if transpose else graph.num_dst
     out = x.new_empty(heads, rows, channels) if out is None else out
     for h in range(heads):
-        torch.mm(graph.csr(values[h], transpose), x[h], out=out[h])
+        matrix = graph.csr(values[h], transpose)
+        if add is None:
+            torch.mm(matrix, x[h], out=out[h])
+        else:  # the scaled sum in the same pass over the output
+            torch.addmm(add[h], matrix, x[h], beta=beta, alpha=alpha, out=out[h])
+    if add is None and alpha != 1.0:
+        out.mul_(alpha)  # addmm(beta=0) would still read an input: this is as fast
     return out
 
 
@@ -129,14 +137,10 @@ class Diffusion(Function):
         for m in range(hops):
             out = (v.new_empty(heads, graph.num_dst, channels) if m == hops - 1 else
                    zs[:, (m + 1) % slots])
-            for h in range(heads):
-                if coeffs[m + 1] != 0.0:  # s * A @ z + c * V in one pass over the output
-                    torch.addmm(v[h], graph.csr(attn[h]), z[h], beta=coeffs[m + 1], alpha=s,
-                                out=out[h])
-                else:  # also the bipartite case, where V and the output differ in size
-                    torch.mm(graph.csr(attn[h]), z[h], out=out[h])
-            if coeffs[m + 1] == 0.0 and s != 1.0:
-                out.mul_(s)
+            # No teleport term when c = 0: also the bipartite case, where V and the output
+            # differ in size.
+            spmm(graph, attn, z, out=out, alpha=s, add=v if coeffs[m + 1] != 0.0 else None,
+                 beta=coeffs[m + 1])
             if masks is not None:
                 out.mul_(masks[m]).div_(keep)
             z = out
@@ -164,9 +168,7 @@ class Diffusion(Function):
             if coeffs[m + 1] != 0.0:
                 grad_v.add_(g, alpha=coeffs[m + 1])
             out = grad_v.new_empty(grad_v.shape) if m == 0 else gs[:, (m - 1) % slots]
-            g = spmm(graph, attn_t, g, transpose=True, out=out)
-            if s != 1.0:
-                g.mul_(s)  # addmm(beta=0) still allocates and reads: this is as fast
+            g = spmm(graph, attn_t, g, transpose=True, out=out, alpha=s)
         grad_v.add_(g, alpha=coeffs[0])
         del attn_t, g  # before the SDDMM allocates dA
         grad_attn = sddmm(graph, gs, zs).mul_(s) if zs is not None else None

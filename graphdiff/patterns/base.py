@@ -81,12 +81,13 @@ class EdgeIndexCache:
         src, dst = pattern._edges(n)
         edge_index = canonicalize(src.long(), dst.long(), n, self_loops)
         size = edge_index.numel() * edge_index.element_size()
+        if size > self.max_bytes:  # returned but not kept, and evicting nothing for it
+            return edge_index
         while self.entries and self.bytes + size > self.max_bytes:
             _, evicted = self.entries.popitem(last=False)
             self.bytes -= evicted.numel() * evicted.element_size()
-        if size <= self.max_bytes:  # larger ones are returned but not kept
-            self.entries[key] = edge_index
-            self.bytes += size
+        self.entries[key] = edge_index
+        self.bytes += size
         return edge_index
 
     def clear(self) -> None:

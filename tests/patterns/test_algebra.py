@@ -137,3 +137,4 @@ def test_edge_index_cache_is_bounded_by_bytes_and_evicts_least_recently_used():
     assert [key[1] for key in cache.entries] == [8, 10, 7]
     assert cache.bytes == (8 + 10 + 7) * 2 * 8
     assert cache.get(window, 100, True).size(1) == 100 and (window, 100, True) not in cache.entries  # too big
+    assert [key[1] for key in cache.entries] == [8, 10, 7]  # and it evicted nothing

@@ -13,7 +13,7 @@ import sys
 from typing import Optional, Sequence
 
 from analysis.diffusion import AttentionSpectrum, attention_spectrum
-from analysis.reporting import ALPHA, HOPS, LENGTHS, PRESETS, report
+from analysis.reporting import LENGTHS, PRESETS, report
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,9 +54,11 @@ def learned_attention(path: str, n: int, k: int) -> list[AttentionSpectrum]:
     mask = torch.ones_like(tokens, dtype=torch.bool)
     with torch.no_grad():
         _, (edge_index, attentions) = model(tokens, mask, return_attention_weights=True)
-    alpha = getattr(config, "alpha", ALPHA)
-    hops = getattr(config, "hops", HOPS)
-    return [attention_spectrum(attn, edge_index, n, k=min(k, n), alpha=alpha, hops=hops) for attn in attentions]
+    return [
+        attention_spectrum(attn, edge_index, n, k=min(k, n), alpha=config.alpha, hops=config.hops,
+                           kernel=config.kernel, t=config.t)
+        for attn in attentions
+    ]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

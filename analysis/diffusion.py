@@ -87,10 +87,12 @@ class AttentionSpectrum(NamedTuple):
         eigs: ``[H, k]`` complex eigenvalues of ``A_h``, by decreasing modulus.
         diffused: ``[H, k]`` complex, ``f(eigs)``: the eigenvalues of the diffusion ``T_h`` on
             the same eigenvectors.
+        diffusion: the diffusion ``diffused`` was computed for, e.g. ``"PPR, alpha=0.1, K=5"``.
     """
 
     eigs: np.ndarray
     diffused: np.ndarray
+    diffusion: str = "PPR, alpha=0.1, K=5"
 
 
 def attention_spectrum(
@@ -134,7 +136,9 @@ def attention_spectrum(
         )
     k = check_int("k", k, 1, n)
     eigs = np.stack([_leading(scipy.sparse.csr_matrix((w, (dst, src)), shape=(n, n)), k) for w in weights.T])
-    return AttentionSpectrum(eigs, diffusion_spectrum(eigs, alpha, hops, kernel, t))
+    depth = "inf" if hops is None else hops
+    diffusion = f"PPR, alpha={alpha}, K={depth}" if kernel == "ppr" else f"heat, t={t}, K={depth}"
+    return AttentionSpectrum(eigs, diffusion_spectrum(eigs, alpha, hops, kernel, t), diffusion)
 
 
 def _leading(matrix: scipy.sparse.csr_matrix, k: int) -> np.ndarray:

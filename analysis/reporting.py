@@ -16,7 +16,7 @@ import math
 import os
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 from tqdm import tqdm
@@ -183,7 +183,7 @@ def _markdown(rows: list[Row], attention: Optional[Sequence[AttentionSpectrum]])
             "## Learned attention",
             "",
             f"Leading eigenvalues of each layer's one-hop attention `A` (row-stochastic, so "
-            f"`mu_1 = 1`) and of its diffusion (PPR, alpha={ALPHA}, K={HOPS}); worst head.",
+            f"`mu_1 = 1`) and of its diffusion ({attention[0].diffusion}); worst head.",
             "",
             "| layer | heads | abs(mu_2) of A | abs(mu_2) of diffusion |",
             "|---:|---:|---:|---:|",
@@ -261,16 +261,12 @@ def _save(fig: Any, path: str) -> str:
 
     fig.tight_layout()
     try:
-        return _atomic(path, lambda f: fig.savefig(f, format="png", dpi=100))
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
     finally:
         plt.close(fig)
+    return path
 
 
 def _write_text(path: str, text: str) -> str:
-    return _atomic(path, lambda f: f.write(text.encode()))
-
-
-def _atomic(path: str, write: Callable[[Any], Any]) -> str:
-    """:func:`graphdiff.io.atomic_write` in binary mode, returning ``path``."""
-    atomic_write(path, write)
+    atomic_write(path, lambda f: f.write(text), text=True)
     return path

@@ -95,7 +95,7 @@ def test_cli_with_a_checkpoint(tmp_path, capsys):
     train = pytest.importorskip("graphdiff.train.checkpoint")
     from graphdiff.models import DiffuserConfig, DiffuserForSequenceClassification
 
-    config = DiffuserConfig.small(layers=2)
+    config = DiffuserConfig.small(layers=2, kernel="heat", t=2.0, hops=3)
     model = DiffuserForSequenceClassification(config)
     path = str(tmp_path / "tiny.pt")
     train.save_checkpoint(path, {"model": model.state_dict(), "config": config.to_dict(), "step": 0})
@@ -105,3 +105,7 @@ def test_cli_with_a_checkpoint(tmp_path, capsys):
     assert (out / "attention_spectra.png").exists()
     printed = capsys.readouterr().out
     assert "## Learned attention" in printed and "| 1 | " in printed
+    assert "heat, t=2.0, K=3" in printed  # the checkpoint's diffusion, not the default PPR
+    for layer in cli.learned_attention(path, 96, 3):
+        np.testing.assert_allclose(layer.diffused, analysis.diffusion_spectrum(
+            layer.eigs, config.alpha, 3, "heat", 2.0))

@@ -53,6 +53,7 @@ import torch
 from tqdm.auto import tqdm
 
 from graphdiff.data.tasks.listops import ListOps, write_listops_tsv
+from graphdiff.io import atomic_write
 from graphdiff.train import TrainArgs, build_task, evaluate, train
 
 VARIANTS: Dict[str, Dict[str, Any]] = {  # pattern None: the task's sparse pattern
@@ -89,10 +90,7 @@ def task_specs(steps: int, batch_size: int, quick: bool) -> Dict[str, TaskSpec]:
 
 
 def write_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
+    atomic_write(path, lambda handle: handle.write(text), text=True)
 
 
 def listops_data(spec: TaskSpec, out: str) -> str:

@@ -1,6 +1,8 @@
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "node_classification.py"
 
 
@@ -19,10 +21,13 @@ def test_node_classification_example_short_run():
     assert "+-" in table
 
 
-def test_sbm_dataset_is_valid():
-    data = load_example().sbm()
+@pytest.mark.parametrize("per_class", [300, 400])
+def test_sbm_dataset_is_valid(per_class):
+    data = load_example().sbm(per_class=per_class)
     masks = data.train_mask.int() + data.val_mask.int() + data.test_mask.int()
-    assert masks.max() == 1 and data.train_mask.sum() == 100 and data.test_mask.sum() == 900
+    assert masks.min() == 1 and masks.max() == 1  # every node in exactly one split
+    assert data.train_mask.sum() == 100 and data.val_mask.sum() == 500
+    assert data.test_mask.sum() == 5 * per_class - 600
     assert data.edge_index.max() < data.num_nodes
 
 

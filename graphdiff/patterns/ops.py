@@ -17,18 +17,22 @@ def _operand(pattern: Pattern, binds_tighter_than: type) -> str:
     return f"({text})" if isinstance(pattern, binds_tighter_than) else text
 
 
+def _patterns(operation: str, parts: tuple) -> tuple:
+    """``parts`` after checking that there is at least one and that all are patterns."""
+    if not parts:
+        raise ValueError(f"{operation} needs at least one pattern")
+    for part in parts:
+        if not isinstance(part, Pattern):
+            raise TypeError(f"{operation} can only combine patterns, got {type(part).__name__}")
+    return parts
+
+
 class Union(Pattern):
     """Edges present in any of the patterns (``p | q``). Nested unions are flattened."""
 
     def __init__(self, *parts: Pattern):
-        if not parts:
-            raise ValueError("Union needs at least one pattern")
-        flat = []
-        for part in parts:
-            if not isinstance(part, Pattern):
-                raise TypeError(f"can only combine patterns, got {type(part).__name__}")
-            flat.extend(part.parts if isinstance(part, Union) else [part])
-        self.parts = tuple(flat)
+        self.parts = tuple(flat for part in _patterns("Union", parts)
+                           for flat in (part.parts if isinstance(part, Union) else [part]))
 
     def _key(self) -> tuple:
         return self.parts
@@ -45,12 +49,7 @@ class Intersection(Pattern):
     """Edges present in every one of the patterns (``p & q``)."""
 
     def __init__(self, *parts: Pattern):
-        if not parts:
-            raise ValueError("Intersection needs at least one pattern")
-        for part in parts:
-            if not isinstance(part, Pattern):
-                raise TypeError(f"can only combine patterns, got {type(part).__name__}")
-        self.parts = tuple(parts)
+        self.parts = _patterns("Intersection", parts)
 
     def _key(self) -> tuple:
         return self.parts
@@ -73,9 +72,7 @@ class _Transform(Pattern):
     method = ""
 
     def __init__(self, base: Pattern):
-        if not isinstance(base, Pattern):
-            raise TypeError(f"can only transform a pattern, got {type(base).__name__}")
-        self.base = base
+        self.base, = _patterns(type(self).__name__, (base,))
 
     def _key(self) -> tuple:
         return (self.base,)

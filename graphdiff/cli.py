@@ -67,7 +67,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
 def run_demo(args: argparse.Namespace) -> int:
     from graphdiff.demo import run_demo as demo
 
-    demo(args.out, n=args.n, steps=args.steps)
+    # Unset options keep run_demo's own defaults, written in one place.
+    demo(**{name: value for name in ("out", "n", "steps")
+            if (value := getattr(args, name)) is not None})
     return 0
 
 
@@ -120,9 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(func=run_evaluate)
 
     demo = commands.add_parser("demo", help="the main job on the embedded default (no download)")
-    demo.add_argument("--out", default="runs/demo")
-    demo.add_argument("--n", type=int, default=4096, help="sequence length for the pattern statistics")
-    demo.add_argument("--steps", type=int, default=600, help="training steps of each multihop model")
+    # Defaults: those of graphdiff.demo.run_demo (not imported here: it loads torch).
+    demo.add_argument("--out", help="output folder")
+    demo.add_argument("--n", type=int, help="sequence length for the pattern statistics")
+    demo.add_argument("--steps", type=int, help="training steps of each multihop model")
     demo.set_defaults(func=run_demo)
 
     # analysis owns its own parser: everything after `analyze` is passed through.

@@ -12,3 +12,12 @@ def test_demo_writes_pattern_report_runs_and_summary(tmp_path):
         assert (tmp_path / name).stat().st_size > 0, name
     summary = (tmp_path / "summary.md").read_text()
     assert "| Diffuser (K=5, alpha=0.1) |" in summary and "chance level: 0.10" in summary
+
+
+def test_cli_demo_keeps_run_demos_defaults(monkeypatch):
+    from graphdiff import cli, demo
+
+    calls = []
+    monkeypatch.setattr(demo, "run_demo", lambda **kwargs: calls.append(kwargs))
+    assert cli.main(["demo"]) == 0 and cli.main(["demo", "--steps", "3", "--n", "64"]) == 0
+    assert calls == [{}, {"n": 64, "steps": 3}]

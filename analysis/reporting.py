@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from analysis.diffusion import AttentionSpectrum, diffusion_spectrum
 from analysis.expansion import EXACT_MAX_NODES, field_and_cover, gap_and_epsilon
-from analysis.graph import Graph, as_graph
+from analysis.graph import Graph, as_graph, check_int
 from analysis.spectral import DENSE_MAX_NODES, SpectralConvergenceError, adjacency_lambda
 from graphdiff.io import atomic_write
 
@@ -83,9 +83,9 @@ def report(
         the rows, the markdown text and the files written.
     """
     named = _resolve(patterns)
-    lengths = sorted({int(n) for n in lengths})
-    if not lengths or lengths[0] < 2:
-        raise ValueError(f"lengths must be integers >= 2, got {lengths}")
+    lengths = sorted({check_int("lengths", n, 2) for n in lengths})
+    if not lengths:
+        raise ValueError("lengths must hold at least one integer >= 2")
     spectrum_n = min(lengths[0], DENSE_MAX_NODES)  # spectra.png: whole (dense) spectra
     rows: list[Row] = []
     spectra: dict[str, np.ndarray] = {}

@@ -34,7 +34,7 @@ def test_complete_graph_epsilon_closed_forms():
         assert analysis.complete_graph_epsilon(np.array([[0], [1]]), 3) == 1.0
 
 
-def test_gap_and_epsilon_from_one_solve():
+def test_gap_and_epsilon_match_closed_forms():
     # Hypercube Q_6: lambda_2 = 2/6, lambda_max = 2. A disconnected graph: (0, 1), as the public functions.
     lam2, epsilon = expansion.gap_and_epsilon(analysis.as_graph(adjacency(nx.hypercube_graph(6))))
     assert (lam2, epsilon) == pytest.approx((2 / 6, (2 - 2 / 6) / (2 + 2 / 6)))

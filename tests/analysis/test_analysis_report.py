@@ -94,6 +94,15 @@ def test_report_with_learned_attention(tmp_path, synthetic_attention):
     result = report(["random only"], [64], str(tmp_path), attention=layers)
     assert (tmp_path / "attention_spectra.png").exists()
     assert "## Learned attention" in result.markdown and "| 1 | 2 |" in result.markdown
+    worst = [np.abs(values[:, 1]).max() for values in (layers[1].eigs, layers[1].diffused)]
+    assert f"| 1 | 2 | {worst[0]:.4f} | {worst[1]:.4f} |" in result.markdown
+
+
+@pytest.mark.parametrize("lengths, error", [([64.5], TypeError), ([True], TypeError),
+                                            ([1], ValueError), ([], ValueError)])
+def test_report_rejects_bad_lengths(tmp_path, lengths, error):
+    with pytest.raises(error, match="lengths"):
+        report(["window only"], lengths, str(tmp_path))
 
 
 def test_cli_with_a_checkpoint(tmp_path, capsys):

@@ -7,7 +7,6 @@ cached pattern per distinct length, shifted by vectorised offsets.
 """
 from __future__ import annotations
 
-import functools
 from typing import Optional, Tuple, Union
 
 import torch
@@ -16,6 +15,7 @@ from torch_geometric.data import Batch, Data
 from torch_geometric.transforms import BaseTransform
 
 from graphdiff.patterns import Pattern
+from graphdiff.patterns.base import TensorCache
 
 
 def _check_pattern(pattern: Pattern) -> Pattern:
@@ -82,13 +82,19 @@ def _lengths_and_mask(padded: Tensor, mask_or_lengths: Tensor) -> Tuple[Tensor, 
     return lengths, mask
 
 
-@functools.lru_cache(maxsize=16)
+_BATCHED_EDGES = TensorCache()  # per (pattern, lengths), bounded by bytes like the patterns'
+
+
 def _batched_edges(pattern: Pattern, lengths: Tuple[int, ...]) -> Tuple[Tensor, Tensor]:
     """Block-diagonal edge_index of sequences of these lengths, and each graph's edge offsets.
 
     Cached, so that a training loop over equal-length batches gets the very same tensor back and
     the layer's sparse structure (cached per edge_index) is built once, not once per step.
     """
+    return _BATCHED_EDGES.get((pattern, lengths), lambda: _build_batched_edges(pattern, lengths))
+
+
+def _build_batched_edges(pattern: Pattern, lengths: Tuple[int, ...]) -> Tuple[Tensor, Tensor]:
     lengths_t = torch.tensor(lengths)
     ptr = torch.cat([lengths_t.new_zeros(1), lengths_t.cumsum(0)])
     # One pattern per distinct length; each is copied to all sequences of that length at once.

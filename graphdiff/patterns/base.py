@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numbers
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Hashable, Tuple
 
 import numpy as np
 import torch
@@ -61,8 +61,9 @@ def canonicalize(src: Tensor, dst: Tensor, n: int, self_loops: bool = True) -> T
     return torch.stack([key % n, key // n])
 
 
-class EdgeIndexCache:
-    """Least-recently-used cache of built edge_index tensors, bounded by their total size.
+class TensorCache:
+    """Least-recently-used cache of built tensors (or tuples of tensors), bounded by their total
+    size in bytes.
 
     A count bound would be wrong both ways: ListOps-style batches need hundreds of short
     lengths, while a handful of million-token patterns already take gigabytes.
@@ -70,32 +71,36 @@ class EdgeIndexCache:
 
     def __init__(self, max_bytes: int = 1 << 30):
         self.max_bytes = max_bytes
-        self.entries: "OrderedDict[tuple, Tensor]" = OrderedDict()
+        self.entries: "OrderedDict[Hashable, Any]" = OrderedDict()
         self.bytes = 0
 
-    def get(self, pattern: "Pattern", n: int, self_loops: bool) -> Tensor:
-        key = (pattern, n, self_loops)
+    def get(self, key: Hashable, build: Callable[[], Any]) -> Any:
+        """The cached value of ``key``, or ``build()`` (kept when it fits)."""
         if key in self.entries:
             self.entries.move_to_end(key)
             return self.entries[key]
-        src, dst = pattern._edges(n)
-        edge_index = canonicalize(src.long(), dst.long(), n, self_loops)
-        size = edge_index.numel() * edge_index.element_size()
+        value = build()
+        size = _nbytes(value)
         if size > self.max_bytes:  # returned but not kept, and evicting nothing for it
-            return edge_index
+            return value
         while self.entries and self.bytes + size > self.max_bytes:
             _, evicted = self.entries.popitem(last=False)
-            self.bytes -= evicted.numel() * evicted.element_size()
-        self.entries[key] = edge_index
+            self.bytes -= _nbytes(evicted)
+        self.entries[key] = value
         self.bytes += size
-        return edge_index
+        return value
 
     def clear(self) -> None:
         self.entries.clear()
         self.bytes = 0
 
 
-EDGE_INDEX_CACHE = EdgeIndexCache()
+def _nbytes(value: Any) -> int:
+    tensors = value if isinstance(value, tuple) else (value,)
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+EDGE_INDEX_CACHE = TensorCache()  # canonical edge_index per (pattern, n, self_loops)
 
 
 class Pattern:
@@ -125,7 +130,13 @@ class Pattern:
     def __call__(self, n: int, self_loops: bool = True) -> Tensor:
         """Canonical edge_index ``[2, E]`` (int64) of this pattern on ``n`` tokens (cached, read-only)."""
         n = check_int("n", n, minimum=1)
-        return EDGE_INDEX_CACHE.get(self, n, bool(self_loops))
+        self_loops = bool(self_loops)
+
+        def build() -> Tensor:
+            src, dst = self._edges(n)
+            return canonicalize(src.long(), dst.long(), n, self_loops)
+
+        return EDGE_INDEX_CACHE.get((self, n, self_loops), build)
 
     def num_edges(self, n: int, self_loops: bool = True) -> int:
         return self(n, self_loops).size(1)

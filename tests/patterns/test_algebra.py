@@ -122,19 +122,26 @@ def test_base_pattern_is_abstract():
         Pattern()(3)
 
 
-def test_edge_index_cache_is_bounded_by_bytes_and_evicts_least_recently_used():
-    from graphdiff.patterns.base import EdgeIndexCache
+def test_tensor_cache_is_bounded_by_bytes_and_evicts_least_recently_used():
+    from graphdiff.patterns.base import TensorCache
 
-    cache = EdgeIndexCache(max_bytes=3 * 2 * 8 * 10)  # room for three 10-edge graphs
+    cache = TensorCache(max_bytes=3 * 2 * 8 * 10)  # room for three 10-edge graphs
     window = Window(0)  # self-loops only: n edges
-    first = cache.get(window, 10, True)
-    cache.get(Window(0), 10, True)
-    assert cache.get(Window(0), 10, True) is first  # equal patterns share entries
-    cache.get(window, 9, True)
-    cache.get(window, 8, True)
-    cache.get(window, 10, True)  # touch 10: now 9 is the least recently used
-    cache.get(window, 7, True)
+
+    def get(pattern, n):
+        return cache.get((pattern, n), lambda: pattern(n).clone())
+
+    first = get(window, 10)
+    get(Window(0), 10)
+    assert get(Window(0), 10) is first  # equal patterns share entries
+    get(window, 9)
+    get(window, 8)
+    get(window, 10)  # touch 10: now 9 is the least recently used
+    get(window, 7)
     assert [key[1] for key in cache.entries] == [8, 10, 7]
     assert cache.bytes == (8 + 10 + 7) * 2 * 8
-    assert cache.get(window, 100, True).size(1) == 100 and (window, 100, True) not in cache.entries  # too big
+    assert get(window, 100).size(1) == 100 and (window, 100) not in cache.entries  # too big
     assert [key[1] for key in cache.entries] == [8, 10, 7]  # and it evicted nothing
+    # Tuples of tensors count every member.
+    pair = cache.get("pair", lambda: (torch.zeros(10, dtype=torch.long), torch.zeros(10)))
+    assert isinstance(pair, tuple) and cache.bytes == (10 + 7) * 2 * 8 + 10 * 8 + 10 * 4

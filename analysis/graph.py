@@ -118,6 +118,12 @@ class Graph:
         return self.laplacian()[perm][:, perm]
 
     @functools.cached_property
+    def permuted_adjacency(self) -> scipy.sparse.csr_matrix:
+        """``W[perm][:, perm]`` in the order of :attr:`rcm_order` (banded adjacency solvers)."""
+        perm, _ = self.rcm_order
+        return self.adjacency[perm][:, perm]
+
+    @functools.cached_property
     def laplacian_spectrum(self) -> np.ndarray:
         """All ``n`` eigenvalues of ``L``, ascending, the kernel set to exactly 0 (read-only).
 

@@ -105,9 +105,9 @@ def extremes(g: Graph, k_small: int, k_large: int) -> LaplacianExtremes:
         return LaplacianExtremes(
             spectrum[:k_small].copy(), spectrum[g.n - k_large :].copy(), g.num_components, "dense"
         )
-    band = _band(g)
-    smallest, method = _sparse_smallest(g, k_small, band)
-    largest = _sparse_largest(g, k_large, band) if k_large else np.zeros(0)
+    half = _band(g)
+    smallest, method = _sparse_smallest(g, k_small, half)
+    largest = _sparse_largest(g, k_large, half) if k_large else np.zeros(0)
     return LaplacianExtremes(smallest, largest, g.num_components, method)
 
 
@@ -152,12 +152,10 @@ def adjacency_lambda(graph: Any, n: Optional[int] = None) -> AdjacencyLambda:
     if g.n < 2:
         raise ValueError(f"adjacency_lambda needs n >= 2 nodes, got n={g.n}")
     w = g.adjacency
-    band = None if g.n <= DENSE_MAX_NODES else _band(g)
     if g.n <= DENSE_MAX_NODES:
         second, last = g.adjacency_spectrum[[-2, 0]]
-    elif band is not None:  # clustered ends: see _banded_largest
-        perm, half = band
-        permuted = w[perm][:, perm]
+    elif (half := _band(g)) is not None:  # clustered ends: see _banded_largest
+        permuted = g.permuted_adjacency
         second = np.sort(_banded_largest(permuted, 2, half))[0]
         last = -_banded_largest(-permuted, 1, half)[0]
     else:
@@ -172,17 +170,14 @@ def adjacency_lambda(graph: Any, n: Optional[int] = None) -> AdjacencyLambda:
 # -- solvers -------------------------------------------------------------------------------------
 
 
-Band = Optional[tuple[np.ndarray, int]]  # (reverse Cuthill-McKee permutation, half bandwidth)
-
-
-def _sparse_smallest(g: Graph, k: int, band: Band) -> tuple[np.ndarray, str]:
+def _sparse_smallest(g: Graph, k: int, half: Optional[int]) -> tuple[np.ndarray, str]:
     """``k`` smallest eigenvalues of ``L`` (ascending) and the method used."""
     zeros = min(k, g.num_components)
     if zeros == k:
         return np.zeros(k), "components"
     null = g.null_space()
-    if band is not None:
-        found = _shift_invert_smallest(g, k - zeros, null, *band)
+    if half is not None:
+        found = _shift_invert_smallest(g, k - zeros, null, half)
         method = "shift-invert"
     else:
         # Map the kernel of L (eigenvalue 1 of M) to -1, the bottom of M's spectrum, so that the
@@ -197,15 +192,16 @@ def _sparse_smallest(g: Graph, k: int, band: Band) -> tuple[np.ndarray, str]:
     return np.concatenate([np.zeros(zeros), np.sort(found)]), method
 
 
-def _sparse_largest(g: Graph, k: int, band: Band) -> np.ndarray:
+def _sparse_largest(g: Graph, k: int, half: Optional[int]) -> np.ndarray:
     """``k`` largest eigenvalues of ``L``, ascending."""
-    if band is not None:
-        return np.sort(_banded_largest(g.permuted_laplacian, k, band[1]))
+    if half is not None:
+        return np.sort(_banded_largest(g.permuted_laplacian, k, half))
     return np.sort(1.0 - arpack(g.normalized_adjacency(), k, "SA"))
 
 
-def _band(g: Graph) -> Band:
-    """``(permutation, half bandwidth)`` when a banded factorisation of ``L`` stays ``O(edges)``.
+def _band(g: Graph) -> Optional[int]:
+    """The half bandwidth of ``L`` in the order of :attr:`Graph.rcm_order` when a banded
+    factorisation stays ``O(edges)``, else ``None``.
 
     The ``O(edges)`` reordering is :attr:`Graph.rcm_order`, built once per graph; this decision
     on top of it is ``O(n)``.
@@ -215,8 +211,8 @@ def _band(g: Graph) -> Band:
     # before the O(edges) reordering is paid for.
     if g.degrees.max(initial=0) // 2 > MAX_HALF_BAND or (g.degrees.max(initial=0) // 2 + 1) * g.n > budget:
         return None
-    perm, half = g.rcm_order
-    return (perm, half) if half <= MAX_HALF_BAND and (half + 1) * g.n <= budget else None
+    half = g.rcm_order[1]
+    return half if half <= MAX_HALF_BAND and (half + 1) * g.n <= budget else None
 
 
 def _banded_cholesky(matrix: scipy.sparse.spmatrix, half: int) -> Optional[np.ndarray]:
@@ -232,9 +228,7 @@ def _banded_cholesky(matrix: scipy.sparse.spmatrix, half: int) -> Optional[np.nd
         return None
 
 
-def _shift_invert_smallest(
-    g: Graph, k: int, null: scipy.sparse.csc_matrix, perm: np.ndarray, half: int
-) -> np.ndarray:
+def _shift_invert_smallest(g: Graph, k: int, null: scipy.sparse.csc_matrix, half: int) -> np.ndarray:
     r"""``k`` smallest nonzero eigenvalues of ``L`` by shift-invert Lanczos.
 
     Iterates with :math:`P (L + \sigma I)^{-1} P`, ``P`` the projector off the kernel, so the
@@ -243,7 +237,7 @@ def _shift_invert_smallest(
     ``O(n * half^2)`` time, ``O(n * half)`` memory) in the reverse Cuthill-McKee order.
     """
     lap = g.permuted_laplacian
-    null = null[perm]
+    null = null[g.rcm_order[0]]
     factor = _banded_cholesky(lap + SHIFT * scipy.sparse.identity(g.n), half)
     if factor is None:  # L is positive semidefinite: only rounding can get here
         raise SpectralConvergenceError(f"banded Cholesky of L + {SHIFT} I failed (n={g.n})")

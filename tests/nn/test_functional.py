@@ -109,6 +109,21 @@ def test_gradcheck_fused_attention_values_and_hop_dropout():
     assert torch.autograd.gradcheck(fn, (attn, v))
 
 
+@pytest.mark.parametrize("hop_dropout", [0.0, 0.3])
+def test_gradcheck_values_only(hop_dropout):
+    # Without a gradient for the attention the forward keeps no hop history: the path
+    # with two scratch slots shared by all heads.
+    ei = random_graph(7, 20, seed=8)
+    attn = torch.rand(ei.size(1), 2, dtype=torch.float64)
+    v = torch.randn(7, 2, 3, dtype=torch.float64, requires_grad=True)
+
+    def fn(v):
+        torch.manual_seed(0)
+        return diffuse(attn, v, ei, 4, 0.1, hop_dropout=hop_dropout, training=True)
+
+    assert torch.autograd.gradcheck(fn, (v,))
+
+
 def test_nodes_without_incoming_edges_are_finite():
     ei = torch.tensor([[0, 1, 2, 3], [1, 2, 3, 1]])  # nodes 0, 4, 5 receive nothing
     q, k, v = (x.requires_grad_() for x in features(n=6, seed=8))

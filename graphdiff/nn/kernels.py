@@ -151,9 +151,12 @@ class Diffusion(Function):
         for h in range(heads):
             matrix_t = graph.csr(graph.transpose_values(attn[h], out=attn_t).mul_(s),
                                  transpose=True)
-            # g is the adjoint of hop m's output; masking writes into it, so with masks it
-            # starts as a copy of the incoming gradient.
-            g = grad[h] if masks is None else slots[1].copy_(grad[h])
+            # g is the adjoint of hop m's output. Masking writes into it, and the sparse
+            # products want it dense (a loss like out.sum() sends an expanded gradient), so
+            # then it starts as a copy of the incoming gradient.
+            g = grad[h]
+            if masks is not None or not g.is_contiguous():
+                g = slots[1].copy_(g)
             free = 0  # the slot g is not in
             g_v = grad_v[h].zero_()
             for m in reversed(range(hops)):

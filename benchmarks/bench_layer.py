@@ -5,6 +5,11 @@ after a warm-up) and one for memory (peak RSS of one fwd+bwd after a warm-up, mi
 before it: inputs and the cached CSR structure, built once per pattern and length, are not
 counted; the structure's size is reported apart). Ratios compare variants of the same run.
 
+The growth of graphdiff's time with n is also measured side by side: one process builds
+every length and alternates one step of each for ``--growth-rounds`` rounds, so that a drift
+of the machine (about +-25% over minutes on a shared 2-core VM) hits all lengths alike
+instead of whichever length ran during it.
+
 Variants (all fp32, H heads x C channels, K hops):
 
 - ``graphdiff``   functional core: edge attention + K-hop PPR diffusion (default path)
@@ -145,10 +150,27 @@ def _run(forward: Callable, with_backward: bool) -> Tuple[float, float]:
     return mid - start, time.perf_counter() - mid
 
 
+def growth_worker(spec: dict) -> dict:
+    """graphdiff's fwd+bwd at every n of ``spec["ns"]``, alternating the lengths round by
+    round after one warm-up each: ``{n: [seconds per round]}``."""
+    workloads = {n: _setup(**dict(spec["shape"], variant="graphdiff", n=n))[0]
+                 for n in spec["ns"]}
+    for forward in workloads.values():
+        _run(forward, True)
+    times: Dict[int, List[float]] = {n: [] for n in workloads}
+    for _ in range(spec["rounds"]):
+        for n, forward in workloads.items():
+            times[n].append(sum(_run(forward, True)))
+    return {"growth": times}
+
+
 def worker(spec: dict) -> dict:
     """``mode="time"``: median times after a warm-up. ``mode="memory"``: peak RSS of one
     fwd(+bwd) after a warm-up, over the RSS before it (run with glibc's mmap threshold fixed,
-    so that freed tensors leave the RSS and the high-water mark is exact)."""
+    so that freed tensors leave the RSS and the high-water mark is exact).
+    ``mode="growth"``: :func:`growth_worker`."""
+    if spec["mode"] == "growth":
+        return growth_worker(spec)
     forward, with_backward, info = _setup(**{k: spec[k] for k in (
         "variant", "n", "heads", "channels", "hops", "window", "num_global", "num_random")})
     _run(forward, with_backward)  # warm-up
@@ -188,6 +210,31 @@ def run_one(spec: dict, timeout: float) -> dict:
             return {"error": f"{mode}: exit {proc.returncode}: {tail[:120]}"}
         result.update(json.loads(proc.stdout.strip().splitlines()[-1]))
     return result
+
+
+def run_growth(shape: dict, ns: List[int], rounds: int, timeout: float) -> Dict[int, List[float]]:
+    """Per-round fwd+bwd seconds of graphdiff at every n, interleaved in one fresh process."""
+    spec = dict(mode="growth", shape=shape, ns=ns, rounds=rounds)
+    proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)],
+                          capture_output=True, text=True, timeout=timeout * len(ns))
+    if proc.returncode != 0:
+        raise RuntimeError(f"growth worker failed: {proc.stderr.strip()[-300:]}")
+    times = json.loads(proc.stdout.strip().splitlines()[-1])["growth"]
+    return {int(n): t for n, t in times.items()}
+
+
+def growth_lines(times: Dict[int, List[float]]) -> List[str]:
+    """Consecutive lengths' growth: the median of the per-round ratios (each round's two
+    steps ran minutes apart at most) and the ratio of the fastest steps."""
+    ns = sorted(times)
+    out = []
+    for a, b in zip(ns, ns[1:]):
+        ratios = [tb / ta for ta, tb in zip(times[a], times[b])]
+        out.append(f"graphdiff time({b}) / time({a}), interleaved over {len(ratios)} rounds = "
+                   f"{statistics.median(ratios):.2f} median of rounds, "
+                   f"{min(times[b]) / min(times[a]):.2f} fastest "
+                   f"(linear: {b / a:.1f}; target <= {1.125 * b / a:.1f})")
+    return out
 
 
 def fmt(x: Optional[float], unit: str = "s") -> str:
@@ -292,6 +339,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--num-global", type=int, default=16)
     parser.add_argument("--num-random", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--growth-rounds", type=int, default=6,
+                        help="rounds of the interleaved growth measurement (0: skip it)")
     parser.add_argument("--max-gather-gb", type=float, default=12.0,
                         help="skip the gather-scatter path when its estimate exceeds this")
     parser.add_argument("--max-sdpa-n", type=int, default=16384,
@@ -343,14 +392,25 @@ def main(argv: Optional[List[str]] = None) -> None:
                 r.get("error") or r["skipped"]), flush=True)
     md = table(results, variants)
     checks = targets(results)
+    growth: Dict[int, List[float]] = {}
+    if "graphdiff" in variants and len(args.n) > 1 and args.growth_rounds > 0:
+        print(f"interleaving graphdiff at n = {sorted(args.n)} for {args.growth_rounds} "
+              "rounds ...", flush=True)
+        shape = dict(heads=args.heads, channels=args.channels, hops=args.hops,
+                     window=args.window, num_global=args.num_global,
+                     num_random=args.num_random)
+        growth = run_growth(shape, sorted(args.n), args.growth_rounds, args.timeout)
+        checks += growth_lines(growth)
     print("\n" + md + "\n")
     print("\n".join(checks))
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "bench_layer.md").write_text(md + "\n\n" + "\n".join(
             f"- {c}" for c in checks) + "\n")
-        (args.out / "bench_layer.json").write_text(json.dumps(
-            {str(n): row for n, row in results.items()}, indent=1))
+        raw = {str(n): row for n, row in results.items()}
+        if growth:
+            raw["growth"] = {str(n): t for n, t in growth.items()}
+        (args.out / "bench_layer.json").write_text(json.dumps(raw, indent=1))
         if args.plot:
             plot(results, variants, args.out / "bench_layer.png")
     elif args.plot:

@@ -89,10 +89,11 @@ def check_bipartite_diffusion(graph: DiffusionGraph, hops: int,
 @torch.compiler.disable
 def attention_heads_first(q: Tensor, k: Tensor, graph: DiffusionGraph,
                           scale: Optional[float] = None) -> Tensor:
-    """:func:`edge_softmax_attention` on head-major ``[H, N, C]`` features; ``[H, E]`` in
-    CSR order."""
+    """:func:`edge_softmax_attention` on head-major ``[H, N, C]`` features (contiguous, or
+    views of node-major ``[N, H, C]`` ones: no copy is made of them); ``[H, E]`` in CSR
+    order."""
     scale = q.size(-1) ** -0.5 if scale is None else scale
-    return EdgeAttention.apply(graph, q.contiguous(), k.contiguous(), scale)
+    return EdgeAttention.apply(graph, q, k, scale)
 
 
 @torch.compiler.disable
@@ -100,12 +101,12 @@ def diffuse_heads_first(attn: Tensor, v: Tensor, graph: DiffusionGraph, hops: in
                         kernel: str = "ppr", t: float = 1.0, hop_dropout: float = 0.0,
                         training: bool = False) -> Tensor:
     """:func:`diffuse` on head-major ``attn [H, E]`` (CSR order) and ``v [H, N, C]``;
-    returns head-major ``[H, N_dst, C]``."""
+    returns ``[H, N_dst, C]`` in the layout of ``v`` (a view of a node-major ``[N, H, C]``
+    tensor when ``v`` is one, so that transposing it back costs no copy)."""
     if hops == 0:
         return v
     s, coeffs = diffusion_coefficients(hops, alpha, kernel, t)
     check_bipartite_diffusion(graph, hops, coeffs)
-    v = v.contiguous()
     masks = None
     if training and hop_dropout > 0.0:
         shape = (v.size(0), graph.num_dst, v.size(2))

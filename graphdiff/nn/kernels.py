@@ -1,7 +1,8 @@
 """Fused autograd kernels on a :class:`~graphdiff.nn.graph.DiffusionGraph`.
 
-Per-edge tensors are head-major ``[H, E]`` in CSR order, node tensors head-major
-``[H, N, C]``. Every head shares the graph's one CSR structure, and each kernel runs its
+Per-edge tensors are head-major ``[H, E]`` in CSR order, node tensors ``[H, N, C]``:
+contiguous, or head-major views of node-major ``[N, H, C]`` tensors (PyG's layout), which the
+kernels take and return as they are, without conversion copies. Every head shares the graph's one CSR structure, and each kernel runs its
 whole computation one head at a time, with the head's temporaries in a few ``[E]`` and
 ``[N, C]`` scratch buffers reused across heads:
 
@@ -41,6 +42,36 @@ def accumulate_sddmm_(graph: DiffusionGraph, values: Tensor, a: Tensor, b: Tenso
     return values
 
 
+def dense_rows(x: Tensor, scratch: Optional[Tensor]) -> Tensor:
+    """One head's ``[N, C]`` operand with contiguous rows: ``x`` itself, or its copy in
+    ``scratch`` when ``x`` is a head of a node-major ``[N, H, C]`` tensor (PyG's layout). The
+    sparse products read the operand's rows in random order, and rows spread over H times
+    the memory would miss the cache and TLB H times as often."""
+    return x if x.is_contiguous() else scratch.copy_(x)
+
+
+def rows_scratch(x: Tensor) -> Optional[Tensor]:
+    """The ``[N, C]`` scratch :func:`dense_rows` needs for the heads of ``x [H, N, C]``
+    (``None`` when they are contiguous already)."""
+    return None if x[0].is_contiguous() else x.new_empty(x.shape[1:])
+
+
+def is_node_major(x: Tensor) -> bool:
+    """Whether ``x [H, N, C]`` is a head-major view of a node-major ``[N, H, C]`` tensor, the
+    layout PyG's layers hand over their features in."""
+    return x.size(0) > 1 and x.stride(0) < x.stride(1)
+
+
+def new_node_tensor(x: Tensor, rows: int, node_major: bool) -> Tensor:
+    """An empty ``[H, rows, C]`` tensor like ``x``, node-major or head-major. A result in the
+    caller's layout needs no conversion copy, and a fresh copy costs more than the copying
+    itself once it is larger than glibc's mmap threshold (its pages fault in one by one)."""
+    heads, _, channels = x.shape
+    if node_major:
+        return x.new_empty(rows, heads, channels).transpose(0, 1)
+    return x.new_empty(heads, rows, channels)
+
+
 def per_edge_(graph: DiffusionGraph, values: Tensor, node_values: Tensor, op: str,
               buffer: Tensor, scale: Optional[Tensor] = None) -> Tensor:
     """In place ``values[e] <op>= node_values[target(e)]`` (times ``scale[e]`` when given)
@@ -65,8 +96,9 @@ class EdgeAttention(Function):
     def forward(ctx, graph: DiffusionGraph, q: Tensor, k: Tensor, scale: float) -> Tensor:
         attn = q.new_zeros(q.size(0), graph.num_edges)
         buffer = attn.new_empty(graph.num_edges)
+        k_scratch = rows_scratch(k)
         for h, a in enumerate(attn):
-            accumulate_sddmm_(graph, a, q[h], k[h], alpha=scale)
+            accumulate_sddmm_(graph, a, q[h], dense_rows(k[h], k_scratch), alpha=scale)
             per_edge_(graph, a, row_sums(graph, a, "max"), "sub_", buffer).exp_()
             per_edge_(graph, a, row_sums(graph, a).reciprocal_(), "mul_", buffer)
         ctx.graph, ctx.scale = graph, scale
@@ -82,16 +114,18 @@ class EdgeAttention(Function):
         grad_k = torch.empty_like(k) if want_k else None
         # Two allocations, not one [2, E]: each stays below the mmap threshold.
         d_score, buffer = attn.new_empty(graph.num_edges), attn.new_empty(graph.num_edges)
+        q_scratch, k_scratch = rows_scratch(q), rows_scratch(k)
         for h in range(attn.size(0)):
             # d score = scale * A * (dA - sum_j A dA): the softmax Jacobian.
             torch.mul(attn[h], grad[h], out=d_score)
             per_edge_(graph, d_score, row_sums(graph, d_score), "sub_", buffer, scale=attn[h])
             d_score.mul_(scale)
             if want_q:
-                torch.mm(graph.csr(d_score), k[h], out=grad_q[h])
+                torch.mm(graph.csr(d_score), dense_rows(k[h], k_scratch), out=grad_q[h])
             if want_k:
                 graph.transpose_values(d_score, out=buffer)
-                torch.mm(graph.csr(buffer, transpose=True), q[h], out=grad_k[h])
+                torch.mm(graph.csr(buffer, transpose=True), dense_rows(q[h], q_scratch),
+                         out=grad_k[h])
         return None, grad_q, grad_k, None
 
 
@@ -118,7 +152,7 @@ class Diffusion(Function):
         # scratch slots shared by all heads, used in turn.
         zs = v.new_empty(heads, hops, graph.num_src, channels) if save else None
         scratch = None if save else v.new_empty(min(hops, 2), graph.num_src, channels)
-        out = v.new_empty(heads, graph.num_dst, channels)
+        out = new_node_tensor(v, graph.num_dst, is_node_major(v))
         for h in range(heads):
             slots = zs[h] if save else scratch
             matrix = graph.csr(attn[h])
@@ -135,6 +169,7 @@ class Diffusion(Function):
                     nxt.mul_(masks[m][h]).div_(keep)
                 z = nxt
         ctx.graph, ctx.s, ctx.coeffs, ctx.masks, ctx.keep = graph, s, coeffs, masks, keep
+        ctx.node_major = is_node_major(v)
         ctx.save_for_backward(attn, zs)
         return out
 
@@ -144,7 +179,7 @@ class Diffusion(Function):
         attn, zs = ctx.saved_tensors
         hops = len(coeffs) - 1
         heads, _, channels = grad.shape
-        grad_v = grad.new_empty(heads, graph.num_src, channels)
+        grad_v = new_node_tensor(grad, graph.num_src, ctx.node_major)
         grad_attn = attn.new_zeros(attn.shape) if zs is not None else None
         attn_t = attn.new_empty(graph.num_edges)  # one head's s * A^T, transposed order
         slots = grad.new_empty(2, graph.num_dst, channels).unbind(0)

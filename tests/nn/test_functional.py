@@ -8,7 +8,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch_geometric.nn import APPNP
 
 from graphdiff.nn import as_graph
-from graphdiff.nn.functional import diffuse, diffusion_coefficients, edge_softmax_attention
+from graphdiff.nn.functional import (attention_heads_first, diffuse, diffuse_heads_first,
+                                     diffusion_coefficients, edge_softmax_attention)
 
 from .reference import dense_attention, dense_diffuse, edge_values, random_graph
 
@@ -162,6 +163,30 @@ def test_gradients_match_dense_with_either_index_width(int32_max, monkeypatch):
         torch.testing.assert_close(got, want)
     index_dtype = torch.int32 if int32_max > 100 else torch.int64
     assert as_graph(ei, (N, N)).row.dtype == index_dtype
+
+
+@pytest.mark.parametrize("node_major", [True, False])
+def test_head_major_and_node_major_features(node_major):
+    # The kernels take head-major views of node-major [N, H, C] tensors as they are, and
+    # give the results in the layout of their inputs.
+    ei = random_graph(N, 40, seed=13)
+    graph = as_graph(ei, (N, N))
+    q, k, v = features(seed=13)
+    q_, k_, v_ = (x.transpose(0, 1) if node_major else x.transpose(0, 1).contiguous()
+                  for x in (q, k, v))
+    q_, k_, v_ = (x.detach().requires_grad_() for x in (q_, k_, v_))
+    out = diffuse_heads_first(attention_heads_first(q_, k_, graph), v_, graph, 3, 0.2)
+    assert (out.transpose(0, 1) if node_major else out).is_contiguous()
+    expected = dense_diffuse(dense_attention(q, k, ei), v, 3, 0.2)
+    torch.testing.assert_close(out.transpose(0, 1), expected)
+    weight = torch.randn_like(expected)
+    grads = torch.autograd.grad((out.transpose(0, 1) * weight).sum(), (q_, k_, v_))
+    q, k, v = (x.requires_grad_() for x in (q, k, v))
+    dense = torch.autograd.grad((dense_diffuse(dense_attention(q, k, ei), v, 3, 0.2) * weight)
+                                .sum(), (q, k, v))
+    for got, want in zip(grads, dense):
+        assert got.stride() == (q_.stride() if node_major else got.contiguous().stride())
+        torch.testing.assert_close(got.transpose(0, 1), want)
 
 
 def test_float32_agrees_with_float64():

@@ -237,6 +237,21 @@ def growth_lines(times: Dict[int, List[float]]) -> List[str]:
     return out
 
 
+def git_revision() -> str:
+    """The checked-out commit (with "+changes" when tracked code differs from it; earlier
+    results in benchmarks/results do not count), or "unknown"."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True,
+                              cwd=Path(__file__).parent).stdout.strip()
+    try:
+        revision = git("rev-parse", "--short", "HEAD")
+        changed = git("status", "--porcelain", "--untracked-files=no", "--", ":(top)",
+                      ":(top,exclude)benchmarks/results")
+    except OSError:
+        return "unknown"
+    return (revision + ("+changes" if changed else "")) or "unknown"
+
+
 def fmt(x: Optional[float], unit: str = "s") -> str:
     if x is None:
         return "-"
@@ -367,10 +382,12 @@ def main(argv: Optional[List[str]] = None) -> None:
             variants.remove("longformer")
 
     import torch
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; H={args.heads}, "
-          f"C={args.channels}, K={args.hops}, pattern Window({args.window}) | "
-          f"Global({args.num_global}) | Random({args.num_random}); median of "
-          f"{args.repeats} runs after a warm-up", flush=True)
+    setting = (f"torch {torch.__version__}, {torch.get_num_threads()} threads; H={args.heads}, "
+               f"C={args.channels}, K={args.hops}, pattern Window({args.window}) | "
+               f"Global({args.num_global}) | Random({args.num_random}); median of "
+               f"{args.repeats} runs after a warm-up")
+    print(setting, flush=True)
+    started = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
     results: Dict[int, Dict[str, dict]] = {}
     for n in args.n:
         results[n] = {}
@@ -404,13 +421,20 @@ def main(argv: Optional[List[str]] = None) -> None:
     print("\n" + md + "\n")
     print("\n".join(checks))
     if args.out:
+        from graphdiff.io import atomic_write
+
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "bench_layer.md").write_text(md + "\n\n" + "\n".join(
-            f"- {c}" for c in checks) + "\n")
+        header = (f"# bench_layer: one attention diffusion layer vs baselines\n\n"
+                  f"Command: `python benchmarks/bench_layer.py {' '.join(argv or sys.argv[1:])}`"
+                  f"\n\n{setting}. Commit {git_revision()}, measured {started} to "
+                  f"{time.strftime('%H:%M', time.gmtime())} UTC.\n\n")
+        report = header + md + "\n\n" + "".join(f"- {c}\n" for c in checks)
+        atomic_write(args.out / "bench_layer.md", lambda f: f.write(report), text=True)
         raw = {str(n): row for n, row in results.items()}
         if growth:
             raw["growth"] = {str(n): t for n, t in growth.items()}
-        (args.out / "bench_layer.json").write_text(json.dumps(raw, indent=1))
+        atomic_write(args.out / "bench_layer.json", lambda f: json.dump(raw, f, indent=1),
+                     text=True)
         if args.plot:
             plot(results, variants, args.out / "bench_layer.png")
     elif args.plot:

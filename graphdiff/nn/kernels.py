@@ -2,16 +2,16 @@
 
 Per-edge tensors are head-major ``[H, E]`` in CSR order, node tensors ``[H, N, C]``:
 contiguous, or head-major views of node-major ``[N, H, C]`` tensors (PyG's layout), which the
-kernels take and return as they are, without conversion copies. Every head shares the graph's one CSR structure, and each kernel runs its
-whole computation one head at a time, with the head's temporaries in a few ``[E]`` and
-``[N, C]`` scratch buffers reused across heads:
+kernels take and return as they are, without conversion copies. Every head shares the graph's
+one CSR structure, and each kernel runs its whole computation one head at a time, with the
+head's temporaries in a few ``[E]`` and ``[N, C]`` scratch buffers reused across heads:
 
 - a sparse product reads its dense operand in the pattern's (partly random) column order,
   and with one head's ``[N, C]`` operand in flight more of those reads hit the cache;
 - scratch the size of one head instead of all heads stays below glibc's mmap threshold
   (32 MB: one head's ``[E]`` up to about 8M edges), so the allocator hands the same memory
-  back on every step instead of fresh pages that fault in on first touch
-  (:mod:`benchmarks.profile_scaling` shows both effects).
+  back on every step instead of fresh pages that fault in on first touch (README,
+  "Speed and memory of the layer").
 
 Each kernel saves only ``[H, E]`` or node tensors for backward and computes its gradients with
 the same two primitives as its forward:

@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -218,7 +219,8 @@ def run_growth(shape: dict, ns: List[int], rounds: int, timeout: float) -> Dict[
     proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)],
                           capture_output=True, text=True, timeout=timeout * len(ns))
     if proc.returncode != 0:
-        raise RuntimeError(f"growth worker failed: {proc.stderr.strip()[-300:]}")
+        tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
+        raise RuntimeError(f"exit {proc.returncode}: {tail[:200]}")
     times = json.loads(proc.stdout.strip().splitlines()[-1])["growth"]
     return {int(n): t for n, t in times.items()}
 
@@ -410,29 +412,33 @@ def main(argv: Optional[List[str]] = None) -> None:
     md = table(results, variants)
     checks = targets(results)
     growth: Dict[int, List[float]] = {}
-    if "graphdiff" in variants and len(args.n) > 1 and args.growth_rounds > 0:
-        print(f"interleaving graphdiff at n = {sorted(args.n)} for {args.growth_rounds} "
-              "rounds ...", flush=True)
+    ns = sorted(n for n in results if _total(results[n].get("graphdiff", {})))
+    if len(ns) > 1 and args.growth_rounds > 0:
+        print(f"interleaving graphdiff at n = {ns} for {args.growth_rounds} rounds ...",
+              flush=True)
         shape = dict(heads=args.heads, channels=args.channels, hops=args.hops,
                      window=args.window, num_global=args.num_global,
                      num_random=args.num_random)
-        growth = run_growth(shape, sorted(args.n), args.growth_rounds, args.timeout)
-        checks += growth_lines(growth)
+        try:
+            growth = run_growth(shape, ns, args.growth_rounds, args.timeout)
+            checks += growth_lines(growth)
+        except (RuntimeError, subprocess.TimeoutExpired) as error:  # keep the results
+            checks.append(f"interleaved growth measurement failed: {error}")
     print("\n" + md + "\n")
     print("\n".join(checks))
     if args.out:
         from graphdiff.io import atomic_write
 
         args.out.mkdir(parents=True, exist_ok=True)
+        command = shlex.join(sys.argv[1:] if argv is None else argv)
+        ended = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
         header = (f"# bench_layer: one attention diffusion layer vs baselines\n\n"
-                  f"Command: `python benchmarks/bench_layer.py {' '.join(argv or sys.argv[1:])}`"
-                  f"\n\n{setting}. Commit {git_revision()}, measured {started} to "
-                  f"{time.strftime('%H:%M', time.gmtime())} UTC.\n\n")
+                  f"Command: `python benchmarks/bench_layer.py {command}`\n\n{setting}. "
+                  f"Commit {git_revision()}, measured {started} to {ended} UTC.\n\n")
         report = header + md + "\n\n" + "".join(f"- {c}\n" for c in checks)
         atomic_write(args.out / "bench_layer.md", lambda f: f.write(report), text=True)
-        raw = {str(n): row for n, row in results.items()}
-        if growth:
-            raw["growth"] = {str(n): t for n, t in growth.items()}
+        raw = {"by_n": {str(n): row for n, row in results.items()},
+               "growth": {str(n): t for n, t in growth.items()}}
         atomic_write(args.out / "bench_layer.json", lambda f: json.dump(raw, f, indent=1),
                      text=True)
         if args.plot:

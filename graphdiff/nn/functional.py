@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from graphdiff.nn.graph import DiffusionGraph, as_graph
-from graphdiff.nn.kernels import Diffusion, EdgeAttention
+from graphdiff.nn.kernels import Diffusion, EdgeAttention, heads_view, is_node_major
 
 KERNELS = ("ppr", "heat")
 
@@ -90,8 +90,8 @@ def check_bipartite_diffusion(graph: DiffusionGraph, hops: int,
 def attention_heads_first(q: Tensor, k: Tensor, graph: DiffusionGraph,
                           scale: Optional[float] = None) -> Tensor:
     """:func:`edge_softmax_attention` on head-major ``[H, N, C]`` features (contiguous, or
-    views of node-major ``[N, H, C]`` ones: no copy is made of them); ``[H, E]`` in CSR
-    order."""
+    views of node-major ``[N, H, C]`` ones, taken without a conversion copy); ``[H, E]`` in
+    CSR order."""
     scale = q.size(-1) ** -0.5 if scale is None else scale
     return EdgeAttention.apply(graph, q, k, scale)
 
@@ -112,7 +112,8 @@ def diffuse_heads_first(attn: Tensor, v: Tensor, graph: DiffusionGraph, hops: in
         shape = (v.size(0), graph.num_dst, v.size(2))
         masks = [torch.empty(shape, dtype=torch.bool, device=v.device).bernoulli_(
             1.0 - hop_dropout) for _ in range(hops)]
-    return Diffusion.apply(graph, attn.contiguous(), v, s, coeffs, masks, 1.0 - hop_dropout)
+    out = Diffusion.apply(graph, attn.contiguous(), v, s, coeffs, masks, 1.0 - hop_dropout)
+    return heads_view(out, is_node_major(v))
 
 
 def edge_softmax_attention(q: Tensor, k: Tensor, edge_index: Any,

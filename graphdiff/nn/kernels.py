@@ -62,14 +62,18 @@ def is_node_major(x: Tensor) -> bool:
     return x.size(0) > 1 and x.stride(0) < x.stride(1)
 
 
-def new_node_tensor(x: Tensor, rows: int, node_major: bool) -> Tensor:
-    """An empty ``[H, rows, C]`` tensor like ``x``, node-major or head-major. A result in the
-    caller's layout needs no conversion copy, and a fresh copy costs more than the copying
-    itself once it is larger than glibc's mmap threshold (its pages fault in one by one)."""
+def empty_nodes(x: Tensor, rows: int, node_major: bool) -> Tensor:
+    """An empty node tensor like ``x [H, N, C]`` with ``rows`` nodes: ``[rows, H, C]`` when
+    ``node_major``, else ``[H, rows, C]`` (see :func:`heads_view`). A result in the caller's
+    layout needs no conversion copy, and a fresh copy costs more than the copying itself once
+    it is larger than glibc's mmap threshold (its pages fault in one by one)."""
     heads, _, channels = x.shape
-    if node_major:
-        return x.new_empty(rows, heads, channels).transpose(0, 1)
-    return x.new_empty(heads, rows, channels)
+    return x.new_empty((rows, heads, channels) if node_major else (heads, rows, channels))
+
+
+def heads_view(x: Tensor, node_major: bool) -> Tensor:
+    """``x`` as ``[H, N, C]``: the transpose of a node-major ``[N, H, C]`` tensor."""
+    return x.transpose(0, 1) if node_major else x
 
 
 def per_edge_(graph: DiffusionGraph, values: Tensor, node_values: Tensor, op: str,
@@ -80,7 +84,7 @@ def per_edge_(graph: DiffusionGraph, values: Tensor, node_values: Tensor, op: st
     return getattr(values, op)(buffer if scale is None else buffer.mul_(scale))
 
 
-def row_sums(graph: DiffusionGraph, values: Tensor, reduce: str = "sum") -> Tensor:
+def row_reduce(graph: DiffusionGraph, values: Tensor, reduce: str = "sum") -> Tensor:
     """``reduce`` ("sum" or "max") of one head's ``[E]`` values over each target's edges ->
     ``[N_dst]``; targets without edges get 0 (sum) or -inf (max)."""
     return torch.segment_reduce(values, reduce, offsets=graph.offsets())
@@ -99,8 +103,8 @@ class EdgeAttention(Function):
         k_scratch = rows_scratch(k)
         for h, a in enumerate(attn):
             accumulate_sddmm_(graph, a, q[h], dense_rows(k[h], k_scratch), alpha=scale)
-            per_edge_(graph, a, row_sums(graph, a, "max"), "sub_", buffer).exp_()
-            per_edge_(graph, a, row_sums(graph, a).reciprocal_(), "mul_", buffer)
+            per_edge_(graph, a, row_reduce(graph, a, "max"), "sub_", buffer).exp_()
+            per_edge_(graph, a, row_reduce(graph, a).reciprocal_(), "mul_", buffer)
         ctx.graph, ctx.scale = graph, scale
         ctx.save_for_backward(q, k, attn)
         return attn
@@ -118,7 +122,7 @@ class EdgeAttention(Function):
         for h in range(attn.size(0)):
             # d score = scale * A * (dA - sum_j A dA): the softmax Jacobian.
             torch.mul(attn[h], grad[h], out=d_score)
-            per_edge_(graph, d_score, row_sums(graph, d_score), "sub_", buffer, scale=attn[h])
+            per_edge_(graph, d_score, row_reduce(graph, d_score), "sub_", buffer, scale=attn[h])
             d_score.mul_(scale)
             if want_q:
                 torch.mm(graph.csr(d_score), dense_rows(k[h], k_scratch), out=grad_q[h])
@@ -131,8 +135,11 @@ class EdgeAttention(Function):
 
 class Diffusion(Function):
     r"""The recursion :math:`Z_0 = c_0 V`, :math:`Z_{m+1} = D_m(s\,A Z_m + c_{m+1} V)`
-    for ``m < K``, output :math:`Z_K`; :math:`D_m` is an optional (hop) dropout. ``V`` and
-    the output are ``[H, N, C]``.
+    for ``m < K``, output :math:`Z_K`; :math:`D_m` is an optional (hop) dropout. ``V`` is
+    ``[H, N, C]``; the output is ``[N, H, C]`` when ``V`` is a view of a node-major tensor,
+    else ``[H, N, C]``: it must own its memory, since autograd forbids in-place changes of a
+    view created inside a Function (``relu_()`` on a layer's output), so the caller takes
+    the head-major view (:func:`heads_view`).
 
     PPR is ``s = 1 - alpha, c = (1, alpha, ..., alpha)``; the heat kernel is its Horner
     form ``s = 1, c = (theta_K, ..., theta_0)``. Saves ``A`` ``[H, E]``, the hop inputs
@@ -152,7 +159,9 @@ class Diffusion(Function):
         # scratch slots shared by all heads, used in turn.
         zs = v.new_empty(heads, hops, graph.num_src, channels) if save else None
         scratch = None if save else v.new_empty(min(hops, 2), graph.num_src, channels)
-        out = new_node_tensor(v, graph.num_dst, is_node_major(v))
+        node_major = is_node_major(v)
+        result = empty_nodes(v, graph.num_dst, node_major)
+        out = heads_view(result, node_major)
         for h in range(heads):
             slots = zs[h] if save else scratch
             matrix = graph.csr(attn[h])
@@ -164,28 +173,31 @@ class Diffusion(Function):
                 if coeffs[m + 1] != 0.0:
                     torch.addmm(v[h], matrix, z, beta=coeffs[m + 1], alpha=s, out=nxt)
                 else:  # addmm(beta=0) would still read an input: this is as fast
-                    torch.mm(matrix, z, out=nxt).mul_(s)
+                    torch.mm(matrix, z, out=nxt)
+                    if s != 1.0:
+                        nxt.mul_(s)
                 if masks is not None:
                     nxt.mul_(masks[m][h]).div_(keep)
                 z = nxt
         ctx.graph, ctx.s, ctx.coeffs, ctx.masks, ctx.keep = graph, s, coeffs, masks, keep
-        ctx.node_major = is_node_major(v)
+        ctx.node_major = node_major
         ctx.save_for_backward(attn, zs)
-        return out
+        return result
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         graph, s, coeffs, masks, keep = ctx.graph, ctx.s, ctx.coeffs, ctx.masks, ctx.keep
         attn, zs = ctx.saved_tensors
         hops = len(coeffs) - 1
+        grad = heads_view(grad, ctx.node_major)
         heads, _, channels = grad.shape
-        grad_v = new_node_tensor(grad, graph.num_src, ctx.node_major)
+        grad_v = heads_view(empty_nodes(grad, graph.num_src, ctx.node_major), ctx.node_major)
         grad_attn = attn.new_zeros(attn.shape) if zs is not None else None
         attn_t = attn.new_empty(graph.num_edges)  # one head's s * A^T, transposed order
         slots = grad.new_empty(2, graph.num_dst, channels).unbind(0)
         for h in range(heads):
-            matrix_t = graph.csr(graph.transpose_values(attn[h], out=attn_t).mul_(s),
-                                 transpose=True)
+            values_t = graph.transpose_values(attn[h], out=attn_t)
+            matrix_t = graph.csr(values_t.mul_(s) if s != 1.0 else values_t, transpose=True)
             # g is the adjoint of hop m's output. Masking writes into it, and the sparse
             # products want it dense (a loss like out.sum() sends an expanded gradient), so
             # then it starts as a copy of the incoming gradient.

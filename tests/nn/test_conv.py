@@ -159,6 +159,19 @@ def test_bipartite():
             make((6, 5), 4, hops=2, fused=fused)((x_src, x_dst), ei)
 
 
+@pytest.mark.parametrize("concat", [True, False])
+def test_output_can_be_changed_in_place(concat):
+    # Autograd forbids in-place changes of a view created inside a custom Function: the
+    # layer's output (node-major, like its features) must own its memory.
+    x, ei = inputs()
+    x.requires_grad_()
+    conv = make(F_IN, 4, heads=2, hops=3, concat=concat)
+    expected = torch.autograd.grad(conv(x, ei).relu().sum(), x)[0]
+    out = conv(x, ei)
+    out.relu_()
+    torch.testing.assert_close(torch.autograd.grad(out.sum(), x)[0], expected)
+
+
 def test_dropout_eval_deterministic_training_random():
     x, ei = inputs()
     conv = make(F_IN, 4, heads=2, dropout=0.5, hop_dropout=0.3)

@@ -189,6 +189,29 @@ def test_head_major_and_node_major_features(node_major):
         torch.testing.assert_close(got.transpose(0, 1), want)
 
 
+@pytest.mark.parametrize("which", [0, 1])
+def test_gradient_of_queries_or_keys_alone(which):
+    ei = random_graph(N, 40, seed=14)
+    q, k, v = features(seed=14)
+    wanted = (q, k)[which].requires_grad_()
+    out = diffuse(edge_softmax_attention(q, k, ei), v, ei, 2, 0.3)
+    weight = torch.randn_like(out)
+    got = torch.autograd.grad((out * weight).sum(), wanted)[0]
+    dense = dense_diffuse(dense_attention(q, k, ei), v, 2, 0.3)
+    torch.testing.assert_close(got, torch.autograd.grad((dense * weight).sum(), wanted)[0])
+
+
+def test_graph_without_edges():
+    # A = 0: every hop gives Z = alpha V, and no gradient reaches q or k.
+    ei = torch.empty(2, 0, dtype=torch.long)
+    q, k, v = (x.requires_grad_() for x in features(seed=15))
+    out = diffuse(edge_softmax_attention(q, k, ei), v, ei, 3, 0.2)
+    torch.testing.assert_close(out, 0.2 * v)
+    grad_q, grad_k, grad_v = torch.autograd.grad(out.sum(), (q, k, v))
+    assert not grad_q.any() and not grad_k.any()
+    torch.testing.assert_close(grad_v, torch.full_like(v, 0.2))
+
+
 def test_float32_agrees_with_float64():
     ei = random_graph(N, 60, seed=10)
     q, k, v = features(seed=10)

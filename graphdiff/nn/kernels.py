@@ -51,9 +51,18 @@ def dense_rows(x: Tensor, scratch: Optional[Tensor]) -> Tensor:
 
 
 def rows_scratch(x: Tensor) -> Optional[Tensor]:
-    """The ``[N, C]`` scratch :func:`dense_rows` needs for the heads of ``x [H, N, C]``
-    (``None`` when they are contiguous already)."""
+    """The ``[N, C]`` scratch that :func:`dense_rows` and :func:`mm_into` need for the heads
+    of ``x [H, N, C]`` (``None`` when they are contiguous already)."""
     return None if x[0].is_contiguous() else x.new_empty(x.shape[1:])
+
+
+def mm_into(out: Tensor, matrix: Tensor, x: Tensor, scratch: Optional[Tensor]) -> Tensor:
+    """``out = matrix @ x`` for one head, through contiguous ``scratch`` when ``out`` is a
+    head of a node-major tensor: torch would compute into a strided temporary, slower than
+    the product plus one copy."""
+    if scratch is None:
+        return torch.mm(matrix, x, out=out)
+    return out.copy_(torch.mm(matrix, x, out=scratch))
 
 
 def is_node_major(x: Tensor) -> bool:
@@ -100,9 +109,10 @@ class EdgeAttention(Function):
     def forward(ctx, graph: DiffusionGraph, q: Tensor, k: Tensor, scale: float) -> Tensor:
         attn = q.new_zeros(q.size(0), graph.num_edges)
         buffer = attn.new_empty(graph.num_edges)
-        k_scratch = rows_scratch(k)
+        q_scratch, k_scratch = rows_scratch(q), rows_scratch(k)
         for h, a in enumerate(attn):
-            accumulate_sddmm_(graph, a, q[h], dense_rows(k[h], k_scratch), alpha=scale)
+            accumulate_sddmm_(graph, a, dense_rows(q[h], q_scratch),
+                              dense_rows(k[h], k_scratch), alpha=scale)
             per_edge_(graph, a, row_reduce(graph, a, "max"), "sub_", buffer).exp_()
             per_edge_(graph, a, row_reduce(graph, a).reciprocal_(), "mul_", buffer)
         ctx.graph, ctx.scale = graph, scale
@@ -119,17 +129,21 @@ class EdgeAttention(Function):
         # Two allocations, not one [2, E]: each stays below the mmap threshold.
         d_score, buffer = attn.new_empty(graph.num_edges), attn.new_empty(graph.num_edges)
         q_scratch, k_scratch = rows_scratch(q), rows_scratch(k)
+        # The gradients have the layouts of q and k (empty_like), so these decide.
+        gq_scratch = rows_scratch(q) if want_q else None
+        gk_scratch = rows_scratch(k) if want_k else None
         for h in range(attn.size(0)):
             # d score = scale * A * (dA - sum_j A dA): the softmax Jacobian.
             torch.mul(attn[h], grad[h], out=d_score)
             per_edge_(graph, d_score, row_reduce(graph, d_score), "sub_", buffer, scale=attn[h])
             d_score.mul_(scale)
             if want_q:
-                torch.mm(graph.csr(d_score), dense_rows(k[h], k_scratch), out=grad_q[h])
+                mm_into(grad_q[h], graph.csr(d_score), dense_rows(k[h], k_scratch),
+                        gq_scratch)
             if want_k:
                 graph.transpose_values(d_score, out=buffer)
-                torch.mm(graph.csr(buffer, transpose=True), dense_rows(q[h], q_scratch),
-                         out=grad_k[h])
+                mm_into(grad_k[h], graph.csr(buffer, transpose=True),
+                        dense_rows(q[h], q_scratch), gk_scratch)
         return None, grad_q, grad_k, None
 
 
@@ -162,12 +176,19 @@ class Diffusion(Function):
         node_major = is_node_major(v)
         result = empty_nodes(v, graph.num_dst, node_major)
         out = heads_view(result, node_major)
+        out_scratch = rows_scratch(out)  # strided heads: the last hop goes through it
         for h in range(heads):
             slots = zs[h] if save else scratch
             matrix = graph.csr(attn[h])
-            z = torch.mul(v[h], coeffs[0], out=slots[0])
+            if coeffs[0] == 1.0 and not save:  # Z_0 = V: read V itself, no copy to keep
+                z = dense_rows(v[h], slots[0])
+            else:
+                z = torch.mul(v[h], coeffs[0], out=slots[0])
             for m in range(hops):
-                nxt = out[h] if m == hops - 1 else slots[(m + 1) % len(slots)]
+                if m < hops - 1:
+                    nxt = slots[(m + 1) % len(slots)]
+                else:
+                    nxt = out[h] if out_scratch is None else out_scratch
                 # No teleport term when c = 0: also the bipartite case, where V and the
                 # output differ in size.
                 if coeffs[m + 1] != 0.0:
@@ -179,6 +200,8 @@ class Diffusion(Function):
                 if masks is not None:
                     nxt.mul_(masks[m][h]).div_(keep)
                 z = nxt
+            if out_scratch is not None:
+                out[h].copy_(z)
         ctx.graph, ctx.s, ctx.coeffs, ctx.masks, ctx.keep = graph, s, coeffs, masks, keep
         ctx.node_major = node_major
         ctx.save_for_backward(attn, zs)
@@ -195,6 +218,7 @@ class Diffusion(Function):
         grad_attn = attn.new_zeros(attn.shape) if zs is not None else None
         attn_t = attn.new_empty(graph.num_edges)  # one head's s * A^T, transposed order
         slots = grad.new_empty(2, graph.num_dst, channels).unbind(0)
+        gv_scratch = rows_scratch(grad_v)
         for h in range(heads):
             values_t = graph.transpose_values(attn[h], out=attn_t)
             matrix_t = graph.csr(values_t.mul_(s) if s != 1.0 else values_t, transpose=True)
@@ -205,7 +229,7 @@ class Diffusion(Function):
             if masks is not None or not g.is_contiguous():
                 g = slots[1].copy_(g)
             free = 0  # the slot g is not in
-            g_v = grad_v[h].zero_()
+            g_v = (grad_v[h] if gv_scratch is None else gv_scratch).zero_()
             for m in reversed(range(hops)):
                 if masks is not None:
                     g.mul_(masks[m][h]).div_(keep)
@@ -218,4 +242,6 @@ class Diffusion(Function):
                     free = 1 - free
                 elif coeffs[0] != 0.0:  # the last adjoint only feeds V's gradient
                     torch.addmm(g_v, matrix_t, g, alpha=coeffs[0], out=g_v)
+            if gv_scratch is not None:
+                grad_v[h].copy_(g_v)
         return None, grad_attn, grad_v, None, None, None, None

@@ -90,8 +90,8 @@ def check_bipartite_diffusion(graph: DiffusionGraph, hops: int,
 def attention_heads_first(q: Tensor, k: Tensor, graph: DiffusionGraph,
                           scale: Optional[float] = None) -> Tensor:
     """:func:`edge_softmax_attention` on head-major ``[H, N, C]`` features (contiguous, or
-    views of node-major ``[N, H, C]`` ones, taken without a conversion copy); ``[H, E]`` in
-    CSR order."""
+    views of node-major ``[N, H, C]`` ones, taken without a whole-tensor conversion copy:
+    each head passes through ``[N, C]`` scratch); ``[H, E]`` in CSR order."""
     scale = q.size(-1) ** -0.5 if scale is None else scale
     return EdgeAttention.apply(graph, q, k, scale)
 

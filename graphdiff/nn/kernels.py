@@ -2,14 +2,16 @@
 
 Per-edge tensors are head-major ``[H, E]`` in CSR order, node tensors ``[H, N, C]``:
 contiguous, or head-major views of node-major ``[N, H, C]`` tensors (PyG's layout), which the
-kernels take and return as they are, without conversion copies. Every head shares the graph's
+kernels take and return in their layout, without whole-tensor conversion copies (each head of
+a node-major tensor passes through ``[N, C]`` scratch instead). Every head shares the graph's
 one CSR structure, and each kernel runs its whole computation one head at a time, with the
 head's temporaries in a few ``[E]`` and ``[N, C]`` scratch buffers reused across heads:
 
 - a sparse product reads its dense operand in the pattern's (partly random) column order,
   and with one head's ``[N, C]`` operand in flight more of those reads hit the cache;
 - scratch the size of one head instead of all heads stays below glibc's mmap threshold
-  (32 MB: one head's ``[E]`` up to about 8M edges), so the allocator hands the same memory
+  (32 MB: one head's ``[E]`` up to about 8M edges, ``[2, N, C]`` of fp32 up to 128k tokens
+  at C = 32), so the allocator hands the same memory
   back on every step instead of fresh pages that fault in on first touch (README,
   "Speed and memory of the layer").
 
@@ -129,7 +131,8 @@ class EdgeAttention(Function):
         # Two allocations, not one [2, E]: each stays below the mmap threshold.
         d_score, buffer = attn.new_empty(graph.num_edges), attn.new_empty(graph.num_edges)
         q_scratch, k_scratch = rows_scratch(q), rows_scratch(k)
-        # The gradients have the layouts of q and k (empty_like), so these decide.
+        # The gradients are empty_like(q) and empty_like(k): where q or k has strided heads
+        # (node-major), so have they.
         gq_scratch = rows_scratch(q) if want_q else None
         gk_scratch = rows_scratch(k) if want_k else None
         for h in range(attn.size(0)):
@@ -170,7 +173,7 @@ class Diffusion(Function):
         heads, _, channels = v.shape
         save = ctx.needs_input_grad[1]
         # Hop m's input is slot m of the saved history; without a gradient for A two
-        # scratch slots shared by all heads, used in turn.
+        # scratch slots shared by all heads, used in turn (Z_0 may be V itself).
         zs = v.new_empty(heads, hops, graph.num_src, channels) if save else None
         scratch = None if save else v.new_empty(min(hops, 2), graph.num_src, channels)
         node_major = is_node_major(v)

@@ -130,11 +130,9 @@ class EdgeAttention(Function):
         grad_k = torch.empty_like(k) if want_k else None
         # Two allocations, not one [2, E]: each stays below the mmap threshold.
         d_score, buffer = attn.new_empty(graph.num_edges), attn.new_empty(graph.num_edges)
+        # grad_q's product stages k and grad_k's stages q, so each gradient can pass through
+        # the other operand's scratch (it has the rows and, via empty_like, the layout).
         q_scratch, k_scratch = rows_scratch(q), rows_scratch(k)
-        # The gradients are empty_like(q) and empty_like(k): where q or k has strided heads
-        # (node-major), so have they.
-        gq_scratch = rows_scratch(q) if want_q else None
-        gk_scratch = rows_scratch(k) if want_k else None
         for h in range(attn.size(0)):
             # d score = scale * A * (dA - sum_j A dA): the softmax Jacobian.
             torch.mul(attn[h], grad[h], out=d_score)
@@ -142,11 +140,11 @@ class EdgeAttention(Function):
             d_score.mul_(scale)
             if want_q:
                 mm_into(grad_q[h], graph.csr(d_score), dense_rows(k[h], k_scratch),
-                        gq_scratch)
+                        q_scratch)
             if want_k:
                 graph.transpose_values(d_score, out=buffer)
                 mm_into(grad_k[h], graph.csr(buffer, transpose=True),
-                        dense_rows(q[h], q_scratch), gk_scratch)
+                        dense_rows(q[h], q_scratch), k_scratch)
         return None, grad_q, grad_k, None
 
 

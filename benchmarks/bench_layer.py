@@ -225,6 +225,12 @@ def run_growth(shape: dict, ns: List[int], rounds: int, timeout: float) -> Dict[
     return {int(n): t for n, t in times.items()}
 
 
+def growth_line(a: int, b: int, how: str, median: float, fastest: float) -> str:
+    """One check of graphdiff's growth from n = a to n = b (issue 6: at most 1.125 b / a)."""
+    return (f"graphdiff time({b}) / time({a}){how} = {median:.2f} median, {fastest:.2f} "
+            f"fastest (linear: {b / a:.1f}; target <= {1.125 * b / a:.1f})")
+
+
 def growth_lines(times: Dict[int, List[float]]) -> List[str]:
     """Consecutive lengths' growth: the median of the per-round ratios (each round's two
     steps ran minutes apart at most) and the ratio of the fastest steps."""
@@ -232,10 +238,8 @@ def growth_lines(times: Dict[int, List[float]]) -> List[str]:
     out = []
     for a, b in zip(ns, ns[1:]):
         ratios = [tb / ta for ta, tb in zip(times[a], times[b])]
-        out.append(f"graphdiff time({b}) / time({a}), interleaved over {len(ratios)} rounds = "
-                   f"{statistics.median(ratios):.2f} median of rounds, "
-                   f"{min(times[b]) / min(times[a]):.2f} fastest "
-                   f"(linear: {b / a:.1f}; target <= {1.125 * b / a:.1f})")
+        out.append(growth_line(a, b, f", interleaved over {len(ratios)} rounds",
+                               statistics.median(ratios), min(times[b]) / min(times[a])))
     return out
 
 
@@ -290,6 +294,11 @@ def _total(r: dict) -> Optional[float]:
     return r["fwd"] + (r["bwd"] or 0.0)
 
 
+def graphdiff_lengths(results: Dict[int, Dict[str, dict]]) -> List[int]:
+    """The lengths at which graphdiff's default path ran, ascending."""
+    return sorted(n for n in results if _total(results[n].get("graphdiff", {})))
+
+
 def targets(results: Dict[int, Dict[str, dict]]) -> List[str]:
     """The checks of issue 6 that this run can evaluate."""
     out = []
@@ -311,13 +320,12 @@ def targets(results: Dict[int, Dict[str, dict]]) -> List[str]:
         if lf and lfg:
             out.append(f"n={n}: graphdiff (hops=1, Longformer pattern) / HF Longformer = "
                        f"{lfg / lf:.2f} (target <= 2)")
-    ns = sorted(n for n in results if _total(results[n].get("graphdiff", {})))
+    ns = graphdiff_lengths(results)
     for a, b in zip(ns, ns[1:]):
         ga, gb = results[a]["graphdiff"], results[b]["graphdiff"]
         # The fastest run is the least disturbed by other tenants of a shared machine.
-        out.append(f"graphdiff time({b}) / time({a}) = {_total(gb) / _total(ga):.2f} median, "
-                   f"{gb['fastest'] / ga['fastest']:.2f} fastest "
-                   f"(linear: {b / a:.1f}; target <= {1.125 * b / a:.1f})")
+        out.append(growth_line(a, b, "", _total(gb) / _total(ga),
+                               gb["fastest"] / ga["fastest"]))
     return out
 
 
@@ -412,7 +420,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     md = table(results, variants)
     checks = targets(results)
     growth: Dict[int, List[float]] = {}
-    ns = sorted(n for n in results if _total(results[n].get("graphdiff", {})))
+    ns = graphdiff_lengths(results)
     if len(ns) > 1 and args.growth_rounds > 0:
         print(f"interleaving graphdiff at n = {ns} for {args.growth_rounds} rounds ...",
               flush=True)

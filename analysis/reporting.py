@@ -25,7 +25,7 @@ from analysis.diffusion import AttentionSpectrum, diffusion_spectrum
 from analysis.expansion import EXACT_MAX_NODES, field_and_cover, gap_and_epsilon
 from analysis.graph import Graph, as_graph, check_int
 from analysis.spectral import DENSE_MAX_NODES, SpectralConvergenceError, adjacency_lambda
-from graphdiff.io import atomic_write
+from graphdiff.io import atomic_write, atomic_write_text
 
 # name -> pattern expression for graphdiff.patterns.parse_pattern. "window only" is Diffuser's
 # own window without its global and random tokens: the ablation the paper argues from.
@@ -105,8 +105,8 @@ def report(
         for name, pattern in named.items():
             if name not in spectra:  # every length is above the dense limit: one more graph
                 spectra[name] = as_graph(pattern, spectrum_n).laplacian_spectrum
-        os.makedirs(out, exist_ok=True)
-        files.append(_write_text(os.path.join(out, "report.md"), markdown))
+        files.append(os.path.join(out, "report.md"))
+        atomic_write_text(files[-1], markdown)
         files += _figures(rows, spectra, spectrum_n, attention, out)
     return Report(rows, markdown, files)
 
@@ -267,6 +267,3 @@ def _save(fig: Any, path: str) -> str:
     return path
 
 
-def _write_text(path: str, text: str) -> str:
-    atomic_write(path, lambda f: f.write(text), text=True)
-    return path

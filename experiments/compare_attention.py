@@ -53,7 +53,7 @@ import torch
 from tqdm.auto import tqdm
 
 from graphdiff.data.tasks.listops import ListOps, write_listops_tsv
-from graphdiff.io import atomic_write
+from graphdiff.io import atomic_write_text
 from graphdiff.train import TrainArgs, build_task, evaluate, train
 
 VARIANTS: Dict[str, Dict[str, Any]] = {  # pattern None: the task's sparse pattern
@@ -87,10 +87,6 @@ def task_specs(steps: int, batch_size: int, quick: bool) -> Dict[str, TaskSpec]:
                             dict(min_length=50, max_length=200),
                             dict(train=steps * batch_size, val=500, test=1000)),
     }
-
-
-def write_atomic(path: str, text: str) -> None:
-    atomic_write(path, lambda handle: handle.write(text), text=True)
 
 
 def listops_data(spec: TaskSpec, out: str) -> str:
@@ -144,7 +140,7 @@ def run_one(variant: str, args: TrainArgs) -> Dict[str, Any]:
         "parameters": sum(p.numel() for p in result.model.parameters()),
         "seconds": time.perf_counter() - started, "train_args": recorded,
     }
-    write_atomic(path, json.dumps(record, indent=2))
+    atomic_write_text(path, json.dumps(record, indent=2))
     return record
 
 
@@ -226,9 +222,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
               f"{args.steps} steps, batch {args.batch_size}, lr {args.lr}, preset tiny, {args.threads} thread(s),"
               f" {platform.processor() or platform.machine()}; this invocation took {seconds:.0f} s"
               f" (skipped runs cost nothing).\n\n")
-    write_atomic(os.path.join(args.out, "results.md"), header + table + "\n")
+    atomic_write_text(os.path.join(args.out, "results.md"), header + table + "\n")
     summary = {"settings": vars(args), "seconds": seconds, "rows": rows, "majority": majority, "runs": records}
-    write_atomic(os.path.join(args.out, "results.json"), json.dumps(summary, indent=2))
+    atomic_write_text(os.path.join(args.out, "results.json"), json.dumps(summary, indent=2))
     print(table)
     return summary
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from typing import Dict, List
 
-from graphdiff.io import atomic_write
+from graphdiff.io import atomic_write_text
 from graphdiff.patterns import diffuser
 from graphdiff.patterns.stats import save_pattern_report
 from graphdiff.train import TrainArgs, train
@@ -57,6 +57,6 @@ def run_demo(out: str = "runs/demo", n: int = 4096, steps: int = 600) -> List[Di
     table += [f"| {row['model']} | {row['val_accuracy']:.3f} | {row['tokens_per_second']:.0f} |" for row in rows]
     chance = 1 / 10
     summary = "\n".join(table) + f"\n\nchance level: {chance:.2f}\n"
-    atomic_write(os.path.join(out, "summary.md"), lambda handle: handle.write(summary), text=True)
+    atomic_write_text(os.path.join(out, "summary.md"), summary)
     print(f"\n== results (also in {out}/summary.md)\n{summary}")
     return rows

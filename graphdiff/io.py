@@ -37,3 +37,8 @@ def atomic_write(path: PathLike, write: Callable[[IO], None], text: bool = False
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def atomic_write_text(path: PathLike, text: str) -> None:
+    """:func:`atomic_write` of one string, UTF-8 with ``\\n`` newlines."""
+    atomic_write(path, lambda handle: handle.write(text), text=True)

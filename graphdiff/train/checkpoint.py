@@ -12,7 +12,7 @@ from typing import Any, Dict, Tuple
 
 import torch
 
-from graphdiff.io import atomic_write
+from graphdiff.io import atomic_write, atomic_write_text
 from graphdiff.models import DiffuserConfig, DiffuserForSequenceClassification
 
 
@@ -25,7 +25,7 @@ def save_checkpoint(path: str, state: Dict[str, Any]) -> None:
 
 
 def save_json(path: str, value: Any) -> None:
-    atomic_write(path, lambda handle: handle.write(json.dumps(value, indent=2)), text=True)
+    atomic_write_text(path, json.dumps(value, indent=2))
 
 
 REQUIRED_KEYS = ("model", "config", "step")

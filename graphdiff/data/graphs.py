@@ -15,7 +15,7 @@ from torch_geometric.data import Batch, Data
 from torch_geometric.transforms import BaseTransform
 
 from graphdiff.patterns import Pattern
-from graphdiff.patterns.base import TensorCache
+from graphdiff.patterns.base import EDGE_INDEX_CACHE
 
 
 def _check_pattern(pattern: Pattern) -> Pattern:
@@ -82,16 +82,15 @@ def _lengths_and_mask(padded: Tensor, mask_or_lengths: Tensor) -> Tuple[Tensor, 
     return lengths, mask
 
 
-_BATCHED_EDGES = TensorCache()  # per (pattern, lengths), bounded by bytes like the patterns'
-
-
 def _batched_edges(pattern: Pattern, lengths: Tuple[int, ...]) -> Tuple[Tensor, Tensor]:
     """Block-diagonal edge_index of sequences of these lengths, and each graph's edge offsets.
 
     Cached, so that a training loop over equal-length batches gets the very same tensor back and
     the layer's sparse structure (cached per edge_index) is built once, not once per step.
     """
-    return _BATCHED_EDGES.get((pattern, lengths), lambda: _build_batched_edges(pattern, lengths))
+    # The patterns' own cache: one byte budget for per-length and batched edges together.
+    return EDGE_INDEX_CACHE.get(("batched", pattern, lengths),
+                                lambda: _build_batched_edges(pattern, lengths))
 
 
 def _build_batched_edges(pattern: Pattern, lengths: Tuple[int, ...]) -> Tuple[Tensor, Tensor]:

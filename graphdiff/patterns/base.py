@@ -100,7 +100,9 @@ def _nbytes(value: Any) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-EDGE_INDEX_CACHE = TensorCache()  # canonical edge_index per (pattern, n, self_loops)
+# Canonical edge_index per (pattern, n, self_loops), and graphdiff.data's batched
+# block-diagonal edges per ("batched", pattern, lengths): one budget for both.
+EDGE_INDEX_CACHE = TensorCache()
 
 
 class Pattern:

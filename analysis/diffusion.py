@@ -92,7 +92,7 @@ class AttentionSpectrum(NamedTuple):
 
     eigs: np.ndarray
     diffused: np.ndarray
-    diffusion: str = "PPR, alpha=0.1, K=5"
+    diffusion: str
 
 
 def attention_spectrum(

@@ -209,7 +209,8 @@ def _band(g: Graph) -> Optional[int]:
     budget = BAND_FACTOR * max(g.adjacency.nnz, g.n)
     # A node of degree d forces a half bandwidth >= d / 2: hubs (global tokens) rule out a band
     # before the O(edges) reordering is paid for.
-    if g.degrees.max(initial=0) // 2 > MAX_HALF_BAND or (g.degrees.max(initial=0) // 2 + 1) * g.n > budget:
+    hub_half = g.degrees.max(initial=0) // 2
+    if hub_half > MAX_HALF_BAND or (hub_half + 1) * g.n > budget:
         return None
     half = g.rcm_order[1]
     return half if half <= MAX_HALF_BAND and (half + 1) * g.n <= budget else None

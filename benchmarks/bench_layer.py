@@ -8,7 +8,9 @@ counted; the structure's size is reported apart). Ratios compare variants of the
 The growth of graphdiff's time with n is also measured side by side: one process builds
 every length and alternates one step of each for ``--growth-rounds`` rounds, so that a drift
 of the machine (about +-25% over minutes on a shared 2-core VM) hits all lengths alike
-instead of whichever length ran during it.
+instead of whichever length ran during it. One hop against the bare SpMM is measured the
+same way, one process per n alternating the two for ``--pair-rounds`` rounds: the two take
+milliseconds, so separate processes minutes apart mostly compare the machine's drift.
 
 Variants (all fp32, H heads x C channels, K hops):
 
@@ -151,27 +153,30 @@ def _run(forward: Callable, with_backward: bool) -> Tuple[float, float]:
     return mid - start, time.perf_counter() - mid
 
 
-def growth_worker(spec: dict) -> dict:
-    """graphdiff's fwd+bwd at every n of ``spec["ns"]``, alternating the lengths round by
-    round after one warm-up each: ``{n: [seconds per round]}``."""
-    workloads = {n: _setup(**dict(spec["shape"], variant="graphdiff", n=n))[0]
-                 for n in spec["ns"]}
-    for forward in workloads.values():
-        _run(forward, True)
-    times: Dict[int, List[float]] = {n: [] for n in workloads}
+def interleaved_worker(spec: dict) -> dict:
+    """One step (fwd, plus bwd where the variant has one) of every ``(variant, n)`` of
+    ``spec["workloads"]`` per round, alternating them for ``spec["rounds"]`` rounds after
+    one warm-up each: ``{"times": [[seconds per round] per workload]}``."""
+    steps = []
+    for variant, n in spec["workloads"]:
+        forward, with_backward, _ = _setup(**dict(spec["shape"], variant=variant, n=n))
+        steps.append((forward, with_backward))
+    for step in steps:
+        _run(*step)
+    times: List[List[float]] = [[] for _ in steps]
     for _ in range(spec["rounds"]):
-        for n, forward in workloads.items():
-            times[n].append(sum(_run(forward, True)))
-    return {"growth": times}
+        for step, seconds in zip(steps, times):
+            seconds.append(sum(_run(*step)))
+    return {"times": times}
 
 
 def worker(spec: dict) -> dict:
     """``mode="time"``: median times after a warm-up. ``mode="memory"``: peak RSS of one
     fwd(+bwd) after a warm-up, over the RSS before it (run with glibc's mmap threshold fixed,
     so that freed tensors leave the RSS and the high-water mark is exact).
-    ``mode="growth"``: :func:`growth_worker`."""
-    if spec["mode"] == "growth":
-        return growth_worker(spec)
+    ``mode="interleaved"``: :func:`interleaved_worker`."""
+    if spec["mode"] == "interleaved":
+        return interleaved_worker(spec)
     forward, with_backward, info = _setup(**{k: spec[k] for k in (
         "variant", "n", "heads", "channels", "hops", "window", "num_global", "num_random")})
     _run(forward, with_backward)  # warm-up
@@ -213,16 +218,26 @@ def run_one(spec: dict, timeout: float) -> dict:
     return result
 
 
-def run_growth(shape: dict, ns: List[int], rounds: int, timeout: float) -> Dict[int, List[float]]:
-    """Per-round fwd+bwd seconds of graphdiff at every n, interleaved in one fresh process."""
-    spec = dict(mode="growth", shape=shape, ns=ns, rounds=rounds)
+Workload = Tuple[str, int]  # (variant, n)
+
+
+def run_interleaved(shape: dict, workloads: List[Workload], rounds: int,
+                    timeout: float) -> Dict[Workload, List[float]]:
+    """Per-round seconds of every workload, interleaved in one fresh process."""
+    spec = dict(mode="interleaved", shape=shape, workloads=workloads, rounds=rounds)
     proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)],
-                          capture_output=True, text=True, timeout=timeout * len(ns))
+                          capture_output=True, text=True, timeout=timeout * len(workloads))
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
         raise RuntimeError(f"exit {proc.returncode}: {tail[:200]}")
-    times = json.loads(proc.stdout.strip().splitlines()[-1])["growth"]
-    return {int(n): t for n, t in times.items()}
+    times = json.loads(proc.stdout.strip().splitlines()[-1])["times"]
+    return dict(zip(workloads, times))
+
+
+def paired_ratios(slow: List[float], fast: List[float]) -> Tuple[float, float]:
+    """(median of the per-round ratios, ratio of the fastest runs) of two interleaved
+    workloads: each round's two steps ran back to back, so drift cancels in the ratio."""
+    return (statistics.median(a / b for a, b in zip(slow, fast)), min(slow) / min(fast))
 
 
 def growth_line(a: int, b: int, how: str, median: float, fastest: float) -> str:
@@ -232,15 +247,16 @@ def growth_line(a: int, b: int, how: str, median: float, fastest: float) -> str:
 
 
 def growth_lines(times: Dict[int, List[float]]) -> List[str]:
-    """Consecutive lengths' growth: the median of the per-round ratios (each round's two
-    steps ran minutes apart at most) and the ratio of the fastest steps."""
+    """Consecutive lengths' growth, interleaved (:func:`paired_ratios`)."""
     ns = sorted(times)
-    out = []
-    for a, b in zip(ns, ns[1:]):
-        ratios = [tb / ta for ta, tb in zip(times[a], times[b])]
-        out.append(growth_line(a, b, f", interleaved over {len(ratios)} rounds",
-                               statistics.median(ratios), min(times[b]) / min(times[a])))
-    return out
+    return [growth_line(a, b, f", interleaved over {len(times[a])} rounds",
+                        *paired_ratios(times[b], times[a])) for a, b in zip(ns, ns[1:])]
+
+
+def hop_line(n: int, how: str, median: float, fastest: float) -> str:
+    """One check of a diffusion hop against the bare SpMM (issue 6: at most 1.5x)."""
+    return (f"n={n}: one hop / bare CSR SpMM{how} = {median:.2f} median, {fastest:.2f} "
+            "fastest (target <= 1.5)")
 
 
 def git_revision() -> str:
@@ -314,8 +330,8 @@ def targets(results: Dict[int, Dict[str, dict]]) -> List[str]:
             out.append(f"n={n}: module / functional core = {m / g:.2f}")
         hop, spmm = row.get("hop", {}), row.get("spmm", {})
         if "fwd" in hop and "fwd" in spmm:
-            out.append(f"n={n}: one hop / bare CSR SpMM = {hop['fwd'] / spmm['fwd']:.2f} "
-                       "(target <= 1.5)")
+            out.append(hop_line(n, ", separate processes", hop["fwd"] / spmm["fwd"],
+                                hop["fastest"] / spmm["fastest"]))
         lf, lfg = _total(row.get("longformer", {})), _total(row.get("lf_graphdiff", {}))
         if lf and lfg:
             out.append(f"n={n}: graphdiff (hops=1, Longformer pattern) / HF Longformer = "
@@ -366,6 +382,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--growth-rounds", type=int, default=6,
                         help="rounds of the interleaved growth measurement (0: skip it)")
+    parser.add_argument("--pair-rounds", type=int, default=20,
+                        help="rounds of the interleaved one hop vs bare SpMM measurement "
+                        "(0: skip it)")
     parser.add_argument("--max-gather-gb", type=float, default=12.0,
                         help="skip the gather-scatter path when its estimate exceeds this")
     parser.add_argument("--max-sdpa-n", type=int, default=16384,
@@ -419,19 +438,33 @@ def main(argv: Optional[List[str]] = None) -> None:
                 r.get("error") or r["skipped"]), flush=True)
     md = table(results, variants)
     checks = targets(results)
+    shape = dict(heads=args.heads, channels=args.channels, hops=args.hops,
+                 window=args.window, num_global=args.num_global, num_random=args.num_random)
     growth: Dict[int, List[float]] = {}
     ns = graphdiff_lengths(results)
     if len(ns) > 1 and args.growth_rounds > 0:
         print(f"interleaving graphdiff at n = {ns} for {args.growth_rounds} rounds ...",
               flush=True)
-        shape = dict(heads=args.heads, channels=args.channels, hops=args.hops,
-                     window=args.window, num_global=args.num_global,
-                     num_random=args.num_random)
         try:
-            growth = run_growth(shape, ns, args.growth_rounds, args.timeout)
+            times = run_interleaved(shape, [("graphdiff", n) for n in ns],
+                                    args.growth_rounds, args.timeout)
+            growth = {n: t for (_, n), t in times.items()}
             checks += growth_lines(growth)
         except (RuntimeError, subprocess.TimeoutExpired) as error:  # keep the results
             checks.append(f"interleaved growth measurement failed: {error}")
+    hop_pairs: Dict[int, Dict[str, List[float]]] = {}
+    for n in args.n if {"hop", "spmm"} <= set(variants) and args.pair_rounds > 0 else []:
+        print(f"interleaving one hop and the bare SpMM at n = {n} for {args.pair_rounds} "
+              "rounds ...", flush=True)
+        try:
+            times = run_interleaved(shape, [("hop", n), ("spmm", n)], args.pair_rounds,
+                                    args.timeout)
+        except (RuntimeError, subprocess.TimeoutExpired) as error:
+            checks.append(f"n={n}: interleaved hop measurement failed: {error}")
+            continue
+        hop_pairs[n] = {variant: t for (variant, _), t in times.items()}
+        checks.append(hop_line(n, f", interleaved over {args.pair_rounds} rounds",
+                               *paired_ratios(hop_pairs[n]["hop"], hop_pairs[n]["spmm"])))
     print("\n" + md + "\n")
     print("\n".join(checks))
     if args.out:
@@ -446,7 +479,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         report = header + md + "\n\n" + "".join(f"- {c}\n" for c in checks)
         atomic_write(args.out / "bench_layer.md", lambda f: f.write(report), text=True)
         raw = {"by_n": {str(n): row for n, row in results.items()},
-               "growth": {str(n): t for n, t in growth.items()}}
+               "growth": {str(n): t for n, t in growth.items()},
+               "hop_vs_spmm": {str(n): t for n, t in hop_pairs.items()}}
         atomic_write(args.out / "bench_layer.json", lambda f: json.dump(raw, f, indent=1),
                      text=True)
         if args.plot:

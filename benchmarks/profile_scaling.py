@@ -1,21 +1,31 @@
 """Which operations of the fused core grow faster than the sequence length?
 
-    python benchmarks/profile_scaling.py [--n 16384 65536]
+    python benchmarks/profile_scaling.py [--n 16384 65536] [--parts]
 
 Profiles one forward + backward of ``edge_softmax_attention`` + ``diffuse`` (8 heads x 32
 channels, K = 5, ``Window(64) | Global(16) | Random(16)``) at two lengths and prints each
 operator's self time at both, with the ratio: linear scaling gives ratio = n2 / n1.
+
+``--parts`` times instead one head's SpMM (the kernel of every hop: CSR ``@`` a ``[N, 32]``
+operand) on each part of the pattern alone and on the whole, alternating the two lengths
+round by round, and prints nanoseconds per edge: a part that scales linearly costs the same
+per edge at both lengths.
 """
 from __future__ import annotations
 
 import argparse
+import time
 import warnings
 
 import torch
 from torch.profiler import profile
 
+from graphdiff.nn import as_graph
 from graphdiff.nn.functional import diffuse, edge_softmax_attention
 from graphdiff.patterns import Global, Random, Window
+
+PARTS = {"window": Window(64), "global": Global(16), "random": Random(16, seed=0),
+         "all": Window(64) | Global(16) | Random(16, seed=0)}
 
 
 def operator_times(n: int, heads: int = 8, channels: int = 32) -> dict:
@@ -33,12 +43,44 @@ def operator_times(n: int, heads: int = 8, channels: int = 32) -> dict:
     return {event.key: event.self_cpu_time_total for event in prof.key_averages()}
 
 
+def spmm_ns_per_edge(ns: list, rounds: int, channels: int = 32) -> dict:
+    """``{(part, n): (fastest ns per edge, edges)}`` of one head's SpMM over rounds that
+    alternate every part and length (so drift hits all alike)."""
+    products = {}
+    for name, pattern in PARTS.items():
+        for n in ns:
+            graph = as_graph(pattern(n), (n, n))
+            matrix = graph.csr(torch.rand(graph.num_edges))
+            x, out = torch.randn(n, channels), torch.empty(n, channels)
+            products[name, n] = (lambda m=matrix, x=x, out=out: torch.mm(m, x, out=out),
+                                 graph.num_edges)
+    best = {key: float("inf") for key in products}
+    for _ in range(rounds + 1):  # the first round warms up
+        for key, (product, _) in products.items():
+            start = time.perf_counter()
+            product()
+            best[key] = min(best[key], time.perf_counter() - start)
+    return {key: (best[key] / edges * 1e9, edges) for key, (_, edges) in products.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", nargs=2, type=int, default=[16384, 65536])
     parser.add_argument("--top", type=int, default=12)
+    parser.add_argument("--parts", action="store_true",
+                        help="one head's SpMM per pattern part, ns per edge")
+    parser.add_argument("--rounds", type=int, default=20, help="rounds of --parts")
     args = parser.parse_args()
     warnings.filterwarnings("ignore", message="Sparse")
+    if args.parts:
+        small, large = args.n
+        per_edge = spmm_ns_per_edge(args.n, args.rounds)
+        print(f"| part | ns/edge n={small} | ns/edge n={large} | time growth |")
+        print("|---|---:|---:|---:|")
+        for name in PARTS:
+            (a, edges_a), (b, edges_b) = per_edge[name, small], per_edge[name, large]
+            print(f"| {name} | {a:.2f} | {b:.2f} | {b * edges_b / (a * edges_a):.2f} |")
+        return
     small, large = (operator_times(n) for n in args.n)
     print(f"total self time ratio {sum(large.values()) / sum(small.values()):.2f} (linear: {args.n[1] / args.n[0]:.2f})")
     print(f"| operator | n={args.n[0]} ms | n={args.n[1]} ms | ratio |")

@@ -4,7 +4,8 @@
 
 Profiles one forward + backward of ``edge_softmax_attention`` + ``diffuse`` (8 heads x 32
 channels, K = 5, ``Window(64) | Global(16) | Random(16)``) at two lengths and prints each
-operator's self time at both, with the ratio: linear scaling gives ratio = n2 / n1.
+operator's self time at both (its least over rounds that alternate the lengths), with the
+ratio: linear scaling gives ratio = n2 / n1.
 
 ``--parts`` times instead one head's SpMM (the kernel of every hop: CSR ``@`` a ``[N, 32]``
 operand) on each part of the pattern alone and on the whole, alternating the two lengths
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import time
 import warnings
+from typing import Callable
 
 import torch
 from torch.profiler import profile
@@ -28,19 +30,32 @@ PARTS = {"window": Window(64), "global": Global(16), "random": Random(16, seed=0
          "all": Window(64) | Global(16) | Random(16, seed=0)}
 
 
-def operator_times(n: int, heads: int = 8, channels: int = 32) -> dict:
-    """Self CPU time (microseconds) of every operator in one forward + backward at length n."""
-    edge_index = (Window(64) | Global(16) | Random(16, seed=0))(n)
-    q, k, v = (torch.randn(n, heads, channels, requires_grad=True) for _ in range(3))
+def operator_times(ns: list, rounds: int, heads: int = 8, channels: int = 32) -> dict:
+    """``{n: {operator: self CPU microseconds}}`` of one forward + backward at every length,
+    each operator's least over rounds that alternate the lengths (so drift hits all alike,
+    and a disturbed round does not count)."""
+    def make_step(n: int) -> Callable[[], None]:
+        edge_index = (Window(64) | Global(16) | Random(16, seed=0))(n)
+        q, k, v = (torch.randn(n, heads, channels, requires_grad=True) for _ in range(3))
 
-    def step() -> None:
-        attention = edge_softmax_attention(q, k, edge_index, n)
-        diffuse(attention, v, edge_index, 5, 0.1).sum().backward()
+        def step() -> None:
+            attention = edge_softmax_attention(q, k, edge_index, n)
+            diffuse(attention, v, edge_index, 5, 0.1).sum().backward()
+            q.grad = k.grad = v.grad = None
 
-    step()  # warm-up: builds the cached structure
-    with profile() as prof:
-        step()
-    return {event.key: event.self_cpu_time_total for event in prof.key_averages()}
+        step()  # warm-up: builds the cached structure
+        return step
+
+    steps = {n: make_step(n) for n in ns}
+    least: dict = {n: {} for n in ns}
+    for _ in range(rounds):
+        for n, step in steps.items():
+            with profile() as prof:
+                step()
+            for event in prof.key_averages():
+                least[n][event.key] = min(least[n].get(event.key, float("inf")),
+                                          event.self_cpu_time_total)
+    return least
 
 
 def spmm_ns_per_edge(ns: list, rounds: int, channels: int = 32) -> dict:
@@ -69,19 +84,21 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=12)
     parser.add_argument("--parts", action="store_true",
                         help="one head's SpMM per pattern part, ns per edge")
-    parser.add_argument("--rounds", type=int, default=20, help="rounds of --parts")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="rounds that alternate the lengths (default: 3; 20 for --parts)")
     args = parser.parse_args()
     warnings.filterwarnings("ignore", message="Sparse")
     if args.parts:
         small, large = args.n
-        per_edge = spmm_ns_per_edge(args.n, args.rounds)
+        per_edge = spmm_ns_per_edge(args.n, args.rounds or 20)
         print(f"| part | ns/edge n={small} | ns/edge n={large} | time growth |")
         print("|---|---:|---:|---:|")
         for name in PARTS:
             (a, edges_a), (b, edges_b) = per_edge[name, small], per_edge[name, large]
             print(f"| {name} | {a:.2f} | {b:.2f} | {b * edges_b / (a * edges_a):.2f} |")
         return
-    small, large = (operator_times(n) for n in args.n)
+    times = operator_times(args.n, args.rounds or 3)
+    small, large = times[args.n[0]], times[args.n[1]]
     print(f"total self time ratio {sum(large.values()) / sum(small.values()):.2f} (linear: {args.n[1] / args.n[0]:.2f})")
     print(f"| operator | n={args.n[0]} ms | n={args.n[1]} ms | ratio |")
     print("|---|---:|---:|---:|")

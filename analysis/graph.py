@@ -18,12 +18,13 @@ directed adjacency as given.
 from __future__ import annotations
 
 import functools
-import numbers
 from typing import Any, Optional
 
 import numpy as np
 import scipy.sparse
 from scipy.sparse.csgraph import connected_components, reverse_cuthill_mckee
+
+from graphdiff.checks import check_int
 
 DENSE_MAX_NODES = 1024  # dense n x n work (full spectra) only up to here: 8 MiB a matrix
 
@@ -256,22 +257,6 @@ def _binary(matrix: scipy.sparse.csr_matrix, copy: bool) -> scipy.sparse.csr_mat
     return matrix
 
 
-def check_int(name: str, value: Any, low: int, high: Optional[int] = None, why: str = "") -> int:
-    """``value`` as an int in ``[low, high]`` (no upper end when ``high`` is ``None``).
-
-    The one argument check of the analysis modules: the error names the argument and the allowed
-    range (DESIGN 3); ``why`` says what a value out of range means.
-
-    Raises:
-        TypeError: when ``value`` is not an integer (a bool is not one).
-        ValueError: when it is out of range.
-    """
-    allowed = f">= {low}" if high is None else f"in [{low}, {high}]"
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer {allowed}, got {value!r}")
-    if value < low or (high is not None and value > high):
-        raise ValueError(f"{name} must be {allowed}{f' ({why})' if why else ''}, got {value}")
-    return int(value)
 
 
 def _check_n(n: Any) -> int:

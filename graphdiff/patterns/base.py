@@ -12,13 +12,14 @@ duplicates; canonicalisation, caching and every conversion live here, once.
 """
 from __future__ import annotations
 
-import numbers
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Callable, Hashable, Tuple
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from graphdiff.checks import check_int
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import networkx
@@ -32,13 +33,6 @@ Edges = Tuple[Tensor, Tensor]  # (source, target), int64, any order, duplicates 
 MAX_DENSE_NODES = 8192
 
 
-def check_int(name: str, value: Any, minimum: int = 0) -> int:
-    """Return ``value`` as an int, or raise naming the argument and the allowed range."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
-    return int(value)
 
 
 def canonicalize(src: Tensor, dst: Tensor, n: int, self_loops: bool = True) -> Tensor:
@@ -131,7 +125,7 @@ class Pattern:
     # -- building -----------------------------------------------------------------------------
     def __call__(self, n: int, self_loops: bool = True) -> Tensor:
         """Canonical edge_index ``[2, E]`` (int64) of this pattern on ``n`` tokens (cached, read-only)."""
-        n = check_int("n", n, minimum=1)
+        n = check_int("n", n, low=1)
         self_loops = bool(self_loops)
 
         def build() -> Tensor:
@@ -212,7 +206,7 @@ class Pattern:
 
         Only for small ``n`` (at most ``MAX_DENSE_NODES``): the point of a pattern is to avoid it.
         """
-        n = check_int("n", n, minimum=1)
+        n = check_int("n", n, low=1)
         if n > MAX_DENSE_NODES:
             raise ValueError(
                 f"to_dense refuses n={n} > {MAX_DENSE_NODES}: an n x n mask is what sparse "

@@ -64,8 +64,8 @@ class Window(Pattern):
     """
 
     def __init__(self, size: int, dilation: int = 1):
-        self.size = check_int("size", size, minimum=0)
-        self.dilation = check_int("dilation", dilation, minimum=1)
+        self.size = check_int("size", size, low=0)
+        self.dilation = check_int("dilation", dilation, low=1)
 
     def _key(self) -> tuple:
         return (self.size, self.dilation)
@@ -90,7 +90,7 @@ class BlockWindow(Pattern):
     """
 
     def __init__(self, size: int):
-        self.size = check_int("size", size, minimum=2)
+        self.size = check_int("size", size, low=2)
 
     def _key(self) -> tuple:
         return (self.size,)
@@ -118,7 +118,7 @@ class Global(Pattern):
     def __init__(self, num: Optional[int] = None, *, indices: Optional[Sequence[int]] = None):
         if (num is None) == (indices is None):
             raise ValueError("Global needs exactly one of num or indices")
-        self.num = None if num is None else check_int("num", num, minimum=0)
+        self.num = None if num is None else check_int("num", num, low=0)
         self.indices: Optional[Tuple[int, ...]] = None
         if indices is not None:
             if isinstance(indices, (str, bytes)) or not all(
@@ -163,8 +163,8 @@ class Random(Pattern):
     """
 
     def __init__(self, num: int, seed: int = 0):
-        self.num = check_int("num", num, minimum=0)
-        self.seed = check_int("seed", seed, minimum=0)
+        self.num = check_int("num", num, low=0)
+        self.seed = check_int("seed", seed, low=0)
 
     def _key(self) -> tuple:
         return (self.num, self.seed)
@@ -190,9 +190,9 @@ class BlockRandom(Pattern):
     """
 
     def __init__(self, block: int, num_blocks: int, seed: int = 0):
-        self.block = check_int("block", block, minimum=1)
-        self.num_blocks = check_int("num_blocks", num_blocks, minimum=0)
-        self.seed = check_int("seed", seed, minimum=0)
+        self.block = check_int("block", block, low=1)
+        self.num_blocks = check_int("num_blocks", num_blocks, low=0)
+        self.seed = check_int("seed", seed, low=0)
 
     def _key(self) -> tuple:
         return (self.block, self.num_blocks, self.seed)
@@ -222,7 +222,7 @@ class Strided(Pattern):
     """
 
     def __init__(self, stride: int):
-        self.stride = check_int("stride", stride, minimum=1)
+        self.stride = check_int("stride", stride, low=1)
 
     def _key(self) -> tuple:
         return (self.stride,)

@@ -25,8 +25,8 @@ def bigbird(block: int = 64, num_random_blocks: int = 3, num_global_blocks: int 
     As in BigBird the global blocks sit at both ends: the first ``ceil(g / 2)`` and the last
     ``floor(g / 2)`` blocks for ``g = num_global_blocks``.
     """
-    block = check_int("block", block, minimum=1)
-    num_global_blocks = check_int("num_global_blocks", num_global_blocks, minimum=0)
+    block = check_int("block", block, low=1)
+    num_global_blocks = check_int("num_global_blocks", num_global_blocks, low=0)
     head = (num_global_blocks + 1) // 2 * block
     tail = num_global_blocks // 2 * block
     pattern = BlockWindow(2 * block) | BlockRandom(block, num_random_blocks, seed=seed)

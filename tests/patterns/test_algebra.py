@@ -92,10 +92,10 @@ def test_parse_pattern_names_and_errors():
 
 
 @pytest.mark.parametrize("make, error, match", [
-    (lambda: Window(-1), ValueError, "size must be an integer >= 0"),
+    (lambda: Window(-1), ValueError, "size must be >= 0, got -1"),
     (lambda: Window(2.5), TypeError, "size must be an integer"),
     (lambda: Window(4, dilation=0), ValueError, "dilation"),
-    (lambda: BlockWindow(1), ValueError, "size must be an integer >= 2"),
+    (lambda: BlockWindow(1), ValueError, "size must be >= 2, got 1"),
     (lambda: Random(-2), ValueError, "num"),
     (lambda: Random(2, seed=-1), ValueError, "seed"),
     (lambda: Random(True), TypeError, "num"),
@@ -106,7 +106,7 @@ def test_parse_pattern_names_and_errors():
     (lambda: Global(indices=[0.5]), TypeError, "indices"),
     (lambda: Global(3)(2), ValueError, r"Global\(num=3\) needs at least 3 positions, got n=2"),
     (lambda: Global(indices=[5])(5), ValueError, "indices must lie in"),
-    (lambda: Window(3)(0), ValueError, "n must be an integer >= 1"),
+    (lambda: Window(3)(0), ValueError, "n must be >= 1, got 0"),
     (lambda: Window(3)(4.0), TypeError, "n must be an integer"),
     (lambda: Full()(100_000), ValueError, "edges"),
     (lambda: Window(3).to_dense(10_000), ValueError, "to_dense refuses n=10000"),

@@ -25,6 +25,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from graphdiff.checks import check_int
+
 __all__ = [
     "CLS",
     "NUM_SPECIAL",
@@ -51,13 +53,6 @@ def check_split(split: str) -> str:
     return split
 
 
-def check_int(name: str, value: int, low: int) -> int:
-    """Return ``value`` if it is an int ``>= low``, else raise ``TypeError``/``ValueError``."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < low:
-        raise ValueError(f"{name} must be >= {low}, got {value}")
-    return int(value)
 
 
 def example_rng(seed: int, split: str, index: int) -> np.random.Generator:

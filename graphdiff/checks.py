@@ -1,0 +1,30 @@
+"""Argument checks shared by the patterns, the data sets and the analysis package.
+
+Torch-free, so that every importer (the analysis package too) can use it.
+"""
+from __future__ import annotations
+
+import numbers
+from typing import Any, Optional
+
+
+def check_int(name: str, value: Any, low: int = 0, high: Optional[int] = None,
+              why: str = "") -> int:
+    """``value`` as an int in ``[low, high]`` (no upper end when ``high`` is ``None``).
+
+    The error names the argument and the allowed range (DESIGN 3); ``why`` says what a value
+    out of range means. Numpy integers count as integers, bools do not.
+
+    Raises:
+        TypeError: when ``value`` is not an integer.
+        ValueError: when it is out of range.
+    """
+    allowed = f">= {low}" if high is None else f"in [{low}, {high}]"
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer {allowed}, got {value!r}")
+    if value < low or (high is not None and value > high):
+        raise ValueError(f"{name} must be {allowed}{f' ({why})' if why else ''}, got {value}")
+    return int(value)
+
+
+__all__ = ["check_int"]

@@ -22,8 +22,9 @@ from typing import Any, NamedTuple, Optional
 import numpy as np
 import scipy.sparse
 
-from analysis.graph import check_int, edge_array
+from analysis.graph import edge_array
 from analysis.spectral import DENSE_MAX_NODES, arpack
+from graphdiff.checks import check_int
 
 KERNELS = ("ppr", "heat")
 

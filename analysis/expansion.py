@@ -15,8 +15,9 @@ import numpy as np
 import scipy.sparse
 from tqdm import tqdm
 
-from analysis.graph import Graph, as_graph, check_int
+from analysis.graph import Graph, as_graph
 from analysis.spectral import DisconnectedGraphWarning, extremes, spectral_gap
+from graphdiff.checks import check_int
 
 EXACT_MAX_NODES = 2048  # receptive fields from every query up to here, from a sample above
 DEFAULT_SAMPLES = 64

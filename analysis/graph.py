@@ -257,7 +257,5 @@ def _binary(matrix: scipy.sparse.csr_matrix, copy: bool) -> scipy.sparse.csr_mat
     return matrix
 
 
-
-
 def _check_n(n: Any) -> int:
     return check_int("n", n, 1, why="the graph is empty")

@@ -23,8 +23,9 @@ from tqdm import tqdm
 
 from analysis.diffusion import AttentionSpectrum, diffusion_spectrum
 from analysis.expansion import EXACT_MAX_NODES, field_and_cover, gap_and_epsilon
-from analysis.graph import Graph, as_graph, check_int
+from analysis.graph import Graph, as_graph
 from analysis.spectral import DENSE_MAX_NODES, SpectralConvergenceError, adjacency_lambda
+from graphdiff.checks import check_int
 from graphdiff.io import atomic_write, atomic_write_text
 
 # name -> pattern expression for graphdiff.patterns.parse_pattern. "window only" is Diffuser's

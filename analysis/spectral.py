@@ -32,7 +32,8 @@ import scipy.linalg
 import scipy.sparse
 import scipy.sparse.linalg as sla
 
-from analysis.graph import DENSE_MAX_NODES, Graph, as_graph, check_int
+from analysis.graph import DENSE_MAX_NODES, Graph, as_graph
+from graphdiff.checks import check_int
 
 BAND_FACTOR = 4  # banded storage may hold this many times the edges of W
 MAX_HALF_BAND = 256  # and a Cholesky factorisation, O(n * half^2), runs ~30 times in a bisection

@@ -33,8 +33,6 @@ Edges = Tuple[Tensor, Tensor]  # (source, target), int64, any order, duplicates 
 MAX_DENSE_NODES = 8192
 
 
-
-
 def canonicalize(src: Tensor, dst: Tensor, n: int, self_loops: bool = True) -> Tensor:
     """Sort edges by ``(target, source)``, drop duplicates and add (or remove) self-loops.
 

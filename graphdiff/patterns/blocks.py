@@ -12,7 +12,8 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from graphdiff.patterns.base import Edges, Pattern, check_int
+from graphdiff.checks import check_int
+from graphdiff.patterns.base import Edges, Pattern
 
 
 def key_grid_edges(keys: Tensor) -> Edges:

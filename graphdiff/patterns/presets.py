@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from graphdiff.patterns.base import Pattern, check_int
+from graphdiff.checks import check_int
+from graphdiff.patterns.base import Pattern
 from graphdiff.patterns.blocks import BlockRandom, BlockWindow, Global, Random, Strided, Window
 
 

@@ -33,7 +33,6 @@ __all__ = [
     "PAD",
     "SPLITS",
     "TaskDataset",
-    "check_int",
     "check_length",
     "check_split",
     "collate",
@@ -51,8 +50,6 @@ def check_split(split: str) -> str:
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     return split
-
-
 
 
 def example_rng(seed: int, split: str, index: int) -> np.random.Generator:

@@ -33,14 +33,14 @@ from typing import Iterable, Union
 
 import numpy as np
 
-from graphdiff.io import atomic_write
+from graphdiff.checks import check_int
 from graphdiff.data.tasks.base import (
     NUM_SPECIAL,
     TaskDataset,
-    check_int,
     check_length,
     example_rng,
 )
+from graphdiff.io import atomic_write
 
 __all__ = [
     "END",

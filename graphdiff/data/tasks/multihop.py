@@ -38,10 +38,10 @@ from __future__ import annotations
 import numpy as np
 
 from graphdiff.patterns import Window
+from graphdiff.checks import check_int
 from graphdiff.data.tasks.base import (
     NUM_SPECIAL,
     TaskDataset,
-    check_int,
     check_length,
     example_rng,
 )

@@ -50,8 +50,8 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
 ALL_VARIANTS = ["graphdiff", "module", "gather", "sdpa", "spmm", "spmm_heads", "hop",
-                "lf_graphdiff",
-                "longformer"]
+                "lf_graphdiff", "longformer"]
+BARE_SPMMS = ("spmm", "spmm_heads")  # a hop is checked against the faster of the two
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -64,7 +64,7 @@ def rss_mb() -> float:
 
 def _setup(variant: str, n: int, heads: int, channels: int, hops: int, window: int,
            num_global: int, num_random: int):
-    """Build inputs for one variant; returns (forward, backward or None, info)."""
+    """Build inputs for one variant; returns (forward, whether it has a backward, info)."""
     import torch
 
     from graphdiff.nn import AttentionDiffusion, as_graph
@@ -165,7 +165,8 @@ def _run(forward: Callable, with_backward: bool) -> Tuple[float, float]:
 def interleaved_worker(spec: dict) -> dict:
     """One step (fwd, plus bwd where the variant has one) of every ``(variant, n)`` of
     ``spec["workloads"]`` per round, alternating them for ``spec["rounds"]`` rounds after
-    one warm-up each: ``{"times": [[seconds per round] per workload]}``."""
+    one warm-up each: ``{"times": [[seconds per round] per workload]}``. The order rotates
+    by one workload per round, so that no workload always runs after the same one."""
     steps = []
     for variant, n in spec["workloads"]:
         forward, with_backward, _ = _setup(**dict(spec["shape"], variant=variant, n=n))
@@ -173,9 +174,10 @@ def interleaved_worker(spec: dict) -> dict:
     for step in steps:
         _run(*step)
     times: List[List[float]] = [[] for _ in steps]
-    for _ in range(spec["rounds"]):
-        for step, seconds in zip(steps, times):
-            seconds.append(sum(_run(*step)))
+    for round_ in range(spec["rounds"]):
+        for i in range(len(steps)):
+            j = (i + round_) % len(steps)
+            times[j].append(sum(_run(*steps[j])))
     return {"times": times}
 
 
@@ -243,10 +245,10 @@ def run_interleaved(shape: dict, workloads: List[Workload], rounds: int,
     return dict(zip(workloads, times))
 
 
-def paired_ratios(slow: List[float], fast: List[float]) -> Tuple[float, float]:
+def paired_ratios(num: List[float], den: List[float]) -> Tuple[float, float]:
     """(median of the per-round ratios, ratio of the fastest runs) of two interleaved
     workloads: each round's two steps ran back to back, so drift cancels in the ratio."""
-    return (statistics.median(a / b for a, b in zip(slow, fast)), min(slow) / min(fast))
+    return (statistics.median(a / b for a, b in zip(num, den)), min(num) / min(den))
 
 
 def growth_line(a: int, b: int, how: str, median: float, fastest: float) -> str:
@@ -255,17 +257,49 @@ def growth_line(a: int, b: int, how: str, median: float, fastest: float) -> str:
             f"fastest (linear: {b / a:.1f}; target <= {1.125 * b / a:.1f})")
 
 
-def growth_lines(times: Dict[int, List[float]]) -> List[str]:
-    """Consecutive lengths' growth, interleaved (:func:`paired_ratios`)."""
-    ns = sorted(times)
-    return [growth_line(a, b, f", interleaved over {len(times[a])} rounds",
-                        *paired_ratios(times[b], times[a])) for a, b in zip(ns, ns[1:])]
+def growth_lines(shape: dict, ns: List[int], rounds: int,
+                 timeout: float) -> Tuple[List[str], Dict[int, List[float]]]:
+    """graphdiff's growth between consecutive lengths, interleaved in one process
+    (:func:`paired_ratios`): the checks and every length's per-round seconds."""
+    print(f"interleaving graphdiff at n = {ns} for {rounds} rounds ...", flush=True)
+    try:
+        times = run_interleaved(shape, [("graphdiff", n) for n in ns], rounds, timeout)
+    except (RuntimeError, subprocess.TimeoutExpired) as error:  # keep the other results
+        return [f"interleaved growth measurement failed: {error}"], {}
+    growth = {n: t for (_, n), t in times.items()}
+    return [growth_line(a, b, f", interleaved over {rounds} rounds",
+                        *paired_ratios(growth[b], growth[a])) for a, b in zip(ns, ns[1:])], growth
 
 
-def hop_line(n: int, how: str, median: float, fastest: float) -> str:
-    """One check of a diffusion hop against the faster bare SpMM (issue 6: at most 1.5x)."""
-    return (f"n={n}: one hop / faster bare CSR SpMM{how} = {median:.2f} median, "
+def hop_line(n: int, bare: str, how: str, median: float, fastest: float) -> str:
+    """One check of a diffusion hop against the faster bare SpMM, ``bare`` (issue 6: at most
+    1.5x)."""
+    return (f"n={n}: one hop / bare CSR SpMM ({bare}, the faster){how} = {median:.2f} median, "
             f"{fastest:.2f} fastest (target <= 1.5)")
+
+
+def hop_lines(shape: dict, results: Dict[int, Dict[str, dict]], rounds: int,
+              timeout: float) -> Tuple[List[str], Dict[int, Dict[str, List[float]]]]:
+    """One hop against the bare SpMMs, interleaved in one process per n (where the hop and
+    at least one bare SpMM ran): the checks against the bare SpMM with the smaller median,
+    and every workload's per-round seconds."""
+    checks, raw = [], {}
+    for n, row in results.items():
+        bare = [v for v in BARE_SPMMS if "fwd" in row.get(v, {})]
+        if "fwd" not in row.get("hop", {}) or not bare:
+            continue
+        print(f"interleaving hop and {', '.join(bare)} at n = {n} for {rounds} rounds ...",
+              flush=True)
+        try:
+            times = run_interleaved(shape, [(v, n) for v in ["hop", *bare]], rounds, timeout)
+        except (RuntimeError, subprocess.TimeoutExpired) as error:
+            checks.append(f"n={n}: interleaved hop measurement failed: {error}")
+            continue
+        raw[n] = {variant: t for (variant, _), t in times.items()}
+        faster = min(bare, key=lambda v: statistics.median(raw[n][v]))
+        checks.append(hop_line(n, faster, f", interleaved over {rounds} rounds",
+                               *paired_ratios(raw[n]["hop"], raw[n][faster])))
+    return checks, raw
 
 
 def git_revision() -> str:
@@ -338,11 +372,12 @@ def targets(results: Dict[int, Dict[str, dict]]) -> List[str]:
         if g and m:
             out.append(f"n={n}: module / functional core = {m / g:.2f}")
         hop = row.get("hop", {})
-        bare = [row[v] for v in ("spmm", "spmm_heads") if "fwd" in row.get(v, {})]
+        bare = [v for v in BARE_SPMMS if "fwd" in row.get(v, {})]
         if "fwd" in hop and bare:
-            out.append(hop_line(n, ", separate processes",
-                                hop["fwd"] / min(b["fwd"] for b in bare),
-                                hop["fastest"] / min(b["fastest"] for b in bare)))
+            faster = min(bare, key=lambda v: row[v]["fwd"])
+            out.append(hop_line(n, faster, ", separate processes",
+                                hop["fwd"] / row[faster]["fwd"],
+                                hop["fastest"] / row[faster]["fastest"]))
         lf, lfg = _total(row.get("longformer", {})), _total(row.get("lf_graphdiff", {}))
         if lf and lfg:
             out.append(f"n={n}: graphdiff (hops=1, Longformer pattern) / HF Longformer = "
@@ -365,7 +400,7 @@ def plot(results: Dict[int, Dict[str, dict]], variants: List[str], path: Path) -
     for variant in variants:
         pts = [(n, _total(row[variant]), row[variant]["peak_mb"]) for n, row in results.items()
                if variant in row and _total(row[variant])]
-        if variant in ("spmm", "spmm_heads", "hop") or not pts:
+        if variant in (*BARE_SPMMS, "hop") or not pts:
             continue
         ns, ts, ms = zip(*pts)
         ax_t.loglog(ns, ts, "o-", label=variant)
@@ -454,30 +489,12 @@ def main(argv: Optional[List[str]] = None) -> None:
     growth: Dict[int, List[float]] = {}
     ns = graphdiff_lengths(results)
     if len(ns) > 1 and args.growth_rounds > 0:
-        print(f"interleaving graphdiff at n = {ns} for {args.growth_rounds} rounds ...",
-              flush=True)
-        try:
-            times = run_interleaved(shape, [("graphdiff", n) for n in ns],
-                                    args.growth_rounds, args.timeout)
-            growth = {n: t for (_, n), t in times.items()}
-            checks += growth_lines(growth)
-        except (RuntimeError, subprocess.TimeoutExpired) as error:  # keep the results
-            checks.append(f"interleaved growth measurement failed: {error}")
+        growth_checks, growth = growth_lines(shape, ns, args.growth_rounds, args.timeout)
+        checks += growth_checks
     hop_pairs: Dict[int, Dict[str, List[float]]] = {}
-    paired = [v for v in ("hop", "spmm", "spmm_heads") if v in variants]
-    for n in args.n if len(paired) > 1 and paired[0] == "hop" and args.pair_rounds else []:
-        print(f"interleaving {', '.join(paired)} at n = {n} for {args.pair_rounds} rounds ...",
-              flush=True)
-        try:
-            times = run_interleaved(shape, [(v, n) for v in paired], args.pair_rounds,
-                                    args.timeout)
-        except (RuntimeError, subprocess.TimeoutExpired) as error:
-            checks.append(f"n={n}: interleaved hop measurement failed: {error}")
-            continue
-        hop_pairs[n] = {variant: t for (variant, _), t in times.items()}
-        bare = [min(each) for each in zip(*(hop_pairs[n][v] for v in paired[1:]))]
-        checks.append(hop_line(n, f", interleaved over {args.pair_rounds} rounds",
-                               *paired_ratios(hop_pairs[n]["hop"], bare)))
+    if args.pair_rounds > 0:
+        hop_checks, hop_pairs = hop_lines(shape, results, args.pair_rounds, args.timeout)
+        checks += hop_checks
     print("\n" + md + "\n")
     print("\n".join(checks))
     if args.out:

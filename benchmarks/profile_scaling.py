@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import time
 import warnings
-from typing import Callable
+from typing import Callable, Dict, List, Tuple
 
 import torch
 from torch.profiler import profile
@@ -30,12 +30,13 @@ PARTS = {"window": Window(64), "global": Global(16), "random": Random(16, seed=0
          "all": Window(64) | Global(16) | Random(16, seed=0)}
 
 
-def operator_times(ns: list, rounds: int, heads: int = 8, channels: int = 32) -> dict:
+def operator_times(ns: List[int], rounds: int, heads: int = 8,
+                   channels: int = 32) -> Dict[int, Dict[str, float]]:
     """``{n: {operator: self CPU microseconds}}`` of one forward + backward at every length,
     each operator's least over rounds that alternate the lengths (so drift hits all alike,
     and a disturbed round does not count)."""
     def make_step(n: int) -> Callable[[], None]:
-        edge_index = (Window(64) | Global(16) | Random(16, seed=0))(n)
+        edge_index = PARTS["all"](n)
         q, k, v = (torch.randn(n, heads, channels, requires_grad=True) for _ in range(3))
 
         def step() -> None:
@@ -47,7 +48,7 @@ def operator_times(ns: list, rounds: int, heads: int = 8, channels: int = 32) ->
         return step
 
     steps = {n: make_step(n) for n in ns}
-    least: dict = {n: {} for n in ns}
+    least: Dict[int, Dict[str, float]] = {n: {} for n in ns}
     for _ in range(rounds):
         for n, step in steps.items():
             with profile() as prof:
@@ -58,7 +59,8 @@ def operator_times(ns: list, rounds: int, heads: int = 8, channels: int = 32) ->
     return least
 
 
-def spmm_ns_per_edge(ns: list, rounds: int, channels: int = 32) -> dict:
+def spmm_ns_per_edge(ns: List[int], rounds: int,
+                     channels: int = 32) -> Dict[Tuple[str, int], Tuple[float, int]]:
     """``{(part, n): (fastest ns per edge, edges)}`` of one head's SpMM over rounds that
     alternate every part and length (so drift hits all alike)."""
     products = {}
@@ -70,7 +72,9 @@ def spmm_ns_per_edge(ns: list, rounds: int, channels: int = 32) -> dict:
             products[name, n] = (lambda m=matrix, x=x, out=out: torch.mm(m, x, out=out),
                                  graph.num_edges)
     best = {key: float("inf") for key in products}
-    for _ in range(rounds + 1):  # the first round warms up
+    for product, _ in products.values():  # warm-up
+        product()
+    for _ in range(rounds):
         for key, (product, _) in products.items():
             start = time.perf_counter()
             product()
@@ -85,21 +89,27 @@ def main() -> None:
     parser.add_argument("--parts", action="store_true",
                         help="one head's SpMM per pattern part, ns per edge")
     parser.add_argument("--rounds", type=int, default=None,
-                        help="rounds that alternate the lengths (default: 3; 20 for --parts)")
+                        help="rounds (>= 1) that alternate the lengths (default: 3; 20 for "
+                        "--parts)")
     args = parser.parse_args()
     warnings.filterwarnings("ignore", message="Sparse")
+    if args.rounds is not None and args.rounds < 1:
+        parser.error("--rounds must be >= 1")
     if args.parts:
         small, large = args.n
-        per_edge = spmm_ns_per_edge(args.n, args.rounds or 20)
+        per_edge = spmm_ns_per_edge(args.n, 20 if args.rounds is None else args.rounds)
         print(f"| part | ns/edge n={small} | ns/edge n={large} | time growth |")
         print("|---|---:|---:|---:|")
         for name in PARTS:
             (a, edges_a), (b, edges_b) = per_edge[name, small], per_edge[name, large]
             print(f"| {name} | {a:.2f} | {b:.2f} | {b * edges_b / (a * edges_a):.2f} |")
         return
-    times = operator_times(args.n, args.rounds or 3)
+    times = operator_times(args.n, 3 if args.rounds is None else args.rounds)
     small, large = times[args.n[0]], times[args.n[1]]
-    print(f"total self time ratio {sum(large.values()) / sum(small.values()):.2f} (linear: {args.n[1] / args.n[0]:.2f})")
+    # A sum of per-operator minima (each from its least disturbed round): a lower bound of a
+    # step, not the time of any one step.
+    print(f"total of the operators' least self times, ratio "
+          f"{sum(large.values()) / sum(small.values()):.2f} (linear: {args.n[1] / args.n[0]:.2f})")
     print(f"| operator | n={args.n[0]} ms | n={args.n[1]} ms | ratio |")
     print("|---|---:|---:|---:|")
     for key in sorted(large, key=large.get, reverse=True)[: args.top]:

@@ -109,12 +109,14 @@ def main() -> None:
     # A sum of per-operator minima (each from its least disturbed round): a lower bound of a
     # step, not the time of any one step.
     print(f"total of the operators' least self times, ratio "
-          f"{sum(large.values()) / sum(small.values()):.2f} (linear: {args.n[1] / args.n[0]:.2f})")
+          f"{sum(large.values()) / sum(small.values()):.2f} "
+          f"(linear: {args.n[1] / args.n[0]:.2f})")
     print(f"| operator | n={args.n[0]} ms | n={args.n[1]} ms | ratio |")
     print("|---|---:|---:|---:|")
     for key in sorted(large, key=large.get, reverse=True)[: args.top]:
         before = small.get(key, 0.0)
-        print(f"| {key} | {before / 1e3:.1f} | {large[key] / 1e3:.1f} | {large[key] / max(before, 1.0):.2f} |")
+        print(f"| {key} | {before / 1e3:.1f} | {large[key] / 1e3:.1f} | "
+              f"{large[key] / max(before, 1.0):.2f} |")
 
 
 if __name__ == "__main__":

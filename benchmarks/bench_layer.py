@@ -468,7 +468,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         results[n] = {}
         for variant in variants:
             if variant == "gather" and gather_gb(n, args.heads, args.channels) > args.max_gather_gb:
-                results[n][variant] = {"skipped": f"skipped: needs ~"
+                results[n][variant] = {"skipped": f"skipped: estimated ~"
                                        f"{gather_gb(n, args.heads, args.channels):.0f} GB"}
             elif variant == "sdpa" and n > args.max_sdpa_n:
                 results[n][variant] = {"skipped": f"skipped above n={args.max_sdpa_n}"}

@@ -17,7 +17,12 @@ Variants (all fp32, H heads x C channels, K hops):
 - ``graphdiff``   functional core: edge attention + K-hop PPR diffusion (default path)
 - ``module``      ``AttentionDiffusion`` layer (adds the Q/K/V projections from ``H*C``)
 - ``gather``      the same layer with ``fused=False``: one PyG gather-scatter per hop
+- ``layer``       a whole ``DiffuserLayer`` (the module, output projection, two LayerNorms
+  and a feed-forward block of width ``4 H C``, no dropout)
 - ``sdpa``        dense ``scaled_dot_product_attention`` over all n tokens
+- ``sdpa_layer``  the same transformer layer with dense attention:
+  ``torch.nn.TransformerEncoderLayer`` (post-LN, GELU, width ``4 H C``, no dropout), whose
+  attention runs ``scaled_dot_product_attention``
 - ``spmm``        one bare ``torch.sparse`` CSR SpMM on the same structure, all heads in one
   block-diagonal matrix (forward only)
 - ``spmm_heads``  bare ``torch.sparse`` CSR SpMMs, one per head, on the shared structure
@@ -49,8 +54,9 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
-ALL_VARIANTS = ["graphdiff", "module", "gather", "sdpa", "spmm", "spmm_heads", "hop",
-                "lf_graphdiff", "longformer"]
+ALL_VARIANTS = ["graphdiff", "module", "gather", "layer", "sdpa", "sdpa_layer", "spmm",
+                "spmm_heads", "hop", "lf_graphdiff", "longformer"]
+DENSE = ("sdpa", "sdpa_layer")  # quadratic: skipped above --max-sdpa-n
 BARE_SPMMS = ("spmm", "spmm_heads")  # a hop is checked against the faster of the two
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -62,11 +68,22 @@ def rss_mb() -> float:
 
 # ----------------------------------------------------------------------------- worker side
 
+def sdpa_transformer_layer(width: int, heads: int):
+    """The ``sdpa_layer`` baseline: a ``DiffuserLayer``'s architecture (post-LN, GELU,
+    feed-forward width ``4 width``, no dropout) with dense attention, which torch runs with
+    ``scaled_dot_product_attention``."""
+    import torch
+
+    return torch.nn.TransformerEncoderLayer(width, heads, dim_feedforward=4 * width,
+                                            dropout=0.0, activation="gelu", batch_first=True)
+
+
 def _setup(variant: str, n: int, heads: int, channels: int, hops: int, window: int,
            num_global: int, num_random: int):
     """Build inputs for one variant; returns (forward, whether it has a backward, info)."""
     import torch
 
+    from graphdiff.models import DiffuserConfig, DiffuserLayer
     from graphdiff.nn import AttentionDiffusion, as_graph
     from graphdiff.nn.functional import attention_heads_first, diffuse_heads_first
     from graphdiff.patterns import Global, Random, Window, longformer
@@ -82,6 +99,10 @@ def _setup(variant: str, n: int, heads: int, channels: int, hops: int, window: i
     if variant == "sdpa":
         q, k, v = (torch.randn(1, H, n, C, requires_grad=True) for _ in range(3))
         return (lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v)), True, info
+    if variant == "sdpa_layer":
+        dense_layer = sdpa_transformer_layer(H * C, H)
+        x = torch.randn(1, n, H * C, requires_grad=True)
+        return (lambda: dense_layer(x)), True, info
 
     if variant == "longformer":
         from transformers import LongformerConfig
@@ -108,6 +129,11 @@ def _setup(variant: str, n: int, heads: int, channels: int, hops: int, window: i
     graph.transposed()  # the structure is built once per pattern, before timing
     info["structure_mb"] = rss_mb() - before
 
+    if variant == "layer":
+        layer = DiffuserLayer(DiffuserConfig(hidden=H * C, heads=H, ffn=4 * H * C, hops=hops,
+                                             alpha=0.1, dropout=0.0, attention_dropout=0.0))
+        x = torch.randn(n, H * C, requires_grad=True)
+        return (lambda: layer(x, edge_index)), True, info
     if variant in ("module", "gather", "lf_graphdiff"):
         one_hop = variant == "lf_graphdiff"  # like Longformer: projections + one hop
         conv = AttentionDiffusion(H * C, C, heads=H, hops=1 if one_hop else hops,
@@ -251,9 +277,10 @@ def paired_ratios(num: List[float], den: List[float]) -> Tuple[float, float]:
     return (statistics.median(a / b for a, b in zip(num, den)), min(num) / min(den))
 
 
-def growth_line(a: int, b: int, how: str, median: float, fastest: float) -> str:
-    """One check of graphdiff's growth from n = a to n = b (issue 6: at most 1.125 b / a)."""
-    return (f"graphdiff time({b}) / time({a}){how} = {median:.2f} median, {fastest:.2f} "
+def growth_line(a: int, b: int, how: str, median: float, fastest: float,
+                variant: str = "graphdiff") -> str:
+    """One check of a variant's growth from n = a to n = b (issue 6: at most 1.125 b / a)."""
+    return (f"{variant} time({b}) / time({a}){how} = {median:.2f} median, {fastest:.2f} "
             f"fastest (linear: {b / a:.1f}; target <= {1.125 * b / a:.1f})")
 
 
@@ -353,9 +380,10 @@ def _total(r: dict) -> Optional[float]:
     return r["fwd"] + (r["bwd"] or 0.0)
 
 
-def graphdiff_lengths(results: Dict[int, Dict[str, dict]]) -> List[int]:
-    """The lengths at which graphdiff's default path ran, ascending."""
-    return sorted(n for n in results if _total(results[n].get("graphdiff", {})))
+def graphdiff_lengths(results: Dict[int, Dict[str, dict]],
+                      variant: str = "graphdiff") -> List[int]:
+    """The lengths at which ``variant`` (graphdiff's default path) ran, ascending."""
+    return sorted(n for n in results if _total(results[n].get(variant, {})))
 
 
 def targets(results: Dict[int, Dict[str, dict]]) -> List[str]:
@@ -371,6 +399,12 @@ def targets(results: Dict[int, Dict[str, dict]]) -> List[str]:
         m = _total(row.get("module", {}))
         if g and m:
             out.append(f"n={n}: module / functional core = {m / g:.2f}")
+        layer, dense_layer = _total(row.get("layer", {})), _total(row.get("sdpa_layer", {}))
+        if layer and dense_layer:
+            out.append(f"n={n}: Diffuser layer / SDPA transformer layer, fwd+bwd = "
+                       f"{layer / dense_layer:.2f} (target <= 0.5 at 16k)")
+        if layer and m:
+            out.append(f"n={n}: Diffuser layer / module = {layer / m:.2f}")
         hop = row.get("hop", {})
         bare = [v for v in BARE_SPMMS if "fwd" in row.get(v, {})]
         if "fwd" in hop and bare:
@@ -382,12 +416,13 @@ def targets(results: Dict[int, Dict[str, dict]]) -> List[str]:
         if lf and lfg:
             out.append(f"n={n}: graphdiff (hops=1, Longformer pattern) / HF Longformer = "
                        f"{lfg / lf:.2f} (target <= 2)")
-    ns = graphdiff_lengths(results)
-    for a, b in zip(ns, ns[1:]):
-        ga, gb = results[a]["graphdiff"], results[b]["graphdiff"]
-        # The fastest run is the least disturbed by other tenants of a shared machine.
-        out.append(growth_line(a, b, "", _total(gb) / _total(ga),
-                               gb["fastest"] / ga["fastest"]))
+    for variant in ("graphdiff", "module", "layer"):
+        ns = graphdiff_lengths(results, variant)
+        for a, b in zip(ns, ns[1:]):
+            ra, rb = results[a][variant], results[b][variant]
+            # The fastest run is the least disturbed by other tenants of a shared machine.
+            out.append(growth_line(a, b, ", separate processes", _total(rb) / _total(ra),
+                                   rb["fastest"] / ra["fastest"], variant))
     return out
 
 
@@ -434,7 +469,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--max-gather-gb", type=float, default=12.0,
                         help="skip the gather-scatter path when its estimate exceeds this")
     parser.add_argument("--max-sdpa-n", type=int, default=16384,
-                        help="skip dense SDPA above this n (quadratic time)")
+                        help="skip dense SDPA and the SDPA layer above this n (quadratic time)")
     parser.add_argument("--timeout", type=float, default=1800.0, help="per variant and n")
     parser.add_argument("--plot", action="store_true", help="save a PNG under --out")
     parser.add_argument("--out", type=Path, default=None,
@@ -470,7 +505,7 @@ def main(argv: Optional[List[str]] = None) -> None:
             if variant == "gather" and gather_gb(n, args.heads, args.channels) > args.max_gather_gb:
                 results[n][variant] = {"skipped": f"skipped: estimated ~"
                                        f"{gather_gb(n, args.heads, args.channels):.0f} GB"}
-            elif variant == "sdpa" and n > args.max_sdpa_n:
+            elif variant in DENSE and n > args.max_sdpa_n:
                 results[n][variant] = {"skipped": f"skipped above n={args.max_sdpa_n}"}
             else:
                 spec = dict(variant=variant, n=n, heads=args.heads, channels=args.channels,

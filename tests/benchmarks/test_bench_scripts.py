@@ -56,10 +56,55 @@ def test_bare_spmm_variants_and_hop_compute_the_same_product(bench_layer):
     torch.testing.assert_close(output(bench_layer, "hop", n), 0.9 * (dense @ v) + 0.1 * v)
 
 
+def test_sdpa_layer_baseline_is_the_diffuser_layer_with_dense_attention(bench_layer):
+    from graphdiff.models import DiffuserConfig, DiffuserLayer
+    width, heads, n = 16, 4, 11
+    config = DiffuserConfig(hidden=width, heads=heads, ffn=4 * width, hops=1, alpha=0.0,
+                            dropout=0.0, attention_dropout=0.0, pattern="Full()")
+    layer = DiffuserLayer(config).double()
+    dense = bench_layer.sdpa_transformer_layer(width, heads).double()
+    attention = layer.attention
+    with torch.no_grad():
+        dense.self_attn.in_proj_weight.copy_(torch.cat([
+            attention.lin_query.weight, attention.lin_key.weight, attention.lin_value.weight]))
+        dense.self_attn.in_proj_bias.copy_(torch.cat([
+            attention.lin_query.bias, attention.lin_key.bias, attention.lin_value.bias]))
+        pairs = [(dense.self_attn.out_proj, layer.output), (dense.linear1, layer.ffn[0]),
+                 (dense.linear2, layer.ffn[2]), (dense.norm1, layer.norm1),
+                 (dense.norm2, layer.norm2)]
+        for target, source in pairs:
+            target.weight.copy_(source.weight)
+            target.bias.copy_(source.bias)
+    x = torch.randn(n, width, dtype=torch.double)
+    torch.testing.assert_close(dense(x.unsqueeze(0)).squeeze(0),
+                               layer(x, config.build_pattern()(n)))
+
+
 def test_paired_ratios_are_the_median_per_round_ratio_and_the_fastest_ratio(bench_layer):
     median, fastest = bench_layer.paired_ratios([4.0, 9.0, 5.0], [1.0, 2.0, 2.0])
     assert median == pytest.approx(4.0)  # rounds: 4, 4.5, 2.5
     assert fastest == pytest.approx(4.0)  # 4 / 1
+
+
+def test_targets_check_the_layer_against_the_dense_layer_and_each_variants_growth(bench_layer):
+    def ran(total: float, fastest: float) -> dict:
+        return {"fwd": total / 4, "bwd": 3 * total / 4, "fastest": fastest, "peak_mb": 1.0}
+
+    results = {16: {"graphdiff": ran(1.0, 1.0), "module": ran(2.0, 2.0),
+                    "layer": ran(3.0, 3.0), "sdpa_layer": ran(12.0, 12.0)},
+               64: {"graphdiff": ran(4.4, 4.0), "module": ran(8.0, 7.0),
+                    "layer": ran(16.0, 15.0), "sdpa_layer": {"skipped": "skipped above n=16"}}}
+    lines = bench_layer.targets(results)
+    assert "n=16: Diffuser layer / SDPA transformer layer, fwd+bwd = 0.25 (target <= 0.5 at 16k)" \
+        in lines
+    assert ["n=16: Diffuser layer / module = 1.50", "n=64: Diffuser layer / module = 2.00"] == [
+        line for line in lines if "Diffuser layer / module" in line]
+    assert not any(line.startswith("n=64: Diffuser layer / SDPA") for line in lines)
+    assert [line for line in lines if "time(64) / time(16)" in line] == [
+        f"{variant} time(64) / time(16), separate processes = {median} median, {fastest} "
+        "fastest (linear: 4.0; target <= 4.5)"
+        for variant, median, fastest in [("graphdiff", "4.40", "4.00"), ("module", "4.00", "3.50"),
+                                         ("layer", "5.33", "5.00")]]
 
 
 TINY = ["--heads", "2", "--channels", "4", "--window", "4", "--num-global", "2",

@@ -5,8 +5,9 @@ after a warm-up) and one for memory (peak RSS of one fwd+bwd after a warm-up, mi
 before it: inputs and the cached CSR structure, built once per pattern and length, are not
 counted; the structure's size is reported apart). Ratios compare variants of the same run.
 
-The growth of graphdiff's time with n is also measured side by side: one process builds
-every length and alternates one step of each for ``--growth-rounds`` rounds, so that a drift
+The growth with n of graphdiff's core and of a whole Diffuser layer is also measured side by
+side: one process builds every length of both and alternates one step of each for
+``--growth-rounds`` rounds, so that a drift
 of the machine (about +-25% over minutes on a shared 2-core VM) hits all lengths alike
 instead of whichever length ran during it. One hop against the bare SpMMs is measured the
 same way, one process per n alternating them for ``--pair-rounds`` rounds: they take
@@ -58,6 +59,7 @@ ALL_VARIANTS = ["graphdiff", "module", "gather", "layer", "sdpa", "sdpa_layer", 
                 "spmm_heads", "hop", "lf_graphdiff", "longformer"]
 DENSE = ("sdpa", "sdpa_layer")  # quadratic: skipped above --max-sdpa-n
 BARE_SPMMS = ("spmm", "spmm_heads")  # a hop is checked against the faster of the two
+GROWTH_VARIANTS = ("graphdiff", "layer")  # their growth is also measured interleaved
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -284,18 +286,21 @@ def growth_line(a: int, b: int, how: str, median: float, fastest: float,
             f"fastest (linear: {b / a:.1f}; target <= {1.125 * b / a:.1f})")
 
 
-def growth_lines(shape: dict, ns: List[int], rounds: int,
-                 timeout: float) -> Tuple[List[str], Dict[int, List[float]]]:
-    """graphdiff's growth between consecutive lengths, interleaved in one process
-    (:func:`paired_ratios`): the checks and every length's per-round seconds."""
-    print(f"interleaving graphdiff at n = {ns} for {rounds} rounds ...", flush=True)
+def growth_lines(shape: dict, lengths: Dict[str, List[int]], rounds: int, timeout: float
+                 ) -> Tuple[List[str], Dict[str, Dict[int, List[float]]]]:
+    """Each variant's growth between its consecutive ``lengths``, all interleaved in one
+    process (:func:`paired_ratios`): the checks and every (variant, length)'s per-round
+    seconds."""
+    workloads = [(variant, n) for variant, ns in lengths.items() for n in ns]
+    print(f"interleaving {lengths} for {rounds} rounds ...", flush=True)
     try:
-        times = run_interleaved(shape, [("graphdiff", n) for n in ns], rounds, timeout)
+        times = run_interleaved(shape, workloads, rounds, timeout)
     except (RuntimeError, subprocess.TimeoutExpired) as error:  # keep the other results
         return [f"interleaved growth measurement failed: {error}"], {}
-    growth = {n: t for (_, n), t in times.items()}
+    growth = {variant: {n: times[variant, n] for n in ns} for variant, ns in lengths.items()}
     return [growth_line(a, b, f", interleaved over {rounds} rounds",
-                        *paired_ratios(growth[b], growth[a])) for a, b in zip(ns, ns[1:])], growth
+                        *paired_ratios(growth[variant][b], growth[variant][a]), variant)
+            for variant, ns in lengths.items() for a, b in zip(ns, ns[1:])], growth
 
 
 def hop_line(n: int, bare: str, how: str, median: float, fastest: float) -> str:
@@ -521,10 +526,11 @@ def main(argv: Optional[List[str]] = None) -> None:
     checks = targets(results)
     shape = dict(heads=args.heads, channels=args.channels, hops=args.hops,
                  window=args.window, num_global=args.num_global, num_random=args.num_random)
-    growth: Dict[int, List[float]] = {}
-    ns = graphdiff_lengths(results)
-    if len(ns) > 1 and args.growth_rounds > 0:
-        growth_checks, growth = growth_lines(shape, ns, args.growth_rounds, args.timeout)
+    growth: Dict[str, Dict[int, List[float]]] = {}
+    lengths = {variant: graphdiff_lengths(results, variant) for variant in GROWTH_VARIANTS}
+    lengths = {variant: ns for variant, ns in lengths.items() if len(ns) > 1}
+    if lengths and args.growth_rounds > 0:
+        growth_checks, growth = growth_lines(shape, lengths, args.growth_rounds, args.timeout)
         checks += growth_checks
     hop_pairs: Dict[int, Dict[str, List[float]]] = {}
     if args.pair_rounds > 0:
@@ -544,7 +550,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         report = header + md + "\n\n" + "".join(f"- {c}\n" for c in checks)
         atomic_write(args.out / "bench_layer.md", lambda f: f.write(report), text=True)
         raw = {"by_n": {str(n): row for n, row in results.items()},
-               "growth": {str(n): t for n, t in growth.items()},
+               "growth": {variant: {str(n): t for n, t in by_n.items()}
+                          for variant, by_n in growth.items()},
                "hop_vs_bare": {str(n): t for n, t in hop_pairs.items()}}
         atomic_write(args.out / "bench_layer.json", lambda f: json.dump(raw, f, indent=1),
                      text=True)

@@ -119,9 +119,23 @@ def test_tiny_run_writes_table_growth_check_and_raw_times(bench_layer, tmp_path)
     assert "| 64 |" in report and "| 128 |" in report
     assert "graphdiff time(128) / time(64), interleaved over 2 rounds" in report
     raw = json.loads((tmp_path / "bench_layer.json").read_text())
-    assert [len(raw["growth"][n]) for n in ("64", "128")] == [2, 2]
+    assert list(raw["growth"]) == ["graphdiff"]  # the layer did not run
+    assert [len(raw["growth"]["graphdiff"][n]) for n in ("64", "128")] == [2, 2]
     row = raw["by_n"]["128"]["graphdiff"]
     assert row["fwd"] > 0 and row["bwd"] > 0 and row["peak_mb"] >= 0
+
+
+def test_growth_of_core_and_layer_is_interleaved_per_variant(bench_layer):
+    lengths = {"graphdiff": [64, 128], "layer": [64, 128, 256]}
+    checks, growth = bench_layer.growth_lines(SHAPE, lengths, rounds=2, timeout=600)
+    assert {variant: sorted(by_n) for variant, by_n in growth.items()} == lengths
+    assert all(len(t) == 2 and min(t) > 0 for by_n in growth.values() for t in by_n.values())
+    assert [line.split(" =")[0] for line in checks] == [
+        "graphdiff time(128) / time(64), interleaved over 2 rounds",
+        "layer time(128) / time(64), interleaved over 2 rounds",
+        "layer time(256) / time(128), interleaved over 2 rounds"]
+    median, _ = bench_layer.paired_ratios(growth["layer"][256], growth["layer"][128])
+    assert f"= {median:.2f} median" in checks[2]
 
 
 def test_hop_is_paired_with_the_bare_spmm_of_smaller_median(bench_layer):

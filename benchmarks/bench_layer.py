@@ -6,10 +6,9 @@ before it: inputs and the cached CSR structure, built once per pattern and lengt
 counted; the structure's size is reported apart). Ratios compare variants of the same run.
 
 The growth with n of graphdiff's core and of a whole Diffuser layer is also measured side by
-side: one process builds every length of both and alternates one step of each for
-``--growth-rounds`` rounds, so that a drift
-of the machine (about +-25% over minutes on a shared 2-core VM) hits all lengths alike
-instead of whichever length ran during it. One hop against the bare SpMMs is measured the
+side: one process per variant builds every length and alternates one step of each for
+``--growth-rounds`` rounds, so that a drift of the machine (about +-25% over minutes on a
+shared 2-core VM) hits all lengths alike instead of whichever length ran during it. One hop against the bare SpMMs is measured the
 same way, one process per n alternating them for ``--pair-rounds`` rounds: they take
 milliseconds, so separate processes minutes apart mostly compare the machine's drift.
 
@@ -58,8 +57,10 @@ from typing import Callable, Dict, List, Optional, Tuple
 ALL_VARIANTS = ["graphdiff", "module", "gather", "layer", "sdpa", "sdpa_layer", "spmm",
                 "spmm_heads", "hop", "lf_graphdiff", "longformer"]
 DENSE = ("sdpa", "sdpa_layer")  # quadratic: skipped above --max-sdpa-n
+DENSE_BASELINE = {"layer": "sdpa_layer", "sdpa_layer": "sdpa_layer"}  # the rest: "sdpa"
 BARE_SPMMS = ("spmm", "spmm_heads")  # a hop is checked against the faster of the two
-GROWTH_VARIANTS = ("graphdiff", "layer")  # their growth is also measured interleaved
+SCALING_VARIANTS = ("graphdiff", "module", "layer")  # each one's growth with n is checked
+INTERLEAVED_GROWTH = ("graphdiff", "layer")  # ... and measured interleaved too
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -275,12 +276,13 @@ def run_interleaved(shape: dict, workloads: List[Workload], rounds: int,
 
 def paired_ratios(num: List[float], den: List[float]) -> Tuple[float, float]:
     """(median of the per-round ratios, ratio of the fastest runs) of two interleaved
-    workloads: each round's two steps ran back to back, so drift cancels in the ratio."""
+    workloads: each round's steps ran close together (the order rotates), so drift mostly
+    cancels in the ratio."""
     return (statistics.median(a / b for a, b in zip(num, den)), min(num) / min(den))
 
 
-def growth_line(a: int, b: int, how: str, median: float, fastest: float,
-                variant: str = "graphdiff") -> str:
+def growth_line(variant: str, a: int, b: int, how: str, median: float,
+                fastest: float) -> str:
     """One check of a variant's growth from n = a to n = b (issue 6: at most 1.125 b / a)."""
     return (f"{variant} time({b}) / time({a}){how} = {median:.2f} median, {fastest:.2f} "
             f"fastest (linear: {b / a:.1f}; target <= {1.125 * b / a:.1f})")
@@ -288,19 +290,22 @@ def growth_line(a: int, b: int, how: str, median: float, fastest: float,
 
 def growth_lines(shape: dict, lengths: Dict[str, List[int]], rounds: int, timeout: float
                  ) -> Tuple[List[str], Dict[str, Dict[int, List[float]]]]:
-    """Each variant's growth between its consecutive ``lengths``, all interleaved in one
-    process (:func:`paired_ratios`): the checks and every (variant, length)'s per-round
-    seconds."""
-    workloads = [(variant, n) for variant, ns in lengths.items() for n in ns]
-    print(f"interleaving {lengths} for {rounds} rounds ...", flush=True)
-    try:
-        times = run_interleaved(shape, workloads, rounds, timeout)
-    except (RuntimeError, subprocess.TimeoutExpired) as error:  # keep the other results
-        return [f"interleaved growth measurement failed: {error}"], {}
-    growth = {variant: {n: times[variant, n] for n in ns} for variant, ns in lengths.items()}
-    return [growth_line(a, b, f", interleaved over {rounds} rounds",
-                        *paired_ratios(growth[variant][b], growth[variant][a]), variant)
-            for variant, ns in lengths.items() for a, b in zip(ns, ns[1:])], growth
+    """Each variant's growth between its consecutive ``lengths``, interleaved in one process
+    per variant (:func:`paired_ratios`; one variant's failure loses only its own lines): the
+    checks and every (variant, length)'s per-round seconds."""
+    checks, growth = [], {}
+    for variant, ns in lengths.items():
+        print(f"interleaving {variant} at n = {ns} for {rounds} rounds ...", flush=True)
+        try:
+            times = run_interleaved(shape, [(variant, n) for n in ns], rounds, timeout)
+        except (RuntimeError, subprocess.TimeoutExpired) as error:  # keep the other results
+            checks.append(f"{variant}: interleaved growth measurement failed: {error}")
+            continue
+        growth[variant] = {n: t for (_, n), t in times.items()}
+        checks += [growth_line(variant, a, b, f", interleaved over {rounds} rounds",
+                               *paired_ratios(growth[variant][b], growth[variant][a]))
+                   for a, b in zip(ns, ns[1:])]
+    return checks, growth
 
 
 def hop_line(n: int, bare: str, how: str, median: float, fastest: float) -> str:
@@ -356,14 +361,14 @@ def fmt(x: Optional[float], unit: str = "s") -> str:
 
 
 def table(results: Dict[int, Dict[str, dict]], variants: List[str]) -> str:
+    """The markdown table of a run; "vs dense" is against ``sdpa``, for the layers against
+    ``sdpa_layer``."""
     lines = ["| n | variant | fwd s | bwd s | fwd+bwd s | peak extra MB | vs graphdiff | "
-             "vs sdpa |", "|---|---|---|---|---|---|---|---|"]
+             "vs dense |", "|---|---|---|---|---|---|---|---|"]
     for n, row in results.items():
-        ref = row.get("graphdiff", {})
-        sdpa = row.get("sdpa", {})
-        total_ref = _total(ref)
-        total_sdpa = _total(sdpa)
+        total_ref = _total(row.get("graphdiff", {}))
         for variant in variants:
+            total_dense = _total(row.get(DENSE_BASELINE.get(variant, "sdpa"), {}))
             r = row.get(variant)
             if r is None:
                 continue
@@ -373,9 +378,9 @@ def table(results: Dict[int, Dict[str, dict]], variants: List[str]) -> str:
                 continue
             total = _total(r)
             ratio = f"{total / total_ref:.2f}x" if total and total_ref else "-"
-            ratio_sdpa = f"{total / total_sdpa:.2f}x" if total and total_sdpa else "-"
+            ratio_dense = f"{total / total_dense:.2f}x" if total and total_dense else "-"
             lines.append(f"| {n} | {variant} | {fmt(r['fwd'])} | {fmt(r['bwd'])} | "
-                         f"{fmt(total)} | {fmt(r['peak_mb'], 'mb')} | {ratio} | {ratio_sdpa} |")
+                         f"{fmt(total)} | {fmt(r['peak_mb'], 'mb')} | {ratio} | {ratio_dense} |")
     return "\n".join(lines)
 
 
@@ -385,9 +390,8 @@ def _total(r: dict) -> Optional[float]:
     return r["fwd"] + (r["bwd"] or 0.0)
 
 
-def graphdiff_lengths(results: Dict[int, Dict[str, dict]],
-                      variant: str = "graphdiff") -> List[int]:
-    """The lengths at which ``variant`` (graphdiff's default path) ran, ascending."""
+def lengths_run(results: Dict[int, Dict[str, dict]], variant: str) -> List[int]:
+    """The lengths at which ``variant`` ran, ascending."""
     return sorted(n for n in results if _total(results[n].get(variant, {})))
 
 
@@ -421,13 +425,13 @@ def targets(results: Dict[int, Dict[str, dict]]) -> List[str]:
         if lf and lfg:
             out.append(f"n={n}: graphdiff (hops=1, Longformer pattern) / HF Longformer = "
                        f"{lfg / lf:.2f} (target <= 2)")
-    for variant in ("graphdiff", "module", "layer"):
-        ns = graphdiff_lengths(results, variant)
+    for variant in SCALING_VARIANTS:
+        ns = lengths_run(results, variant)
         for a, b in zip(ns, ns[1:]):
             ra, rb = results[a][variant], results[b][variant]
             # The fastest run is the least disturbed by other tenants of a shared machine.
-            out.append(growth_line(a, b, ", separate processes", _total(rb) / _total(ra),
-                                   rb["fastest"] / ra["fastest"], variant))
+            out.append(growth_line(variant, a, b, ", separate processes",
+                                   _total(rb) / _total(ra), rb["fastest"] / ra["fastest"]))
     return out
 
 
@@ -527,7 +531,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     shape = dict(heads=args.heads, channels=args.channels, hops=args.hops,
                  window=args.window, num_global=args.num_global, num_random=args.num_random)
     growth: Dict[str, Dict[int, List[float]]] = {}
-    lengths = {variant: graphdiff_lengths(results, variant) for variant in GROWTH_VARIANTS}
+    lengths = {variant: lengths_run(results, variant) for variant in INTERLEAVED_GROWTH}
     lengths = {variant: ns for variant, ns in lengths.items() if len(ns) > 1}
     if lengths and args.growth_rounds > 0:
         growth_checks, growth = growth_lines(shape, lengths, args.growth_rounds, args.timeout)

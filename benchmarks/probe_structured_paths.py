@@ -1,57 +1,68 @@
 """Would structure-aware products (blocked windows, dense global rows) beat one CSR SpMM?
 
-    python benchmarks/probe_structured_paths.py [--n 16384 65536] [--rounds 10]
+    python benchmarks/probe_structured_paths.py [--n 16384 65536] [--rounds 10] [--out DIR]
 
 The performance issue suggests computing the parts of a pattern by their structure. This probe
 times one hop's products (all heads, ``Window(64) | Global(16) | Random(16)``) three ways,
 alternated round by round in one process, and checks that all three agree:
 
 - ``csr``: what graphdiff does, one torch CSR product per head on the shared structure;
-- ``blocked window + CSR``: the edges with ``|i - j| <= w`` as dense blocks (queries
-  ``[i b, i b + b)`` against keys ``[i b - w, i b + b + w)``, one batched GEMM per head over
-  a zero-padded strided view of the operand), the other edges as a CSR product;
+- ``blocked window + CSR``: the edges with ``|i - j| <= w`` as dense blocks (the queries of
+  block ``B``, ``[B b, B b + b)``, against the keys ``[B b - w, B b + b + w)``: one batched
+  GEMM per head over a zero-padded strided view of the operand), the other edges as a CSR
+  product; ``window blocks alone`` times the batched GEMMs without the rest;
 - ``dense full rows + CSR``: the rows that hold every column (the global tokens) as one dense
   ``[G, N] @ [N, C]`` GEMM per head, the other rows as a CSR product.
 
-It is a probe, not a code path of the library: on the 2-core VM of the README neither
-structured path was faster. A dense block computes ``b + 2w`` products per query where the
-window has ``2w + 1`` edges, at close to the cores' peak, and that costs about what the whole
-CSR product costs, which is bound by memory; the full rows are sequential reads already.
+It prints (and with ``--out`` writes to ``DIR/probe_structured_paths.md``) the fastest time of
+each at both lengths and its growth. It is a probe, not a code path of the library: on the
+2-core VM of the README neither structured path was faster. A dense block computes
+``b + 2w`` products per query where the window has ``2w + 1`` edges, at close to the cores'
+peak, and that costs about what the whole CSR product costs, which is bound by memory; the
+full rows are sequential reads already.
 """
 from __future__ import annotations
 
 import argparse
+import shlex
 import statistics
+import sys
 import time
 import warnings
+from pathlib import Path
 from typing import Callable, Dict, List, Tuple
 
 import torch
 from torch import Tensor
 
+from graphdiff.io import atomic_write_text
 from graphdiff.nn import as_graph
 from graphdiff.nn.graph import DiffusionGraph
 from graphdiff.patterns import Global, Random, Window
 
-WINDOW = 64  # the window's half width w; also the query block size b
+WINDOW = 64  # the window's half width w
+
+Product = Callable[[], Tensor]
 
 
 def sub_csr(graph: DiffusionGraph, values: Tensor, keep: Tensor) -> List[Tensor]:
     """Per-head CSR matrices of the edges where ``keep [E]`` holds (``values [H, E]``)."""
     n = graph.num_dst
-    counts = torch.segment_reduce(keep.float(), "sum", offsets=graph.offsets()).to(torch.int32)
-    crow = torch.zeros(n + 1, dtype=torch.int32)
-    torch.cumsum(counts, 0, out=crow[1:])
+    counts = torch.segment_reduce(keep.float(), "sum", offsets=graph.offsets())
+    crow = torch.zeros(n + 1, dtype=graph.index_dtype)
+    torch.cumsum(counts.to(graph.index_dtype), 0, out=crow[1:])
     col, kept = graph.col[keep], values[:, keep].contiguous()
     return [torch.sparse_csr_tensor(crow, col, v, (n, graph.num_src)) for v in kept]
 
 
-def products(n: int, heads: int, channels: int) -> Tuple[Dict[str, Callable[[], Tensor]], int]:
-    """The three ways of one hop at length ``n``, each returning ``[H, N, C]``."""
-    b = w = WINDOW
+def products(n: int, heads: int, channels: int, block: int = WINDOW
+             ) -> Tuple[Dict[str, Product], Dict[str, Product], int]:
+    """At length ``n``: the three ways of one hop (each writes and returns ``[H, N, C]`` into
+    one shared buffer), the timing-only parts, and the number of edges in the band."""
+    b, w = block, WINDOW
     if n % b:
-        raise SystemExit(f"--n must be multiples of {b}, got {n}")
-    graph = as_graph((Window(WINDOW) | Global(16) | Random(16, seed=0))(n), (n, n))
+        raise SystemExit(f"--n must be multiples of the block size {b}, got {n}")
+    graph = as_graph((Window(w) | Global(16) | Random(16, seed=0))(n), (n, n))
     values = torch.rand(heads, graph.num_edges)
     z = torch.randn(heads, n, channels)
     out = torch.empty(heads, n, channels)
@@ -73,16 +84,26 @@ def products(n: int, heads: int, channels: int) -> Tuple[Dict[str, Callable[[], 
     far_csr = sub_csr(graph, values, ~near)
     padded = z.new_zeros(n + 2 * w, channels)
 
+    def window_blocks(h: int) -> None:
+        padded[w:w + n].copy_(z[h])
+        keys = padded.as_strided((blocks, width, channels), (b * channels, channels, 1))
+        torch.bmm(band[h], keys, out=out[h].view(blocks, b, channels))
+
     def blocked_window() -> Tensor:
         for h in range(heads):
-            padded[w:w + n].copy_(z[h])
-            keys = padded.as_strided((blocks, width, channels), (b * channels, channels, 1))
-            torch.bmm(band[h], keys, out=out[h].view(blocks, b, channels))
+            window_blocks(h)
             torch.addmm(out[h], far_csr[h], z[h], out=out[h])
+        return out
+
+    def window_blocks_alone() -> Tensor:
+        for h in range(heads):
+            window_blocks(h)
         return out
 
     degree = graph.offsets().diff()
     full_rows = (degree == n).nonzero().flatten()
+    if full_rows.numel() == 0:
+        raise SystemExit(f"the pattern has no full rows at n={n}")
     starts = graph.offsets()[full_rows]
     dense = torch.stack([values[:, s:s + n] for s in starts.tolist()], 1)  # [H, G, N]
     sparse_rows = sub_csr(graph, values, (degree != n).repeat_interleave(degree))
@@ -93,8 +114,9 @@ def products(n: int, heads: int, channels: int) -> Tuple[Dict[str, Callable[[], 
             out[h].index_copy_(0, full_rows, dense[h] @ z[h])
         return out
 
-    return ({"csr": csr, "blocked window + CSR": blocked_window,
-             "dense full rows + CSR": dense_rows}, int(near.sum()))
+    ways = {"csr": csr, "blocked window + CSR": blocked_window,
+            "dense full rows + CSR": dense_rows}
+    return ways, {"window blocks alone": window_blocks_alone}, int(near.sum())
 
 
 def main() -> None:
@@ -103,19 +125,23 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=8)
     parser.add_argument("--channels", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--out", type=Path, default=None, help="write the table to this folder")
     args = parser.parse_args()
     if args.rounds < 1:
         parser.error("--rounds must be >= 1")
     warnings.filterwarnings("ignore", message="Sparse")
-    runs: Dict[Tuple[int, str], Callable[[], Tensor]] = {}
+    runs: Dict[Tuple[int, str], Product] = {}
+    notes = []
     for n in args.n:
-        ways, near = products(n, args.heads, args.channels)
+        ways, parts, near = products(n, args.heads, args.channels)
         reference = ways["csr"]().clone()
         for name, way in ways.items():
+            way().fill_(float("nan"))  # a way that skips rows or heads must not pass
             error = ((way() - reference).abs().max() / reference.abs().max()).item()
-            print(f"n={n} {name}: max relative difference to csr {error:.1e}", flush=True)
-            runs[n, name] = way
-        print(f"n={n}: {near} of the edges in the band", flush=True)
+            notes.append(f"n={n} {name}: max relative difference to csr {error:.1e}")
+            print(notes[-1], flush=True)
+        notes.append(f"n={n}: {near} of the edges in the band |i - j| <= {WINDOW}")
+        runs.update({(n, name): run for name, run in {**ways, **parts}.items()})
     times: Dict[Tuple[int, str], List[float]] = {key: [] for key in runs}
     keys = list(runs)
     for round_ in range(args.rounds):  # rotate the order: nothing always runs after the same
@@ -125,13 +151,18 @@ def main() -> None:
             runs[key]()
             times[key].append(time.perf_counter() - start)
     small, large = args.n
-    print(f"| one hop, {args.heads} heads | n={small} ms | n={large} ms | growth (fastest) | "
-          "growth (median) |")
-    print("|---|---:|---:|---:|---:|")
-    for name in ways:
+    lines = [f"| one hop, {args.heads} heads | n={small} ms (fastest of {args.rounds}) | "
+             f"n={large} ms | growth (fastest) | growth (median) |", "|---|---:|---:|---:|---:|"]
+    for name in dict.fromkeys(name for _, name in runs):
         a, b = times[small, name], times[large, name]
-        print(f"| {name} | {min(a) * 1e3:.1f} | {min(b) * 1e3:.1f} | {min(b) / min(a):.2f} | "
-              f"{statistics.median(b) / statistics.median(a):.2f} |")
+        lines.append(f"| {name} | {min(a) * 1e3:.1f} | {min(b) * 1e3:.1f} | "
+                     f"{min(b) / min(a):.2f} | {statistics.median(b) / statistics.median(a):.2f} |")
+    print("\n".join(lines))
+    if args.out:
+        command = shlex.join(["python", "benchmarks/probe_structured_paths.py", *sys.argv[1:]])
+        report = "\n".join([f"# {__doc__.splitlines()[0]}", "", f"`{command}`", "",
+                            *(f"- {note}" for note in notes), "", *lines, ""])
+        atomic_write_text(args.out / "probe_structured_paths.md", report)
 
 
 if __name__ == "__main__":

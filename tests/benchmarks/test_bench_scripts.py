@@ -91,7 +91,8 @@ def test_targets_check_the_layer_against_the_dense_layer_and_each_variants_growt
         return {"fwd": total / 4, "bwd": 3 * total / 4, "fastest": fastest, "peak_mb": 1.0}
 
     results = {16: {"graphdiff": ran(1.0, 1.0), "module": ran(2.0, 2.0),
-                    "layer": ran(3.0, 3.0), "sdpa_layer": ran(12.0, 12.0)},
+                    "layer": ran(3.0, 3.0), "sdpa": ran(10.0, 10.0),
+                    "sdpa_layer": ran(12.0, 12.0)},
                64: {"graphdiff": ran(4.4, 4.0), "module": ran(8.0, 7.0),
                     "layer": ran(16.0, 15.0), "sdpa_layer": {"skipped": "skipped above n=16"}}}
     lines = bench_layer.targets(results)
@@ -105,6 +106,27 @@ def test_targets_check_the_layer_against_the_dense_layer_and_each_variants_growt
         "fastest (linear: 4.0; target <= 4.5)"
         for variant, median, fastest in [("graphdiff", "4.40", "4.00"), ("module", "4.00", "3.50"),
                                          ("layer", "5.33", "5.00")]]
+    rows = {line.split(" | ")[1]: line.split(" | ")[-1] for line in
+            bench_layer.table(results, ["graphdiff", "layer", "sdpa_layer"]).splitlines()
+            if line.startswith("| 16 |")}
+    # "vs dense": the core against SDPA, a layer against the SDPA layer.
+    assert rows == {"graphdiff": "0.10x |", "layer": "0.25x |", "sdpa_layer": "1.00x |"}
+
+
+def test_a_failed_interleaved_growth_loses_only_its_own_variant(bench_layer, monkeypatch):
+    def run_interleaved(shape, workloads, rounds, timeout):
+        if workloads[0][0] == "layer":
+            raise RuntimeError("exit 137: killed")
+        return {("graphdiff", 64): [1.0, 2.0, 1.0], ("graphdiff", 256): [4.0, 10.0, 5.0]}
+
+    monkeypatch.setattr(bench_layer, "run_interleaved", run_interleaved)
+    checks, growth = bench_layer.growth_lines(
+        SHAPE, {"graphdiff": [64, 256], "layer": [64, 256]}, rounds=3, timeout=1)
+    assert checks == [
+        "graphdiff time(256) / time(64), interleaved over 3 rounds = 5.00 median, 4.00 fastest "
+        "(linear: 4.0; target <= 4.5)",
+        "layer: interleaved growth measurement failed: exit 137: killed"]
+    assert growth == {"graphdiff": {64: [1.0, 2.0, 1.0], 256: [4.0, 10.0, 5.0]}}
 
 
 TINY = ["--heads", "2", "--channels", "4", "--window", "4", "--num-global", "2",
@@ -152,11 +174,24 @@ def test_hop_is_paired_with_the_bare_spmm_of_smaller_median(bench_layer):
                                            median, fastest)]
 
 
-def test_structure_aware_probe_products_equal_the_dense_product():
+@pytest.mark.parametrize("block", [64, 32])  # block size b = or != the half width w = 64
+def test_structure_aware_probe_products_equal_the_dense_product(block):
+    from graphdiff.patterns import Global, Random, Window
     probe = load("probe_structured_paths")
     torch.manual_seed(0)
     n, heads, channels = 256, 2, 4
-    ways, _ = probe.products(n, heads, channels)
+    ways, parts, near = probe.products(n, heads, channels, block=block)
     reference = ways["csr"]().clone()
+    edge_index = (Window(64) | Global(16) | Random(16, seed=0))(n)
+    assert near == int(((edge_index[0] - edge_index[1]).abs() <= 64).sum()) > 0
     for name in ("blocked window + CSR", "dense full rows + CSR"):
+        ways[name]().fill_(float("nan"))  # all three share one buffer: each must fill it all
         torch.testing.assert_close(ways[name](), reference, rtol=1e-4, atol=1e-4)
+    # Dense reference: rebuild the values the probe drew after seeding.
+    torch.manual_seed(0)
+    graph_values = torch.rand(heads, edge_index.size(1))
+    z = torch.randn(heads, n, channels)
+    dense = torch.zeros(heads, n, n)
+    dense[:, edge_index[1], edge_index[0]] = graph_values
+    torch.testing.assert_close(reference, dense @ z, rtol=1e-4, atol=1e-4)
+    assert set(parts) == {"window blocks alone"}

@@ -8,9 +8,10 @@ counted; the structure's size is reported apart). Ratios compare variants of the
 The growth with n of graphdiff's core and of a whole Diffuser layer is also measured side by
 side: one process per variant builds every length and alternates one step of each for
 ``--growth-rounds`` rounds, so that a drift of the machine (about +-25% over minutes on a
-shared 2-core VM) hits all lengths alike instead of whichever length ran during it. One hop against the bare SpMMs is measured the
-same way, one process per n alternating them for ``--pair-rounds`` rounds: they take
-milliseconds, so separate processes minutes apart mostly compare the machine's drift.
+shared 2-core VM) hits all lengths alike instead of whichever length ran during it. One hop
+against the bare SpMMs is measured the same way, one process per n alternating them for
+``--pair-rounds`` rounds: they take milliseconds, so separate processes minutes apart mostly
+compare the machine's drift.
 
 Variants (all fp32, H heads x C channels, K hops):
 
@@ -40,6 +41,13 @@ Usage::
     python benchmarks/bench_layer.py                 # n = 1k, 4k, 16k, 64k
     python benchmarks/bench_layer.py --quick         # n = 256, 1k: a smoke test
     python benchmarks/bench_layer.py --n 16384 --variants graphdiff sdpa --plot
+    python benchmarks/bench_layer.py --reuse-freed-memory --out benchmarks/results/reuse
+
+``--reuse-freed-memory`` runs the timing processes with glibc keeping freed memory for the
+next allocation (``REUSE_FREED_MEMORY``: no ``mmap`` per large tensor, no trimming), as a
+caching allocator such as jemalloc or tcmalloc does (PyTorch's CPU tuning guide recommends
+one): by default every tensor over 32 MB gets fresh pages from the kernel, which fault in one
+by one at first touch, at every step.
 """
 from __future__ import annotations
 
@@ -57,6 +65,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 ALL_VARIANTS = ["graphdiff", "module", "gather", "layer", "sdpa", "sdpa_layer", "spmm",
                 "spmm_heads", "hop", "lf_graphdiff", "longformer"]
 DENSE = ("sdpa", "sdpa_layer")  # quadratic: skipped above --max-sdpa-n
+REUSE_FREED_MEMORY = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 40)}
 DENSE_BASELINE = {"layer": "sdpa_layer", "sdpa_layer": "sdpa_layer"}  # the rest: "sdpa"
 BARE_SPMMS = ("spmm", "spmm_heads")  # a hop is checked against the faster of the two
 SCALING_VARIANTS = ("graphdiff", "module", "layer")  # each one's growth with n is checked
@@ -238,13 +247,23 @@ def gather_gb(n: int, heads: int, channels: int, edges_per_token: float = 113.0)
     return 10 * n * edges_per_token * heads * channels * 4 / 2**30
 
 
+def worker_env(mode: str) -> Dict[str, str]:
+    """The environment of a worker: this process's, except that a memory worker has glibc
+    return every freed block over 128 KB to the kernel, so that freed tensors leave the RSS
+    and its peak is exact."""
+    env = dict(os.environ)
+    if mode == "memory":
+        env["MALLOC_MMAP_THRESHOLD_"] = str(1 << 17)
+        for key in REUSE_FREED_MEMORY:
+            env.pop(key, None)
+    return env
+
+
 def run_one(spec: dict, timeout: float) -> dict:
     """Time, then measure memory, each in a fresh subprocess."""
     result: dict = {}
     for mode in ("time", "memory"):
-        env = dict(os.environ)
-        if mode == "memory":
-            env["MALLOC_MMAP_THRESHOLD_"] = str(1 << 17)
+        env = worker_env(mode)
         cmd = [sys.executable, __file__, "--worker", json.dumps(dict(spec, mode=mode))]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
@@ -483,6 +502,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--plot", action="store_true", help="save a PNG under --out")
     parser.add_argument("--out", type=Path, default=None,
                         help="write table (markdown), raw JSON and plot to this folder")
+    parser.add_argument("--reuse-freed-memory", action="store_true",
+                        help="time with glibc reusing freed memory (no page faults per step)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -505,6 +526,9 @@ def main(argv: Optional[List[str]] = None) -> None:
                f"C={args.channels}, K={args.hops}, pattern Window({args.window}) | "
                f"Global({args.num_global}) | Random({args.num_random}); median of "
                f"{args.repeats} runs after a warm-up")
+    if args.reuse_freed_memory:
+        os.environ.update(REUSE_FREED_MEMORY)  # inherited by the timing processes
+        setting += "; timed with " + " ".join(f"{k}={v}" for k, v in REUSE_FREED_MEMORY.items())
     print(setting, flush=True)
     started = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
     results: Dict[int, Dict[str, dict]] = {}

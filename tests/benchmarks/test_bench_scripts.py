@@ -80,6 +80,16 @@ def test_sdpa_layer_baseline_is_the_diffuser_layer_with_dense_attention(bench_la
                                layer(x, config.build_pattern()(n)))
 
 
+def test_memory_workers_return_freed_memory_even_when_timing_reuses_it(bench_layer,
+                                                                        monkeypatch):
+    for key, value in bench_layer.REUSE_FREED_MEMORY.items():
+        monkeypatch.setenv(key, value)  # what --reuse-freed-memory sets for the workers
+    timing, memory = bench_layer.worker_env("time"), bench_layer.worker_env("memory")
+    assert {k: timing[k] for k in bench_layer.REUSE_FREED_MEMORY} == bench_layer.REUSE_FREED_MEMORY
+    assert not set(bench_layer.REUSE_FREED_MEMORY) & set(memory)
+    assert memory["MALLOC_MMAP_THRESHOLD_"] == str(128 * 1024)
+
+
 def test_paired_ratios_are_the_median_per_round_ratio_and_the_fastest_ratio(bench_layer):
     median, fastest = bench_layer.paired_ratios([4.0, 9.0, 5.0], [1.0, 2.0, 2.0])
     assert median == pytest.approx(4.0)  # rounds: 4, 4.5, 2.5

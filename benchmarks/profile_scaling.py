@@ -1,11 +1,14 @@
 """Which operations of the fused core grow faster than the sequence length?
 
-    python benchmarks/profile_scaling.py [--n 16384 65536] [--parts]
+    python benchmarks/profile_scaling.py [--n 16384 65536] [--layer] [--parts]
 
 Profiles one forward + backward of ``edge_softmax_attention`` + ``diffuse`` (8 heads x 32
 channels, K = 5, ``Window(64) | Global(16) | Random(16)``) at two lengths and prints each
 operator's self time at both (its least over rounds that alternate the lengths), with the
-ratio: linear scaling gives ratio = n2 / n1.
+ratio: linear scaling gives ratio = n2 / n1. ``--layer`` profiles a whole ``DiffuserLayer``
+instead (hidden 256, feed-forward 1024, no dropout): run it with and without
+``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1099511627776`` in the environment to see what
+faulting in fresh pages for every tensor over 32 MB costs.
 
 ``--parts`` times instead one head's SpMM (the kernel of every hop: CSR ``@`` a ``[N, 32]``
 operand) on each part of the pattern alone and on the whole, alternating the two lengths
@@ -22,6 +25,7 @@ from typing import Callable, Dict, List, Tuple
 import torch
 from torch.profiler import profile
 
+from graphdiff.models import DiffuserConfig, DiffuserLayer
 from graphdiff.nn import as_graph
 from graphdiff.nn.functional import diffuse, edge_softmax_attention
 from graphdiff.patterns import Global, Random, Window
@@ -30,19 +34,32 @@ PARTS = {"window": Window(64), "global": Global(16), "random": Random(16, seed=0
          "all": Window(64) | Global(16) | Random(16, seed=0)}
 
 
-def operator_times(ns: List[int], rounds: int, heads: int = 8,
+def operator_times(ns: List[int], rounds: int, layer: bool = False, heads: int = 8,
                    channels: int = 32) -> Dict[int, Dict[str, float]]:
-    """``{n: {operator: self CPU microseconds}}`` of one forward + backward at every length,
-    each operator's least over rounds that alternate the lengths (so drift hits all alike,
-    and a disturbed round does not count)."""
+    """``{n: {operator: self CPU microseconds}}`` of one forward + backward (of the core, or
+    of a whole ``DiffuserLayer`` with ``layer``) at every length, each operator's least over
+    rounds that alternate the lengths (so drift hits all alike, and a disturbed round does not
+    count)."""
     def make_step(n: int) -> Callable[[], None]:
         edge_index = PARTS["all"](n)
-        q, k, v = (torch.randn(n, heads, channels, requires_grad=True) for _ in range(3))
+        if layer:
+            width = heads * channels
+            module = DiffuserLayer(DiffuserConfig(hidden=width, heads=heads, ffn=4 * width,
+                                                  dropout=0.0, attention_dropout=0.0))
+            x = torch.randn(n, width, requires_grad=True)
 
-        def step() -> None:
-            attention = edge_softmax_attention(q, k, edge_index, n)
-            diffuse(attention, v, edge_index, 5, 0.1).sum().backward()
-            q.grad = k.grad = v.grad = None
+            def step() -> None:
+                out = module(x, edge_index)
+                out.backward(torch.ones_like(out))
+                x.grad = None
+                module.zero_grad(set_to_none=True)
+        else:
+            q, k, v = (torch.randn(n, heads, channels, requires_grad=True) for _ in range(3))
+
+            def step() -> None:
+                attention = edge_softmax_attention(q, k, edge_index, n)
+                diffuse(attention, v, edge_index, 5, 0.1).sum().backward()
+                q.grad = k.grad = v.grad = None
 
         step()  # warm-up: builds the cached structure
         return step
@@ -86,6 +103,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", nargs=2, type=int, default=[16384, 65536])
     parser.add_argument("--top", type=int, default=12)
+    parser.add_argument("--layer", action="store_true",
+                        help="profile a whole DiffuserLayer instead of the core")
     parser.add_argument("--parts", action="store_true",
                         help="one head's SpMM per pattern part, ns per edge")
     parser.add_argument("--rounds", type=int, default=None,
@@ -104,7 +123,7 @@ def main() -> None:
             (a, edges_a), (b, edges_b) = per_edge[name, small], per_edge[name, large]
             print(f"| {name} | {a:.2f} | {b:.2f} | {b * edges_b / (a * edges_a):.2f} |")
         return
-    times = operator_times(args.n, 3 if args.rounds is None else args.rounds)
+    times = operator_times(args.n, 3 if args.rounds is None else args.rounds, args.layer)
     small, large = times[args.n[0]], times[args.n[1]]
     # A sum of per-operator minima (each from its least disturbed round): a lower bound of a
     # step, not the time of any one step.

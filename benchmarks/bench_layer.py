@@ -43,11 +43,12 @@ Usage::
     python benchmarks/bench_layer.py --n 16384 --variants graphdiff sdpa --plot
     python benchmarks/bench_layer.py --reuse-freed-memory --out benchmarks/results/reuse
 
-``--reuse-freed-memory`` runs the timing processes with glibc keeping freed memory for the
-next allocation (``REUSE_FREED_MEMORY``: no ``mmap`` per large tensor, no trimming), as a
-caching allocator such as jemalloc or tcmalloc does (PyTorch's CPU tuning guide recommends
-one): by default every tensor over 32 MB gets fresh pages from the kernel, which fault in one
-by one at first touch, at every step.
+``--reuse-freed-memory`` runs the timing processes with glibc keeping freed memory in its
+heap (``REUSE_FREED_MEMORY``: no ``mmap`` per large tensor, no trimming): by default every
+tensor over 32 MB gets fresh pages from the kernel, which fault in one by one at first touch,
+at every step. It measures what that costs; for training, the README recommends jemalloc
+with purging off instead (glibc's heap can grow, since torch's aligned requests do not fit
+freed blocks of the same size).
 """
 from __future__ import annotations
 

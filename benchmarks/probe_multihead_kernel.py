@@ -12,14 +12,12 @@ kernel was as fast at 16k and slower at 64k, where its random reads cover all he
 """
 from __future__ import annotations
 
-import argparse
-import statistics
-import time
 import warnings
 
 import torch
 from torch.utils.cpp_extension import load_inline
 
+from alternating import alternate, growth_row, probe_parser
 from graphdiff.nn import as_graph
 from graphdiff.patterns import Global, Random, Window
 
@@ -59,12 +57,7 @@ torch::Tensor multihead_spmm(torch::Tensor crow, torch::Tensor col, torch::Tenso
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--n", type=int, nargs=2, default=[16384, 65536])
-    parser.add_argument("--heads", type=int, default=8)
-    parser.add_argument("--channels", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=10)
-    args = parser.parse_args()
+    args = probe_parser(__doc__).parse_args()
     warnings.filterwarnings("ignore", message="Sparse")
     kernel = load_inline("graphdiff_probe_multihead", cpp_sources=[SOURCE],
                          functions=["multihead_spmm"],
@@ -91,21 +84,12 @@ def main() -> None:
         print(f"n={n}: max |multi-head - per-head| = {error:.2e}", flush=True)
         products[n, "torch, one CSR product per head"] = per_head
         products[n, "multi-head kernel"] = multihead
-    times = {key: [] for key in products}
-    keys = list(products)
-    for round_ in range(args.rounds):  # rotate the order: nothing always runs after the same
-        for i in range(len(keys)):
-            key = keys[(i + round_) % len(keys)]
-            start = time.perf_counter()
-            products[key]()
-            times[key].append(time.perf_counter() - start)
+    times = alternate(products, args.rounds)
     small, large = args.n
     print(f"| product | n={small} ms | n={large} ms | growth (fastest) | growth (median) |")
     print("|---|---:|---:|---:|---:|")
     for name in ("torch, one CSR product per head", "multi-head kernel"):
-        a, b = times[small, name], times[large, name]
-        print(f"| {name} | {min(a) * 1e3:.1f} | {min(b) * 1e3:.1f} | {min(b) / min(a):.2f} | "
-              f"{statistics.median(b) / statistics.median(a):.2f} |")
+        print(growth_row(name, times[small, name], times[large, name]))
 
 
 if __name__ == "__main__":

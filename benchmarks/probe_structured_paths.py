@@ -23,11 +23,8 @@ full rows are sequential reads already.
 """
 from __future__ import annotations
 
-import argparse
 import shlex
-import statistics
 import sys
-import time
 import warnings
 from pathlib import Path
 from typing import Callable, Dict, List, Tuple
@@ -35,6 +32,7 @@ from typing import Callable, Dict, List, Tuple
 import torch
 from torch import Tensor
 
+from alternating import alternate, growth_row, probe_parser
 from graphdiff.io import atomic_write_text
 from graphdiff.nn import as_graph
 from graphdiff.nn.graph import DiffusionGraph
@@ -120,15 +118,9 @@ def products(n: int, heads: int, channels: int, block: int = WINDOW
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--n", type=int, nargs=2, default=[16384, 65536])
-    parser.add_argument("--heads", type=int, default=8)
-    parser.add_argument("--channels", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=10)
+    parser = probe_parser(__doc__)
     parser.add_argument("--out", type=Path, default=None, help="write the table to this folder")
     args = parser.parse_args()
-    if args.rounds < 1:
-        parser.error("--rounds must be >= 1")
     warnings.filterwarnings("ignore", message="Sparse")
     runs: Dict[Tuple[int, str], Product] = {}
     notes = []
@@ -142,21 +134,12 @@ def main() -> None:
             print(notes[-1], flush=True)
         notes.append(f"n={n}: {near} of the edges in the band |i - j| <= {WINDOW}")
         runs.update({(n, name): run for name, run in {**ways, **parts}.items()})
-    times: Dict[Tuple[int, str], List[float]] = {key: [] for key in runs}
-    keys = list(runs)
-    for round_ in range(args.rounds):  # rotate the order: nothing always runs after the same
-        for i in range(len(keys)):
-            key = keys[(i + round_) % len(keys)]
-            start = time.perf_counter()
-            runs[key]()
-            times[key].append(time.perf_counter() - start)
+    times = alternate(runs, args.rounds)
     small, large = args.n
     lines = [f"| one hop, {args.heads} heads | n={small} ms (fastest of {args.rounds}) | "
              f"n={large} ms | growth (fastest) | growth (median) |", "|---|---:|---:|---:|---:|"]
-    for name in dict.fromkeys(name for _, name in runs):
-        a, b = times[small, name], times[large, name]
-        lines.append(f"| {name} | {min(a) * 1e3:.1f} | {min(b) * 1e3:.1f} | "
-                     f"{min(b) / min(a):.2f} | {statistics.median(b) / statistics.median(a):.2f} |")
+    lines += [growth_row(name, times[small, name], times[large, name])
+              for name in dict.fromkeys(name for _, name in runs)]
     print("\n".join(lines))
     if args.out:
         command = shlex.join(["python", "benchmarks/probe_structured_paths.py", *sys.argv[1:]])

@@ -14,6 +14,8 @@ SHAPE = dict(heads=2, channels=4, hops=3, window=4, num_global=2, num_random=2)
 
 
 def load(name: str):
+    if str(BENCHMARKS) not in sys.path:  # the scripts import their shared helpers as scripts do
+        sys.path.insert(0, str(BENCHMARKS))
     spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
@@ -88,6 +90,17 @@ def test_memory_workers_return_freed_memory_even_when_timing_reuses_it(bench_lay
     assert {k: timing[k] for k in bench_layer.REUSE_FREED_MEMORY} == bench_layer.REUSE_FREED_MEMORY
     assert not set(bench_layer.REUSE_FREED_MEMORY) & set(memory)
     assert memory["MALLOC_MMAP_THRESHOLD_"] == str(128 * 1024)
+
+
+def test_alternate_rotates_the_order_and_times_every_run_each_round():
+    alternating = load("alternating")
+    order = []
+    times = alternating.alternate({key: (lambda key=key: order.append(key)) for key in "abc"},
+                                  rounds=3)
+    assert order == list("abc" "bca" "cab")
+    assert {key: len(t) for key, t in times.items()} == {"a": 3, "b": 3, "c": 3}
+    assert alternating.growth_row("x", [0.002, 0.001, 0.003], [0.004, 0.009, 0.0045]) == \
+        "| x | 1.0 | 4.0 | 4.00 | 2.25 |"  # fastest 4 / 1; median 4.5 / 2
 
 
 def test_paired_ratios_are_the_median_per_round_ratio_and_the_fastest_ratio(bench_layer):

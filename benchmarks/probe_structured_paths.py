@@ -1,6 +1,6 @@
 """Would structure-aware products (blocked windows, dense global rows) beat one CSR SpMM?
 
-    python benchmarks/probe_structured_paths.py [--n 16384 65536] [--rounds 10] [--out DIR]
+    python benchmarks/probe_structured_paths.py [--n 16384 65536] [--rounds 10] [--block 32] [--out DIR]
 
 The performance issue suggests computing the parts of a pattern by their structure. This probe
 times one hop's products (all heads, ``Window(64) | Global(16) | Random(16)``) three ways,
@@ -16,10 +16,10 @@ alternated round by round in one process, and checks that all three agree:
 
 It prints (and with ``--out`` writes to ``DIR/probe_structured_paths.md``) the fastest time of
 each at both lengths and its growth. It is a probe, not a code path of the library: on the
-2-core VM of the README neither structured path was faster. A dense block computes
-``b + 2w`` products per query where the window has ``2w + 1`` edges, at close to the cores'
-peak, and that costs about what the whole CSR product costs, which is bound by memory; the
-full rows are sequential reads already.
+2-core VM of the README the blocked window was within +-6% of the CSR product (a dense block
+computes ``b + 2w`` products per query where the window has ``2w + 1`` edges, and the CSR
+product of the rest costs as much as the whole), though it grew less from 16k to 64k; the
+dense full rows were slower (their reads are sequential in the CSR product already).
 """
 from __future__ import annotations
 
@@ -32,13 +32,13 @@ from typing import Callable, Dict, List, Tuple
 import torch
 from torch import Tensor
 
-from alternating import alternate, growth_row, probe_parser
+from alternating import alternate, growth_row, positive_int, probe_parser
 from graphdiff.io import atomic_write_text
 from graphdiff.nn import as_graph
 from graphdiff.nn.graph import DiffusionGraph
 from graphdiff.patterns import Global, Random, Window
 
-WINDOW = 64  # the window's half width w
+WINDOW = 64  # Window(64): each query sees the keys within w = 32 positions on either side
 
 Product = Callable[[], Tensor]
 
@@ -53,14 +53,14 @@ def sub_csr(graph: DiffusionGraph, values: Tensor, keep: Tensor) -> List[Tensor]
     return [torch.sparse_csr_tensor(crow, col, v, (n, graph.num_src)) for v in kept]
 
 
-def products(n: int, heads: int, channels: int, block: int = WINDOW
+def products(n: int, heads: int, channels: int, block: int = WINDOW // 2
              ) -> Tuple[Dict[str, Product], Dict[str, Product], int]:
     """At length ``n``: the three ways of one hop (each writes and returns ``[H, N, C]`` into
     one shared buffer), the timing-only parts, and the number of edges in the band."""
-    b, w = block, WINDOW
+    b, w = block, WINDOW // 2
     if n % b:
         raise SystemExit(f"--n must be multiples of the block size {b}, got {n}")
-    graph = as_graph((Window(w) | Global(16) | Random(16, seed=0))(n), (n, n))
+    graph = as_graph((Window(WINDOW) | Global(16) | Random(16, seed=0))(n), (n, n))
     values = torch.rand(heads, graph.num_edges)
     z = torch.randn(heads, n, channels)
     out = torch.empty(heads, n, channels)
@@ -119,20 +119,22 @@ def products(n: int, heads: int, channels: int, block: int = WINDOW
 
 def main() -> None:
     parser = probe_parser(__doc__)
+    parser.add_argument("--block", type=positive_int, default=WINDOW // 2,
+                        help="queries per dense block (default: the half width, 32)")
     parser.add_argument("--out", type=Path, default=None, help="write the table to this folder")
     args = parser.parse_args()
     warnings.filterwarnings("ignore", message="Sparse")
     runs: Dict[Tuple[int, str], Product] = {}
     notes = []
     for n in args.n:
-        ways, parts, near = products(n, args.heads, args.channels)
+        ways, parts, near = products(n, args.heads, args.channels, args.block)
         reference = ways["csr"]().clone()
         for name, way in ways.items():
             way().fill_(float("nan"))  # a way that skips rows or heads must not pass
             error = ((way() - reference).abs().max() / reference.abs().max()).item()
             notes.append(f"n={n} {name}: max relative difference to csr {error:.1e}")
             print(notes[-1], flush=True)
-        notes.append(f"n={n}: {near} of the edges in the band |i - j| <= {WINDOW}")
+        notes.append(f"n={n}: {near} of the edges in the band |i - j| <= {WINDOW // 2}")
         runs.update({(n, name): run for name, run in {**ways, **parts}.items()})
     times = alternate(runs, args.rounds)
     small, large = args.n

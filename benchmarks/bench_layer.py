@@ -3,7 +3,8 @@
 Every (variant, n) runs in fresh subprocesses: one for time (median of ``--repeats`` runs
 after a warm-up) and one for memory (peak RSS of one fwd+bwd after a warm-up, minus the RSS
 before it: inputs and the cached CSR structure, built once per pattern and length, are not
-counted; the structure's size is reported apart). Ratios compare variants of the same run.
+counted; the structure's size is in the JSON, ``structure_mb``). fwd and bwd are medians of
+their own; fwd+bwd is their sum. Ratios compare variants of the same run.
 
 The growth with n of graphdiff's core and of a whole Diffuser layer is also measured side by
 side: one process per variant builds every length and alternates one step of each for
@@ -500,7 +501,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--max-sdpa-n", type=int, default=16384,
                         help="skip dense SDPA and the SDPA layer above this n (quadratic time)")
     parser.add_argument("--timeout", type=float, default=1800.0, help="per variant and n")
-    parser.add_argument("--plot", action="store_true", help="save a PNG under --out")
+    parser.add_argument("--plot", action="store_true",
+                        help="save a PNG under --out (without it: benchmarks/results)")
     parser.add_argument("--out", type=Path, default=None,
                         help="write table (markdown), raw JSON and plot to this folder")
     parser.add_argument("--reuse-freed-memory", action="store_true",

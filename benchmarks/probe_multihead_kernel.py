@@ -8,7 +8,7 @@ the column indices again. This probe compiles (once, about 30 s) the alternative
 the CSR rows that, for each edge, updates all heads from the node-major operand ``[N, H, C]``.
 It prints the fastest time of both at each length, alternated in one process, and their growth.
 It is a probe, not a code path of the library: on the 2-core VM of the README the multi-head
-kernel was as fast at 16k and slower at 64k, where its random reads cover all heads' operand.
+kernel was slower at both lengths and grew more (its random reads cover all heads' operand).
 """
 from __future__ import annotations
 

@@ -18,13 +18,18 @@ per edge at both lengths.
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
+import sys
 import time
 import warnings
+from pathlib import Path
 from typing import Callable, Dict, List, Tuple
 
 import torch
 from torch.profiler import profile
 
+from graphdiff.io import atomic_write_text
 from graphdiff.models import DiffuserConfig, DiffuserLayer
 from graphdiff.nn import as_graph
 from graphdiff.nn.functional import diffuse, edge_softmax_attention
@@ -99,6 +104,30 @@ def spmm_ns_per_edge(ns: List[int], rounds: int,
     return {key: (best[key] / edges * 1e9, edges) for key, (_, edges) in products.items()}
 
 
+def report(args: argparse.Namespace) -> List[str]:
+    """The markdown lines of the profile that ``args`` asks for."""
+    small, large = args.n
+    if args.parts:
+        per_edge = spmm_ns_per_edge(args.n, 20 if args.rounds is None else args.rounds)
+        lines = [f"| part | ns/edge n={small} | ns/edge n={large} | time growth |",
+                 "|---|---:|---:|---:|"]
+        for name in PARTS:
+            (a, edges_a), (b, edges_b) = per_edge[name, small], per_edge[name, large]
+            lines.append(f"| {name} | {a:.2f} | {b:.2f} | {b * edges_b / (a * edges_a):.2f} |")
+        return lines
+    times = operator_times(args.n, 3 if args.rounds is None else args.rounds, args.layer)
+    before, after = times[small], times[large]
+    # A sum of per-operator minima (each from its least disturbed round): a lower bound of a
+    # step, not the time of any one step.
+    lines = [f"total of the operators' least self times, ratio "
+             f"{sum(after.values()) / sum(before.values()):.2f} (linear: {large / small:.2f})",
+             "", f"| operator | n={small} ms | n={large} ms | ratio |", "|---|---:|---:|---:|"]
+    for key in sorted(after, key=after.get, reverse=True)[: args.top]:
+        lines.append(f"| {key} | {before.get(key, 0.0) / 1e3:.1f} | {after[key] / 1e3:.1f} | "
+                     f"{after[key] / max(before.get(key, 0.0), 1.0):.2f} |")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", nargs=2, type=int, default=[16384, 65536])
@@ -110,32 +139,24 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=None,
                         help="rounds (>= 1) that alternate the lengths (default: 3; 20 for "
                         "--parts)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="also write the table, with the command and the allocator "
+                        "settings, to this markdown file")
     args = parser.parse_args()
     warnings.filterwarnings("ignore", message="Sparse")
     if args.rounds is not None and args.rounds < 1:
         parser.error("--rounds must be >= 1")
-    if args.parts:
-        small, large = args.n
-        per_edge = spmm_ns_per_edge(args.n, 20 if args.rounds is None else args.rounds)
-        print(f"| part | ns/edge n={small} | ns/edge n={large} | time growth |")
-        print("|---|---:|---:|---:|")
-        for name in PARTS:
-            (a, edges_a), (b, edges_b) = per_edge[name, small], per_edge[name, large]
-            print(f"| {name} | {a:.2f} | {b:.2f} | {b * edges_b / (a * edges_a):.2f} |")
-        return
-    times = operator_times(args.n, 3 if args.rounds is None else args.rounds, args.layer)
-    small, large = times[args.n[0]], times[args.n[1]]
-    # A sum of per-operator minima (each from its least disturbed round): a lower bound of a
-    # step, not the time of any one step.
-    print(f"total of the operators' least self times, ratio "
-          f"{sum(large.values()) / sum(small.values()):.2f} "
-          f"(linear: {args.n[1] / args.n[0]:.2f})")
-    print(f"| operator | n={args.n[0]} ms | n={args.n[1]} ms | ratio |")
-    print("|---|---:|---:|---:|")
-    for key in sorted(large, key=large.get, reverse=True)[: args.top]:
-        before = small.get(key, 0.0)
-        print(f"| {key} | {before / 1e3:.1f} | {large[key] / 1e3:.1f} | "
-              f"{large[key] / max(before, 1.0):.2f} |")
+    lines = report(args)
+    print("\n".join(lines))
+    if args.out:
+        command = shlex.join(["python", "benchmarks/profile_scaling.py", *sys.argv[1:]])
+        allocator = {k: v for k, v in os.environ.items()
+                     if k.startswith("MALLOC_") or k == "LD_PRELOAD"}
+        header = [f"`{command}`", "",
+                  f"torch {torch.__version__}, {torch.get_num_threads()} threads; allocator "
+                  f"environment: {allocator or 'none (glibc defaults)'}; "
+                  f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC", ""]
+        atomic_write_text(args.out, "\n".join(header + lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -119,8 +119,10 @@ def report(args: argparse.Namespace) -> List[str]:
     before, after = times[small], times[large]
     # A sum of per-operator minima (each from its least disturbed round): a lower bound of a
     # step, not the time of any one step.
-    lines = [f"total of the operators' least self times, ratio "
-             f"{sum(after.values()) / sum(before.values()):.2f} (linear: {large / small:.2f})",
+    total_before, total_after = sum(before.values()) / 1e3, sum(after.values()) / 1e3
+    lines = [f"total of the operators' least self times: {total_before:.0f} ms at n={small}, "
+             f"{total_after:.0f} ms at n={large}, ratio {total_after / total_before:.2f} "
+             f"(linear: {large / small:.2f})",
              "", f"| operator | n={small} ms | n={large} ms | ratio |", "|---|---:|---:|---:|"]
     for key in sorted(after, key=after.get, reverse=True)[: args.top]:
         lines.append(f"| {key} | {before.get(key, 0.0) / 1e3:.1f} | {after[key] / 1e3:.1f} | "

@@ -1,6 +1,7 @@
 """Training throughput of a Diffuser model (tokens per second), fused core against the reference.
 
     python benchmarks/bench_model.py [--preset small] [--length 4096] [--batch 2] [--steps 5]
+        [--skip-reference] [--out FILE]
 
 One training step = forward, backward and AdamW on a batch of ``batch`` sequences of
 ``length`` tokens. Variants, measured in the same run: the default fused path; the same model
@@ -10,11 +11,15 @@ attention (``hops=1, alpha=0``). Ratios are against the default path.
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from graphdiff.io import atomic_write_text
 from graphdiff.models import DiffuserForSequenceClassification, preset_config
 
 
@@ -42,6 +47,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--skip-reference", action="store_true", help="skip the slow gather-scatter variant")
+    parser.add_argument("--out", type=Path, default=None, help="also write the table to this markdown file")
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -53,10 +59,11 @@ def main() -> None:
     if not args.skip_reference:
         variants["gather-scatter reference"] = (config, False)
 
-    print(f"preset {args.preset}, {args.batch} x {args.length} tokens, pattern {config.pattern}, "
-          f"{torch.get_num_threads()} threads")
-    print("| variant | tokens / s | ratio to default |")
-    print("|---|---:|---:|")
+    lines = [f"preset {args.preset}, {args.batch} x {args.length} tokens, pattern {config.pattern}, "
+             f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+             f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC", "",
+             "| variant | tokens / s | ratio to default |", "|---|---:|---:|"]
+    print("\n".join(lines), flush=True)
     baseline = None
     for name, (variant_config, fused) in variants.items():
         model = DiffuserForSequenceClassification(variant_config).train()
@@ -64,7 +71,11 @@ def main() -> None:
             layer.attention.fused = fused
         rate = throughput(model, tokens, mask, args.steps)
         baseline = baseline or rate
-        print(f"| {name} | {rate:,.0f} | {rate / baseline:.2f} |", flush=True)
+        lines.append(f"| {name} | {rate:,.0f} | {rate / baseline:.2f} |")
+        print(lines[-1], flush=True)
+    if args.out:
+        command = shlex.join(["python", "benchmarks/bench_model.py", *sys.argv[1:]])
+        atomic_write_text(args.out, "\n".join([f"`{command}`", "", *lines, ""]))
 
 
 if __name__ == "__main__":

@@ -11,9 +11,8 @@ head's temporaries in a few ``[E]`` and ``[N, C]`` scratch buffers reused across
   and with one head's ``[N, C]`` operand in flight more of those reads hit the cache;
 - scratch the size of one head instead of all heads stays below glibc's mmap threshold
   (32 MB: one head's ``[E]`` up to about 8M edges, ``[2, N, C]`` of fp32 up to 128k tokens
-  at C = 32), so the allocator hands the same memory
-  back on every step instead of fresh pages that fault in on first touch (README,
-  "Speed and memory of the layer").
+  at C = 32), so the allocator hands the same memory back on every step instead of fresh
+  pages that fault in on first touch (README, "Speed and memory of the layer").
 
 Each kernel saves only ``[H, E]`` or node tensors for backward and computes its gradients with
 the same two primitives as its forward:

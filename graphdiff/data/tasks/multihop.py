@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from graphdiff.patterns import Window
 from graphdiff.checks import check_int
 from graphdiff.data.tasks.base import (
     NUM_SPECIAL,
@@ -45,6 +44,7 @@ from graphdiff.data.tasks.base import (
     check_length,
     example_rng,
 )
+from graphdiff.patterns import Window
 
 __all__ = ["MultiHop"]
 

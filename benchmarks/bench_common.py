@@ -1,14 +1,42 @@
-"""What the probes share: their command line, workloads alternated round by round in one
-process (so that a drift of the machine hits all of them alike), and growth between two
-lengths."""
+"""What the benchmark scripts share: the layers they time, the command line that reruns them,
+the probes' options, workloads alternated round by round in one process (so that a drift of
+the machine hits all of them alike), and growth between two lengths."""
 from __future__ import annotations
 
 import argparse
+import shlex
 import statistics
+import sys
 import time
-from typing import Callable, Dict, Hashable, List, TypeVar
+from pathlib import Path
+from typing import Callable, Dict, Hashable, List, Optional, Sequence, TypeVar
 
 Key = TypeVar("Key", bound=Hashable)
+
+
+def diffuser_layer(width: int, heads: int, hops: int = 5, alpha: float = 0.1):
+    """The whole layer the benchmarks time: a ``DiffuserLayer`` of hidden size ``width`` with a
+    feed-forward block of width ``4 width`` and no dropout."""
+    from graphdiff.models import DiffuserConfig, DiffuserLayer
+
+    return DiffuserLayer(DiffuserConfig(hidden=width, heads=heads, ffn=4 * width, hops=hops,
+                                        alpha=alpha, dropout=0.0, attention_dropout=0.0))
+
+
+def sdpa_transformer_layer(width: int, heads: int):
+    """:func:`diffuser_layer`'s architecture (post-LN, GELU, feed-forward width ``4 width``,
+    no dropout) with dense attention, which torch runs with ``scaled_dot_product_attention``."""
+    import torch
+
+    return torch.nn.TransformerEncoderLayer(width, heads, dim_feedforward=4 * width,
+                                            dropout=0.0, activation="gelu", batch_first=True)
+
+
+def rerun_command(script: str, argv: Optional[Sequence[str]] = None) -> str:
+    """The shell command that reruns ``benchmarks/<script>`` with ``argv`` (default: this
+    process's arguments), for the header of a results file."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    return shlex.join(["python", str(Path("benchmarks") / script), *args])
 
 
 def positive_int(text: str) -> int:

@@ -56,13 +56,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
+
+from bench_common import alternate, diffuser_layer, rerun_command, sdpa_transformer_layer
 
 ALL_VARIANTS = ["graphdiff", "module", "gather", "layer", "sdpa", "sdpa_layer", "spmm",
                 "spmm_heads", "hop", "lf_graphdiff", "longformer"]
@@ -82,22 +83,11 @@ def rss_mb() -> float:
 
 # ----------------------------------------------------------------------------- worker side
 
-def sdpa_transformer_layer(width: int, heads: int):
-    """The ``sdpa_layer`` baseline: a ``DiffuserLayer``'s architecture (post-LN, GELU,
-    feed-forward width ``4 width``, no dropout) with dense attention, which torch runs with
-    ``scaled_dot_product_attention``."""
-    import torch
-
-    return torch.nn.TransformerEncoderLayer(width, heads, dim_feedforward=4 * width,
-                                            dropout=0.0, activation="gelu", batch_first=True)
-
-
 def _setup(variant: str, n: int, heads: int, channels: int, hops: int, window: int,
            num_global: int, num_random: int):
     """Build inputs for one variant; returns (forward, whether it has a backward, info)."""
     import torch
 
-    from graphdiff.models import DiffuserConfig, DiffuserLayer
     from graphdiff.nn import AttentionDiffusion, as_graph
     from graphdiff.nn.functional import attention_heads_first, diffuse_heads_first
     from graphdiff.patterns import Global, Random, Window, longformer
@@ -144,8 +134,7 @@ def _setup(variant: str, n: int, heads: int, channels: int, hops: int, window: i
     info["structure_mb"] = rss_mb() - before
 
     if variant == "layer":
-        layer = DiffuserLayer(DiffuserConfig(hidden=H * C, heads=H, ffn=4 * H * C, hops=hops,
-                                             alpha=0.1, dropout=0.0, attention_dropout=0.0))
+        layer = diffuser_layer(H * C, H, hops)
         x = torch.randn(n, H * C, requires_grad=True)
         return (lambda: layer(x, edge_index)), True, info
     if variant in ("module", "gather", "lf_graphdiff"):
@@ -204,21 +193,17 @@ def _run(forward: Callable, with_backward: bool) -> Tuple[float, float]:
 
 def interleaved_worker(spec: dict) -> dict:
     """One step (fwd, plus bwd where the variant has one) of every ``(variant, n)`` of
-    ``spec["workloads"]`` per round, alternating them for ``spec["rounds"]`` rounds after
-    one warm-up each: ``{"times": [[seconds per round] per workload]}``. The order rotates
-    by one workload per round, so that no workload always runs after the same one."""
-    steps = []
-    for variant, n in spec["workloads"]:
+    ``spec["workloads"]`` per round, alternating them (:func:`bench_common.alternate`, whose
+    order rotates) for ``spec["rounds"]`` rounds after one warm-up each:
+    ``{"times": [[seconds per round] per workload]}``."""
+    steps = {}
+    for i, (variant, n) in enumerate(spec["workloads"]):
         forward, with_backward, _ = _setup(**dict(spec["shape"], variant=variant, n=n))
-        steps.append((forward, with_backward))
-    for step in steps:
-        _run(*step)
-    times: List[List[float]] = [[] for _ in steps]
-    for round_ in range(spec["rounds"]):
-        for i in range(len(steps)):
-            j = (i + round_) % len(steps)
-            times[j].append(sum(_run(*steps[j])))
-    return {"times": times}
+        steps[i] = lambda forward=forward, with_backward=with_backward: _run(forward,
+                                                                              with_backward)
+    alternate(steps, 1)  # warm-up
+    times = alternate(steps, spec["rounds"])
+    return {"times": [times[i] for i in steps]}
 
 
 def worker(spec: dict) -> dict:
@@ -573,10 +558,10 @@ def main(argv: Optional[List[str]] = None) -> None:
         from graphdiff.io import atomic_write
 
         args.out.mkdir(parents=True, exist_ok=True)
-        command = shlex.join(sys.argv[1:] if argv is None else argv)
+        command = rerun_command("bench_layer.py", argv)
         ended = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
         header = (f"# bench_layer: one attention diffusion layer vs baselines\n\n"
-                  f"Command: `python benchmarks/bench_layer.py {command}`\n\n{setting}. "
+                  f"Command: `{command}`\n\n{setting}. "
                   f"Commit {git_revision()}, measured {started} to {ended} UTC.\n\n")
         report = header + md + "\n\n" + "".join(f"- {c}\n" for c in checks)
         atomic_write(args.out / "bench_layer.md", lambda f: f.write(report), text=True)

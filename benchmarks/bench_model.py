@@ -11,14 +11,13 @@ attention (``hops=1, alpha=0``). Ratios are against the default path.
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from bench_common import rerun_command
 from graphdiff.io import atomic_write_text
 from graphdiff.models import DiffuserForSequenceClassification, preset_config
 
@@ -74,7 +73,7 @@ def main() -> None:
         lines.append(f"| {name} | {rate:,.0f} | {rate / baseline:.2f} |")
         print(lines[-1], flush=True)
     if args.out:
-        command = shlex.join(["python", "benchmarks/bench_model.py", *sys.argv[1:]])
+        command = rerun_command("bench_model.py")
         atomic_write_text(args.out, "\n".join([f"`{command}`", "", *lines, ""]))
 
 

@@ -17,7 +17,7 @@ import warnings
 import torch
 from torch.utils.cpp_extension import load_inline
 
-from alternating import alternate, growth_row, probe_parser
+from bench_common import alternate, growth_row, probe_parser
 from graphdiff.nn import as_graph
 from graphdiff.patterns import Global, Random, Window
 

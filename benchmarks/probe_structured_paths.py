@@ -1,6 +1,7 @@
 """Would structure-aware products (blocked windows, dense global rows) beat one CSR SpMM?
 
-    python benchmarks/probe_structured_paths.py [--n 16384 65536] [--rounds 10] [--block 32] [--out DIR]
+    python benchmarks/probe_structured_paths.py [--n 16384 65536] [--rounds 10] [--block 32]
+        [--out DIR]
 
 The performance issue suggests computing the parts of a pattern by their structure. This probe
 times one hop's products (all heads, ``Window(64) | Global(16) | Random(16)``) three ways,
@@ -23,8 +24,6 @@ dense full rows were slower (their reads are sequential in the CSR product alrea
 """
 from __future__ import annotations
 
-import shlex
-import sys
 import warnings
 from pathlib import Path
 from typing import Callable, Dict, List, Tuple
@@ -32,7 +31,7 @@ from typing import Callable, Dict, List, Tuple
 import torch
 from torch import Tensor
 
-from alternating import alternate, growth_row, positive_int, probe_parser
+from bench_common import alternate, growth_row, positive_int, probe_parser, rerun_command
 from graphdiff.io import atomic_write_text
 from graphdiff.nn import as_graph
 from graphdiff.nn.graph import DiffusionGraph
@@ -144,7 +143,7 @@ def main() -> None:
               for name in dict.fromkeys(name for _, name in runs)]
     print("\n".join(lines))
     if args.out:
-        command = shlex.join(["python", "benchmarks/probe_structured_paths.py", *sys.argv[1:]])
+        command = rerun_command("probe_structured_paths.py")
         report = "\n".join([f"# {__doc__.splitlines()[0]}", "", f"`{command}`", "",
                             *(f"- {note}" for note in notes), "", *lines, ""])
         atomic_write_text(args.out / "probe_structured_paths.md", report)

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -29,8 +27,8 @@ from typing import Callable, Dict, List, Tuple
 import torch
 from torch.profiler import profile
 
+from bench_common import alternate, diffuser_layer, positive_int, rerun_command
 from graphdiff.io import atomic_write_text
-from graphdiff.models import DiffuserConfig, DiffuserLayer
 from graphdiff.nn import as_graph
 from graphdiff.nn.functional import diffuse, edge_softmax_attention
 from graphdiff.patterns import Global, Random, Window
@@ -48,10 +46,8 @@ def operator_times(ns: List[int], rounds: int, layer: bool = False, heads: int =
     def make_step(n: int) -> Callable[[], None]:
         edge_index = PARTS["all"](n)
         if layer:
-            width = heads * channels
-            module = DiffuserLayer(DiffuserConfig(hidden=width, heads=heads, ffn=4 * width,
-                                                  dropout=0.0, attention_dropout=0.0))
-            x = torch.randn(n, width, requires_grad=True)
+            module = diffuser_layer(heads * channels, heads)
+            x = torch.randn(n, heads * channels, requires_grad=True)
 
             def step() -> None:
                 out = module(x, edge_index)
@@ -85,23 +81,17 @@ def spmm_ns_per_edge(ns: List[int], rounds: int,
                      channels: int = 32) -> Dict[Tuple[str, int], Tuple[float, int]]:
     """``{(part, n): (fastest ns per edge, edges)}`` of one head's SpMM over rounds that
     alternate every part and length (so drift hits all alike)."""
-    products = {}
+    products, edges = {}, {}
     for name, pattern in PARTS.items():
         for n in ns:
             graph = as_graph(pattern(n), (n, n))
             matrix = graph.csr(torch.rand(graph.num_edges))
             x, out = torch.randn(n, channels), torch.empty(n, channels)
-            products[name, n] = (lambda m=matrix, x=x, out=out: torch.mm(m, x, out=out),
-                                 graph.num_edges)
-    best = {key: float("inf") for key in products}
-    for product, _ in products.values():  # warm-up
-        product()
-    for _ in range(rounds):
-        for key, (product, _) in products.items():
-            start = time.perf_counter()
-            product()
-            best[key] = min(best[key], time.perf_counter() - start)
-    return {key: (best[key] / edges * 1e9, edges) for key, (_, edges) in products.items()}
+            products[name, n] = lambda m=matrix, x=x, out=out: torch.mm(m, x, out=out)
+            edges[name, n] = graph.num_edges
+    alternate(products, 1)  # warm-up
+    times = alternate(products, rounds)
+    return {key: (min(times[key]) / edges[key] * 1e9, edges[key]) for key in products}
 
 
 def report(args: argparse.Namespace) -> List[str]:
@@ -138,20 +128,17 @@ def main() -> None:
                         help="profile a whole DiffuserLayer instead of the core")
     parser.add_argument("--parts", action="store_true",
                         help="one head's SpMM per pattern part, ns per edge")
-    parser.add_argument("--rounds", type=int, default=None,
-                        help="rounds (>= 1) that alternate the lengths (default: 3; 20 for "
-                        "--parts)")
+    parser.add_argument("--rounds", type=positive_int, default=None,
+                        help="rounds that alternate the lengths (default: 3; 20 for --parts)")
     parser.add_argument("--out", type=Path, default=None,
                         help="also write the table, with the command and the allocator "
                         "settings, to this markdown file")
     args = parser.parse_args()
     warnings.filterwarnings("ignore", message="Sparse")
-    if args.rounds is not None and args.rounds < 1:
-        parser.error("--rounds must be >= 1")
     lines = report(args)
     print("\n".join(lines))
     if args.out:
-        command = shlex.join(["python", "benchmarks/profile_scaling.py", *sys.argv[1:]])
+        command = rerun_command("profile_scaling.py")
         allocator = {k: v for k, v in os.environ.items()
                      if k.startswith("MALLOC_") or k == "LD_PRELOAD"}
         header = [f"`{command}`", "",

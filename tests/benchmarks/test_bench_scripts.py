@@ -64,7 +64,7 @@ def test_sdpa_layer_baseline_is_the_diffuser_layer_with_dense_attention(bench_la
     config = DiffuserConfig(hidden=width, heads=heads, ffn=4 * width, hops=1, alpha=0.0,
                             dropout=0.0, attention_dropout=0.0, pattern="Full()")
     layer = DiffuserLayer(config).double()
-    dense = bench_layer.sdpa_transformer_layer(width, heads).double()
+    dense = load("bench_common").sdpa_transformer_layer(width, heads).double()
     attention = layer.attention
     with torch.no_grad():
         dense.self_attn.in_proj_weight.copy_(torch.cat([
@@ -93,13 +93,13 @@ def test_memory_workers_return_freed_memory_even_when_timing_reuses_it(bench_lay
 
 
 def test_alternate_rotates_the_order_and_times_every_run_each_round():
-    alternating = load("alternating")
+    common = load("bench_common")
     order = []
-    times = alternating.alternate({key: (lambda key=key: order.append(key)) for key in "abc"},
+    times = common.alternate({key: (lambda key=key: order.append(key)) for key in "abc"},
                                   rounds=3)
     assert order == list("abc" "bca" "cab")
     assert {key: len(t) for key, t in times.items()} == {"a": 3, "b": 3, "c": 3}
-    assert alternating.growth_row("x", [0.002, 0.001, 0.003], [0.004, 0.009, 0.0045]) == \
+    assert common.growth_row("x", [0.002, 0.001, 0.003], [0.004, 0.009, 0.0045]) == \
         "| x | 1.0 | 4.0 | 4.00 | 2.25 |"  # fastest 4 / 1; median 4.5 / 2
 
 

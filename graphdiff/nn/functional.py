@@ -86,14 +86,26 @@ def check_bipartite_diffusion(graph: DiffusionGraph, hops: int,
                          f"targets); use hops=1, alpha=0.0 for bipartite cross-attention")
 
 
+def stack_heads(x: Tensor, groups: int) -> Tensor:
+    """Head-major ``x [H, ...]`` as ``[groups, ...]``, each group's heads one after the
+    other: the layout of :meth:`DiffusionGraph.stacked` (a view when ``x`` is contiguous;
+    a copy for node-major features, small since only short sequences are stacked)."""
+    return x if groups == x.size(0) else x.reshape(groups, -1, *x.shape[2:])
+
+
 @torch.compiler.disable
 def attention_heads_first(q: Tensor, k: Tensor, graph: DiffusionGraph,
                           scale: Optional[float] = None) -> Tensor:
     """:func:`edge_softmax_attention` on head-major ``[H, N, C]`` features (contiguous, or
     views of node-major ``[N, H, C]`` ones, taken without a whole-tensor conversion copy:
-    each head passes through ``[N, C]`` scratch); ``[H, E]`` in CSR order."""
+    each head passes through ``[N, C]`` scratch); ``[H, E]`` in CSR order. Heads share
+    sparse calls as :meth:`DiffusionGraph.heads_per_call` decides."""
     scale = q.size(-1) ** -0.5 if scale is None else scale
-    return EdgeAttention.apply(graph, q, k, scale)
+    heads = q.size(0)
+    per_call = graph.heads_per_call(heads)
+    attn = EdgeAttention.apply(graph.stacked(per_call), stack_heads(q, heads // per_call),
+                               stack_heads(k, heads // per_call), scale)
+    return attn.view(heads, graph.num_edges)
 
 
 @torch.compiler.disable
@@ -101,19 +113,26 @@ def diffuse_heads_first(attn: Tensor, v: Tensor, graph: DiffusionGraph, hops: in
                         kernel: str = "ppr", t: float = 1.0, hop_dropout: float = 0.0,
                         training: bool = False) -> Tensor:
     """:func:`diffuse` on head-major ``attn [H, E]`` (CSR order) and ``v [H, N, C]``;
-    returns ``[H, N_dst, C]`` in the layout of ``v`` (a view of a node-major ``[N, H, C]``
-    tensor when ``v`` is one, so that transposing it back costs no copy)."""
+    returns ``[H, N_dst, C]``. When each head runs alone (long sequences, see
+    :meth:`DiffusionGraph.heads_per_call`) it is in the layout of ``v``: a view of a
+    node-major ``[N, H, C]`` tensor when ``v`` is one, so that transposing it back costs no
+    copy; stacked heads give a contiguous result."""
     if hops == 0:
         return v
     s, coeffs = diffusion_coefficients(hops, alpha, kernel, t)
     check_bipartite_diffusion(graph, hops, coeffs)
+    heads = v.size(0)
+    per_call = graph.heads_per_call(heads)
+    graph, groups = graph.stacked(per_call), heads // per_call
+    v = stack_heads(v, groups)
     masks = None
     if training and hop_dropout > 0.0:
-        shape = (v.size(0), graph.num_dst, v.size(2))
+        shape = (groups, graph.num_dst, v.size(2))
         masks = [torch.empty(shape, dtype=torch.bool, device=v.device).bernoulli_(
             1.0 - hop_dropout) for _ in range(hops)]
-    out = Diffusion.apply(graph, attn.contiguous(), v, s, coeffs, masks, 1.0 - hop_dropout)
-    return heads_view(out, is_node_major(v))
+    out = Diffusion.apply(graph, stack_heads(attn, groups).contiguous(), v, s, coeffs, masks,
+                          1.0 - hop_dropout)
+    return heads_view(out, is_node_major(v)).view(heads, -1, v.size(2))
 
 
 def edge_softmax_attention(q: Tensor, k: Tensor, edge_index: Any,

@@ -5,7 +5,9 @@ contiguous, or head-major views of node-major ``[N, H, C]`` tensors (PyG's layou
 kernels take and return in their layout, without whole-tensor conversion copies (each head of
 a node-major tensor passes through ``[N, C]`` scratch instead). Every head shares the graph's
 one CSR structure, and each kernel runs its whole computation one head at a time, with the
-head's temporaries in a few ``[E]`` and ``[N, C]`` scratch buffers reused across heads:
+head's temporaries in a few ``[E]`` and ``[N, C]`` scratch buffers reused across heads (on
+short sequences the caller stacks several heads into one "head" of a block-diagonal graph,
+:meth:`~graphdiff.nn.graph.DiffusionGraph.stacked`, so that fewer calls share the overhead):
 
 - a sparse product reads its dense operand in the pattern's (partly random) column order,
   and with one head's ``[N, C]`` operand in flight more of those reads hit the cache;

@@ -8,6 +8,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch_geometric.nn import APPNP
 
 from graphdiff.nn import as_graph
+from graphdiff.nn import graph as graph_module
 from graphdiff.nn.functional import (attention_heads_first, diffuse, diffuse_heads_first,
                                      diffusion_coefficients, edge_softmax_attention)
 
@@ -166,9 +167,10 @@ def test_gradients_match_dense_with_either_index_width(int32_max, monkeypatch):
 
 
 @pytest.mark.parametrize("node_major", [True, False])
-def test_head_major_and_node_major_features(node_major):
+def test_head_major_and_node_major_features(node_major, head_calls):
     # The kernels take head-major views of node-major [N, H, C] tensors as they are, and
-    # give the results in the layout of their inputs.
+    # when each head runs alone give the results in the layout of their inputs (stacked
+    # heads pass through one contiguous copy).
     ei = random_graph(N, 40, seed=13)
     graph = as_graph(ei, (N, N))
     q, k, v = features(seed=13)
@@ -176,7 +178,8 @@ def test_head_major_and_node_major_features(node_major):
                   for x in (q, k, v))
     q_, k_, v_ = (x.detach().requires_grad_() for x in (q_, k_, v_))
     out = diffuse_heads_first(attention_heads_first(q_, k_, graph), v_, graph, 3, 0.2)
-    assert (out.transpose(0, 1) if node_major else out).is_contiguous()
+    per_head = head_calls == "per_head"
+    assert (out.transpose(0, 1) if node_major and per_head else out).is_contiguous()
     expected = dense_diffuse(dense_attention(q, k, ei), v, 3, 0.2)
     torch.testing.assert_close(out.transpose(0, 1), expected)
     weight = torch.randn_like(expected)
@@ -185,8 +188,57 @@ def test_head_major_and_node_major_features(node_major):
     dense = torch.autograd.grad((dense_diffuse(dense_attention(q, k, ei), v, 3, 0.2) * weight)
                                 .sum(), (q, k, v))
     for got, want in zip(grads, dense):
-        assert got.stride() == (q_.stride() if node_major else got.contiguous().stride())
+        if per_head:
+            assert got.stride() == (q_.stride() if node_major else got.contiguous().stride())
         torch.testing.assert_close(got.transpose(0, 1), want)
+
+
+@pytest.mark.parametrize("num_nodes", [(12, 12), (7, 12), (12, 5)])
+def test_stacked_graph_is_block_diagonal(num_nodes):
+    n_src, n_dst = num_nodes
+    gen = torch.Generator().manual_seed(15)
+    flat = torch.randperm(n_src * n_dst, generator=gen)[:30]
+    ei = torch.stack([flat % n_src, flat // n_src])
+    graph = as_graph(ei, num_nodes)
+    values = torch.rand(3, graph.num_edges, dtype=torch.float64, generator=gen)
+    stacked = graph.stacked(3)
+    assert graph.stacked(3) is stacked and graph.stacked(1) is graph
+    blocks = [graph.csr(head).to_dense() for head in values]
+    torch.testing.assert_close(stacked.csr(values.reshape(-1)).to_dense(),
+                               torch.block_diag(*blocks))
+    transposed = stacked.transpose_values(values.reshape(-1))
+    torch.testing.assert_close(stacked.csr(transposed, transpose=True).to_dense(),
+                               torch.block_diag(*blocks).t())
+
+
+@pytest.mark.parametrize("heads, limit_in_graphs, expected", [
+    (8, 8, 8), (8, 7, 4), (8, 3, 2), (8, 1.5, 1), (6, 4, 3), (7, 6, 1), (1, 100, 1)])
+def test_heads_per_call_is_the_largest_divisor_that_fits(heads, limit_in_graphs, expected,
+                                                         monkeypatch):
+    graph = as_graph(random_graph(N, 40, seed=16), (N, N))
+    monkeypatch.setattr(graph_module, "MAX_STACKED_EDGES", limit_in_graphs * graph.num_edges)
+    assert graph.heads_per_call(heads) == expected
+
+
+@pytest.mark.parametrize("node_major", [True, False])
+def test_heads_stacked_in_groups_match_dense(node_major, monkeypatch):
+    # 4 heads, 2 per call: each call's block-diagonal graph holds heads 2g and 2g + 1.
+    heads, hops, alpha = 4, 3, 0.2
+    ei = random_graph(N, 40, seed=17)
+    graph = as_graph(ei, (N, N))
+    monkeypatch.setattr(graph_module, "MAX_STACKED_EDGES", 2 * graph.num_edges)
+    assert graph.heads_per_call(heads) == 2
+    q, k, v = (x.requires_grad_() for x in features(heads=heads, seed=17))
+    q_, k_, v_ = (x.transpose(0, 1) if node_major else x.transpose(0, 1).contiguous()
+                  for x in (q, k, v))
+    out = diffuse_heads_first(attention_heads_first(q_, k_, graph), v_, graph, hops, alpha)
+    expected = dense_diffuse(dense_attention(q, k, ei), v, hops, alpha)
+    torch.testing.assert_close(out.transpose(0, 1), expected)
+    weight = torch.randn_like(expected)
+    got = torch.autograd.grad((out.transpose(0, 1) * weight).sum(), (q, k, v))
+    want = torch.autograd.grad((expected * weight).sum(), (q, k, v))
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
 
 
 @pytest.mark.parametrize("which", [0, 1])

@@ -9,7 +9,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, Hashable, List, Optional, Sequence, TypeVar
+from typing import Callable, Dict, Hashable, List, Optional, Sequence, TypeVar, Union
 
 Key = TypeVar("Key", bound=Hashable)
 
@@ -46,10 +46,12 @@ def positive_int(text: str) -> int:
     return value
 
 
-def probe_parser(doc: str) -> argparse.ArgumentParser:
-    """The probes' common options: two lengths, the shape of the heads, and the rounds."""
+def probe_parser(doc: str, lengths: Sequence[int] = (16384, 65536),
+                 nargs: Union[int, str] = 2) -> argparse.ArgumentParser:
+    """The probes' common options: the lengths (``nargs`` of them, default ``lengths``), the
+    shape of the heads, and the rounds."""
     parser = argparse.ArgumentParser(description=doc.split("\n")[0])
-    parser.add_argument("--n", type=positive_int, nargs=2, default=[16384, 65536])
+    parser.add_argument("--n", type=positive_int, nargs=nargs, default=list(lengths))
     parser.add_argument("--heads", type=positive_int, default=8)
     parser.add_argument("--channels", type=positive_int, default=32)
     parser.add_argument("--rounds", type=positive_int, default=10)

@@ -142,7 +142,8 @@ class AttentionDiffusion(MessagePassing):
                                  f"expects in_channels={size}")
         graph = as_graph(edge_index, (x_src.size(0), x_dst.size(0)))
 
-        # [N, H * C] -> head-major [H, N, C]: the sparse kernels run one head at a time.
+        # [N, H * C] -> head-major [H, N, C]: the sparse kernels run one head (or one stack of
+        # heads, on short sequences) at a time.
         v = self.lin_value(x_src).view(-1, H, C).transpose(0, 1)
         if self.hops == 0 and not return_attention_weights:
             return self._merge_heads(v.transpose(0, 1))  # Z_0 = V: the attention is unused

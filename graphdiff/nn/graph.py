@@ -25,11 +25,11 @@ from torch_geometric.typing import SparseTensor
 _INT32_MAX = 2**31 - 1
 
 # Heads are stacked into one block-diagonal product while the stack holds at most this many
-# edges. Each sparse call costs about 10-15 us of Python and dispatch besides its work, which
-# is a third of a short sequence's time; stacking every head saves 30% of a forward and
-# backward at 256 tokens and 20-25% at 1k-2k, and nothing measurable from about 4k tokens
-# (460k edges per head of the benchmark pattern), where one head of work dwarfs the call. The
-# stacked structure costs about 20 bytes per edge, at most 20 MiB.
+# edges. Each sparse call costs about 10-15 us of Python and dispatch besides its work; on the
+# benchmark pattern, stacking saves 30-40% of a forward + backward at 256 tokens and 20% at 1k,
+# and nothing measurable from 2k-4k tokens (230k-460k edges per head), where a head's work
+# dwarfs the call (benchmarks/results/probe_stacked_heads.md). The stacked structure costs
+# about 20 bytes per edge (int32 indices both ways, int64 transposed positions): 20 MiB at most.
 MAX_STACKED_EDGES = 1 << 20
 
 

@@ -31,6 +31,10 @@ _INT32_MAX = 2**31 - 1
 # dwarfs the call (benchmarks/results/probe_stacked_heads.md). The stacked structure costs
 # about 20 bytes per edge (int32 indices both ways, int64 transposed positions): 20 MiB at most.
 MAX_STACKED_EDGES = 1 << 20
+# ... and at most this many nodes on either side, so that a stack's [N, C] scratch stays as
+# small as a head's of a long sequence (8 MiB at C = 32, below glibc's mmap threshold, see
+# graphdiff.nn.kernels): graphs with many nodes and few edges per node run head by head.
+MAX_STACKED_NODES = 1 << 16
 
 
 def sparse_csr(crow: Tensor, col: Tensor, values: Tensor, size: Tuple[int, int]) -> Tensor:
@@ -158,10 +162,13 @@ class DiffusionGraph:
 
     def heads_per_call(self, heads: int) -> int:
         """How many of ``heads`` heads share one sparse call: the largest divisor of
-        ``heads`` whose :meth:`stacked` graph holds at most ``MAX_STACKED_EDGES`` edges
-        (1 on long sequences, where each head runs alone on this graph)."""
-        fits = [size for size in range(2, heads + 1)
-                if heads % size == 0 and size * self.num_edges <= MAX_STACKED_EDGES]
+        ``heads`` whose :meth:`stacked` graph holds at most ``MAX_STACKED_EDGES`` edges and
+        ``MAX_STACKED_NODES`` nodes on either side (1 on long sequences, where each head runs
+        alone on this graph)."""
+        nodes = max(self.num_src, self.num_dst)
+        fits = [size for size in range(2, heads + 1) if heads % size == 0
+                and size * self.num_edges <= MAX_STACKED_EDGES
+                and size * nodes <= MAX_STACKED_NODES]
         return max(fits, default=1)
 
     def _row_pointer(self, sorted_rows: Tensor, num_rows: int) -> Tensor:

@@ -211,12 +211,17 @@ def test_stacked_graph_is_block_diagonal(num_nodes):
                                torch.block_diag(*blocks).t())
 
 
-@pytest.mark.parametrize("heads, limit_in_graphs, expected", [
-    (8, 8, 8), (8, 7, 4), (8, 3, 2), (8, 1.5, 1), (6, 4, 3), (7, 6, 1), (1, 100, 1)])
-def test_heads_per_call_is_the_largest_divisor_that_fits(heads, limit_in_graphs, expected,
-                                                         monkeypatch):
-    graph = as_graph(random_graph(N, 40, seed=16), (N, N))
-    monkeypatch.setattr(graph_module, "MAX_STACKED_EDGES", limit_in_graphs * graph.num_edges)
+@pytest.mark.parametrize("heads, edges_in_graphs, nodes_in_graphs, expected", [
+    (8, 8, 8, 8), (8, 7, 8, 4), (8, 3, 8, 2), (8, 1.5, 8, 1), (6, 4, 8, 3), (7, 6, 8, 1),
+    (1, 100, 100, 1), (8, 8, 3, 2), (8, 8, 1, 1)])
+def test_heads_per_call_is_the_largest_divisor_that_fits(heads, edges_in_graphs,
+                                                         nodes_in_graphs, expected, monkeypatch):
+    n_src, n_dst = 9, N  # bipartite: the larger side counts
+    gen = torch.Generator().manual_seed(16)
+    flat = torch.randperm(n_src * n_dst, generator=gen)[:40]
+    graph = as_graph(torch.stack([flat % n_src, flat // n_src]), (n_src, n_dst))
+    monkeypatch.setattr(graph_module, "MAX_STACKED_EDGES", edges_in_graphs * graph.num_edges)
+    monkeypatch.setattr(graph_module, "MAX_STACKED_NODES", nodes_in_graphs * n_dst)
     assert graph.heads_per_call(heads) == expected
 
 

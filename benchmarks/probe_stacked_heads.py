@@ -36,9 +36,10 @@ from graphdiff.patterns import Global, Random, Window
 WAYS = {"stacked": graph_module.MAX_STACKED_EDGES, "per head": 0}
 
 
-def workloads(n: int, heads: int, channels: int) -> Dict[Tuple[str, str], Callable]:
-    """``(workload, way) -> run``; each run sets the stacking limit of its way, then returns
-    what it computed (the core: the gradient of ``q``; the hop: its output)."""
+def workloads(n: int, heads: int, channels: int) -> Tuple[Dict[Tuple[str, str], Callable], int]:
+    """``({(workload, way): run}, heads per call of the stacked way)``; each run computes
+    under its way's stacking limit and returns what it computed (the core: the gradient of
+    ``q``; the hop: its output)."""
     torch.manual_seed(0)
     edge_index = (Window(64) | Global(16) | Random(16, seed=0))(n)
     graph = as_graph(edge_index, (n, n))
@@ -58,12 +59,17 @@ def workloads(n: int, heads: int, channels: int) -> Dict[Tuple[str, str], Callab
 
     def with_limit(run: Callable, limit: int) -> Callable:
         def limited():
+            default = graph_module.MAX_STACKED_EDGES
             graph_module.MAX_STACKED_EDGES = limit
-            return run()
+            try:
+                return run()
+            finally:
+                graph_module.MAX_STACKED_EDGES = default
         return limited
 
-    return {(name, way): with_limit(run, limit) for name, run in (("core", core), ("hop", hop))
+    runs = {(name, way): with_limit(run, limit) for name, run in (("core", core), ("hop", hop))
             for way, limit in WAYS.items()}
+    return runs, graph.heads_per_call(heads)
 
 
 def main() -> None:
@@ -74,9 +80,7 @@ def main() -> None:
     lines = [f"| n | workload | heads per call | per head ms (fastest / median of {args.rounds}) "
              "| stacked ms | stacked / per head (fastest / median) |", "|---|---|---:|---|---|---|"]
     for n in args.n:
-        runs = workloads(n, args.heads, args.channels)
-        per_call = as_graph((Window(64) | Global(16) | Random(16, seed=0))(n),
-                            (n, n)).heads_per_call(args.heads)
+        runs, per_call = workloads(n, args.heads, args.channels)
         alternate(runs, 1)  # warm-up
         times = alternate(runs, args.rounds)
         for name in ("core", "hop"):
@@ -87,7 +91,6 @@ def main() -> None:
                 f"{statistics.median(stacked) * 1e3:.2f} | {min(stacked) / min(alone):.2f} / "
                 f"{statistics.median(stacked) / statistics.median(alone):.2f} |")
             print(lines[-1], flush=True)
-    graph_module.MAX_STACKED_EDGES = WAYS["stacked"]
     if args.out:
         setting = (f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
                    f"H={args.heads}, C={args.channels}, K=5, Window(64) | Global(16) | "

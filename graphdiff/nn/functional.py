@@ -86,10 +86,18 @@ def check_bipartite_diffusion(graph: DiffusionGraph, hops: int,
                          f"targets); use hops=1, alpha=0.0 for bipartite cross-attention")
 
 
+def stacks(graph: DiffusionGraph, heads: int) -> Tuple[DiffusionGraph, int]:
+    """``(graph of one stack, number of stacks)``: the heads share sparse calls as
+    :meth:`DiffusionGraph.heads_per_call` decides (one stack per head on long sequences)."""
+    per_call = graph.heads_per_call(heads)
+    return graph.stacked(per_call), heads // per_call
+
+
 def stack_heads(x: Tensor, groups: int) -> Tensor:
     """Head-major ``x [H, ...]`` as ``[groups, ...]``, each group's heads one after the
-    other: the layout of :meth:`DiffusionGraph.stacked` (a view when ``x`` is contiguous;
-    a copy for node-major features, small since only short sequences are stacked)."""
+    other: the layout of :meth:`DiffusionGraph.stacked`. A view when ``x`` is contiguous; a
+    whole-tensor copy for node-major features (``H N C``, with at most
+    ``MAX_STACKED_NODES`` nodes per stack)."""
     return x if groups == x.size(0) else x.reshape(groups, -1, *x.shape[2:])
 
 
@@ -97,15 +105,13 @@ def stack_heads(x: Tensor, groups: int) -> Tensor:
 def attention_heads_first(q: Tensor, k: Tensor, graph: DiffusionGraph,
                           scale: Optional[float] = None) -> Tensor:
     """:func:`edge_softmax_attention` on head-major ``[H, N, C]`` features (contiguous, or
-    views of node-major ``[N, H, C]`` ones, taken without a whole-tensor conversion copy:
-    each head passes through ``[N, C]`` scratch); ``[H, E]`` in CSR order. Heads share
-    sparse calls as :meth:`DiffusionGraph.heads_per_call` decides."""
+    views of node-major ``[N, H, C]`` ones; one head per call takes those without a
+    whole-tensor conversion copy, each head passing through ``[N, C]`` scratch, while stacked
+    heads are copied once, see :func:`stacks`); ``[H, E]`` in CSR order."""
     scale = q.size(-1) ** -0.5 if scale is None else scale
-    heads = q.size(0)
-    per_call = graph.heads_per_call(heads)
-    attn = EdgeAttention.apply(graph.stacked(per_call), stack_heads(q, heads // per_call),
-                               stack_heads(k, heads // per_call), scale)
-    return attn.view(heads, graph.num_edges)
+    stack, groups = stacks(graph, q.size(0))
+    attn = EdgeAttention.apply(stack, stack_heads(q, groups), stack_heads(k, groups), scale)
+    return attn.view(q.size(0), graph.num_edges)
 
 
 @torch.compiler.disable
@@ -113,26 +119,25 @@ def diffuse_heads_first(attn: Tensor, v: Tensor, graph: DiffusionGraph, hops: in
                         kernel: str = "ppr", t: float = 1.0, hop_dropout: float = 0.0,
                         training: bool = False) -> Tensor:
     """:func:`diffuse` on head-major ``attn [H, E]`` (CSR order) and ``v [H, N, C]``;
-    returns ``[H, N_dst, C]``. When each head runs alone (long sequences, see
-    :meth:`DiffusionGraph.heads_per_call`) it is in the layout of ``v``: a view of a
-    node-major ``[N, H, C]`` tensor when ``v`` is one, so that transposing it back costs no
-    copy; stacked heads give a contiguous result."""
+    returns ``[H, N_dst, C]`` in the layout of ``v``: a view of a node-major ``[N, H, C]``
+    tensor when ``v`` is one, so that transposing it back costs no copy."""
     if hops == 0:
         return v
     s, coeffs = diffusion_coefficients(hops, alpha, kernel, t)
     check_bipartite_diffusion(graph, hops, coeffs)
-    heads = v.size(0)
-    per_call = graph.heads_per_call(heads)
-    graph, groups = graph.stacked(per_call), heads // per_call
-    v = stack_heads(v, groups)
+    heads, node_major = v.size(0), is_node_major(v)
+    stack, groups = stacks(graph, heads)
     masks = None
     if training and hop_dropout > 0.0:
-        shape = (groups, graph.num_dst, v.size(2))
+        shape = (groups, stack.num_dst, v.size(2))
         masks = [torch.empty(shape, dtype=torch.bool, device=v.device).bernoulli_(
             1.0 - hop_dropout) for _ in range(hops)]
-    out = Diffusion.apply(graph, stack_heads(attn, groups).contiguous(), v, s, coeffs, masks,
-                          1.0 - hop_dropout)
-    return heads_view(out, is_node_major(v)).view(heads, -1, v.size(2))
+    out = Diffusion.apply(stack, stack_heads(attn, groups).contiguous(),
+                          stack_heads(v, groups), s, coeffs, masks, 1.0 - hop_dropout)
+    if groups == heads:  # one head per call: the kernel wrote the caller's layout
+        return heads_view(out, node_major)
+    out = out.view(heads, -1, v.size(2))
+    return heads_view(out.transpose(0, 1).contiguous(), True) if node_major else out
 
 
 def edge_softmax_attention(q: Tensor, k: Tensor, edge_index: Any,

@@ -28,8 +28,9 @@ _INT32_MAX = 2**31 - 1
 # edges. Each sparse call costs about 10-15 us of Python and dispatch besides its work; on the
 # benchmark pattern, stacking saves 30-40% of a forward + backward at 256 tokens and 20% at 1k,
 # and nothing measurable from 2k-4k tokens (230k-460k edges per head), where a head's work
-# dwarfs the call (benchmarks/results/probe_stacked_heads.md). The stacked structure costs
-# about 20 bytes per edge (int32 indices both ways, int64 transposed positions): 20 MiB at most.
+# dwarfs the call (benchmarks/results/probe_stacked_heads.md). A stacked structure costs about
+# 20 bytes per edge (int32 indices both ways, int64 transposed positions): at most 20 MiB for
+# each number of heads per call that the model's layers use.
 MAX_STACKED_EDGES = 1 << 20
 # ... and at most this many nodes on either side, so that a stack's [N, C] scratch stays as
 # small as a head's of a long sequence (8 MiB at C = 32, below glibc's mmap threshold, see
@@ -89,6 +90,9 @@ class DiffusionGraph:
         self._transposed: Optional[Tuple[Tensor, Tensor, Tensor]] = None
         self._offsets: Optional[Tensor] = None
         self._stacked: Dict[int, DiffusionGraph] = {}
+        # A stack's transpose is its source's, repeated: no sort. Weak, so that the source's
+        # cache of stacks makes no reference cycle (a stack alone falls back to sorting).
+        self._stack_of: Optional[Tuple[weakref.ref, int]] = None
 
     @property
     def is_square(self) -> bool:
@@ -115,12 +119,29 @@ class DiffusionGraph:
         is the transposed position of CSR position ``e``. Built lazily (only backward needs
         it)."""
         if self._transposed is None:
-            perm_t = torch.sort(self.col, stable=True)[1]
-            crow_t = self._row_pointer(self.col[perm_t], self.num_src)
-            position_t = torch.empty_like(perm_t)
-            position_t[perm_t] = torch.arange(self.num_edges, device=perm_t.device)
-            self._transposed = (crow_t, self.row[perm_t], position_t)
+            source = self._stack_of[0]() if self._stack_of is not None else None
+            self._transposed = (self._sorted_transpose() if source is None
+                                else self._stacked_transpose(source, self._stack_of[1]))
         return self._transposed
+
+    def _sorted_transpose(self) -> Tuple[Tensor, Tensor, Tensor]:
+        perm_t = torch.sort(self.col, stable=True)[1]
+        crow_t = self._row_pointer(self.col[perm_t], self.num_src)
+        position_t = torch.empty_like(perm_t)
+        position_t[perm_t] = torch.arange(self.num_edges, device=perm_t.device)
+        return crow_t, self.row[perm_t], position_t
+
+    def _stacked_transpose(self, source: DiffusionGraph,
+                           copies: int) -> Tuple[Tensor, Tensor, Tensor]:
+        """The transpose of a stack of ``copies`` copies of ``source``: ``source``'s, with
+        every copy shifted (a stack's transpose is the stack of the transposes)."""
+        crow_t, col_t, position_t = source.transposed()
+        edges = source.num_edges
+        crow = torch.cat([_repeat_offset(crow_t[:-1], copies, edges),
+                          crow_t.new_full((1,), copies * edges, dtype=torch.long)])
+        return (crow.to(self.index_dtype),
+                _repeat_offset(col_t, copies, source.num_dst).to(self.index_dtype),
+                _repeat_offset(position_t, copies, edges))
 
     def csr(self, values: Tensor, transpose: bool = False) -> Tensor:
         """One head's sparse matrix ``A`` (``[N_dst, N_src]``) with per-edge ``values [E]``
@@ -153,11 +174,12 @@ class DiffusionGraph:
         if copies == 1:
             return self
         if copies not in self._stacked:
-            shift = torch.arange(copies, device=self.col.device).unsqueeze(1)  # int64
-            src = (self.col + shift * self.num_src).reshape(-1)
-            dst = (self.row + shift * self.num_dst).reshape(-1)
-            self._stacked[copies] = DiffusionGraph(
-                src, dst, (copies * self.num_src, copies * self.num_dst), sorted_by_target=True)
+            stack = DiffusionGraph(_repeat_offset(self.col, copies, self.num_src),
+                                   _repeat_offset(self.row, copies, self.num_dst),
+                                   (copies * self.num_src, copies * self.num_dst),
+                                   sorted_by_target=True)
+            stack._stack_of = (weakref.ref(self), copies)
+            self._stacked[copies] = stack
         return self._stacked[copies]
 
     def heads_per_call(self, heads: int) -> int:
@@ -174,6 +196,12 @@ class DiffusionGraph:
     def _row_pointer(self, sorted_rows: Tensor, num_rows: int) -> Tensor:
         return torch.ops.aten._convert_indices_from_coo_to_csr(
             sorted_rows, num_rows, out_int32=self.index_dtype == torch.int32)
+
+
+def _repeat_offset(index: Tensor, copies: int, step: int) -> Tensor:
+    """``index`` repeated ``copies`` times, copy ``g`` shifted by ``g * step`` (int64)."""
+    shift = torch.arange(copies, device=index.device).unsqueeze(1) * step
+    return (index + shift).reshape(-1)
 
 
 # --------------------------------------------------------------------------------------

@@ -221,18 +221,20 @@ def test_structure_aware_probe_products_equal_the_dense_product(block):
 
 
 def test_stacked_heads_probe_compares_two_ways_of_the_same_computation(monkeypatch):
-    from graphdiff.nn import graph as graph_module
+    from graphdiff.nn.graph import DiffusionGraph
 
     probe = load("probe_stacked_heads")
-    monkeypatch.setattr(graph_module, "MAX_STACKED_EDGES", graph_module.MAX_STACKED_EDGES)
-    runs = probe.workloads(96, heads=4, channels=8)
-    from graphdiff.nn import as_graph
-    from graphdiff.patterns import Global, Random, Window
-    pattern = (Window(64) | Global(16) | Random(16, seed=0))(96)
-    assert as_graph(pattern, (96, 96)).heads_per_call(4) == 4
+    runs, per_call = probe.workloads(96, heads=4, channels=8)
+    assert per_call == 4  # 96 tokens: every head in one call
+    chosen = []
+    heads_per_call = DiffusionGraph.heads_per_call
+    monkeypatch.setattr(DiffusionGraph, "heads_per_call",
+                        lambda graph, heads: chosen.append(heads_per_call(graph, heads))
+                        or chosen[-1])
     for name in ("core", "hop"):
-        stacked = runs[name, "stacked"]().clone()
-        assert graph_module.MAX_STACKED_EDGES > 0
-        per_head = runs[name, "per head"]().clone()
-        assert graph_module.MAX_STACKED_EDGES == 0
-        torch.testing.assert_close(stacked, per_head, rtol=1e-4, atol=1e-5)
+        outputs = {}
+        for way, expected in (("stacked", 4), ("per head", 1)):
+            chosen.clear()
+            outputs[way] = runs[name, way]().clone()
+            assert chosen and set(chosen) == {expected}
+        torch.testing.assert_close(outputs["stacked"], outputs["per head"], rtol=1e-4, atol=1e-5)

@@ -1,3 +1,4 @@
+import gc
 import math
 
 import pytest
@@ -9,6 +10,7 @@ from torch_geometric.nn import APPNP
 
 from graphdiff.nn import as_graph
 from graphdiff.nn import graph as graph_module
+from graphdiff.nn.graph import DiffusionGraph
 from graphdiff.nn.functional import (attention_heads_first, diffuse, diffuse_heads_first,
                                      diffusion_coefficients, edge_softmax_attention)
 
@@ -39,6 +41,7 @@ def test_ppr_matches_dense_recursion(hops, alpha):
     attn = edge_softmax_attention(q, k, ei)
     out = diffuse(attn, v, ei, hops, alpha)
     torch.testing.assert_close(out, dense_diffuse(dense_attention(q, k, ei), v, hops, alpha))
+    assert out.is_contiguous()  # [N, H, C] like v: out.view(N, -1) works, as for PyG layers
 
 
 @pytest.mark.parametrize("hops,t", [(0, 1.0), (1, 0.5), (4, 1.0), (6, 3.0), (3, 0.0)])
@@ -168,9 +171,9 @@ def test_gradients_match_dense_with_either_index_width(int32_max, monkeypatch):
 
 @pytest.mark.parametrize("node_major", [True, False])
 def test_head_major_and_node_major_features(node_major, head_calls):
-    # The kernels take head-major views of node-major [N, H, C] tensors as they are, and
-    # when each head runs alone give the results in the layout of their inputs (stacked
-    # heads pass through one contiguous copy).
+    # The kernels take head-major views of node-major [N, H, C] tensors as they are and give
+    # the result in the layout of their inputs; when each head runs alone, the gradients too
+    # (stacked heads pass through one contiguous copy, whose gradient autograd lays out).
     ei = random_graph(N, 40, seed=13)
     graph = as_graph(ei, (N, N))
     q, k, v = features(seed=13)
@@ -179,7 +182,7 @@ def test_head_major_and_node_major_features(node_major, head_calls):
     q_, k_, v_ = (x.detach().requires_grad_() for x in (q_, k_, v_))
     out = diffuse_heads_first(attention_heads_first(q_, k_, graph), v_, graph, 3, 0.2)
     per_head = head_calls == "per_head"
-    assert (out.transpose(0, 1) if node_major and per_head else out).is_contiguous()
+    assert (out.transpose(0, 1) if node_major else out).is_contiguous()
     expected = dense_diffuse(dense_attention(q, k, ei), v, 3, 0.2)
     torch.testing.assert_close(out.transpose(0, 1), expected)
     weight = torch.randn_like(expected)
@@ -206,9 +209,14 @@ def test_stacked_graph_is_block_diagonal(num_nodes):
     blocks = [graph.csr(head).to_dense() for head in values]
     torch.testing.assert_close(stacked.csr(values.reshape(-1)).to_dense(),
                                torch.block_diag(*blocks))
-    transposed = stacked.transpose_values(values.reshape(-1))
-    torch.testing.assert_close(stacked.csr(transposed, transpose=True).to_dense(),
-                               torch.block_diag(*blocks).t())
+    # The transpose comes from the source graph's; a stack that outlived its source sorts.
+    orphan = DiffusionGraph(graph.col, graph.row, num_nodes, sorted_by_target=True).stacked(3)
+    gc.collect()
+    assert orphan._stack_of[0]() is None
+    for stack in (stacked, orphan):
+        transposed = stack.transpose_values(values.reshape(-1))
+        torch.testing.assert_close(stack.csr(transposed, transpose=True).to_dense(),
+                                   torch.block_diag(*blocks).t())
 
 
 @pytest.mark.parametrize("heads, edges_in_graphs, nodes_in_graphs, expected", [
@@ -226,24 +234,47 @@ def test_heads_per_call_is_the_largest_divisor_that_fits(heads, edges_in_graphs,
 
 
 @pytest.mark.parametrize("node_major", [True, False])
-def test_heads_stacked_in_groups_match_dense(node_major, monkeypatch):
+@pytest.mark.parametrize("num_src", [N, 7])
+def test_heads_stacked_in_groups_match_dense(node_major, num_src, monkeypatch):
     # 4 heads, 2 per call: each call's block-diagonal graph holds heads 2g and 2g + 1.
-    heads, hops, alpha = 4, 3, 0.2
-    ei = random_graph(N, 40, seed=17)
-    graph = as_graph(ei, (N, N))
+    # Bipartite graphs (7 keys for 12 queries) take one hop without teleport.
+    heads = 4
+    hops, alpha = (3, 0.2) if num_src == N else (1, 0.0)
+    gen = torch.Generator().manual_seed(17)
+    flat = torch.randperm(num_src * N, generator=gen)[:40]
+    ei = torch.stack([flat % num_src, flat // num_src])
+    graph = as_graph(ei, (num_src, N))
     monkeypatch.setattr(graph_module, "MAX_STACKED_EDGES", 2 * graph.num_edges)
+    monkeypatch.setattr(graph_module, "MAX_STACKED_NODES", 2 * N)
     assert graph.heads_per_call(heads) == 2
-    q, k, v = (x.requires_grad_() for x in features(heads=heads, seed=17))
+    q = features(heads=heads, seed=17)[0].requires_grad_()
+    k, v = (x[:num_src].clone().requires_grad_() for x in features(heads=heads, seed=18)[1:])
     q_, k_, v_ = (x.transpose(0, 1) if node_major else x.transpose(0, 1).contiguous()
                   for x in (q, k, v))
     out = diffuse_heads_first(attention_heads_first(q_, k_, graph), v_, graph, hops, alpha)
-    expected = dense_diffuse(dense_attention(q, k, ei), v, hops, alpha)
+    dense = dense_attention(q, k, ei)
+    expected = (torch.einsum("hij,jhc->ihc", dense, v) if num_src != N
+                else dense_diffuse(dense, v, hops, alpha))
     torch.testing.assert_close(out.transpose(0, 1), expected)
     weight = torch.randn_like(expected)
     got = torch.autograd.grad((out.transpose(0, 1) * weight).sum(), (q, k, v))
     want = torch.autograd.grad((expected * weight).sum(), (q, k, v))
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w)
+
+
+def test_stacked_and_per_head_calls_draw_the_same_hop_dropout(monkeypatch):
+    # The masks of a stack hold the same numbers in the same order as the heads' masks.
+    ei = random_graph(N, 40, seed=19)
+    q, k, v = features(seed=19)
+    outputs = []
+    for limit in (graph_module.MAX_STACKED_EDGES, 0):
+        monkeypatch.setattr(graph_module, "MAX_STACKED_EDGES", limit)
+        monkeypatch.setattr(graph_module, "MAX_STACKED_NODES", limit)
+        torch.manual_seed(0)
+        outputs.append(diffuse(edge_softmax_attention(q, k, ei), v, ei, 3, 0.1,
+                               hop_dropout=0.5, training=True))
+    torch.testing.assert_close(outputs[0], outputs[1])
 
 
 @pytest.mark.parametrize("which", [0, 1])

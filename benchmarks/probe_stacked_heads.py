@@ -1,6 +1,6 @@
 """Heads stacked into one block-diagonal sparse call against one call per head.
 
-    python benchmarks/probe_stacked_heads.py [--n 256 1024 2048 4096 16384] [--rounds 10]
+    python benchmarks/probe_stacked_heads.py [--n 256 1024 2048 4096 16384] [--rounds 40]
         [--out DIR]
 
 On short sequences every sparse call of the kernels carries about 10-15 us of Python and
@@ -74,6 +74,7 @@ def workloads(n: int, heads: int, channels: int) -> Tuple[Dict[Tuple[str, str], 
 
 def main() -> None:
     parser = probe_parser(__doc__, lengths=(256, 1024, 2048, 4096, 16384), nargs="+")
+    parser.set_defaults(rounds=40)  # differences of 10-30% at milliseconds need many rounds
     parser.add_argument("--out", type=Path, default=None, help="write the table to this folder")
     args = parser.parse_args()
     warnings.filterwarnings("ignore", message="Sparse")

@@ -26,9 +26,9 @@ _INT32_MAX = 2**31 - 1
 
 # Heads are stacked into one block-diagonal product while the stack holds at most this many
 # edges. Each sparse call costs about 10-15 us of Python and dispatch besides its work; on the
-# benchmark pattern, stacking saves 30-40% of a forward + backward at 256 tokens and 20% at 1k,
-# and nothing measurable from 2k-4k tokens (230k-460k edges per head), where a head's work
-# dwarfs the call (benchmarks/results/probe_stacked_heads.md). A stacked structure costs about
+# benchmark pattern, stacking saves about a third of a forward + backward at 256 tokens and
+# 10-25% at 1k-2k, and nothing measurable at 4k tokens (460k edges per head), where a head's
+# work dwarfs the call (benchmarks/results/probe_stacked_heads.md and its README figures). A stacked structure costs about
 # 20 bytes per edge (int32 indices both ways, int64 transposed positions): at most 20 MiB for
 # each number of heads per call that the model's layers use.
 MAX_STACKED_EDGES = 1 << 20

@@ -28,9 +28,9 @@ _INT32_MAX = 2**31 - 1
 # edges. Each sparse call costs about 10-15 us of Python and dispatch besides its work; on the
 # benchmark pattern, stacking saves about a third of a forward + backward at 256 tokens and
 # 10-25% at 1k-2k, and nothing measurable at 4k tokens (460k edges per head), where a head's
-# work dwarfs the call (benchmarks/results/probe_stacked_heads.md and its README figures). A stacked structure costs about
-# 20 bytes per edge (int32 indices both ways, int64 transposed positions): at most 20 MiB for
-# each number of heads per call that the model's layers use.
+# work dwarfs the call (benchmarks/results/probe_stacked_heads.md, README). A stack costs
+# about 20 bytes per edge (int32 indices both ways, int64 transposed positions): at most
+# 20 MiB for each number of heads per call that the model's layers use.
 MAX_STACKED_EDGES = 1 << 20
 # ... and at most this many nodes on either side, so that a stack's [N, C] scratch stays as
 # small as a head's of a long sequence (8 MiB at C = 32, below glibc's mmap threshold, see

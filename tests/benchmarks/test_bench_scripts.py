@@ -228,9 +228,12 @@ def test_stacked_heads_probe_compares_two_ways_of_the_same_computation(monkeypat
     assert per_call == 4  # 96 tokens: every head in one call
     chosen = []
     heads_per_call = DiffusionGraph.heads_per_call
-    monkeypatch.setattr(DiffusionGraph, "heads_per_call",
-                        lambda graph, heads: chosen.append(heads_per_call(graph, heads))
-                        or chosen[-1])
+
+    def recorded(graph, heads: int) -> int:  # what each way's calls chose
+        chosen.append(heads_per_call(graph, heads))
+        return chosen[-1]
+
+    monkeypatch.setattr(DiffusionGraph, "heads_per_call", recorded)
     for name in ("core", "hop"):
         outputs = {}
         for way, expected in (("stacked", 4), ("per head", 1)):

@@ -265,12 +265,14 @@ def test_heads_stacked_in_groups_match_dense(node_major, num_src, monkeypatch):
 
 def test_stacked_and_per_head_calls_draw_the_same_hop_dropout(monkeypatch):
     # The masks of a stack hold the same numbers in the same order as the heads' masks.
+    # Explicit limits: the autouse fixture may have set them to 0 already.
     ei = random_graph(N, 40, seed=19)
     q, k, v = features(seed=19)
     outputs = []
-    for limit in (graph_module.MAX_STACKED_EDGES, 0):
+    for limit, per_call in ((1 << 20, H), (0, 1)):
         monkeypatch.setattr(graph_module, "MAX_STACKED_EDGES", limit)
         monkeypatch.setattr(graph_module, "MAX_STACKED_NODES", limit)
+        assert as_graph(ei, (N, N)).heads_per_call(H) == per_call
         torch.manual_seed(0)
         outputs.append(diffuse(edge_softmax_attention(q, k, ei), v, ei, 3, 0.1,
                                hop_dropout=0.5, training=True))

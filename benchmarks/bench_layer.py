@@ -9,7 +9,10 @@ their own; fwd+bwd is their sum. Ratios compare variants of the same run.
 The growth with n of graphdiff's core and of a whole Diffuser layer is also measured side by
 side: one process per variant builds every length and alternates one step of each for
 ``--growth-rounds`` rounds, so that a drift of the machine (about +-25% over minutes on a
-shared 2-core VM) hits all lengths alike instead of whichever length ran during it. One hop
+shared 2-core VM) hits all lengths alike instead of whichever length ran during it. The
+core's process also alternates one bare CSR SpMM per head at the same lengths: the growth of
+torch's own sparse product on the same structure in the same rounds, the part of the core's
+growth that belongs to the machine (its caches) rather than to graphdiff. One hop
 against the bare SpMMs is measured the same way, one process per n alternating them for
 ``--pair-rounds`` rounds: they take milliseconds, so separate processes minutes apart mostly
 compare the machine's drift.
@@ -73,6 +76,10 @@ DENSE_BASELINE = {"layer": "sdpa_layer", "sdpa_layer": "sdpa_layer"}  # the rest
 BARE_SPMMS = ("spmm", "spmm_heads")  # a hop is checked against the faster of the two
 SCALING_VARIANTS = ("graphdiff", "module", "layer")  # each one's growth with n is checked
 INTERLEAVED_GROWTH = ("graphdiff", "layer")  # ... and measured interleaved too
+# The core's interleaved growth runs alongside this bare product (one torch CSR SpMM per head,
+# what every hop of the core runs) at the same lengths: the growth of the machine's own sparse
+# kernel on the structure, in the same rounds, to read the core's growth against.
+GROWTH_BASELINE = {"graphdiff": "spmm_heads"}
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -294,23 +301,45 @@ def growth_line(variant: str, a: int, b: int, how: str, median: float,
             f"fastest (linear: {b / a:.1f}; target <= {1.125 * b / a:.1f})")
 
 
+def baseline_line(variant: str, baseline: str, a: int, b: int,
+                  growth: Dict[str, Dict[int, List[float]]]) -> str:
+    """The growth of ``baseline`` from n = a to n = b in the rounds of ``variant``'s, and the
+    median over rounds of the variant's growth divided by the baseline's (1: the variant grows
+    exactly as much as the machine's bare sparse product on the same structure)."""
+    median, fastest = paired_ratios(growth[baseline][b], growth[baseline][a])
+    relative = statistics.median(
+        (vb / va) / (sb / sa) for va, vb, sa, sb in zip(
+            growth[variant][a], growth[variant][b], growth[baseline][a], growth[baseline][b]))
+    return (f"{baseline} (bare CSR SpMM, one per head) time({b}) / time({a}), same rounds = "
+            f"{median:.2f} median, {fastest:.2f} fastest; {variant} growth / {baseline} "
+            f"growth = {relative:.2f} median")
+
+
 def growth_lines(shape: dict, lengths: Dict[str, List[int]], rounds: int, timeout: float
                  ) -> Tuple[List[str], Dict[str, Dict[int, List[float]]]]:
     """Each variant's growth between its consecutive ``lengths``, interleaved in one process
-    per variant (:func:`paired_ratios`; one variant's failure loses only its own lines): the
-    checks and every (variant, length)'s per-round seconds."""
+    per variant (:func:`paired_ratios`; one variant's failure loses only its own lines), with
+    its :data:`GROWTH_BASELINE` in the same rounds where it has one: the checks and every
+    (variant, length)'s per-round seconds."""
     checks, growth = [], {}
     for variant, ns in lengths.items():
-        print(f"interleaving {variant} at n = {ns} for {rounds} rounds ...", flush=True)
+        baseline = GROWTH_BASELINE.get(variant)
+        names = [variant] if baseline is None else [variant, baseline]
+        print(f"interleaving {' and '.join(names)} at n = {ns} for {rounds} rounds ...",
+              flush=True)
         try:
-            times = run_interleaved(shape, [(variant, n) for n in ns], rounds, timeout)
+            times = run_interleaved(shape, [(name, n) for name in names for n in ns], rounds,
+                                    timeout)
         except (RuntimeError, subprocess.TimeoutExpired) as error:  # keep the other results
             checks.append(f"{variant}: interleaved growth measurement failed: {error}")
             continue
-        growth[variant] = {n: t for (_, n), t in times.items()}
-        checks += [growth_line(variant, a, b, f", interleaved over {rounds} rounds",
-                               *paired_ratios(growth[variant][b], growth[variant][a]))
-                   for a, b in zip(ns, ns[1:])]
+        for (name, n), t in times.items():
+            growth.setdefault(name, {})[n] = t
+        for a, b in zip(ns, ns[1:]):
+            checks.append(growth_line(variant, a, b, f", interleaved over {rounds} rounds",
+                                      *paired_ratios(growth[variant][b], growth[variant][a])))
+            if baseline is not None:
+                checks.append(baseline_line(variant, baseline, a, b, growth))
     return checks, growth
 
 

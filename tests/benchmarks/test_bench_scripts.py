@@ -140,16 +140,23 @@ def test_a_failed_interleaved_growth_loses_only_its_own_variant(bench_layer, mon
     def run_interleaved(shape, workloads, rounds, timeout):
         if workloads[0][0] == "layer":
             raise RuntimeError("exit 137: killed")
-        return {("graphdiff", 64): [1.0, 2.0, 1.0], ("graphdiff", 256): [4.0, 10.0, 5.0]}
+        assert workloads == [("graphdiff", 64), ("graphdiff", 256), ("spmm_heads", 64),
+                             ("spmm_heads", 256)]
+        return {("graphdiff", 64): [1.0, 2.0, 1.0], ("graphdiff", 256): [4.0, 10.0, 5.0],
+                ("spmm_heads", 64): [0.1, 0.1, 0.2], ("spmm_heads", 256): [0.5, 0.4, 0.6]}
 
     monkeypatch.setattr(bench_layer, "run_interleaved", run_interleaved)
     checks, growth = bench_layer.growth_lines(
         SHAPE, {"graphdiff": [64, 256], "layer": [64, 256]}, rounds=3, timeout=1)
+    # Per round, graphdiff grows 4, 5 and 5, the SpMM 5, 4 and 3: relative 0.8, 1.25, 1.67.
     assert checks == [
         "graphdiff time(256) / time(64), interleaved over 3 rounds = 5.00 median, 4.00 fastest "
         "(linear: 4.0; target <= 4.5)",
+        "spmm_heads (bare CSR SpMM, one per head) time(256) / time(64), same rounds = 4.00 "
+        "median, 4.00 fastest; graphdiff growth / spmm_heads growth = 1.25 median",
         "layer: interleaved growth measurement failed: exit 137: killed"]
-    assert growth == {"graphdiff": {64: [1.0, 2.0, 1.0], 256: [4.0, 10.0, 5.0]}}
+    assert growth == {"graphdiff": {64: [1.0, 2.0, 1.0], 256: [4.0, 10.0, 5.0]},
+                      "spmm_heads": {64: [0.1, 0.1, 0.2], 256: [0.5, 0.4, 0.6]}}
 
 
 TINY = ["--heads", "2", "--channels", "4", "--window", "4", "--num-global", "2",
@@ -164,8 +171,10 @@ def test_tiny_run_writes_table_growth_check_and_raw_times(bench_layer, tmp_path)
     assert "| 64 |" in report and "| 128 |" in report
     assert "graphdiff time(128) / time(64), interleaved over 2 rounds" in report
     raw = json.loads((tmp_path / "bench_layer.json").read_text())
-    assert list(raw["growth"]) == ["graphdiff"]  # the layer did not run
-    assert [len(raw["growth"]["graphdiff"][n]) for n in ("64", "128")] == [2, 2]
+    assert "spmm_heads (bare CSR SpMM, one per head) time(128) / time(64), same rounds" in report
+    assert list(raw["growth"]) == ["graphdiff", "spmm_heads"]  # the layer did not run
+    assert [len(raw["growth"][name][n]) for name in raw["growth"] for n in ("64", "128")] == \
+        [2, 2, 2, 2]
     row = raw["by_n"]["128"]["graphdiff"]
     assert row["fwd"] > 0 and row["bwd"] > 0 and row["peak_mb"] >= 0
 
@@ -173,14 +182,16 @@ def test_tiny_run_writes_table_growth_check_and_raw_times(bench_layer, tmp_path)
 def test_growth_of_core_and_layer_is_interleaved_per_variant(bench_layer):
     lengths = {"graphdiff": [64, 128], "layer": [64, 128, 256]}
     checks, growth = bench_layer.growth_lines(SHAPE, lengths, rounds=2, timeout=600)
-    assert {variant: sorted(by_n) for variant, by_n in growth.items()} == lengths
+    assert {variant: sorted(by_n) for variant, by_n in growth.items()} == dict(
+        lengths, spmm_heads=[64, 128])
     assert all(len(t) == 2 and min(t) > 0 for by_n in growth.values() for t in by_n.values())
     assert [line.split(" =")[0] for line in checks] == [
         "graphdiff time(128) / time(64), interleaved over 2 rounds",
+        "spmm_heads (bare CSR SpMM, one per head) time(128) / time(64), same rounds",
         "layer time(128) / time(64), interleaved over 2 rounds",
         "layer time(256) / time(128), interleaved over 2 rounds"]
     median, _ = bench_layer.paired_ratios(growth["layer"][256], growth["layer"][128])
-    assert f"= {median:.2f} median" in checks[2]
+    assert f"= {median:.2f} median" in checks[3]
 
 
 def test_hop_is_paired_with_the_bare_spmm_of_smaller_median(bench_layer):

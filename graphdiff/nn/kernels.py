@@ -34,10 +34,24 @@ from torch.autograd import Function
 from graphdiff.nn.graph import DiffusionGraph
 
 
+# Edges per gathered chunk where torch's SDDMM cannot serve (see accumulate_sddmm_).
+DUPLICATES_CHUNK = 1 << 14
+
+
 def accumulate_sddmm_(graph: DiffusionGraph, values: Tensor, a: Tensor, b: Tensor,
                       alpha: float = 1.0) -> Tensor:
     """In place ``values[e] += alpha * <a[i_e], b[j_e]>`` for one head: values ``[E]``,
     a ``[N_dst, C]``, b ``[N_src, C]``."""
+    if graph.num_edges > graph.num_dst * graph.num_src:
+        # Only duplicate edges get here: torch's sampled_addmm cuts the values of a CSR with
+        # more entries than its matrix has down to that size (in place, with out=). Gathered
+        # in chunks instead, so the [chunk, C] products stay small.
+        for start in range(0, graph.num_edges, DUPLICATES_CHUNK):
+            end = start + DUPLICATES_CHUNK
+            products = (a.index_select(0, graph.row[start:end])
+                        * b.index_select(0, graph.col[start:end]))
+            values[start:end].add_(products.sum(-1), alpha=alpha)
+        return values
     pattern = graph.csr(values)
     # out=pattern accumulates into `values` in place: without it torch copies the structure
     # and values first (3x the kernel's own time).

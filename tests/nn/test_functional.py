@@ -383,3 +383,38 @@ def test_property_matches_dense(n, density, hops, alpha, seed, loops):
     q, k, v = features(n, 2, 3, seed=seed)
     out = diffuse(edge_softmax_attention(q, k, ei), v, ei, hops, alpha)
     torch.testing.assert_close(out, dense_diffuse(dense_attention(q, k, ei), v, hops, alpha))
+
+
+
+@pytest.mark.parametrize("num_src, num_dst", [(1, 1), (2, 2), (3, 1), (1, 3)])
+def test_duplicate_edges_are_separate_edges(num_src, num_dst):
+    # More edges than the dense matrix has entries, which torch's sampled_addmm cannot hold.
+    # Reference: PyG's edge softmax, where each duplicate is an edge of its own, then the
+    # dense recursion on the adjacency with the duplicates summed.
+    from torch_geometric.utils import softmax
+
+    gen = torch.Generator().manual_seed(21)
+    edges = 3 * num_src * num_dst + 1
+    ei = torch.stack([torch.randint(num_src, (edges,), generator=gen),
+                      torch.randint(num_dst, (edges,), generator=gen)])
+    q = torch.randn(num_dst, H, C, generator=gen, dtype=torch.float64, requires_grad=True)
+    k, v = (torch.randn(num_src, H, C, generator=gen, dtype=torch.float64, requires_grad=True)
+            for _ in range(2))
+    graph = as_graph(ei, (num_src, num_dst))
+    hops, alpha = (3, 0.2) if num_src == num_dst else (1, 0.0)  # bipartite: one plain hop
+    attn = attention_heads_first(q.transpose(0, 1), k.transpose(0, 1), graph)
+    out = diffuse_heads_first(attn, v.transpose(0, 1), graph, hops, alpha).transpose(0, 1)
+
+    scores = (q[ei[1]] * k[ei[0]]).sum(-1) / math.sqrt(C)
+    expected_attn = softmax(scores, ei[1], num_nodes=num_dst)
+    dense = torch.zeros(H, num_dst, num_src, dtype=torch.float64).index_put(
+        (torch.arange(H)[:, None], ei[1], ei[0]), expected_attn.t(), accumulate=True)
+    expected = (torch.einsum("hij,jhc->ihc", dense, v) if num_src != num_dst
+                else dense_diffuse(dense, v, hops, alpha))
+    torch.testing.assert_close(attn, graph.to_csr_order(expected_attn).t())
+    torch.testing.assert_close(out, expected)
+    weight = torch.randn_like(out)
+    got = torch.autograd.grad((out * weight).sum(), (q, k, v))
+    want = torch.autograd.grad((expected * weight).sum(), (q, k, v))
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)

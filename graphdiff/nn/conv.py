@@ -146,6 +146,7 @@ class AttentionDiffusion(MessagePassing):
         # heads, on short sequences) at a time.
         v = self.lin_value(x_src).view(-1, H, C).transpose(0, 1)
         if self.hops == 0 and not return_attention_weights:
+            check_bipartite_diffusion(graph, 0, [1.0])
             return self._merge_heads(v.transpose(0, 1))  # Z_0 = V: the attention is unused
         q = self.lin_query(x_dst).view(-1, H, C).transpose(0, 1)
         k = self.lin_key(x_src).view(-1, H, C).transpose(0, 1)
@@ -177,10 +178,10 @@ class AttentionDiffusion(MessagePassing):
     def _diffuse_by_messages(self, attn: Tensor, v: Tensor, edge_index: Any,
                              graph: DiffusionGraph) -> Tensor:
         """The reference: one ``propagate`` per hop on ``[N, H, C]`` features."""
-        if self.hops == 0:
-            return v
         s, coeffs = diffusion_coefficients(self.hops, self.alpha, self.kernel, self.t)
         check_bipartite_diffusion(graph, self.hops, coeffs)
+        if self.hops == 0:
+            return v
         ei = edge_index_of(edge_index)
         alpha = graph.to_input_order(attn.t())  # [E, H] in the order of `ei`
         size = (graph.num_src, graph.num_dst)

@@ -79,9 +79,10 @@ def _num_nodes(num_nodes: Union[int, Tuple[int, int], None],
 def check_bipartite_diffusion(graph: DiffusionGraph, hops: int,
                               coeffs: Sequence[float]) -> None:
     """Raise ``ValueError`` unless the recursion can run on ``graph``: with fewer sources
-    than targets (or more), only one hop without teleport (``Z_1 = A V``) is defined."""
-    if not graph.is_square and (hops > 1 or any(c != 0.0 for c in coeffs[1:])):
-        raise ValueError(f"diffusion over more than one hop, or with alpha > 0, needs as many "
+    than targets (or more), only one hop without teleport (``Z_1 = A V``) is defined
+    (``hops=0`` would return ``V``, which has a row per source)."""
+    if not graph.is_square and (hops != 1 or any(c != 0.0 for c in coeffs[1:])):
+        raise ValueError(f"diffusion over {hops} hops, or with alpha > 0, needs as many "
                          f"sources as targets (got {graph.num_src} sources, {graph.num_dst} "
                          f"targets); use hops=1, alpha=0.0 for bipartite cross-attention")
 
@@ -121,10 +122,10 @@ def diffuse_heads_first(attn: Tensor, v: Tensor, graph: DiffusionGraph, hops: in
     """:func:`diffuse` on head-major ``attn [H, E]`` (CSR order) and ``v [H, N, C]``;
     returns ``[H, N_dst, C]`` in the layout of ``v``: a view of a node-major ``[N, H, C]``
     tensor when ``v`` is one, so that transposing it back costs no copy."""
-    if hops == 0:
-        return v
     s, coeffs = diffusion_coefficients(hops, alpha, kernel, t)
     check_bipartite_diffusion(graph, hops, coeffs)
+    if hops == 0:
+        return v
     heads, node_major = v.size(0), is_node_major(v)
     stack, groups = stacks(graph, heads)
     masks = None

@@ -155,8 +155,11 @@ def test_bipartite():
                                    allow_unused=True)
         for g, w in zip(got, want):
             torch.testing.assert_close(g, w)
-        with pytest.raises(ValueError, match="sources as targets"):
-            make((6, 5), 4, hops=2, fused=fused)((x_src, x_dst), ei)
+        for hops in (0, 2):  # hops=0 would return V, a row per source
+            for weights in (False, True):
+                with pytest.raises(ValueError, match="sources as targets"):
+                    make((6, 5), 4, hops=hops, fused=fused)(
+                        (x_src, x_dst), ei, return_attention_weights=weights)
 
 
 @pytest.mark.parametrize("concat", [True, False])

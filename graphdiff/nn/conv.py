@@ -168,7 +168,8 @@ class AttentionDiffusion(MessagePassing):
 
     def _merge_heads(self, out: Tensor) -> Tensor:
         """``[N, H, C]`` -> ``[N, H * C]`` (concat) or ``[N, C]`` (mean over heads)."""
-        return out.reshape(out.size(0), -1) if self.concat else out.mean(dim=1)
+        return out.reshape(out.size(0), self.heads * self.out_channels) if self.concat \
+            else out.mean(dim=1)
 
     def _use_fused(self) -> bool:
         # Explainers and message hooks must see every hop's message: take the reference path.

@@ -163,6 +163,19 @@ def test_bipartite():
 
 
 @pytest.mark.parametrize("concat", [True, False])
+@pytest.mark.parametrize("fused", [True, False])
+def test_graph_without_nodes(concat, fused):
+    # An empty batch: [0, H * C] (or [0, C]) out and an empty gradient back, no crash.
+    conv = make(F_IN, 3, heads=2, concat=concat, fused=fused)
+    x = torch.empty(0, F_IN, dtype=torch.float64, requires_grad=True)
+    ei = torch.empty(2, 0, dtype=torch.long)
+    out, (_, weights) = conv(x, ei, return_attention_weights=True)
+    assert out.shape == (0, 6 if concat else 3) and weights.shape == (0, 2)
+    out.sum().backward()
+    assert x.grad.shape == x.shape
+
+
+@pytest.mark.parametrize("concat", [True, False])
 def test_output_can_be_changed_in_place(concat):
     # Autograd forbids in-place changes of a view created inside a custom Function: the
     # layer's output (node-major, like its features) must own its memory.

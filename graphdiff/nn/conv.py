@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Optional, Tuple, Union
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch_geometric.nn.conv import MessagePassing
@@ -14,7 +15,7 @@ from torch_geometric.utils.sparse import set_sparse_value
 from graphdiff.nn.functional import (attention_heads_first, check_bipartite_diffusion,
                                      check_diffusion_args, diffuse_heads_first,
                                      diffusion_coefficients)
-from graphdiff.nn.graph import DiffusionGraph, as_graph, edge_index_of
+from graphdiff.nn.graph import DiffusionGraph, as_graph
 
 
 class AttentionDiffusion(MessagePassing):
@@ -125,11 +126,13 @@ class AttentionDiffusion(MessagePassing):
         Args:
             x (torch.Tensor or (torch.Tensor, torch.Tensor)): The input node features.
             edge_index: ``[2, E]`` edge indices, a PyG ``EdgeIndex``, a ``torch.sparse``
-                CSR/CSC ``adj_t`` (rows = targets), a ``torch_sparse.SparseTensor`` or a
-                :class:`~graphdiff.nn.graph.DiffusionGraph`.
+                CSR/CSC/COO ``adj_t`` (rows = targets; a COO one is coalesced first), a
+                ``torch_sparse.SparseTensor`` or a :class:`~graphdiff.nn.graph.DiffusionGraph`.
             return_attention_weights (bool, optional): If set to :obj:`True`, also return
-                ``(edge_index, attention)`` with the one-hop attention ``[E, H]`` (for
-                sparse inputs: the adjacency holding it as values). (default: :obj:`None`)
+                ``(edge_index, attention)`` with the one-hop attention ``[E, H]`` in the
+                order of the edges (for sparse inputs: the adjacency holding it as values,
+                coalesced for COO; for a ``DiffusionGraph``: the order of the adjacency it
+                was built from). (default: :obj:`None`)
         """
         x_src, x_dst = (x, x) if isinstance(x, Tensor) else x
         H, C = self.heads, self.out_channels
@@ -158,7 +161,7 @@ class AttentionDiffusion(MessagePassing):
                                       self.t, self.hop_dropout, self.training)
             out = out.transpose(0, 1)  # [N, H, C]
         else:
-            out = self._diffuse_by_messages(attn_used, v.transpose(0, 1), edge_index, graph)
+            out = self._diffuse_by_messages(attn_used, v.transpose(0, 1), graph)
 
         out = self._merge_heads(out)
         if not return_attention_weights:
@@ -176,14 +179,13 @@ class AttentionDiffusion(MessagePassing):
         return (self.fused and not self.explain and not self._message_forward_hooks
                 and not self._message_forward_pre_hooks)
 
-    def _diffuse_by_messages(self, attn: Tensor, v: Tensor, edge_index: Any,
-                             graph: DiffusionGraph) -> Tensor:
+    def _diffuse_by_messages(self, attn: Tensor, v: Tensor, graph: DiffusionGraph) -> Tensor:
         """The reference: one ``propagate`` per hop on ``[N, H, C]`` features."""
         s, coeffs = diffusion_coefficients(self.hops, self.alpha, self.kernel, self.t)
         check_bipartite_diffusion(graph, self.hops, coeffs)
         if self.hops == 0:
             return v
-        ei = edge_index_of(edge_index)
+        ei = graph.edge_index()
         alpha = graph.to_input_order(attn.t())  # [E, H] in the order of `ei`
         size = (graph.num_src, graph.num_dst)
         z = v * coeffs[0]
@@ -202,6 +204,8 @@ class AttentionDiffusion(MessagePassing):
         if isinstance(edge_index, SparseTensor):
             return edge_index.set_value(weights, layout="coo")
         if is_torch_sparse_tensor(edge_index):
+            if edge_index.layout == torch.sparse_coo:  # weights follow the coalesced order,
+                edge_index = edge_index.coalesce()  # as the graph does (as_graph)
             return set_sparse_value(edge_index, weights)
         return edge_index
 

@@ -110,6 +110,11 @@ class DiffusionGraph:
         out[self.perm] = values
         return out
 
+    def edge_index(self) -> Tensor:
+        """The edges as a plain int64 ``[2, E]`` edge_index (source, target) in the input
+        edge order: what PyG's ``propagate`` takes, whatever adjacency built the graph."""
+        return self.to_input_order(torch.stack([self.col, self.row], dim=1).long()).t()
+
     def to_csr_order(self, values: Tensor) -> Tensor:
         """Reorder per-edge values ``[E, ...]`` from the input edge order to CSR order."""
         return values if self.perm is None else values[self.perm]
@@ -245,12 +250,6 @@ def _coo(adj: Any) -> Tuple[Tensor, Tensor, Optional[Tuple[int, int]], bool]:
     if hasattr(adj, "as_tensor"):  # torch_geometric.EdgeIndex: operate on the plain data
         adj = adj.as_tensor()
     return adj[0], adj[1], None, False
-
-
-def edge_index_of(adj: Any) -> Tensor:
-    """A plain ``[2, E]`` edge_index (source, target) in the adjacency's value order."""
-    src, dst, _, _ = _coo(adj)
-    return torch.stack([src.long(), dst.long()])
 
 
 def as_graph(adj: Any, num_nodes: Tuple[int, int]) -> DiffusionGraph:

@@ -71,6 +71,11 @@ def adjacencies(ei, n):
     adj = torch.sparse_coo_tensor(ei.flip(0), value, (n, n)).coalesce()  # adj_t: rows = targets
     yield "edge_index", ei
     yield "EdgeIndex", EdgeIndex(ei, sparse_size=(n, n))
+    yield "DiffusionGraph", as_graph(ei, (n, n))
+    yield "coo", adj
+    shuffled = torch.randperm(ei.size(1), generator=torch.Generator().manual_seed(0))
+    yield "uncoalesced coo", torch.sparse_coo_tensor(ei.flip(0)[:, shuffled], value[shuffled],
+                                                     (n, n))
     yield "csr", adj.to_sparse_csr()
     yield "csc", adj.to_sparse_csc()
     if WITH_TORCH_SPARSE:
@@ -91,7 +96,7 @@ def test_all_adjacency_types_agree():
             if isinstance(adj, SparseTensor):
                 row, col, value = adj_out.coo()
                 torch.testing.assert_close(value, dense[:, row, col].t(), msg=name)
-            elif adj.layout != torch.strided:
+            elif isinstance(adj, torch.Tensor) and adj.layout != torch.strided:
                 coo = adj_out.to_sparse_coo().coalesce()
                 (row, col), value = coo.indices(), coo.values()
                 torch.testing.assert_close(value, dense[:, row, col].t(), msg=name)

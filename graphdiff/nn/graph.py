@@ -262,9 +262,12 @@ def as_graph(adj: Any, num_nodes: Tuple[int, int]) -> DiffusionGraph:
         num_nodes (Tuple[int, int]): ``(N_src, N_dst)``, the number of rows of the key/value
             and of the query features.
 
-    The cache is keyed on the identity of ``adj`` (and its in-place version counter), and
-    an entry dies with its tensor, so modifying or freeing ``adj`` can never return a stale
-    structure.
+    The cache is keyed on the identity of ``adj`` and, for an edge_index Tensor, its
+    in-place version counter; an entry dies with its adjacency. So freeing ``adj``, or
+    changing an edge_index in place through torch, never returns a stale structure. Writes
+    that bypass the version counter are not seen: through ``.data``, through a NumPy array
+    that shares the memory, or into the index tensors of a sparse adjacency (which, as in
+    PyG, count as immutable). After such a write, pass a new tensor.
     """
     if isinstance(adj, DiffusionGraph):
         if (adj.num_src, adj.num_dst) != tuple(num_nodes):

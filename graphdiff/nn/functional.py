@@ -3,7 +3,8 @@ r"""Functional core of attention diffusion: one-hop edge attention and its multi
 Both functions take any adjacency :func:`graphdiff.nn.graph.as_graph` accepts (an
 ``edge_index``, PyG ``EdgeIndex``, ``torch.sparse`` CSR/CSC ``adj_t``, ``SparseTensor`` or a
 prebuilt :class:`~graphdiff.nn.graph.DiffusionGraph`) and never build an ``[E, H, C]`` tensor,
-forward or backward.
+forward or backward. float16 and bfloat16 features (autocast's) are computed in float32 and
+the results returned in their dtype (:data:`HALF_DTYPES`).
 """
 from __future__ import annotations
 
@@ -102,6 +103,12 @@ def stack_heads(x: Tensor, groups: int) -> Tensor:
     return x if groups == x.size(0) else x.reshape(groups, -1, *x.shape[2:])
 
 
+# torch's CPU sparse kernels (sampled_addmm, CSR addmm) have no half-precision versions:
+# features in these dtypes (autocast's, for one) are computed in float32 and the result cast
+# back to their dtype.
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
 @torch.compiler.disable
 def attention_heads_first(q: Tensor, k: Tensor, graph: DiffusionGraph,
                           scale: Optional[float] = None) -> Tensor:
@@ -109,6 +116,8 @@ def attention_heads_first(q: Tensor, k: Tensor, graph: DiffusionGraph,
     views of node-major ``[N, H, C]`` ones; one head per call takes those without a
     whole-tensor conversion copy, each head passing through ``[N, C]`` scratch, while stacked
     heads are copied once, see :func:`stacks`); ``[H, E]`` in CSR order."""
+    if q.dtype in HALF_DTYPES:
+        return attention_heads_first(q.float(), k.float(), graph, scale).to(q.dtype)
     scale = q.size(-1) ** -0.5 if scale is None else scale
     stack, groups = stacks(graph, q.size(0))
     attn = EdgeAttention.apply(stack, stack_heads(q, groups), stack_heads(k, groups), scale)
@@ -126,6 +135,9 @@ def diffuse_heads_first(attn: Tensor, v: Tensor, graph: DiffusionGraph, hops: in
     check_bipartite_diffusion(graph, hops, coeffs)
     if hops == 0:
         return v
+    if v.dtype in HALF_DTYPES:
+        return diffuse_heads_first(attn.float(), v.float(), graph, hops, alpha, kernel, t,
+                                   hop_dropout, training).to(v.dtype)
     heads, node_major = v.size(0), is_node_major(v)
     stack, groups = stacks(graph, heads)
     masks = None

@@ -418,3 +418,22 @@ def test_duplicate_edges_are_separate_edges(num_src, num_dst):
     want = torch.autograd.grad((expected * weight).sum(), (q, k, v))
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_features_match_dense(dtype):
+    # torch's CPU sparse kernels have none for these dtypes: computed in float32, cast back.
+    ei = random_graph(N, 50, seed=22)
+    q, k, v = (x.to(dtype).requires_grad_() for x in features(seed=22))
+    out = diffuse(edge_softmax_attention(q, k, ei), v, ei, 3, 0.2)
+    assert out.dtype == dtype
+    reference = [x.detach().double().requires_grad_() for x in (q, k, v)]
+    expected = dense_diffuse(dense_attention(*reference[:2], ei), reference[2], 3, 0.2)
+    tolerance = dict(rtol=0.0, atol=0.005 if dtype == torch.float16 else 0.03)
+    torch.testing.assert_close(out.double(), expected, **tolerance)
+    weight = torch.randn(out.shape, dtype=torch.float64)
+    got = torch.autograd.grad((out.double() * weight).sum(), (q, k, v))
+    want = torch.autograd.grad((expected * weight).sum(), reference)
+    for g, w in zip(got, want):
+        assert g.dtype == dtype
+        torch.testing.assert_close(g.double(), w, **tolerance)

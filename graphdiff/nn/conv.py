@@ -18,6 +18,10 @@ from graphdiff.nn.functional import (attention_heads_first, check_bipartite_diff
 from graphdiff.nn.graph import DiffusionGraph, as_graph
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 class AttentionDiffusion(MessagePassing):
     r"""Multi-hop attention diffusion from `"Diffuser: Efficient Transformers with Multi-hop
     Attention Diffusion for Long Sequences" <https://arxiv.org/abs/2210.11794>`_.
@@ -90,9 +94,16 @@ class AttentionDiffusion(MessagePassing):
         kwargs.setdefault("aggr", "add")
         super().__init__(node_dim=0, **kwargs)
         check_diffusion_args(hops, alpha, kernel, t, hop_dropout)
-        if not isinstance(heads, int) or heads < 1:
-            raise ValueError(f"'heads' must be a positive int (got {heads!r})")
-        if not 0.0 <= dropout < 1.0:
+        for name, value in (("heads", heads), ("out_channels", out_channels)):
+            if not _is_int(value) or value < 1:
+                raise ValueError(f"'{name}' must be a positive int (got {value!r})")
+        pair = (in_channels,) * 2 if _is_int(in_channels) else in_channels
+        if not (isinstance(pair, tuple) and len(pair) == 2
+                and all(_is_int(c) and (c >= 1 or c == -1) for c in pair)):
+            raise ValueError(f"'in_channels' must be a positive int, -1 (lazy), or a pair of "
+                             f"them (sources, targets) (got {in_channels!r})")
+        if (isinstance(dropout, bool) or not isinstance(dropout, (int, float))
+                or not 0.0 <= dropout < 1.0):
             raise ValueError(f"'dropout' must be a float in [0, 1) (got {dropout!r})")
         self.in_channels = in_channels
         self.out_channels = out_channels
@@ -106,8 +117,7 @@ class AttentionDiffusion(MessagePassing):
         self.hop_dropout = hop_dropout
         self.fused = fused
 
-        src_channels, dst_channels = ((in_channels, in_channels)
-                                      if isinstance(in_channels, int) else in_channels)
+        src_channels, dst_channels = pair
         self.lin_query = Linear(dst_channels, heads * out_channels, bias=bias)
         self.lin_key = Linear(src_channels, heads * out_channels, bias=bias)
         self.lin_value = Linear(src_channels, heads * out_channels, bias=bias)

@@ -9,6 +9,7 @@ the results returned in their dtype (:data:`HALF_DTYPES`).
 from __future__ import annotations
 
 import math
+import operator
 from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -70,7 +71,16 @@ def _num_nodes(num_nodes: Union[int, Tuple[int, int], None],
                default: Tuple[int, int]) -> Tuple[int, int]:
     if num_nodes is None:
         return default
-    sizes = (num_nodes, num_nodes) if isinstance(num_nodes, int) else tuple(num_nodes)
+    try:  # an int, or an int-like (NumPy integer, one-element integer tensor) ...
+        sizes = (operator.index(num_nodes),) * 2
+    except TypeError:  # ... or a pair of them
+        try:
+            sizes = tuple(operator.index(n) for n in num_nodes)
+        except TypeError:
+            sizes = ()
+        if len(sizes) != 2:
+            raise TypeError(f"'num_nodes' must be an int or a pair of ints (N_src, N_dst) "
+                            f"(got {num_nodes!r})") from None
     if sizes != default:
         raise ValueError(f"'num_nodes' {num_nodes} does not match the features "
                          f"(sources, targets) = {default}")

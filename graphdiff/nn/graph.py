@@ -230,6 +230,9 @@ def _coo(adj: Any) -> Tuple[Tensor, Tensor, Optional[Tuple[int, int]], bool]:
         row, col, _ = adj.coo()  # adj_t: rows are targets
         n_dst, n_src = adj.sparse_sizes()
         return col, row, (n_src, n_dst), True
+    if isinstance(adj, Tensor) and adj.layout != torch.strided and adj.dim() != 2:
+        raise ValueError(f"a sparse 'edge_index' must be one [num_targets, num_sources] "
+                         f"adjacency (got shape {list(adj.shape)})")
     if isinstance(adj, Tensor) and adj.layout == torch.sparse_csr:  # adj_t: rows = targets
         crow, col = adj.crow_indices(), adj.col_indices()
         _check_index("edge_index", col)
@@ -248,7 +251,9 @@ def _coo(adj: Any) -> Tuple[Tensor, Tensor, Optional[Tuple[int, int]], bool]:
     if adj.dim() != 2 or adj.size(0) != 2:
         raise ValueError(f"'edge_index' must have shape [2, num_edges] (got {list(adj.shape)})")
     if hasattr(adj, "as_tensor"):  # torch_geometric.EdgeIndex: operate on the plain data
-        adj = adj.as_tensor()
+        n_src, n_dst = adj.sparse_size()  # rows = sources; None where not given
+        sizes = None if n_src is None or n_dst is None else (n_src, n_dst)
+        return adj.as_tensor()[0], adj.as_tensor()[1], sizes, False
     return adj[0], adj[1], None, False
 
 

@@ -225,13 +225,31 @@ def test_bad_arguments():
         AttentionDiffusion(4, 4, alpha=2.0)
     with pytest.raises(ValueError, match="kernel"):
         AttentionDiffusion(4, 4, kernel="diffusion")
-    with pytest.raises(ValueError, match="heads"):
-        AttentionDiffusion(4, 4, heads=0)
+    for bad in (0, True, 2.0):
+        with pytest.raises(ValueError, match="'heads'"):
+            AttentionDiffusion(4, 4, heads=bad)
+    for bad in (0, -2, 2.5):
+        with pytest.raises(ValueError, match="'out_channels'"):
+            AttentionDiffusion(4, bad)
+    for bad in ((4,), "4", 0, (4, 0), (4, 5, 6)):
+        with pytest.raises(ValueError, match="'in_channels'"):
+            AttentionDiffusion(bad, 4)
+    for bad in ("a", 1.0, -0.1, True):
+        with pytest.raises(ValueError, match="'dropout'"):
+            AttentionDiffusion(4, 4, dropout=bad)
     x, ei = inputs()
+    # Accepted: lazy input sizes, an int dropout, pairs of channels.
+    assert make(-1, 4, dropout=0)(x, ei).shape == (N, 4)
+    assert make((-1, F_IN), 4)(x, ei).shape == (N, 4)
     with pytest.raises(ValueError, match="in_channels"):
         make(F_IN + 1, 4)(x, ei)
     with pytest.raises(ValueError, match="edge_index"):
         make(F_IN, 4)(x, ei + N)
+    with pytest.raises(ValueError, match="does not match the features"):
+        make(F_IN, 4)(x, EdgeIndex(ei, sparse_size=(N + 1, N + 1)))
+    batched = torch.stack([torch.eye(N, dtype=torch.float64)] * 2).to_sparse_csr()
+    with pytest.raises(ValueError, match="one \\[num_targets, num_sources\\] adjacency"):
+        make(F_IN, 4)(x, batched)
 
 
 def test_hops_zero_returns_values_without_computing_attention(monkeypatch):

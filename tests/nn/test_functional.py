@@ -1,6 +1,7 @@
 import gc
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -368,6 +369,12 @@ def test_bad_features():
         edge_softmax_attention(q.long(), k, ei)
     with pytest.raises(ValueError, match="num_nodes"):
         edge_softmax_attention(q, k, ei, num_nodes=N + 1)
+    for bad in ("N", (N,), (N, N, N), 1.5):
+        with pytest.raises(TypeError, match="num_nodes"):
+            edge_softmax_attention(q, k, ei, num_nodes=bad)
+    for int_like in (np.int64(N), torch.tensor(N), (np.int32(N), torch.tensor(N))):
+        torch.testing.assert_close(edge_softmax_attention(q, k, ei, num_nodes=int_like),
+                                   edge_softmax_attention(q, k, ei))
     attn = edge_softmax_attention(q, k, ei)
     with pytest.raises(ValueError, match="'attn'"):
         diffuse(attn[:, :2], v, ei)

@@ -48,7 +48,9 @@ class AttentionDiffusion(MessagePassing):
     cached per graph and never materialises per-edge features ``[E, H, C]``, forward or
     backward. With ``fused=False``, or whenever PyG's explain machinery or message (pre-)hooks are
     attached, each hop is a plain :meth:`propagate` whose :meth:`message` receives the
-    attention as ``alpha``: the reference path, identical in value.
+    attention as ``alpha``: the reference path, identical in value. PyG's explainers count one
+    hop per ``MessagePassing`` module, so their node-level masks keep only the edges within one
+    hop per layer of the explained node, although this layer reads ``hops`` hops.
 
     Args:
         in_channels (int or tuple): Size of each input sample, or ``(source, target)`` sizes

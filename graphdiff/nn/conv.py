@@ -100,7 +100,7 @@ class AttentionDiffusion(MessagePassing):
             if not _is_int(value) or value < 1:
                 raise ValueError(f"'{name}' must be a positive int (got {value!r})")
         pair = (in_channels,) * 2 if _is_int(in_channels) else in_channels
-        if not (isinstance(pair, tuple) and len(pair) == 2
+        if not (isinstance(pair, (tuple, list)) and len(pair) == 2
                 and all(_is_int(c) and (c >= 1 or c == -1) for c in pair)):
             raise ValueError(f"'in_channels' must be a positive int, -1 (lazy), or a pair of "
                              f"them (sources, targets) (got {in_channels!r})")

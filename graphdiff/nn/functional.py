@@ -1,7 +1,7 @@
 r"""Functional core of attention diffusion: one-hop edge attention and its multi-hop diffusion.
 
 Both functions take any adjacency :func:`graphdiff.nn.graph.as_graph` accepts (an
-``edge_index``, PyG ``EdgeIndex``, ``torch.sparse`` CSR/CSC ``adj_t``, ``SparseTensor`` or a
+``edge_index``, PyG ``EdgeIndex``, ``torch.sparse`` CSR/CSC/COO ``adj_t``, ``SparseTensor`` or a
 prebuilt :class:`~graphdiff.nn.graph.DiffusionGraph`) and never build an ``[E, H, C]`` tensor,
 forward or backward. float16 and bfloat16 features (autocast's) are computed in float32 and
 the results returned in their dtype (:data:`HALF_DTYPES`).

@@ -253,7 +253,8 @@ def _coo(adj: Any) -> Tuple[Tensor, Tensor, Optional[Tuple[int, int]], bool]:
     if hasattr(adj, "as_tensor"):  # torch_geometric.EdgeIndex: operate on the plain data
         n_src, n_dst = adj.sparse_size()  # rows = sources; None where not given
         sizes = None if n_src is None or n_dst is None else (n_src, n_dst)
-        return adj.as_tensor()[0], adj.as_tensor()[1], sizes, False
+        plain = adj.as_tensor()
+        return plain[0], plain[1], sizes, False
     return adj[0], adj[1], None, False
 
 

@@ -240,7 +240,7 @@ def test_bad_arguments():
     x, ei = inputs()
     # Accepted: lazy input sizes, an int dropout, pairs of channels.
     assert make(-1, 4, dropout=0)(x, ei).shape == (N, 4)
-    assert make((-1, F_IN), 4)(x, ei).shape == (N, 4)
+    assert make((-1, F_IN), 4)(x, ei).shape == make([F_IN, F_IN], 4)(x, ei).shape == (N, 4)
     with pytest.raises(ValueError, match="in_channels"):
         make(F_IN + 1, 4)(x, ei)
     with pytest.raises(ValueError, match="edge_index"):

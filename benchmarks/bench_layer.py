@@ -77,8 +77,9 @@ BARE_SPMMS = ("spmm", "spmm_heads")  # a hop is checked against the faster of th
 SCALING_VARIANTS = ("graphdiff", "module", "layer")  # each one's growth with n is checked
 INTERLEAVED_GROWTH = ("graphdiff", "layer")  # ... and measured interleaved too
 # The core's interleaved growth runs alongside this bare product (one torch CSR SpMM per head,
-# what every hop of the core runs) at the same lengths: the growth of the machine's own sparse
-# kernel on the structure, in the same rounds, to read the core's growth against.
+# forward only: the product every hop of the core runs on long sequences, where each head
+# makes its own call) at the same lengths: the growth of the machine's own sparse kernel on the
+# structure, in the same rounds, to read the core's growth against.
 GROWTH_BASELINE = {"graphdiff": "spmm_heads"}
 RESULTS = Path(__file__).resolve().parent / "results"
 

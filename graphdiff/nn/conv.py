@@ -1,6 +1,7 @@
 """The attention diffusion layer as a PyG ``MessagePassing`` module."""
 from __future__ import annotations
 
+import numbers
 from typing import Any, Optional, Tuple, Union
 
 import torch
@@ -12,14 +13,14 @@ from torch_geometric.typing import PairTensor, SparseTensor
 from torch_geometric.utils import is_torch_sparse_tensor
 from torch_geometric.utils.sparse import set_sparse_value
 
-from graphdiff.nn.functional import (attention_heads_first, check_bipartite_diffusion,
+from graphdiff.nn.functional import (HALF_DTYPES, attention_heads_first, check_bipartite_diffusion,
                                      check_diffusion_args, diffuse_heads_first,
                                      diffusion_coefficients)
 from graphdiff.nn.graph import DiffusionGraph, as_graph
 
 
 def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 class AttentionDiffusion(MessagePassing):
@@ -104,7 +105,7 @@ class AttentionDiffusion(MessagePassing):
                 and all(_is_int(c) and (c >= 1 or c == -1) for c in pair)):
             raise ValueError(f"'in_channels' must be a positive int, -1 (lazy), or a pair of "
                              f"them (sources, targets) (got {in_channels!r})")
-        if (isinstance(dropout, bool) or not isinstance(dropout, (int, float))
+        if (isinstance(dropout, bool) or not isinstance(dropout, numbers.Real)
                 or not 0.0 <= dropout < 1.0):
             raise ValueError(f"'dropout' must be a float in [0, 1) (got {dropout!r})")
         self.in_channels = in_channels
@@ -156,15 +157,19 @@ class AttentionDiffusion(MessagePassing):
                 raise ValueError(f"'{name}' has {feat.size(-1)} features but the layer "
                                  f"expects in_channels={size}")
         graph = as_graph(edge_index, (x_src.size(0), x_dst.size(0)))
+        check_bipartite_diffusion(graph, self.hops, diffusion_coefficients(
+            self.hops, self.alpha, self.kernel, self.t)[1])
 
         # [N, H * C] -> head-major [H, N, C]: the sparse kernels run one head (or one stack of
         # heads, on short sequences) at a time.
         v = self.lin_value(x_src).view(-1, H, C).transpose(0, 1)
         if self.hops == 0 and not return_attention_weights:
-            check_bipartite_diffusion(graph, 0, [1.0])
             return self._merge_heads(v.transpose(0, 1))  # Z_0 = V: the attention is unused
         q = self.lin_query(x_dst).view(-1, H, C).transpose(0, 1)
         k = self.lin_key(x_src).view(-1, H, C).transpose(0, 1)
+        dtype = v.dtype
+        if dtype in HALF_DTYPES:  # the whole core in float32, rounded once at the end
+            q, k, v = q.float(), k.float(), v.float()
         attn = attention_heads_first(q, k, graph)  # [H, E], CSR order
         attn_used = F.dropout(attn, p=self.dropout, training=self.training)
 
@@ -175,10 +180,10 @@ class AttentionDiffusion(MessagePassing):
         else:
             out = self._diffuse_by_messages(attn_used, v.transpose(0, 1), graph)
 
-        out = self._merge_heads(out)
+        out = self._merge_heads(out).to(dtype)
         if not return_attention_weights:
             return out
-        weights = graph.to_input_order(attn.t())
+        weights = graph.to_input_order(attn.t()).to(dtype)
         return out, (self._with_values(edge_index, weights), weights)
 
     def _merge_heads(self, out: Tensor) -> Tensor:
@@ -193,10 +198,9 @@ class AttentionDiffusion(MessagePassing):
 
     def _diffuse_by_messages(self, attn: Tensor, v: Tensor, graph: DiffusionGraph) -> Tensor:
         """The reference: one ``propagate`` per hop on ``[N, H, C]`` features."""
-        s, coeffs = diffusion_coefficients(self.hops, self.alpha, self.kernel, self.t)
-        check_bipartite_diffusion(graph, self.hops, coeffs)
         if self.hops == 0:
             return v
+        s, coeffs = diffusion_coefficients(self.hops, self.alpha, self.kernel, self.t)
         ei = graph.edge_index()
         alpha = graph.to_input_order(attn.t())  # [E, H] in the order of `ei`
         size = (graph.num_src, graph.num_dst)

@@ -115,7 +115,8 @@ def stack_heads(x: Tensor, groups: int) -> Tensor:
 
 # torch's CPU sparse kernels (sampled_addmm, CSR addmm) have no half-precision versions:
 # features in these dtypes (autocast's, for one) are computed in float32 and the result cast
-# back to their dtype.
+# back to their dtype. On every device: the softmax and the hops accumulate sums over edges,
+# which autocast runs in float32 as well.
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 

@@ -225,12 +225,16 @@ def _check_index(name: str, index: Tensor) -> None:
 
 
 def _coo(adj: Any) -> Tuple[Tensor, Tensor, Optional[Tuple[int, int]], bool]:
-    """``(src, dst, sizes or None, sorted_by_target)`` of an adjacency, in its value order."""
+    """``(src, dst, sizes or None, sorted_by_target)`` of an adjacency, in its value order;
+    ``sizes`` is ``(N_src, N_dst)``, either of which may be ``None`` (an ``EdgeIndex`` without
+    that size)."""
     if isinstance(adj, SparseTensor):
         row, col, _ = adj.coo()  # adj_t: rows are targets
         n_dst, n_src = adj.sparse_sizes()
         return col, row, (n_src, n_dst), True
-    if isinstance(adj, Tensor) and adj.layout != torch.strided and adj.dim() != 2:
+    # Batched adjacencies are refused; values with a vector per edge are fine (never read).
+    if isinstance(adj, Tensor) and adj.layout != torch.strided and \
+            adj.dim() - adj.dense_dim() != 2:
         raise ValueError(f"a sparse 'edge_index' must be one [num_targets, num_sources] "
                          f"adjacency (got shape {list(adj.shape)})")
     if isinstance(adj, Tensor) and adj.layout == torch.sparse_csr:  # adj_t: rows = targets
@@ -251,10 +255,8 @@ def _coo(adj: Any) -> Tuple[Tensor, Tensor, Optional[Tuple[int, int]], bool]:
     if adj.dim() != 2 or adj.size(0) != 2:
         raise ValueError(f"'edge_index' must have shape [2, num_edges] (got {list(adj.shape)})")
     if hasattr(adj, "as_tensor"):  # torch_geometric.EdgeIndex: operate on the plain data
-        n_src, n_dst = adj.sparse_size()  # rows = sources; None where not given
-        sizes = None if n_src is None or n_dst is None else (n_src, n_dst)
         plain = adj.as_tensor()
-        return plain[0], plain[1], sizes, False
+        return plain[0], plain[1], adj.sparse_size(), False  # rows = sources
     return adj[0], adj[1], None, False
 
 
@@ -288,7 +290,7 @@ def as_graph(adj: Any, num_nodes: Tuple[int, int]) -> DiffusionGraph:
 
     src, dst, sizes, sorted_by_target = _coo(adj)
     n_src, n_dst = int(num_nodes[0]), int(num_nodes[1])
-    if sizes is not None and (sizes[0] != n_src or sizes[1] != n_dst):
+    if sizes is not None and any(size not in (None, n) for size, n in zip(sizes, (n_src, n_dst))):
         raise ValueError(f"adjacency of size [{sizes[1]}, {sizes[0]}] (targets x sources) "
                          f"does not match the features ({n_dst} targets, {n_src} sources)")
     if src.numel() > 0:

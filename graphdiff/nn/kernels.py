@@ -20,7 +20,9 @@ Each kernel saves only ``[H, E]`` or node tensors for backward and computes its 
 the same two primitives as its forward:
 
 - SDDMM (``torch.sparse.sampled_addmm``): ``out[e] = <a[i_e], b[j_e]>``, the per-edge dot
-  product, never materialising the ``[E, H, C]`` products a gather would;
+  product, never materialising the ``[E, H, C]`` products a gather would (except on graphs
+  with more duplicate edges than their matrix has entries, which torch's SDDMM cannot hold:
+  there a gather in chunks of ``DUPLICATES_CHUNK`` edges);
 - SpMM (CSR ``@`` dense): ``out[i] = sum_e w[e] b[j_e]``, one hop.
 """
 from __future__ import annotations

@@ -1,3 +1,6 @@
+import copy
+
+import numpy as np
 import pytest
 import torch
 from torch_geometric.data import Batch, Data
@@ -180,6 +183,21 @@ def test_graph_without_nodes(concat, fused):
     assert x.grad.shape == x.shape
 
 
+@pytest.mark.parametrize("fused", [True, False])
+def test_bfloat16_layer_matches_float64_with_the_same_weights(fused):
+    # The core runs in float32 and rounds once: close to the float64 layer whose weights and
+    # inputs are the bfloat16 ones.
+    x, ei = inputs()
+    layer = make(F_IN, 4, heads=2, hops=3, fused=fused).to(torch.bfloat16)
+    x16 = x.to(torch.bfloat16)
+    out, (_, weights) = layer(x16, ei, return_attention_weights=True)
+    assert out.dtype == weights.dtype == torch.bfloat16
+    reference = copy.deepcopy(layer).double()
+    expected, (_, expected_weights) = reference(x16.double(), ei, return_attention_weights=True)
+    torch.testing.assert_close(out.double(), expected, rtol=0.0, atol=0.02)
+    torch.testing.assert_close(weights.double(), expected_weights, rtol=0.0, atol=0.005)
+
+
 @pytest.mark.parametrize("concat", [True, False])
 def test_output_can_be_changed_in_place(concat):
     # Autograd forbids in-place changes of a view created inside a custom Function: the
@@ -238,15 +256,21 @@ def test_bad_arguments():
         with pytest.raises(ValueError, match="'dropout'"):
             AttentionDiffusion(4, 4, dropout=bad)
     x, ei = inputs()
-    # Accepted: lazy input sizes, an int dropout, pairs of channels.
+    # Accepted: lazy input sizes, an int dropout, pairs of channels, NumPy numbers, sparse
+    # adjacencies with a vector per edge (the values are never read).
     assert make(-1, 4, dropout=0)(x, ei).shape == (N, 4)
+    numpy_args = make(np.int64(F_IN), np.int64(4), heads=np.int64(2), dropout=np.float32(0.1))
+    assert numpy_args(x, ei).shape == (N, 8)
+    with_vectors = torch.sparse_coo_tensor(ei.flip(0), torch.randn(ei.size(1), 3), (N, N, 3))
+    torch.testing.assert_close(make(F_IN, 4)(x, with_vectors), make(F_IN, 4)(x, ei))
     assert make((-1, F_IN), 4)(x, ei).shape == make([F_IN, F_IN], 4)(x, ei).shape == (N, 4)
     with pytest.raises(ValueError, match="in_channels"):
         make(F_IN + 1, 4)(x, ei)
     with pytest.raises(ValueError, match="edge_index"):
         make(F_IN, 4)(x, ei + N)
-    with pytest.raises(ValueError, match="does not match the features"):
-        make(F_IN, 4)(x, EdgeIndex(ei, sparse_size=(N + 1, N + 1)))
+    for size in ((N + 1, N + 1), (N + 1, None), (None, N + 1)):
+        with pytest.raises(ValueError, match="does not match the features"):
+            make(F_IN, 4)(x, EdgeIndex(ei, sparse_size=size))
     batched = torch.stack([torch.eye(N, dtype=torch.float64)] * 2).to_sparse_csr()
     with pytest.raises(ValueError, match="one \\[num_targets, num_sources\\] adjacency"):
         make(F_IN, 4)(x, batched)

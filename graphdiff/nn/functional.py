@@ -71,16 +71,14 @@ def _num_nodes(num_nodes: Union[int, Tuple[int, int], None],
                default: Tuple[int, int]) -> Tuple[int, int]:
     if num_nodes is None:
         return default
-    try:  # an int, or an int-like (NumPy integer, one-element integer tensor) ...
-        sizes = (operator.index(num_nodes),) * 2
-    except TypeError:  # ... or a pair of them
-        try:
-            sizes = tuple(operator.index(n) for n in num_nodes)
-        except TypeError:
-            sizes = ()
-        if len(sizes) != 2:
-            raise TypeError(f"'num_nodes' must be an int or a pair of ints (N_src, N_dst) "
-                            f"(got {num_nodes!r})") from None
+    pair = num_nodes if isinstance(num_nodes, (tuple, list)) else (num_nodes, num_nodes)
+    try:  # ints or int-likes (NumPy integers, one-element integer tensors)
+        sizes = tuple(operator.index(n) for n in pair)
+    except TypeError:
+        sizes = ()
+    if len(sizes) != 2:
+        raise TypeError(f"'num_nodes' must be an int or a pair of ints (N_src, N_dst) "
+                        f"(got {num_nodes!r})")
     if sizes != default:
         raise ValueError(f"'num_nodes' {num_nodes} does not match the features "
                          f"(sources, targets) = {default}")

@@ -392,7 +392,6 @@ def test_property_matches_dense(n, density, hops, alpha, seed, loops):
     torch.testing.assert_close(out, dense_diffuse(dense_attention(q, k, ei), v, hops, alpha))
 
 
-
 @pytest.mark.parametrize("num_src, num_dst", [(1, 1), (2, 2), (3, 1), (1, 3)])
 def test_duplicate_edges_are_separate_edges(num_src, num_dst):
     # More edges than the dense matrix has entries, which torch's sampled_addmm cannot hold.

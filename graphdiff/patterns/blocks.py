@@ -109,17 +109,24 @@ class Global(Pattern):
     """Global tokens attend every token and are attended by every token.
 
     Args:
-        num (int, optional): the first ``num`` positions are global.
+        num (int, optional): the first ``num`` positions are global (all of them when
+            ``num >= n``, so that a preset works on sequences shorter than its global part).
+        last (int, optional): and the last ``last`` positions, likewise capped at ``n``
+            (BigBird's global blocks sit at both ends). Only with ``num``.
         indices (sequence of int, optional): explicit global positions; negative indices count
-            from the end (``-1`` is the last token), resolved for each length.
+            from the end (``-1`` is the last token), resolved for each length. A position
+            outside the sequence is an error.
 
     Exactly one of ``num`` and ``indices`` must be given.
     """
 
-    def __init__(self, num: Optional[int] = None, *, indices: Optional[Sequence[int]] = None):
+    def __init__(self, num: Optional[int] = None, *, last: int = 0, indices: Optional[Sequence[int]] = None):
         if (num is None) == (indices is None):
             raise ValueError("Global needs exactly one of num or indices")
         self.num = None if num is None else check_int("num", num, low=0)
+        self.last = check_int("last", last, low=0)
+        if self.last and indices is not None:
+            raise ValueError("Global's last counts positions like num; give it with num, not with indices")
         self.indices: Optional[Tuple[int, ...]] = None
         if indices is not None:
             if isinstance(indices, (str, bytes)) or not all(
@@ -129,14 +136,12 @@ class Global(Pattern):
             self.indices = tuple(int(i) for i in indices)
 
     def _key(self) -> tuple:
-        return (self.num, self.indices)
+        return (self.num, self.last, self.indices)
 
     def positions(self, n: int) -> Tensor:
         """The global positions for length ``n`` (validated, may contain duplicates)."""
         if self.num is not None:
-            if self.num > n:
-                raise ValueError(f"Global(num={self.num}) needs at least {self.num} positions, got n={n}")
-            return torch.arange(self.num)
+            return torch.cat([torch.arange(min(self.num, n)), torch.arange(n - min(self.last, n), n)])
         index = torch.tensor(self.indices, dtype=torch.long)
         if index.numel() and (index.min() < -n or index.max() >= n):
             raise ValueError(f"Global indices must lie in [-n, n) = [{-n}, {n}), got {list(self.indices)}")
@@ -150,7 +155,7 @@ class Global(Pattern):
 
     def __repr__(self) -> str:
         if self.num is not None:
-            return f"Global({self.num})"
+            return f"Global({self.num}, last={self.last})" if self.last else f"Global({self.num})"
         return f"Global(indices={list(self.indices)})"
 
 

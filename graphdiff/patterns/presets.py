@@ -24,7 +24,8 @@ def bigbird(block: int = 64, num_random_blocks: int = 3, num_global_blocks: int 
     itself and its two neighbours, ``num_random_blocks`` random blocks, and the global blocks.
 
     As in BigBird the global blocks sit at both ends: the first ``ceil(g / 2)`` and the last
-    ``floor(g / 2)`` blocks for ``g = num_global_blocks``.
+    ``floor(g / 2)`` blocks for ``g = num_global_blocks`` (every token, when the sequence is
+    shorter than they are).
     """
     block = check_int("block", block, low=1)
     num_global_blocks = check_int("num_global_blocks", num_global_blocks, low=0)
@@ -32,7 +33,7 @@ def bigbird(block: int = 64, num_random_blocks: int = 3, num_global_blocks: int 
     tail = num_global_blocks // 2 * block
     pattern = BlockWindow(2 * block) | BlockRandom(block, num_random_blocks, seed=seed)
     if head + tail:
-        pattern = pattern | Global(indices=list(range(head)) + list(range(-tail, 0)))
+        pattern = pattern | Global(head, last=tail)
     return pattern
 
 

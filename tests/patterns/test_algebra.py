@@ -17,7 +17,7 @@ def edge_set(pattern, n, self_loops=True):
 blocks = st.one_of(
     st.builds(Window, st.integers(0, 12), st.integers(1, 3)),
     st.builds(BlockWindow, st.integers(2, 12)),
-    st.builds(lambda k: Global(k), st.integers(0, 2)),
+    st.builds(lambda k, last: Global(k, last=last), st.integers(0, 2), st.integers(0, 2)),
     st.builds(Random, st.integers(0, 5), st.integers(0, 3)),
     st.builds(BlockRandom, st.integers(1, 4), st.integers(0, 2), st.integers(0, 3)),
     st.builds(Strided, st.integers(1, 5)),
@@ -75,6 +75,13 @@ def test_presets_compose_the_published_patterns():
     assert row.sum() <= (3 + 3 + 2) * block
 
 
+@pytest.mark.parametrize("n", [1, 2, 5, 8, 9])
+def test_presets_work_on_sequences_shorter_than_their_global_part(n):
+    # Every token is global when the sequence is shorter than the global tokens: full attention.
+    assert torch.equal(diffuser(window=4, num_global=8)(n), Full()(n))
+    assert torch.equal(bigbird(block=2, num_global_blocks=4)(n), Full()(n) if n <= 8 else bigbird(2, 3, 4)(n))
+
+
 def test_parse_pattern_names_and_errors():
     assert parse_pattern("diffuser") == diffuser()
     assert parse_pattern("diffuser(window=32, num_global=2)") == diffuser(window=32, num_global=2)
@@ -104,7 +111,8 @@ def test_parse_pattern_names_and_errors():
     (lambda: Global(), ValueError, "exactly one of num or indices"),
     (lambda: Global(2, indices=[0]), ValueError, "exactly one"),
     (lambda: Global(indices=[0.5]), TypeError, "indices"),
-    (lambda: Global(3)(2), ValueError, r"Global\(num=3\) needs at least 3 positions, got n=2"),
+    (lambda: Global(indices=[0], last=1), ValueError, "with num, not with indices"),
+    (lambda: Global(1, last=-1), ValueError, "last must be >= 0"),
     (lambda: Global(indices=[5])(5), ValueError, "indices must lie in"),
     (lambda: Window(3)(0), ValueError, "n must be >= 1, got 0"),
     (lambda: Window(3)(4.0), TypeError, "n must be an integer"),

@@ -40,10 +40,13 @@ def test_block_window(n, size):
 
 
 @pytest.mark.parametrize("n", LENGTHS)
-def test_global_num(n):
-    for num in range(0, min(n, 3) + 1):
-        expected = mask_from_rule(n, lambda i, j: i < num or j < num)
-        assert torch.equal(Global(num).to_dense(n), expected)
+def test_global_num_and_last(n):
+    # Counts past the sequence's end are capped: every token is then global.
+    for num in range(0, min(n, 3) + 3):
+        for last in range(0, 3):
+            is_global = lambda i: i < num or i >= n - last  # noqa: E731
+            expected = mask_from_rule(n, lambda i, j: is_global(i) or is_global(j))
+            assert torch.equal(Global(num, last=last).to_dense(n), expected)
 
 
 def test_global_indices_negative_count_from_end():

@@ -7,6 +7,9 @@ from __future__ import annotations
 import numbers
 from typing import Any, Optional
 
+# Integers torch stores as int64 (seeds, positions): larger ones overflow deep inside torch.
+INT64_LIMIT = 2**63 - 1
+
 
 def check_int(name: str, value: Any, low: int = 0, high: Optional[int] = None,
               why: str = "") -> int:
@@ -27,4 +30,4 @@ def check_int(name: str, value: Any, low: int = 0, high: Optional[int] = None,
     return int(value)
 
 
-__all__ = ["check_int"]
+__all__ = ["INT64_LIMIT", "check_int"]

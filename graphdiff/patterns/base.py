@@ -59,26 +59,36 @@ class TensorCache:
 
     A count bound would be wrong both ways: ListOps-style batches need hundreds of short
     lengths, while a handful of million-token patterns already take gigabytes.
+
+    The cached tensors are handed out, not copied (the layer's structure cache recognises a
+    graph by its edge_index tensor). A caller who edits one in place keeps the edit: torch's
+    version counter shows the entry changed, and the next ``get`` builds a fresh one, so the
+    edit never reaches other callers. Writes that bypass the counter (through ``.data`` or a
+    NumPy view) are not seen.
     """
 
     def __init__(self, max_bytes: int = 1 << 30):
         self.max_bytes = max_bytes
-        self.entries: "OrderedDict[Hashable, Any]" = OrderedDict()
+        self.entries: "OrderedDict[Hashable, Tuple[Any, Tuple[int, ...]]]" = OrderedDict()
         self.bytes = 0
 
     def get(self, key: Hashable, build: Callable[[], Any]) -> Any:
         """The cached value of ``key``, or ``build()`` (kept when it fits)."""
         if key in self.entries:
-            self.entries.move_to_end(key)
-            return self.entries[key]
+            value, versions = self.entries[key]
+            if _versions(value) == versions:
+                self.entries.move_to_end(key)
+                return value
+            del self.entries[key]  # edited in place by whoever got it
+            self.bytes -= _nbytes(value)
         value = build()
         size = _nbytes(value)
         if size > self.max_bytes:  # returned but not kept, and evicting nothing for it
             return value
         while self.entries and self.bytes + size > self.max_bytes:
-            _, evicted = self.entries.popitem(last=False)
+            _, (evicted, _) = self.entries.popitem(last=False)
             self.bytes -= _nbytes(evicted)
-        self.entries[key] = value
+        self.entries[key] = (value, _versions(value))
         self.bytes += size
         return value
 
@@ -87,9 +97,16 @@ class TensorCache:
         self.bytes = 0
 
 
+def _tensors(value: Any) -> tuple:
+    return value if isinstance(value, tuple) else (value,)
+
+
 def _nbytes(value: Any) -> int:
-    tensors = value if isinstance(value, tuple) else (value,)
-    return sum(t.numel() * t.element_size() for t in tensors)
+    return sum(t.numel() * t.element_size() for t in _tensors(value))
+
+
+def _versions(value: Any) -> Tuple[int, ...]:
+    return tuple(t._version for t in _tensors(value))
 
 
 # Canonical edge_index per (pattern, n, self_loops), and graphdiff.data's batched
@@ -101,8 +118,9 @@ class Pattern:
     """A sparse attention pattern. Subclasses implement :meth:`_edges` and :meth:`_key`.
 
     ``pattern(n)`` returns the canonical edge_index for length ``n``, cached per length and
-    shared between equal patterns: treat it as read-only (the layer's structure cache relies on
-    getting the same tensor back).
+    shared between equal patterns (the layer's structure cache relies on getting the same
+    tensor back). Editing it in place is safe: the cache notices and builds a fresh one for the
+    next call (see :class:`TensorCache`).
     """
 
     # -- subclass interface -------------------------------------------------------------------
@@ -122,7 +140,7 @@ class Pattern:
 
     # -- building -----------------------------------------------------------------------------
     def __call__(self, n: int, self_loops: bool = True) -> Tensor:
-        """Canonical edge_index ``[2, E]`` (int64) of this pattern on ``n`` tokens (cached, read-only)."""
+        """Canonical edge_index ``[2, E]`` (int64) of this pattern on ``n`` tokens (cached)."""
         n = check_int("n", n, low=1)
         self_loops = bool(self_loops)
 

@@ -6,13 +6,12 @@ operations: no Python loop over tokens and no ``n x n`` array, so a million toke
 from __future__ import annotations
 
 import math
-import numbers
-from typing import Optional, Sequence, Tuple
+from typing import Iterable, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
-from graphdiff.checks import check_int
+from graphdiff.checks import INT64_LIMIT, check_int
 from graphdiff.patterns.base import Edges, Pattern
 
 
@@ -72,7 +71,7 @@ class Window(Pattern):
         return (self.size, self.dilation)
 
     def _edges(self, n: int) -> Edges:
-        half = self.size // 2
+        half = min(self.size // 2, n - 1)  # farther offsets fall outside every sequence of n
         reach = half - half % self.dilation
         offsets = torch.arange(-reach, reach + 1, self.dilation)
         return offset_edges(n, offsets)
@@ -97,7 +96,7 @@ class BlockWindow(Pattern):
         return (self.size,)
 
     def _edges(self, n: int) -> Edges:
-        block = self.size // 2
+        block = min(self.size // 2, n)  # one block of n tokens already covers the sequence
         first_key = (torch.arange(n).unsqueeze(1) // block - 1) * block  # start of the previous block
         return key_grid_edges(first_key + torch.arange(3 * block).unsqueeze(0))  # [n, 3 * block] candidates
 
@@ -129,11 +128,11 @@ class Global(Pattern):
             raise ValueError("Global's last counts positions like num; give it with num, not with indices")
         self.indices: Optional[Tuple[int, ...]] = None
         if indices is not None:
-            if isinstance(indices, (str, bytes)) or not all(
-                isinstance(i, numbers.Integral) and not isinstance(i, bool) for i in indices
-            ):
+            if isinstance(indices, (str, bytes)) or not isinstance(indices, Iterable):
                 raise TypeError(f"Global indices must be a sequence of integers, got {indices!r}")
-            self.indices = tuple(int(i) for i in indices)
+            indices = tuple(indices)  # once: an iterator would be used up by the checks
+            self.indices = tuple(check_int(f"Global indices[{k}]", i, low=-INT64_LIMIT, high=INT64_LIMIT)
+                                 for k, i in enumerate(indices))
 
     def _key(self) -> tuple:
         return (self.num, self.last, self.indices)
@@ -170,7 +169,7 @@ class Random(Pattern):
 
     def __init__(self, num: int, seed: int = 0):
         self.num = check_int("num", num, low=0)
-        self.seed = check_int("seed", seed, low=0)
+        self.seed = check_int("seed", seed, low=0, high=INT64_LIMIT)
 
     def _key(self) -> tuple:
         return (self.num, self.seed)
@@ -198,19 +197,20 @@ class BlockRandom(Pattern):
     def __init__(self, block: int, num_blocks: int, seed: int = 0):
         self.block = check_int("block", block, low=1)
         self.num_blocks = check_int("num_blocks", num_blocks, low=0)
-        self.seed = check_int("seed", seed, low=0)
+        self.seed = check_int("seed", seed, low=0, high=INT64_LIMIT)
 
     def _key(self) -> tuple:
         return (self.block, self.num_blocks, self.seed)
 
     def _edges(self, n: int) -> Edges:
-        blocks = math.ceil(n / self.block)
+        block = min(self.block, n)  # one block of n tokens already covers the sequence
+        blocks = math.ceil(n / block)
         key_blocks = sample_others(blocks, self.num_blocks, self.seed)  # [blocks, r]
         query_blocks = torch.arange(blocks).unsqueeze(1).expand_as(key_blocks)
-        within = torch.arange(self.block)
+        within = torch.arange(block)
         # Every (query block, key block) pair expands to block x block token pairs.
-        queries = (query_blocks.reshape(-1, 1, 1) * self.block + within.view(1, -1, 1)).expand(-1, -1, self.block)
-        keys = (key_blocks.reshape(-1, 1, 1) * self.block + within.view(1, 1, -1)).expand(-1, self.block, -1)
+        queries = (query_blocks.reshape(-1, 1, 1) * block + within.view(1, -1, 1)).expand(-1, -1, block)
+        keys = (key_blocks.reshape(-1, 1, 1) * block + within.view(1, 1, -1)).expand(-1, block, -1)
         inside = (queries < n) & (keys < n)
         return keys[inside], queries[inside]
 
@@ -234,7 +234,8 @@ class Strided(Pattern):
         return (self.stride,)
 
     def _edges(self, n: int) -> Edges:
-        local = torch.arange(-(self.stride - 1), self.stride)
+        reach = min(self.stride, n) - 1  # farther offsets fall outside every sequence of n
+        local = torch.arange(-reach, reach + 1)
         far = (n - 1) // self.stride * self.stride
         strided = torch.arange(-far, far + 1, self.stride)
         return offset_edges(n, torch.unique(torch.cat([local, strided])))

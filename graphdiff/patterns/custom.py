@@ -71,7 +71,7 @@ class Custom(Pattern):
         elif isinstance(source, Tensor):
             self.edge_index = check_edge_index(source)
         elif hasattr(source, "nodes") and hasattr(source, "edges") and hasattr(source, "is_directed"):
-            self.edge_index = _from_networkx(source)
+            self.edge_index = check_edge_index(_from_networkx(source), name="networkx graph's nodes")
         elif callable(source):
             self.function = source
         else:

@@ -27,12 +27,17 @@ def _patterns(operation: str, parts: tuple) -> tuple:
     return parts
 
 
+def _flatten(operation: type, parts: tuple) -> tuple:
+    """``parts`` with nested ``operation`` patterns replaced by their own parts: the operation is
+    associative, so ``(a | b) | c`` and ``a | (b | c)`` become the same value with one repr."""
+    return tuple(flat for part in parts for flat in (part.parts if isinstance(part, operation) else [part]))
+
+
 class Union(Pattern):
     """Edges present in any of the patterns (``p | q``). Nested unions are flattened."""
 
     def __init__(self, *parts: Pattern):
-        self.parts = tuple(flat for part in _patterns("Union", parts)
-                           for flat in (part.parts if isinstance(part, Union) else [part]))
+        self.parts = _flatten(Union, _patterns("Union", parts))
 
     def _key(self) -> tuple:
         return self.parts
@@ -46,10 +51,10 @@ class Union(Pattern):
 
 
 class Intersection(Pattern):
-    """Edges present in every one of the patterns (``p & q``)."""
+    """Edges present in every one of the patterns (``p & q``). Nested intersections are flattened."""
 
     def __init__(self, *parts: Pattern):
-        self.parts = _patterns("Intersection", parts)
+        self.parts = _flatten(Intersection, _patterns("Intersection", parts))
 
     def _key(self) -> tuple:
         return self.parts

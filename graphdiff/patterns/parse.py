@@ -48,7 +48,7 @@ def _fail(text: str, why: str) -> ValueError:
 def _literal(node: ast.AST, text: str) -> Any:
     try:
         return ast.literal_eval(node)
-    except ValueError:
+    except (ValueError, TypeError):  # TypeError: an unhashable key, as in {[1]: 2}
         raise _fail(text, f"arguments must be literals, got {ast.unparse(node)!r}") from None
 
 
@@ -59,7 +59,7 @@ def _build(node: ast.AST, text: str) -> Pattern:
     if isinstance(node, ast.Name):
         if node.id not in CONSTRUCTORS:
             raise _fail(text, f"unknown name {node.id!r}")
-        return CONSTRUCTORS[node.id]()
+        return _construct(node.id, [], {}, text)
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
         if node.func.attr not in METHODS or node.args or node.keywords:
             raise _fail(text, f"only .causal() and .symmetric() may follow a pattern, got .{node.func.attr}")
@@ -67,10 +67,16 @@ def _build(node: ast.AST, text: str) -> Pattern:
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
         if node.func.id not in CONSTRUCTORS:
             raise _fail(text, f"unknown name {node.func.id!r}")
+        if any(kw.arg is None for kw in node.keywords):
+            raise _fail(text, "arguments must be written out, not unpacked with **")
         args = [_literal(arg, text) for arg in node.args]
-        kwargs = {kw.arg: _literal(kw.value, text) for kw in node.keywords if kw.arg is not None}
-        try:
-            return CONSTRUCTORS[node.func.id](*args, **kwargs)
-        except TypeError as error:
-            raise _fail(text, str(error)) from None
+        kwargs = {kw.arg: _literal(kw.value, text) for kw in node.keywords}
+        return _construct(node.func.id, args, kwargs, text)
     raise _fail(text, f"unsupported syntax {ast.unparse(node)!r}")
+
+
+def _construct(name: str, args: list, kwargs: dict, text: str) -> Pattern:
+    try:
+        return CONSTRUCTORS[name](*args, **kwargs)
+    except TypeError as error:  # a missing or unknown argument
+        raise _fail(text, str(error)) from None

@@ -23,9 +23,10 @@ def bigbird(block: int = 64, num_random_blocks: int = 3, num_global_blocks: int 
     """BigBird-ITC (Zaheer et al., 2020): blocks of ``block`` tokens; each query block attends
     itself and its two neighbours, ``num_random_blocks`` random blocks, and the global blocks.
 
-    As in BigBird the global blocks sit at both ends: the first ``ceil(g / 2)`` and the last
-    ``floor(g / 2)`` blocks for ``g = num_global_blocks`` (every token, when the sequence is
-    shorter than they are).
+    As in BigBird the global blocks sit at both ends: the first ``ceil(g / 2) * block`` and the
+    last ``floor(g / 2) * block`` tokens for ``g = num_global_blocks`` (every token, when the
+    sequence is shorter than that). When ``n`` is not a multiple of ``block`` the last global
+    tokens are not aligned to the window's blocks; BigBird itself requires multiples.
     """
     block = check_int("block", block, low=1)
     num_global_blocks = check_int("num_global_blocks", num_global_blocks, low=0)

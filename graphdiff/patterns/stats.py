@@ -8,6 +8,7 @@ import os
 import torch
 from torch import Tensor
 
+from graphdiff.checks import check_int
 from graphdiff.io import atomic_write
 
 
@@ -20,7 +21,7 @@ class PatternStats:
     mean_in_degree: float
     max_in_degree: int
     symmetric: bool
-    global_tokens: int  # tokens that attend every token and are attended by every token
+    global_tokens: int  # tokens that attend every other token and are attended by every other token
 
     def to_markdown(self) -> str:
         rows = [(field.name.replace("_", " "), getattr(self, field.name)) for field in dataclasses.fields(self)]
@@ -30,10 +31,17 @@ class PatternStats:
 
 
 def pattern_stats(edge_index: Tensor, n: int) -> PatternStats:
-    """Statistics of a canonical edge_index (sorted, no duplicates) on ``n`` tokens."""
+    """Statistics of a canonical edge_index (sorted, no duplicates) on ``n`` tokens.
+
+    Degrees count self-loops; whether a token is global does not depend on them.
+    """
+    n = check_int("n", n, low=1)
     src, dst = edge_index
     in_degree = torch.bincount(dst, minlength=n)
     out_degree = torch.bincount(src, minlength=n)
+    others = src != dst
+    attends_all = torch.bincount(dst[others], minlength=n) == n - 1
+    attended_by_all = torch.bincount(src[others], minlength=n) == n - 1
     reverse = torch.sort(src * n + dst).values  # the keys of the reversed edges, sorted
     return PatternStats(
         tokens=n,
@@ -43,7 +51,7 @@ def pattern_stats(edge_index: Tensor, n: int) -> PatternStats:
         mean_in_degree=float(in_degree.float().mean()),
         max_in_degree=int(in_degree.max()),
         symmetric=bool(torch.equal(reverse, dst * n + src)),
-        global_tokens=int(((in_degree == n) & (out_degree == n)).sum()),
+        global_tokens=int((attends_all & attended_by_all).sum()),
     )
 
 

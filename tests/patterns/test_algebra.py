@@ -96,6 +96,20 @@ def test_parse_pattern_names_and_errors():
         parse_pattern("Window(8) |")
     with pytest.raises(ValueError, match="invalid pattern"):
         parse_pattern("Window(8, bogus=1)")
+    with pytest.raises(ValueError, match=r"not unpacked with \*\*"):
+        parse_pattern("Random(3, **{'seed': 5})")
+    with pytest.raises(ValueError, match="literals"):
+        parse_pattern("Window({[1]: 2})")
+    with pytest.raises(ValueError, match="invalid pattern 'Window'.*missing 1 required positional argument"):
+        parse_pattern("Window")
+
+
+def test_nested_operations_flatten_to_one_value_with_one_repr():
+    a, b, c = Window(3), Global(1), Random(1)
+    assert (a & b) & c == a & (b & c) and hash((a & b) & c) == hash(a & (b & c))
+    assert (a | b) | c == a | (b | c)
+    for pattern in (a & (b & c), a | (b | c), (a | b) & c, a | (b & c)):
+        assert parse_pattern(repr(pattern)) == pattern
 
 
 @pytest.mark.parametrize("make, error, match", [
@@ -112,6 +126,10 @@ def test_parse_pattern_names_and_errors():
     (lambda: Global(2, indices=[0]), ValueError, "exactly one"),
     (lambda: Global(indices=[0.5]), TypeError, "indices"),
     (lambda: Global(indices=[0], last=1), ValueError, "with num, not with indices"),
+    (lambda: Global(indices=5), TypeError, "sequence of integers"),
+    (lambda: Global(indices=[2**70]), ValueError, r"Global indices\[0\] must be in"),
+    (lambda: Random(1, seed=2**64), ValueError, "seed must be in"),
+    (lambda: BlockRandom(2, 1, seed=-1), ValueError, "seed"),
     (lambda: Global(1, last=-1), ValueError, "last must be >= 0"),
     (lambda: Global(indices=[5])(5), ValueError, "indices must lie in"),
     (lambda: Window(3)(0), ValueError, "n must be >= 1, got 0"),
@@ -153,3 +171,23 @@ def test_tensor_cache_is_bounded_by_bytes_and_evicts_least_recently_used():
     # Tuples of tensors count every member.
     pair = cache.get("pair", lambda: (torch.zeros(10, dtype=torch.long), torch.zeros(10)))
     assert isinstance(pair, tuple) and cache.bytes == (10 + 7) * 2 * 8 + 10 * 8 + 10 * 4
+
+
+def test_editing_a_returned_edge_index_in_place_never_reaches_later_calls():
+    from graphdiff.data import AddPattern, graph_batch, sequence_graph
+    from torch_geometric.data import Data
+
+    pattern = Window(3) | Global(indices=[-1])
+    clean = pattern(7).clone()
+    pattern(7)[0, 0] = 5
+    assert torch.equal(pattern(7), clean)
+    pattern.to_data(7).edge_index.add_(1)
+    sequence_graph(torch.arange(7), pattern).edge_index.zero_()
+    AddPattern(pattern)(Data(x=torch.arange(7))).edge_index.mul_(2)
+    assert torch.equal(pattern(7), clean)
+    assert pattern(7) is pattern(7)  # still cached once clean
+
+    tokens, lengths = torch.zeros(2, 7, dtype=torch.long), torch.tensor([7, 5])
+    expected = graph_batch(tokens, lengths, pattern).edge_index.clone()
+    graph_batch(tokens, lengths, pattern).edge_index.add_(1)
+    assert torch.equal(graph_batch(tokens, lengths, pattern).edge_index, expected)

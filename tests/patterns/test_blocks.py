@@ -23,7 +23,7 @@ def assert_canonical(edge_index, n):
 
 
 @pytest.mark.parametrize("n", LENGTHS)
-@pytest.mark.parametrize("size,dilation", [(0, 1), (1, 1), (2, 1), (5, 1), (8, 1), (8, 2), (9, 3), (200, 1)])
+@pytest.mark.parametrize("size,dilation", [(0, 1), (1, 1), (2, 1), (5, 1), (8, 1), (8, 2), (9, 3), (200, 1), (10**15, 1), (10**15, 3)])
 def test_window(n, size, dilation):
     pattern = Window(size, dilation=dilation)
     assert_canonical(pattern(n), n)
@@ -32,7 +32,7 @@ def test_window(n, size, dilation):
 
 
 @pytest.mark.parametrize("n", LENGTHS)
-@pytest.mark.parametrize("size", [2, 3, 8, 64])
+@pytest.mark.parametrize("size", [2, 3, 8, 64, 10**15])
 def test_block_window(n, size):
     block = size // 2
     expected = mask_from_rule(n, lambda i, j: abs(i // block - j // block) <= 1)
@@ -54,10 +54,11 @@ def test_global_indices_negative_count_from_end():
     expected = mask_from_rule(n, lambda i, j: i in (0, 9) or j in (0, 9))
     assert torch.equal(Global(indices=[0, -1]).to_dense(n), expected)
     assert torch.equal(Global(indices=[0, 9, 9]).to_dense(n), expected)
+    assert torch.equal(Global(indices=(i for i in [0, -1])).to_dense(n), expected)  # an iterator
 
 
 @pytest.mark.parametrize("n", LENGTHS)
-@pytest.mark.parametrize("stride", [1, 2, 3, 5])
+@pytest.mark.parametrize("stride", [1, 2, 3, 5, 10**15])
 def test_strided(n, stride):
     expected = mask_from_rule(n, lambda i, j: abs(i - j) < stride or (i - j) % stride == 0)
     assert torch.equal(Strided(stride).to_dense(n), expected)
@@ -101,7 +102,7 @@ def test_random_is_uniform_over_other_positions():
 
 
 @pytest.mark.parametrize("n", [1, 5, 16, 17, 40])
-@pytest.mark.parametrize("block,num_blocks", [(4, 0), (4, 1), (4, 2), (3, 10)])
+@pytest.mark.parametrize("block,num_blocks", [(4, 0), (4, 1), (4, 2), (3, 10), (10**15, 2)])
 def test_block_random(n, block, num_blocks):
     dense = BlockRandom(block, num_blocks, seed=2).to_dense(n)
     blocks = math.ceil(n / block)

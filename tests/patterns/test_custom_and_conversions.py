@@ -53,6 +53,7 @@ def test_custom_copies_its_input_and_hashes_by_content():
     (torch.tensor([[0, -1], [1, 0]]), ValueError, ">= 0"),
     (torch.ones(2, 3, dtype=torch.bool), ValueError, "square"),
     (nx.relabel_nodes(nx.path_graph(2), {0: "a", 1: "b"}), TypeError, "integer nodes"),
+    (nx.DiGraph([(-1, 0)]), ValueError, "networkx graph's nodes must hold node indices >= 0"),
     ("Window(3)", TypeError, "Custom needs"),
 ])
 def test_custom_rejects_bad_input(source, error, match):

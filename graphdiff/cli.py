@@ -60,7 +60,7 @@ def run_train(args: argparse.Namespace) -> int:
 def run_evaluate(args: argparse.Namespace) -> int:
     from graphdiff.train.evaluation import evaluate_checkpoint
 
-    print(json.dumps(evaluate_checkpoint(args.checkpoint, args.data, args.split, args.batch_size)))
+    print(json.dumps(evaluate_checkpoint(args.checkpoint, args.data, args.split, args.batch_size, args.truncate)))
     return 0
 
 
@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=float, default=1e-3)
     train.add_argument("--weight-decay", type=float, default=0.01)
     train.add_argument("--warmup", type=float, default=0.1, help="warm-up fraction of the steps")
-    train.add_argument("--clip", type=float, default=1.0, help="gradient norm clipping")
+    train.add_argument("--clip", type=float, default=1.0, help="gradient norm clipping (0: off)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--data-dir", help="directory of the task's files (LRA TSVs, IDX files, CIFAR batches)")
     train.add_argument("--task-arg", action="append", default=[], metavar="KEY=VALUE",
@@ -119,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", help="a data file or directory (for listops: an LRA TSV file)")
     evaluate.add_argument("--split", default="test", choices=("train", "val", "test"))
     evaluate.add_argument("--batch-size", type=int, default=32)
+    evaluate.add_argument("--truncate", action="store_true",
+                          help="cut sequences longer than the model's max_len (labels still refer to the whole)")
     evaluate.set_defaults(func=run_evaluate)
 
     demo = commands.add_parser("demo", help="the main job on the embedded default (no download)")
@@ -128,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--steps", type=int, help="training steps of each multihop model")
     demo.set_defaults(func=run_demo)
 
-    # analysis owns its own parser: everything after `analyze` is passed through.
+    # analysis owns its own parser: main() hands everything after `analyze` to it untouched.
+    # Registered here too, so that `graphdiff --help` lists it.
     analyze = commands.add_parser("analyze", help="spectral / expansion report of patterns", add_help=False)
     analyze.add_argument("rest", nargs=argparse.REMAINDER)
     analyze.set_defaults(func=run_analyze)
@@ -136,7 +139,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["analyze"]:
+        # Not through argparse: since Python 3.11 a REMAINDER positional in a sub-parser no
+        # longer swallows option strings (`analyze --out DIR` fails with "unrecognized
+        # arguments"), so the sub-command's arguments, --help included, bypass the parser.
+        args = argparse.Namespace(command="analyze", rest=argv[1:], func=run_analyze)
+    else:
+        args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except (ValueError, TypeError, FileNotFoundError) as error:

@@ -76,21 +76,24 @@ def _lengths_and_mask(padded: Tensor, mask_or_lengths: Tensor) -> Tuple[Tensor, 
         lengths = mask_or_lengths.long()
         if (lengths < 0).any() or (lengths > max_len).any():
             raise ValueError(f"lengths must lie in [0, {max_len}], got {lengths.tolist()}")
-        mask = torch.arange(max_len).unsqueeze(0) < lengths.unsqueeze(1)
+        mask = torch.arange(max_len, device=lengths.device).unsqueeze(0) < lengths.unsqueeze(1)
     if (lengths == 0).any():
         raise ValueError("every sequence needs at least one token (a length or mask row is empty)")
     return lengths, mask
 
 
-def _batched_edges(pattern: Pattern, lengths: Tuple[int, ...]) -> Tuple[Tensor, Tensor]:
-    """Block-diagonal edge_index of sequences of these lengths, and each graph's edge offsets.
+def _batched_edges(pattern: Pattern, lengths: Tuple[int, ...], device: torch.device) -> Tuple[Tensor, Tensor]:
+    """Block-diagonal edge_index of sequences of these lengths, and each graph's edge offsets,
+    on ``device``.
 
-    Cached, so that a training loop over equal-length batches gets the very same tensor back and
-    the layer's sparse structure (cached per edge_index) is built once, not once per step.
+    Cached (per device), so that a training loop over equal-length batches gets the very same
+    tensor back and the layer's sparse structure (cached per edge_index) is built once, not
+    once per step.
     """
     # The patterns' own cache: one byte budget for per-length and batched edges together.
-    return EDGE_INDEX_CACHE.get(("batched", pattern, lengths),
-                                lambda: _build_batched_edges(pattern, lengths))
+    return EDGE_INDEX_CACHE.get(
+        ("batched", pattern, lengths, device),
+        lambda: tuple(t.to(device) for t in _build_batched_edges(pattern, lengths)))
 
 
 def _build_batched_edges(pattern: Pattern, lengths: Tuple[int, ...]) -> Tuple[Tensor, Tensor]:
@@ -132,13 +135,13 @@ def graph_batch(padded: Tensor, mask_or_lengths: Tensor, pattern: Pattern) -> Ba
     batch_size = lengths.numel()
     ptr = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)])
 
-    edge_index, edge_ptr = _batched_edges(pattern, tuple(lengths.tolist()))
+    edge_index, edge_ptr = _batched_edges(pattern, tuple(lengths.tolist()), padded.device)
     pos = mask.long().cumsum(dim=1)[mask] - 1
     batch = Batch(
         x=padded[mask],
         edge_index=edge_index,
         pos=pos,
-        batch=torch.arange(batch_size).repeat_interleave(lengths),
+        batch=torch.arange(batch_size, device=lengths.device).repeat_interleave(lengths),
         ptr=ptr,
     )
     # What Batch.from_data_list would record, so that to_data_list() and batch[i] work.
@@ -178,8 +181,8 @@ def to_padded(
     if max_len < longest:
         raise ValueError(f"max_len={max_len} is shorter than the longest sequence ({longest})")
     starts = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)[:-1]])
-    rank = torch.arange(x.size(0)) - starts[vector]  # position inside the sequence
+    rank = torch.arange(x.size(0), device=vector.device) - starts[vector]  # position inside the sequence
     padded = x.new_full((batch_size, max_len) + tuple(x.shape[1:]), fill_value)
     padded[vector, rank] = x
-    mask = torch.arange(max_len).unsqueeze(0) < lengths.unsqueeze(1)
+    mask = torch.arange(max_len, device=vector.device).unsqueeze(0) < lengths.unsqueeze(1)
     return padded, mask

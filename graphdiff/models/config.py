@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Dict
 
+from graphdiff.nn.functional import check_diffusion_args
 from graphdiff.patterns import Pattern, parse_pattern
 
 POOLINGS = ("cls", "mean")
@@ -45,6 +46,11 @@ class DiffuserConfig:
         for name in ("dropout", "attention_dropout", "hop_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"DiffuserConfig.{name} must lie in [0, 1), got {getattr(self, name)!r}")
+        if isinstance(self.layer_norm_eps, bool) or not isinstance(self.layer_norm_eps, (int, float)) \
+                or not self.layer_norm_eps > 0:
+            raise ValueError(f"DiffuserConfig.layer_norm_eps must be a number > 0, got {self.layer_norm_eps!r}")
+        # The layer's own checks, here so that a bad value fails before any data is built.
+        check_diffusion_args(self.hops, self.alpha, self.kernel, self.t, self.hop_dropout)
         self.build_pattern()  # fail early on a bad expression
 
     def build_pattern(self) -> Pattern:

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torch_geometric.data import Batch
 from torch_geometric.utils import scatter
 
-from graphdiff.data import graph_batch, to_padded
+from graphdiff.data import graph_batch
 from graphdiff.models.config import DiffuserConfig
 from graphdiff.nn import AttentionDiffusion
 
@@ -116,12 +116,17 @@ class Diffuser(nn.Module):
             raise ValueError("padded token input needs its mask [B, L] (True = real token)")
         return self.to_batch(inputs, mask, truncate)
 
-    def unpad(self, node_values: Tensor, batch: Batch, inputs: Inputs) -> Tensor:
-        """Node-level ``[N, ...]`` values in the caller's layout: as is for a graph batch, padded
-        ``[B, L, ...]`` (L capped at max_len) for padded input."""
+    def unpad(self, node_values: Tensor, inputs: Inputs, mask: Optional[Tensor]) -> Tensor:
+        """Node-level ``[N, ...]`` values in the caller's layout: as is for a graph batch; for
+        padded input ``[B, L, ...]`` (L capped at max_len) with each token's values where the
+        mask put it (left padding and gaps included) and zeros elsewhere."""
         if isinstance(inputs, Batch):
             return node_values
-        return to_padded(node_values, batch, max_len=min(inputs.size(1), self.config.max_len))[0]
+        mask = mask[:, : self.config.max_len].bool()
+        # graph_batch took the tokens in mask order, so this assignment is its exact inverse.
+        padded = node_values.new_zeros(tuple(mask.shape) + tuple(node_values.shape[1:]))
+        padded[mask] = node_values
+        return padded
 
     def encode(self, batch: Batch, return_attention_weights: bool = False):
         """Node states ``[N, D]`` of a graph batch (and the per-layer attention if asked)."""
@@ -145,7 +150,7 @@ class Diffuser(nn.Module):
         batch = self.as_batch(inputs, mask, truncate)
         out = self.encode(batch, return_attention_weights)
         states, extra = out if return_attention_weights else (out, None)
-        states = self.unpad(states, batch, inputs)
+        states = self.unpad(states, inputs, mask)
         return (states, extra) if return_attention_weights else states
 
 
@@ -194,7 +199,7 @@ class DiffuserForMaskedLM(nn.Module):
         batch = self.diffuser.as_batch(inputs, mask, truncate)
         states = self.norm(F.gelu(self.dense(self.diffuser.encode(batch))))
         logits = F.linear(states, self.diffuser.embeddings.tokens.weight, self.bias)
-        return self.diffuser.unpad(logits, batch, inputs)
+        return self.diffuser.unpad(logits, inputs, mask)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from typing import Any, List
 
 import torch
 import torch.distributed as dist
@@ -30,6 +31,10 @@ def init_distributed(device: str = "auto") -> DistributedContext:
     Args:
         device: ``"cpu"``, ``"cuda"`` or ``"auto"`` (CUDA when available).
     """
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' but torch sees no CUDA device; use device='cpu' or 'auto'")
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
@@ -46,6 +51,15 @@ def all_reduce_sum(values: torch.Tensor, context: DistributedContext) -> torch.T
     if context.enabled:
         dist.all_reduce(values, op=dist.ReduceOp.SUM)
     return values
+
+
+def all_gather_objects(value: Any, context: DistributedContext) -> List[Any]:
+    """``[value of process 0, value of process 1, ...]`` on every process (``[value]`` alone)."""
+    if not context.enabled:
+        return [value]
+    gathered: List[Any] = [None] * context.world_size
+    dist.all_gather_object(gathered, value)
+    return gathered
 
 
 def shutdown(context: DistributedContext) -> None:

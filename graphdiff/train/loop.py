@@ -3,17 +3,20 @@ clipping, periodic validation, ``metrics.jsonl``, atomic checkpoints and exact r
 
 Exact resumption: the data order of every epoch is a function of ``(seed, epoch)`` (a
 ``DistributedSampler``), the position inside the epoch follows from the step counter, and the
-checkpoint holds the model, optimiser, scheduler and torch RNG states. A run interrupted after a
-checkpoint and resumed therefore produces the same losses as an uninterrupted run.
+checkpoint holds the model, optimiser, scheduler, every process's torch RNG states and the
+running training-loss window. A run interrupted after a checkpoint and resumed on as many
+processes therefore produces the same ``metrics.jsonl`` as an uninterrupted run (timings aside).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
+import numbers
 import os
 import time
-from typing import Any, Dict, Iterator, Optional
+import warnings
+from typing import Any, Dict, Iterator, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -22,12 +25,15 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm.auto import tqdm
 
+from graphdiff.checks import check_int
 from graphdiff.data.tasks import TASKS, TaskDataset, collate, get_task
 from graphdiff.io import atomic_write
 from graphdiff.models import PRESETS, DiffuserConfig, DiffuserForSequenceClassification, preset_config
 from graphdiff.patterns import parse_pattern
 from graphdiff.train.checkpoint import load_checkpoint, save_checkpoint, save_json
-from graphdiff.train.distributed import DistributedContext, all_reduce_sum, init_distributed, shutdown
+from graphdiff.train.distributed import (
+    DistributedContext, all_gather_objects, all_reduce_sum, init_distributed, shutdown,
+)
 
 
 @dataclasses.dataclass
@@ -47,7 +53,7 @@ class TrainArgs:
     lr: float = 1e-3
     weight_decay: float = 0.01
     warmup: float = 0.1  # fraction of the steps with a linear warm-up
-    clip: float = 1.0  # gradient norm clipping
+    clip: float = 1.0  # gradient norm clipping; 0 turns it off
     seed: int = 0
     eval_every: Optional[int] = None  # steps; default: 5 evaluations per run, at least one per epoch
     log_every: int = 10
@@ -60,14 +66,19 @@ class TrainArgs:
     def __post_init__(self) -> None:
         if (self.max_steps is None) == (self.epochs is None):
             raise ValueError("give exactly one of max_steps and epochs")
-        for name in ("max_steps", "batch_size", "log_every", "eval_every", "stop_after"):
+        for name in ("max_steps", "batch_size", "log_every", "eval_every", "stop_after", "workers", "seed"):
+            if getattr(self, name) is not None:
+                check_int(name, getattr(self, name), low=0 if name in ("workers", "seed") else 1)
+        for name, positive in (("epochs", True), ("lr", True), ("weight_decay", False), ("clip", False)):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if self.epochs is not None and self.epochs <= 0:
-            raise ValueError(f"epochs must be positive, got {self.epochs}")
+            if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)
+                                      or not (value > 0 if positive else value >= 0)):
+                raise ValueError(f"{name} must be a number {'>' if positive else '>='} 0, got {value!r}")
         if not 0.0 <= self.warmup < 1.0:
             raise ValueError(f"warmup must be a fraction in [0, 1), got {self.warmup}")
+        # Paths may come as pathlib.Path; config.json and the checkpoint store plain strings.
+        self.out = os.fspath(self.out)
+        self.data_dir = None if self.data_dir is None else os.fspath(self.data_dir)
         # Cheap name checks first, before any data is generated or read.
         if self.task not in TASKS:
             raise ValueError(f"unknown task {self.task!r}; valid tasks: {', '.join(sorted(TASKS))}")
@@ -112,15 +123,16 @@ def make_optimizer(model: nn.Module, args: TrainArgs) -> torch.optim.Optimizer:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, dataset: TaskDataset, batch_size: int, device: torch.device,
-             workers: int = 0) -> Dict[str, float]:
-    """Loss, accuracy and number of examples of ``model`` on ``dataset``."""
+             workers: int = 0, truncate: bool = False) -> Dict[str, float]:
+    """Loss, accuracy and number of examples of ``model`` on ``dataset`` (``truncate`` cuts
+    sequences longer than the model's ``max_len`` instead of refusing them)."""
     model.eval()
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate, num_workers=workers,
                         generator=torch.Generator())  # own generator: leave the global RNG alone
     loss_sum, correct, count = 0.0, 0, 0
     for tokens, mask, labels in loader:
         tokens, mask, labels = tokens.to(device), mask.to(device), labels.to(device)
-        logits = model(tokens, mask)
+        logits = model(tokens, mask, truncate=truncate)
         loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
         correct += int((logits.argmax(dim=-1) == labels).sum())
         count += labels.numel()
@@ -138,8 +150,16 @@ class MetricsLog:
         if not self.enabled or not os.path.exists(self.path):
             return
         with open(self.path) as handle:
-            kept = [line for line in handle if line.strip() and json.loads(line)["step"] <= step]
+            kept = [line for line in handle if self._step_of(line) <= step]
         atomic_write(self.path, lambda handle: handle.writelines(kept), text=True)
+
+    @staticmethod
+    def _step_of(line: str) -> float:
+        """The line's step; infinite (dropped) for a line cut short when the run died."""
+        try:
+            return json.loads(line)["step"]
+        except (ValueError, KeyError, TypeError):
+            return math.inf
 
     def write(self, record: Dict[str, Any]) -> None:
         if self.enabled:
@@ -156,6 +176,32 @@ def _batches(dataset: TaskDataset, sampler: DistributedSampler, epoch: int, firs
     # dropout) identical whether or not a run was interrupted here.
     return iter(DataLoader(Subset(dataset, indices), batch_size=per_process, collate_fn=collate,
                            num_workers=workers, generator=torch.Generator()))
+
+
+def rng_states(context: DistributedContext) -> Dict[str, torch.Tensor]:
+    """This process's random number generator states (CPU, and its GPU when it has one)."""
+    states = {"cpu": torch.get_rng_state()}
+    if context.device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state(context.device)
+    return states
+
+
+def restore_rng_states(saved: Any, context: DistributedContext) -> None:
+    """Restore this process's states from a checkpoint's list (one entry per process).
+
+    Checkpoints of earlier versions hold one CPU state for all processes, which is exact only
+    for a single process; a run resumed on a different number of processes cannot be exact, and
+    each process takes the saved states of ``rank % saved processes``.
+    """
+    if isinstance(saved, torch.Tensor):
+        saved = [{"cpu": saved}]
+    if len(saved) != context.world_size:
+        warnings.warn(f"resuming on {context.world_size} processes a run saved on {len(saved)}: "
+                      "the data order and dropout will differ from an uninterrupted run", stacklevel=2)
+    states = saved[context.rank % len(saved)]
+    torch.set_rng_state(states["cpu"])
+    if "cuda" in states and context.device.type == "cuda":
+        torch.cuda.set_rng_state(states["cuda"], context.device)
 
 
 @dataclasses.dataclass
@@ -192,6 +238,7 @@ def _train(args: TrainArgs, context: DistributedContext) -> TrainResult:
     warmup_steps = int(args.warmup * total)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total, warmup_steps))
     step, best = 0, -1.0
+    window_loss, window_steps = 0.0, 0  # training loss since the last evaluation
     last_path, best_path = os.path.join(args.out, "last.pt"), os.path.join(args.out, "best.pt")
     metrics = MetricsLog(os.path.join(args.out, "metrics.jsonl"), context.is_main)
     if args.resume and os.path.exists(last_path):
@@ -199,8 +246,9 @@ def _train(args: TrainArgs, context: DistributedContext) -> TrainResult:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
+        restore_rng_states(state["rng"], context)
         step, best = state["step"], state["best"]
+        window_loss, window_steps = state.get("window", (0.0, 0))
         metrics.truncate_after(step)
     elif context.is_main:
         os.makedirs(args.out, exist_ok=True)
@@ -212,18 +260,18 @@ def _train(args: TrainArgs, context: DistributedContext) -> TrainResult:
     sampler = DistributedSampler(train_set, num_replicas=context.world_size, rank=context.rank,
                                  shuffle=True, seed=args.seed, drop_last=True)
 
-    def checkpoint(path: str) -> None:
+    def checkpoint(path: str, rng: List[Dict[str, torch.Tensor]]) -> None:
         save_checkpoint(path, {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(), "step": step, "best": best,
-            "config": config.to_dict(), "train": dataclasses.asdict(args),
+            "scheduler": scheduler.state_dict(), "rng": rng, "step": step, "best": best,
+            "window": (window_loss, window_steps), "config": config.to_dict(), "train": dataclasses.asdict(args),
         })
 
     stop_at = total if args.stop_after is None else min(total, step + args.stop_after)
     bar = tqdm(total=total, initial=step, desc=f"train {args.task}", disable=not (args.progress and context.is_main))
     result: Dict[str, Any] = {}
     batches: Optional[Iterator] = None
-    window_loss, window_steps, tokens_seen, started = 0.0, 0, 0, time.perf_counter()
+    tokens_seen, started = 0, time.perf_counter()
     while step < stop_at:
         if batches is None:
             batches = _batches(train_set, sampler, step // steps_per_epoch, step % steps_per_epoch,
@@ -234,7 +282,8 @@ def _train(args: TrainArgs, context: DistributedContext) -> TrainResult:
         loss = F.cross_entropy(logits, labels.to(context.device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
+        if args.clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
         optimizer.step()
         scheduler.step()
         step += 1
@@ -246,19 +295,23 @@ def _train(args: TrainArgs, context: DistributedContext) -> TrainResult:
         tokens_seen += int(mask.sum()) * context.world_size
         if step % args.log_every == 0:
             metrics.write({"step": step, "loss": float(global_loss), "lr": scheduler.get_last_lr()[0]})
-        if step % eval_every == 0 or step == total or step == stop_at:
+        evaluating = step % eval_every == 0 or step == total
+        if evaluating or step == stop_at:  # an interrupted run saves where it stopped, unevaluated
+            rng = all_gather_objects(rng_states(context), context)  # every process's, for exact resumption
+        if evaluating:
             result = {"step": step, "epoch": step / steps_per_epoch, "train_loss": window_loss / window_steps,
                       "tokens_per_second": tokens_seen / (time.perf_counter() - started)}
+            window_loss, window_steps, tokens_seen, started = 0.0, 0, 0, time.perf_counter()
             if context.is_main:
                 result.update({f"val_{k}": v for k, v in evaluate(model, val_set, per_process, context.device, args.workers).items()})
                 metrics.write(result)
                 bar.set_postfix(loss=f"{result['train_loss']:.3f}", val_acc=f"{result['val_accuracy']:.3f}")
                 if result["val_accuracy"] > best:
                     best = result["val_accuracy"]
-                    checkpoint(best_path)
-                checkpoint(last_path)
-            window_loss, window_steps, tokens_seen, started = 0.0, 0, 0, time.perf_counter()
-            if context.enabled:
-                torch.distributed.barrier()
+                    checkpoint(best_path, rng)
+        if (evaluating or step == stop_at) and context.is_main:
+            checkpoint(last_path, rng)
+        if (evaluating or step == stop_at) and context.enabled:
+            torch.distributed.barrier()
     bar.close()
     return TrainResult(metrics=result, model=model)

@@ -53,6 +53,20 @@ def test_batch_equals_each_sequence_alone_and_padding_is_ignored():
     assert torch.all(together[~mask] == 0)
 
 
+def test_outputs_come_back_where_the_mask_put_each_token():
+    # Left padding and a gap: token values must land at their own positions, zeros elsewhere.
+    config = DiffuserConfig.tiny(vocab_size=30, pattern="Window(4) | Global(1)", dropout=0.0)
+    encoder, lm = Diffuser(config).eval(), DiffuserForMaskedLM(config).eval()
+    tokens = torch.randint(2, 30, (2, 8))
+    mask = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 1], [1, 1, 0, 1, 1, 0, 0, 0]], dtype=torch.bool)
+    for model in (encoder, lm):
+        out = model(tokens, mask)
+        for b in range(2):
+            alone = model(tokens[b, mask[b]].unsqueeze(0), torch.ones(1, int(mask[b].sum()), dtype=torch.bool))
+            torch.testing.assert_close(out[b, mask[b]], alone[0], rtol=1e-5, atol=1e-5)
+        assert torch.all(out[~mask] == 0)
+
+
 def test_graph_batch_and_padded_entry_points_agree():
     config = DiffuserConfig.tiny(vocab_size=30)
     model = DiffuserForSequenceClassification(config).eval()
@@ -132,6 +146,12 @@ def test_paper_base_is_the_official_configuration():
     (dict(layers=0), "layers must be a positive integer"),
     (dict(dropout=1.0), "dropout must lie in"),
     (dict(pattern="Window(8) | Nope(1)"), "unknown name 'Nope'"),
+    (dict(kernel="foo"), "'kernel' must be one of"),
+    (dict(alpha=5.0), "'alpha' must be a float in"),
+    (dict(alpha="0.1"), "'alpha' must be a float in"),
+    (dict(hops=-1), "'hops' must be >= 0"),
+    (dict(t=-1.0), "'t' must be a finite float >= 0"),
+    (dict(layer_norm_eps=-1.0), "layer_norm_eps must be a number > 0"),
 ])
 def test_config_rejects_bad_values(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -66,7 +66,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         attention = learned_attention(args.checkpoint, args.checkpoint_n, args.k) if args.checkpoint else None
         result = report(args.patterns, args.n, args.out, attention=attention)
-    except ValueError as error:  # bad pattern, length or checkpoint: one line, not a traceback
+    except (ValueError, OSError) as error:  # bad pattern, length, checkpoint or --out: one line
         print(f"graphdiff analyze: error: {error}", file=sys.stderr)
         return 2
     print("\n".join(line for line in result.markdown.splitlines() if not line.startswith("![")))

@@ -82,18 +82,28 @@ def diffusion_spectrum(
 
 
 class AttentionSpectrum(NamedTuple):
-    """Leading eigenvalues of a learned attention and of its diffusion, per head.
+    r"""Leading eigenvalues of a learned attention and of its diffusion, per head.
 
     Attributes:
         eigs: ``[H, k]`` complex eigenvalues of ``A_h``, by decreasing modulus.
         diffused: ``[H, k]`` complex, ``f(eigs)``: the eigenvalues of the diffusion ``T_h`` on
-            the same eigenvectors.
+            the same eigenvectors. Not sorted by modulus: ``f`` does not preserve that order
+            (an eigenvalue ``mu`` near 0 maps to about ``theta_0``, e.g. ``alpha``).
         diffusion: the diffusion ``diffused`` was computed for, e.g. ``"PPR, alpha=0.1, K=5"``.
+        second: ``[H, 2]`` float, ``(low, high)`` bounds on :math:`|\nu_2|`, the second-largest
+            eigenvalue modulus of ``T_h`` over all ``n`` eigenvalues ``f(mu)``, one copy of the
+            Perron eigenvalue ``f(1) = 1`` excluded (``nan`` for ``n = 1``). ``low`` is the
+            largest ``|f(mu)|`` over the computed ``mu`` other than that one. Where all ``n``
+            eigenvalues are known (``n <= DENSE_MAX_NODES``: the dense solver computes them all,
+            whatever ``k``) ``high == low``; else the uncomputed ``mu`` have
+            :math:`|\mu| \le |\mu_k|`, where :math:`|f(\mu)| \le f(|\mu_k|)` (the weights
+            :math:`\theta_i` are nonnegative), so ``high = max(low, f(|mu_k|))``.
     """
 
     eigs: np.ndarray
     diffused: np.ndarray
     diffusion: str
+    second: np.ndarray
 
 
 def attention_spectrum(
@@ -136,14 +146,18 @@ def attention_spectrum(
             f"got {list(np.shape(attn))}"
         )
     k = check_int("k", k, 1, n)
-    eigs = np.stack([_leading(scipy.sparse.csr_matrix((w, (dst, src)), shape=(n, n)), k) for w in weights.T])
+    diffusion_spectrum(np.zeros(1), alpha, hops, kernel, t)  # validate before the eigensolves
+    heads = [_leading(scipy.sparse.csr_matrix((w, (dst, src)), shape=(n, n)), k) for w in weights.T]
+    eigs = np.stack([values[:k] for values in heads])
+    second = np.array([_second_modulus(values, n, alpha, hops, kernel, t) for values in heads])
     depth = "inf" if hops is None else hops
     diffusion = f"PPR, alpha={alpha}, K={depth}" if kernel == "ppr" else f"heat, t={t}, K={depth}"
-    return AttentionSpectrum(eigs, diffusion_spectrum(eigs, alpha, hops, kernel, t), diffusion)
+    return AttentionSpectrum(eigs, diffusion_spectrum(eigs, alpha, hops, kernel, t), diffusion, second)
 
 
 def _leading(matrix: scipy.sparse.csr_matrix, k: int) -> np.ndarray:
-    """``k`` eigenvalues of largest modulus, sorted by modulus then real part, descending."""
+    """Eigenvalues of largest modulus, sorted by modulus then real part, descending: all ``n``
+    below ``DENSE_MAX_NODES`` (the dense solver computes them anyway), else the ``k`` leading."""
     n = matrix.shape[0]
     if n <= DENSE_MAX_NODES:
         values = np.linalg.eigvals(matrix.toarray())
@@ -151,7 +165,28 @@ def _leading(matrix: scipy.sparse.csr_matrix, k: int) -> np.ndarray:
         values = arpack(matrix, k, "LM", symmetric=False)
     values = values.astype(np.complex128)
     order = np.lexsort((-values.real, -np.abs(values)))
-    return values[order][:k]
+    return values[order]
+
+
+def _second_modulus(
+    values: np.ndarray, n: int, alpha: float, hops: Optional[int], kernel: str, t: float
+) -> tuple[float, float]:
+    r"""``(low, high)`` bounds on the second-largest eigenvalue modulus of the diffusion ``T``.
+
+    ``values``: eigenvalues of ``A`` by decreasing modulus, all ``n`` of them or the leading
+    ones. One copy of the Perron eigenvalue (the one closest to 1; not simply the first, as
+    rounding may put a ``-1`` ahead of it) is excluded, the others are mapped by ``f``. For the
+    eigenvalues not computed, :math:`|\mu| \le r = \min |\text{values}|` and
+    :math:`|f(\mu)| \le \sum_i \theta_i |\mu|^i \le f(r)`.
+    """
+    if n < 2:
+        return math.nan, math.nan
+    rest = np.delete(values, np.argmin(np.abs(values - 1.0)))
+    low = float(np.abs(diffusion_spectrum(rest, alpha, hops, kernel, t)).max(initial=0.0))
+    if values.shape[0] == n:  # the whole spectrum: exact
+        return low, low
+    tail = float(diffusion_spectrum(np.abs(values).min(), alpha, hops, kernel, t).real)
+    return low, max(low, tail)
 
 
 def _check_kernel(kernel: Any, alpha: Any, t: Any) -> None:

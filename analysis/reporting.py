@@ -75,14 +75,21 @@ def report(
 
     Args:
         patterns: names from ``PRESETS``, pattern expressions, or a mapping name -> pattern
-            (expression or object with ``to_scipy``). Default: all of ``PRESETS``.
+            (expression or object with ``to_scipy``); a single name, expression or pattern
+            object is one pattern. Default: all of ``PRESETS``.
         lengths: sequence lengths.
         out: directory to write into (created); ``None`` computes the table only.
         attention: per-layer spectra of a learned attention (see :func:`attention_spectrum`).
 
     Returns:
         the rows, the markdown text and the files written.
+
+    Raises:
+        ValueError: on a bad pattern or length, or an ``out`` that exists and is not a directory
+            (before any eigensolve).
     """
+    if out is not None and os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"out={out!r} exists and is not a directory")
     named = _resolve(patterns)
     lengths = sorted({check_int("lengths", n, 2) for n in lengths})
     if not lengths:
@@ -117,10 +124,12 @@ def _resolve(patterns: Union[Sequence[str], Mapping[str, Any], None]) -> dict[st
 
     if patterns is None:
         patterns = list(PRESETS)
+    if isinstance(patterns, str) or hasattr(patterns, "to_scipy"):
+        patterns = [patterns]  # one pattern, not a sequence of characters (or of anything else)
     if isinstance(patterns, Mapping):
         items = list(patterns.items())
     else:
-        items = [(name, PRESETS.get(name, name)) for name in patterns]
+        items = [(p, PRESETS.get(p, p)) if isinstance(p, str) else (repr(p), p) for p in patterns]
     if not items:
         raise ValueError("patterns must name at least one pattern")
     return {name: parse_pattern(p) if isinstance(p, str) else p for name, p in items}
@@ -145,6 +154,11 @@ def _row(name: str, g: Graph) -> Row:
         pattern=name, n=g.n, edges_per_token=g.num_edges / g.n, lambda_2=lam2, epsilon=epsilon,
         ramanujan_ratio=ratio, hops_to_cover=covered, connected=g.num_components == 1, field=field,
     )
+
+
+def _cell(text: str) -> str:
+    """``text`` as a markdown table cell: a ``|`` (pattern union) would end the cell."""
+    return text.replace("|", "\\|")
 
 
 def _fmt(value: Optional[float], digits: int = 4) -> str:
@@ -174,7 +188,7 @@ def _markdown(rows: list[Row], attention: Optional[Sequence[AttentionSpectrum]])
         hops = "never" if r.hops_to_cover is None else str(r.hops_to_cover)
         gap = _fmt(r.lambda_2) + ("" if r.connected else " (disconnected)")
         lines.append(
-            f"| {r.pattern} | {r.n} | {r.edges_per_token:.1f} | {gap} | {_fmt(r.epsilon)} | "
+            f"| {_cell(r.pattern)} | {r.n} | {r.edges_per_token:.1f} | {gap} | {_fmt(r.epsilon)} | "
             f"{_fmt(r.ramanujan_ratio, 3)} | {hops} |"
         )
     lines += ["", "![lambda_2 against n](lambda2_vs_n.png)", "",
@@ -184,17 +198,28 @@ def _markdown(rows: list[Row], attention: Optional[Sequence[AttentionSpectrum]])
             "## Learned attention",
             "",
             f"Leading eigenvalues of each layer's one-hop attention `A` (row-stochastic, so "
-            f"`mu_1 = 1`) and of its diffusion ({attention[0].diffusion}); worst head.",
+            f"`mu_1 = 1`) and of its diffusion `T = f(A)` ({attention[0].diffusion}); worst head. "
+            "`abs(nu_2)`: the second-largest eigenvalue modulus of `T` over all `n` eigenvalues "
+            "`f(mu)` of `T`, one copy of the Perron eigenvalue `f(1) = 1` left out (not "
+            "`abs(f(mu_2))`: `f` does not keep the order by modulus, `mu` near 0 maps to about "
+            "`f(0)`). Where only the `k` leading `mu` were computed (above "
+            f"{DENSE_MAX_NODES} tokens), `[low, high]`: `low` from the computed ones, `high` "
+            "also bounds the others, `abs(f(mu)) <= f(abs(mu_k))`.",
             "",
-            "| layer | heads | abs(mu_2) of A | abs(mu_2) of diffusion |",
+            "| layer | heads | abs(mu_2) of A | abs(nu_2) of diffusion T |",
             "|---:|---:|---:|---:|",
         ]
         for layer, spectrum in enumerate(attention):
             second = np.abs(spectrum.eigs[:, 1]).max() if spectrum.eigs.shape[1] > 1 else math.nan
-            second_diffused = np.abs(spectrum.diffused[:, 1]).max() if spectrum.eigs.shape[1] > 1 else math.nan
-            lines.append(f"| {layer} | {spectrum.eigs.shape[0]} | {second:.4f} | {second_diffused:.4f} |")
+            lines.append(f"| {layer} | {spectrum.eigs.shape[0]} | {second:.4f} | {_bounds(spectrum.second)} |")
         lines += ["", "![attention spectra](attention_spectra.png)", ""]
     return "\n".join(lines)
+
+
+def _bounds(second: np.ndarray) -> str:
+    """The worst head's ``abs(nu_2)`` from per-head ``(low, high)`` bounds ``[H, 2]``."""
+    low, high = second.max(axis=0)
+    return f"{low:.4f}" if f"{low:.4f}" == f"{high:.4f}" else f"[{low:.4f}, {high:.4f}]"
 
 
 def _figures(

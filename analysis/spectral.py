@@ -15,6 +15,24 @@ Solvers, chosen by size and shape:
 * everything else: Lanczos (ARPACK ``eigsh``) on ``M = I - L`` with the kernel of ``L``
   (``D^{1/2} 1`` per component) deflated. Memory is ``O(edges)``.
 
+Repeated eigenvalues: a single-vector Krylov method (ARPACK) finds each distinct eigenvalue
+once, however many times it repeats (a wheel, a cycle: every ``1 - cos`` twice; identical
+components). Whenever more than one eigenvalue is wanted at an end, the solvers therefore
+search again with the ``k`` eigenvectors found deflated, and again, until the deflated operator
+has no eigenvalue beyond the ``k``-th found (see :func:`_with_multiplicity`): by Cauchy
+interlacing the ``k`` values are then the ``k`` extreme eigenvalues, counted with multiplicity.
+A single eigenvalue (``lambda_2`` of :func:`spectral_gap`, ``lambda_n``) needs no such search.
+Each search finds at least one more copy of every repeated eigenvalue, often many (ARPACK
+restarts on invariant subspaces), but an eigenvalue repeated very often among the wanted ones
+(a star: 1, ``n - 2`` times) may need more than ``MAX_ROUNDS`` searches: such a graph is solved
+densely up to ``DENSE_FALLBACK_MAX_NODES`` nodes, else :class:`RepeatedEigenvalueError` (a
+:class:`SpectralConvergenceError`) is raised. Limits, as for any Krylov method: the certificate
+assumes each search converges to the extreme eigenvalue of the deflated operator (a random start
+vector has a component along it with probability 1), and copies closer than ``TOL`` (relative)
+to the ``k``-th value may be left out, which changes no returned value by more than that.
+The sparse solvers take ``k <= n // SPARSE_MAX_K_DIVISOR``; a larger ``k`` is solved densely up
+to ``DENSE_FALLBACK_MAX_NODES`` nodes and refused (``ValueError``, before any work) above.
+
 Sparse eigenvalues carry a residual below ``TOL`` (a guaranteed bound on their error; the
 actual error is usually about its square). Failure to converge raises
 :class:`SpectralConvergenceError`, never a silent estimate. A disconnected graph has
@@ -25,7 +43,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import numpy as np
 import scipy.linalg
@@ -40,6 +58,15 @@ MAX_HALF_BAND = 256  # and a Cholesky factorisation, O(n * half^2), runs ~30 tim
 TOL = 1e-5  # ARPACK residual tolerance relative to the eigenvalue; eigenvalue errors are ~TOL^2/gap
 MAXITER = 5000  # ARPACK restarts
 SHIFT = 1e-8  # L + SHIFT * I is positive definite; far below any gap that float64 resolves at n ~ 1e5
+SPARSE_MAX_K_DIVISOR = 4  # sparse solvers for k <= n // 4: beyond, Krylov spaces near n are dense work
+DENSE_FALLBACK_MAX_NODES = 4096  # dense eigvalsh for a larger k up to here: 128 MiB, seconds
+MAX_ROUNDS = 16  # deflated re-searches for repeated eigenvalues; each finds >= 1 missing copy
+
+# solve(count, basis, seed): the ``count`` largest eigenvalues (and unit eigenvectors
+# ``[n, count]``) of a symmetric operator restricted to the orthogonal complement of
+# ``basis [n, b]`` (or of nothing), from the start vector of ``seed``. Every solver below is
+# written so that the wanted end is "largest".
+Solve = Callable[[int, Optional[np.ndarray], int], tuple[np.ndarray, np.ndarray]]
 
 
 class DisconnectedGraphWarning(UserWarning):
@@ -50,6 +77,10 @@ class SpectralConvergenceError(RuntimeError):
     """A sparse eigensolver stopped before reaching the requested accuracy."""
 
 
+class RepeatedEigenvalueError(SpectralConvergenceError):
+    """An eigenvalue repeats more often among the wanted ones than the sparse search can count."""
+
+
 class LaplacianExtremes(NamedTuple):
     """Extreme eigenvalues of the normalised Laplacian.
 
@@ -57,7 +88,10 @@ class LaplacianExtremes(NamedTuple):
         smallest: ``[k]`` ascending; the first ``min(k, num_components)`` are exactly 0.
         largest: ``[k]`` ascending; ``largest[-1]`` is ``lambda_n``.
         num_components: connected components of ``W`` (isolated nodes count).
-        method: ``"dense"``, ``"lanczos"`` or ``"shift-invert"`` (the solver of ``smallest``).
+        method: the solver of ``smallest``: ``"dense"`` (``numpy.linalg.eigvalsh``: up to
+            ``DENSE_MAX_NODES`` nodes, or a large ``k`` up to ``DENSE_FALLBACK_MAX_NODES``),
+            ``"components"`` (every wanted eigenvalue is a 0 of the kernel, no solve),
+            ``"lanczos"`` or ``"shift-invert"``.
     """
 
     smallest: np.ndarray
@@ -86,12 +120,18 @@ class AdjacencyLambda(NamedTuple):
 def laplacian_extremes(graph: Any, n: Optional[int] = None, k: int = 2) -> LaplacianExtremes:
     """The ``k`` smallest and ``k`` largest eigenvalues of the normalised Laplacian.
 
+    Repeated eigenvalues are returned as often as they repeat (see the module docstring).
+
     Args:
         graph: a pattern, an edge_index ``[2, E]``, a scipy sparse matrix or a :class:`Graph`.
         n: the number of nodes (required with a pattern or an edge_index).
-        k: how many eigenvalues at each end, ``1 <= k <= n``.
+        k: how many eigenvalues at each end, ``1 <= k <= n``. Above ``DENSE_MAX_NODES`` nodes
+            the sparse solvers take ``k <= n // SPARSE_MAX_K_DIVISOR``; a larger ``k`` is solved
+            densely (all ``n`` eigenvalues) up to ``DENSE_FALLBACK_MAX_NODES`` nodes.
 
     Raises:
+        ValueError: for ``k`` out of range, or a ``k > n // SPARSE_MAX_K_DIVISOR`` above
+            ``DENSE_FALLBACK_MAX_NODES`` nodes (raised before any eigensolve).
         SpectralConvergenceError: when a sparse solver does not converge.
     """
     g = as_graph(graph, n)
@@ -101,14 +141,28 @@ def laplacian_extremes(graph: Any, n: Optional[int] = None, k: int = 2) -> Lapla
 
 def extremes(g: Graph, k_small: int, k_large: int) -> LaplacianExtremes:
     """:func:`laplacian_extremes` with a separate count at each end (``k_large`` may be 0)."""
-    if g.n <= DENSE_MAX_NODES:
-        spectrum = g.laplacian_spectrum
+    sparse_max = g.n // SPARSE_MAX_K_DIVISOR
+    if g.n <= DENSE_MAX_NODES or max(k_small, k_large) > sparse_max:
+        if g.n > DENSE_FALLBACK_MAX_NODES:
+            raise ValueError(
+                f"k={max(k_small, k_large)} eigenvalues at one end of a graph on n={g.n} nodes: "
+                f"the sparse solvers take k <= n // {SPARSE_MAX_K_DIVISOR} = {sparse_max}, the dense "
+                f"solver n <= {DENSE_FALLBACK_MAX_NODES}"
+            )
+        spectrum = g.laplacian_spectrum if g.n <= DENSE_MAX_NODES else _dense_laplacian_spectrum(g)
         return LaplacianExtremes(
             spectrum[:k_small].copy(), spectrum[g.n - k_large :].copy(), g.num_components, "dense"
         )
     half = _band(g)
-    smallest, method = _sparse_smallest(g, k_small, half)
-    largest = _sparse_largest(g, k_large, half) if k_large else np.zeros(0)
+    try:
+        smallest, method = _sparse_smallest(g, k_small, half)
+        largest = _sparse_largest(g, k_large, half) if k_large else np.zeros(0)
+    except RepeatedEigenvalueError:
+        if g.n > DENSE_FALLBACK_MAX_NODES:
+            raise
+        # e.g. a star: eigenvalue 1 n - 2 times; each search finds only a few more copies
+        spectrum = _dense_laplacian_spectrum(g)
+        smallest, largest, method = spectrum[:k_small], spectrum[g.n - k_large :], "dense"
     return LaplacianExtremes(smallest, largest, g.num_components, method)
 
 
@@ -155,13 +209,17 @@ def adjacency_lambda(graph: Any, n: Optional[int] = None) -> AdjacencyLambda:
     w = g.adjacency
     if g.n <= DENSE_MAX_NODES:
         second, last = g.adjacency_spectrum[[-2, 0]]
-    elif (half := _band(g)) is not None:  # clustered ends: see _banded_largest
-        permuted = g.permuted_adjacency
-        second = np.sort(_banded_largest(permuted, 2, half))[0]
-        last = -_banded_largest(-permuted, 1, half)[0]
     else:
-        second = np.sort(arpack(w, 2, "LA"))[0]
-        last = arpack(w, 1, "SA")[0]
+        # Connected: mu_1 is simple (Perron-Frobenius), so the top two need no multiplicity
+        # search; with several components mu_1 may repeat (mu_2 = mu_1).
+        repeated = g.num_components > 1
+        if (half := _band(g)) is not None:  # clustered ends: see _banded_largest
+            permuted = g.permuted_adjacency
+            second = _banded_largest(permuted, 2, half, repeated)[-1]
+            last = -_banded_largest(-permuted, 1, half)[0]
+        else:
+            second = _with_multiplicity(_lanczos(w), 2, repeated)[-1]
+            last = arpack(w, 1, "SA")[0]
     lam = float(max(abs(second), abs(last)))
     mean_degree = w.nnz / g.n
     ratio = lam / (2.0 * math.sqrt(mean_degree - 1.0)) if mean_degree > 1 else math.nan
@@ -178,17 +236,14 @@ def _sparse_smallest(g: Graph, k: int, half: Optional[int]) -> tuple[np.ndarray,
         return np.zeros(k), "components"
     null = g.null_space()
     if half is not None:
-        found = _shift_invert_smallest(g, k - zeros, null, half)
+        found = -_with_multiplicity(_shift_invert_smallest(g, null, half), k - zeros)
         method = "shift-invert"
     else:
         # Map the kernel of L (eigenvalue 1 of M) to -1, the bottom of M's spectrum, so that the
         # largest eigenvalues of the deflated operator are 1 - lambda_2, 1 - lambda_3, ...
         # Where -1 is returned, it is a true eigenvalue of M too (no eigenvalue lies below -1).
         m = g.normalized_adjacency()
-        deflated = sla.LinearOperator(
-            m.shape, matvec=lambda x: m @ x - 2.0 * (null @ (null.T @ x)), dtype=np.float64
-        )
-        found = 1.0 - arpack(deflated, k - zeros, "LA")
+        found = 1.0 - _with_multiplicity(_lanczos(m, null, -1.0), k - zeros)
         method = "lanczos"
     return np.concatenate([np.zeros(zeros), np.sort(found)]), method
 
@@ -197,7 +252,128 @@ def _sparse_largest(g: Graph, k: int, half: Optional[int]) -> np.ndarray:
     """``k`` largest eigenvalues of ``L``, ascending."""
     if half is not None:
         return np.sort(_banded_largest(g.permuted_laplacian, k, half))
-    return np.sort(1.0 - arpack(g.normalized_adjacency(), k, "SA"))
+    # The largest of -M = L - I: the smallest of M, without the sign flips of "SA".
+    m = g.normalized_adjacency()
+    return np.sort(1.0 + _with_multiplicity(_lanczos(-m), k))
+
+
+def _dense_laplacian_spectrum(g: Graph) -> np.ndarray:
+    """All eigenvalues of ``L``, ascending, kernel exactly 0: the fallback for a ``k`` too large
+    for the sparse solvers, ``O(n^2)`` memory (only up to ``DENSE_FALLBACK_MAX_NODES``)."""
+    spectrum = np.linalg.eigvalsh(g.laplacian().toarray())
+    spectrum[: g.num_components] = 0.0
+    return spectrum
+
+
+def _with_multiplicity(solve: Solve, k: int, repeated: bool = True) -> np.ndarray:
+    r"""The ``k`` largest eigenvalues of a symmetric operator, descending, each counted as often
+    as it repeats.
+
+    Lanczos from one start vector sees one vector of each eigenspace: a repeated eigenvalue
+    shows up once and the next distinct one takes its place. So, with :math:`V` the
+    (orthonormalised) eigenvectors of the ``k`` best values so far and :math:`\theta_k` the
+    ``k``-th, solve again on the complement of :math:`V` and merge what lies above
+    :math:`\theta_k`; stop when the complement has nothing above it. Then (Cauchy interlacing,
+    :math:`V` invariant up to the residual) no eigenvalue above :math:`\theta_k` is missing.
+    An eigenvalue in the complement is a genuine further copy, never a found one again. Each
+    search starts from a new random vector: the old one has no component along the missing
+    copies (its projection on an eigenspace is the very copy found). Cost: one more solve when
+    nothing repeats, about one more per extra copy otherwise.
+
+    Args:
+        solve: see :data:`Solve`.
+        k: how many eigenvalues.
+        repeated: ``False`` when the caller knows the answer has no repeats to find (``k = 1``,
+            or a simple Perron eigenvalue and one more): one solve, no search.
+
+    Raises:
+        RepeatedEigenvalueError: when the search does not settle within ``MAX_ROUNDS`` (an
+            eigenvalue repeated many times among the ``k``: :func:`extremes` then solves densely
+            up to ``DENSE_FALLBACK_MAX_NODES`` nodes).
+    """
+    if k == 1 or not repeated:
+        return np.sort(solve(k, None, 0)[0])[::-1]
+    values, vectors = solve(k, None, 0)
+    for search in range(1, MAX_ROUNDS + 1):
+        order = np.argsort(-values)[:k]
+        values, vectors = values[order], vectors[:, order]
+        basis = np.linalg.qr(vectors)[0]
+        more, more_vectors = solve(k, basis, search)
+        # A copy of the k-th value itself changes nothing: count only what beats it by more
+        # than the solver's own accuracy (the residual bound TOL, relative).
+        beyond = more > values[-1] + TOL * abs(values[-1])
+        if not beyond.any():
+            return values
+        values = np.concatenate([values, more[beyond]])
+        vectors = np.concatenate([vectors, more_vectors[:, beyond]], axis=1)
+    raise RepeatedEigenvalueError(
+        f"repeated eigenvalues: still finding further copies after {MAX_ROUNDS} deflated searches (k={k})"
+    )
+
+
+def _deflated(
+    apply: Callable[[np.ndarray], np.ndarray], n: int, basis: Optional[np.ndarray], parked: float
+) -> sla.LinearOperator:
+    """``x -> (I - P) apply((I - P) x) + parked P x`` with ``P = basis basis^T``: the operator on the
+    complement of ``basis``, whose own vectors are parked at the eigenvalue ``parked`` (chosen
+    outside the wanted end)."""
+    if basis is None:
+        return sla.LinearOperator((n, n), matvec=lambda x: apply(x.ravel()), dtype=np.float64)
+
+    def matvec(x: np.ndarray) -> np.ndarray:
+        x = x.ravel()
+        inside = basis @ (basis.T @ x)
+        y = apply(x - inside)
+        return y - basis @ (basis.T @ y) + parked * inside
+
+    return sla.LinearOperator((n, n), matvec=matvec, dtype=np.float64)
+
+
+def _lanczos(matrix: Any, null: Optional[scipy.sparse.csc_matrix] = None, null_value: float = 0.0) -> Solve:
+    r"""Plain Lanczos for the largest eigenvalues of a symmetric ``matrix`` (``-M`` gives the
+    smallest), the orthonormal columns of ``null`` (eigenvectors of eigenvalue 1) moved to
+    ``null_value``, found vectors parked far below: below the spectrum of ``matrix``
+    (:math:`\pm M`, :math:`W`), at :math:`-(\|X\|_\infty + 2)`."""
+    n = matrix.shape[0]
+    parked = -(float(np.asarray(abs(matrix).sum(axis=1)).max(initial=0.0)) + 2.0)
+
+    def apply(x: np.ndarray) -> np.ndarray:
+        y = matrix @ x
+        return y if null is None else y + (null_value - 1.0) * (null @ (null.T @ x))
+
+    def solve(count: int, basis: Optional[np.ndarray], seed: int) -> tuple[np.ndarray, np.ndarray]:
+        return arpack(_deflated(apply, n, basis, parked), count, "LA", vectors=True, seed=seed)
+
+    return solve
+
+
+def _shift_invert_smallest(g: Graph, null: scipy.sparse.csc_matrix, half: int) -> Solve:
+    r"""Shift-invert Lanczos for the smallest nonzero eigenvalues of ``L``, as ``-lambda``.
+
+    Iterates with :math:`P (L + \sigma I)^{-1} P`, ``P`` the projector off the kernel (and off
+    found eigenvectors), so the kernel maps to 0 and :math:`\lambda_2, \lambda_3, \dots` to the
+    largest values :math:`1 / (\lambda + \sigma)`. ``L + sigma I`` is factored once in banded form
+    (Cholesky, ``O(n * half^2)`` time, ``O(n * half)`` memory) in the reverse Cuthill-McKee order;
+    eigenvectors are in that order too.
+    """
+    lap = g.permuted_laplacian
+    null = null[g.rcm_order[0]]
+    factor = _banded_cholesky(lap + SHIFT * scipy.sparse.identity(g.n), half)
+    if factor is None:  # L is positive semidefinite: only rounding can get here
+        raise SpectralConvergenceError(f"banded Cholesky of L + {SHIFT} I failed (n={g.n})")
+
+    def inverse(x: np.ndarray) -> np.ndarray:
+        x = x - null @ (null.T @ x)
+        y = scipy.linalg.cho_solve_banded((factor, False), x)
+        return y - null @ (null.T @ y)
+
+    def solve(count: int, basis: Optional[np.ndarray], seed: int) -> tuple[np.ndarray, np.ndarray]:
+        # Found vectors map to 0 too: an infinite eigenvalue of L, never the nearest to sigma.
+        inverse_off = _deflated(inverse, g.n, basis, 0.0)
+        values, vectors = arpack(lap, count, "LM", sigma=-SHIFT, inverse=inverse_off, vectors=True, seed=seed)
+        return -values, vectors
+
+    return solve
 
 
 def _band(g: Graph) -> Optional[int]:
@@ -230,33 +406,9 @@ def _banded_cholesky(matrix: scipy.sparse.spmatrix, half: int) -> Optional[np.nd
         return None
 
 
-def _shift_invert_smallest(g: Graph, k: int, null: scipy.sparse.csc_matrix, half: int) -> np.ndarray:
-    r"""``k`` smallest nonzero eigenvalues of ``L`` by shift-invert Lanczos.
-
-    Iterates with :math:`P (L + \sigma I)^{-1} P`, ``P`` the projector off the kernel, so the
-    kernel maps to 0 and :math:`\lambda_2, \lambda_3, \dots` to the largest values
-    :math:`1 / (\lambda + \sigma)`. ``L + sigma I`` is factored once in banded form (Cholesky,
-    ``O(n * half^2)`` time, ``O(n * half)`` memory) in the reverse Cuthill-McKee order.
-    """
-    lap = g.permuted_laplacian
-    null = null[g.rcm_order[0]]
-    factor = _banded_cholesky(lap + SHIFT * scipy.sparse.identity(g.n), half)
-    if factor is None:  # L is positive semidefinite: only rounding can get here
-        raise SpectralConvergenceError(f"banded Cholesky of L + {SHIFT} I failed (n={g.n})")
-
-    def solve(x: np.ndarray) -> np.ndarray:
-        x = x.ravel()
-        x = x - null @ (null.T @ x)
-        y = scipy.linalg.cho_solve_banded((factor, False), x)
-        return y - null @ (null.T @ y)
-
-    inverse = sla.LinearOperator(lap.shape, matvec=solve, dtype=np.float64)
-    return arpack(lap, k, "LM", sigma=-SHIFT, inverse=inverse)
-
-
-def _banded_largest(matrix: scipy.sparse.csr_matrix, k: int, half: int) -> np.ndarray:
-    r"""``k`` largest eigenvalues of a symmetric banded matrix ``X``: bisection on inertia, then
-    shift-invert Lanczos.
+def _banded_largest(matrix: scipy.sparse.csr_matrix, k: int, half: int, repeated: bool = True) -> np.ndarray:
+    r"""``k`` largest eigenvalues of a symmetric banded matrix ``X``, descending: bisection on
+    inertia, then shift-invert Lanczos (:func:`_with_multiplicity`; ``repeated`` as there).
 
     :math:`\sigma I - X` has a Cholesky factor exactly when :math:`\sigma > \mu_{max}`
     (Sylvester), so bisection brackets the top to ``SHIFT`` relative. Shift-invert at the upper
@@ -286,11 +438,15 @@ def _banded_largest(matrix: scipy.sparse.csr_matrix, k: int, half: int) -> np.nd
     if factor is None:
         raise SpectralConvergenceError(f"banded Cholesky of {high} I - X failed (n={n})")
 
-    def solve(x: np.ndarray) -> np.ndarray:  # (X - high I)^-1 x
-        return -scipy.linalg.cho_solve_banded((factor, False), x.ravel())
+    def inverse(x: np.ndarray) -> np.ndarray:  # (X - high I)^-1 x
+        return -scipy.linalg.cho_solve_banded((factor, False), x)
 
-    inverse = sla.LinearOperator(matrix.shape, matvec=solve, dtype=np.float64)
-    return arpack(matrix, k, "LM", sigma=high, inverse=inverse)
+    def solve(count: int, basis: Optional[np.ndarray], seed: int) -> tuple[np.ndarray, np.ndarray]:
+        # Found vectors map to 0: an infinite eigenvalue, never the nearest to sigma.
+        inverse_off = _deflated(inverse, n, basis, 0.0)
+        return arpack(matrix, count, "LM", sigma=high, inverse=inverse_off, vectors=True, seed=seed)
+
+    return _with_multiplicity(solve, k, repeated)
 
 
 def arpack(
@@ -301,10 +457,13 @@ def arpack(
     inverse: Optional[sla.LinearOperator] = None,
     tol: float = TOL,
     symmetric: bool = True,
-) -> np.ndarray:
+    vectors: bool = False,
+    seed: int = 0,
+) -> Any:
     """``k`` eigenvalues from ARPACK with a fixed start vector (reproducible) and errors that say
     what failed: Lanczos (``eigsh``, real, ``k < n``) for a symmetric operator, else Arnoldi
-    (``eigs``, complex, ``k < n - 1``).
+    (``eigs``, complex, ``k < n - 1``). With ``vectors``: ``(values, vectors [n, k])``; ``seed``
+    picks the start vector.
 
     Raises:
         ValueError: when ``k`` is too large for ARPACK.
@@ -314,7 +473,7 @@ def arpack(
     bound = size if symmetric else size - 1
     if k >= bound:
         raise ValueError(f"the sparse solver needs k < {bound} (n={size}), got k={k}")
-    start = np.random.default_rng(0).standard_normal(size)
+    start = np.random.default_rng(seed).standard_normal(size)
     if symmetric:
         solver, ncv = sla.eigsh, min(size, max(2 * k + 1, 24))
     else:
@@ -322,7 +481,7 @@ def arpack(
     try:
         return solver(
             operator, k=k, which=which, sigma=sigma, OPinv=inverse, v0=start, ncv=ncv,
-            tol=tol, maxiter=MAXITER, return_eigenvectors=False,
+            tol=tol, maxiter=MAXITER, return_eigenvectors=vectors,
         )
     except sla.ArpackNoConvergence as error:
         raise SpectralConvergenceError(

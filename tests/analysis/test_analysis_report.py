@@ -94,8 +94,95 @@ def test_report_with_learned_attention(tmp_path, synthetic_attention):
     result = report(["random only"], [64], str(tmp_path), attention=layers)
     assert (tmp_path / "attention_spectra.png").exists()
     assert "## Learned attention" in result.markdown and "| 1 | 2 |" in result.markdown
-    worst = [np.abs(values[:, 1]).max() for values in (layers[1].eigs, layers[1].diffused)]
-    assert f"| 1 | 2 | {worst[0]:.4f} | {worst[1]:.4f} |" in result.markdown
+    # n = 50: every eigenvalue is known, so the diffusion's column is one exact number.
+    worst_a = np.abs(layers[1].eigs[:, 1]).max()
+    worst_t = max(second_diffusion_modulus(a) for a in synthetic_matrices(synthetic_attention, 50, 1))
+    assert f"| 1 | 2 | {worst_a:.4f} | {worst_t:.4f} |" in result.markdown
+
+
+def synthetic_matrices(synthetic_attention, n, seed, heads=2):
+    edge_index, attn = synthetic_attention(n, heads=heads, seed=seed)
+    for h in range(heads):
+        a = np.zeros((n, n))
+        a[edge_index[1], edge_index[0]] = attn[:, h]
+        yield a
+
+
+def second_diffusion_modulus(a, alpha=0.1, hops=5):
+    """Dense reference: the second-largest |eigenvalue| of T = sum_k theta_k A^k, one copy of
+    the Perron eigenvalue 1 left out."""
+    n = a.shape[0]
+    t, z = np.zeros((n, n)), np.eye(n)
+    for k in range(hops + 1):
+        t += (alpha * (1 - alpha) ** k if k < hops else (1 - alpha) ** hops) * z
+        z = z @ a
+    values = np.linalg.eigvals(t)
+    values = np.delete(values, np.argmin(np.abs(values - 1)))
+    return np.abs(values).max()
+
+
+def attention_of(a):
+    """(attn [E], edge_index [2, E]) of a dense attention matrix, as attention_spectrum takes them."""
+    dst, src = np.nonzero(a)
+    return a[dst, src], np.stack([src, dst])
+
+
+def test_learned_attention_column_is_the_diffusion_second_modulus():
+    # A = 6 x 6 attention with eigenvalues about 1, -0.30 +- 0.57i, -0.20 +- 0.15i, 0: f(0) =
+    # alpha = 0.1 beats |f(mu_2)| = 0.033, so the diffusion's second eigenvalue is not f(mu_2).
+    rng = np.random.default_rng(1)
+    n = 6
+    while True:
+        mask = rng.random((n, n)) < 0.4
+        np.fill_diagonal(mask, False)
+        if not (mask.sum(1) == 0).any():
+            a = np.where(mask, rng.random((n, n)), 0)
+            a /= a.sum(1, keepdims=True)
+            spectrum = analysis.attention_spectrum(*attention_of(a), n, k=n)
+            if second_diffusion_modulus(a) > abs(spectrum.diffused[0, 1]) + 0.05:
+                break
+    expected = second_diffusion_modulus(a)
+    np.testing.assert_allclose(spectrum.second, [[expected, expected]], rtol=1e-9)
+    # k = 2 on a dense-size graph: all eigenvalues are computed anyway, still exact.
+    np.testing.assert_allclose(analysis.attention_spectrum(*attention_of(a), n, k=2).second[0], expected)
+    assert f"| 0 | 1 | {abs(spectrum.eigs[0, 1]):.4f} | {expected:.4f} |" in report(
+        ["Window(2)"], [8], attention=[spectrum]).markdown
+
+
+def test_learned_attention_column_bounds_uncomputed_eigenvalues(monkeypatch, synthetic_attention):
+    # Sparse path (k leading eigenvalues only): the column is an interval holding the true value.
+    monkeypatch.setattr(analysis.diffusion, "DENSE_MAX_NODES", 100)
+    n = 300
+    edge_index, attn = synthetic_attention(n, heads=2, seed=1)
+    for k in (2, 4):
+        spectrum = analysis.attention_spectrum(attn, edge_index, n, k=k)
+        for (low, high), a in zip(spectrum.second, synthetic_matrices(synthetic_attention, n, 1)):
+            assert low - 1e-6 <= second_diffusion_modulus(a) <= high + 1e-6
+    # Head 1, k = 2: mu_2 is real, the uncomputed mu may be complex with the same modulus and
+    # map a little higher: an honest interval, shown as one.
+    spectrum = analysis.attention_spectrum(attn[:, 1], edge_index, n, k=2)
+    (low, high), = spectrum.second
+    assert low < high
+    assert f"| 0 | 1 | {abs(spectrum.eigs[0, 1]):.4f} | [{low:.4f}, {high:.4f}] |" in report(
+        ["Window(2)"], [8], attention=[spectrum]).markdown
+
+
+def test_pattern_unions_are_escaped_in_the_table(tmp_path):
+    result = report(["Window(4) | Global(1)"], [32], str(tmp_path))
+    line = next(line for line in (tmp_path / "report.md").read_text().splitlines() if "Global" in line)
+    assert line.startswith(r"| Window(4) \| Global(1) | 32 |")
+    cells = [c for c in line.replace(r"\|", "").split("|")[1:-1]]
+    assert len(cells) == 7  # as many cells as the header has columns
+
+
+def test_a_single_pattern_is_one_pattern():
+    from graphdiff.patterns import Window
+
+    (by_name,) = report("diffuser", [64]).rows
+    assert by_name.pattern == "diffuser" and by_name.n == 64
+    (by_object,) = report(Window(4), [32]).rows
+    assert by_object.pattern == "Window(4)"
+    assert by_object.lambda_2 == pytest.approx(analysis.spectral_gap(Window(4), 32))
 
 
 @pytest.mark.parametrize("lengths, error", [([64.5], TypeError), ([True], TypeError),

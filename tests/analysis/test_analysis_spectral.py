@@ -173,3 +173,63 @@ def test_dense_spectra_refuse_large_graphs():
     small = analysis.as_graph(adjacency(nx.path_graph(30)))
     np.testing.assert_allclose(small.laplacian_spectrum, path_spectrum(30), atol=1e-12)
     np.testing.assert_allclose(small.adjacency_spectrum, np.sort(2 * np.cos(np.pi * np.arange(1, 31) / 31)), atol=1e-12)
+
+
+def dense_laplacian_spectrum(graph: nx.Graph) -> np.ndarray:
+    return np.linalg.eigvalsh(nx.normalized_laplacian_matrix(graph, nodelist=sorted(graph.nodes)).toarray())
+
+
+@pytest.mark.parametrize("name, graph, k, method", [
+    # hub + C_1099: every 1 - (2/3) cos(2 pi j / 1099) twice, no band (the hub): Lanczos
+    ("wheel", nx.wheel_graph(1100), 3, "lanczos"),
+    # each eigenvalue of C_600 twice, and twice over for the two copies: shift-invert
+    ("two cycles", nx.disjoint_union(nx.cycle_graph(600), nx.cycle_graph(600)), 8, "shift-invert"),
+])
+def test_repeated_eigenvalues_are_counted_above_the_dense_size(name, graph, k, method):
+    # Single-vector Lanczos finds each distinct eigenvalue once; the answer counts repeats.
+    ext = analysis.laplacian_extremes(adjacency(graph), k=k)
+    assert ext.method == method
+    dense = dense_laplacian_spectrum(graph)
+    np.testing.assert_allclose(ext.smallest, dense[:k], rtol=1e-7, atol=1e-12)
+    np.testing.assert_allclose(ext.largest, dense[-k:], rtol=1e-7)
+
+
+def test_repeated_top_adjacency_eigenvalue_of_a_disconnected_graph():
+    # Two 6-regular components: mu_1 = mu_2 = 6, so lambda = 6 (the dense convention).
+    graph = nx.disjoint_union(nx.random_regular_graph(6, 600, seed=1), nx.random_regular_graph(6, 600, seed=2))
+    assert analysis.adjacency_lambda(adjacency(graph)).lam == pytest.approx(6.0, rel=1e-9)
+
+
+def test_k_up_to_n_above_the_dense_size():
+    # The docstring allows 1 <= k <= n: a k too large for the sparse solvers is solved densely
+    # (star K_{1,n-1}: eigenvalues 0, 1 (n - 2 times), 2).
+    n = spectral.DENSE_MAX_NODES + 6
+    star = adjacency(nx.star_graph(n - 1))
+    expected = np.array([0.0] + [1.0] * (n - 2) + [2.0])
+    for k in (n, n - 1, n // spectral.SPARSE_MAX_K_DIVISOR + 1):
+        ext = analysis.laplacian_extremes(star, k=k)
+        assert ext.method == "dense"
+        np.testing.assert_allclose(ext.smallest, expected[:k], atol=1e-9)
+        np.testing.assert_allclose(ext.largest, expected[-k:], atol=1e-9)
+
+
+def test_k_too_large_for_any_solver_is_refused_up_front():
+    n = spectral.DENSE_FALLBACK_MAX_NODES + 4
+    path = np.array([np.arange(n - 1), np.arange(1, n)])
+    with pytest.raises(ValueError, match=r"k=2000 .* sparse solvers take k <= n // 4 = 1025"):
+        analysis.laplacian_extremes(path, n, k=2000)
+
+
+def test_an_eigenvalue_repeated_too_often_for_the_sparse_search(monkeypatch):
+    # Star: eigenvalue 1 repeated n - 2 times. One deflated search allowed: it cannot count them
+    # all, so the graph is solved densely (or, above the dense fallback's size, refused).
+    n, k = spectral.DENSE_MAX_NODES + 76, 40
+    star = adjacency(nx.star_graph(n - 1))
+    monkeypatch.setattr(spectral, "MAX_ROUNDS", 1)
+    ext = analysis.laplacian_extremes(star, k=k)
+    assert ext.method == "dense"
+    np.testing.assert_allclose(ext.smallest, [0.0] + [1.0] * (k - 1), atol=1e-9)
+    np.testing.assert_allclose(ext.largest, [1.0] * (k - 1) + [2.0], atol=1e-9)
+    monkeypatch.setattr(spectral, "DENSE_FALLBACK_MAX_NODES", n - 1)
+    with pytest.raises(spectral.RepeatedEigenvalueError, match="repeated eigenvalues"):
+        analysis.laplacian_extremes(star, k=k)

@@ -114,6 +114,9 @@ def _build_batched_edges(pattern: Pattern, lengths: Tuple[int, ...]) -> Tuple[Te
     return edge_index, edge_ptr
 
 
+# Data preparation, not model code: under torch.compile its Python (caches, a Batch object)
+# would break the graph, and dynamo hands back a Batch without its attributes.
+@torch.compiler.disable
 def graph_batch(padded: Tensor, mask_or_lengths: Tensor, pattern: Pattern) -> Batch:
     """Turn a padded batch of sequences into one block-diagonal PyG :class:`Batch`.
 

@@ -77,7 +77,11 @@ class AttentionDiffusion(MessagePassing):
         fused (bool, optional): Use the fused sparse kernels; :obj:`False` selects the
             gather-scatter reference. (default: :obj:`True`)
         **kwargs (optional): Additional arguments of
-            :class:`torch_geometric.nn.conv.MessagePassing`.
+            :class:`torch_geometric.nn.conv.MessagePassing`; ``aggr`` and ``flow`` must keep
+            their defaults (``"add"``, ``"source_to_target"``), which the kernels implement.
+
+    Gradients are first-order: the backward passes are written with in-place kernels, so a
+    second derivative raises an error.
 
     Shapes:
         - **input:**
@@ -94,7 +98,11 @@ class AttentionDiffusion(MessagePassing):
                  t: float = 1.0, concat: bool = True, dropout: float = 0.0,
                  hop_dropout: float = 0.0, bias: bool = True, fused: bool = True,
                  **kwargs: Any) -> None:
-        kwargs.setdefault("aggr", "add")
+        # The fused kernels sum over incoming edges, softmax-normalised per target: another
+        # aggregation or flow would only change the reference path, silently.
+        for name, fixed in (("aggr", "add"), ("flow", "source_to_target")):
+            if kwargs.setdefault(name, fixed) != fixed:
+                raise ValueError(f"AttentionDiffusion supports only {name}={fixed!r} (got {kwargs[name]!r})")
         super().__init__(node_dim=0, **kwargs)
         check_diffusion_args(hops, alpha, kernel, t, hop_dropout)
         for name, value in (("heads", heads), ("out_channels", out_channels)):

@@ -70,6 +70,10 @@ class DiffusionGraph:
         sorted_by_target (bool, optional): Skip the sortedness check. (default: :obj:`False`)
     """
 
+    # Built outside inference mode, like every lazily cached part below: a structure first
+    # built under torch.inference_mode() would hold inference tensors, which autograd refuses
+    # to save when the same graph is later used for training.
+    @torch.inference_mode(False)
     def __init__(self, src: Tensor, dst: Tensor, num_nodes: Tuple[int, int],
                  sorted_by_target: bool = False) -> None:
         self.num_src, self.num_dst = int(num_nodes[0]), int(num_nodes[1])
@@ -93,6 +97,10 @@ class DiffusionGraph:
         # A stack's transpose is its source's, repeated: no sort. Weak, so that the source's
         # cache of stacks makes no reference cycle (a stack alone falls back to sorting).
         self._stack_of: Optional[Tuple[weakref.ref, int]] = None
+
+    def __getstate__(self) -> Dict[str, Any]:
+        # Stacks are rebuilt on demand; a stack's weak link to its source cannot be pickled.
+        return {**self.__dict__, "_stacked": {}, "_stack_of": None}
 
     @property
     def is_square(self) -> bool:
@@ -125,8 +133,9 @@ class DiffusionGraph:
         it)."""
         if self._transposed is None:
             source = self._stack_of[0]() if self._stack_of is not None else None
-            self._transposed = (self._sorted_transpose() if source is None
-                                else self._stacked_transpose(source, self._stack_of[1]))
+            with torch.inference_mode(False):
+                self._transposed = (self._sorted_transpose() if source is None
+                                    else self._stacked_transpose(source, self._stack_of[1]))
         return self._transposed
 
     def _sorted_transpose(self) -> Tuple[Tensor, Tensor, Tensor]:
@@ -160,7 +169,8 @@ class DiffusionGraph:
     def offsets(self) -> Tensor:
         """The row pointer as int64: the offsets ``torch.segment_reduce`` takes."""
         if self._offsets is None:
-            self._offsets = self.crow.long()
+            with torch.inference_mode(False):
+                self._offsets = self.crow.long()
         return self._offsets
 
     def transpose_values(self, values: Tensor, out: Optional[Tensor] = None) -> Tensor:
@@ -271,7 +281,8 @@ def as_graph(adj: Any, num_nodes: Tuple[int, int]) -> DiffusionGraph:
             and of the query features.
 
     The cache is keyed on the identity of ``adj`` and, for an edge_index Tensor, its
-    in-place version counter; an entry dies with its adjacency. So freeing ``adj``, or
+    in-place version counter; an entry dies with its adjacency. A tensor created under
+    ``torch.inference_mode()`` has no version counter and is not cached. So freeing ``adj``, or
     changing an edge_index in place through torch, never returns a stale structure. Writes
     that bypass the version counter are not seen: through ``.data``, through a NumPy array
     that shares the memory, or into the index tensors of a sparse adjacency (which, as in
@@ -282,8 +293,10 @@ def as_graph(adj: Any, num_nodes: Tuple[int, int]) -> DiffusionGraph:
             raise ValueError(f"graph has num_nodes {(adj.num_src, adj.num_dst)} but the "
                              f"features need {tuple(num_nodes)}")
         return adj
+    # A tensor made under torch.inference_mode() has no version counter: never cached.
+    cacheable = not (isinstance(adj, Tensor) and adj.is_inference())
     key = id(adj)
-    version = getattr(adj, "_version", 0) if isinstance(adj, Tensor) else 0
+    version = adj._version if isinstance(adj, Tensor) and cacheable else 0
     hit = _CACHE.get(key)
     if hit is not None and hit[0]() is adj and hit[1] == version and hit[2] == tuple(num_nodes):
         return hit[3]
@@ -300,6 +313,8 @@ def as_graph(adj: Any, num_nodes: Tuple[int, int]) -> DiffusionGraph:
                 raise ValueError(f"'edge_index' {name} indices must lie in [0, {n - 1}] "
                                  f"(found range [{lo}, {hi}])")
     graph = DiffusionGraph(src, dst, (n_src, n_dst), sorted_by_target)
+    if not cacheable:
+        return graph
     try:
         ref = weakref.ref(adj)
     except TypeError:  # not weak-referenceable: do not cache

@@ -32,6 +32,7 @@ from typing import List, Optional, Sequence
 import torch
 from torch import Tensor
 from torch.autograd import Function
+from torch.autograd.function import once_differentiable
 
 from graphdiff.nn.graph import DiffusionGraph
 
@@ -139,6 +140,7 @@ class EdgeAttention(Function):
         return attn
 
     @staticmethod
+    @once_differentiable  # written with out= kernels: a second derivative is a clear error
     def backward(ctx, grad: Tensor):
         graph, scale = ctx.graph, ctx.scale
         q, k, attn = ctx.saved_tensors
@@ -226,6 +228,7 @@ class Diffusion(Function):
         return result
 
     @staticmethod
+    @once_differentiable  # written with out= kernels: a second derivative is a clear error
     def backward(ctx, grad: Tensor):
         graph, s, coeffs, masks, keep = ctx.graph, ctx.s, ctx.coeffs, ctx.masks, ctx.keep
         attn, zs = ctx.saved_tensors

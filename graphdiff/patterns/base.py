@@ -81,7 +81,8 @@ class TensorCache:
                 return value
             del self.entries[key]  # edited in place by whoever got it
             self.bytes -= _nbytes(value)
-        value = build()
+        with torch.inference_mode(False):  # inference tensors have no version counter
+            value = build()
         size = _nbytes(value)
         if size > self.max_bytes:  # returned but not kept, and evicting nothing for it
             return value

@@ -97,7 +97,10 @@ class AttentionSpectrum(NamedTuple):
             eigenvalues are known (``n <= DENSE_MAX_NODES``: the dense solver computes them all,
             whatever ``k``) ``high == low``; else the uncomputed ``mu`` have
             :math:`|\mu| \le |\mu_k|`, where :math:`|f(\mu)| \le f(|\mu_k|)` (the weights
-            :math:`\theta_i` are nonnegative), so ``high = max(low, f(|mu_k|))``.
+            :math:`\theta_i` are nonnegative), so ``high = max(low, f(|mu_k|))``. Both are
+            bounds up to the eigensolver's accuracy: above ``DENSE_MAX_NODES`` ARPACK's
+            eigenvalues of a non-symmetric ``A`` can be off by about its tolerance (``1e-5``
+            near a defective cluster), and so can the bounds.
     """
 
     eigs: np.ndarray

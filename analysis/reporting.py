@@ -204,7 +204,8 @@ def _markdown(rows: list[Row], attention: Optional[Sequence[AttentionSpectrum]])
             "`abs(f(mu_2))`: `f` does not keep the order by modulus, `mu` near 0 maps to about "
             "`f(0)`). Where only the `k` leading `mu` were computed (above "
             f"{DENSE_MAX_NODES} tokens), `[low, high]`: `low` from the computed ones, `high` "
-            "also bounds the others, `abs(f(mu)) <= f(abs(mu_k))`.",
+            "also bounds the others, `abs(f(mu)) <= f(abs(mu_k))`; both up to the eigensolver's "
+            "accuracy (about 1e-5 there).",
             "",
             "| layer | heads | abs(mu_2) of A | abs(nu_2) of diffusion T |",
             "|---:|---:|---:|---:|",

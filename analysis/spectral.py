@@ -31,7 +31,8 @@ assumes each search converges to the extreme eigenvalue of the deflated operator
 vector has a component along it with probability 1), and copies closer than ``TOL`` (relative)
 to the ``k``-th value may be left out, which changes no returned value by more than that.
 The sparse solvers take ``k <= n // SPARSE_MAX_K_DIVISOR``; a larger ``k`` is solved densely up
-to ``DENSE_FALLBACK_MAX_NODES`` nodes and refused (``ValueError``, before any work) above.
+to ``DENSE_FALLBACK_MAX_NODES`` nodes and refused (``ValueError``, before any work) above. Up to
+that size, ``k > DENSE_ABOVE_K`` is solved densely too: faster than the search.
 
 Sparse eigenvalues carry a residual below ``TOL`` (a guaranteed bound on their error; the
 actual error is usually about its square). Failure to converge raises
@@ -59,7 +60,11 @@ TOL = 1e-5  # ARPACK residual tolerance relative to the eigenvalue; eigenvalue e
 MAXITER = 5000  # ARPACK restarts
 SHIFT = 1e-8  # L + SHIFT * I is positive definite; far below any gap that float64 resolves at n ~ 1e5
 SPARSE_MAX_K_DIVISOR = 4  # sparse solvers for k <= n // 4: beyond, Krylov spaces near n are dense work
-DENSE_FALLBACK_MAX_NODES = 4096  # dense eigvalsh for a larger k up to here: 128 MiB, seconds
+DENSE_FALLBACK_MAX_NODES = 4096  # dense eigvalsh for a larger k up to here: 128 MiB, 0.7 s at 2048, 5 s at 4096
+# Up to DENSE_FALLBACK_MAX_NODES, more than this many eigenvalues at one end go dense too: the
+# multiplicity search costs about a solve per repeated copy (a hypercube on 2048 nodes, k=512:
+# 264 s against 0.6 s dense).
+DENSE_ABOVE_K = 32
 MAX_ROUNDS = 16  # deflated re-searches for repeated eigenvalues; each finds >= 1 missing copy
 
 # solve(count, basis, seed): the ``count`` largest eigenvalues (and unit eigenvectors
@@ -127,7 +132,8 @@ def laplacian_extremes(graph: Any, n: Optional[int] = None, k: int = 2) -> Lapla
         n: the number of nodes (required with a pattern or an edge_index).
         k: how many eigenvalues at each end, ``1 <= k <= n``. Above ``DENSE_MAX_NODES`` nodes
             the sparse solvers take ``k <= n // SPARSE_MAX_K_DIVISOR``; a larger ``k`` is solved
-            densely (all ``n`` eigenvalues) up to ``DENSE_FALLBACK_MAX_NODES`` nodes.
+            densely (all ``n`` eigenvalues) up to ``DENSE_FALLBACK_MAX_NODES`` nodes, as is
+            ``k > DENSE_ABOVE_K`` up to that size.
 
     Raises:
         ValueError: for ``k`` out of range, or a ``k > n // SPARSE_MAX_K_DIVISOR`` above
@@ -142,10 +148,11 @@ def laplacian_extremes(graph: Any, n: Optional[int] = None, k: int = 2) -> Lapla
 def extremes(g: Graph, k_small: int, k_large: int) -> LaplacianExtremes:
     """:func:`laplacian_extremes` with a separate count at each end (``k_large`` may be 0)."""
     sparse_max = g.n // SPARSE_MAX_K_DIVISOR
-    if g.n <= DENSE_MAX_NODES or max(k_small, k_large) > sparse_max:
+    k = max(k_small, k_large)
+    if g.n <= DENSE_MAX_NODES or k > sparse_max or (k > DENSE_ABOVE_K and g.n <= DENSE_FALLBACK_MAX_NODES):
         if g.n > DENSE_FALLBACK_MAX_NODES:
             raise ValueError(
-                f"k={max(k_small, k_large)} eigenvalues at one end of a graph on n={g.n} nodes: "
+                f"k={k} eigenvalues at one end of a graph on n={g.n} nodes: "
                 f"the sparse solvers take k <= n // {SPARSE_MAX_K_DIVISOR} = {sparse_max}, the dense "
                 f"solver n <= {DENSE_FALLBACK_MAX_NODES}"
             )
@@ -367,11 +374,21 @@ def _shift_invert_smallest(g: Graph, null: scipy.sparse.csc_matrix, half: int) -
         y = scipy.linalg.cho_solve_banded((factor, False), x)
         return y - null @ (null.T @ y)
 
+    return _shift_invert(lap, -SHIFT, inverse, sign=-1.0)
+
+
+def _shift_invert(matrix: Any, sigma: float, inverse: Callable[[np.ndarray], np.ndarray],
+                  sign: float = 1.0) -> Solve:
+    """Shift-invert Lanczos for the eigenvalues of ``matrix`` nearest ``sigma``, given
+    ``inverse(x) = (matrix - sigma I)^-1 x``; returned times ``sign``, so that the wanted end
+    is the largest (see :data:`Solve`)."""
     def solve(count: int, basis: Optional[np.ndarray], seed: int) -> tuple[np.ndarray, np.ndarray]:
-        # Found vectors map to 0 too: an infinite eigenvalue of L, never the nearest to sigma.
-        inverse_off = _deflated(inverse, g.n, basis, 0.0)
-        values, vectors = arpack(lap, count, "LM", sigma=-SHIFT, inverse=inverse_off, vectors=True, seed=seed)
-        return -values, vectors
+        # Found vectors map to 0: an infinite eigenvalue, never the nearest to sigma.
+        inverse_off = _deflated(inverse, matrix.shape[0], basis, 0.0)
+        values, vectors = arpack(matrix, count, "LM", sigma=sigma, inverse=inverse_off, vectors=True, seed=seed)
+        return sign * values, vectors
+
+    return solve
 
     return solve
 
@@ -441,12 +458,7 @@ def _banded_largest(matrix: scipy.sparse.csr_matrix, k: int, half: int, repeated
     def inverse(x: np.ndarray) -> np.ndarray:  # (X - high I)^-1 x
         return -scipy.linalg.cho_solve_banded((factor, False), x)
 
-    def solve(count: int, basis: Optional[np.ndarray], seed: int) -> tuple[np.ndarray, np.ndarray]:
-        # Found vectors map to 0: an infinite eigenvalue, never the nearest to sigma.
-        inverse_off = _deflated(inverse, n, basis, 0.0)
-        return arpack(matrix, count, "LM", sigma=high, inverse=inverse_off, vectors=True, seed=seed)
-
-    return _with_multiplicity(solve, k, repeated)
+    return _with_multiplicity(_shift_invert(matrix, high, inverse), k, repeated)
 
 
 def arpack(

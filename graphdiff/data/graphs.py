@@ -60,8 +60,8 @@ class AddPattern(BaseTransform):
 def _lengths_and_mask(padded: Tensor, mask_or_lengths: Tensor) -> Tuple[Tensor, Tensor]:
     """Normalise the second argument of :func:`graph_batch` to ``(lengths [B], mask [B, L])``."""
     batch_size, max_len = padded.shape[:2]
-    if not isinstance(mask_or_lengths, Tensor):
-        mask_or_lengths = torch.as_tensor(mask_or_lengths)
+    # On the tokens' device, so that every part of the batch is (a CPU mask for GPU tokens).
+    mask_or_lengths = torch.as_tensor(mask_or_lengths, device=padded.device)
     if mask_or_lengths.dtype == torch.bool:
         mask = mask_or_lengths
         if mask.shape != (batch_size, max_len):

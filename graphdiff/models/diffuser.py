@@ -116,7 +116,7 @@ class Diffuser(nn.Module):
             raise ValueError("padded token input needs its mask [B, L] (True = real token)")
         return self.to_batch(inputs, mask, truncate)
 
-    def unpad(self, node_values: Tensor, inputs: Inputs, mask: Optional[Tensor]) -> Tensor:
+    def _unpad(self, node_values: Tensor, inputs: Inputs, mask: Optional[Tensor]) -> Tensor:
         """Node-level ``[N, ...]`` values in the caller's layout: as is for a graph batch; for
         padded input ``[B, L, ...]`` (L capped at max_len) with each token's values where the
         mask put it (left padding and gaps included) and zeros elsewhere."""
@@ -150,7 +150,7 @@ class Diffuser(nn.Module):
         batch = self.as_batch(inputs, mask, truncate)
         out = self.encode(batch, return_attention_weights)
         states, extra = out if return_attention_weights else (out, None)
-        states = self.unpad(states, inputs, mask)
+        states = self._unpad(states, inputs, mask)
         return (states, extra) if return_attention_weights else states
 
 
@@ -199,7 +199,7 @@ class DiffuserForMaskedLM(nn.Module):
         batch = self.diffuser.as_batch(inputs, mask, truncate)
         states = self.norm(F.gelu(self.dense(self.diffuser.encode(batch))))
         logits = F.linear(states, self.diffuser.embeddings.tokens.weight, self.bias)
-        return self.diffuser.unpad(logits, inputs, mask)
+        return self.diffuser._unpad(logits, inputs, mask)
 
 
 def count_parameters(model: nn.Module) -> int:

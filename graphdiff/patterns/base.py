@@ -61,35 +61,36 @@ class TensorCache:
     lengths, while a handful of million-token patterns already take gigabytes.
 
     The cached tensors are handed out, not copied (the layer's structure cache recognises a
-    graph by its edge_index tensor). A caller who edits one in place keeps the edit: torch's
-    version counter shows the entry changed, and the next ``get`` builds a fresh one, so the
-    edit never reaches other callers. Writes that bypass the counter (through ``.data`` or a
-    NumPy view) are not seen.
+    graph by its edge_index tensor), so everyone who got one shares it. An edit in place
+    reaches those holders, but not later calls: torch's version counter shows the entry
+    changed, and the next ``get`` builds a fresh one. Writes that bypass the counter (through
+    ``.data`` or a NumPy view) are not seen.
     """
 
     def __init__(self, max_bytes: int = 1 << 30):
         self.max_bytes = max_bytes
-        self.entries: "OrderedDict[Hashable, Tuple[Any, Tuple[int, ...]]]" = OrderedDict()
+        # key -> (value, its tensors' versions when built, its size in bytes when built)
+        self.entries: "OrderedDict[Hashable, Tuple[Any, Tuple[int, ...], int]]" = OrderedDict()
         self.bytes = 0
 
     def get(self, key: Hashable, build: Callable[[], Any]) -> Any:
         """The cached value of ``key``, or ``build()`` (kept when it fits)."""
         if key in self.entries:
-            value, versions = self.entries[key]
+            value, versions, size = self.entries[key]
             if _versions(value) == versions:
                 self.entries.move_to_end(key)
                 return value
-            del self.entries[key]  # edited in place by whoever got it
-            self.bytes -= _nbytes(value)
+            del self.entries[key]  # edited in place by someone who got it
+            self.bytes -= size
         with torch.inference_mode(False):  # inference tensors have no version counter
             value = build()
         size = _nbytes(value)
         if size > self.max_bytes:  # returned but not kept, and evicting nothing for it
             return value
         while self.entries and self.bytes + size > self.max_bytes:
-            _, (evicted, _) = self.entries.popitem(last=False)
-            self.bytes -= _nbytes(evicted)
-        self.entries[key] = (value, _versions(value))
+            _, (_, _, evicted_size) = self.entries.popitem(last=False)
+            self.bytes -= evicted_size
+        self.entries[key] = (value, _versions(value), size)
         self.bytes += size
         return value
 
@@ -120,8 +121,8 @@ class Pattern:
 
     ``pattern(n)`` returns the canonical edge_index for length ``n``, cached per length and
     shared between equal patterns (the layer's structure cache relies on getting the same
-    tensor back). Editing it in place is safe: the cache notices and builds a fresh one for the
-    next call (see :class:`TensorCache`).
+    tensor back): an edit in place reaches everyone who already holds it, but not later
+    calls, which get a fresh one (see :class:`TensorCache`).
     """
 
     # -- subclass interface -------------------------------------------------------------------

@@ -38,7 +38,6 @@ def pattern_stats(edge_index: Tensor, n: int) -> PatternStats:
     n = check_int("n", n, low=1)
     src, dst = edge_index
     in_degree = torch.bincount(dst, minlength=n)
-    out_degree = torch.bincount(src, minlength=n)
     others = src != dst
     attends_all = torch.bincount(dst[others], minlength=n) == n - 1
     attended_by_all = torch.bincount(src[others], minlength=n) == n - 1

@@ -193,20 +193,29 @@ def restore_rng_states(saved: Any, context: DistributedContext) -> None:
     for a single process; a run resumed on a different number of processes cannot be exact, and
     each process takes the saved states of ``rank % saved processes``.
     """
-    if isinstance(saved, torch.Tensor):
-        saved = [{"cpu": saved}]
+    if isinstance(saved, torch.Tensor):  # the first process's state only
+        if context.world_size > 1:
+            warnings.warn("this checkpoint holds only the first process's RNG state: dropout on "
+                          "the others will differ from an uninterrupted run", stacklevel=2)
+        saved = [{"cpu": saved}] * context.world_size
     if len(saved) != context.world_size:
         warnings.warn(f"resuming on {context.world_size} processes a run saved on {len(saved)}: "
                       "the data order and dropout will differ from an uninterrupted run", stacklevel=2)
     states = saved[context.rank % len(saved)]
     torch.set_rng_state(states["cpu"])
-    if "cuda" in states and context.device.type == "cuda":
-        torch.cuda.set_rng_state(states["cuda"], context.device)
+    if context.device.type == "cuda":
+        if "cuda" in states:
+            torch.cuda.set_rng_state(states["cuda"], context.device)
+        elif context.is_main:
+            warnings.warn("resuming on a GPU a run saved without one: GPU dropout will differ "
+                          "from an uninterrupted run", stacklevel=2)
 
 
 @dataclasses.dataclass
 class TrainResult:
-    metrics: Dict[str, Any]  # the last evaluation (validation metrics on the main process only)
+    # The evaluation at the last step (validation metrics on the main process only); a run
+    # left with stop_after between evaluations gives {"step", "epoch", "stopped": True}.
+    metrics: Dict[str, Any]
     model: DiffuserForSequenceClassification  # the trained model (not the best checkpoint)
 
 
@@ -296,8 +305,11 @@ def _train(args: TrainArgs, context: DistributedContext) -> TrainResult:
         if step % args.log_every == 0:
             metrics.write({"step": step, "loss": float(global_loss), "lr": scheduler.get_last_lr()[0]})
         evaluating = step % eval_every == 0 or step == total
-        if evaluating or step == stop_at:  # an interrupted run saves where it stopped, unevaluated
+        saving = evaluating or step == stop_at  # an interrupted run saves where it stopped, unevaluated
+        if saving:
             rng = all_gather_objects(rng_states(context), context)  # every process's, for exact resumption
+        if saving and not evaluating:
+            result = {"step": step, "epoch": step / steps_per_epoch, "stopped": True}
         if evaluating:
             result = {"step": step, "epoch": step / steps_per_epoch, "train_loss": window_loss / window_steps,
                       "tokens_per_second": tokens_seen / (time.perf_counter() - started)}
@@ -309,9 +321,9 @@ def _train(args: TrainArgs, context: DistributedContext) -> TrainResult:
                 if result["val_accuracy"] > best:
                     best = result["val_accuracy"]
                     checkpoint(best_path, rng)
-        if (evaluating or step == stop_at) and context.is_main:
+        if saving and context.is_main:
             checkpoint(last_path, rng)
-        if (evaluating or step == stop_at) and context.enabled:
+        if saving and context.enabled:
             torch.distributed.barrier()
     bar.close()
     return TrainResult(metrics=result, model=model)

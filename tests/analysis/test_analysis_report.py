@@ -168,11 +168,10 @@ def test_learned_attention_column_bounds_uncomputed_eigenvalues(monkeypatch, syn
 
 
 def test_pattern_unions_are_escaped_in_the_table(tmp_path):
-    result = report(["Window(4) | Global(1)"], [32], str(tmp_path))
+    report(["Window(4) | Global(1)"], [32], str(tmp_path))
     line = next(line for line in (tmp_path / "report.md").read_text().splitlines() if "Global" in line)
     assert line.startswith(r"| Window(4) \| Global(1) | 32 |")
-    cells = [c for c in line.replace(r"\|", "").split("|")[1:-1]]
-    assert len(cells) == 7  # as many cells as the header has columns
+    assert len(line.replace(r"\|", "").split("|")[1:-1]) == 7  # as many cells as the header has columns
 
 
 def test_a_single_pattern_is_one_pattern():

@@ -201,12 +201,13 @@ def test_repeated_top_adjacency_eigenvalue_of_a_disconnected_graph():
 
 
 def test_k_up_to_n_above_the_dense_size():
-    # The docstring allows 1 <= k <= n: a k too large for the sparse solvers is solved densely
-    # (star K_{1,n-1}: eigenvalues 0, 1 (n - 2 times), 2).
+    # The docstring allows 1 <= k <= n: a k too large for the sparse solvers, or large enough
+    # that the dense solver is faster, is solved densely (star K_{1,n-1}: eigenvalues 0,
+    # 1 (n - 2 times), 2).
     n = spectral.DENSE_MAX_NODES + 6
     star = adjacency(nx.star_graph(n - 1))
     expected = np.array([0.0] + [1.0] * (n - 2) + [2.0])
-    for k in (n, n - 1, n // spectral.SPARSE_MAX_K_DIVISOR + 1):
+    for k in (n, n - 1, n // spectral.SPARSE_MAX_K_DIVISOR + 1, spectral.DENSE_ABOVE_K + 1):
         ext = analysis.laplacian_extremes(star, k=k)
         assert ext.method == "dense"
         np.testing.assert_allclose(ext.smallest, expected[:k], atol=1e-9)
@@ -223,7 +224,7 @@ def test_k_too_large_for_any_solver_is_refused_up_front():
 def test_an_eigenvalue_repeated_too_often_for_the_sparse_search(monkeypatch):
     # Star: eigenvalue 1 repeated n - 2 times. One deflated search allowed: it cannot count them
     # all, so the graph is solved densely (or, above the dense fallback's size, refused).
-    n, k = spectral.DENSE_MAX_NODES + 76, 40
+    n, k = spectral.DENSE_MAX_NODES + 76, 20  # k <= DENSE_ABOVE_K: the sparse search runs first
     star = adjacency(nx.star_graph(n - 1))
     monkeypatch.setattr(spectral, "MAX_ROUNDS", 1)
     ext = analysis.laplacian_extremes(star, k=k)

@@ -175,12 +175,17 @@ def test_tensor_cache_is_bounded_by_bytes_and_evicts_least_recently_used():
 
 def test_editing_a_returned_edge_index_in_place_never_reaches_later_calls():
     from graphdiff.data import AddPattern, graph_batch, sequence_graph
+    from graphdiff.patterns.base import EDGE_INDEX_CACHE
     from torch_geometric.data import Data
 
     pattern = Window(3) | Global(indices=[-1])
     clean = pattern(7).clone()
     pattern(7)[0, 0] = 5
     assert torch.equal(pattern(7), clean)
+    pattern(7).resize_(2, 1)  # shrunk in place: the cache's byte count follows what it holds
+    pattern(7)
+    held = (value if isinstance(value, tuple) else (value,) for value, *_ in EDGE_INDEX_CACHE.entries.values())
+    assert EDGE_INDEX_CACHE.bytes == sum(t.numel() * t.element_size() for tensors in held for t in tensors)
     pattern.to_data(7).edge_index.add_(1)
     sequence_graph(torch.arange(7), pattern).edge_index.zero_()
     AddPattern(pattern)(Data(x=torch.arange(7))).edge_index.mul_(2)

@@ -33,8 +33,9 @@ def metrics_without_timings(run_dir):
 def test_resume_continues_exactly(tmp_path):
     # 4 steps per epoch: the interruption at step 5 lands mid-epoch, after an epoch boundary.
     whole = train(quick_args(tmp_path / "whole"))
-    train(quick_args(tmp_path / "split", stop_after=5))
+    stopped = train(quick_args(tmp_path / "split", stop_after=5))
     assert [step for step, _ in losses(tmp_path / "split")] == [1, 2, 3, 4, 5]
+    assert stopped.metrics == {"step": 5, "epoch": 1.25, "stopped": True}  # not step 3's evaluation
     resumed = train(quick_args(tmp_path / "split", resume=True))
     # Bit for bit, dropout included, and the evaluations too: the stop adds none, and the
     # training-loss window of the evaluation at step 6 spans the interruption.
@@ -171,3 +172,19 @@ def test_listops_checkpoint_evaluates_on_an_lra_tsv_file(tmp_path, capsys):
     assert "exceeds max_len=61; pass truncate=True" in capsys.readouterr().err
     assert main(["evaluate", "--checkpoint", str(tmp_path / "run" / "last.pt"), "--data", str(tsv), "--truncate"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["examples"] == 3
+
+
+def test_rng_states_restore_per_process_and_warn_when_they_cannot_be_exact():
+    from graphdiff.train.distributed import DistributedContext
+    from graphdiff.train.loop import restore_rng_states
+
+    first, second = torch.manual_seed(1).get_state(), torch.manual_seed(2).get_state()
+    restore_rng_states([{"cpu": first}, {"cpu": second}], DistributedContext(rank=1, world_size=2))
+    assert torch.equal(torch.get_rng_state(), second)
+    with pytest.warns(UserWarning, match="only the first process's RNG state"):
+        restore_rng_states(first, DistributedContext(rank=1, world_size=2))  # an older checkpoint
+    assert torch.equal(torch.get_rng_state(), first)
+    with pytest.warns(UserWarning, match="resuming on 3 processes a run saved on 2"):
+        restore_rng_states([{"cpu": first}, {"cpu": second}], DistributedContext(rank=2, world_size=3))
+    with pytest.warns(UserWarning, match="resuming on a GPU a run saved without one"):
+        restore_rng_states([{"cpu": first}], DistributedContext(device=torch.device("cuda", 0)))

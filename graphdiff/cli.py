@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     patterns.set_defaults(func=run_patterns)
 
     train = commands.add_parser("train", help="train a Diffuser classifier on a task")
-    train.add_argument("--task", required=True, help="listops, image or multihop")
+    train.add_argument("--task", required=True, help="listops, image, text or multihop")
     train.add_argument("--preset", default="tiny", help="model preset: tiny, small or paper_base")
     train.add_argument("--pattern", help="attention pattern expression (default: the task's or the preset's)")
     train.add_argument("--hops", type=int, help="diffusion hops K")
@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--warmup", type=float, default=0.1, help="warm-up fraction of the steps")
     train.add_argument("--clip", type=float, default=1.0, help="gradient norm clipping (0: off)")
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--data-dir", help="directory of the task's files (LRA TSVs, IDX files, CIFAR batches)")
+    train.add_argument("--data-dir", help="directory of the task's files (LRA TSVs, IDX files, CIFAR batches, aclImdb)")
     train.add_argument("--task-arg", action="append", default=[], metavar="KEY=VALUE",
                        help="task constructor argument, e.g. length=256 (repeatable)")
     train.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",

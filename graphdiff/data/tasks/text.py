@@ -1,0 +1,115 @@
+"""Byte-level text classification (LRA's Text task): IMDb movie reviews from ``aclImdb``.
+
+A review becomes the sequence of its UTF-8 bytes, one token per byte: token ``2 + b`` for byte
+``b`` (ids 0 and 1 are PAD and CLS, so ``vocab_size = 258``), after the CLS token, as LRA's
+``ByteTextEncoder`` does (it shifts by its own reserved ids). The text is used as stored,
+``<br />`` tags included, as LRA reads it. Labels: 0 negative, 1 positive.
+
+Source: the directory of the Large Movie Review Dataset v1.0 (``aclImdb``, Maas et al. 2011),
+one review per file::
+
+    aclImdb/train/pos/{id}_{rating}.txt   aclImdb/train/neg/...   (12500 + 12500)
+    aclImdb/test/pos/...                  aclImdb/test/neg/...    (12500 + 12500)
+
+(``train/unsup`` is not read). Splits: ``"test"`` is ``test/``; ``"train"`` and ``"val"`` split
+``train/``: a fixed shuffle of its files (sorted by label and id, then permuted with seed 0)
+holds out the last ``val_fraction`` (default 10%) as ``"val"``. LRA instead validates on the
+test set, which leaves no untouched test set.
+
+Length: LRA's paper uses 4K tokens and its released configuration 1000; reviews run to about
+14,000 bytes. Longer reviews are cut to ``max_len`` (default 4096 with CLS), as LRA cuts them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+from graphdiff.data.tasks.base import NUM_SPECIAL, TaskDataset, check_length, check_split
+
+__all__ = ["LABELS", "TextTask", "read_acl_imdb"]
+
+LABELS = ("neg", "pos")  # label i is the folder LABELS[i]
+REVIEW_NAME = re.compile(r"(\d+)_(\d+)\.txt")  # {id}_{rating}.txt
+
+
+def read_acl_imdb(root: str | os.PathLike, part: str) -> tuple[list[Path], list[bytes], np.ndarray]:
+    """The reviews of ``root/part/{neg,pos}``, sorted by label then review id.
+
+    Returns:
+        paths: the file of every review.
+        reviews: the raw bytes of every review.
+        labels: int64 [N], 0 for ``neg``, 1 for ``pos``.
+
+    Raises:
+        ValueError: naming the folder or file, for a missing folder, a file name other than
+            ``{id}_{rating}.txt``, or a part without any review.
+    """
+    paths, labels = [], []
+    for label, name in enumerate(LABELS):
+        folder = Path(root) / part / name
+        if not folder.is_dir():
+            raise ValueError(f"data_dir: no folder {folder} (expected aclImdb's layout)")
+        numbered = []
+        for path in folder.iterdir():
+            match = REVIEW_NAME.fullmatch(path.name)
+            if match is None:
+                raise ValueError(f"{path}: not an aclImdb review file name ({{id}}_{{rating}}.txt)")
+            numbered.append((int(match.group(1)), path))
+        paths += [path for _, path in sorted(numbered)]
+        labels += [label] * len(numbered)
+    if not paths:
+        raise ValueError(f"data_dir: no reviews in {Path(root) / part}")
+    return paths, [path.read_bytes() for path in paths], np.array(labels, dtype=np.int64)
+
+
+class TextTask(TaskDataset):
+    """IMDb sentiment from the bytes of each review (see the module docstring for the format).
+
+    Args:
+        split: ``"train"``, ``"val"`` (a fixed ``val_fraction`` of ``train/``) or ``"test"``.
+        data_dir: the ``aclImdb`` directory (holding ``train/`` and ``test/``).
+        val_fraction: share of ``train/`` held out as ``"val"``, in (0, 1).
+        max_len: longest sequence, CLS included. (default: 4096)
+        truncate: cut longer reviews to ``max_len`` (LRA does); ``False`` makes a longer review
+            an error that names its file. (default: ``True``)
+    """
+
+    vocab_size = NUM_SPECIAL + 256
+    num_classes = len(LABELS)
+
+    def __init__(
+        self,
+        split: str = "train",
+        data_dir: str | os.PathLike | None = None,
+        val_fraction: float = 0.1,
+        max_len: int = 4096,
+        truncate: bool = True,
+    ) -> None:
+        check_split(split)
+        if data_dir is None:
+            raise ValueError("data_dir: pass the aclImdb directory (nothing is downloaded)")
+        if not 0.0 < val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+        super().__init__(split, max_len, truncate)
+        self.root = Path(data_dir)
+        paths, reviews, labels = read_acl_imdb(self.root, "test" if split == "test" else "train")
+        if split != "test":
+            # Files come sorted by label: a fixed shuffle gives both splits both labels.
+            order = np.random.default_rng(0).permutation(len(reviews))
+            cut = len(reviews) - round(len(reviews) * val_fraction)
+            chosen = order[:cut] if split == "train" else order[cut:]
+            paths, reviews, labels = [paths[i] for i in chosen], [reviews[i] for i in chosen], labels[chosen]
+        self.paths, self.reviews, self.labels = paths, reviews, labels
+        for path, review in zip(paths, reviews):
+            check_length(len(review) + 1, self.max_len, truncate, str(path))
+
+    def __len__(self) -> int:
+        return len(self.reviews)
+
+    def content(self, index: int) -> tuple[np.ndarray, int]:
+        review = np.frombuffer(self.reviews[index], dtype=np.uint8)[: self.max_len - 1]
+        return review.astype(np.int64) + NUM_SPECIAL, int(self.labels[index])

@@ -1,0 +1,98 @@
+"""Text task: aclImdb reviews as bytes, read from a fixture directory the tests write."""
+import json
+
+import numpy as np
+import pytest
+
+from graphdiff.cli import main
+from graphdiff.data.tasks import CLS, NUM_SPECIAL, TextTask, get_task
+
+REVIEWS = {  # (part, label folder, file name) -> text; non-ASCII, HTML breaks and newlines kept
+    ("train", "pos", "10_9.txt"): "Wonderful<br /><br />film. Caf\u00e9 scenes \u2605\u2605\u2605",
+    ("train", "pos", "2_8.txt"): "Good.",
+    ("train", "pos", "1_7.txt"): "Fine acting\nand a plot.",
+    ("train", "neg", "3_1.txt"): "Dull and long " * 5,
+    ("train", "neg", "0_2.txt"): "Bad.",
+    ("train", "neg", "11_4.txt"): "Meh",
+    ("test", "pos", "0_10.txt"): "Best of the year.",
+    ("test", "neg", "5_3.txt"): "\u00c9vitez-le.",
+}
+
+
+def write_acl_imdb(root):
+    for (part, label, name), text in REVIEWS.items():
+        (root / part / label).mkdir(parents=True, exist_ok=True)
+        (root / part / label / name).write_text(text, encoding="utf-8")
+    (root / "train" / "unsup").mkdir()
+    (root / "train" / "unsup" / "0_0.txt").write_text("unlabelled: never read")
+    return root
+
+
+def expected_examples(part):
+    """(tokens without CLS, label) of each review of ``part``, by text."""
+    return {text: ([NUM_SPECIAL + b for b in text.encode("utf-8")], ("neg", "pos").index(label))
+            for (p, label, _), text in REVIEWS.items() if p == part}
+
+
+def examples(dataset):
+    out = {}
+    for i in range(len(dataset)):
+        tokens, label = dataset[i]
+        assert tokens[0] == CLS
+        text = bytes((tokens[1:] - NUM_SPECIAL).tolist()).decode("utf-8")
+        out[text] = (tokens[1:].tolist(), label)
+    return out
+
+
+def test_bytes_labels_and_splits(tmp_path):
+    root = write_acl_imdb(tmp_path)
+    train = get_task("text", "train", data_dir=root, val_fraction=0.34)
+    val = TextTask("val", data_dir=root, val_fraction=0.34)
+    test = TextTask("test", data_dir=root)
+    assert (train.vocab_size, train.num_classes, train.max_len) == (258, 2, 4096)
+    assert (len(train), len(val), len(test)) == (4, 2, 2)
+    # train and val partition train/ (unsup is not read), each review once
+    assert {**examples(train), **examples(val)} == expected_examples("train")
+    assert not set(examples(train)) & set(examples(val))
+    assert examples(test) == expected_examples("test")
+    # the split is fixed: the same files every time
+    assert examples(TextTask("val", data_dir=root, val_fraction=0.34)) == examples(val)
+
+
+def test_long_reviews_are_cut_or_refused(tmp_path):
+    root = write_acl_imdb(tmp_path)
+    cut = [dataset[i] for split in ("train", "val")
+           for dataset in [TextTask(split, data_dir=root, val_fraction=0.5, max_len=8)] for i in range(len(dataset))]
+    assert len(cut) == 6 and max(len(tokens) for tokens, _ in cut) == 8
+    assert [NUM_SPECIAL + b for b in b"Dull an"] in [tokens[1:].tolist() for tokens, _ in cut]  # the first bytes
+    with pytest.raises(ValueError, match=r"\d+_\d+\.txt: sequence of \d+ tokens .* exceeds max_len=8"):
+        TextTask("train", data_dir=root, val_fraction=0.5, max_len=8, truncate=False)
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda root: TextTask("train"), "pass the aclImdb directory"),
+    (lambda root: TextTask("train", data_dir=root / "missing"), "no folder .*missing/train/neg"),
+    (lambda root: TextTask("train", data_dir=root, val_fraction=1.0), "val_fraction"),
+    (lambda root: TextTask("dev", data_dir=root), "split must be one of"),
+])
+def test_bad_input_is_a_clear_error(tmp_path, make, match):
+    with pytest.raises(ValueError, match=match):
+        make(write_acl_imdb(tmp_path))
+
+
+def test_a_stray_file_name_is_named(tmp_path):
+    root = write_acl_imdb(tmp_path)
+    (root / "test" / "pos" / "notes.txt").write_text("x")
+    with pytest.raises(ValueError, match=r"notes\.txt: not an aclImdb review file name"):
+        TextTask("test", data_dir=root)
+
+
+def test_trains_from_the_command_line(tmp_path, capsys):
+    root = write_acl_imdb(tmp_path / "aclImdb")
+    assert main(["train", "--task", "text", "--data-dir", str(root), "--max-steps", "2", "--batch-size", "2",
+                 "--task-arg", "val_fraction=0.34", "--task-arg", "max_len=64", "--pattern", "Window(8)",
+                 "--out", str(tmp_path / "run")]) == 0
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert metrics["step"] == 2 and metrics["val_examples"] == 2
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "run" / "last.pt")]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["examples"] == 2

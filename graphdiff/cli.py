@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     patterns.set_defaults(func=run_patterns)
 
     train = commands.add_parser("train", help="train a Diffuser classifier on a task")
-    train.add_argument("--task", required=True, help="listops, image, text or multihop")
+    train.add_argument("--task", required=True, help="listops, image, text, pathfinder or multihop")
     train.add_argument("--preset", default="tiny", help="model preset: tiny, small or paper_base")
     train.add_argument("--pattern", help="attention pattern expression (default: the task's or the preset's)")
     train.add_argument("--hops", type=int, help="diffusion hops K")

@@ -51,9 +51,9 @@ def test_check_length():
 
 
 def test_get_task_unknown_name_lists_valid_names():
-    with pytest.raises(ValueError, match="image, listops, multihop, text"):
+    with pytest.raises(ValueError, match="image, listops, multihop, pathfinder, text"):
         get_task("listopz", "train")
-    assert set(TASKS) == {"listops", "image", "multihop", "text"}
+    assert set(TASKS) == {"listops", "image", "multihop", "pathfinder", "text"}
 
 
 def test_get_task_unknown_split():

@@ -1,7 +1,6 @@
 """Text task: aclImdb reviews as bytes, read from a fixture directory the tests write."""
 import json
 
-import numpy as np
 import pytest
 
 from graphdiff.cli import main

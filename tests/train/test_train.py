@@ -87,7 +87,7 @@ def test_best_checkpoint_evaluates_from_the_command_line(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["train", "--task", "sudoku", "--max-steps", "1", "--out", "x"], "unknown task 'sudoku'; valid tasks: image, listops, multihop, text"),
+    (["train", "--task", "sudoku", "--max-steps", "1", "--out", "x"], "unknown task 'sudoku'; valid tasks: image, listops, multihop, pathfinder, text"),
     (["train", "--task", "multihop", "--preset", "huge", "--max-steps", "1", "--out", "x",
       "--task-arg", "num_samples=8"], "unknown preset 'huge'; valid presets: tiny, small, paper_base"),
     (["train", "--task", "multihop", "--pattern", "Windw(8)", "--max-steps", "1", "--out", "x",

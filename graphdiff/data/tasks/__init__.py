@@ -1,4 +1,4 @@
-"""Task datasets: ListOps, images as pixel sequences, reviews as bytes, and the synthetic MultiHop task.
+"""Task datasets: ListOps, images as pixel sequences, reviews as bytes, Pathfinder and MultiHop.
 
 Every task is a ``torch.utils.data.Dataset`` of ``(tokens LongTensor [L], label int)`` with CLS
 at position 0 and the attributes ``vocab_size``, ``num_classes`` and ``max_len``;
@@ -21,6 +21,7 @@ from graphdiff.data.tasks.base import CLS, NUM_SPECIAL, PAD, SPLITS, TaskDataset
 from graphdiff.data.tasks.image import DEFAULT_FASHION_MNIST_DIR, ImageTask
 from graphdiff.data.tasks.listops import ListOps, ListOpsTSV, listops
 from graphdiff.data.tasks.multihop import MultiHop
+from graphdiff.data.tasks.pathfinder import Pathfinder
 from graphdiff.data.tasks.text import TextTask
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "ListOps",
     "ListOpsTSV",
     "MultiHop",
+    "Pathfinder",
     "TaskDataset",
     "TextTask",
     "collate",
@@ -45,6 +47,7 @@ TASKS: dict[str, Callable[..., TaskDataset]] = {
     "listops": listops,
     "image": ImageTask,
     "multihop": MultiHop,
+    "pathfinder": Pathfinder,
     "text": TextTask,
 }
 

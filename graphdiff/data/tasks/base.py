@@ -122,11 +122,15 @@ class TaskDataset(Dataset):
         """Task tokens of example ``index`` (int array [L - 1], CLS excluded) and its label."""
         raise NotImplementedError
 
-    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+    def _index(self, index: int) -> int:
+        """``index`` in ``[0, len)``, counting negative indices from the end."""
         index = operator.index(index)
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} examples")
-        tokens, label = self.content(index % len(self))
+        return index % len(self)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        tokens, label = self.content(self._index(index))
         tokens = torch.as_tensor(np.asarray(tokens)[: self.max_len - 1], dtype=torch.long)
         return torch.cat([torch.tensor([CLS]), tokens]), int(label)
 

@@ -390,8 +390,6 @@ def _shift_invert(matrix: Any, sigma: float, inverse: Callable[[np.ndarray], np.
 
     return solve
 
-    return solve
-
 
 def _band(g: Graph) -> Optional[int]:
     """The half bandwidth of ``L`` in the order of :attr:`Graph.rcm_order` when a banded

@@ -258,7 +258,9 @@ def _coo(adj: Any) -> Tuple[Tensor, Tensor, Optional[Tuple[int, int]], bool]:
         col = torch.ops.aten._convert_indices_from_csr_to_coo(ccol, row)[0]
         return col, row, (adj.size(1), adj.size(0)), False
     if isinstance(adj, Tensor) and adj.layout == torch.sparse_coo:
-        adj = adj.coalesce()
+        # In the mode it was made in: torch cannot coalesce an inference tensor outside it.
+        with torch.inference_mode(adj.is_inference()):
+            adj = adj.coalesce()
         row, col = adj.indices()
         return col, row, (adj.size(1), adj.size(0)), True
     _check_index("edge_index", adj)

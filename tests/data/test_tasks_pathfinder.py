@@ -8,7 +8,7 @@ import torch
 
 from graphdiff.cli import main
 from graphdiff.data.tasks import CLS, NUM_SPECIAL, TASKS, Pathfinder, get_task
-from graphdiff.data.tasks.pathfinder import MARKER_RADIUS
+from graphdiff.data.tasks.pathfinder import CHECK_SPACING, MARKER_RADIUS, SEPARATION
 
 SMALL = dict(resolution=16, contour_length=6, num_paths=2)  # fast, for the end-to-end run
 CONFIGS = [
@@ -68,10 +68,22 @@ def test_tokens_are_cls_then_the_image_row_major(kwargs):
 
 
 def test_labels_are_balanced():
-    ds = Pathfinder("train", num_samples=300, seed=1)
-    positives = sum(ds[i][1] for i in range(300))
+    ds = Pathfinder("train", num_samples=300, seed=1, contour_length=6)  # the label is drawn first
+    positives = sum(ds.scene(i).label for i in range(300))
     # Binomial(300, 1/2): mean 150, standard deviation 8.7; 4 deviations is a 1-in-15000 failure.
     assert abs(positives - 150) <= 35, positives
+
+
+def test_marker_distance_does_not_give_the_label_away():
+    # Ends of one smooth path lie about a path's span apart; unmatched negatives spread widely
+    # (before the matching, a distance band read the label 88% right at 6 dashes).
+    from scipy.stats import ks_2samp
+
+    ds = Pathfinder("train", num_samples=400, seed=4, contour_length=6)
+    scenes = [ds.scene(i) for i in range(len(ds))]
+    distance = {label: [float(np.linalg.norm(s.markers[0] - s.markers[1])) for s in scenes if s.label == label]
+                for label in (0, 1)}
+    assert ks_2samp(distance[0], distance[1]).pvalue > 1e-3  # the same distribution of distances
 
 
 @pytest.mark.parametrize("kwargs", CONFIGS)
@@ -109,7 +121,8 @@ def test_paths_are_smooth_dashed_walks_inside_the_image_and_apart(kwargs):
         for p in range(len(paths)):
             for q in range(p):
                 gaps = np.linalg.norm(samples[p][:, None] - samples[q][None], axis=-1)
-                assert gaps.min() >= 2.0  # no crossing, no touching
+                # no crossing, no touching: SEPARATION less half the spacing of tested points
+                assert gaps.min() >= SEPARATION - CHECK_SPACING / 2
 
 
 @pytest.mark.parametrize("kwargs", [{}, SMALL])

@@ -95,3 +95,17 @@ def test_trains_from_the_command_line(tmp_path, capsys):
     assert metrics["step"] == 2 and metrics["val_examples"] == 2
     assert main(["evaluate", "--checkpoint", str(tmp_path / "run" / "last.pt")]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["examples"] == 2
+
+
+def test_empty_labels_splits_and_non_files_are_named(tmp_path):
+    root = write_acl_imdb(tmp_path)
+    with pytest.raises(ValueError, match="leaves the val split .* empty"):
+        TextTask("val", data_dir=root, val_fraction=0.01)
+    with pytest.raises(ValueError, match="val_fraction must be a number"):
+        TextTask("val", data_dir=root, val_fraction="0.1")
+    (root / "test" / "neg" / "5_3.txt").unlink()
+    with pytest.raises(ValueError, match=r"no reviews in .*test/neg"):
+        TextTask("test", data_dir=root)
+    (root / "train" / "pos" / "99_9.txt").mkdir()
+    with pytest.raises(ValueError, match=r"99_9\.txt: not a readable file"):
+        TextTask("train", data_dir=root)

@@ -33,6 +33,16 @@ def test_inference_mode_matches_no_grad_and_leaves_the_graph_trainable(fused):
     assert x.grad is not None and torch.isfinite(x.grad).all()
 
 
+def test_a_sparse_adjacency_made_under_inference_mode_works_outside_it():
+    conv, x = layer(), torch.randn(6, 5)
+    values = torch.ones(EDGE_INDEX.size(1))
+    expected = conv(x, torch.sparse_coo_tensor(EDGE_INDEX.flip(0), values, (6, 6)))
+    with torch.inference_mode():  # uncoalesced, as built: coalescing happens in the layer
+        adj = torch.sparse_coo_tensor(EDGE_INDEX.flip(0), values, (6, 6))
+        torch.testing.assert_close(conv(x, adj), expected)
+    torch.testing.assert_close(conv(x, adj), expected)
+
+
 def test_a_model_evaluated_under_inference_mode_first_still_trains():
     model = DiffuserForSequenceClassification(DiffuserConfig.tiny(vocab_size=12, pattern="Window(4) | Global(1)"))
     tokens, mask = torch.randint(1, 12, (2, 23)), torch.ones(2, 23, dtype=torch.bool)

@@ -22,6 +22,7 @@ Length: LRA's paper uses 4K tokens and its released configuration 1000; reviews 
 
 from __future__ import annotations
 
+import numbers
 import os
 import re
 from pathlib import Path
@@ -36,8 +37,10 @@ LABELS = ("neg", "pos")  # label i is the folder LABELS[i]
 REVIEW_NAME = re.compile(r"(\d+)_(\d+)\.txt")  # {id}_{rating}.txt
 
 
-def read_acl_imdb(root: str | os.PathLike, part: str) -> tuple[list[Path], list[bytes], np.ndarray]:
-    """The reviews of ``root/part/{neg,pos}``, sorted by label then review id.
+def read_acl_imdb(root: str | os.PathLike, part: str,
+                  limit: int | None = None) -> tuple[list[Path], list[bytes], np.ndarray]:
+    """The reviews of ``root/part/{neg,pos}``, sorted by label then review id, each cut to its
+    first ``limit`` bytes when given.
 
     Returns:
         paths: the file of every review.
@@ -46,7 +49,7 @@ def read_acl_imdb(root: str | os.PathLike, part: str) -> tuple[list[Path], list[
 
     Raises:
         ValueError: naming the folder or file, for a missing folder, a file name other than
-            ``{id}_{rating}.txt``, or a part without any review.
+            ``{id}_{rating}.txt``, an entry that is not a file, or a label without any review.
     """
     paths, labels = [], []
     for label, name in enumerate(LABELS):
@@ -58,12 +61,20 @@ def read_acl_imdb(root: str | os.PathLike, part: str) -> tuple[list[Path], list[
             match = REVIEW_NAME.fullmatch(path.name)
             if match is None:
                 raise ValueError(f"{path}: not an aclImdb review file name ({{id}}_{{rating}}.txt)")
+            if not path.is_file():
+                raise ValueError(f"{path}: not a readable file")
             numbered.append((int(match.group(1)), path))
+        if not numbered:
+            raise ValueError(f"data_dir: no reviews in {folder}")
         paths += [path for _, path in sorted(numbered)]
         labels += [label] * len(numbered)
-    if not paths:
-        raise ValueError(f"data_dir: no reviews in {Path(root) / part}")
-    return paths, [path.read_bytes() for path in paths], np.array(labels, dtype=np.int64)
+    return paths, [_read(path, limit) for path in paths], np.array(labels, dtype=np.int64)
+
+
+def _read(path: Path, limit: int | None) -> bytes:
+    """The bytes of ``path``, at most ``limit`` of them: a huge file costs no more than that."""
+    with open(path, "rb") as handle:
+        return handle.read(-1 if limit is None else limit)
 
 
 class TextTask(TaskDataset):
@@ -92,24 +103,29 @@ class TextTask(TaskDataset):
         check_split(split)
         if data_dir is None:
             raise ValueError("data_dir: pass the aclImdb directory (nothing is downloaded)")
-        if not 0.0 < val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+        if isinstance(val_fraction, bool) or not isinstance(val_fraction, numbers.Real) \
+                or not 0.0 < val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be a number in (0, 1), got {val_fraction!r}")
         super().__init__(split, max_len, truncate)
         self.root = Path(data_dir)
-        paths, reviews, labels = read_acl_imdb(self.root, "test" if split == "test" else "train")
+        # Only the bytes that can be used are read: a huge file costs no more than max_len.
+        paths, reviews, labels = read_acl_imdb(self.root, "test" if split == "test" else "train", self.max_len - 1)
         if split != "test":
             # Files come sorted by label: a fixed shuffle gives both splits both labels.
             order = np.random.default_rng(0).permutation(len(reviews))
             cut = len(reviews) - round(len(reviews) * val_fraction)
             chosen = order[:cut] if split == "train" else order[cut:]
             paths, reviews, labels = [paths[i] for i in chosen], [reviews[i] for i in chosen], labels[chosen]
+        if not reviews:
+            raise ValueError(f"val_fraction={val_fraction} leaves the {split} split of {self.root} empty")
         self.paths, self.reviews, self.labels = paths, reviews, labels
-        for path, review in zip(paths, reviews):
-            check_length(len(review) + 1, self.max_len, truncate, str(path))
+        if not truncate:
+            for path in paths:
+                check_length(path.stat().st_size + 1, self.max_len, truncate, str(path))
 
     def __len__(self) -> int:
         return len(self.reviews)
 
     def content(self, index: int) -> tuple[np.ndarray, int]:
-        review = np.frombuffer(self.reviews[index], dtype=np.uint8)[: self.max_len - 1]
+        review = np.frombuffer(self.reviews[index], dtype=np.uint8)
         return review.astype(np.int64) + NUM_SPECIAL, int(self.labels[index])

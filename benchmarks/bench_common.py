@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, Hashable, List, Optional, Sequence, TypeVar, Union
 
+from graphdiff.checks import positive_int  # noqa: F401  (the benchmarks' argument type, re-exported)
+
 Key = TypeVar("Key", bound=Hashable)
 
 
@@ -37,13 +39,6 @@ def rerun_command(script: str, argv: Optional[Sequence[str]] = None) -> str:
     process's arguments), for the header of a results file."""
     args = sys.argv[1:] if argv is None else list(argv)
     return shlex.join(["python", str(Path("benchmarks") / script), *args])
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def probe_parser(doc: str, lengths: Sequence[int] = (16384, 65536),

@@ -66,7 +66,9 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
-from bench_common import alternate, diffuser_layer, rerun_command, sdpa_transformer_layer
+from bench_common import alternate, diffuser_layer, positive_int, rerun_command, sdpa_transformer_layer
+
+from graphdiff.io import atomic_write
 
 ALL_VARIANTS = ["graphdiff", "module", "gather", "layer", "sdpa", "sdpa_layer", "spmm",
                 "spmm_heads", "hop", "lf_graphdiff", "longformer"]
@@ -491,7 +493,7 @@ def plot(results: Dict[int, Dict[str, dict]], variants: List[str], path: Path) -
         ax.grid(True, which="both", alpha=0.3)
     ax_t.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=90))
 
 
 def main(argv: Optional[List[str]] = None) -> None:
@@ -505,7 +507,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--window", type=int, default=64)
     parser.add_argument("--num-global", type=int, default=16)
     parser.add_argument("--num-random", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=positive_int, default=3)
     parser.add_argument("--growth-rounds", type=int, default=6,
                         help="rounds of the interleaved growth measurement (0: skip it)")
     parser.add_argument("--pair-rounds", type=int, default=20,
@@ -585,8 +587,6 @@ def main(argv: Optional[List[str]] = None) -> None:
     print("\n" + md + "\n")
     print("\n".join(checks))
     if args.out:
-        from graphdiff.io import atomic_write
-
         args.out.mkdir(parents=True, exist_ok=True)
         command = rerun_command("bench_layer.py", argv)
         ended = time.strftime("%Y-%m-%d %H:%M", time.gmtime())

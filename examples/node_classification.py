@@ -21,6 +21,7 @@ from torch_geometric.datasets import KarateClub
 from torch_geometric.nn import APPNP, GATConv, TransformerConv
 from torch_geometric.utils import add_self_loops, stochastic_blockmodel_graph, to_undirected
 
+from graphdiff.checks import distinct, positive_int
 from graphdiff.nn import AttentionDiffusion
 
 
@@ -172,8 +173,9 @@ def main(argv: Optional[List[str]] = None) -> str:
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
-    parser.add_argument("--epochs", type=int, default=100)
+    parser.add_argument("--epochs", type=positive_int, default=100)
     args = parser.parse_args(argv)
+    distinct(args.seeds, "--seeds", parser)
     table = markdown(run(args.datasets, args.models, args.seeds, args.epochs))
     print(f"Test accuracy (%), mean +- std over seeds {args.seeds}, {args.epochs} epochs, "
           "model selected at best validation accuracy:\n")

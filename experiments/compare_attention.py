@@ -52,6 +52,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from graphdiff.checks import distinct, positive_float, positive_int
 from graphdiff.data.tasks.listops import ListOps, write_listops_tsv
 from graphdiff.io import atomic_write_text
 from graphdiff.train import TrainArgs, build_task, evaluate, train
@@ -185,18 +186,19 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tasks", nargs="+", default=["multihop", "listops"], choices=["multihop", "listops"])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=500)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--threads", type=int, default=1,
+    parser.add_argument("--seeds", nargs="+", type=int, help="default: 0 1 2 (0 with --quick)")
+    parser.add_argument("--steps", type=positive_int, help="default: 500 (5 with --quick)")
+    parser.add_argument("--batch-size", type=positive_int, default=32)
+    parser.add_argument("--lr", type=positive_float, default=3e-3)
+    parser.add_argument("--threads", type=positive_int, default=1,
                         help="torch intra-op threads (on a busy shared CPU, more than 1 can be far slower)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default="runs/experiments")
     parser.add_argument("--quick", action="store_true", help="tiny data, 5 steps, seed 0: a smoke run")
     args = parser.parse_args(argv)
-    if args.quick:
-        args.steps, args.seeds = 5, [0]
+    # --quick changes the defaults only: explicit --steps and --seeds still hold.
+    args.steps = args.steps or (5 if args.quick else 500)
+    args.seeds = distinct(args.seeds or ([0] if args.quick else [0, 1, 2]), "--seeds", parser)
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     specs = task_specs(args.steps, args.batch_size, args.quick)

@@ -4,6 +4,7 @@ Torch-free, so that every importer (the analysis package too) can use it.
 """
 from __future__ import annotations
 
+import argparse
 import numbers
 from typing import Any, Optional
 
@@ -30,4 +31,34 @@ def check_int(name: str, value: Any, low: int = 0, high: Optional[int] = None,
     return int(value)
 
 
-__all__ = ["INT64_LIMIT", "check_int"]
+def positive_int(text: str) -> int:
+    """``argparse`` type: an integer ``>= 1``, or a usage error naming the value."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """``argparse`` type: a number ``> 0``, or a usage error naming the value."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def distinct(values: list, name: str, parser: argparse.ArgumentParser) -> list:
+    """``values`` of a repeated option, or a usage error when one repeats (a repeated seed
+    would count one run twice in a mean and a standard deviation)."""
+    if len(set(values)) != len(values):
+        parser.error(f"{name} must be distinct, got {values}")
+    return values
+
+
+__all__ = ["INT64_LIMIT", "check_int", "distinct", "positive_float", "positive_int"]

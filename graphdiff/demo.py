@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from typing import Dict, List
 
+from graphdiff.checks import check_int
 from graphdiff.io import atomic_write_text
 from graphdiff.patterns import diffuser
 from graphdiff.patterns.stats import save_pattern_report
@@ -49,12 +50,15 @@ def demo_training(out: str, steps: int) -> List[Dict[str, object]]:
 
 
 def run_demo(out: str = "runs/demo", n: int = 4096, steps: int = 600) -> List[Dict[str, object]]:
+    # Both checked before the first stage writes anything (the third would refuse steps late).
+    check_int("n", n, low=1)
+    check_int("steps", steps, low=1)
     os.makedirs(out, exist_ok=True)
     demo_patterns(out, n)
     demo_analysis(os.path.join(out, "analysis"))
     rows = demo_training(out, steps)
     table = ["| model | multihop val accuracy | train tokens/s |", "|---|---:|---:|"]
-    table += [f"| {row['model']} | {row['val_accuracy']:.3f} | {row['tokens_per_second']:.0f} |" for row in rows]
+    table += [f"| {row['model']} | {row['val_accuracy']:.3f} | {row['tokens_per_second']:,.0f} |" for row in rows]
     chance = 1 / 10
     summary = "\n".join(table) + f"\n\nchance level: {chance:.2f}\n"
     atomic_write_text(os.path.join(out, "summary.md"), summary)

@@ -20,8 +20,8 @@ def atomic_write(path: PathLike, write: Callable[[IO], None], text: bool = False
         write: writes the content to the open file object it receives.
         text: open the temporary file in text mode (UTF-8, ``\\n`` newlines) instead of binary.
     """
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
+    path = os.path.realpath(os.fspath(path))  # through a symlink: replace its target, keep the link
+    directory = os.path.dirname(path)
     os.makedirs(directory, exist_ok=True)
     descriptor, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     try:
@@ -30,9 +30,14 @@ def atomic_write(path: PathLike, write: Callable[[IO], None], text: bool = False
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual mode
+        # mkstemp creates 0600: keep the mode of the file replaced, or give a new one the usual.
+        if os.path.exists(path):
+            permissions = os.stat(path).st_mode & 0o7777
+        else:
+            umask = os.umask(0)
+            os.umask(umask)
+            permissions = 0o666 & ~umask
+        os.chmod(tmp, permissions)
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)

@@ -21,3 +21,11 @@ def test_cli_demo_keeps_run_demos_defaults(monkeypatch):
     monkeypatch.setattr(demo, "run_demo", lambda **kwargs: calls.append(kwargs))
     assert cli.main(["demo"]) == 0 and cli.main(["demo", "--steps", "3", "--n", "64"]) == 0
     assert calls == [{}, {"n": 64, "steps": 3}]
+
+
+def test_demo_refuses_bad_steps_before_writing_anything(tmp_path):
+    import pytest
+
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        run_demo(str(tmp_path / "demo"), n=64, steps=0)
+    assert not (tmp_path / "demo").exists()

@@ -32,3 +32,26 @@ def test_quick_sweep_writes_table_and_resumes(tmp_path):
     again = script.main(argv)  # every run is recorded: nothing trains again
     assert os.stat(result).st_mtime_ns == stamp
     assert again["runs"] == summary["runs"]
+
+
+def test_bad_arguments_are_usage_errors_and_quick_keeps_explicit_settings(tmp_path, capsys, monkeypatch):
+    import pytest
+
+    script = load_script()
+    for bad, message in ((["--threads", "0"], "must be >= 1"), (["--lr", "-1"], "must be > 0"),
+                         (["--seeds", "0", "0"], "--seeds must be distinct")):
+        with pytest.raises(SystemExit) as exit_info:
+            script.main(["--quick", *bad, "--out", str(tmp_path)])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    class FirstJob(Exception):
+        pass
+
+    def stop_at_first_job(variant, job):
+        raise FirstJob(job)
+
+    monkeypatch.setattr(script, "run_one", stop_at_first_job)
+    with pytest.raises(FirstJob) as first:  # the first job shows the settings it was given
+        script.main(["--quick", "--seeds", "3", "--steps", "7", "--variants", "dense", "--tasks", "multihop",
+                     "--out", str(tmp_path)])
+    job = first.value.args[0]
+    assert (job.seed, job.max_steps) == (3, 7)

@@ -35,3 +35,11 @@ def test_attention_diffusion_net_learns_karate():
     example = load_example()
     results = example.run(["karate"], ["AttentionDiffusion"], seeds=[0], epochs=30)
     assert results["karate"]["AttentionDiffusion"][0] > 0.5  # 4 classes: chance is 0.25
+
+
+@pytest.mark.parametrize("argv, message", [(["--epochs", "0"], "must be >= 1"),
+                                           (["--seeds", "1", "1"], "--seeds must be distinct")])
+def test_node_classification_example_refuses_bad_arguments(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        load_example().main(argv)
+    assert message in capsys.readouterr().err

@@ -132,9 +132,15 @@ class Graph:
             ValueError: above ``DENSE_MAX_NODES`` nodes, where the dense ``n x n`` matrix is too
                 large (the sparse solvers of :mod:`analysis.spectral` take over there).
         """
-        spectrum = np.linalg.eigvalsh(self._dense("laplacian_spectrum", self.laplacian()))
-        spectrum[: self.num_components] = 0.0
+        spectrum = self.laplacian_eigenvalues()
         spectrum.flags.writeable = False  # shared between callers
+        return spectrum
+
+    def laplacian_eigenvalues(self, max_nodes: int = DENSE_MAX_NODES) -> np.ndarray:
+        """:attr:`laplacian_spectrum`, computed anew and refused only above ``max_nodes``: for
+        callers that accept a larger dense solve once (a ``k`` too large for sparse solvers)."""
+        spectrum = np.linalg.eigvalsh(self._dense("laplacian_spectrum", self.laplacian(), max_nodes))
+        spectrum[: self.num_components] = 0.0
         return spectrum
 
     @functools.cached_property
@@ -148,10 +154,10 @@ class Graph:
         spectrum.flags.writeable = False  # shared between callers
         return spectrum
 
-    def _dense(self, name: str, matrix: scipy.sparse.spmatrix) -> np.ndarray:
-        if self.n > DENSE_MAX_NODES:
+    def _dense(self, name: str, matrix: scipy.sparse.spmatrix, max_nodes: int = DENSE_MAX_NODES) -> np.ndarray:
+        if self.n > max_nodes:
             raise ValueError(
-                f"{name} is dense: for n <= {DENSE_MAX_NODES} nodes, got n={self.n} "
+                f"{name} is dense: for n <= {max_nodes} nodes, got n={self.n} "
                 "(use laplacian_extremes or adjacency_lambda)"
             )
         return matrix.toarray()

@@ -156,7 +156,7 @@ def extremes(g: Graph, k_small: int, k_large: int) -> LaplacianExtremes:
                 f"the sparse solvers take k <= n // {SPARSE_MAX_K_DIVISOR} = {sparse_max}, the dense "
                 f"solver n <= {DENSE_FALLBACK_MAX_NODES}"
             )
-        spectrum = g.laplacian_spectrum if g.n <= DENSE_MAX_NODES else _dense_laplacian_spectrum(g)
+        spectrum = g.laplacian_spectrum if g.n <= DENSE_MAX_NODES else g.laplacian_eigenvalues(DENSE_FALLBACK_MAX_NODES)
         return LaplacianExtremes(
             spectrum[:k_small].copy(), spectrum[g.n - k_large :].copy(), g.num_components, "dense"
         )
@@ -168,7 +168,7 @@ def extremes(g: Graph, k_small: int, k_large: int) -> LaplacianExtremes:
         if g.n > DENSE_FALLBACK_MAX_NODES:
             raise
         # e.g. a star: eigenvalue 1 n - 2 times; each search finds only a few more copies
-        spectrum = _dense_laplacian_spectrum(g)
+        spectrum = g.laplacian_eigenvalues(DENSE_FALLBACK_MAX_NODES)
         smallest, largest, method = spectrum[:k_small], spectrum[g.n - k_large :], "dense"
     return LaplacianExtremes(smallest, largest, g.num_components, method)
 
@@ -262,14 +262,6 @@ def _sparse_largest(g: Graph, k: int, half: Optional[int]) -> np.ndarray:
     # The largest of -M = L - I: the smallest of M, without the sign flips of "SA".
     m = g.normalized_adjacency()
     return np.sort(1.0 + _with_multiplicity(_lanczos(-m), k))
-
-
-def _dense_laplacian_spectrum(g: Graph) -> np.ndarray:
-    """All eigenvalues of ``L``, ascending, kernel exactly 0: the fallback for a ``k`` too large
-    for the sparse solvers, ``O(n^2)`` memory (only up to ``DENSE_FALLBACK_MAX_NODES``)."""
-    spectrum = np.linalg.eigvalsh(g.laplacian().toarray())
-    spectrum[: g.num_components] = 0.0
-    return spectrum
 
 
 def _with_multiplicity(solve: Solve, k: int, repeated: bool = True) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Argument checks shared by the patterns, the data sets and the analysis package.
+"""Argument checks shared by the patterns, the data sets, the analysis package, and (as
+``argparse`` types) the command-line scripts of examples/, experiments/ and benchmarks/.
 
 Torch-free, so that every importer (the analysis package too) can use it.
 """

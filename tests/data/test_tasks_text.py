@@ -1,10 +1,11 @@
 """Text task: aclImdb reviews as bytes, read from a fixture directory the tests write."""
 import json
+from pathlib import Path
 
 import pytest
 
 from graphdiff.cli import main
-from graphdiff.data.tasks import CLS, NUM_SPECIAL, TextTask, get_task
+from graphdiff.data.tasks import CLS, NUM_SPECIAL, TextTask, get_task, text
 
 REVIEWS = {  # (part, label folder, file name) -> text; non-ASCII, HTML breaks and newlines kept
     ("train", "pos", "10_9.txt"): "Wonderful<br /><br />film. Caf\u00e9 scenes \u2605\u2605\u2605",
@@ -109,3 +110,33 @@ def test_empty_labels_splits_and_non_files_are_named(tmp_path):
     (root / "train" / "pos" / "99_9.txt").mkdir()
     with pytest.raises(ValueError, match=r"99_9\.txt: not a readable file"):
         TextTask("train", data_dir=root)
+
+
+def test_split_membership_and_order_are_pinned(tmp_path):
+    """The fixed shuffle of train/'s sorted files, pinned: a change in how splits are read keeps it."""
+    root = write_acl_imdb(tmp_path)
+    members = {split: [f"{path.parent.name}/{path.name}" for path in TextTask(split, data_dir=root, val_fraction=0.5).paths]
+               for split in ("train", "val", "test")}
+    assert members == {"train": ["pos/1_7.txt", "neg/11_4.txt", "pos/10_9.txt"],
+                       "val": ["pos/2_8.txt", "neg/0_2.txt", "neg/3_1.txt"],
+                       "test": ["neg/5_3.txt", "pos/0_10.txt"]}
+    val = TextTask("val", data_dir=root, val_fraction=0.5)
+    assert [val[i][1] for i in range(len(val))] == [1, 0, 0]
+    assert [bytes((val[i][0][1:] - NUM_SPECIAL).tolist()) for i in range(len(val))] == \
+        [REVIEWS["train", "pos", "2_8.txt"].encode(), b"Bad.", REVIEWS["train", "neg", "3_1.txt"].encode()]
+
+
+def test_each_split_reads_only_its_own_reviews(tmp_path, monkeypatch):
+    root = write_acl_imdb(tmp_path)
+    opened = []
+    real_open = open
+
+    def recording_open(file, *args, **kwargs):
+        opened.append(Path(file).name)
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(text, "open", recording_open, raising=False)  # the reader's open only
+    for split in ("train", "val", "test"):
+        opened.clear()
+        dataset = TextTask(split, data_dir=root, val_fraction=0.5)
+        assert sorted(opened) == sorted(path.name for path in dataset.paths), split

@@ -31,20 +31,17 @@ import numpy as np
 
 from graphdiff.data.tasks.base import NUM_SPECIAL, TaskDataset, check_length, check_split
 
-__all__ = ["LABELS", "TextTask", "read_acl_imdb"]
+__all__ = ["LABELS", "TextTask", "list_acl_imdb", "read_acl_imdb"]
 
 LABELS = ("neg", "pos")  # label i is the folder LABELS[i]
 REVIEW_NAME = re.compile(r"(\d+)_(\d+)\.txt")  # {id}_{rating}.txt
 
 
-def read_acl_imdb(root: str | os.PathLike, part: str,
-                  limit: int | None = None) -> tuple[list[Path], list[bytes], np.ndarray]:
-    """The reviews of ``root/part/{neg,pos}``, sorted by label then review id, each cut to its
-    first ``limit`` bytes when given.
+def list_acl_imdb(root: str | os.PathLike, part: str) -> tuple[list[Path], np.ndarray]:
+    """The review files of ``root/part/{neg,pos}``, sorted by label then review id (none read).
 
     Returns:
         paths: the file of every review.
-        reviews: the raw bytes of every review.
         labels: int64 [N], 0 for ``neg``, 1 for ``pos``.
 
     Raises:
@@ -68,7 +65,24 @@ def read_acl_imdb(root: str | os.PathLike, part: str,
             raise ValueError(f"data_dir: no reviews in {folder}")
         paths += [path for _, path in sorted(numbered)]
         labels += [label] * len(numbered)
-    return paths, [_read(path, limit) for path in paths], np.array(labels, dtype=np.int64)
+    return paths, np.array(labels, dtype=np.int64)
+
+
+def read_acl_imdb(root: str | os.PathLike, part: str,
+                  limit: int | None = None) -> tuple[list[Path], list[bytes], np.ndarray]:
+    """The reviews of ``root/part/{neg,pos}`` as :func:`list_acl_imdb` orders them, each cut to
+    its first ``limit`` bytes when given.
+
+    Returns:
+        paths: the file of every review.
+        reviews: the raw bytes of every review.
+        labels: int64 [N], 0 for ``neg``, 1 for ``pos``.
+
+    Raises:
+        ValueError: as :func:`list_acl_imdb`.
+    """
+    paths, labels = list_acl_imdb(root, part)
+    return paths, [_read(path, limit) for path in paths], labels
 
 
 def _read(path: Path, limit: int | None) -> bytes:
@@ -108,14 +122,16 @@ class TextTask(TaskDataset):
             raise ValueError(f"val_fraction must be a number in (0, 1), got {val_fraction!r}")
         super().__init__(split, max_len, truncate)
         self.root = Path(data_dir)
-        # Only the bytes that can be used are read: a huge file costs no more than max_len.
-        paths, reviews, labels = read_acl_imdb(self.root, "test" if split == "test" else "train", self.max_len - 1)
+        paths, labels = list_acl_imdb(self.root, "test" if split == "test" else "train")
         if split != "test":
-            # Files come sorted by label: a fixed shuffle gives both splits both labels.
-            order = np.random.default_rng(0).permutation(len(reviews))
-            cut = len(reviews) - round(len(reviews) * val_fraction)
+            # Files come sorted by label: a fixed shuffle gives both splits both labels. The
+            # split is chosen from the file list, so each split reads only its own files.
+            order = np.random.default_rng(0).permutation(len(paths))
+            cut = len(paths) - round(len(paths) * val_fraction)
             chosen = order[:cut] if split == "train" else order[cut:]
-            paths, reviews, labels = [paths[i] for i in chosen], [reviews[i] for i in chosen], labels[chosen]
+            paths, labels = [paths[i] for i in chosen], labels[chosen]
+        # Only the bytes that can be used are read: a huge file costs no more than max_len.
+        reviews = [_read(path, self.max_len - 1) for path in paths]
         if not reviews:
             raise ValueError(f"val_fraction={val_fraction} leaves the {split} split of {self.root} empty")
         self.paths, self.reviews, self.labels = paths, reviews, labels

@@ -104,6 +104,30 @@ def test_corrupt_gzip_names_the_file(tmp_path):
         ImageTask("train", data_dir=tmp_path)
 
 
+def test_corrupt_deflate_stream_names_the_file(tmp_path):
+    write_idx_dir(tmp_path, gz=True)
+    path = tmp_path / "t10k-images-idx3-ubyte.gz"
+    raw = bytearray(path.read_bytes())
+    raw[12:14] = bytes(b ^ 0xFF for b in raw[12:14])  # inside the deflate data, after the 10-byte header
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match=r"t10k-images-idx3-ubyte\.gz: unreadable IDX"):
+        ImageTask("test", data_dir=tmp_path)
+
+
+@pytest.mark.parametrize("labels, match", [
+    ([-1, 3], "label -1 outside 0..9"),
+    ([1.7, 2.0], "labels must be integers, got float64"),
+    (5, r"labels must be a list \[N\], got shape \(\)"),
+    ([[1], [2]], r"labels must be a list \[N\], got shape \(2, 1\)"),
+])
+def test_bad_cifar_labels_name_the_file(tmp_path, labels, match):
+    write_cifar_dir(tmp_path)
+    with open(tmp_path / "test_batch", "wb") as f:
+        pickle.dump({b"data": np.zeros((2, 3072), np.uint8), b"labels": labels}, f)
+    with pytest.raises(ValueError, match=rf"test_batch: {match}"):
+        ImageTask("test", source="cifar10", data_dir=tmp_path)
+
+
 def test_idx_label_mismatch_and_missing_files(tmp_path):
     write_idx_dir(tmp_path)
     (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(idx_bytes(np.zeros(3, np.uint8)))

@@ -32,6 +32,7 @@ import gzip
 import math
 import os
 import pickle
+import zlib
 from pathlib import Path
 from typing import Callable
 
@@ -72,7 +73,8 @@ def read_idx(path: str | os.PathLike, ndim: int) -> np.ndarray:
     try:
         with opener(path, "rb") as f:
             data = f.read()
-    except (OSError, EOFError) as err:  # gzip.BadGzipFile is an OSError; truncated gzip: EOF
+    # gzip.BadGzipFile is an OSError; truncated gzip: EOFError; a corrupt deflate stream: zlib.error.
+    except (OSError, EOFError, zlib.error) as err:
         raise ValueError(f"{path}: unreadable IDX file: {err}") from None
     if len(data) < 4 or data[:3] != bytes([0, 0, IDX_UBYTE]) or data[3] != ndim:
         raise ValueError(
@@ -101,11 +103,20 @@ def _idx_path(root: Path, name: str) -> Path:
 
 
 def _check_labels(labels: np.ndarray, count: int, where: str | os.PathLike) -> np.ndarray:
-    """``labels`` as int64 [count], after checking the count and the range 0..9."""
-    if labels.shape != (count,):
+    """``labels`` as int64 [count], after checking the shape, the integer type and the range 0..9.
+
+    A pickle may hold any labels: a fractional one would otherwise be cast to another class
+    silently (2.7 to 2) and a negative one fail far from its file, in the loss.
+    """
+    if labels.ndim != 1:
+        raise ValueError(f"{where}: labels must be a list [N], got shape {labels.shape}")
+    if labels.shape[0] != count:
         raise ValueError(f"{where}: {labels.shape[0]} labels for {count} images")
-    if labels.size and labels.max() >= NUM_CLASSES:
-        raise ValueError(f"{where}: label {labels.max()} outside 0..{NUM_CLASSES - 1}")
+    if labels.size and not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{where}: labels must be integers, got {labels.dtype}")
+    outside = labels[(labels < 0) | (labels >= NUM_CLASSES)]
+    if outside.size:
+        raise ValueError(f"{where}: label {outside[0]} outside 0..{NUM_CLASSES - 1}")
     return labels.astype(np.int64)
 
 

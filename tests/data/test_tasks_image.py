@@ -141,6 +141,14 @@ def test_idx_label_mismatch_and_missing_files(tmp_path):
         ImageTask("test", data_dir=tmp_path)
 
 
+def test_an_empty_split_is_refused(tmp_path):
+    write_idx_dir(tmp_path)  # 10 training images
+    with pytest.raises(ValueError, match=r"val_fraction=0.01 leaves the val split of fashion_mnist in .* empty"):
+        ImageTask("val", data_dir=tmp_path, val_fraction=0.01)
+    with pytest.raises(ValueError, match="val_fraction=0.99 leaves the train split .* empty"):
+        ImageTask("train", data_dir=tmp_path, val_fraction=0.99)
+
+
 def test_read_idx_shape(tmp_path):
     array = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
     (tmp_path / "a").write_bytes(idx_bytes(array))
@@ -152,8 +160,10 @@ def test_argument_errors(tmp_path):
         ImageTask("train", source="svhn", data_dir=tmp_path)
     with pytest.raises(ValueError, match="cifar10 has no default directory"):
         ImageTask("train", source="cifar10")
-    with pytest.raises(ValueError, match=r"val_fraction must be in \(0, 1\)"):
+    with pytest.raises(ValueError, match=r"val_fraction must be a number in \(0, 1\)"):
         ImageTask("train", data_dir=tmp_path, val_fraction=1.0)
+    with pytest.raises(ValueError, match=r"val_fraction must be a number in \(0, 1\), got '0.1'"):
+        ImageTask("train", data_dir=tmp_path, val_fraction="0.1")
     with pytest.raises(ValueError, match="is not a directory"):
         ImageTask("train", data_dir=tmp_path / "nope")
 

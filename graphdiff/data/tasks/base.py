@@ -17,6 +17,7 @@ stream and an example can be regenerated on its own (random access, no state bet
 
 from __future__ import annotations
 
+import numbers
 import operator
 from typing import Sequence
 
@@ -35,8 +36,10 @@ __all__ = [
     "TaskDataset",
     "check_length",
     "check_split",
+    "check_val_fraction",
     "collate",
     "example_rng",
+    "train_val_part",
 ]
 
 PAD = 0
@@ -50,6 +53,30 @@ def check_split(split: str) -> str:
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     return split
+
+
+def check_val_fraction(val_fraction: float) -> float:
+    """Return ``val_fraction`` if it is a number in (0, 1), else raise ``ValueError``."""
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, numbers.Real) \
+            or not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be a number in (0, 1), got {val_fraction!r}")
+    return val_fraction
+
+
+def train_val_part(count: int, val_fraction: float, split: str, where: str) -> slice:
+    """The positions of ``split`` (``"train"`` or ``"val"``) among ``count`` training examples:
+    the last ``round(count * val_fraction)`` are ``"val"``, the others ``"train"``.
+
+    Raises:
+        ValueError: naming ``where`` when the split would be empty (a model validated on no
+            examples would report an accuracy of 0 instead).
+    """
+    cut = count - round(count * check_val_fraction(val_fraction))
+    part = slice(0, cut) if split == "train" else slice(cut, count)
+    if part.start == part.stop:
+        raise ValueError(f"val_fraction={val_fraction} leaves the {split} split of {where} empty "
+                         f"({count} training examples)")
+    return part
 
 
 def example_rng(seed: int, split: str, index: int) -> np.random.Generator:

@@ -38,7 +38,14 @@ from typing import Callable
 
 import numpy as np
 
-from graphdiff.data.tasks.base import NUM_SPECIAL, TaskDataset, check_length, check_split
+from graphdiff.data.tasks.base import (
+    NUM_SPECIAL,
+    TaskDataset,
+    check_length,
+    check_split,
+    check_val_fraction,
+    train_val_part,
+)
 
 __all__ = [
     "DEFAULT_FASHION_MNIST_DIR",
@@ -214,8 +221,7 @@ class ImageTask(TaskDataset):
             raise ValueError(f"source must be one of {sorted(LOADERS)}, got {source!r}")
         if data_dir is None and source not in DEFAULT_ROOTS:
             raise ValueError(f"data_dir: {source} has no default directory, pass data_dir")
-        if not 0.0 < val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+        check_val_fraction(val_fraction)
         check_split(split)  # before the (second-long) load
         self.source = source
         self.root = Path(DEFAULT_ROOTS[source] if data_dir is None else data_dir)
@@ -225,8 +231,7 @@ class ImageTask(TaskDataset):
         images, labels = LOADERS[source](self.root, split != "test")
         if split != "test":
             # The held-out slice is the tail of the file, in file order (LRA: train[90%:]).
-            cut = len(images) - round(len(images) * val_fraction)
-            part = slice(0, cut) if split == "train" else slice(cut, None)
+            part = train_val_part(len(images), val_fraction, split, f"{source} in {self.root}")
             images, labels = images[part].copy(), labels[part].copy()
         self.images, self.labels = images, labels
         super().__init__(split, images.shape[1] + 1 if max_len is None else max_len, truncate)

@@ -22,14 +22,20 @@ Length: LRA's paper uses 4K tokens and its released configuration 1000; reviews 
 
 from __future__ import annotations
 
-import numbers
 import os
 import re
 from pathlib import Path
 
 import numpy as np
 
-from graphdiff.data.tasks.base import NUM_SPECIAL, TaskDataset, check_length, check_split
+from graphdiff.data.tasks.base import (
+    NUM_SPECIAL,
+    TaskDataset,
+    check_length,
+    check_split,
+    check_val_fraction,
+    train_val_part,
+)
 
 __all__ = ["LABELS", "TextTask", "list_acl_imdb", "read_acl_imdb"]
 
@@ -117,9 +123,7 @@ class TextTask(TaskDataset):
         check_split(split)
         if data_dir is None:
             raise ValueError("data_dir: pass the aclImdb directory (nothing is downloaded)")
-        if isinstance(val_fraction, bool) or not isinstance(val_fraction, numbers.Real) \
-                or not 0.0 < val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be a number in (0, 1), got {val_fraction!r}")
+        check_val_fraction(val_fraction)
         super().__init__(split, max_len, truncate)
         self.root = Path(data_dir)
         paths, labels = list_acl_imdb(self.root, "test" if split == "test" else "train")
@@ -127,13 +131,10 @@ class TextTask(TaskDataset):
             # Files come sorted by label: a fixed shuffle gives both splits both labels. The
             # split is chosen from the file list, so each split reads only its own files.
             order = np.random.default_rng(0).permutation(len(paths))
-            cut = len(paths) - round(len(paths) * val_fraction)
-            chosen = order[:cut] if split == "train" else order[cut:]
+            chosen = order[train_val_part(len(paths), val_fraction, split, str(self.root))]
             paths, labels = [paths[i] for i in chosen], labels[chosen]
         # Only the bytes that can be used are read: a huge file costs no more than max_len.
         reviews = [_read(path, self.max_len - 1) for path in paths]
-        if not reviews:
-            raise ValueError(f"val_fraction={val_fraction} leaves the {split} split of {self.root} empty")
         self.paths, self.reviews, self.labels = paths, reviews, labels
         if not truncate:
             for path in paths:

@@ -29,8 +29,9 @@ def write_acl_imdb(root):
 
 
 def expected_examples(part):
-    """(tokens without CLS, label) of each review of ``part``, by text."""
-    return {text: ([NUM_SPECIAL + b for b in text.encode("utf-8")], ("neg", "pos").index(label))
+    """(tokens without CLS, label) of each review of ``part``, by text: the bytes less surrounding
+    whitespace, as TFDS's imdb_reviews (LRA's source) reads them (``imdb_f.read().strip()``)."""
+    return {text.strip(): ([NUM_SPECIAL + b for b in text.encode("utf-8").strip()], ("neg", "pos").index(label))
             for (p, label, _), text in REVIEWS.items() if p == part}
 
 
@@ -123,7 +124,7 @@ def test_split_membership_and_order_are_pinned(tmp_path):
     val = TextTask("val", data_dir=root, val_fraction=0.5)
     assert [val[i][1] for i in range(len(val))] == [1, 0, 0]
     assert [bytes((val[i][0][1:] - NUM_SPECIAL).tolist()) for i in range(len(val))] == \
-        [REVIEWS["train", "pos", "2_8.txt"].encode(), b"Bad.", REVIEWS["train", "neg", "3_1.txt"].encode()]
+        [REVIEWS["train", "pos", "2_8.txt"].encode(), b"Bad.", REVIEWS["train", "neg", "3_1.txt"].encode().strip()]
 
 
 def test_each_split_reads_only_its_own_reviews(tmp_path, monkeypatch):
@@ -140,3 +141,17 @@ def test_each_split_reads_only_its_own_reviews(tmp_path, monkeypatch):
         opened.clear()
         dataset = TextTask(split, data_dir=root, val_fraction=0.5)
         assert sorted(opened) == sorted(path.name for path in dataset.paths), split
+
+
+def test_surrounding_whitespace_is_stripped_before_the_cut(tmp_path):
+    """As TFDS reads a review (strip, LRA then cuts): for every cut, also one inside the trailing
+    whitespace or past the end, and with truncate=False the stripped length is what counts."""
+    root = write_acl_imdb(tmp_path)
+    path = root / "test" / "pos" / "0_10.txt"
+    path.write_bytes(b" \n\t Best of\n the  year. \r\n\n  ")
+    stripped = path.read_bytes().strip()
+    for max_len in range(1, len(stripped) + 4):
+        tokens, _ = TextTask("test", data_dir=root, max_len=max_len)[-1]
+        assert bytes((tokens[1:] - NUM_SPECIAL).tolist()) == stripped[: max_len - 1], max_len
+    exact = TextTask("test", data_dir=root, max_len=len(stripped) + 1, truncate=False)
+    assert bytes((exact[-1][0][1:] - NUM_SPECIAL).tolist()) == stripped

@@ -2,8 +2,9 @@
 
 A review becomes the sequence of its UTF-8 bytes, one token per byte: token ``2 + b`` for byte
 ``b`` (ids 0 and 1 are PAD and CLS, so ``vocab_size = 258``), after the CLS token, as LRA's
-``ByteTextEncoder`` does (it shifts by its own reserved ids). The text is used as stored,
-``<br />`` tags included, as LRA reads it. Labels: 0 negative, 1 positive.
+``ByteTextEncoder`` does (it shifts by its own reserved ids). The text is used as LRA reads it
+through TFDS's ``imdb_reviews``: as stored, ``<br />`` tags included, less leading and trailing
+ASCII whitespace (``bytes.strip``). Labels: 0 negative, 1 positive.
 
 Source: the directory of the Large Movie Review Dataset v1.0 (``aclImdb``, Maas et al. 2011),
 one review per file::
@@ -92,9 +93,20 @@ def read_acl_imdb(root: str | os.PathLike, part: str,
 
 
 def _read(path: Path, limit: int | None) -> bytes:
-    """The bytes of ``path``, at most ``limit`` of them: a huge file costs no more than that."""
+    """The review in ``path`` less surrounding whitespace (TFDS strips it), cut to its first
+    ``limit`` bytes when given.
+
+    Reading stops once the cut is known (the stripped text runs past ``limit``): a huge file
+    costs about ``limit`` bytes, not its size.
+    """
+    text = b""
     with open(path, "rb") as handle:
-        return handle.read(-1 if limit is None else limit)
+        while limit is None or len(text.rstrip()) <= limit:
+            chunk = handle.read(-1 if limit is None else limit + 1)
+            if not chunk:
+                break
+            text = (text + chunk).lstrip()
+    return text.strip()[:limit]
 
 
 class TextTask(TaskDataset):
@@ -133,12 +145,13 @@ class TextTask(TaskDataset):
             order = np.random.default_rng(0).permutation(len(paths))
             chosen = order[train_val_part(len(paths), val_fraction, split, str(self.root))]
             paths, labels = [paths[i] for i in chosen], labels[chosen]
-        # Only the bytes that can be used are read: a huge file costs no more than max_len.
-        reviews = [_read(path, self.max_len - 1) for path in paths]
+        # Cut reviews are read only as far as the cut: a huge file costs no more than max_len.
+        # Refusing long ones needs each review's whole (stripped) length.
+        reviews = [_read(path, self.max_len - 1 if truncate else None) for path in paths]
         self.paths, self.reviews, self.labels = paths, reviews, labels
         if not truncate:
-            for path in paths:
-                check_length(path.stat().st_size + 1, self.max_len, truncate, str(path))
+            for path, review in zip(paths, reviews):
+                check_length(len(review) + 1, self.max_len, truncate, str(path))
 
     def __len__(self) -> int:
         return len(self.reviews)

@@ -180,6 +180,7 @@ def test_tsv_reader_accepts_crlf_and_lra_lines(tmp_path):
         ("Source\tTarget\n( )\t1\n", 2, "empty Source"),
         ("Src\tTgt\n[MAX 1 2 ]\t2\n", 1, "header"),
         ("", 1, "no 'Source<TAB>Target' header"),
+        ("Source\tTarget\n", 2, "no examples after the header"),
         ("Source\tTarget\n[MAX 1 2 ]\t2\n[MAX 1 \udcff ]\t2\n", 3, "can't decode"),
     ],
 )

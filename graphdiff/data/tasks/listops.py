@@ -206,7 +206,8 @@ def read_listops_tsv(path: str | os.PathLike) -> tuple[list[np.ndarray], np.ndar
 
     Raises:
         ValueError: naming the file and line, for a bad header, a line without exactly two
-            tab-separated fields, an unknown token, an empty source or a label outside 0..9.
+            tab-separated fields, an unknown token, an empty source, a label outside 0..9, or
+            a file without examples.
     """
     sequences: list[np.ndarray] = []
     labels: list[int] = []
@@ -237,6 +238,8 @@ def read_listops_tsv(path: str | os.PathLike) -> tuple[list[np.ndarray], np.ndar
             labels.append(int(target))
     if not header_seen:
         raise ValueError(f"{path}:1: malformed ListOps file: empty, no 'Source<TAB>Target' header")
+    if not sequences:  # a cut download, say: validating on it would report accuracy 0
+        raise ValueError(f"{path}:2: malformed ListOps file: no examples after the header")
     return sequences, np.array(labels, dtype=np.int64)
 
 

@@ -4,11 +4,19 @@ import math
 
 import numpy as np
 import pytest
+import scipy.spatial
 import torch
 
 from graphdiff.cli import main
 from graphdiff.data.tasks import CLS, NUM_SPECIAL, TASKS, Pathfinder, get_task
-from graphdiff.data.tasks.pathfinder import CHECK_SPACING, MARKER_RADIUS, SEPARATION
+from graphdiff.data.tasks.pathfinder import (
+    BRUTE_FORCE_PAIRS,
+    CHECK_SPACING,
+    MARKER_RADIUS,
+    PLACEMENTS,
+    SEPARATION,
+    _clear,
+)
 
 SMALL = dict(resolution=16, contour_length=6, num_paths=2)  # fast, for the end-to-end run
 CONFIGS = [
@@ -17,6 +25,8 @@ CONFIGS = [
     dict(dash_length=2, gap=2, contour_length=6, num_paths=4),
     SMALL,
 ]
+# Large enough that the later paths test separation with a k-d tree (> BRUTE_FORCE_PAIRS pairs).
+TREE = dict(resolution=64, num_paths=5, contour_length=14, dash_length=2, gap=2)
 
 
 def dash_samples(paths, count=11):
@@ -103,7 +113,7 @@ def test_markers_sit_on_the_ends_the_label_says(kwargs):
     assert set(labels) == {0, 1}
 
 
-@pytest.mark.parametrize("kwargs", CONFIGS)
+@pytest.mark.parametrize("kwargs", CONFIGS + [TREE])
 def test_paths_are_smooth_dashed_walks_inside_the_image_and_apart(kwargs):
     ds = Pathfinder("train", num_samples=20, seed=5, **kwargs)
     step = ds.dash_length + ds.gap
@@ -123,6 +133,26 @@ def test_paths_are_smooth_dashed_walks_inside_the_image_and_apart(kwargs):
                 gaps = np.linalg.norm(samples[p][:, None] - samples[q][None], axis=-1)
                 # no crossing, no touching: SEPARATION less half the spacing of tested points
                 assert gaps.min() >= SEPARATION - CHECK_SPACING / 2
+
+
+def test_the_tree_and_all_pairs_agree_on_separation():
+    walk_points = TREE["contour_length"] * 3  # 3 tested points per dash of 2 pixels
+    assert PLACEMENTS * walk_points * 4 * walk_points > BRUTE_FORCE_PAIRS  # TREE's fifth path
+    rng = np.random.default_rng(0)
+    outcomes = []
+    for _ in range(60):
+        side = rng.uniform(10, 200)  # from crowded to sparse
+        taken = rng.uniform(0, side, size=(int(rng.integers(1, 200)), 2))
+        points = rng.uniform(0, side, size=(PLACEMENTS, int(rng.integers(1, 40)), 2))
+        brute = _clear(points, taken)
+        np.testing.assert_array_equal(_clear(points, taken, scipy.spatial.cKDTree(taken)), brute)
+        outcomes += list(brute)
+    assert 0.1 < np.mean(outcomes) < 0.9
+    # Exactly SEPARATION away is clear for both (integer coordinates: the distance is exact).
+    taken = np.array([[5.0, 5.0]])
+    points = np.array([[[5.0 + SEPARATION, 5.0]], [[5.0, 5.0 + SEPARATION - 1e-9]]])
+    for tree in (None, scipy.spatial.cKDTree(taken)):
+        np.testing.assert_array_equal(_clear(points, taken, tree), [True, False])
 
 
 @pytest.mark.parametrize("kwargs", [{}, SMALL])

@@ -62,9 +62,11 @@ def _check_features(name: str, x: Any) -> None:
         raise TypeError(f"'{name}' must be a Tensor (got {type(x).__name__})")
     if not x.is_floating_point():
         raise TypeError(f"'{name}' must be a floating point tensor (got {x.dtype})")
-    if x.dim() != 3:
-        raise ValueError(f"'{name}' must have shape [num_nodes, heads, channels] "
-                         f"(got {list(x.shape)})")
+    # No heads or no channels would only fail deep inside the kernels (and the default
+    # score scale 1/sqrt(C) has no value at C = 0); zero nodes are a valid empty graph.
+    if x.dim() != 3 or x.size(1) == 0 or x.size(2) == 0:
+        raise ValueError(f"'{name}' must have shape [num_nodes, heads, channels] with "
+                         f"heads, channels >= 1 (got {list(x.shape)})")
 
 
 def _num_nodes(num_nodes: Union[int, Tuple[int, int], None],

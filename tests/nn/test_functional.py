@@ -375,7 +375,12 @@ def test_bad_features():
     for int_like in (np.int64(N), torch.tensor(N), (np.int32(N), torch.tensor(N))):
         torch.testing.assert_close(edge_softmax_attention(q, k, ei, num_nodes=int_like),
                                    edge_softmax_attention(q, k, ei))
+    for empty in (q[:, :0], q[..., :0]):  # no heads, no channels
+        with pytest.raises(ValueError, match="'q'"):
+            edge_softmax_attention(empty, empty, ei)
     attn = edge_softmax_attention(q, k, ei)
+    with pytest.raises(ValueError, match="'v'"):
+        diffuse(attn[:, :0], v[:, :0], ei)
     with pytest.raises(ValueError, match="'attn'"):
         diffuse(attn[:, :2], v, ei)
     with pytest.raises(ValueError, match="edges"):

@@ -9,6 +9,7 @@ the results returned in their dtype (:data:`HALF_DTYPES`).
 from __future__ import annotations
 
 import math
+import numbers
 import operator
 from typing import Any, List, Optional, Sequence, Tuple, Union
 
@@ -21,20 +22,27 @@ from graphdiff.nn.kernels import Diffusion, EdgeAttention, heads_view, is_node_m
 KERNELS = ("ppr", "heat")
 
 
+def _is_real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def check_diffusion_args(hops: Any, alpha: Any, kernel: Any, t: Any,
                          hop_dropout: Any = 0.0) -> None:
-    """Raise ``ValueError``/``TypeError`` naming the argument for invalid diffusion settings."""
-    if isinstance(hops, bool) or not isinstance(hops, int):
+    """Raise ``ValueError``/``TypeError`` naming the argument for invalid diffusion settings.
+
+    Any integral / real number is accepted (NumPy scalars from a config or a sweep, as the
+    layer's ``heads`` and ``dropout`` are); ``bool`` is not a number here."""
+    if isinstance(hops, bool) or not isinstance(hops, numbers.Integral):
         raise TypeError(f"'hops' must be an int (got {type(hops).__name__})")
     if hops < 0:
         raise ValueError(f"'hops' must be >= 0 (got {hops})")
-    if not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
+    if not _is_real(alpha) or not 0.0 <= alpha <= 1.0:
         raise ValueError(f"'alpha' must be a float in [0, 1] (got {alpha!r})")
     if kernel not in KERNELS:
         raise ValueError(f"'kernel' must be one of {KERNELS} (got {kernel!r})")
-    if not isinstance(t, (int, float)) or not t >= 0.0 or math.isinf(t):
+    if not _is_real(t) or not t >= 0.0 or math.isinf(t):
         raise ValueError(f"'t' must be a finite float >= 0 (got {t!r})")
-    if not isinstance(hop_dropout, (int, float)) or not 0.0 <= hop_dropout < 1.0:
+    if not _is_real(hop_dropout) or not 0.0 <= hop_dropout < 1.0:
         raise ValueError(f"'hop_dropout' must be a float in [0, 1) (got {hop_dropout!r})")
 
 
@@ -47,8 +55,9 @@ def diffusion_coefficients(hops: int, alpha: float, kernel: str = "ppr",
     :math:`\sum_{k \le K} \theta_k A^k V` with :math:`\theta_k \propto t^k / k!` normalised
     to sum to one, i.e. ``s = 1``, ``c = (theta_K, ..., theta_0)``.
     """
+    hops, alpha, t = int(hops), float(alpha), float(t)  # plain Python numbers for the kernels
     if kernel == "ppr":
-        return 1.0 - alpha, [1.0] + [float(alpha)] * hops
+        return 1.0 - alpha, [1.0] + [alpha] * hops
     log_w = [k * math.log(t) - math.lgamma(k + 1) if t > 0 else (0.0 if k == 0 else -math.inf)
              for k in range(hops + 1)]
     top = max(log_w)

@@ -338,7 +338,8 @@ def test_never_materialises_per_edge_features():
 
 @pytest.mark.parametrize("bad", [
     dict(hops=-1), dict(hops=1.5), dict(alpha=-0.1), dict(alpha=1.5),
-    dict(kernel="gauss"), dict(t=-1.0), dict(hop_dropout=1.0)])
+    dict(kernel="gauss"), dict(t=-1.0), dict(hop_dropout=1.0), dict(alpha=True),
+    dict(t=True)])
 def test_bad_diffusion_arguments(bad):
     ei = random_graph(N, 30)
     q, k, v = features()
@@ -346,6 +347,18 @@ def test_bad_diffusion_arguments(bad):
     hop_dropout = args.pop("hop_dropout", 0.0)
     with pytest.raises((ValueError, TypeError), match=next(iter(bad))):
         diffuse(edge_softmax_attention(q, k, ei), v, ei, **args, hop_dropout=hop_dropout)
+
+
+@pytest.mark.parametrize("kernel", ["ppr", "heat"])
+def test_numpy_scalar_diffusion_arguments_match_python_numbers(kernel):
+    # As from a config or a hyperparameter sweep; the values are exact in float32.
+    ei = random_graph(N, 40, seed=23)
+    q, k, v = features(seed=23)
+    attn = edge_softmax_attention(q, k, ei)
+    expected = diffuse(attn, v, ei, 3, 0.25, kernel, 1.5, hop_dropout=0.5)
+    got = diffuse(attn, v, ei, np.int64(3), np.float32(0.25), kernel, np.float32(1.5),
+                  hop_dropout=np.float64(0.5))
+    torch.testing.assert_close(got, expected)
 
 
 def test_bad_edge_index():

@@ -185,7 +185,8 @@ def edge_softmax_attention(q: Tensor, k: Tensor, edge_index: Any,
         edge_index: The adjacency (``edge_index[0]`` = key j, ``edge_index[1]`` = query i).
         num_nodes (int or (int, int), optional): ``N`` or ``(N_src, N_dst)``; checked
             against the features. (default: taken from ``k`` and ``q``)
-        scale (float, optional): Score scale. (default: :math:`1/\sqrt{C}`)
+        scale (float, optional): Score scale, a finite constant (no gradient).
+            (default: :math:`1/\sqrt{C}`)
 
     Returns:
         ``[E, H]`` attention in the input edge order (possibly a non-contiguous view); each
@@ -196,6 +197,12 @@ def edge_softmax_attention(q: Tensor, k: Tensor, edge_index: Any,
     if q.shape[1:] != k.shape[1:] or q.dtype != k.dtype:
         raise ValueError(f"'q' and 'k' must agree in heads, channels and dtype "
                          f"(got {list(q.shape)} {q.dtype} and {list(k.shape)} {k.dtype})")
+    if scale is not None:
+        if not _is_real(scale):  # a Tensor included: the kernels take a constant scale
+            raise TypeError(f"'scale' must be a float or None (got {type(scale).__name__})")
+        if not math.isfinite(scale):  # an infinite scale gives inf - inf = NaN scores
+            raise ValueError(f"'scale' must be finite (got {scale!r})")
+        scale = float(scale)
     graph = as_graph(edge_index, _num_nodes(num_nodes, (k.size(0), q.size(0))))
     attn = attention_heads_first(q.transpose(0, 1), k.transpose(0, 1), graph, scale)
     return graph.to_input_order(attn.t())

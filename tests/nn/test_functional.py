@@ -388,6 +388,14 @@ def test_bad_features():
     for int_like in (np.int64(N), torch.tensor(N), (np.int32(N), torch.tensor(N))):
         torch.testing.assert_close(edge_softmax_attention(q, k, ei, num_nodes=int_like),
                                    edge_softmax_attention(q, k, ei))
+    for bad in ("0.5", torch.tensor(0.5, requires_grad=True), True):
+        with pytest.raises(TypeError, match="'scale'"):
+            edge_softmax_attention(q, k, ei, scale=bad)
+    for bad in (math.inf, -math.inf, math.nan):
+        with pytest.raises(ValueError, match="'scale'"):
+            edge_softmax_attention(q, k, ei, scale=bad)
+    torch.testing.assert_close(edge_softmax_attention(q, k, ei, scale=np.float32(0.5)),
+                               edge_softmax_attention(q, k, ei, scale=0.5))
     for empty in (q[:, :0], q[..., :0]):  # no heads, no channels
         with pytest.raises(ValueError, match="'q'"):
             edge_softmax_attention(empty, empty, ei)

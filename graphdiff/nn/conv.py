@@ -72,8 +72,12 @@ class AttentionDiffusion(MessagePassing):
             hop (a fresh mask per hop, as MAGNA/Diffuser's feature dropout inside the PPR
             loop). (default: :obj:`0.0`)
         bias (bool, optional): If :obj:`False`, the query, key and value projections learn no
-            additive bias. Because every row of :math:`\mathbf{A}` sums to one, the value bias
-            passes through the diffusion unchanged: it is the output bias. (default: :obj:`True`)
+            additive bias. When every target has incoming edges (as with self-loops, which
+            canonical patterns include) and without attention dropout, every row of
+            :math:`\mathbf{A}` sums to one and the value bias passes through the diffusion
+            unchanged: it is the output bias. (A target without incoming edges gets
+            :math:`\alpha` times it with PPR, and so, partly, do the targets it reaches.)
+            (default: :obj:`True`)
         fused (bool, optional): Use the fused sparse kernels; :obj:`False` selects the
             gather-scatter reference. (default: :obj:`True`)
         **kwargs (optional): Additional arguments of

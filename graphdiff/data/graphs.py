@@ -14,6 +14,7 @@ from torch import Tensor
 from torch_geometric.data import Batch, Data
 from torch_geometric.transforms import BaseTransform
 
+from graphdiff.checks import check_int
 from graphdiff.patterns import Pattern
 from graphdiff.patterns.base import EDGE_INDEX_CACHE
 
@@ -173,14 +174,32 @@ def to_padded(
     Returns:
         ``(padded [B, L, ...], mask [B, L])``, right-padded: row ``b`` holds sequence ``b``'s
         tokens in order, so a right-padded input comes back exactly.
+
+    Raises:
+        TypeError: when ``x`` is not a tensor with a node dimension, or the batch vector is not
+            an integer tensor.
+        ValueError: when the batch vector is not ``[N]``, negative or unsorted, or ``max_len``
+            is shorter than the longest sequence.
     """
+    if not isinstance(x, Tensor) or x.dim() == 0:
+        raise TypeError(f"x must be a tensor [N, ...], got {type(x).__name__}")
     vector = batch.batch if isinstance(batch, Batch) else batch
+    if not isinstance(vector, Tensor) or vector.dtype.is_floating_point or vector.dtype.is_complex \
+            or vector.dtype == torch.bool:
+        raise TypeError(f"batch must be a Batch or an integer batch vector [N], got "
+                        f"{vector.dtype if isinstance(vector, Tensor) else type(vector).__name__}")
     if vector.dim() != 1 or vector.numel() != x.size(0):
         raise ValueError(f"batch vector must have shape [N] = [{x.size(0)}], got {list(vector.shape)}")
+    # Each token's rank is its offset from its sequence's first token: that needs PyG's layout,
+    # every sequence's tokens side by side in batch order; any other order would be scattered
+    # to wrong positions without an error.
+    if vector.numel() and (int(vector.min()) < 0 or bool((vector[1:] < vector[:-1]).any())):
+        raise ValueError("batch vector must be non-negative and sorted (each sequence's tokens "
+                         "side by side, in batch order, as in a PyG Batch)")
     batch_size = int(batch.num_graphs) if isinstance(batch, Batch) else (int(vector.max()) + 1 if vector.numel() else 0)
     lengths = torch.bincount(vector, minlength=batch_size)
     longest = int(lengths.max()) if batch_size else 0
-    max_len = longest if max_len is None else max_len
+    max_len = longest if max_len is None else check_int("max_len", max_len, low=0)
     if max_len < longest:
         raise ValueError(f"max_len={max_len} is shorter than the longest sequence ({longest})")
     starts = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)[:-1]])

@@ -91,3 +91,17 @@ def test_to_padded_rejects_bad_input():
         to_padded(torch.zeros(4, 2), torch.zeros(3, dtype=torch.long))
     with pytest.raises(ValueError, match="max_len=1 is shorter"):
         to_padded(torch.zeros(4), torch.tensor([0, 0, 1, 1]), max_len=1)
+
+
+@pytest.mark.parametrize("x, vector, max_len, error, match", [
+    # Unsorted: the ranks inside each sequence would be wrong, silently.
+    (torch.arange(3.0), torch.tensor([0, 1, 0]), 3, ValueError, "sorted"),
+    (torch.arange(3.0), torch.tensor([-1, 0, 0]), None, ValueError, "non-negative"),
+    (torch.arange(3.0), torch.tensor([0.0, 0.0, 1.0]), None, TypeError, "integer batch vector"),
+    (torch.arange(3.0), [0, 0, 1], None, TypeError, "integer batch vector"),
+    ([1.0, 2.0, 3.0], torch.tensor([0, 0, 1]), None, TypeError, "x must be a tensor"),
+    (torch.arange(3.0), torch.tensor([0, 0, 1]), 2.5, TypeError, "max_len must be an integer"),
+])
+def test_to_padded_names_the_bad_argument(x, vector, max_len, error, match):
+    with pytest.raises(error, match=match):
+        to_padded(x, vector, max_len=max_len)

@@ -159,12 +159,17 @@ class AttentionDiffusion(MessagePassing):
                 coalesced for COO; for a ``DiffusionGraph``: the order of the adjacency it
                 was built from). (default: :obj:`None`)
         """
+        if not isinstance(x, Tensor) and not (isinstance(x, (tuple, list)) and len(x) == 2):
+            raise TypeError(f"'x' must be a Tensor or a pair (x_src, x_dst) of them "
+                            f"(got {type(x).__name__})")
         x_src, x_dst = (x, x) if isinstance(x, Tensor) else x
         H, C = self.heads, self.out_channels
         for name, feat, size in (("x", x_src, self.lin_key.in_channels),
                                  ("x (targets)", x_dst, self.lin_query.in_channels)):
             if not isinstance(feat, Tensor) or feat.dim() != 2:
                 raise ValueError(f"'{name}' must be a [num_nodes, in_channels] Tensor")
+            if not feat.is_floating_point():  # token ids belong in an embedding first
+                raise TypeError(f"'{name}' must be floating point features (got {feat.dtype})")
             if size > 0 and feat.size(-1) != size:
                 raise ValueError(f"'{name}' has {feat.size(-1)} features but the layer "
                                  f"expects in_channels={size}")

@@ -278,6 +278,25 @@ def test_bad_arguments():
         make(F_IN, 4)(x, batched)
 
 
+def test_bad_features_are_named_before_the_projections():
+    # DESIGN 3: a TypeError naming 'x', not torch's dtype error from inside the linear layer.
+    x, ei = inputs()
+    conv = make(F_IN, 4)
+    with pytest.raises(TypeError, match="'x' must be floating point"):
+        conv(torch.zeros(N, F_IN, dtype=torch.long), ei)
+    with pytest.raises(TypeError, match=r"'x \(targets\)' must be floating point"):
+        conv((x, torch.zeros(N, F_IN, dtype=torch.long)), ei)
+    for bad in ([[1.0] * F_IN], (x,), None):
+        with pytest.raises(TypeError, match="'x' must be a Tensor or a pair"):
+            conv(bad, ei)
+
+
+@pytest.mark.parametrize("name", ["alpha", "t", "hop_dropout"])
+def test_bool_is_not_a_diffusion_number(name):
+    with pytest.raises(ValueError, match=f"'{name}'"):
+        AttentionDiffusion(4, 4, **{name: True})
+
+
 def test_hops_zero_returns_values_without_computing_attention(monkeypatch):
     x, ei = inputs()
     conv = make(F_IN, 4, heads=2, hops=0)

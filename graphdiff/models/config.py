@@ -44,8 +44,9 @@ class DiffuserConfig:
         if self.positional not in POSITIONALS:
             raise ValueError(f"DiffuserConfig.positional must be one of {POSITIONALS}, got {self.positional!r}")
         for name in ("dropout", "attention_dropout", "hop_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"DiffuserConfig.{name} must lie in [0, 1), got {getattr(self, name)!r}")
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+                raise ValueError(f"DiffuserConfig.{name} must lie in [0, 1), got {value!r}")
         if isinstance(self.layer_norm_eps, bool) or not isinstance(self.layer_norm_eps, (int, float)) \
                 or not self.layer_norm_eps > 0:
             raise ValueError(f"DiffuserConfig.layer_norm_eps must be a number > 0, got {self.layer_norm_eps!r}")

@@ -133,6 +133,14 @@ class Diffuser(nn.Module):
         if batch.pos.numel() and int(batch.pos.max()) >= self.config.max_len:
             raise ValueError(f"a sequence has {int(batch.pos.max()) + 1} tokens, more than "
                              f"max_len={self.config.max_len}; truncate the sequences first")
+        # Here rather than as an IndexError or a dtype error from inside the embedding (DESIGN 3).
+        tokens = batch.x
+        if tokens.is_floating_point() or tokens.is_complex() or tokens.dtype == torch.bool or tokens.dim() != 1:
+            raise TypeError(f"tokens must be integer ids [N] (or [B, L] padded), got "
+                            f"{tokens.dtype} {list(tokens.shape)}")
+        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.config.vocab_size):
+            raise ValueError(f"token ids must lie in [0, vocab_size) = [0, {self.config.vocab_size}), "
+                             f"got [{int(tokens.min())}, {int(tokens.max())}]")
         # Every layer gets the same edge_index tensor: the layer's structure cache (keyed on it)
         # builds the CSR structure once per batch and all layers share it.
         x = self.embeddings(batch.x, batch.pos)

@@ -152,6 +152,9 @@ def test_paper_base_is_the_official_configuration():
     (dict(hops=-1), "'hops' must be >= 0"),
     (dict(t=-1.0), "'t' must be a finite float >= 0"),
     (dict(layer_norm_eps=-1.0), "layer_norm_eps must be a number > 0"),
+    (dict(dropout="0.1"), "dropout must lie in"),
+    (dict(attention_dropout=None), "attention_dropout must lie in"),
+    (dict(hop_dropout=True), "hop_dropout must lie in"),
 ])
 def test_config_rejects_bad_values(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -188,3 +191,14 @@ def test_layers_share_one_cached_structure_per_batch():
     structure = as_graph(batch.edge_index, (48, 48))
     assert as_graph(batch.edge_index, (48, 48)) is structure
     assert model.to_batch(tokens, mask).edge_index is batch.edge_index  # equal lengths: same tensor next step
+
+
+@pytest.mark.parametrize("tokens, error, match", [
+    (torch.tensor([[1, 2, 40]]), ValueError, r"token ids must lie in \[0, vocab_size\) = \[0, 32\)"),
+    (torch.tensor([[1, -2, 3]]), ValueError, "token ids must lie in"),
+    (torch.tensor([[1.0, 2.0, 3.0]]), TypeError, "tokens must be integer ids"),
+])
+def test_bad_token_ids_are_named_before_the_embedding(tokens, error, match):
+    model = Diffuser(DiffuserConfig.tiny(vocab_size=32))
+    with pytest.raises(error, match=match):
+        model(tokens, torch.ones(tokens.shape, dtype=torch.bool))

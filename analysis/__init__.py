@@ -10,8 +10,9 @@ edge_index ``[2, E]`` with ``n``, a square scipy sparse matrix, or a prebuilt :c
 >>> analysis.spectral_gap(diffuser(), 4096)          # lambda_2 of L   # doctest: +SKIP
 >>> analysis.hops_to_cover(diffuser(), 4096)         # doctest: +SKIP
 
-Imports ``graphdiff.patterns`` (to resolve preset names, in :mod:`analysis.reporting`) and
-``graphdiff.checks`` only; matplotlib is loaded only when figures are written.
+Imports ``graphdiff.patterns`` (lazily, to resolve preset names, in :mod:`analysis.reporting`)
+and the torch-free helpers ``graphdiff.checks`` and ``graphdiff.io`` only, so ``import analysis``
+loads no torch; matplotlib is loaded only when figures are written.
 """
 from analysis.diffusion import AttentionSpectrum, attention_spectrum, diffusion_coefficients, diffusion_spectrum
 from analysis.expansion import cheeger_bounds, complete_graph_epsilon, hops_to_cover, receptive_field

@@ -193,9 +193,11 @@ def _second_modulus(
 
 
 def _check_kernel(kernel: Any, alpha: Any, t: Any) -> None:
+    """The checks of :func:`graphdiff.nn.functional.check_diffusion_args`: an infinite ``t``
+    would make every heat weight ``inf / inf`` (nan), and a bool is a mistake, not 0 or 1."""
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
-    if not isinstance(alpha, numbers.Real) or not 0.0 <= alpha <= 1.0:
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
-    if not isinstance(t, numbers.Real) or not t >= 0.0:
-        raise ValueError(f"t must be >= 0, got {t!r}")
+    if isinstance(t, bool) or not isinstance(t, numbers.Real) or not 0.0 <= t < math.inf:
+        raise ValueError(f"t must be a finite number >= 0, got {t!r}")

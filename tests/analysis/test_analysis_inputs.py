@@ -1,4 +1,6 @@
 """Every input form gives the same answer; bad input raises a clear error before any work."""
+import math
+
 import numpy as np
 import pytest
 import scipy.sparse
@@ -85,6 +87,11 @@ def test_bad_arguments():
         analysis.diffusion_spectrum([0.5], alpha=1.5)
     with pytest.raises(ValueError, match="kernel must be"):
         analysis.diffusion_spectrum([0.5], kernel="gauss")
+    # As the layer refuses them: t = inf made every heat eigenvalue nan, silently.
+    with pytest.raises(ValueError, match="t must be a finite number >= 0"):
+        analysis.diffusion_spectrum([0.5], kernel="heat", t=math.inf)
+    with pytest.raises(ValueError, match="alpha must be"):
+        analysis.diffusion_spectrum([0.5], alpha=True)
     with pytest.raises(ValueError, match="hops=None"):
         analysis.diffusion_spectrum([0.5], alpha=0.0, hops=None)
     with pytest.raises(ValueError, match=r"attn must have shape"):

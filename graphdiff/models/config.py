@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from typing import Any, Dict
 
 from graphdiff.nn.functional import check_diffusion_args
@@ -33,6 +34,16 @@ class DiffuserConfig:
     layer_norm_eps: float = 1e-5
 
     def __post_init__(self) -> None:
+        # NumPy scalars (from a sweep) become Python numbers: config.json takes no np.int64 or
+        # np.float32. Other values are left for the checks below to name.
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, bool):
+                continue
+            if field.type == "int" and isinstance(value, numbers.Integral):
+                setattr(self, field.name, int(value))
+            elif field.type == "float" and isinstance(value, numbers.Real):
+                setattr(self, field.name, float(value))
         for name in ("vocab_size", "hidden", "layers", "heads", "ffn", "max_len", "num_classes"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

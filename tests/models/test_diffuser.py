@@ -1,5 +1,8 @@
 """The Diffuser model against independent references: a dense SDPA transformer layer, per-sequence
 runs, and the pooling definitions."""
+import json
+
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -159,6 +162,16 @@ def test_paper_base_is_the_official_configuration():
 def test_config_rejects_bad_values(kwargs, match):
     with pytest.raises(ValueError, match=match):
         DiffuserConfig(**kwargs)
+
+
+def test_config_takes_numpy_scalars_as_python_numbers():
+    # A sweep's np.int64 / np.float32 values: accepted as the layer accepts them, and stored as
+    # int / float, since config.json cannot hold NumPy scalars.
+    config = DiffuserConfig(hidden=np.int64(64), hops=np.int64(3), alpha=np.float32(0.25),
+                            dropout=np.float32(0.5), t=np.float64(2.0))
+    assert json.loads(json.dumps(config.to_dict())) == config.to_dict()
+    assert (type(config.hidden), type(config.hops), type(config.alpha)) == (int, int, float)
+    assert (config.hops, config.alpha, config.dropout) == (3, 0.25, 0.5)
 
 
 def test_unknown_preset_lists_the_valid_ones():

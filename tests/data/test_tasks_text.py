@@ -20,9 +20,9 @@ REVIEWS = {  # (part, label folder, file name) -> text; non-ASCII, HTML breaks a
 
 
 def write_acl_imdb(root):
-    for (part, label, name), text in REVIEWS.items():
+    for (part, label, name), review in REVIEWS.items():
         (root / part / label).mkdir(parents=True, exist_ok=True)
-        (root / part / label / name).write_text(text, encoding="utf-8")
+        (root / part / label / name).write_text(review, encoding="utf-8")
     (root / "train" / "unsup").mkdir()
     (root / "train" / "unsup" / "0_0.txt").write_text("unlabelled: never read")
     return root

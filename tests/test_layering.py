@@ -21,3 +21,11 @@ def loaded_after(statement: str) -> set:
 ])
 def test_import_arrows(statement, forbidden):
     assert not forbidden & loaded_after(statement)
+
+
+def test_the_version_is_the_installed_one():
+    import importlib.metadata
+
+    import graphdiff
+
+    assert graphdiff.__version__ == importlib.metadata.version("graphdiff")

@@ -15,7 +15,7 @@ from torch_geometric.utils.sparse import set_sparse_value
 
 from graphdiff.nn.functional import (HALF_DTYPES, attention_heads_first, check_bipartite_diffusion,
                                      check_diffusion_args, diffuse_heads_first,
-                                     diffusion_coefficients)
+                                     recursion_coefficients)
 from graphdiff.nn.graph import DiffusionGraph, as_graph
 
 
@@ -174,7 +174,7 @@ class AttentionDiffusion(MessagePassing):
                 raise ValueError(f"'{name}' has {feat.size(-1)} features but the layer "
                                  f"expects in_channels={size}")
         graph = as_graph(edge_index, (x_src.size(0), x_dst.size(0)))
-        check_bipartite_diffusion(graph, self.hops, diffusion_coefficients(
+        check_bipartite_diffusion(graph, self.hops, recursion_coefficients(
             self.hops, self.alpha, self.kernel, self.t)[1])
 
         # [N, H * C] -> head-major [H, N, C]: the sparse kernels run one head (or one stack of
@@ -217,7 +217,7 @@ class AttentionDiffusion(MessagePassing):
         """The reference: one ``propagate`` per hop on ``[N, H, C]`` features."""
         if self.hops == 0:
             return v
-        s, coeffs = diffusion_coefficients(self.hops, self.alpha, self.kernel, self.t)
+        s, coeffs = recursion_coefficients(self.hops, self.alpha, self.kernel, self.t)
         ei = graph.edge_index()
         alpha = graph.to_input_order(attn.t())  # [E, H] in the order of `ei`
         size = (graph.num_src, graph.num_dst)

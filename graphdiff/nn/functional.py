@@ -46,7 +46,7 @@ def check_diffusion_args(hops: Any, alpha: Any, kernel: Any, t: Any,
         raise ValueError(f"'hop_dropout' must be a float in [0, 1) (got {hop_dropout!r})")
 
 
-def diffusion_coefficients(hops: int, alpha: float, kernel: str = "ppr",
+def recursion_coefficients(hops: int, alpha: float, kernel: str = "ppr",
                            t: float = 1.0) -> Tuple[float, List[float]]:
     r"""``(s, c)`` of the recursion :math:`Z_0 = c_0 V`, :math:`Z_{m+1} = s A Z_m + c_{m+1} V`
     whose :math:`Z_K` is the requested diffusion.
@@ -54,6 +54,9 @@ def diffusion_coefficients(hops: int, alpha: float, kernel: str = "ppr",
     PPR: ``s = 1 - alpha``, ``c = (1, alpha, ..., alpha)``. Heat: Horner's scheme for
     :math:`\sum_{k \le K} \theta_k A^k V` with :math:`\theta_k \propto t^k / k!` normalised
     to sum to one, i.e. ``s = 1``, ``c = (theta_K, ..., theta_0)``.
+
+    The weights :math:`\theta_k` of :math:`A^k` themselves, for analysis, come from
+    ``analysis.diffusion_coefficients(alpha, hops, kernel, t)``.
     """
     hops, alpha, t = int(hops), float(alpha), float(t)  # plain Python numbers for the kernels
     if kernel == "ppr":
@@ -151,7 +154,7 @@ def diffuse_heads_first(attn: Tensor, v: Tensor, graph: DiffusionGraph, hops: in
     """:func:`diffuse` on head-major ``attn [H, E]`` (CSR order) and ``v [H, N, C]``;
     returns ``[H, N_dst, C]`` in the layout of ``v``: a view of a node-major ``[N, H, C]``
     tensor when ``v`` is one, so that transposing it back costs no copy."""
-    s, coeffs = diffusion_coefficients(hops, alpha, kernel, t)
+    s, coeffs = recursion_coefficients(hops, alpha, kernel, t)
     check_bipartite_diffusion(graph, hops, coeffs)
     if hops == 0:
         return v
@@ -251,5 +254,5 @@ def diffuse(attn: Tensor, v: Tensor, edge_index: Any, hops: int = 5, alpha: floa
     return out.transpose(0, 1)
 
 
-__all__: Sequence[str] = ["edge_softmax_attention", "diffuse", "diffusion_coefficients",
+__all__: Sequence[str] = ["edge_softmax_attention", "diffuse", "recursion_coefficients",
                           "check_diffusion_args", "check_bipartite_diffusion"]

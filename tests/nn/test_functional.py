@@ -9,11 +9,12 @@ from hypothesis import given, settings, strategies as st
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch_geometric.nn import APPNP
 
+import analysis
 from graphdiff.nn import as_graph
 from graphdiff.nn import graph as graph_module
 from graphdiff.nn.graph import DiffusionGraph
 from graphdiff.nn.functional import (attention_heads_first, diffuse, diffuse_heads_first,
-                                     diffusion_coefficients, edge_softmax_attention)
+                                     recursion_coefficients, edge_softmax_attention)
 
 from .reference import dense_attention, dense_diffuse, edge_values, random_graph
 
@@ -55,8 +56,20 @@ def test_heat_matches_dense_series(hops, t):
 
 
 def test_heat_coefficients_sum_to_one():
-    s, c = diffusion_coefficients(5, 0.1, "heat", 2.0)
+    s, c = recursion_coefficients(5, 0.1, "heat", 2.0)
     assert s == 1.0 and math.isclose(sum(c), 1.0)
+
+
+@pytest.mark.parametrize("kernel, hops, alpha, t", [("ppr", 5, 0.1, 1.0), ("ppr", 3, 0.35, 1.0),
+                                                    ("heat", 5, 0.1, 2.0), ("heat", 0, 0.1, 3.0)])
+def test_the_recursion_unrolls_to_the_analysis_weights(kernel, hops, alpha, t):
+    # Z_0 = c_0 V, Z_{m+1} = s A Z_m + c_{m+1} V, as a polynomial in A: the weights theta_k of
+    # A^k that analysis.diffusion_coefficients gives independently, in closed form.
+    s, c = recursion_coefficients(hops, alpha, kernel, t)
+    poly = [c[0]]
+    for m in range(hops):
+        poly = [c[m + 1]] + [s * coefficient for coefficient in poly]
+    np.testing.assert_allclose(poly, analysis.diffusion_coefficients(alpha, hops, kernel, t), rtol=1e-12)
 
 
 @pytest.mark.parametrize("hops,alpha", [(1, 0.1), (3, 0.2), (5, 0.1)])

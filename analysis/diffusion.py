@@ -27,6 +27,7 @@ from analysis.spectral import DENSE_MAX_NODES, arpack
 from graphdiff.checks import check_int
 
 KERNELS = ("ppr", "heat")
+MODULUS_DECIMALS = 9  # eigenvalue moduli that agree to this many decimals count as equal when sorting
 
 
 def diffusion_coefficients(alpha: float = 0.1, hops: int = 5, kernel: str = "ppr", t: float = 1.0) -> np.ndarray:
@@ -159,7 +160,8 @@ def attention_spectrum(
 
 
 def _leading(matrix: scipy.sparse.csr_matrix, k: int) -> np.ndarray:
-    """Eigenvalues of largest modulus, sorted by modulus then real part, descending: all ``n``
+    """Eigenvalues of largest modulus, sorted by modulus (to ``MODULUS_DECIMALS`` decimals) then
+    real part, descending: all ``n``
     below ``DENSE_MAX_NODES`` (the dense solver computes them anyway), else the ``k`` leading."""
     n = matrix.shape[0]
     if n <= DENSE_MAX_NODES:
@@ -167,7 +169,10 @@ def _leading(matrix: scipy.sparse.csr_matrix, k: int) -> np.ndarray:
     else:
         values = arpack(matrix, k, "LM", symmetric=False)
     values = values.astype(np.complex128)
-    order = np.lexsort((-values.real, -np.abs(values)))
+    # Moduli equal up to rounding tie, so that the real part decides among them: a permutation
+    # (every |mu| = 1) would otherwise lead with whichever root of unity rounded highest.
+    modulus = np.round(np.abs(values), MODULUS_DECIMALS)
+    order = np.lexsort((-values.real, -modulus))
     return values[order]
 
 

@@ -88,3 +88,15 @@ def test_attention_spectrum_of_row_stochastic_attention(n, dense_max, monkeypatc
         assert np.min(np.abs(dense - mu)) < 1e-6
     one_head = analysis.attention_spectrum(attn[:, 0], edge_index, n, k=4)
     np.testing.assert_allclose(one_head.eigs[0], result.eigs[0])
+
+
+@pytest.mark.parametrize("n", [4, 8, 12, 64])
+def test_attention_spectrum_of_a_permutation_leads_with_one(n):
+    # A cycle without self-loops: every eigenvalue is an n-th root of unity, all of modulus 1, so
+    # the order among them is the real part's: 1, then the roots next to it (closed form).
+    src = np.arange(n)
+    result = analysis.attention_spectrum(np.ones(n), np.stack([src, (src + 1) % n]), n, k=3)
+    angle = 2 * np.pi / n
+    np.testing.assert_allclose(result.eigs[0, 0], 1.0, atol=1e-12)
+    np.testing.assert_allclose(result.eigs[0, 1:].real, np.cos(angle), atol=1e-12)
+    np.testing.assert_allclose(np.abs(result.eigs[0, 1:].imag), np.sin(angle), atol=1e-12)

@@ -186,6 +186,8 @@ class Pattern:
         return EdgeIndex(self(n, self_loops), sparse_size=(n, n), sort_order="col")
 
     def to_data(self, n: int, self_loops: bool = True) -> "Data":
+        """A PyG ``Data`` with the pattern's canonical ``edge_index [2, E]`` and ``num_nodes=n``,
+        no features (:func:`graphdiff.data.sequence_graph` adds tokens and positions)."""
         from torch_geometric.data import Data
 
         return Data(edge_index=self(n, self_loops), num_nodes=n)

@@ -4,10 +4,11 @@
 
 On a shared machine the speed drifts by tens of percent within minutes, so two revisions are
 only comparable when their runs interleave. Each revision is checked out (``git worktree``)
-into a temporary directory; every round runs each revision once in a new process, which times
-one forward + backward of ``edge_softmax_attention`` + ``diffuse`` (8 heads x 32 channels,
-K = 5, ``Window(64) | Global(16) | Random(16)``) ``--repeats`` times after a warm-up at each
-length. Prints, per revision and length, the fastest and the median time over all rounds and
+into a temporary directory; every round runs each revision once in a new process started in
+its checkout (the order alternates from round to round, so that neither always runs first),
+which times one forward + backward of ``edge_softmax_attention`` + ``diffuse`` (8 heads x 32
+channels, K = 5, ``Window(64) | Global(16) | Random(16)``) ``--repeats`` times after a warm-up
+at each length. Prints, per revision and length, the fastest and the median time over all rounds and
 the growth between consecutive lengths.
 """
 from __future__ import annotations
@@ -20,12 +21,16 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Dict, List
+
+from bench_common import positive_int
 
 ROOT = Path(__file__).resolve().parents[1]
 
 STEP = """
 import json, sys, time, warnings
 import torch
+import graphdiff
 from graphdiff.nn.functional import diffuse, edge_softmax_attention
 from graphdiff.patterns import Global, Random, Window
 warnings.filterwarnings("ignore")
@@ -42,16 +47,33 @@ for n in lengths:
         start = time.perf_counter()
         step()
         times[n].append(time.perf_counter() - start)
-print(json.dumps(times))
+print(json.dumps({"graphdiff": graphdiff.__file__, "times": times}))
 """
+
+
+def time_revision(tree: str, lengths: List[int], repeats: int) -> Dict[int, List[float]]:
+    """Seconds of every step at every length, timed by a new process on the checkout ``tree``.
+
+    The process starts in ``tree``: ``python -c`` puts its working directory first on
+    ``sys.path``, so a process started in this repository would import this checkout's
+    graphdiff whatever ``PYTHONPATH`` says. It reports the graphdiff it imported, which must
+    be ``tree``'s."""
+    out = subprocess.run([sys.executable, "-c", STEP, json.dumps(lengths), str(repeats)],
+                         cwd=tree, env=dict(os.environ, PYTHONPATH=tree), check=True,
+                         capture_output=True, text=True).stdout
+    result = json.loads(out.splitlines()[-1])
+    imported = Path(result["graphdiff"]).resolve()
+    if Path(tree).resolve() not in imported.parents:
+        raise RuntimeError(f"the process for {tree} imported {imported}")
+    return {int(n): ts for n, ts in result["times"].items()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("revisions", nargs=2)
-    parser.add_argument("--n", nargs="+", type=int, default=[16384, 65536])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--n", nargs="+", type=positive_int, default=[16384, 65536])
+    parser.add_argument("--rounds", type=positive_int, default=3)
+    parser.add_argument("--repeats", type=positive_int, default=3)
     args = parser.parse_args()
     times = {rev: {n: [] for n in args.n} for rev in args.revisions}
     with tempfile.TemporaryDirectory() as tmp:
@@ -62,13 +84,9 @@ def main() -> None:
                             trees[rev], rev], check=True)
         try:
             for round_ in range(args.rounds):
-                for rev in args.revisions:
-                    out = subprocess.run(
-                        [sys.executable, "-c", STEP, json.dumps(args.n), str(args.repeats)],
-                        env=dict(os.environ, PYTHONPATH=trees[rev]), check=True,
-                        capture_output=True, text=True).stdout
-                    for n, ts in json.loads(out.splitlines()[-1]).items():
-                        times[rev][int(n)].extend(ts)
+                for rev in args.revisions[round_ % 2:] + args.revisions[:round_ % 2]:
+                    for n, ts in time_revision(trees[rev], args.n, args.repeats).items():
+                        times[rev][n].extend(ts)
                     print(f"round {round_ + 1}/{args.rounds} {rev}: done", file=sys.stderr)
         finally:
             for tree in trees.values():

@@ -252,3 +252,29 @@ def test_stacked_heads_probe_compares_two_ways_of_the_same_computation(monkeypat
             outputs[way] = runs[name, way]().clone()
             assert chosen and set(chosen) == {expected}
         torch.testing.assert_close(outputs["stacked"], outputs["per head"], rtol=1e-4, atol=1e-5)
+
+
+FAKE_GRAPHDIFF = {  # just enough of graphdiff for compare_revisions' timed step
+    "__init__.py": "",
+    "nn/__init__.py": "",
+    "nn/functional.py": "def edge_softmax_attention(q, k, edge_index, n):\n    return q\n\n"
+                        "def diffuse(attn, v, edge_index, hops, alpha):\n    return attn * v\n",
+    "patterns/__init__.py": "class Window:\n    def __init__(self, *args, **kwargs): pass\n"
+                            "    def __or__(self, other): return self\n"
+                            "    def __call__(self, n): return None\n\nGlobal = Random = Window\n",
+}
+
+
+def test_compare_revisions_times_the_graphdiff_of_each_checkout(tmp_path, monkeypatch):
+    compare = load("compare_revisions")
+    for name, text in FAKE_GRAPHDIFF.items():
+        (tmp_path / "graphdiff" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "graphdiff" / name).write_text(text)
+    # From the repository root, as its usage line runs it: there `python -c` would find this
+    # checkout's graphdiff first on sys.path.
+    monkeypatch.chdir(BENCHMARKS.parent)
+    times = compare.time_revision(str(tmp_path), [8, 16], repeats=2)
+    assert sorted(times) == [8, 16] and all(len(t) == 2 for t in times.values())
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RuntimeError, match="imported"):  # no graphdiff of its own
+        compare.time_revision(str(tmp_path / "empty"), [8], repeats=1)

@@ -44,7 +44,7 @@ Usage::
 
     python benchmarks/bench_layer.py                 # n = 1k, 4k, 16k, 64k
     python benchmarks/bench_layer.py --quick         # n = 256, 1k: a smoke test
-    python benchmarks/bench_layer.py --n 16384 --variants graphdiff sdpa --plot
+    python benchmarks/bench_layer.py --n 16384 --variants graphdiff sdpa --plot --out /tmp/bench
     python benchmarks/bench_layer.py --reuse-freed-memory --out benchmarks/results/reuse
 
 ``--reuse-freed-memory`` runs the timing processes with glibc keeping freed memory in its
@@ -68,6 +68,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 from bench_common import alternate, diffuser_layer, positive_int, rerun_command, sdpa_transformer_layer
 
+from graphdiff.checks import positive_float
 from graphdiff.io import atomic_write
 
 ALL_VARIANTS = ["graphdiff", "module", "gather", "layer", "sdpa", "sdpa_layer", "spmm",
@@ -84,7 +85,6 @@ INTERLEAVED_GROWTH = ("graphdiff", "layer")  # ... and measured interleaved too
 # structure, in the same rounds, to read the core's growth against.
 GROWTH_BASELINE = {"graphdiff": "spmm_heads"}
 TARGET_N = 16384  # the length of the performance issue's memory and layer targets
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def rss_mb() -> float:
@@ -501,16 +501,18 @@ def plot(results: Dict[int, Dict[str, dict]], variants: List[str], path: Path) -
 
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--n", type=int, nargs="+", default=[1024, 4096, 16384, 65536])
-    parser.add_argument("--quick", action="store_true", help="n = 256, 1024, 2 repeats")
+    parser.add_argument("--n", type=positive_int, nargs="+",
+                        help="default: 1024 4096 16384 65536 (256 1024 with --quick)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke test: n = 256, 1024 and 2 repeats, unless given")
     parser.add_argument("--variants", nargs="+", default=ALL_VARIANTS, choices=ALL_VARIANTS)
-    parser.add_argument("--heads", type=int, default=8)
-    parser.add_argument("--channels", type=int, default=32)
-    parser.add_argument("--hops", type=int, default=5)
-    parser.add_argument("--window", type=int, default=64)
+    parser.add_argument("--heads", type=positive_int, default=8)
+    parser.add_argument("--channels", type=positive_int, default=32)
+    parser.add_argument("--hops", type=positive_int, default=5)
+    parser.add_argument("--window", type=positive_int, default=64)
     parser.add_argument("--num-global", type=int, default=16)
     parser.add_argument("--num-random", type=int, default=16)
-    parser.add_argument("--repeats", type=positive_int, default=3)
+    parser.add_argument("--repeats", type=positive_int, help="default: 3 (2 with --quick)")
     parser.add_argument("--growth-rounds", type=int, default=6,
                         help="rounds of the interleaved growth measurement (0: skip it)")
     parser.add_argument("--pair-rounds", type=int, default=20,
@@ -520,9 +522,9 @@ def main(argv: Optional[List[str]] = None) -> None:
                         help="skip the gather-scatter path when its estimate exceeds this")
     parser.add_argument("--max-sdpa-n", type=int, default=16384,
                         help="skip dense SDPA and the SDPA layer above this n (quadratic time)")
-    parser.add_argument("--timeout", type=float, default=1800.0, help="per variant and n")
-    parser.add_argument("--plot", action="store_true",
-                        help="save a PNG under --out (without it: benchmarks/results)")
+    parser.add_argument("--timeout", type=positive_float, default=1800.0,
+                        help="per variant and n")
+    parser.add_argument("--plot", action="store_true", help="also save a PNG under --out")
     parser.add_argument("--out", type=Path, default=None,
                         help="write table (markdown), raw JSON and plot to this folder")
     parser.add_argument("--reuse-freed-memory", action="store_true",
@@ -533,8 +535,12 @@ def main(argv: Optional[List[str]] = None) -> None:
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
         return
-    if args.quick:
-        args.n, args.repeats = [256, 1024], 2
+    # Without --out, a plot would replace the committed benchmarks/results/bench_layer.png
+    # (the README's figure) and leave the table of another run beside it.
+    if args.plot and args.out is None:
+        parser.error("--plot needs --out")
+    args.n = args.n or ([256, 1024] if args.quick else [1024, 4096, 16384, 65536])
+    args.repeats = args.repeats or (2 if args.quick else 3)
     variants = list(args.variants)
     if "longformer" in variants:
         try:
@@ -606,9 +612,6 @@ def main(argv: Optional[List[str]] = None) -> None:
                      text=True)
         if args.plot:
             plot(results, variants, args.out / "bench_layer.png")
-    elif args.plot:
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        plot(results, variants, RESULTS / "bench_layer.png")
 
 
 if __name__ == "__main__":

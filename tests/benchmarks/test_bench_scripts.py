@@ -291,3 +291,27 @@ def test_compare_revisions_times_the_graphdiff_of_each_checkout(tmp_path, monkey
     (tmp_path / "empty").mkdir()
     with pytest.raises(RuntimeError, match="imported"):  # no graphdiff of its own
         compare.time_revision(str(tmp_path / "empty"), [8], repeats=1)
+
+
+@pytest.mark.parametrize("argv", [["--n", "0"], ["--n", "64", "-4"], ["--heads", "0"],
+                                  ["--channels", "-1"], ["--hops", "0"], ["--window", "0"],
+                                  ["--timeout", "0"], ["--variants", "dense"],
+                                  ["--plot"]])  # --plot without --out
+def test_bench_layer_refuses_bad_arguments_before_running_anything(bench_layer, monkeypatch,
+                                                                   argv):
+    monkeypatch.setattr(bench_layer, "run_one", lambda spec, timeout: pytest.fail("ran"))
+    with pytest.raises(SystemExit) as exit_:
+        bench_layer.main(["--growth-rounds", "0", "--pair-rounds", "0", *argv])
+    assert exit_.value.code == 2  # argparse's usage error
+
+
+@pytest.mark.parametrize("argv, lengths, repeats", [
+    (["--quick"], [256, 1024], 2), (["--quick", "--n", "64", "--repeats", "1"], [64], 1),
+    (["--n", "64"], [64], 3)])
+def test_quick_sets_only_the_lengths_and_repeats_not_given(bench_layer, monkeypatch, argv,
+                                                           lengths, repeats):
+    specs = []
+    monkeypatch.setattr(bench_layer, "run_one", lambda spec, timeout: specs.append(spec) or {
+        "fwd": 1.0, "bwd": 1.0, "fastest": 2.0, "peak_mb": 1.0})
+    bench_layer.main([*argv, "--variants", "sdpa", "--growth-rounds", "0", "--pair-rounds", "0"])
+    assert [(spec["n"], spec["repeats"]) for spec in specs] == [(n, repeats) for n in lengths]

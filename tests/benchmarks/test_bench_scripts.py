@@ -40,6 +40,20 @@ def test_fused_module_and_gather_scatter_variants_compute_the_same_layer(bench_l
                                rtol=1e-4, atol=1e-5)
 
 
+# A length of its own per variant, used by no other test: its structure is built here.
+@pytest.mark.parametrize("variant, n", [("graphdiff", 40), ("module", 41), ("layer", 42),
+                                        ("hop", 43)])
+def test_structure_size_includes_the_heads_stack_the_kernels_use(bench_layer, variant, n):
+    from graphdiff.nn import as_graph
+    from graphdiff.nn.functional import stacks
+    from graphdiff.patterns import Global, Random, Window
+    bench_layer._setup(variant=variant, n=n, **SHAPE)
+    graph = as_graph((Window(4) | Global(2) | Random(2, seed=0))(n), (n, n))
+    stack, calls = stacks(graph, SHAPE["heads"])
+    assert calls == 1 and stack is not graph  # both heads in one call at this length
+    assert stack._transposed is not None  # built before structure_mb was taken
+
+
 def test_bare_spmm_variants_and_hop_compute_the_same_product(bench_layer):
     n, heads, channels = 48, SHAPE["heads"], SHAPE["channels"]
     per_head = output(bench_layer, "spmm_heads", n)  # [H, N, C]

@@ -13,11 +13,12 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
 
-from bench_common import rerun_command
+from bench_common import positive_int, rerun_command
 from graphdiff.io import atomic_write_text
 from graphdiff.models import DiffuserForSequenceClassification, preset_config
 
@@ -39,15 +40,15 @@ def throughput(model: torch.nn.Module, tokens: torch.Tensor, mask: torch.Tensor,
     return steps * int(mask.sum()) / (time.perf_counter() - start)
 
 
-def main() -> None:
+def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", default="small")
-    parser.add_argument("--length", type=int, default=4096)
-    parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--length", type=positive_int, default=4096)
+    parser.add_argument("--batch", type=positive_int, default=2)
+    parser.add_argument("--steps", type=positive_int, default=5)
     parser.add_argument("--skip-reference", action="store_true", help="skip the slow gather-scatter variant")
     parser.add_argument("--out", type=Path, default=None, help="also write the table to this markdown file")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     torch.manual_seed(0)
     config = preset_config(args.preset, vocab_size=256, max_len=args.length)
@@ -73,7 +74,7 @@ def main() -> None:
         lines.append(f"| {name} | {rate:,.0f} | {rate / baseline:.2f} |")
         print(lines[-1], flush=True)
     if args.out:
-        command = rerun_command("bench_model.py")
+        command = rerun_command("bench_model.py", argv)
         atomic_write_text(args.out, "\n".join([f"`{command}`", "", *lines, ""]))
 
 

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import List, Optional
+
+from bench_common import positive_int
 
 from graphdiff.patterns import parse_pattern
 from graphdiff.patterns.base import EDGE_INDEX_CACHE
@@ -19,11 +22,11 @@ DEFAULT_LENGTHS = [4096, 16384, 65536, 131072, 262144, 1_048_576]
 MAX_LENGTH = {"diffuser": 262_144, "bigbird": 262_144, "longformer(window=512)": 262_144}
 
 
-def main() -> None:
+def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--patterns", nargs="+", default=DEFAULT_PATTERNS)
-    parser.add_argument("--lengths", nargs="+", type=int, default=DEFAULT_LENGTHS)
-    args = parser.parse_args()
+    parser.add_argument("--lengths", nargs="+", type=positive_int, default=DEFAULT_LENGTHS)
+    args = parser.parse_args(argv)
 
     print("| pattern | n | seconds | edges | edges / token |")
     print("|---|---:|---:|---:|---:|")

@@ -15,6 +15,8 @@ import subprocess
 import sys
 import time
 
+from bench_common import positive_int
+
 
 def measure(pattern: str, n: int) -> dict:
     """Runs in the child: build, solve, report."""
@@ -37,7 +39,8 @@ def measure(pattern: str, n: int) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pattern", default="diffuser", help="pattern expression or preset name")
-    parser.add_argument("--n", type=int, nargs="+", default=[4096, 16384, 65536, 131072])
+    parser.add_argument("--n", type=positive_int, nargs="+",
+                        default=[4096, 16384, 65536, 131072])
     args = parser.parse_args(argv)
     print(f"pattern: {args.pattern}\n")
     print("| n | edges | build (s) | lambda_2 (s) | lambda_2 | solver | peak memory (MiB) | bytes / edge |")

@@ -22,7 +22,7 @@ import os
 import time
 import warnings
 from pathlib import Path
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch.profiler import profile
@@ -120,10 +120,10 @@ def report(args: argparse.Namespace) -> List[str]:
     return lines
 
 
-def main() -> None:
+def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--n", nargs=2, type=int, default=[16384, 65536])
-    parser.add_argument("--top", type=int, default=12)
+    parser.add_argument("--n", nargs=2, type=positive_int, default=[16384, 65536])
+    parser.add_argument("--top", type=positive_int, default=12)
     parser.add_argument("--layer", action="store_true",
                         help="profile a whole DiffuserLayer instead of the core")
     parser.add_argument("--parts", action="store_true",
@@ -133,12 +133,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None,
                         help="also write the table, with the command and the allocator "
                         "settings, to this markdown file")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", message="Sparse")
     lines = report(args)
     print("\n".join(lines))
     if args.out:
-        command = rerun_command("profile_scaling.py")
+        command = rerun_command("profile_scaling.py", argv)
         allocator = {k: v for k, v in os.environ.items()
                      if k.startswith("MALLOC_") or k == "LD_PRELOAD"}
         header = [f"`{command}`", "",

@@ -329,3 +329,31 @@ def test_quick_sets_only_the_lengths_and_repeats_not_given(bench_layer, monkeypa
         "fwd": 1.0, "bwd": 1.0, "fastest": 2.0, "peak_mb": 1.0})
     bench_layer.main([*argv, "--variants", "sdpa", "--growth-rounds", "0", "--pair-rounds", "0"])
     assert [(spec["n"], spec["repeats"]) for spec in specs] == [(n, repeats) for n in lengths]
+
+
+@pytest.mark.parametrize("script, argv", [
+    ("bench_patterns", ["--lengths", "0"]), ("bench_spectral", ["--n", "-64"]),
+    ("bench_model", ["--steps", "0"]), ("bench_model", ["--length", "0"]),
+    ("profile_scaling", ["--n", "0", "64"]), ("profile_scaling", ["--top", "0"])])
+def test_scripts_refuse_non_positive_sizes(script, argv):
+    with pytest.raises(SystemExit) as exit_:
+        load(script).main(argv)
+    assert exit_.value.code == 2  # argparse's usage error, before any work
+
+
+def test_tiny_runs_of_the_readme_commands_print_and_write_their_tables(tmp_path, capsys):
+    load("bench_patterns").main(["--lengths", "64", "--patterns", "diffuser"])
+    assert "| `diffuser` | 64 |" in capsys.readouterr().out
+    load("bench_spectral").main(["--n", "64"])
+    assert "| 64 |" in capsys.readouterr().out
+    load("bench_model").main(["--preset", "tiny", "--length", "64", "--batch", "1", "--steps",
+                              "1", "--out", str(tmp_path / "model.md")])
+    model = (tmp_path / "model.md").read_text()
+    assert [line.split(" | ")[0] for line in model.splitlines() if line.startswith("| ")][1:] \
+        == ["| default (fused)", "| sparse attention only (K=1)", "| gather-scatter reference"]
+    profile = load("profile_scaling")
+    profile.main(["--n", "64", "128", "--rounds", "1", "--out", str(tmp_path / "core.md")])
+    assert "ms at n=64" in (tmp_path / "core.md").read_text()
+    profile.main(["--parts", "--n", "64", "128", "--rounds", "1", "--out",
+                  str(tmp_path / "parts.md")])
+    assert "| random |" in (tmp_path / "parts.md").read_text()

@@ -66,12 +66,29 @@ DENSE_FALLBACK_MAX_NODES = 4096  # dense eigvalsh for a larger k up to here: 128
 # 264 s against 0.6 s dense).
 DENSE_ABOVE_K = 32
 MAX_ROUNDS = 16  # deflated re-searches for repeated eigenvalues; each finds >= 1 missing copy
+# Above this many eigenvalues at one end, a deflated Lanczos search is a large Krylov solve
+# (O(n k^2) a restart: 140 s for k = 250 on 5000 nodes), so searches look for at most this many
+# and the copies they reveal are resolved by one block solve (LOBPCG) instead of more searches.
+BLOCK_ABOVE_K = 32
+BLOCK_MAXITER = 200  # LOBPCG iterations in all; repeated eigenvalues converge in tens
+BLOCK_BURST = 10  # LOBPCG iterations between checks of the wanted residuals
 
-# solve(count, basis, seed): the ``count`` largest eigenvalues (and unit eigenvectors
-# ``[n, count]``) of a symmetric operator restricted to the orthogonal complement of
-# ``basis [n, b]`` (or of nothing), from the start vector of ``seed``. Every solver below is
-# written so that the wanted end is "largest".
-Solve = Callable[[int, Optional[np.ndarray], int], tuple[np.ndarray, np.ndarray]]
+
+class Solver(NamedTuple):
+    """The wanted end of one symmetric operator, written so that it is the "largest".
+
+    Attributes:
+        solve: ``solve(count, basis, seed, start)``: the ``count`` largest eigenvalues (and unit
+            eigenvectors ``[n, count]``) of the operator restricted to the orthogonal complement
+            of ``basis [n, b]`` (or of nothing): by Lanczos from the start vector of ``seed``,
+            or, given a ``start`` block ``[n, m]`` (``m > count``), by LOBPCG from it.
+        scale: eigenvalues are resolved to ``TOL * max(|value|, scale)`` (see :func:`_accuracy`):
+            the spectral radius of a Lanczos operator, 0 for shift-invert (whose values never
+            approach 0 relative to their own accuracy).
+    """
+
+    solve: Callable[[int, Optional[np.ndarray], int, Optional[np.ndarray]], tuple[np.ndarray, np.ndarray]]
+    scale: float
 
 
 class DisconnectedGraphWarning(UserWarning):
@@ -250,7 +267,7 @@ def _sparse_smallest(g: Graph, k: int, half: Optional[int]) -> tuple[np.ndarray,
         # largest eigenvalues of the deflated operator are 1 - lambda_2, 1 - lambda_3, ...
         # Where -1 is returned, it is a true eigenvalue of M too (no eigenvalue lies below -1).
         m = g.normalized_adjacency()
-        found = 1.0 - _with_multiplicity(_lanczos(m, null, -1.0), k - zeros)
+        found = 1.0 - _with_multiplicity(_lanczos(m, null, -1.0, scale=1.0), k - zeros)
         method = "lanczos"
     return np.concatenate([np.zeros(zeros), np.sort(found)]), method
 
@@ -261,17 +278,17 @@ def _sparse_largest(g: Graph, k: int, half: Optional[int]) -> np.ndarray:
         return np.sort(_banded_largest(g.permuted_laplacian, k, half))
     # The largest of -M = L - I: the smallest of M, without the sign flips of "SA".
     m = g.normalized_adjacency()
-    return np.sort(1.0 + _with_multiplicity(_lanczos(-m), k))
+    return np.sort(1.0 + _with_multiplicity(_lanczos(-m, scale=1.0), k))
 
 
-def _with_multiplicity(solve: Solve, k: int, repeated: bool = True) -> np.ndarray:
+def _with_multiplicity(solver: Solver, k: int, repeated: bool = True) -> np.ndarray:
     r"""The ``k`` largest eigenvalues of a symmetric operator, descending, each counted as often
     as it repeats.
 
     Lanczos from one start vector sees one vector of each eigenspace: a repeated eigenvalue
     shows up once and the next distinct one takes its place. So, with :math:`V` the
     (orthonormalised) eigenvectors of the ``k`` best values so far and :math:`\theta_k` the
-    ``k``-th, solve again on the complement of :math:`V` and merge what lies above
+    ``k``-th, search again on the complement of :math:`V` and merge what lies above
     :math:`\theta_k`; stop when the complement has nothing above it. Then (Cauchy interlacing,
     :math:`V` invariant up to the residual) no eigenvalue above :math:`\theta_k` is missing.
     An eigenvalue in the complement is a genuine further copy, never a found one again. Each
@@ -279,34 +296,98 @@ def _with_multiplicity(solve: Solve, k: int, repeated: bool = True) -> np.ndarra
     copies (its projection on an eigenspace is the very copy found). Cost: one more solve when
     nothing repeats, about one more per extra copy otherwise.
 
+    "Above" means by more than the solvers resolve, :func:`_accuracy` of :math:`\theta_k`: a
+    copy of :math:`\theta_k` itself changes nothing, and where :math:`\theta_k = 0` (a star's
+    eigenvalue 1 of ``L``, ``n - 2`` times) a purely relative margin would count the rounding
+    noise of every further copy (``1e-13``) as a new, larger eigenvalue, for ever.
+
+    Block solve: searches count copies a few at a time, so once they are known to be missing,
+    a large ``k`` (``> BLOCK_ABOVE_K``, where each search is a large Krylov solve) or a search
+    that has not settled in ``MAX_ROUNDS - 1`` rounds hands the values found so far to LOBPCG
+    with a block of ``k`` plus guard vectors: a block larger than the multiplicity resolves an
+    eigenvalue's copies all at once. The next search then certifies its answer as above; one
+    that still finds copies merges them and solves again, within ``MAX_ROUNDS``.
+
     Args:
-        solve: see :data:`Solve`.
+        solver: see :class:`Solver`.
         k: how many eigenvalues.
         repeated: ``False`` when the caller knows the answer has no repeats to find (``k = 1``,
             or a simple Perron eigenvalue and one more): one solve, no search.
 
     Raises:
-        RepeatedEigenvalueError: when the search does not settle within ``MAX_ROUNDS`` (an
-            eigenvalue repeated many times among the ``k``: :func:`extremes` then solves densely
-            up to ``DENSE_FALLBACK_MAX_NODES`` nodes).
+        RepeatedEigenvalueError: when the search does not settle within ``MAX_ROUNDS`` rounds.
+        SpectralConvergenceError: when a Lanczos or block solve does not converge.
     """
     if k == 1 or not repeated:
-        return np.sort(solve(k, None, 0)[0])[::-1]
-    values, vectors = solve(k, None, 0)
+        return np.sort(solver.solve(k, None, 0, None)[0])[::-1]
+    values, vectors = solver.solve(k, None, 0, None)
+    block_after = 1 if k > BLOCK_ABOVE_K else MAX_ROUNDS - 1  # searches before a block solve
     for search in range(1, MAX_ROUNDS + 1):
         order = np.argsort(-values)[:k]
         values, vectors = values[order], vectors[:, order]
         basis = np.linalg.qr(vectors)[0]
-        more, more_vectors = solve(k, basis, search)
-        # A copy of the k-th value itself changes nothing: count only what beats it by more
-        # than the solver's own accuracy (the residual bound TOL, relative).
-        beyond = more > values[-1] + TOL * abs(values[-1])
+        more, more_vectors = solver.solve(min(k, BLOCK_ABOVE_K), basis, search, None)
+        beyond = more > values[-1] + _accuracy(values[-1], solver.scale)
         if not beyond.any():
             return values
         values = np.concatenate([values, more[beyond]])
         vectors = np.concatenate([vectors, more_vectors[:, beyond]], axis=1)
+        if search >= block_after and search < MAX_ROUNDS:
+            # Start from everything found (a good guess for the wanted subspace) and random
+            # guards: the guards make the block larger than the multiplicity and speed up
+            # convergence, which depends on the gap between theta_k and theta_{block + 1}.
+            guards = np.random.default_rng(search).standard_normal((vectors.shape[0], _guards(k)))
+            values, vectors = solver.solve(k, None, search, np.concatenate([vectors, guards], axis=1))
     raise RepeatedEigenvalueError(
         f"repeated eigenvalues: still finding further copies after {MAX_ROUNDS} deflated searches (k={k})"
+    )
+
+
+def _guards(k: int) -> int:
+    """Vectors the LOBPCG block carries beyond the ``k`` wanted (and the copies found)."""
+    return max(8, k // 8)
+
+
+def _accuracy(value: np.ndarray, scale: float) -> np.ndarray:
+    r"""``TOL * max(|value|, scale)``: how closely the solvers resolve an eigenvalue ``value`` of
+    an operator of spectral radius ``scale``. ARPACK's own test is ``TOL * max(|value|,
+    eps^(2/3))`` on its Ritz estimate; the floor ``scale`` (1 for :math:`\pm M`) keeps values
+    near 0 from demanding residuals below the rounding noise of the operator (about
+    ``1e-13``, never below ``TOL`` of the eigenvalues of ``L = I - M`` there)."""
+    return TOL * np.maximum(np.abs(value), scale)
+
+
+def _lobpcg(operator: sla.LinearOperator, count: int, start: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    r"""The ``count`` largest eigenvalues (descending) and eigenvectors of a symmetric
+    ``operator`` by LOBPCG from the block ``start [n, m]``, ``m > count``, each with a residual
+    :math:`\|A x - \theta x\| \le` :func:`_accuracy` of :math:`\theta`.
+
+    A block method converges to an invariant subspace: an eigenvalue repeated up to ``m``
+    times comes out that many times, however its copies were (not) found before. scipy's
+    stopping test is one absolute bound for the whole block, guard vectors included, which
+    converge slowest; so LOBPCG runs in bursts of ``BLOCK_BURST`` iterations, each restarted
+    from the last block, until the wanted ``count`` pass the relative test here.
+
+    Raises:
+        SpectralConvergenceError: when a wanted residual is above its bound after
+            ``BLOCK_MAXITER`` iterations.
+    """
+    vectors = np.linalg.qr(start)[0]
+    for _ in range(BLOCK_MAXITER // BLOCK_BURST):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "not reaching the requested tolerance"
+            values, vectors = sla.lobpcg(operator, vectors, tol=TOL * scale, maxiter=BLOCK_BURST, largest=True)
+        order = np.argsort(-values)
+        values, vectors = values[order], vectors[:, order]
+        residuals = np.linalg.norm(operator @ vectors[:, :count] - vectors[:, :count] * values[:count], axis=0)
+        bounds = _accuracy(values[:count], scale)
+        if (residuals <= bounds).all():
+            return values[:count], vectors[:, :count]
+    worst = int(np.argmax(residuals / bounds))
+    raise SpectralConvergenceError(
+        f"LOBPCG (block {start.shape[1]}, k={count}, n={operator.shape[0]}): residual "
+        f"{residuals[worst]:.2e} of eigenvalue {values[worst]:.6g} above {bounds[worst]:.2e} "
+        f"after {BLOCK_MAXITER} iterations"
     )
 
 
@@ -315,38 +396,45 @@ def _deflated(
 ) -> sla.LinearOperator:
     """``x -> (I - P) apply((I - P) x) + parked P x`` with ``P = basis basis^T``: the operator on the
     complement of ``basis``, whose own vectors are parked at the eigenvalue ``parked`` (chosen
-    outside the wanted end)."""
+    outside the wanted end). ``apply`` takes vectors ``[n]`` and blocks ``[n, m]`` alike."""
     if basis is None:
-        return sla.LinearOperator((n, n), matvec=lambda x: apply(x.ravel()), dtype=np.float64)
+        product = apply
+    else:
+        def product(x: np.ndarray) -> np.ndarray:
+            inside = basis @ (basis.T @ x)
+            y = apply(x - inside)
+            return y - basis @ (basis.T @ y) + parked * inside
 
-    def matvec(x: np.ndarray) -> np.ndarray:
-        x = x.ravel()
-        inside = basis @ (basis.T @ x)
-        y = apply(x - inside)
-        return y - basis @ (basis.T @ y) + parked * inside
-
-    return sla.LinearOperator((n, n), matvec=matvec, dtype=np.float64)
+    return sla.LinearOperator((n, n), matvec=lambda x: product(x.ravel()), matmat=product, dtype=np.float64)
 
 
-def _lanczos(matrix: Any, null: Optional[scipy.sparse.csc_matrix] = None, null_value: float = 0.0) -> Solve:
+def _lanczos(matrix: Any, null: Optional[scipy.sparse.csc_matrix] = None, null_value: float = 0.0,
+             scale: Optional[float] = None) -> Solver:
     r"""Plain Lanczos for the largest eigenvalues of a symmetric ``matrix`` (``-M`` gives the
     smallest), the orthonormal columns of ``null`` (eigenvectors of eigenvalue 1) moved to
     ``null_value``, found vectors parked far below: below the spectrum of ``matrix``
-    (:math:`\pm M`, :math:`W`), at :math:`-(\|X\|_\infty + 2)`."""
+    (:math:`\pm M`, :math:`W`), at :math:`-(\|X\|_\infty + 2)`. ``scale``: its spectral radius,
+    or the bound :math:`\|X\|_\infty` (exact for ``W``, loose for ``M``, whose radius is 1)."""
     n = matrix.shape[0]
-    parked = -(float(np.asarray(abs(matrix).sum(axis=1)).max(initial=0.0)) + 2.0)
+    bound = float(np.asarray(abs(matrix).sum(axis=1)).max(initial=0.0))
+    parked = -(bound + 2.0)
+    radius = bound if scale is None else scale
 
     def apply(x: np.ndarray) -> np.ndarray:
         y = matrix @ x
         return y if null is None else y + (null_value - 1.0) * (null @ (null.T @ x))
 
-    def solve(count: int, basis: Optional[np.ndarray], seed: int) -> tuple[np.ndarray, np.ndarray]:
-        return arpack(_deflated(apply, n, basis, parked), count, "LA", vectors=True, seed=seed)
+    def solve(count: int, basis: Optional[np.ndarray], seed: int,
+              start: Optional[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        operator = _deflated(apply, n, basis, parked)
+        if start is not None:
+            return _lobpcg(operator, count, start, radius)
+        return arpack(operator, count, "LA", vectors=True, seed=seed)
 
-    return solve
+    return Solver(solve, radius)
 
 
-def _shift_invert_smallest(g: Graph, null: scipy.sparse.csc_matrix, half: int) -> Solve:
+def _shift_invert_smallest(g: Graph, null: scipy.sparse.csc_matrix, half: int) -> Solver:
     r"""Shift-invert Lanczos for the smallest nonzero eigenvalues of ``L``, as ``-lambda``.
 
     Iterates with :math:`P (L + \sigma I)^{-1} P`, ``P`` the projector off the kernel (and off
@@ -370,17 +458,30 @@ def _shift_invert_smallest(g: Graph, null: scipy.sparse.csc_matrix, half: int) -
 
 
 def _shift_invert(matrix: Any, sigma: float, inverse: Callable[[np.ndarray], np.ndarray],
-                  sign: float = 1.0) -> Solve:
-    """Shift-invert Lanczos for the eigenvalues of ``matrix`` nearest ``sigma``, given
-    ``inverse(x) = (matrix - sigma I)^-1 x``; returned times ``sign``, so that the wanted end
-    is the largest (see :data:`Solve`)."""
-    def solve(count: int, basis: Optional[np.ndarray], seed: int) -> tuple[np.ndarray, np.ndarray]:
+                  sign: float = 1.0) -> Solver:
+    r"""Shift-invert Lanczos for the eigenvalues of ``matrix`` nearest ``sigma``, given
+    ``inverse(x) = (matrix - sigma I)^-1 x`` (for vectors and blocks); returned times ``sign``,
+    so that the wanted end is the largest (see :class:`Solver`).
+
+    The wanted eigenvalues :math:`\lambda` lie on the side of :math:`\sigma` where
+    :math:`\nu = 1 / (\lambda - \sigma)` has the sign :math:`-s` (``s = sign``), so a block
+    solve wants the largest :math:`\eta = -s \nu > 0` and returns
+    :math:`s \lambda = s \sigma - 1 / \eta`, increasing in :math:`\eta`. Its residuals are
+    relative to :math:`\eta`, as ARPACK's are to :math:`\nu`.
+    """
+    n = matrix.shape[0]
+
+    def solve(count: int, basis: Optional[np.ndarray], seed: int,
+              start: Optional[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         # Found vectors map to 0: an infinite eigenvalue, never the nearest to sigma.
-        inverse_off = _deflated(inverse, matrix.shape[0], basis, 0.0)
+        inverse_off = _deflated(inverse, n, basis, 0.0)
+        if start is not None:
+            eta, vectors = _lobpcg(-sign * inverse_off, count, start, 0.0)
+            return sign * sigma - 1.0 / eta, vectors
         values, vectors = arpack(matrix, count, "LM", sigma=sigma, inverse=inverse_off, vectors=True, seed=seed)
         return sign * values, vectors
 
-    return solve
+    return Solver(solve, 0.0)
 
 
 def _band(g: Graph) -> Optional[int]:

@@ -6,7 +6,7 @@ import networkx as nx
 import numpy as np
 import pytest
 import scipy.sparse
-from hypothesis import given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 import analysis
 from analysis import spectral
@@ -222,15 +222,87 @@ def test_k_too_large_for_any_solver_is_refused_up_front():
 
 
 def test_an_eigenvalue_repeated_too_often_for_the_sparse_search(monkeypatch):
-    # Star: eigenvalue 1 repeated n - 2 times. One deflated search allowed: it cannot count them
-    # all, so the graph is solved densely (or, above the dense fallback's size, refused).
-    n, k = spectral.DENSE_MAX_NODES + 76, 20  # k <= DENSE_ABOVE_K: the sparse search runs first
-    star = adjacency(nx.star_graph(n - 1))
+    # Two wheels: every eigenvalue of a wheel four times. One deflated search allowed and no
+    # block solve: it cannot count them all, so the graph is solved densely (or, above the
+    # dense fallback's size, refused).
+    graph = nx.disjoint_union(nx.wheel_graph(540), nx.wheel_graph(540))
+    k = 8
     monkeypatch.setattr(spectral, "MAX_ROUNDS", 1)
-    ext = analysis.laplacian_extremes(star, k=k)
+    ext = analysis.laplacian_extremes(adjacency(graph), k=k)
     assert ext.method == "dense"
+    dense = dense_laplacian_spectrum(graph)
+    np.testing.assert_allclose(ext.smallest, dense[:k], atol=1e-9)
+    monkeypatch.setattr(spectral, "DENSE_FALLBACK_MAX_NODES", graph.number_of_nodes() - 1)
+    with pytest.raises(spectral.RepeatedEigenvalueError, match="repeated eigenvalues"):
+        analysis.laplacian_extremes(adjacency(graph), k=k)
+
+
+def test_an_eigenvalue_of_the_iterated_operator_at_zero_settles():
+    # Star K_{1,n-1}: L has 1 n - 2 times, i.e. M = I - L has 0. The first search finds the
+    # copies; further copies in the complement differ from 0 by rounding alone (1e-13), which
+    # a margin relative to 0 counted as new values for ever (RepeatedEigenvalueError).
+    n, k = spectral.DENSE_MAX_NODES + 76, 20
+    ext = analysis.laplacian_extremes(adjacency(nx.star_graph(n - 1)), k=k)
+    assert ext.method == "lanczos"
     np.testing.assert_allclose(ext.smallest, [0.0] + [1.0] * (k - 1), atol=1e-9)
     np.testing.assert_allclose(ext.largest, [1.0] * (k - 1) + [2.0], atol=1e-9)
-    monkeypatch.setattr(spectral, "DENSE_FALLBACK_MAX_NODES", n - 1)
-    with pytest.raises(spectral.RepeatedEigenvalueError, match="repeated eigenvalues"):
-        analysis.laplacian_extremes(star, k=k)
+
+
+@pytest.fixture
+def small_limits(monkeypatch):
+    """The sparse solvers, and the block solve for any k > 4, on a few hundred nodes."""
+    monkeypatch.setattr(spectral, "DENSE_MAX_NODES", 60)
+    monkeypatch.setattr(spectral, "DENSE_FALLBACK_MAX_NODES", 60)
+    monkeypatch.setattr(spectral, "BLOCK_ABOVE_K", 4)
+    blocks = []
+    lobpcg = spectral._lobpcg
+
+    def counted(*args):
+        blocks.append(args[2].shape[1])
+        return lobpcg(*args)
+
+    monkeypatch.setattr(spectral, "_lobpcg", counted)
+    return blocks
+
+
+def copies(graph: nx.Graph, count: int) -> nx.Graph:
+    return nx.disjoint_union_all([graph] * count)
+
+
+@pytest.mark.parametrize("name, graph, k", [
+    # closed forms: 0, 1 (n - 2 times), 2
+    ("star", nx.star_graph(299), 40),
+    ("complete bipartite", nx.complete_bipartite_graph(120, 180), 40),
+    # each 1 - cos(2 pi j / 25) twice per cycle, 12 cycles (banded: shift-invert)
+    ("cycles", copies(nx.cycle_graph(25), 12), 40),
+    # 10 identical 3-regular graphs (no band: Lanczos), every eigenvalue 10 times
+    ("components", copies(nx.random_regular_graph(3, 30, seed=5), 10), 30),
+])
+def test_many_copies_are_counted_above_the_dense_size(small_limits, name, graph, k):
+    ext = analysis.laplacian_extremes(adjacency(graph), k=k)
+    assert ext.method in ("lanczos", "shift-invert")
+    dense = dense_laplacian_spectrum(graph)
+    np.testing.assert_allclose(ext.smallest, dense[:k], rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(ext.largest, dense[-k:], rtol=1e-7, atol=1e-9)
+    if name in ("cycles", "components"):  # the copies Lanczos missed were resolved in a block
+        assert small_limits and min(small_limits) > k - 10  # block > the count wanted at that end
+
+
+# The fixture only patches module constants: sharing it between examples is intended.
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(count=st.integers(4, 10), m=st.integers(8, 30), k=st.integers(5, 30))
+def test_identical_cycles_match_the_closed_form(small_limits, count, m, k):
+    # count copies of C_m: the spectrum of C_m, each value count times (disconnected: the first
+    # count values are the kernel, exactly 0).
+    k = min(k, count * m // spectral.SPARSE_MAX_K_DIVISOR)
+    ext = analysis.laplacian_extremes(adjacency(copies(nx.cycle_graph(m), count)), k=k)
+    spectrum = np.sort(np.tile(cycle_spectrum(m), count))
+    np.testing.assert_allclose(ext.smallest, spectrum[:k], rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(ext.largest, spectrum[-k:], rtol=1e-7, atol=1e-9)
+
+
+def test_a_block_solve_that_does_not_converge_raises(small_limits, monkeypatch):
+    monkeypatch.setattr(spectral, "BLOCK_MAXITER", 1)
+    monkeypatch.setattr(spectral, "BLOCK_BURST", 1)
+    with pytest.raises(spectral.SpectralConvergenceError, match="LOBPCG"):
+        analysis.laplacian_extremes(adjacency(copies(nx.random_regular_graph(3, 30, seed=5), 10)), k=30)

@@ -22,14 +22,22 @@ search again with the ``k`` eigenvectors found deflated, and again, until the de
 has no eigenvalue beyond the ``k``-th found (see :func:`_with_multiplicity`): by Cauchy
 interlacing the ``k`` values are then the ``k`` extreme eigenvalues, counted with multiplicity.
 A single eigenvalue (``lambda_2`` of :func:`spectral_gap`, ``lambda_n``) needs no such search.
-Each search finds at least one more copy of every repeated eigenvalue, often many (ARPACK
-restarts on invariant subspaces), but an eigenvalue repeated very often among the wanted ones
-(a star: 1, ``n - 2`` times) may need more than ``MAX_ROUNDS`` searches: such a graph is solved
-densely up to ``DENSE_FALLBACK_MAX_NODES`` nodes, else :class:`RepeatedEigenvalueError` (a
-:class:`SpectralConvergenceError`) is raised. Limits, as for any Krylov method: the certificate
+"Beyond" means by more than ``TOL * max(|theta|, r)`` for an eigenvalue ``theta`` of the
+operator iterated on and its spectral radius ``r`` (1 for ``M``; 0 for shift-invert, whose
+values are resolved relative to themselves): so a star's eigenvalue 1 of ``L`` (0 of ``M``,
+``n - 2`` times) settles after one search. Each search finds at least one more copy of every
+repeated eigenvalue, often many (ARPACK restarts on invariant subspaces). Once copies are known
+to be missing, a large ``k`` (``> BLOCK_ABOVE_K``: each search would be a large Krylov solve) or
+a search that has not settled in ``MAX_ROUNDS - 1`` rounds goes to a block solver, LOBPCG
+(``scipy.sparse.linalg.lobpcg``) from the vectors found plus random guards: a block larger than
+an eigenvalue's multiplicity returns all its copies, each with a residual below ``TOL * max(|theta|,
+r)`` (checked; else :class:`SpectralConvergenceError`); the next search certifies the result as
+above. Only a search still finding copies after ``MAX_ROUNDS`` rounds fails: such a graph is
+solved densely up to ``DENSE_FALLBACK_MAX_NODES`` nodes, else :class:`RepeatedEigenvalueError`
+(a :class:`SpectralConvergenceError`) is raised. Limits, as for any Krylov method: the certificate
 assumes each search converges to the extreme eigenvalue of the deflated operator (a random start
-vector has a component along it with probability 1), and copies closer than ``TOL`` (relative)
-to the ``k``-th value may be left out, which changes no returned value by more than that.
+vector has a component along it with probability 1), and copies closer than that margin to the
+``k``-th value may be left out, which changes no returned value by more than it.
 The sparse solvers take ``k <= n // SPARSE_MAX_K_DIVISOR``; a larger ``k`` is solved densely up
 to ``DENSE_FALLBACK_MAX_NODES`` nodes and refused (``ValueError``, before any work) above. Up to
 that size, ``k > DENSE_ABOVE_K`` is solved densely too: faster than the search.

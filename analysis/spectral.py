@@ -417,16 +417,17 @@ def _deflated(
 
 
 def _lanczos(matrix: Any, null: Optional[scipy.sparse.csc_matrix] = None, null_value: float = 0.0,
-             scale: Optional[float] = None) -> Solver:
+             scale: float = 0.0) -> Solver:
     r"""Plain Lanczos for the largest eigenvalues of a symmetric ``matrix`` (``-M`` gives the
     smallest), the orthonormal columns of ``null`` (eigenvectors of eigenvalue 1) moved to
     ``null_value``, found vectors parked far below: below the spectrum of ``matrix``
-    (:math:`\pm M`, :math:`W`), at :math:`-(\|X\|_\infty + 2)`. ``scale``: its spectral radius,
-    or the bound :math:`\|X\|_\infty` (exact for ``W``, loose for ``M``, whose radius is 1)."""
+    (:math:`\pm M`, :math:`W`), at :math:`-(\|X\|_\infty + 2)`. ``scale``: the accuracy floor
+    of :class:`Solver`, 1 for :math:`\pm M` (its spectral radius); 0 (purely relative) for
+    ``W``, whose wanted top eigenvalues are far from 0 and whose only cheap bound, the largest
+    degree, can exceed its spectral radius many times over (a global token: n against about
+    :math:`\sqrt{n}`)."""
     n = matrix.shape[0]
-    bound = float(np.asarray(abs(matrix).sum(axis=1)).max(initial=0.0))
-    parked = -(bound + 2.0)
-    radius = bound if scale is None else scale
+    parked = -(float(np.asarray(abs(matrix).sum(axis=1)).max(initial=0.0)) + 2.0)
 
     def apply(x: np.ndarray) -> np.ndarray:
         y = matrix @ x
@@ -436,10 +437,10 @@ def _lanczos(matrix: Any, null: Optional[scipy.sparse.csc_matrix] = None, null_v
               start: Optional[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         operator = _deflated(apply, n, basis, parked)
         if start is not None:
-            return _lobpcg(operator, count, start, radius)
+            return _lobpcg(operator, count, start, scale)
         return arpack(operator, count, "LA", vectors=True, seed=seed)
 
-    return Solver(solve, radius)
+    return Solver(solve, scale)
 
 
 def _shift_invert_smallest(g: Graph, null: scipy.sparse.csc_matrix, half: int) -> Solver:

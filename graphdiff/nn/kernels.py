@@ -27,12 +27,12 @@ the same two primitives as its forward:
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+import functools
+from typing import Callable, List, Optional, Sequence
 
 import torch
 from torch import Tensor
 from torch.autograd import Function
-from torch.autograd.function import once_differentiable
 
 from graphdiff.nn.graph import DiffusionGraph
 
@@ -119,6 +119,27 @@ def row_reduce(graph: DiffusionGraph, values: Tensor, reduce: str = "sum") -> Te
     return torch.segment_reduce(values, reduce, offsets=graph.offsets())
 
 
+def first_order(backward: Callable) -> Callable:
+    """Marks a kernel's backward as first-order: asked for a differentiable gradient
+    (``create_graph=True``, which runs backward in grad mode) it raises at once.
+
+    torch's ``once_differentiable`` defers that error to a node that only ``.backward()``
+    reaches: ``torch.autograd.grad(..., inputs=x)`` (a Hessian-vector product) skips it and
+    returns a second derivative without the kernels' terms, and a loss linear in the output
+    (``out.sum()``, a WGAN critic's mean) sends a constant gradient, for which it places no
+    node at all: the gradient penalty's second derivative was silently wrong.
+    """
+    @functools.wraps(backward)
+    def wrapper(ctx, *grads):
+        if torch.is_grad_enabled():
+            raise RuntimeError(
+                "graphdiff's attention kernels are first-order: cannot differentiate twice "
+                "(a gradient with create_graph=True)")
+        return backward(ctx, *grads)
+
+    return wrapper
+
+
 class EdgeAttention(Function):
     r"""One-hop attention :math:`\mathrm{softmax}_j(\mathrm{scale}\,q_i \cdot k_j)` on the
     edges, ``[H, E]``, from ``q`` and ``k`` ``[H, N, C]``: per head one SDDMM, then an
@@ -140,7 +161,7 @@ class EdgeAttention(Function):
         return attn
 
     @staticmethod
-    @once_differentiable  # written with out= kernels: a second derivative is a clear error
+    @first_order  # written with out= kernels
     def backward(ctx, grad: Tensor):
         graph, scale = ctx.graph, ctx.scale
         q, k, attn = ctx.saved_tensors
@@ -228,7 +249,7 @@ class Diffusion(Function):
         return result
 
     @staticmethod
-    @once_differentiable  # written with out= kernels: a second derivative is a clear error
+    @first_order  # written with out= kernels
     def backward(ctx, grad: Tensor):
         graph, s, coeffs, masks, keep = ctx.graph, ctx.s, ctx.coeffs, ctx.masks, ctx.keep
         attn, zs = ctx.saved_tensors

@@ -5,7 +5,8 @@ TORCH ?= 2.13.0
 FAST ?= 1
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+# One stamp per FAST setting: switching it installs again (FAST=1 then builds the extensions).
+STAMP := $(VENV)/.installed-fast$(FAST)
 PYTEST_ARGS ?=
 
 .PHONY: demo test bench clean install data

@@ -323,8 +323,9 @@ def _with_multiplicity(solver: Solver, k: int, repeated: bool = True) -> np.ndar
             or a simple Perron eigenvalue and one more): one solve, no search.
 
     Raises:
-        RepeatedEigenvalueError: when the search does not settle within ``MAX_ROUNDS`` rounds.
-        SpectralConvergenceError: when a Lanczos or block solve does not converge.
+        RepeatedEigenvalueError: when the search does not settle within ``MAX_ROUNDS`` rounds,
+            or its block solve does not converge.
+        SpectralConvergenceError: when a Lanczos solve does not converge.
     """
     if k == 1 or not repeated:
         return np.sort(solver.solve(k, None, 0, None)[0])[::-1]
@@ -345,7 +346,12 @@ def _with_multiplicity(solver: Solver, k: int, repeated: bool = True) -> np.ndar
             # guards: the guards make the block larger than the multiplicity and speed up
             # convergence, which depends on the gap between theta_k and theta_{block + 1}.
             guards = np.random.default_rng(search).standard_normal((vectors.shape[0], _guards(k)))
-            values, vectors = solver.solve(k, None, search, np.concatenate([vectors, guards], axis=1))
+            try:
+                values, vectors = solver.solve(k, None, search, np.concatenate([vectors, guards], axis=1))
+            except SpectralConvergenceError as error:
+                # The copies are still uncounted: the caller's dense fallback applies, as to a
+                # search that does not settle.
+                raise RepeatedEigenvalueError(f"repeated eigenvalues (k={k}): {error}") from error
     raise RepeatedEigenvalueError(
         f"repeated eigenvalues: still finding further copies after {MAX_ROUNDS} deflated searches (k={k})"
     )
@@ -394,7 +400,7 @@ def _lobpcg(operator: sla.LinearOperator, count: int, start: np.ndarray, scale: 
     worst = int(np.argmax(residuals / bounds))
     raise SpectralConvergenceError(
         f"LOBPCG (block {start.shape[1]}, k={count}, n={operator.shape[0]}): residual "
-        f"{residuals[worst]:.2e} of eigenvalue {values[worst]:.6g} above {bounds[worst]:.2e} "
+        f"{residuals[worst]:.2e} of the iterated operator's eigenvalue {values[worst]:.6g} above {bounds[worst]:.2e} "
         f"after {BLOCK_MAXITER} iterations"
     )
 

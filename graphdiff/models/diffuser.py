@@ -138,9 +138,11 @@ class Diffuser(nn.Module):
         if tokens.is_floating_point() or tokens.is_complex() or tokens.dtype == torch.bool or tokens.dim() != 1:
             raise TypeError(f"tokens must be integer ids [N] (or [B, L] padded), got "
                             f"{tokens.dtype} {list(tokens.shape)}")
-        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.config.vocab_size):
-            raise ValueError(f"token ids must lie in [0, vocab_size) = [0, {self.config.vocab_size}), "
-                             f"got [{int(tokens.min())}, {int(tokens.max())}]")
+        if tokens.numel():
+            low, high = (int(bound) for bound in torch.aminmax(tokens))  # one device sync
+            if low < 0 or high >= self.config.vocab_size:
+                raise ValueError(f"token ids must lie in [0, vocab_size) = [0, {self.config.vocab_size}), "
+                                 f"got [{low}, {high}]")
         # Every layer gets the same edge_index tensor: the layer's structure cache (keyed on it)
         # builds the CSR structure once per batch and all layers share it.
         x = self.embeddings(batch.x, batch.pos)

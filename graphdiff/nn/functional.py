@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import numbers
 import operator
+import warnings
 from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -67,6 +68,17 @@ def recursion_coefficients(hops: int, alpha: float, kernel: str = "ppr",
     w = [math.exp(x - top) for x in log_w]
     total = sum(w)
     return 1.0, [x / total for x in reversed(w)]
+
+
+def diffusion_coefficients(hops: int, alpha: float, kernel: str = "ppr",
+                           t: float = 1.0) -> Tuple[float, List[float]]:
+    """Deprecated: the former name of :func:`recursion_coefficients`, which it shared with
+    ``analysis.diffusion_coefficients`` (other arguments, other result)."""
+    warnings.warn("graphdiff.nn.functional.diffusion_coefficients is renamed "
+                  "recursion_coefficients; for the weights of A^k use "
+                  "analysis.diffusion_coefficients(alpha, hops, kernel, t)",
+                  DeprecationWarning, stacklevel=2)
+    return recursion_coefficients(hops, alpha, kernel, t)
 
 
 def _check_features(name: str, x: Any) -> None:
@@ -188,7 +200,8 @@ def edge_softmax_attention(q: Tensor, k: Tensor, edge_index: Any,
         edge_index: The adjacency (``edge_index[0]`` = key j, ``edge_index[1]`` = query i).
         num_nodes (int or (int, int), optional): ``N`` or ``(N_src, N_dst)``; checked
             against the features. (default: taken from ``k`` and ``q``)
-        scale (float, optional): Score scale, a finite constant (no gradient).
+        scale (float, optional): Score scale, a finite constant (a number or a 0-dim tensor
+            without gradient).
             (default: :math:`1/\sqrt{C}`)
 
     Returns:
@@ -200,9 +213,12 @@ def edge_softmax_attention(q: Tensor, k: Tensor, edge_index: Any,
     if q.shape[1:] != k.shape[1:] or q.dtype != k.dtype:
         raise ValueError(f"'q' and 'k' must agree in heads, channels and dtype "
                          f"(got {list(q.shape)} {q.dtype} and {list(k.shape)} {k.dtype})")
+    if isinstance(scale, Tensor) and scale.dim() == 0 and not scale.requires_grad:
+        scale = scale.item()  # a constant held in a tensor
     if scale is not None:
-        if not _is_real(scale):  # a Tensor included: the kernels take a constant scale
-            raise TypeError(f"'scale' must be a float or None (got {type(scale).__name__})")
+        if not _is_real(scale):  # the kernels take a constant: no tensor with a gradient
+            raise TypeError(f"'scale' must be a float, a 0-dim tensor without gradient or None "
+                            f"(got {type(scale).__name__})")
         if not math.isfinite(scale):  # an infinite scale gives inf - inf = NaN scores
             raise ValueError(f"'scale' must be finite (got {scale!r})")
         scale = float(scale)

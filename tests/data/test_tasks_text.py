@@ -3,6 +3,7 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from graphdiff.cli import main
 from graphdiff.data.tasks import CLS, NUM_SPECIAL, TextTask, get_task, text
@@ -155,3 +156,18 @@ def test_surrounding_whitespace_is_stripped_before_the_cut(tmp_path):
         assert bytes((tokens[1:] - NUM_SPECIAL).tolist()) == stripped[: max_len - 1], max_len
     exact = TextTask("test", data_dir=root, max_len=len(stripped) + 1, truncate=False)
     assert bytes((exact[-1][0][1:] - NUM_SPECIAL).tolist()) == stripped
+
+
+@settings(max_examples=200, deadline=None)
+@given(segments=st.lists(st.tuples(st.booleans(), st.integers(0, 12)), max_size=8),
+       limit=st.one_of(st.none(), st.integers(0, 40)))
+def test_reading_in_small_blocks_gives_the_stripped_cut(tmp_path_factory, segments, limit):
+    # Blocks of limit + 1 bytes (READ_BLOCK = 1) run every branch of the reader: leading
+    # whitespace, a cut inside text or inside trailing whitespace, text after a whitespace run.
+    data = b"".join((b"ab\xc3\xa9" if word else b" \t\n\r\x0b\x0c")[: 1 + size % 4] * size
+                    for word, size in segments)
+    path = tmp_path_factory.mktemp("review") / "0_1.txt"
+    path.write_bytes(data)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(text, "READ_BLOCK", 1)
+        assert text._read(path, limit) == data.strip()[:limit]

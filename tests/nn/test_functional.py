@@ -60,6 +60,13 @@ def test_heat_coefficients_sum_to_one():
     assert s == 1.0 and math.isclose(sum(c), 1.0)
 
 
+def test_the_former_name_of_the_recursion_coefficients_warns_and_forwards():
+    from graphdiff.nn.functional import diffusion_coefficients
+
+    with pytest.warns(DeprecationWarning, match="renamed recursion_coefficients"):
+        assert diffusion_coefficients(5, 0.1, "heat", 2.0) == recursion_coefficients(5, 0.1, "heat", 2.0)
+
+
 @pytest.mark.parametrize("kernel, hops, alpha, t", [("ppr", 5, 0.1, 1.0), ("ppr", 3, 0.35, 1.0),
                                                     ("heat", 5, 0.1, 2.0), ("heat", 0, 0.1, 3.0)])
 def test_the_recursion_unrolls_to_the_analysis_weights(kernel, hops, alpha, t):
@@ -401,14 +408,15 @@ def test_bad_features():
     for int_like in (np.int64(N), torch.tensor(N), (np.int32(N), torch.tensor(N))):
         torch.testing.assert_close(edge_softmax_attention(q, k, ei, num_nodes=int_like),
                                    edge_softmax_attention(q, k, ei))
-    for bad in ("0.5", torch.tensor(0.5, requires_grad=True), True):
+    for bad in ("0.5", torch.tensor(0.5, requires_grad=True), torch.tensor([0.5]), True):
         with pytest.raises(TypeError, match="'scale'"):
             edge_softmax_attention(q, k, ei, scale=bad)
-    for bad in (math.inf, -math.inf, math.nan):
+    for bad in (math.inf, -math.inf, math.nan, torch.tensor(math.inf)):
         with pytest.raises(ValueError, match="'scale'"):
             edge_softmax_attention(q, k, ei, scale=bad)
-    torch.testing.assert_close(edge_softmax_attention(q, k, ei, scale=np.float32(0.5)),
-                               edge_softmax_attention(q, k, ei, scale=0.5))
+    for constant in (np.float32(0.5), torch.tensor(0.5)):
+        torch.testing.assert_close(edge_softmax_attention(q, k, ei, scale=constant),
+                                   edge_softmax_attention(q, k, ei, scale=0.5))
     for empty in (q[:, :0], q[..., :0]):  # no heads, no channels
         with pytest.raises(ValueError, match="'q'"):
             edge_softmax_attention(empty, empty, ei)

@@ -42,6 +42,7 @@ __all__ = ["LABELS", "TextTask", "list_acl_imdb", "read_acl_imdb"]
 
 LABELS = ("neg", "pos")  # label i is the folder LABELS[i]
 REVIEW_NAME = re.compile(r"(\d+)_(\d+)\.txt")  # {id}_{rating}.txt
+READ_BLOCK = 1 << 16  # bytes read at a time past the cut, while only whitespace follows
 
 
 def list_acl_imdb(root: str | os.PathLike, part: str) -> tuple[list[Path], np.ndarray]:
@@ -94,19 +95,29 @@ def read_acl_imdb(root: str | os.PathLike, part: str,
 
 def _read(path: Path, limit: int | None) -> bytes:
     """The review in ``path`` less surrounding whitespace (TFDS strips it), cut to its first
-    ``limit`` bytes when given.
+    ``limit`` bytes when given: ``content.strip()[:limit]``.
 
-    Reading stops once the cut is known (the stripped text runs past ``limit``): a huge file
-    costs about ``limit`` bytes, not its size.
+    Linear in what it reads, which stops once the cut is known: at the first non-whitespace
+    byte past the ``limit`` kept (a huge review costs about ``limit`` bytes, a short one
+    followed by a huge run of whitespace is scanned, not copied).
     """
-    text = b""
     with open(path, "rb") as handle:
-        while limit is None or len(text.rstrip()) <= limit:
-            chunk = handle.read(-1 if limit is None else limit + 1)
+        if limit is None:
+            return handle.read().strip()
+        block = max(limit + 1, READ_BLOCK)
+        head = b""  # the content from its first non-whitespace byte, until it holds > limit
+        while len(head) <= limit:
+            chunk = handle.read(block)
             if not chunk:
-                break
-            text = (text + chunk).lstrip()
-    return text.strip()[:limit]
+                return head.rstrip()[:limit]
+            head = (head + chunk).lstrip()
+        # The cut is head[:limit] unless everything after it is whitespace.
+        if head[limit:].strip():
+            return head[:limit]
+        while chunk := handle.read(block):
+            if chunk.strip():
+                return head[:limit]
+        return head.rstrip()[:limit]
 
 
 class TextTask(TaskDataset):

@@ -16,7 +16,6 @@ eigenvalues away from 1: a low-pass filter.
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Any, NamedTuple, Optional
 
 import numpy as np
@@ -24,7 +23,7 @@ import scipy.sparse
 
 from analysis.graph import edge_array
 from analysis.spectral import DENSE_MAX_NODES, arpack
-from graphdiff.checks import check_int
+from graphdiff.checks import check_int, is_real
 
 KERNELS = ("ppr", "heat")
 MODULUS_DECIMALS = 9  # eigenvalue moduli that agree to this many decimals count as equal when sorting
@@ -202,7 +201,7 @@ def _check_kernel(kernel: Any, alpha: Any, t: Any) -> None:
     would make every heat weight ``inf / inf`` (nan), and a bool is a mistake, not 0 or 1."""
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
-    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0.0 <= alpha <= 1.0:
+    if not is_real(alpha) or not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
-    if isinstance(t, bool) or not isinstance(t, numbers.Real) or not 0.0 <= t < math.inf:
+    if not is_real(t) or not 0.0 <= t < math.inf:
         raise ValueError(f"t must be a finite number >= 0, got {t!r}")

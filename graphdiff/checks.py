@@ -13,6 +13,16 @@ from typing import Any, Optional
 INT64_LIMIT = 2**63 - 1
 
 
+def is_integer(value: Any) -> bool:
+    """An integer, NumPy's included; not a bool (``alpha=True`` is a mistake, not 1)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def is_real(value: Any) -> bool:
+    """A real number, NumPy's included; not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def check_int(name: str, value: Any, low: int = 0, high: Optional[int] = None,
               why: str = "") -> int:
     """``value`` as an int in ``[low, high]`` (no upper end when ``high`` is ``None``).
@@ -25,7 +35,7 @@ def check_int(name: str, value: Any, low: int = 0, high: Optional[int] = None,
         ValueError: when it is out of range.
     """
     allowed = f">= {low}" if high is None else f"in [{low}, {high}]"
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    if not is_integer(value):
         raise TypeError(f"{name} must be an integer {allowed}, got {value!r}")
     if value < low or (high is not None and value > high):
         raise ValueError(f"{name} must be {allowed}{f' ({why})' if why else ''}, got {value}")
@@ -62,4 +72,4 @@ def distinct(values: list, name: str, parser: argparse.ArgumentParser) -> list:
     return values
 
 
-__all__ = ["INT64_LIMIT", "check_int", "distinct", "positive_float", "positive_int"]
+__all__ = ["INT64_LIMIT", "check_int", "distinct", "is_integer", "is_real", "positive_float", "positive_int"]

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from graphdiff.checks import check_int
+from graphdiff.checks import check_int, is_integer, is_real
 
 
 @pytest.mark.parametrize("value", [3, np.int64(3), np.int32(3), np.uint8(3)])
@@ -33,3 +33,12 @@ def test_above_the_upper_end_says_why():
 def test_bounds_are_inclusive():
     assert check_int("k", 1, low=1, high=9) == 1
     assert check_int("k", 9, low=1, high=9) == 9
+
+
+def test_number_predicates_take_numpy_scalars_and_refuse_bools():
+    for value in (3, np.int64(3), np.uint8(3)):
+        assert is_integer(value) and is_real(value)
+    for value in (0.5, np.float32(0.5), np.float64(0.5), float("inf")):
+        assert is_real(value) and not is_integer(value)
+    for value in (True, np.bool_(True), "1", None, 1 + 0j):
+        assert not is_integer(value) and not is_real(value)

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import dataclasses
-import numbers
 from typing import Any, Dict
 
+from graphdiff.checks import is_integer, is_real
 from graphdiff.nn.functional import check_diffusion_args
 from graphdiff.patterns import Pattern, parse_pattern
 
@@ -38,15 +38,13 @@ class DiffuserConfig:
         # np.float32. Other values are left for the checks below to name.
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            if isinstance(value, bool):
-                continue
-            if field.type == "int" and isinstance(value, numbers.Integral):
+            if field.type == "int" and is_integer(value):
                 setattr(self, field.name, int(value))
-            elif field.type == "float" and isinstance(value, numbers.Real):
+            elif field.type == "float" and is_real(value):
                 setattr(self, field.name, float(value))
         for name in ("vocab_size", "hidden", "layers", "heads", "ffn", "max_len", "num_classes"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not is_integer(value) or value < 1:
                 raise ValueError(f"DiffuserConfig.{name} must be a positive integer, got {value!r}")
         if self.hidden % self.heads:
             raise ValueError(f"DiffuserConfig.hidden={self.hidden} must be divisible by heads={self.heads}")
@@ -56,10 +54,9 @@ class DiffuserConfig:
             raise ValueError(f"DiffuserConfig.positional must be one of {POSITIONALS}, got {self.positional!r}")
         for name in ("dropout", "attention_dropout", "hop_dropout"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+            if not is_real(value) or not 0.0 <= value < 1.0:
                 raise ValueError(f"DiffuserConfig.{name} must lie in [0, 1), got {value!r}")
-        if isinstance(self.layer_norm_eps, bool) or not isinstance(self.layer_norm_eps, (int, float)) \
-                or not self.layer_norm_eps > 0:
+        if not is_real(self.layer_norm_eps) or not self.layer_norm_eps > 0:
             raise ValueError(f"DiffuserConfig.layer_norm_eps must be a number > 0, got {self.layer_norm_eps!r}")
         # The layer's own checks, here so that a bad value fails before any data is built.
         check_diffusion_args(self.hops, self.alpha, self.kernel, self.t, self.hop_dropout)

@@ -1,7 +1,6 @@
 """The attention diffusion layer as a PyG ``MessagePassing`` module."""
 from __future__ import annotations
 
-import numbers
 from typing import Any, Optional, Tuple, Union
 
 import torch
@@ -16,11 +15,8 @@ from torch_geometric.utils.sparse import set_sparse_value
 from graphdiff.nn.functional import (HALF_DTYPES, attention_heads_first, check_bipartite_diffusion,
                                      check_diffusion_args, diffuse_heads_first,
                                      recursion_coefficients)
+from graphdiff.checks import is_integer, is_real
 from graphdiff.nn.graph import DiffusionGraph, as_graph
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 class AttentionDiffusion(MessagePassing):
@@ -110,15 +106,14 @@ class AttentionDiffusion(MessagePassing):
         super().__init__(node_dim=0, **kwargs)
         check_diffusion_args(hops, alpha, kernel, t, hop_dropout)
         for name, value in (("heads", heads), ("out_channels", out_channels)):
-            if not _is_int(value) or value < 1:
+            if not is_integer(value) or value < 1:
                 raise ValueError(f"'{name}' must be a positive int (got {value!r})")
-        pair = (in_channels,) * 2 if _is_int(in_channels) else in_channels
+        pair = (in_channels,) * 2 if is_integer(in_channels) else in_channels
         if not (isinstance(pair, (tuple, list)) and len(pair) == 2
-                and all(_is_int(c) and (c >= 1 or c == -1) for c in pair)):
+                and all(is_integer(c) and (c >= 1 or c == -1) for c in pair)):
             raise ValueError(f"'in_channels' must be a positive int, -1 (lazy), or a pair of "
                              f"them (sources, targets) (got {in_channels!r})")
-        if (isinstance(dropout, bool) or not isinstance(dropout, numbers.Real)
-                or not 0.0 <= dropout < 1.0):
+        if not is_real(dropout) or not 0.0 <= dropout < 1.0:
             raise ValueError(f"'dropout' must be a float in [0, 1) (got {dropout!r})")
         self.in_channels = in_channels
         self.out_channels = out_channels

@@ -9,7 +9,6 @@ the results returned in their dtype (:data:`HALF_DTYPES`).
 from __future__ import annotations
 
 import math
-import numbers
 import operator
 import warnings
 from typing import Any, List, Optional, Sequence, Tuple, Union
@@ -17,14 +16,11 @@ from typing import Any, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
+from graphdiff.checks import is_integer, is_real
 from graphdiff.nn.graph import DiffusionGraph, as_graph
 from graphdiff.nn.kernels import Diffusion, EdgeAttention, heads_view, is_node_major
 
 KERNELS = ("ppr", "heat")
-
-
-def _is_real(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def check_diffusion_args(hops: Any, alpha: Any, kernel: Any, t: Any,
@@ -33,17 +29,17 @@ def check_diffusion_args(hops: Any, alpha: Any, kernel: Any, t: Any,
 
     Any integral / real number is accepted (NumPy scalars from a config or a sweep, as the
     layer's ``heads`` and ``dropout`` are); ``bool`` is not a number here."""
-    if isinstance(hops, bool) or not isinstance(hops, numbers.Integral):
+    if not is_integer(hops):
         raise TypeError(f"'hops' must be an int (got {type(hops).__name__})")
     if hops < 0:
         raise ValueError(f"'hops' must be >= 0 (got {hops})")
-    if not _is_real(alpha) or not 0.0 <= alpha <= 1.0:
+    if not is_real(alpha) or not 0.0 <= alpha <= 1.0:
         raise ValueError(f"'alpha' must be a float in [0, 1] (got {alpha!r})")
     if kernel not in KERNELS:
         raise ValueError(f"'kernel' must be one of {KERNELS} (got {kernel!r})")
-    if not _is_real(t) or not t >= 0.0 or math.isinf(t):
+    if not is_real(t) or not t >= 0.0 or math.isinf(t):
         raise ValueError(f"'t' must be a finite float >= 0 (got {t!r})")
-    if not _is_real(hop_dropout) or not 0.0 <= hop_dropout < 1.0:
+    if not is_real(hop_dropout) or not 0.0 <= hop_dropout < 1.0:
         raise ValueError(f"'hop_dropout' must be a float in [0, 1) (got {hop_dropout!r})")
 
 
@@ -216,7 +212,7 @@ def edge_softmax_attention(q: Tensor, k: Tensor, edge_index: Any,
     if isinstance(scale, Tensor) and scale.dim() == 0 and not scale.requires_grad:
         scale = scale.item()  # a constant held in a tensor
     if scale is not None:
-        if not _is_real(scale):  # the kernels take a constant: no tensor with a gradient
+        if not is_real(scale):  # the kernels take a constant: no tensor with a gradient
             raise TypeError(f"'scale' must be a float, a 0-dim tensor without gradient or None "
                             f"(got {type(scale).__name__})")
         if not math.isfinite(scale):  # an infinite scale gives inf - inf = NaN scores

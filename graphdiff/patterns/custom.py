@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from graphdiff.checks import is_integer
 from graphdiff.patterns.base import Edges, Pattern
 
 EdgeSource = TypingUnion[Tensor, np.ndarray, Callable[[int], Tensor], Any]
@@ -28,7 +29,7 @@ def check_edge_index(edge_index: Any, name: str = "edge_index") -> Tensor:
 
 def _from_networkx(graph: Any) -> Tensor:
     """Edge ``(u, v)`` of a directed graph means ``u -> v``; undirected edges go both ways."""
-    if not all(isinstance(node, (int, np.integer)) and not isinstance(node, bool) for node in graph.nodes):
+    if not all(is_integer(node) for node in graph.nodes):
         raise TypeError("Custom(networkx graph) needs integer nodes 0..n-1 (the token positions)")
     edges = torch.tensor(list(graph.edges), dtype=torch.long).reshape(-1, 2).t()
     if not graph.is_directed():

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import numbers
 import os
 import time
 import warnings
@@ -25,7 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm.auto import tqdm
 
-from graphdiff.checks import check_int
+from graphdiff.checks import check_int, is_real
 from graphdiff.data.tasks import TASKS, TaskDataset, collate, get_task
 from graphdiff.io import atomic_write
 from graphdiff.models import PRESETS, DiffuserConfig, DiffuserForSequenceClassification, preset_config
@@ -71,8 +70,7 @@ class TrainArgs:
                 check_int(name, getattr(self, name), low=0 if name in ("workers", "seed") else 1)
         for name, positive in (("epochs", True), ("lr", True), ("weight_decay", False), ("clip", False)):
             value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)
-                                      or not (value > 0 if positive else value >= 0)):
+            if value is not None and (not is_real(value) or not (value > 0 if positive else value >= 0)):
                 raise ValueError(f"{name} must be a number {'>' if positive else '>='} 0, got {value!r}")
         if not 0.0 <= self.warmup < 1.0:
             raise ValueError(f"warmup must be a fraction in [0, 1), got {self.warmup}")

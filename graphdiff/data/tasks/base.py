@@ -17,7 +17,6 @@ stream and an example can be regenerated on its own (random access, no state bet
 
 from __future__ import annotations
 
-import numbers
 import operator
 from typing import Sequence
 
@@ -26,7 +25,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from graphdiff.checks import check_int
+from graphdiff.checks import check_int, is_real
 
 __all__ = [
     "CLS",
@@ -57,8 +56,7 @@ def check_split(split: str) -> str:
 
 def check_val_fraction(val_fraction: float) -> float:
     """Return ``val_fraction`` if it is a number in (0, 1), else raise ``ValueError``."""
-    if isinstance(val_fraction, bool) or not isinstance(val_fraction, numbers.Real) \
-            or not 0.0 < val_fraction < 1.0:
+    if not is_real(val_fraction) or not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be a number in (0, 1), got {val_fraction!r}")
     return val_fraction
 

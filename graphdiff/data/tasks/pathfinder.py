@@ -64,13 +64,12 @@ Splits: ``"train"``, ``"val"`` and ``"test"`` are distinct random streams of 200
 from __future__ import annotations
 
 import math
-import numbers
 from typing import NamedTuple
 
 import numpy as np
 import scipy.spatial
 
-from graphdiff.checks import check_int
+from graphdiff.checks import check_int, is_real
 from graphdiff.data.tasks.base import NUM_SPECIAL, TaskDataset, check_length, example_rng
 
 __all__ = ["Pathfinder", "Scene", "path_ends", "render"]
@@ -233,7 +232,7 @@ class Pathfinder(TaskDataset):
         limit = self.resolution // 4
         self.dash_length = check_int("dash_length", dash_length, 1, limit, "resolution // 4")
         self.gap = check_int("gap", gap, 0, limit, "resolution // 4")
-        if isinstance(max_turn, bool) or not isinstance(max_turn, numbers.Real):
+        if not is_real(max_turn):
             raise TypeError(f"max_turn must be a number of degrees in [0, 90], got {max_turn!r}")
         if not 0 <= max_turn <= 90:
             raise ValueError(f"max_turn must be in [0, 90] degrees, got {max_turn}")

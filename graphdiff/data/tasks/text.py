@@ -38,7 +38,7 @@ from graphdiff.data.tasks.base import (
     train_val_part,
 )
 
-__all__ = ["LABELS", "TextTask", "list_acl_imdb", "read_acl_imdb"]
+__all__ = ["LABELS", "TextTask", "list_acl_imdb"]
 
 LABELS = ("neg", "pos")  # label i is the folder LABELS[i]
 REVIEW_NAME = re.compile(r"(\d+)_(\d+)\.txt")  # {id}_{rating}.txt
@@ -74,23 +74,6 @@ def list_acl_imdb(root: str | os.PathLike, part: str) -> tuple[list[Path], np.nd
         paths += [path for _, path in sorted(numbered)]
         labels += [label] * len(numbered)
     return paths, np.array(labels, dtype=np.int64)
-
-
-def read_acl_imdb(root: str | os.PathLike, part: str,
-                  limit: int | None = None) -> tuple[list[Path], list[bytes], np.ndarray]:
-    """The reviews of ``root/part/{neg,pos}`` as :func:`list_acl_imdb` orders them, each cut to
-    its first ``limit`` bytes when given.
-
-    Returns:
-        paths: the file of every review.
-        reviews: the raw bytes of every review.
-        labels: int64 [N], 0 for ``neg``, 1 for ``pos``.
-
-    Raises:
-        ValueError: as :func:`list_acl_imdb`.
-    """
-    paths, labels = list_acl_imdb(root, part)
-    return paths, [_read(path, limit) for path in paths], labels
 
 
 def _read(path: Path, limit: int | None) -> bytes:

@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-fast$(FAST)
 PYTEST_ARGS ?=
 
-.PHONY: demo test bench clean install data
+.PHONY: demo test docs bench clean install data
 
 install: $(STAMP)
 
@@ -27,18 +27,28 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(PY) -m graphdiff demo --out runs/demo
 
-test: $(STAMP)
+# The docs build first, so that pytest's summary stays the last thing printed.
+test: docs
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# The API reference from the docstrings; warnings are errors.
+docs: $(STAMP)
+	$(PY) -m sphinx -E -W --keep-going -q -b html docs docs/_build/html
+
+# One current output per bench under benchmarks/results (about an hour on 2 cores).
+RESULTS := benchmarks/results
 bench: $(STAMP)
-	$(PY) benchmarks/bench_patterns.py
-	$(PY) benchmarks/bench_layer.py
-	$(PY) benchmarks/bench_spectral.py
+	$(PY) benchmarks/bench_patterns.py > $(RESULTS)/bench_patterns.md.tmp
+	mv $(RESULTS)/bench_patterns.md.tmp $(RESULTS)/bench_patterns.md
+	$(PY) benchmarks/bench_spectral.py --n 4096 16384 65536 131072 > $(RESULTS)/bench_spectral.md.tmp
+	mv $(RESULTS)/bench_spectral.md.tmp $(RESULTS)/bench_spectral.md
+	$(PY) benchmarks/bench_layer.py --n 1024 4096 16384 65536 --out $(RESULTS) --plot
+	$(PY) benchmarks/bench_model.py --preset small --length 4096 --batch 1 --out $(RESULTS)/bench_model.md
 
 # Optional: Fashion-MNIST for `graphdiff train --task image` (Debian package, needs root).
 data:
 	apt-get install -y dataset-fashion-mnist
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .hypothesis build *.egg-info
+	rm -rf $(VENV) runs .pytest_cache .hypothesis build *.egg-info docs/_build
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,6 +1,6 @@
 """What the benchmark scripts share: the layers they time, the command line that reruns them,
-the probes' options, workloads alternated round by round in one process (so that a drift of
-the machine hits all of them alike), and growth between two lengths."""
+workloads alternated round by round in one process (so that a drift of the machine hits all of
+them alike), and growth between two lengths."""
 from __future__ import annotations
 
 import argparse
@@ -39,18 +39,6 @@ def rerun_command(script: str, argv: Optional[Sequence[str]] = None) -> str:
     process's arguments), for the header of a results file."""
     args = sys.argv[1:] if argv is None else list(argv)
     return shlex.join(["python", str(Path("benchmarks") / script), *args])
-
-
-def probe_parser(doc: str, lengths: Sequence[int] = (16384, 65536),
-                 nargs: Union[int, str] = 2) -> argparse.ArgumentParser:
-    """The probes' common options: the lengths (``nargs`` of them, default ``lengths``), the
-    shape of the heads, and the rounds."""
-    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
-    parser.add_argument("--n", type=positive_int, nargs=nargs, default=list(lengths))
-    parser.add_argument("--heads", type=positive_int, default=8)
-    parser.add_argument("--channels", type=positive_int, default=32)
-    parser.add_argument("--rounds", type=positive_int, default=10)
-    return parser
 
 
 def alternate(runs: Dict[Key, Callable[[], object]], rounds: int) -> Dict[Key, List[float]]:

@@ -235,78 +235,6 @@ def test_hop_is_paired_with_the_bare_spmm_of_smaller_median(bench_layer):
                                            median, fastest)]
 
 
-@pytest.mark.parametrize("block", [32, 16])  # block size b = or != the half width w = 32
-def test_structure_aware_probe_products_equal_the_dense_product(block):
-    from graphdiff.patterns import Global, Random, Window
-    probe = load("probe_structured_paths")
-    torch.manual_seed(0)
-    n, heads, channels = 256, 2, 4
-    ways, parts, near = probe.products(n, heads, channels, block=block)
-    reference = ways["csr"]().clone()
-    edge_index = (Window(64) | Global(16) | Random(16, seed=0))(n)
-    assert near == int(((edge_index[0] - edge_index[1]).abs() <= 32).sum()) > 0
-    for name in ("blocked window + CSR", "dense full rows + CSR"):
-        ways[name]().fill_(float("nan"))  # all three share one buffer: each must fill it all
-        torch.testing.assert_close(ways[name](), reference, rtol=1e-4, atol=1e-4)
-    # Dense reference: rebuild the values the probe drew after seeding.
-    torch.manual_seed(0)
-    graph_values = torch.rand(heads, edge_index.size(1))
-    z = torch.randn(heads, n, channels)
-    dense = torch.zeros(heads, n, n)
-    dense[:, edge_index[1], edge_index[0]] = graph_values
-    torch.testing.assert_close(reference, dense @ z, rtol=1e-4, atol=1e-4)
-    assert set(parts) == {"window blocks alone"}
-
-
-def test_stacked_heads_probe_compares_two_ways_of_the_same_computation(monkeypatch):
-    from graphdiff.nn.graph import DiffusionGraph
-
-    probe = load("probe_stacked_heads")
-    runs, per_call = probe.workloads(96, heads=4, channels=8)
-    assert per_call == 4  # 96 tokens: every head in one call
-    chosen = []
-    heads_per_call = DiffusionGraph.heads_per_call
-
-    def recorded(graph, heads: int) -> int:  # what each way's calls chose
-        chosen.append(heads_per_call(graph, heads))
-        return chosen[-1]
-
-    monkeypatch.setattr(DiffusionGraph, "heads_per_call", recorded)
-    for name in ("core", "hop"):
-        outputs = {}
-        for way, expected in (("stacked", 4), ("per head", 1)):
-            chosen.clear()
-            outputs[way] = runs[name, way]().clone()
-            assert chosen and set(chosen) == {expected}
-        torch.testing.assert_close(outputs["stacked"], outputs["per head"], rtol=1e-4, atol=1e-5)
-
-
-FAKE_GRAPHDIFF = {  # just enough of graphdiff for compare_revisions' timed step
-    "__init__.py": "",
-    "nn/__init__.py": "",
-    "nn/functional.py": "def edge_softmax_attention(q, k, edge_index, n):\n    return q\n\n"
-                        "def diffuse(attn, v, edge_index, hops, alpha):\n    return attn * v\n",
-    "patterns/__init__.py": "class Window:\n    def __init__(self, *args, **kwargs): pass\n"
-                            "    def __or__(self, other): return self\n"
-                            "    def __call__(self, n): return None\n\nGlobal = Random = Window\n",
-}
-
-
-def test_compare_revisions_times_the_graphdiff_of_each_checkout(tmp_path, monkeypatch):
-    compare = load("compare_revisions")
-    for name, text in FAKE_GRAPHDIFF.items():
-        (tmp_path / "graphdiff" / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / "graphdiff" / name).write_text(text)
-    # From the repository root, as its usage line runs it: there `python -c` would find this
-    # checkout's graphdiff first on sys.path.
-    monkeypatch.chdir(BENCHMARKS.parent)
-    times = compare.time_revision(str(tmp_path), [8, 16], repeats=2)
-    assert sorted(times) == [8, 16] and all(len(t) == 2 for t in times.values())
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(RuntimeError, match="imported"):  # no graphdiff of its own
-        compare.time_revision(str(tmp_path / "empty"), [8], repeats=1)
-
-
 @pytest.mark.parametrize("argv", [["--n", "0"], ["--n", "64", "-4"], ["--heads", "0"],
                                   ["--channels", "-1"], ["--hops", "0"], ["--window", "0"],
                                   ["--timeout", "0"], ["--variants", "dense"],
@@ -333,8 +261,7 @@ def test_quick_sets_only_the_lengths_and_repeats_not_given(bench_layer, monkeypa
 
 @pytest.mark.parametrize("script, argv", [
     ("bench_patterns", ["--lengths", "0"]), ("bench_spectral", ["--n", "-64"]),
-    ("bench_model", ["--steps", "0"]), ("bench_model", ["--length", "0"]),
-    ("profile_scaling", ["--n", "0", "64"]), ("profile_scaling", ["--top", "0"])])
+    ("bench_model", ["--steps", "0"]), ("bench_model", ["--length", "0"])])
 def test_scripts_refuse_non_positive_sizes(script, argv):
     with pytest.raises(SystemExit) as exit_:
         load(script).main(argv)
@@ -351,9 +278,3 @@ def test_tiny_runs_of_the_readme_commands_print_and_write_their_tables(tmp_path,
     model = (tmp_path / "model.md").read_text()
     assert [line.split(" | ")[0] for line in model.splitlines() if line.startswith("| ")][1:] \
         == ["| default (fused)", "| sparse attention only (K=1)", "| gather-scatter reference"]
-    profile = load("profile_scaling")
-    profile.main(["--n", "64", "128", "--rounds", "1", "--out", str(tmp_path / "core.md")])
-    assert "ms at n=64" in (tmp_path / "core.md").read_text()
-    profile.main(["--parts", "--n", "64", "128", "--rounds", "1", "--out",
-                  str(tmp_path / "parts.md")])
-    assert "| random |" in (tmp_path / "parts.md").read_text()

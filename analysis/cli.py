@@ -69,8 +69,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (ValueError, OSError) as error:  # bad pattern, length, checkpoint or --out: one line
         print(f"graphdiff analyze: error: {error}", file=sys.stderr)
         return 2
-    print("\n".join(line for line in result.markdown.splitlines() if not line.startswith("![")))
-    print("\nwrote " + ", ".join(result.files))
+    # The report without its figure links and blank lines: the figures' names follow.
+    print("\n".join(line for line in result.markdown.splitlines()
+                    if line.strip() and not line.startswith("![")))
+    print("wrote " + ", ".join(result.files))
     return 0
 
 

@@ -2,9 +2,10 @@
 
 ``report(patterns, lengths, out)`` writes ``out/report.md`` and
 
-* ``lambda2_vs_n.png``: the spectral gap against the length, per pattern;
+* ``lambda2_vs_n.png``: the spectral gap against the length, per pattern (two lengths or more);
 * ``receptive_field.png``: the fraction of (query, key) pairs reached against hops;
-* ``spectra.png``: the spectrum of ``M = I - L`` at the smallest length and the diffusion filter;
+* ``spectra.png``: each pattern's Laplacian spectrum at the smallest length, and the diffusion
+  filter;
 * ``attention_spectra.png`` (with learned attention): eigenvalues of each layer's attention
   and of its diffusion in the complex plane.
 
@@ -191,8 +192,14 @@ def _markdown(rows: list[Row], attention: Optional[Sequence[AttentionSpectrum]])
             f"| {_cell(r.pattern)} | {r.n} | {r.edges_per_token:.1f} | {gap} | {_fmt(r.epsilon)} | "
             f"{_fmt(r.ramanujan_ratio, 3)} | {hops} |"
         )
-    lines += ["", "![lambda_2 against n](lambda2_vs_n.png)", "",
-              "![receptive field against hops](receptive_field.png)", "", "![spectra](spectra.png)", ""]
+    lines.append("")
+    if len({r.n for r in rows}) > 1:
+        lines += ["![lambda_2 against n](lambda2_vs_n.png)", ""]
+    else:
+        lines += ["One length only: no figure of lambda_2 against n (give two lengths or more).",
+                  ""]
+    lines += ["![receptive field against hops](receptive_field.png)", "",
+              "![spectra](spectra.png)", ""]
     if attention:
         lines += [
             "## Learned attention",
@@ -223,6 +230,19 @@ def _bounds(second: np.ndarray) -> str:
     return f"{low:.4f}" if f"{low:.4f}" == f"{high:.4f}" else f"[{low:.4f}, {high:.4f}]"
 
 
+# One look per pattern: colour, marker and line style all differ, so that lines stay apart in
+# grey scale and where they overlap.
+_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown",
+           "tab:pink", "tab:olive")
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+_LINES = ("-", "--", "-.", ":")
+
+
+def _style(index: int) -> dict[str, Any]:
+    return {"color": _COLORS[index % len(_COLORS)], "marker": _MARKERS[index % len(_MARKERS)],
+            "linestyle": _LINES[index % len(_LINES)]}
+
+
 def _figures(
     rows: list[Row],
     spectra: Mapping[str, np.ndarray],
@@ -230,55 +250,96 @@ def _figures(
     attention: Optional[Sequence[AttentionSpectrum]],
     out: str,
 ) -> list[str]:
-    """Write the figures; ``spectra``: each pattern's whole Laplacian spectrum at ``spectrum_n``."""
+    """Write the figures; ``spectra``: each pattern's whole Laplacian spectrum at ``spectrum_n``.
+
+    ``lambda2_vs_n.png`` needs two lengths at least: with one it would be a dot per pattern, so
+    it is not drawn (the report says so).
+    """
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
+    names = list(spectra)
     files = []
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name in spectra:
-        mine = [r for r in rows if r.pattern == name and r.lambda_2]
-        ax.loglog([r.n for r in mine], [r.lambda_2 for r in mine], "o-", label=name)
-    ax.set(xlabel="sequence length n", ylabel="spectral gap lambda_2", title="Spectral gap against length")
-    ax.legend(fontsize=8)
-    files.append(_save(fig, os.path.join(out, "lambda2_vs_n.png")))
+    if len({r.n for r in rows}) > 1:
+        fig, ax = plt.subplots(figsize=(6.5, 4.5))
+        for index, name in enumerate(names):
+            mine = [r for r in rows if r.pattern == name and r.lambda_2]
+            ax.loglog([r.n for r in mine], [r.lambda_2 for r in mine], label=name,
+                      markersize=6, **_style(index))
+        ax.set(xlabel="sequence length n (tokens)",
+               ylabel="spectral gap $\\lambda_2$ of L (log scale)",
+               title="Spectral gap against length (larger mixes faster)")
+        ax.legend(fontsize=8, title="pattern (disconnected ones omitted)", title_fontsize=8)
+        lengths = sorted({r.n for r in rows})
+        ax.set_xticks(lengths, [f"{n:,}" for n in lengths])
+        ax.minorticks_off()  # no unlabelled log ticks between the lengths
+        ax.grid(True, which="major", alpha=0.3)
+        files.append(_save(fig, os.path.join(out, "lambda2_vs_n.png")))
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
     largest = max(r.n for r in rows)
-    for r in rows:
-        if r.n == largest:
-            ax.plot(range(FIELD_HOPS + 1), r.field, "o-", label=r.pattern)
-    ax.set(xlabel="hops k", ylabel="fraction of (query, key) pairs", ylim=(0, 1.02),
-           title=f"Receptive field after k hops (n={largest})")
-    ax.legend(fontsize=8)
+    mine = [r for r in rows if r.n == largest]
+    # Lines that coincide (several patterns reach everything in two hops) are drawn side by side:
+    # each pattern's points are shifted by a small fraction of a hop.
+    shift = 0.25 / max(1, len(mine))
+    for index, r in enumerate(mine):
+        hops = np.arange(FIELD_HOPS + 1) + (index - (len(mine) - 1) / 2) * shift
+        ax.plot(hops, r.field, label=r.pattern, markersize=6, **_style(index))
+    ax.set(xlabel="diffusion hops k (points of coinciding lines drawn side by side)",
+           ylabel="fraction of (query, key) pairs joined", ylim=(-0.02, 1.04),
+           title=f"Receptive field: pairs joined by a path of at most k edges (n={largest})")
+    ax.set_xticks(range(FIELD_HOPS + 1))
+    ax.legend(fontsize=8, title="pattern", title_fontsize=8)
+    ax.grid(True, alpha=0.3)
     files.append(_save(fig, os.path.join(out, "receptive_field.png")))
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 0.5 * len(names) + 3.5))
+    for index, name in enumerate(names):
+        spectrum = np.sort(spectra[name])
+        color = _style(index)["color"]
+        left.plot(spectrum, np.full_like(spectrum, index), "|", color=color, markersize=16,
+                  alpha=0.25)
+        if spectrum.size > 1:
+            left.plot(spectrum[1], index + 0.32, "v", color="black", markersize=7)
+    left.plot([], [], "|", color="grey", markersize=12, label="one eigenvalue (overlaps darken)")
+    left.plot([], [], "v", color="black", label="$\\lambda_2$, the spectral gap")
+    left.set_yticks(range(len(names)), names)
+    left.set_ylim(len(names) - 0.4, -0.6)
+    left.set(xlim=(-0.05, 2.05),
+             xlabel="eigenvalue $\\lambda$ of the normalised Laplacian "
+             "$L = I - D^{-1/2} W D^{-1/2}$",
+             title=f"Pattern spectra (n={spectrum_n}): a good expander has them all near 1")
+    left.legend(fontsize=8, loc="lower right")
     mu = np.linspace(-1, 1, 401)
-    for name, spectrum in spectra.items():
-        left.hist(1.0 - spectrum, bins=60, histtype="step", density=True, log=True, label=name)
-    left.set(xlabel="eigenvalue mu of D^-1/2 W D^-1/2", ylabel="density", title=f"Pattern spectra (n={spectrum_n})")
-    left.legend(fontsize=7)
-    right.plot(mu, diffusion_spectrum(mu, ALPHA, HOPS), label=f"PPR, K={HOPS}")
-    right.plot(mu, diffusion_spectrum(mu, ALPHA, None), "--", label="PPR, K=inf")
-    right.plot(mu, mu, ":", color="grey", label="one hop (identity)")
-    right.set(xlabel="eigenvalue mu of A", ylabel="eigenvalue of the diffusion",
+    right.plot(mu, diffusion_spectrum(mu, ALPHA, HOPS), "-", color="tab:blue",
+               label=f"PPR diffusion, K={HOPS} hops")
+    right.plot(mu, diffusion_spectrum(mu, ALPHA, None), "--", color="tab:orange",
+               label="PPR diffusion, K -> infinity")
+    right.plot(mu, mu, ":", color="grey", label="no diffusion (one hop: mu itself)")
+    right.set(xlabel="eigenvalue mu of the one-hop attention A",
+              ylabel="eigenvalue of the diffusion of A",
               title=f"Diffusion as a low-pass filter (alpha={ALPHA})")
-    right.legend(fontsize=8)
+    right.legend(fontsize=8, title="PPR: personalised PageRank", title_fontsize=8)
+    right.grid(True, alpha=0.3)
     files.append(_save(fig, os.path.join(out, "spectra.png")))
 
     if attention:
         cols = len(attention)
-        fig, axes = plt.subplots(1, cols, figsize=(3.2 * cols, 3.2), squeeze=False)
+        fig, axes = plt.subplots(1, cols, figsize=(3.6 * cols, 4.0), squeeze=False)
         circle = np.exp(1j * np.linspace(0, 2 * np.pi, 200))
         for layer, (ax, spectrum) in enumerate(zip(axes[0], attention)):
-            ax.plot(circle.real, circle.imag, color="lightgrey")
-            ax.scatter(spectrum.eigs.real, spectrum.eigs.imag, s=12, label="A")
-            ax.scatter(spectrum.diffused.real, spectrum.diffused.imag, s=12, marker="x", label="diffusion")
-            ax.set(title=f"layer {layer}", aspect="equal", xlim=(-1.1, 1.1), ylim=(-1.1, 1.1))
-        axes[0][0].legend(fontsize=7)
+            ax.plot(circle.real, circle.imag, color="lightgrey", label="unit circle")
+            ax.scatter(spectrum.eigs.real, spectrum.eigs.imag, s=14, color="tab:blue",
+                       label="A: one-hop attention")
+            ax.scatter(spectrum.diffused.real, spectrum.diffused.imag, s=18, marker="x",
+                       color="tab:red", label="T: its diffusion")
+            ax.set(title=f"layer {layer}", aspect="equal", xlim=(-1.1, 1.1), ylim=(-1.1, 1.1),
+                   xlabel="real part", ylabel="imaginary part")
+        axes[0][0].legend(fontsize=7, loc="lower left")
+        fig.suptitle(f"Leading eigenvalues of the learned attention, every head "
+                     f"({attention[0].diffusion})", fontsize=10)
         files.append(_save(fig, os.path.join(out, "attention_spectra.png")))
     return files
 

@@ -12,6 +12,7 @@ def test_demo_writes_pattern_report_runs_and_summary(tmp_path):
         assert (tmp_path / name).stat().st_size > 0, name
     summary = (tmp_path / "summary.md").read_text()
     assert "| Diffuser (K=5, alpha=0.1) |" in summary and "chance level: 0.10" in summary
+    assert "Window(8)" in summary and "9-16 positions from CLS" in summary  # what the task is
 
 
 def test_cli_demo_keeps_run_demos_defaults(monkeypatch):

@@ -72,12 +72,16 @@ def plot_adjacency(edge_index: Tensor, n: int, path: str, title: str = "", max_p
     tokens_per_cell = torch.bincount(cell_of, minlength=cells).double()
     density = counts.view(cells, cells) / torch.outer(tokens_per_cell, tokens_per_cell)
 
-    fig, ax = plt.subplots(figsize=(6, 6))
+    fig, ax = plt.subplots(figsize=(7 if cells < n else 6, 6))
     # A power norm keeps sparse random edges (a few percent of a cell) visible next to dense blocks.
     norm = matplotlib.colors.PowerNorm(gamma=0.3, vmin=0.0, vmax=1.0)
-    ax.imshow(density.numpy(), cmap="Greys", norm=norm, extent=(0, n, n, 0), interpolation="nearest")
-    ax.set_xlabel("key j")
-    ax.set_ylabel("query i")
+    image = ax.imshow(density.numpy(), cmap="Greys", norm=norm, extent=(0, n, n, 0),
+                      interpolation="nearest")
+    if cells < n:  # downsampled: a pixel's grey level is its share of edges
+        fig.colorbar(image, ax=ax, shrink=0.8,
+                     label="share of the pixel's (query, key) pairs that are edges")
+    ax.set_xlabel("key j (the attended token); black: i attends j")
+    ax.set_ylabel("query i (the attending token)")
     ax.set_title(title or f"attention pattern, n={n}")
     fig.tight_layout()
     atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=100))

@@ -21,6 +21,8 @@ def test_graphdiff_analyze_passes_options_through(tmp_path, capsys):
     assert (out / "report.md").exists()
     printed = capsys.readouterr().out
     assert "| diffuser | 64 |" in printed and r"| Window(8) \| Global(1) | 64 |" in printed
+    assert "" not in printed.splitlines()  # no blank lines, no figure links
+    assert "![" not in printed and printed.splitlines()[-1].startswith("wrote ")
 
 
 def test_graphdiff_analyze_help_is_the_analysis_help(capsys):

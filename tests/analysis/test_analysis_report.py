@@ -40,6 +40,14 @@ def test_report_table_and_figures(tmp_path):
     assert row.field[-1] == 1.0 and row.hops_to_cover <= 2
 
 
+def test_one_length_draws_no_lambda2_figure_and_says_so(tmp_path):
+    # lambda_2 against n would be one dot per pattern.
+    result = report(["diffuser", "Window(8)"], [64], str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == ["receptive_field.png", "report.md", "spectra.png"]
+    assert "no figure of lambda_2 against n" in result.markdown
+    assert "lambda2_vs_n.png" not in result.markdown
+
+
 def test_report_searches_reachability_once_per_row(monkeypatch):
     # hops_to_cover and the receptive field of a row come from one breadth-first search.
     calls = []

@@ -283,7 +283,7 @@ def _figures(
     mine = [r for r in rows if r.n == largest]
     # Lines that coincide (several patterns reach everything in two hops) are drawn side by side:
     # each pattern's points are shifted by a small fraction of a hop.
-    shift = 0.25 / max(1, len(mine))
+    shift = 0.4 / max(1, len(mine))
     for index, r in enumerate(mine):
         hops = np.arange(FIELD_HOPS + 1) + (index - (len(mine) - 1) / 2) * shift
         ax.plot(hops, r.field, label=r.pattern, markersize=6, **_style(index))
@@ -302,9 +302,9 @@ def _figures(
         left.plot(spectrum, np.full_like(spectrum, index), "|", color=color, markersize=16,
                   alpha=0.25)
         if spectrum.size > 1:
-            left.plot(spectrum[1], index + 0.32, "v", color="black", markersize=7)
+            left.plot(spectrum[1], index + 0.32, "^", color="black", markersize=7)
     left.plot([], [], "|", color="grey", markersize=12, label="one eigenvalue (overlaps darken)")
-    left.plot([], [], "v", color="black", label="$\\lambda_2$, the spectral gap")
+    left.plot([], [], "^", color="black", label="$\\lambda_2$, the spectral gap")
     left.set_yticks(range(len(names)), names)
     left.set_ylim(len(names) - 0.4, -0.6)
     left.set(xlim=(-0.05, 2.05),
@@ -331,15 +331,18 @@ def _figures(
         circle = np.exp(1j * np.linspace(0, 2 * np.pi, 200))
         for layer, (ax, spectrum) in enumerate(zip(axes[0], attention)):
             ax.plot(circle.real, circle.imag, color="lightgrey", label="unit circle")
-            ax.scatter(spectrum.eigs.real, spectrum.eigs.imag, s=14, color="tab:blue",
-                       label="A: one-hop attention")
-            ax.scatter(spectrum.diffused.real, spectrum.diffused.imag, s=18, marker="x",
+            # Hollow circles around small crosses: both stay visible where they coincide.
+            ax.scatter(spectrum.eigs.real, spectrum.eigs.imag, s=60, facecolors="none",
+                       edgecolors="tab:blue", label="A: one-hop attention")
+            ax.scatter(spectrum.diffused.real, spectrum.diffused.imag, s=16, marker="x",
                        color="tab:red", label="T: its diffusion")
             ax.set(title=f"layer {layer}", aspect="equal", xlim=(-1.1, 1.1), ylim=(-1.1, 1.1),
                    xlabel="real part", ylabel="imaginary part")
         axes[0][0].legend(fontsize=7, loc="lower left")
-        fig.suptitle(f"Leading eigenvalues of the learned attention, every head "
-                     f"({attention[0].diffusion})", fontsize=10)
+        diffusion = attention[0].diffusion
+        note = " (PPR: personalised PageRank)" if diffusion.startswith("PPR") else ""
+        fig.suptitle(f"Leading eigenvalues of the learned attention, every head\n"
+                     f"diffusion T: {diffusion}{note}", fontsize=10)
         files.append(_save(fig, os.path.join(out, "attention_spectra.png")))
     return files
 

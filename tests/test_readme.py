@@ -59,3 +59,16 @@ def test_readme_quoted_figures_hold():
     exec("import analysis\nfrom graphdiff.patterns import Window, diffuser", namespace)
     for call, figure in quoted:
         assert eval(call, namespace) == pytest.approx(float(figure), rel=0.05), call
+
+
+def test_readme_is_one_page_whose_links_stay_in_the_repository():
+    text = README.read_text()
+    assert len(text.splitlines()) <= 200
+    root = README.parent
+    pages = [README, *sorted((root / "docs").glob("*.md"))]
+    for page in pages:
+        for target in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", page.read_text()):
+            if target.startswith(("http://", "https://")):
+                continue
+            path = (page.parent / target).resolve()
+            assert path.is_relative_to(root) and path.exists(), f"{page.name} links {target}"

@@ -45,12 +45,12 @@ Usage::
     python benchmarks/bench_layer.py                 # n = 1k, 4k, 16k, 64k
     python benchmarks/bench_layer.py --quick         # n = 256, 1k: a smoke test
     python benchmarks/bench_layer.py --n 16384 --variants graphdiff sdpa --plot --out /tmp/bench
-    python benchmarks/bench_layer.py --reuse-freed-memory --out benchmarks/results/reuse
+    python benchmarks/bench_layer.py --reuse-freed-memory --out /tmp/reuse
 
 ``--reuse-freed-memory`` runs the timing processes with glibc keeping freed memory in its
 heap (``REUSE_FREED_MEMORY``: no ``mmap`` per large tensor, no trimming): by default every
 tensor over 32 MB gets fresh pages from the kernel, which fault in one by one at first touch,
-at every step. It measures what that costs; for training, the README recommends jemalloc
+at every step. It measures what that costs; for training, docs/performance.md recommends jemalloc
 with purging off instead (glibc's heap can grow, since torch's aligned requests do not fit
 freed blocks of the same size).
 """
@@ -538,7 +538,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         print(json.dumps(worker(json.loads(args.worker))))
         return
     # Without --out, a plot would replace the committed benchmarks/results/bench_layer.png
-    # (the README's figure) and leave the table of another run beside it.
+    # (the committed result) and leave the table of another run beside it.
     if args.plot and args.out is None:
         parser.error("--plot needs --out")
     args.n = args.n or ([256, 1024] if args.quick else [1024, 4096, 16384, 65536])

@@ -193,7 +193,8 @@ TINY = ["--heads", "2", "--channels", "4", "--window", "4", "--num-global", "2",
 def test_tiny_run_writes_table_growth_check_and_raw_times(bench_layer, tmp_path):
     bench_layer.main(["--n", "64", "128", "--variants", "graphdiff", "--repeats", "1",
                       "--growth-rounds", "2", "--pair-rounds", "0", "--out", str(tmp_path),
-                      *TINY])
+                      "--plot", *TINY])
+    assert (tmp_path / "bench_layer.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = (tmp_path / "bench_layer.md").read_text()
     assert "| 64 |" in report and "| 128 |" in report
     assert "graphdiff time(128) / time(64), interleaved over 2 rounds" in report

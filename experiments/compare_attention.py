@@ -9,7 +9,7 @@ equal size) for the same number of steps, batch size, learning-rate schedule and
 
 Tasks:
 
-- ``multihop``: the synthetic task of :mod:`graphdiff.data.tasks.multihop` (length 128,
+- ``multihop``: the synthetic task of :mod:`graphdiff.tasks.multihop` (length 128,
   ``Window(8)``, 2 layers, CLS pooling): the key sits 9..16 positions from CLS, beyond the
   8-position reach of one hop per layer, so K = 1 on this pattern is at chance by construction;
   diffusion and dense attention can reach it.
@@ -52,8 +52,8 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from graphdiff.checks import distinct, positive_float, positive_int
-from graphdiff.data.tasks.listops import ListOps, write_listops_tsv
+from graphdiff.cli_types import distinct, positive_float, positive_int
+from graphdiff.tasks.listops import ListOps, write_listops_tsv
 from graphdiff.io import atomic_write_text
 from graphdiff.train import TrainArgs, build_task, evaluate, train
 

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm.auto import tqdm
 
 from graphdiff.checks import check_int, is_real
-from graphdiff.data.tasks import TASKS, TaskDataset, collate, get_task
+from graphdiff.tasks import TASKS, TaskDataset, collate, get_task
 from graphdiff.io import atomic_write
 from graphdiff.models import PRESETS, DiffuserConfig, DiffuserForSequenceClassification, preset_config
 from graphdiff.patterns import parse_pattern

@@ -146,8 +146,8 @@ def test_cuda_without_a_gpu_is_a_clear_error(monkeypatch):
 
 
 def test_listops_checkpoint_evaluates_on_an_lra_tsv_file(tmp_path, capsys):
-    from graphdiff.data.tasks import ListOps
-    from graphdiff.data.tasks.listops import evaluate as listops_value, write_listops_tsv
+    from graphdiff.tasks import ListOps
+    from graphdiff.tasks.listops import evaluate as listops_value, write_listops_tsv
 
     generator_args = {"num_samples": 16, "min_length": 10, "max_length": 60, "max_depth": 3}
     train(quick_args(tmp_path / "run", task="listops", pattern=None, max_steps=2, task_args=generator_args))
@@ -159,7 +159,7 @@ def test_listops_checkpoint_evaluates_on_an_lra_tsv_file(tmp_path, capsys):
     assert line["examples"] == 5 and 0.0 <= line["accuracy"] <= 1.0
     # The same numbers as evaluating the decoded examples directly.
     model, _ = load_model(str(tmp_path / "run" / "last.pt"))
-    from graphdiff.data.tasks import ListOpsTSV, collate
+    from graphdiff.tasks import ListOpsTSV, collate
     tokens, mask, labels = collate([ListOpsTSV("test", tsv)[i] for i in range(5)])
     assert labels.tolist() == [listops_value(tree) for tree in trees]
     logits = model(tokens, mask)

@@ -115,7 +115,8 @@ def train_args(task: str, variant: str, seed: int, spec: TaskSpec, data_dir: Opt
         task=task, preset="tiny", out=os.path.join(out, "runs", task, variant, f"seed{seed}"),
         pattern=settings["pattern"] or spec.pattern, hops=settings["hops"], alpha=settings["alpha"],
         task_args=task_args, data_dir=data_dir, max_steps=steps, batch_size=batch_size, lr=lr,
-        seed=seed, eval_every=steps, log_every=max(1, steps // 20), device=device, progress=False)
+        seed=seed, eval_every=steps, log_every=max(1, steps // 20), device=device, progress=False,
+        overwrite=True)  # a run without result.json is an unfinished one: start it again
 
 
 def run_one(variant: str, args: TrainArgs) -> Dict[str, Any]:

@@ -169,8 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="DiffuserConfig field, e.g. hidden=64 (repeatable; wins over "
                        "--pattern, --hops and --alpha)")
     train.add_argument("--eval-every", type=positive_int,
-                       help="steps between validations (default: one per epoch, at most five "
-                       "in the run)")
+                       help="steps between validations (default: every epoch or every fifth "
+                       "of the run, whichever comes sooner; always at the last step)")
     # Unset: TrainArgs's default (not imported here: it loads torch), which the help repeats.
     train.add_argument("--eval-examples", type=positive_int_or_all, default=argparse.SUPPRESS,
                        metavar="N", help="validation examples per evaluation: the split's "

@@ -69,8 +69,8 @@ class TrainArgs:
         warmup: the fraction of the steps with a linear warm-up; then linear decay to 0.
         clip: gradient norm clipping; 0 turns it off.
         seed: the model's initialisation, the data order and dropout.
-        eval_every: steps between validations; default: one per epoch, or five in the run
-            when it is shorter than five epochs.
+        eval_every: steps between validations; default: every epoch or every fifth of the
+            run, whichever comes sooner (and always at the last step).
         log_every: steps between training-loss lines of ``metrics.jsonl``.
         stop_after: leave after this many steps of this call (continue with ``resume``).
         eval_examples: the validation examples each evaluation uses (the split's first);
@@ -218,8 +218,10 @@ class MetricsLog:
         if not self.enabled or not os.path.exists(self.path):
             return
         with open(self.path) as handle:
-            kept = [line for line in handle if self._step_of(line) <= step]
-        atomic_write(self.path, lambda handle: handle.writelines(kept), text=True)
+            lines = handle.readlines()
+        kept = [line for line in lines if self._step_of(line) <= step]
+        if len(kept) < len(lines):
+            atomic_write(self.path, lambda handle: handle.writelines(kept), text=True)
 
     @staticmethod
     def _step_of(line: str) -> float:
@@ -354,21 +356,29 @@ def check_out_dir(args: TrainArgs) -> None:
                          "--resume, replace it with --overwrite, or choose another --out")
 
 
-def check_same_run(args: TrainArgs, saved: Dict[str, Any], step: int, steps_per_epoch: int) -> None:
-    """Refuse to resume a run with arguments that change its trajectory (one line, all fields)."""
+def check_same_run(args: TrainArgs, saved: Dict[str, Any], step: int, total: int,
+                   steps_per_epoch: int) -> None:
+    """Refuse to resume a run with arguments that change its trajectory (one line, all fields).
+
+    Args:
+        args: the arguments given now, making a run of ``total`` steps.
+        saved: the saved run's arguments; ``step`` is where it stopped.
+        steps_per_epoch: the task's, the same for both when ``task_args`` are.
+    """
     given = dataclasses.asdict(args)
     differences = [name for name in RUN_ARGS if saved.get(name) != given[name]]
     if not differences:
         return
-    saved_total = (saved["max_steps"] if saved["max_steps"] is not None
-                   else math.ceil(saved["epochs"] * steps_per_epoch))
-    if step >= saved_total and set(differences) <= {"max_steps", "epochs"}:
-        raise ValueError(
-            f"--resume: the run in {args.out} finished its {saved_total} steps and its learning "
-            "rate decayed to 0; a finished run is not extended (a longer schedule would restart "
-            "the decay mid-run): train a new run with another --out or --overwrite")
     listed = "; ".join(f"{name}: {saved.get(name)!r} in the run, {given[name]!r} now"
                        for name in differences)
+    saved_total = (saved["max_steps"] if saved["max_steps"] is not None
+                   else math.ceil(saved["epochs"] * steps_per_epoch))
+    if step >= saved_total and total > saved_total and set(differences) <= {"max_steps", "epochs"}:
+        raise ValueError(
+            f"--resume: the run in {args.out} finished its {saved_total} steps ({listed}), and "
+            "a finished run is not extended: its learning rate decayed to 0, and a longer "
+            "schedule would restart the decay mid-run; train a new run with another --out or "
+            "--overwrite")
     raise ValueError(f"--resume: the run in {args.out} was trained with other arguments "
                      f"({listed}); resume it with its own, or train a new run with another --out "
                      "or --overwrite")
@@ -427,7 +437,7 @@ def setup_run(args: TrainArgs, context: DistributedContext) -> TrainingRun:
 def resume(run: TrainingRun) -> None:
     """Load ``last.pt`` into ``run`` once its arguments are known to be the saved run's."""
     state = load_checkpoint(run.last_path)
-    check_same_run(run.args, state["train"], state["step"], run.steps_per_epoch)
+    check_same_run(run.args, state["train"], state["step"], run.total, run.steps_per_epoch)
     run.model.load_state_dict(state["model"])
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])

@@ -174,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Unset: TrainArgs's default (not imported here: it loads torch), which the help repeats.
     train.add_argument("--eval-examples", type=positive_int_or_all, default=argparse.SUPPRESS,
                        metavar="N", help="validation examples per evaluation: the split's "
-                       "first N, or 'all' (default: 256)")
+                       "first N, or 'all' (default: 160)")
     train.add_argument("--log-every", type=positive_int, default=10,
                        help="steps between loss lines in metrics.jsonl")
     train.add_argument("--stop-after", type=positive_int,

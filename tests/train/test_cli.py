@@ -132,10 +132,10 @@ def test_tokens_per_second_counts_training_steps_only(tmp_path, monkeypatch):
     assert [r["tokens_per_second"] for r in records if "tokens_per_second" in r] == [256.0, 256.0]
 
 
-@pytest.mark.parametrize("option, examples", [([], 256), (["--eval-examples", "5"], 5),
-                                              (["--eval-examples", "all"], 300)])
+@pytest.mark.parametrize("option, examples", [([], 160), (["--eval-examples", "5"], 5),
+                                              (["--eval-examples", "all"], 200)])
 def test_validation_is_capped_by_default(tmp_path, capsys, option, examples):
-    assert main(["train", *TINY, "--task-arg", "num_samples=300", "--max-steps", "1",
+    assert main(["train", *TINY, "--task-arg", "num_samples=200", "--max-steps", "1",
                  "--out", str(tmp_path), *option]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["val_examples"] == examples
@@ -143,7 +143,7 @@ def test_validation_is_capped_by_default(tmp_path, capsys, option, examples):
     from graphdiff.tasks import MultiHop
 
     model, _ = load_model(str(tmp_path / "last.pt"))
-    val = MultiHop("val", num_samples=300, length=32)
+    val = MultiHop("val", num_samples=200, length=32)
     expected = loop.evaluate(model, torch.utils.data.Subset(val, range(examples)), 8,
                              torch.device("cpu"))
     assert result["val_loss"] == pytest.approx(expected["loss"], rel=1e-6)

@@ -170,7 +170,8 @@ def test_listops_checkpoint_evaluates_on_an_lra_tsv_file(tmp_path, capsys):
     write_listops_tsv(tsv, [ListOps("test", seed=5, **long_args).tree(i) for i in range(3)])
     assert main(["evaluate", "--checkpoint", str(tmp_path / "run" / "last.pt"), "--data", str(tsv)]) == 2
     # Refused before any evaluation, at the line that is too long.
-    assert "basic_test.tsv:2: sequence of 78 tokens (CLS included) exceeds max_len=61" in capsys.readouterr().err
+    expected = "basic_test.tsv:2: sequence of 78 tokens (CLS included) exceeds max_len=61"
+    assert expected in capsys.readouterr().err
     assert main(["evaluate", "--checkpoint", str(tmp_path / "run" / "last.pt"), "--data", str(tsv), "--truncate"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["examples"] == 3
 

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, Hashable, List, Optional, Sequence, TypeVar, Union
 
-from graphdiff.checks import positive_int  # noqa: F401  (the benchmarks' argument type, re-exported)
+from graphdiff.cli_types import positive_int  # noqa: F401  (re-exported: the benches' type)
 
 Key = TypeVar("Key", bound=Hashable)
 

@@ -68,7 +68,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 from bench_common import alternate, diffuser_layer, positive_int, rerun_command, sdpa_transformer_layer
 
-from graphdiff.checks import positive_float
+from graphdiff.cli_types import positive_float
 from graphdiff.io import atomic_write
 
 ALL_VARIANTS = ["graphdiff", "module", "gather", "layer", "sdpa", "sdpa_layer", "spmm",

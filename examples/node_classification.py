@@ -21,7 +21,7 @@ from torch_geometric.datasets import KarateClub
 from torch_geometric.nn import APPNP, GATConv, TransformerConv
 from torch_geometric.utils import add_self_loops, stochastic_blockmodel_graph, to_undirected
 
-from graphdiff.checks import distinct, positive_int
+from graphdiff.cli_types import distinct, positive_int
 from graphdiff.nn import AttentionDiffusion
 
 

@@ -9,7 +9,7 @@ equal size) for the same number of steps, batch size, learning-rate schedule and
 
 Tasks:
 
-- ``multihop``: the synthetic task of :mod:`graphdiff.data.tasks.multihop` (length 128,
+- ``multihop``: the synthetic task of :mod:`graphdiff.tasks.multihop` (length 128,
   ``Window(8)``, 2 layers, CLS pooling): the key sits 9..16 positions from CLS, beyond the
   8-position reach of one hop per layer, so K = 1 on this pattern is at chance by construction;
   diffusion and dense attention can reach it.
@@ -52,8 +52,8 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from graphdiff.checks import distinct, positive_float, positive_int
-from graphdiff.data.tasks.listops import ListOps, write_listops_tsv
+from graphdiff.cli_types import distinct, positive_float, positive_int
+from graphdiff.tasks.listops import ListOps, write_listops_tsv
 from graphdiff.io import atomic_write_text
 from graphdiff.train import TrainArgs, build_task, evaluate, train
 
@@ -115,7 +115,8 @@ def train_args(task: str, variant: str, seed: int, spec: TaskSpec, data_dir: Opt
         task=task, preset="tiny", out=os.path.join(out, "runs", task, variant, f"seed{seed}"),
         pattern=settings["pattern"] or spec.pattern, hops=settings["hops"], alpha=settings["alpha"],
         task_args=task_args, data_dir=data_dir, max_steps=steps, batch_size=batch_size, lr=lr,
-        seed=seed, eval_every=steps, log_every=max(1, steps // 20), device=device, progress=False)
+        seed=seed, eval_every=steps, log_every=max(1, steps // 20), device=device, progress=False,
+        overwrite=True)  # a run without result.json is an unfinished one: start it again
 
 
 def run_one(variant: str, args: TrainArgs) -> Dict[str, Any]:

@@ -1,11 +1,10 @@
-"""Argument checks shared by the patterns, the data sets, the analysis package, and (as
-``argparse`` types) the command-line scripts of examples/, experiments/ and benchmarks/.
+"""Argument checks shared by the patterns, the layer, the tasks, training and the analysis
+package (the ``argparse`` types of the command line live in :mod:`graphdiff.cli_types`).
 
 Torch-free, so that every importer (the analysis package too) can use it.
 """
 from __future__ import annotations
 
-import argparse
 import numbers
 from typing import Any, Optional
 
@@ -27,7 +26,7 @@ def check_int(name: str, value: Any, low: int = 0, high: Optional[int] = None,
               why: str = "") -> int:
     """``value`` as an int in ``[low, high]`` (no upper end when ``high`` is ``None``).
 
-    The error names the argument and the allowed range (DESIGN 3); ``why`` says what a value
+    The error names the argument and the allowed range; ``why`` says what a value
     out of range means. Numpy integers count as integers, bools do not.
 
     Raises:
@@ -42,34 +41,4 @@ def check_int(name: str, value: Any, low: int = 0, high: Optional[int] = None,
     return int(value)
 
 
-def positive_int(text: str) -> int:
-    """``argparse`` type: an integer ``>= 1``, or a usage error naming the value."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    """``argparse`` type: a number ``> 0``, or a usage error naming the value."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return value
-
-
-def distinct(values: list, name: str, parser: argparse.ArgumentParser) -> list:
-    """``values`` of a repeated option, or a usage error when one repeats (a repeated seed
-    would count one run twice in a mean and a standard deviation)."""
-    if len(set(values)) != len(values):
-        parser.error(f"{name} must be distinct, got {values}")
-    return values
-
-
-__all__ = ["INT64_LIMIT", "check_int", "distinct", "is_integer", "is_real", "positive_float", "positive_int"]
+__all__ = ["INT64_LIMIT", "check_int", "is_integer", "is_real"]

@@ -2,36 +2,63 @@
 
     graphdiff patterns diffuser --n 4096 --out runs/patterns
     graphdiff analyze --out runs/analysis
-    graphdiff train --task multihop --preset tiny --out runs/multihop
+    graphdiff train --task multihop --preset tiny --max-steps 600 --out runs/multihop
     graphdiff evaluate --checkpoint runs/multihop/best.pt
     graphdiff demo --out runs/demo
+
+Errors: each sub-command first checks its arguments, configuration and data; a ``ValueError``,
+``TypeError`` or ``FileNotFoundError`` raised by those checks is one line,
+``graphdiff <command>: error: ...``, and exit status 2. An exception raised after them, while
+training or evaluating, is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import json
 import os
 import sys
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
+
+from graphdiff.cli_types import positive_float, positive_int, positive_int_or_all
+
+
+class CommandError(Exception):
+    """Bad arguments, configuration or data, found before the work starts: one line, exit 2."""
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """The library's checks raise ``ValueError``, ``TypeError`` or ``FileNotFoundError``:
+    inside this block (the set-up of a command) they become a :class:`CommandError`."""
+    try:
+        yield
+    except (ValueError, TypeError, FileNotFoundError) as error:
+        raise CommandError(str(error)) from error
 
 
 def run_patterns(args: argparse.Namespace) -> int:
     from graphdiff.patterns import parse_pattern
     from graphdiff.patterns.stats import save_pattern_report
 
-    save_pattern_report(parse_pattern(args.pattern), args.n, args.out, self_loops=not args.no_self_loops)
+    self_loops = not args.no_self_loops
+    with user_errors():
+        pattern = parse_pattern(args.pattern)
+        pattern(args.n, self_loops=self_loops)  # checks n against the pattern (then cached)
+    save_pattern_report(pattern, args.n, args.out, self_loops=self_loops)
     return 0
 
 
 def run_analyze(args: argparse.Namespace) -> int:
     from analysis.cli import main as analyze
 
-    return analyze(args.rest)
+    return analyze(args.rest)  # analysis reports its own errors
 
 
 def key_values(items: List[str]) -> Dict[str, Any]:
-    """``["length=256", "seed=1"]`` -> ``{"length": 256, "seed": 1}`` (values are Python literals)."""
+    """``["length=256", "seed=1"]`` -> ``{"length": 256, "seed": 1}`` (values are Python
+    literals; anything else stays a string)."""
     values: Dict[str, Any] = {}
     for item in items:
         key, sep, text = item.partition("=")
@@ -44,23 +71,48 @@ def key_values(items: List[str]) -> Dict[str, Any]:
     return values
 
 
-def run_train(args: argparse.Namespace) -> int:
-    from graphdiff.train import TrainArgs, train
+TRAIN_OPTIONS = ("task", "preset", "out", "pattern", "hops", "alpha", "data_dir", "max_steps",
+                 "epochs", "batch_size", "lr", "weight_decay", "warmup", "clip", "seed",
+                 "eval_every", "eval_examples", "log_every", "stop_after", "resume", "overwrite",
+                 "workers", "device")
 
-    options = {name: getattr(args, name) for name in (
-        "task", "preset", "out", "pattern", "hops", "alpha", "data_dir", "max_steps", "epochs", "batch_size",
-        "lr", "weight_decay", "warmup", "clip", "seed", "eval_every", "log_every", "stop_after", "resume",
-        "workers", "device")}
-    result = train(TrainArgs(**options, task_args=key_values(args.task_arg), model_args=key_values(args.model_arg)))
-    if result.metrics and int(os.environ.get("RANK", "0")) == 0:
-        print(json.dumps(result.metrics))
+
+def run_train(args: argparse.Namespace) -> int:
+    from graphdiff.train import TrainArgs, fit, setup_run
+    from graphdiff.train.distributed import init_distributed, shutdown
+
+    with user_errors():
+        train_args = TrainArgs(**{name: getattr(args, name) for name in TRAIN_OPTIONS
+                                  if hasattr(args, name)},
+                               task_args=key_values(args.task_arg),
+                               model_args=key_values(args.model_arg))
+        context = init_distributed(train_args.device)
+    try:
+        with user_errors():
+            run = setup_run(train_args, context)
+        result = fit(run)
+    finally:
+        shutdown(context)
+    if context.is_main:
+        if result.already_finished:
+            print(f"graphdiff train: the run in {train_args.out} had already finished its "
+                  f"{run.total} steps; its final result:", file=sys.stderr)
+        if result.metrics:
+            print(json.dumps(result.metrics))
     return 0
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from graphdiff.train.evaluation import evaluate_checkpoint
+    from graphdiff.train import evaluate
+    from graphdiff.train.evaluation import load_evaluation
 
-    print(json.dumps(evaluate_checkpoint(args.checkpoint, args.data, args.split, args.batch_size, args.truncate)))
+    with user_errors():
+        model, dataset, task = load_evaluation(args.checkpoint, args.data, args.split,
+                                               args.truncate)
+    metrics = evaluate(model, dataset, args.batch_size, next(model.parameters()).device,
+                       truncate=args.truncate)
+    print(json.dumps({"checkpoint": args.checkpoint, "task": task, "split": args.split,
+                      **metrics}))
     return 0
 
 
@@ -78,61 +130,90 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     patterns = commands.add_parser("patterns", help="statistics and a picture of a sparse pattern")
-    patterns.add_argument("pattern", help="a preset name (diffuser, longformer, bigbird, sparse_transformer) "
-                          "or an expression such as 'Window(64) | Global(2) | Random(3, seed=0)'")
-    patterns.add_argument("--n", type=int, required=True, help="sequence length")
+    patterns.add_argument("pattern", help="a preset name (diffuser, longformer, bigbird, "
+                          "sparse_transformer) or an expression such as "
+                          "'Window(64) | Global(2) | Random(3, seed=0)'")
+    patterns.add_argument("--n", type=positive_int, required=True, help="sequence length")
     patterns.add_argument("--out", default="runs/patterns", help="directory for the PNG and JSON")
     patterns.add_argument("--no-self-loops", action="store_true", help="drop self-loops")
     patterns.set_defaults(func=run_patterns)
 
-    train = commands.add_parser("train", help="train a Diffuser classifier on a task")
+    train = commands.add_parser(
+        "train", help="train a Diffuser classifier on a task",
+        description="Train a Diffuser classifier. OUT receives config.json, metrics.jsonl, "
+        "last.pt and best.pt; an OUT that holds a run is refused unless --resume continues it "
+        "or --overwrite replaces it.")
     train.add_argument("--task", required=True, help="listops, image, text, pathfinder or multihop")
     train.add_argument("--preset", default="tiny", help="model preset: tiny, small or paper_base")
-    train.add_argument("--pattern", help="attention pattern expression (default: the task's or the preset's)")
-    train.add_argument("--hops", type=int, help="diffusion hops K")
+    train.add_argument("--pattern", help="attention pattern expression (default: the task's, "
+                       "else the preset's)")
+    train.add_argument("--hops", type=positive_int, help="diffusion hops K")
     train.add_argument("--alpha", type=float, help="PPR teleport probability")
     steps = train.add_mutually_exclusive_group(required=True)
-    steps.add_argument("--max-steps", type=int)
-    steps.add_argument("--epochs", type=float)
-    train.add_argument("--batch-size", type=int, default=32, help="global batch size")
-    train.add_argument("--lr", type=float, default=1e-3)
+    steps.add_argument("--max-steps", type=positive_int, help="the run's optimiser steps")
+    steps.add_argument("--epochs", type=positive_float,
+                       help="the run's length in epochs (may be fractional)")
+    train.add_argument("--batch-size", type=positive_int, default=32,
+                       help="global batch size, divided evenly among the processes")
+    train.add_argument("--lr", type=positive_float, default=1e-3)
     train.add_argument("--weight-decay", type=float, default=0.01)
-    train.add_argument("--warmup", type=float, default=0.1, help="warm-up fraction of the steps")
+    train.add_argument("--warmup", type=float, default=0.1,
+                       help="warm-up fraction of the steps; then linear decay to 0")
     train.add_argument("--clip", type=float, default=1.0, help="gradient norm clipping (0: off)")
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--data-dir", help="directory of the task's files (LRA TSVs, IDX files, CIFAR batches, aclImdb)")
+    train.add_argument("--data-dir", help="directory of the task's files (LRA TSVs, IDX files, "
+                       "CIFAR batches, aclImdb)")
     train.add_argument("--task-arg", action="append", default=[], metavar="KEY=VALUE",
                        help="task constructor argument, e.g. length=256 (repeatable)")
     train.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
-                       help="DiffuserConfig field, e.g. hidden=64 (repeatable)")
-    train.add_argument("--eval-every", type=int, help="steps between validations")
-    train.add_argument("--log-every", type=int, default=10, help="steps between loss lines in metrics.jsonl")
-    train.add_argument("--stop-after", type=int, help="leave after this many steps of this run (then --resume)")
+                       help="DiffuserConfig field, e.g. hidden=64 (repeatable; wins over "
+                       "--pattern, --hops and --alpha)")
+    train.add_argument("--eval-every", type=positive_int,
+                       help="steps between validations (default: every epoch or every fifth "
+                       "of the run, whichever comes sooner; always at the last step)")
+    # Unset: TrainArgs's default (not imported here: it loads torch), which the help repeats.
+    train.add_argument("--eval-examples", type=positive_int_or_all, default=argparse.SUPPRESS,
+                       metavar="N", help="validation examples per evaluation: the split's "
+                       "first N, or 'all' (default: 160)")
+    train.add_argument("--log-every", type=positive_int, default=10,
+                       help="steps between loss lines in metrics.jsonl")
+    train.add_argument("--stop-after", type=positive_int,
+                       help="leave after this many steps of this run (then --resume)")
     train.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     train.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     train.add_argument("--out", required=True, help="run directory")
-    train.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    existing = train.add_mutually_exclusive_group()
+    existing.add_argument("--resume", action="store_true",
+                          help="continue the run in OUT from last.pt, with the same arguments "
+                          "(others are refused). A finished run is not extended, since its "
+                          "learning rate has decayed to 0: it prints its final result, and "
+                          "more steps are refused")
+    existing.add_argument("--overwrite", action="store_true",
+                          help="replace the run in OUT (its config, metrics and checkpoints)")
     train.set_defaults(func=run_train)
 
     evaluate = commands.add_parser("evaluate", help="evaluate a checkpoint; prints one JSON line")
-    evaluate.add_argument("--checkpoint", required=True)
+    evaluate.add_argument("--checkpoint", required=True, help="a checkpoint file: OUT/best.pt or "
+                          "OUT/last.pt of a training run")
     evaluate.add_argument("--data", help="a data file or directory (for listops: an LRA TSV file)")
     evaluate.add_argument("--split", default="test", choices=("train", "val", "test"))
-    evaluate.add_argument("--batch-size", type=int, default=32)
+    evaluate.add_argument("--batch-size", type=positive_int, default=32)
     evaluate.add_argument("--truncate", action="store_true",
-                          help="cut sequences longer than the model's max_len (labels still refer to the whole)")
+                          help="cut sequences longer than the model's max_len (labels still "
+                          "refer to the whole)")
     evaluate.set_defaults(func=run_evaluate)
 
     demo = commands.add_parser("demo", help="the main job on the embedded default (no download)")
     # Defaults: those of graphdiff.demo.run_demo (not imported here: it loads torch).
     demo.add_argument("--out", help="output folder")
-    demo.add_argument("--n", type=int, help="sequence length for the pattern statistics")
-    demo.add_argument("--steps", type=int, help="training steps of each multihop model")
+    demo.add_argument("--n", type=positive_int, help="sequence length for the pattern statistics")
+    demo.add_argument("--steps", type=positive_int, help="training steps of each multihop model")
     demo.set_defaults(func=run_demo)
 
     # analysis owns its own parser: main() hands everything after `analyze` to it untouched.
     # Registered here too, so that `graphdiff --help` lists it.
-    analyze = commands.add_parser("analyze", help="spectral / expansion report of patterns", add_help=False)
+    analyze = commands.add_parser("analyze", help="spectral / expansion report of patterns",
+                                  add_help=False)
     analyze.add_argument("rest", nargs=argparse.REMAINDER)
     analyze.set_defaults(func=run_analyze)
     return parser
@@ -149,7 +230,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError) as error:
+    except CommandError as error:
         print(f"graphdiff {args.command}: error: {error}", file=sys.stderr)
         return 2
 

@@ -14,10 +14,12 @@ def loaded_after(statement: str) -> set:
 
 
 @pytest.mark.parametrize("statement, forbidden", [
-    ("import analysis", {"torch", "graphdiff.nn", "graphdiff.data", "graphdiff.models"}),
+    ("import analysis", {"torch", "graphdiff.nn", "graphdiff.data", "graphdiff.tasks", "graphdiff.models"}),
     ("import graphdiff.patterns", {"torch_geometric.nn", "graphdiff.data", "graphdiff.nn"}),
-    ("import graphdiff.nn", {"graphdiff.data", "graphdiff.data.tasks", "graphdiff.models"}),
-    ("import graphdiff.models", {"graphdiff.train", "graphdiff.data.tasks"}),
+    ("import graphdiff.nn", {"graphdiff.data", "graphdiff.tasks", "graphdiff.models"}),
+    ("import graphdiff.models", {"graphdiff.train", "graphdiff.tasks"}),
+    ("import graphdiff.tasks", {"torch_geometric", "graphdiff.data", "graphdiff.nn", "graphdiff.models"}),
+    ("import graphdiff.cli_types", {"torch"}),
 ])
 def test_import_arrows(statement, forbidden):
     assert not forbidden & loaded_after(statement)

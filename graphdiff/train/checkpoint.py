@@ -29,16 +29,33 @@ def save_json(path: str, value: Any) -> None:
 
 
 REQUIRED_KEYS = ("model", "config", "step")
+# torch.save writes a zip archive; anything else is not a checkpoint.
+ZIP_MAGIC = b"PK\x03\x04"
 
 
 def load_checkpoint(path: str) -> Dict[str, Any]:
-    """Load a checkpoint safely (``weights_only=True``) with a clear error for bad files."""
+    """Load a checkpoint safely (``weights_only=True``) with a clear error for bad files.
+
+    Raises:
+        CheckpointError: when ``path`` is missing, a directory, not a file that ``torch.save``
+            writes, truncated, or a torch file without a graphdiff checkpoint's keys.
+    """
+    if os.path.isdir(path):
+        names = sorted(name for name in os.listdir(path) if name.endswith(".pt"))
+        hint = f" such as {os.path.join(path, names[0])}" if names else ""
+        raise CheckpointError(f"checkpoint {path} is a directory; give a checkpoint file{hint}")
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path} does not exist")
+    with open(path, "rb") as handle:
+        magic = handle.read(len(ZIP_MAGIC))
+    if magic != ZIP_MAGIC:
+        raise CheckpointError(f"{path} is not a graphdiff checkpoint (not a file torch.save wrote)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for truncated or foreign files
-        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({type(error).__name__}: {error})") from None
+        # Not torch's message: it suggests weights_only=False, which a checkpoint never needs.
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated (torch.load raised "
+                              f"{type(error).__name__})") from None
     if not isinstance(state, dict) or any(key not in state for key in REQUIRED_KEYS):
         raise CheckpointError(f"{path} is not a graphdiff checkpoint (needs keys {REQUIRED_KEYS})")
     return state

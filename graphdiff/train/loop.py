@@ -21,13 +21,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from tqdm.auto import tqdm
 
 from graphdiff.checks import check_int, is_real
-from graphdiff.data.tasks import TASKS, TaskDataset, collate, get_task
 from graphdiff.io import atomic_write
-from graphdiff.models import PRESETS, DiffuserConfig, DiffuserForSequenceClassification, preset_config
+from graphdiff.tasks import TASKS, TaskDataset, collate, get_task
+from graphdiff.models import (
+    PRESETS, DiffuserConfig, DiffuserForSequenceClassification, preset_config,
+)
 from graphdiff.patterns import parse_pattern
 from graphdiff.train.checkpoint import load_checkpoint, save_checkpoint, save_json
 from graphdiff.train.distributed import (
@@ -35,29 +37,76 @@ from graphdiff.train.distributed import (
 )
 
 
+# Validation uses the split's first examples: five validations of a 50-step ListOps run on the
+# whole 2,000-example split took 65 of its 87 seconds. A validation example costs about 0.35 to
+# 0.47 of a training one (forward only), so five batches of 32 keep the five validations of
+# such a run under a fifth of its time.
+DEFAULT_EVAL_EXAMPLES = 160
+# What a run writes in its ``out`` directory.
+RUN_FILES = ("config.json", "metrics.jsonl", "last.pt", "best.pt")
+# The arguments that define a run's trajectory: resuming it with other values is refused.
+RUN_ARGS = ("task", "preset", "pattern", "hops", "alpha", "model_args", "task_args", "max_steps",
+            "epochs", "batch_size", "lr", "weight_decay", "warmup", "clip", "seed")
+
+
 @dataclasses.dataclass
 class TrainArgs:
+    """A training run, as ``graphdiff train`` takes it.
+
+    Args:
+        task: a name of :data:`graphdiff.tasks.TASKS`.
+        preset: a model preset (``tiny``, ``small``, ``paper_base``).
+        out: the run directory: ``config.json``, ``metrics.jsonl``, ``last.pt``, ``best.pt``.
+        pattern: attention pattern expression; overrides the task's pattern, which overrides
+            the preset's.
+        hops, alpha: the diffusion's K and teleport probability (over the preset's).
+        model_args: other :class:`~graphdiff.models.DiffuserConfig` fields; these win over
+            ``pattern``, ``hops`` and ``alpha``.
+        task_args: the task constructor's arguments.
+        data_dir: the task's files, where it reads any.
+        max_steps, epochs: the run's length; exactly one of them (``epochs`` may be
+            fractional: ``ceil(epochs * steps per epoch)`` steps).
+        batch_size: the global batch, divided evenly among the processes.
+        lr, weight_decay: AdamW's (no decay on biases and LayerNorm weights).
+        warmup: the fraction of the steps with a linear warm-up; then linear decay to 0.
+        clip: gradient norm clipping; 0 turns it off.
+        seed: the model's initialisation, the data order and dropout.
+        eval_every: steps between validations; default: every epoch or every fifth of the
+            run, whichever comes sooner (and always at the last step).
+        log_every: steps between training-loss lines of ``metrics.jsonl``.
+        stop_after: leave after this many steps of this call (continue with ``resume``).
+        eval_examples: the validation examples each evaluation uses (the split's first);
+            ``None``: the whole split.
+        resume: continue the run in ``out`` from ``last.pt``, with the same arguments; a
+            finished run is not extended.
+        overwrite: replace the run in ``out``; without it an existing run is refused.
+        workers: DataLoader worker processes.
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        progress: show a progress bar.
+    """
     task: str = "multihop"
     preset: str = "tiny"
     out: str = "runs/train"
-    pattern: Optional[str] = None  # overrides the preset's (and the task's suggested) pattern
+    pattern: Optional[str] = None
     hops: Optional[int] = None
     alpha: Optional[float] = None
-    model_args: Dict[str, Any] = dataclasses.field(default_factory=dict)  # other DiffuserConfig fields
-    task_args: Dict[str, Any] = dataclasses.field(default_factory=dict)  # task constructor arguments
+    model_args: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    task_args: Dict[str, Any] = dataclasses.field(default_factory=dict)
     data_dir: Optional[str] = None
-    max_steps: Optional[int] = None  # exactly one of max_steps and epochs
+    max_steps: Optional[int] = None
     epochs: Optional[float] = None
-    batch_size: int = 32  # global batch, split over the processes
+    batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 0.01
-    warmup: float = 0.1  # fraction of the steps with a linear warm-up
-    clip: float = 1.0  # gradient norm clipping; 0 turns it off
+    warmup: float = 0.1
+    clip: float = 1.0
     seed: int = 0
-    eval_every: Optional[int] = None  # steps; default: 5 evaluations per run, at least one per epoch
+    eval_every: Optional[int] = None
     log_every: int = 10
-    stop_after: Optional[int] = None  # leave cleanly after this many steps of this run (resume later)
+    stop_after: Optional[int] = None
+    eval_examples: Optional[int] = DEFAULT_EVAL_EXAMPLES
     resume: bool = False
+    overwrite: bool = False
     workers: int = 0
     device: str = "auto"
     progress: bool = True
@@ -65,13 +114,20 @@ class TrainArgs:
     def __post_init__(self) -> None:
         if (self.max_steps is None) == (self.epochs is None):
             raise ValueError("give exactly one of max_steps and epochs")
-        for name in ("max_steps", "batch_size", "log_every", "eval_every", "stop_after", "workers", "seed"):
+        for name in ("max_steps", "batch_size", "log_every", "eval_every", "stop_after",
+                     "eval_examples", "workers", "seed"):
             if getattr(self, name) is not None:
                 check_int(name, getattr(self, name), low=0 if name in ("workers", "seed") else 1)
-        for name, positive in (("epochs", True), ("lr", True), ("weight_decay", False), ("clip", False)):
+        for name, positive in (("epochs", True), ("lr", True), ("weight_decay", False),
+                               ("clip", False)):
             value = getattr(self, name)
-            if value is not None and (not is_real(value) or not (value > 0 if positive else value >= 0)):
-                raise ValueError(f"{name} must be a number {'>' if positive else '>='} 0, got {value!r}")
+            valid = is_real(value) and (value > 0 if positive else value >= 0)
+            if value is not None and not valid:
+                raise ValueError(
+                    f"{name} must be a number {'>' if positive else '>='} 0, got {value!r}")
+        if self.resume and self.overwrite:
+            raise ValueError("give at most one of resume (continue the run in out) and "
+                             "overwrite (replace it)")
         if not 0.0 <= self.warmup < 1.0:
             raise ValueError(f"warmup must be a fraction in [0, 1), got {self.warmup}")
         # Paths may come as pathlib.Path; config.json and the checkpoint store plain strings.
@@ -79,14 +135,17 @@ class TrainArgs:
         self.data_dir = None if self.data_dir is None else os.fspath(self.data_dir)
         # Cheap name checks first, before any data is generated or read.
         if self.task not in TASKS:
-            raise ValueError(f"unknown task {self.task!r}; valid tasks: {', '.join(sorted(TASKS))}")
+            raise ValueError(
+                f"unknown task {self.task!r}; valid tasks: {', '.join(sorted(TASKS))}")
         if self.preset not in PRESETS:
-            raise ValueError(f"unknown preset {self.preset!r}; valid presets: {', '.join(PRESETS)}")
+            raise ValueError(
+                f"unknown preset {self.preset!r}; valid presets: {', '.join(PRESETS)}")
         if self.pattern is not None:
             parse_pattern(self.pattern)
 
 
-def build_task(task: str, split: str, task_args: Dict[str, Any], data_dir: Optional[str]) -> TaskDataset:
+def build_task(task: str, split: str, task_args: Dict[str, Any],
+               data_dir: Optional[str]) -> TaskDataset:
     kwargs = dict(task_args)
     if data_dir is not None:
         kwargs["data_dir"] = data_dir
@@ -94,18 +153,29 @@ def build_task(task: str, split: str, task_args: Dict[str, Any], data_dir: Optio
 
 
 def build_config(args: TrainArgs, train_set: TaskDataset) -> DiffuserConfig:
-    overrides: Dict[str, Any] = dict(vocab_size=train_set.vocab_size, num_classes=train_set.num_classes,
-                                     max_len=train_set.max_len)
+    """The preset's config with the task's sizes; then the pattern (``args.pattern`` over the
+    task's), ``hops`` and ``alpha``, and last ``model_args``, each over what came before."""
+    overrides: Dict[str, Any] = dict(vocab_size=train_set.vocab_size,
+                                     num_classes=train_set.num_classes, max_len=train_set.max_len)
     suggested = getattr(train_set, "pattern", None)  # a task may know the pattern it is built for
     if args.pattern is not None or suggested is not None:
         overrides["pattern"] = args.pattern if args.pattern is not None else repr(suggested)
-    overrides.update({name: getattr(args, name) for name in ("hops", "alpha") if getattr(args, name) is not None})
+    overrides.update({name: getattr(args, name) for name in ("hops", "alpha")
+                      if getattr(args, name) is not None})
     overrides.update(args.model_args)
     return preset_config(args.preset, **overrides)
 
 
 def lr_factor(step: int, total: int, warmup_steps: int) -> float:
-    """Linear warm-up to 1, then linear decay to 0 at ``total``."""
+    r"""The lr multiplier after ``step`` optimiser steps: linear warm-up to 1, then linear decay
+    to 0 at ``total``.
+
+    .. math::
+        f(s) = \frac{s + 1}{w} \text{ for } s < w, \qquad
+        f(s) = \max\left(0, \frac{T - s}{\max(1, T - w)}\right) \text{ otherwise}
+
+    with :math:`w` = ``warmup_steps`` and :math:`T` = ``total``.
+    """
     if step < warmup_steps:
         return (step + 1) / warmup_steps
     return max(0.0, (total - step) / max(1, total - warmup_steps))
@@ -115,12 +185,13 @@ def make_optimizer(model: nn.Module, args: TrainArgs) -> torch.optim.Optimizer:
     # As in BERT/RoBERTa: no weight decay on biases and LayerNorm weights.
     decay = [p for p in model.parameters() if p.dim() >= 2]
     rest = [p for p in model.parameters() if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    groups = [{"params": decay, "weight_decay": args.weight_decay},
+              {"params": rest, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=args.lr)
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, dataset: TaskDataset, batch_size: int, device: torch.device,
+def evaluate(model: nn.Module, dataset: Dataset, batch_size: int, device: torch.device,
              workers: int = 0, truncate: bool = False) -> Dict[str, float]:
     """Loss, accuracy and number of examples of ``model`` on ``dataset`` (``truncate`` cuts
     sequences longer than the model's ``max_len`` instead of refusing them)."""
@@ -134,11 +205,12 @@ def evaluate(model: nn.Module, dataset: TaskDataset, batch_size: int, device: to
         loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
         correct += int((logits.argmax(dim=-1) == labels).sum())
         count += labels.numel()
-    return {"loss": loss_sum / max(count, 1), "accuracy": correct / max(count, 1), "examples": count}
+    return {"loss": loss_sum / max(count, 1), "accuracy": correct / max(count, 1),
+            "examples": count}
 
 
 class MetricsLog:
-    """``metrics.jsonl``: one JSON object per line, kept consistent with the checkpoint on resume."""
+    """``metrics.jsonl``: one JSON object per line, consistent with the checkpoint on resume."""
 
     def __init__(self, path: str, enabled: bool):
         self.path, self.enabled = path, enabled
@@ -148,8 +220,10 @@ class MetricsLog:
         if not self.enabled or not os.path.exists(self.path):
             return
         with open(self.path) as handle:
-            kept = [line for line in handle if self._step_of(line) <= step]
-        atomic_write(self.path, lambda handle: handle.writelines(kept), text=True)
+            lines = handle.readlines()
+        kept = [line for line in lines if self._step_of(line) <= step]
+        if len(kept) < len(lines):
+            atomic_write(self.path, lambda handle: handle.writelines(kept), text=True)
 
     @staticmethod
     def _step_of(line: str) -> float:
@@ -198,7 +272,8 @@ def restore_rng_states(saved: Any, context: DistributedContext) -> None:
         saved = [{"cpu": saved}] * context.world_size
     if len(saved) != context.world_size:
         warnings.warn(f"resuming on {context.world_size} processes a run saved on {len(saved)}: "
-                      "the data order and dropout will differ from an uninterrupted run", stacklevel=2)
+                      "the data order and dropout will differ from an uninterrupted run",
+                      stacklevel=2)
     states = saved[context.rank % len(saved)]
     torch.set_rng_state(states["cpu"])
     if context.device.type == "cuda":
@@ -211,117 +286,265 @@ def restore_rng_states(saved: Any, context: DistributedContext) -> None:
 
 @dataclasses.dataclass
 class TrainResult:
-    # The evaluation at the last step (validation metrics on the main process only); a run
-    # left with stop_after between evaluations gives {"step", "epoch", "stopped": True}.
+    """What a run ends with.
+
+    Args:
+        metrics: the evaluation at the last step (validation metrics on the main process only);
+            a run left with ``stop_after`` between evaluations gives
+            ``{"step", "epoch", "stopped": True}``.
+        model: the trained model (not the best checkpoint).
+        already_finished: ``resume`` found the run finished: nothing was trained, and
+            ``metrics`` is its final evaluation.
+    """
     metrics: Dict[str, Any]
-    model: DiffuserForSequenceClassification  # the trained model (not the best checkpoint)
+    model: DiffuserForSequenceClassification
+    already_finished: bool = False
+
+
+@dataclasses.dataclass
+class TrainingRun:
+    """A run between two steps: what :func:`setup_run` builds and :func:`fit` advances."""
+    args: TrainArgs
+    context: DistributedContext
+    config: DiffuserConfig
+    model: DiffuserForSequenceClassification
+    trained: nn.Module  # the model, or its DistributedDataParallel wrapper
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    train_set: TaskDataset
+    val_set: Dataset  # the validation examples every evaluation uses (capped by eval_examples)
+    sampler: DistributedSampler
+    metrics: MetricsLog
+    per_process: int  # examples per process and step
+    steps_per_epoch: int
+    total: int  # steps of the whole run
+    eval_every: int
+    step: int = 0
+    best: float = -1.0  # best validation accuracy so far
+    window_loss: float = 0.0  # training loss summed since the last evaluation
+    window_steps: int = 0
+    tokens_seen: int = 0  # training tokens (all processes) since the last evaluation
+    train_seconds: float = 0.0  # time in training steps since the last evaluation
+    result: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    already_finished: bool = False
+
+    @property
+    def last_path(self) -> str:
+        return os.path.join(self.args.out, "last.pt")
+
+    @property
+    def best_path(self) -> str:
+        return os.path.join(self.args.out, "best.pt")
 
 
 def train(args: TrainArgs) -> TrainResult:
     """Run (or resume) a training job described by ``args``."""
     context = init_distributed(args.device)
     try:
-        return _train(args, context)
+        return fit(setup_run(args, context))
     finally:
         shutdown(context)
 
 
-def _train(args: TrainArgs, context: DistributedContext) -> TrainResult:
+def check_out_dir(args: TrainArgs) -> None:
+    """Refuse to start over a run without ``overwrite``, or to resume where there is none."""
+    present = [name for name in RUN_FILES if os.path.exists(os.path.join(args.out, name))]
+    if args.resume and "last.pt" not in present:
+        start = "--overwrite" if present else "no --resume"
+        raise FileNotFoundError(f"--resume: nothing to resume in {args.out} (no last.pt); "
+                                f"start a new run there with {start}")
+    if present and not (args.resume or args.overwrite):
+        raise ValueError(f"{args.out} holds a run ({', '.join(present)}); continue it with "
+                         "--resume, replace it with --overwrite, or choose another --out")
+
+
+def check_same_run(args: TrainArgs, saved: Dict[str, Any], step: int, total: int,
+                   steps_per_epoch: int) -> None:
+    """Refuse to resume a run with arguments that change its trajectory (one line, all fields).
+
+    Args:
+        args: the arguments given now, making a run of ``total`` steps.
+        saved: the saved run's arguments; ``step`` is where it stopped.
+        steps_per_epoch: the task's, the same for both when ``task_args`` are.
+    """
+    given = dataclasses.asdict(args)
+    differences = [name for name in RUN_ARGS if saved.get(name) != given[name]]
+    if not differences:
+        return
+    listed = "; ".join(f"{name}: {saved.get(name)!r} in the run, {given[name]!r} now"
+                       for name in differences)
+    saved_total = (saved["max_steps"] if saved["max_steps"] is not None
+                   else math.ceil(saved["epochs"] * steps_per_epoch))
+    if step >= saved_total and total > saved_total and set(differences) <= {"max_steps", "epochs"}:
+        raise ValueError(
+            f"--resume: the run in {args.out} finished its {saved_total} steps ({listed}), and "
+            "a finished run is not extended: its learning rate decayed to 0, and a longer "
+            "schedule would restart the decay mid-run; train a new run with another --out or "
+            "--overwrite")
+    raise ValueError(f"--resume: the run in {args.out} was trained with other arguments "
+                     f"({listed}); resume it with its own, or train a new run with another --out "
+                     "or --overwrite")
+
+
+def setup_run(args: TrainArgs, context: DistributedContext) -> TrainingRun:
+    """Everything before the first step: checks, data, model, optimiser, and the resumed state.
+
+    Every check on the arguments, the ``out`` directory and the data happens here, before
+    anything is written; errors are ``ValueError``, ``TypeError`` or ``FileNotFoundError``.
+    """
     if args.batch_size % context.world_size:
-        raise ValueError(f"batch_size={args.batch_size} must be divisible by the {context.world_size} processes")
-    per_process = args.batch_size // context.world_size
+        raise ValueError(f"batch_size={args.batch_size} must be divisible by the "
+                         f"{context.world_size} processes")
+    check_out_dir(args)
     train_set = build_task(args.task, "train", args.task_args, args.data_dir)
     val_set = build_task(args.task, "val", args.task_args, args.data_dir)
+    if args.eval_examples is not None and args.eval_examples < len(val_set):
+        val_set = Subset(val_set, range(args.eval_examples))
     steps_per_epoch = len(train_set) // args.batch_size
     if steps_per_epoch == 0:
-        raise ValueError(f"the training split has {len(train_set)} examples, fewer than one batch of {args.batch_size}")
-    total = args.max_steps if args.max_steps is not None else math.ceil(args.epochs * steps_per_epoch)
-    eval_every = args.eval_every or max(1, min(steps_per_epoch, total // 5))
+        raise ValueError(f"the training split has {len(train_set)} examples, fewer than one batch "
+                         f"of {args.batch_size}")
+    total = (args.max_steps if args.max_steps is not None
+             else math.ceil(args.epochs * steps_per_epoch))
     config = build_config(args, train_set)
 
     torch.manual_seed(args.seed)
     model = DiffuserForSequenceClassification(config).to(context.device)
     optimizer = make_optimizer(model, args)
     warmup_steps = int(args.warmup * total)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total, warmup_steps))
-    step, best = 0, -1.0
-    window_loss, window_steps = 0.0, 0  # training loss since the last evaluation
-    last_path, best_path = os.path.join(args.out, "last.pt"), os.path.join(args.out, "best.pt")
-    metrics = MetricsLog(os.path.join(args.out, "metrics.jsonl"), context.is_main)
-    if args.resume and os.path.exists(last_path):
-        state = load_checkpoint(last_path)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        restore_rng_states(state["rng"], context)
-        step, best = state["step"], state["best"]
-        window_loss, window_steps = state.get("window", (0.0, 0))
-        metrics.truncate_after(step)
-    elif context.is_main:
-        os.makedirs(args.out, exist_ok=True)
-        if os.path.exists(metrics.path):
-            os.remove(metrics.path)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, total, warmup_steps))
+    run = TrainingRun(
+        args=args, context=context, config=config, model=model,
+        trained=DistributedDataParallel(model) if context.enabled else model,
+        optimizer=optimizer, scheduler=scheduler, train_set=train_set, val_set=val_set,
+        sampler=DistributedSampler(train_set, num_replicas=context.world_size, rank=context.rank,
+                                   shuffle=True, seed=args.seed, drop_last=True),
+        metrics=MetricsLog(os.path.join(args.out, "metrics.jsonl"), context.is_main),
+        per_process=args.batch_size // context.world_size, steps_per_epoch=steps_per_epoch,
+        total=total, eval_every=args.eval_every or max(1, min(steps_per_epoch, total // 5)))
+    if args.resume:
+        resume(run)
+    # Every process has checked the directory before the main one writes to it.
+    if context.enabled:
+        torch.distributed.barrier()
     if context.is_main:
-        save_json(os.path.join(args.out, "config.json"), {"model": config.to_dict(), "train": dataclasses.asdict(args)})
-    trained = DistributedDataParallel(model) if context.enabled else model
-    sampler = DistributedSampler(train_set, num_replicas=context.world_size, rank=context.rank,
-                                 shuffle=True, seed=args.seed, drop_last=True)
+        if args.resume:
+            run.metrics.truncate_after(run.step)
+        else:
+            start_out_dir(run)
+    return run
 
-    def checkpoint(path: str, rng: List[Dict[str, torch.Tensor]]) -> None:
-        save_checkpoint(path, {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "rng": rng, "step": step, "best": best,
-            "window": (window_loss, window_steps), "config": config.to_dict(), "train": dataclasses.asdict(args),
-        })
 
-    stop_at = total if args.stop_after is None else min(total, step + args.stop_after)
-    bar = tqdm(total=total, initial=step, desc=f"train {args.task}", disable=not (args.progress and context.is_main))
-    result: Dict[str, Any] = {}
+def resume(run: TrainingRun) -> None:
+    """Load ``last.pt`` into ``run`` once its arguments are known to be the saved run's."""
+    state = load_checkpoint(run.last_path)
+    check_same_run(run.args, state["train"], state["step"], run.total, run.steps_per_epoch)
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    restore_rng_states(state["rng"], run.context)
+    run.step, run.best, run.result = state["step"], state["best"], state["result"]
+    run.window_loss, run.window_steps = state["window"]
+    run.already_finished = run.step >= run.total
+
+
+def start_out_dir(run: TrainingRun) -> None:
+    """A fresh ``out``: the files of a run it held (``overwrite``) removed, the config written."""
+    os.makedirs(run.args.out, exist_ok=True)
+    for name in RUN_FILES:
+        path = os.path.join(run.args.out, name)
+        if os.path.exists(path):
+            os.remove(path)
+    save_json(os.path.join(run.args.out, "config.json"),
+              {"model": run.config.to_dict(), "train": dataclasses.asdict(run.args)})
+
+
+def train_step(run: TrainingRun, batch: Any) -> float:
+    """One optimiser step on this process's ``(tokens, mask, labels)``; the loss averaged over
+    the processes."""
+    tokens, mask, labels = (part.to(run.context.device) for part in batch)
+    run.trained.train()
+    loss = F.cross_entropy(run.trained(tokens, mask), labels)
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if run.args.clip:
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.args.clip)
+    run.optimizer.step()
+    run.scheduler.step()
+    run.step += 1
+    return float(all_reduce_sum(loss.detach().clone(), run.context)) / run.context.world_size
+
+
+def evaluate_and_checkpoint(run: TrainingRun, evaluating: bool) -> None:
+    """Validate (when ``evaluating``), log, and save ``last.pt`` (and ``best.pt`` on a new best).
+
+    A step that saves without evaluating is where a ``stop_after`` run leaves; its result says
+    so. Every process's RNG state goes into the checkpoint, for exact resumption.
+    """
+    rng = all_gather_objects(rng_states(run.context), run.context)
+    epoch = run.step / run.steps_per_epoch
+    if not evaluating:
+        run.result = {"step": run.step, "epoch": epoch, "stopped": True}
+    else:
+        run.result = {"step": run.step, "epoch": epoch,
+                      "train_loss": run.window_loss / run.window_steps,
+                      "tokens_per_second": run.tokens_seen / run.train_seconds}
+        run.window_loss, run.window_steps, run.tokens_seen, run.train_seconds = 0.0, 0, 0, 0.0
+        if run.context.is_main:
+            validation = evaluate(run.model, run.val_set, run.per_process, run.context.device,
+                                  run.args.workers)
+            run.result.update({f"val_{key}": value for key, value in validation.items()})
+            run.metrics.write(run.result)
+            if run.result["val_accuracy"] > run.best:
+                run.best = run.result["val_accuracy"]
+                save_checkpoint(run.best_path, checkpoint_state(run, rng))
+    if run.context.is_main:
+        save_checkpoint(run.last_path, checkpoint_state(run, rng))
+    if run.context.enabled:
+        torch.distributed.barrier()
+
+
+def checkpoint_state(run: TrainingRun, rng: List[Dict[str, torch.Tensor]]) -> Dict[str, Any]:
+    return {"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict(), "rng": rng, "step": run.step,
+            "best": run.best, "window": (run.window_loss, run.window_steps), "result": run.result,
+            "config": run.config.to_dict(), "train": dataclasses.asdict(run.args)}
+
+
+def fit(run: TrainingRun) -> TrainResult:
+    """Train from ``run.step`` to the end (or ``stop_after`` steps on), validating every
+    ``eval_every`` steps and at the end. ``tokens_per_second`` counts the time of training
+    steps only (data loading included; validation and checkpoints not)."""
+    if run.already_finished:
+        return TrainResult(metrics=run.result, model=run.model, already_finished=True)
+    args, context = run.args, run.context
+    stop_at = run.total if args.stop_after is None else min(run.total, run.step + args.stop_after)
+    bar = tqdm(total=run.total, initial=run.step, desc=f"train {args.task}",
+               disable=not (args.progress and context.is_main))
     batches: Optional[Iterator] = None
-    tokens_seen, started = 0, time.perf_counter()
-    while step < stop_at:
+    while run.step < stop_at:
+        started = time.perf_counter()
         if batches is None:
-            batches = _batches(train_set, sampler, step // steps_per_epoch, step % steps_per_epoch,
-                               per_process, steps_per_epoch, args.workers)
-        tokens, mask, labels = next(batches)
-        trained.train()
-        logits = trained(tokens.to(context.device), mask.to(context.device))
-        loss = F.cross_entropy(logits, labels.to(context.device))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if args.clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
-        optimizer.step()
-        scheduler.step()
-        step += 1
-        if step % steps_per_epoch == 0:
+            batches = _batches(run.train_set, run.sampler, run.step // run.steps_per_epoch,
+                               run.step % run.steps_per_epoch, run.per_process,
+                               run.steps_per_epoch, args.workers)
+        batch = next(batches)
+        loss = train_step(run, batch)  # float(): waits for the device, so the timing is whole
+        run.train_seconds += time.perf_counter() - started
+        if run.step % run.steps_per_epoch == 0:
             batches = None  # next epoch, next order
         bar.update(1)
-        global_loss = all_reduce_sum(loss.detach().clone(), context) / context.world_size
-        window_loss, window_steps = window_loss + float(global_loss), window_steps + 1
-        tokens_seen += int(mask.sum()) * context.world_size
-        if step % args.log_every == 0:
-            metrics.write({"step": step, "loss": float(global_loss), "lr": scheduler.get_last_lr()[0]})
-        evaluating = step % eval_every == 0 or step == total
-        saving = evaluating or step == stop_at  # an interrupted run saves where it stopped, unevaluated
-        if saving:
-            rng = all_gather_objects(rng_states(context), context)  # every process's, for exact resumption
-        if saving and not evaluating:
-            result = {"step": step, "epoch": step / steps_per_epoch, "stopped": True}
-        if evaluating:
-            result = {"step": step, "epoch": step / steps_per_epoch, "train_loss": window_loss / window_steps,
-                      "tokens_per_second": tokens_seen / (time.perf_counter() - started)}
-            window_loss, window_steps, tokens_seen, started = 0.0, 0, 0, time.perf_counter()
-            if context.is_main:
-                result.update({f"val_{k}": v for k, v in evaluate(model, val_set, per_process, context.device, args.workers).items()})
-                metrics.write(result)
-                bar.set_postfix(loss=f"{result['train_loss']:.3f}", val_acc=f"{result['val_accuracy']:.3f}")
-                if result["val_accuracy"] > best:
-                    best = result["val_accuracy"]
-                    checkpoint(best_path, rng)
-        if saving and context.is_main:
-            checkpoint(last_path, rng)
-        if saving and context.enabled:
-            torch.distributed.barrier()
+        run.window_loss, run.window_steps = run.window_loss + loss, run.window_steps + 1
+        run.tokens_seen += int(batch[1].sum()) * context.world_size
+        if run.step % args.log_every == 0:
+            run.metrics.write({"step": run.step, "loss": loss,
+                               "lr": run.scheduler.get_last_lr()[0]})
+        evaluating = run.step % run.eval_every == 0 or run.step == run.total
+        if evaluating or run.step == stop_at:  # an interrupted run saves where it stopped
+            evaluate_and_checkpoint(run, evaluating)
+            if evaluating and context.is_main:
+                bar.set_postfix(loss=f"{run.result['train_loss']:.3f}",
+                                val_acc=f"{run.result['val_accuracy']:.3f}")
     bar.close()
-    return TrainResult(metrics=result, model=model)
+    return TrainResult(metrics=run.result, model=run.model)

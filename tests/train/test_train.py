@@ -146,8 +146,8 @@ def test_cuda_without_a_gpu_is_a_clear_error(monkeypatch):
 
 
 def test_listops_checkpoint_evaluates_on_an_lra_tsv_file(tmp_path, capsys):
-    from graphdiff.data.tasks import ListOps
-    from graphdiff.data.tasks.listops import evaluate as listops_value, write_listops_tsv
+    from graphdiff.tasks import ListOps
+    from graphdiff.tasks.listops import evaluate as listops_value, write_listops_tsv
 
     generator_args = {"num_samples": 16, "min_length": 10, "max_length": 60, "max_depth": 3}
     train(quick_args(tmp_path / "run", task="listops", pattern=None, max_steps=2, task_args=generator_args))
@@ -159,7 +159,7 @@ def test_listops_checkpoint_evaluates_on_an_lra_tsv_file(tmp_path, capsys):
     assert line["examples"] == 5 and 0.0 <= line["accuracy"] <= 1.0
     # The same numbers as evaluating the decoded examples directly.
     model, _ = load_model(str(tmp_path / "run" / "last.pt"))
-    from graphdiff.data.tasks import ListOpsTSV, collate
+    from graphdiff.tasks import ListOpsTSV, collate
     tokens, mask, labels = collate([ListOpsTSV("test", tsv)[i] for i in range(5)])
     assert labels.tolist() == [listops_value(tree) for tree in trees]
     logits = model(tokens, mask)
@@ -169,7 +169,9 @@ def test_listops_checkpoint_evaluates_on_an_lra_tsv_file(tmp_path, capsys):
     long_args = {**generator_args, "min_length": 70, "max_length": 200, "max_depth": 6}
     write_listops_tsv(tsv, [ListOps("test", seed=5, **long_args).tree(i) for i in range(3)])
     assert main(["evaluate", "--checkpoint", str(tmp_path / "run" / "last.pt"), "--data", str(tsv)]) == 2
-    assert "exceeds max_len=61; pass truncate=True" in capsys.readouterr().err
+    # Refused before any evaluation, at the line that is too long.
+    expected = "basic_test.tsv:2: sequence of 78 tokens (CLS included) exceeds max_len=61"
+    assert expected in capsys.readouterr().err
     assert main(["evaluate", "--checkpoint", str(tmp_path / "run" / "last.pt"), "--data", str(tsv), "--truncate"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["examples"] == 3
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from graphdiff.cli import main
-from graphdiff.data.tasks import CLS, NUM_SPECIAL, TextTask, get_task, text
+from graphdiff.tasks import CLS, NUM_SPECIAL, TextTask, get_task, text
 
 REVIEWS = {  # (part, label folder, file name) -> text; non-ASCII, HTML breaks and newlines kept
     ("train", "pos", "10_9.txt"): "Wonderful<br /><br />film. Caf\u00e9 scenes \u2605\u2605\u2605",

@@ -34,7 +34,7 @@ from typing import Iterable, Union
 import numpy as np
 
 from graphdiff.checks import check_int
-from graphdiff.data.tasks.base import (
+from graphdiff.tasks.base import (
     NUM_SPECIAL,
     TaskDataset,
     check_length,

@@ -7,7 +7,7 @@ different paths. Labels are balanced: each example draws its label with probabil
 both classes show the same number of paths.
 
 Tokens: the image row-major, one token per pixel, ``2 + v`` for intensity ``v`` in 0..255 after
-CLS, as in :mod:`graphdiff.data.tasks.image` (``vocab_size = 258``, 2 classes, sequences of
+CLS, as in :mod:`graphdiff.tasks.image` (``vocab_size = 258``, 2 classes, sequences of
 ``resolution ** 2 + 1`` tokens: 1025 at 32 x 32).
 
 Coordinates are ``(row, col)`` in pixels, pixel ``(r, c)`` centred at ``(r, c)``, so the image
@@ -70,7 +70,7 @@ import numpy as np
 import scipy.spatial
 
 from graphdiff.checks import check_int, is_real
-from graphdiff.data.tasks.base import NUM_SPECIAL, TaskDataset, check_length, example_rng
+from graphdiff.tasks.base import NUM_SPECIAL, TaskDataset, check_length, example_rng
 
 __all__ = ["Pathfinder", "Scene", "path_ends", "render"]
 

@@ -38,7 +38,7 @@ from typing import Callable
 
 import numpy as np
 
-from graphdiff.data.tasks.base import (
+from graphdiff.tasks.base import (
     NUM_SPECIAL,
     TaskDataset,
     check_length,

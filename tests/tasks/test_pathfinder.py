@@ -8,8 +8,8 @@ import scipy.spatial
 import torch
 
 from graphdiff.cli import main
-from graphdiff.data.tasks import CLS, NUM_SPECIAL, TASKS, Pathfinder, get_task
-from graphdiff.data.tasks.pathfinder import (
+from graphdiff.tasks import CLS, NUM_SPECIAL, TASKS, Pathfinder, get_task
+from graphdiff.tasks.pathfinder import (
     BRUTE_FORCE_PAIRS,
     CHECK_SPACING,
     MARKER_RADIUS,

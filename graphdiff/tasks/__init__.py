@@ -5,7 +5,7 @@ at position 0 and the attributes ``vocab_size``, ``num_classes`` and ``max_len``
 :func:`collate` pads a list of them into ``(tokens [B, L], mask [B, L], labels [B])``::
 
     from torch.utils.data import DataLoader
-    from graphdiff.data.tasks import collate, get_task
+    from graphdiff.tasks import collate, get_task
 
     train = get_task("multihop", "train", seed=0)
     loader = DataLoader(train, batch_size=32, shuffle=True, collate_fn=collate)
@@ -17,12 +17,12 @@ from __future__ import annotations
 
 from typing import Callable
 
-from graphdiff.data.tasks.base import CLS, NUM_SPECIAL, PAD, SPLITS, TaskDataset, collate
-from graphdiff.data.tasks.image import DEFAULT_FASHION_MNIST_DIR, ImageTask
-from graphdiff.data.tasks.listops import ListOps, ListOpsTSV, listops
-from graphdiff.data.tasks.multihop import MultiHop
-from graphdiff.data.tasks.pathfinder import Pathfinder
-from graphdiff.data.tasks.text import TextTask
+from graphdiff.tasks.base import CLS, NUM_SPECIAL, PAD, SPLITS, TaskDataset, collate
+from graphdiff.tasks.image import DEFAULT_FASHION_MNIST_DIR, ImageTask
+from graphdiff.tasks.listops import ListOps, ListOpsTSV, listops
+from graphdiff.tasks.multihop import MultiHop
+from graphdiff.tasks.pathfinder import Pathfinder
+from graphdiff.tasks.text import TextTask
 
 __all__ = [
     "CLS",

@@ -9,9 +9,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import graphdiff.data.tasks as tasks
-from graphdiff.data.tasks import CLS, PAD, SPLITS, TASKS, MultiHop, collate, get_task
-from graphdiff.data.tasks.base import check_length, example_rng
+import graphdiff.tasks as tasks
+from graphdiff.tasks import CLS, PAD, SPLITS, TASKS, MultiHop, collate, get_task
+from graphdiff.tasks.base import check_length, example_rng
 
 
 @settings(max_examples=30, deadline=None)

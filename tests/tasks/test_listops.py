@@ -6,8 +6,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from graphdiff.data.tasks import CLS, NUM_SPECIAL, ListOps, ListOpsTSV, get_task
-from graphdiff.data.tasks.listops import (
+from graphdiff.tasks import CLS, NUM_SPECIAL, ListOps, ListOpsTSV, get_task
+from graphdiff.tasks.listops import (
     VOCAB,
     generate_tree,
     to_lra_source,

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from graphdiff.data.tasks.base import (
+from graphdiff.tasks.base import (
     NUM_SPECIAL,
     TaskDataset,
     check_length,

@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from graphdiff.data.tasks import CLS, NUM_SPECIAL, MultiHop, get_task
+from graphdiff.tasks import CLS, NUM_SPECIAL, MultiHop, get_task
 
 
 def reachable(length, window, steps):

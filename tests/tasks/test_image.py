@@ -11,8 +11,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from graphdiff.data.tasks import CLS, DEFAULT_FASHION_MNIST_DIR, NUM_SPECIAL, ImageTask, get_task
-from graphdiff.data.tasks.image import read_idx, rgb_to_gray
+from graphdiff.tasks import CLS, DEFAULT_FASHION_MNIST_DIR, NUM_SPECIAL, ImageTask, get_task
+from graphdiff.tasks.image import read_idx, rgb_to_gray
 
 
 def idx_bytes(array):

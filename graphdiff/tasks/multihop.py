@@ -38,7 +38,7 @@ from __future__ import annotations
 import numpy as np
 
 from graphdiff.checks import check_int
-from graphdiff.data.tasks.base import (
+from graphdiff.tasks.base import (
     NUM_SPECIAL,
     TaskDataset,
     check_length,

@@ -40,7 +40,8 @@ class Embeddings(nn.Module):
 
     def __init__(self, config: DiffuserConfig):
         super().__init__()
-        self.tokens = nn.Embedding(config.vocab_size, config.hidden, padding_idx=config.pad_token_id)
+        self.tokens = nn.Embedding(config.vocab_size, config.hidden,
+                                   padding_idx=config.pad_token_id)
         self.positional = config.positional
         if config.positional == "learned":
             self.positions = nn.Embedding(config.max_len, config.hidden)

@@ -104,7 +104,8 @@ class PretrainedMixin:
         for path in (config_path, weights_path):
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"{path!r} is missing: from_pretrained reads a directory "
-                                        f"written by save_pretrained ({CONFIG_NAME} and {WEIGHTS_NAME})")
+                                        f"written by save_pretrained ({CONFIG_NAME} and "
+                                        f"{WEIGHTS_NAME})")
         with open(config_path, encoding="utf-8") as handle:
             try:
                 values = json.load(handle)
@@ -123,7 +124,8 @@ class PretrainedMixin:
         try:
             state = safetensors_torch.load_file(weights_path, device="cpu")
         except Exception as error:  # safetensors raises its own error types for a damaged file
-            raise ValueError(f"{weights_path!r} is not a readable safetensors file: {error}") from None
+            raise ValueError(f"{weights_path!r} is not a readable safetensors file: "
+                             f"{error}") from None
         if saved_class != cls.__name__:
             encoder = {name[len(ENCODER_PREFIX):]: tensor for name, tensor in state.items()
                        if name.startswith(ENCODER_PREFIX)}

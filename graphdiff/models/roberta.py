@@ -13,7 +13,9 @@ import torch
 from torch import Tensor, nn
 
 from graphdiff.models.config import DiffuserConfig
-from graphdiff.models.diffuser import Diffuser, DiffuserForMaskedLM, DiffuserForSequenceClassification
+from graphdiff.models.diffuser import (
+    Diffuser, DiffuserForMaskedLM, DiffuserForSequenceClassification,
+)
 from graphdiff.models.pretrained import WEIGHT_FIELDS, check_overrides
 
 ACCEPTED = ("RobertaModel", "RobertaForMaskedLM", "RobertaForSequenceClassification")
@@ -59,16 +61,18 @@ def _linear(state: Dict[str, Tensor], name: str, module: nn.Module) -> None:
 def _positions(embeddings: nn.Module, pad: int, max_len: int) -> Tensor:
     """graphdiff's position table ``[max_len, D]``: RoBERTa's rows from ``pad + 1`` on (its
     first real token sits there), each plus token type 0's embedding, tiled to ``max_len``."""
-    table = embeddings.position_embeddings.weight[pad + 1:] + embeddings.token_type_embeddings.weight[0]
+    type_zero = embeddings.token_type_embeddings.weight[0]
+    table = embeddings.position_embeddings.weight[pad + 1:] + type_zero
     copies = -(-max_len // table.size(0))
     return table.repeat(copies, 1)[:max_len]
 
 
 def _encoder_state(roberta: nn.Module, max_len: int) -> Dict[str, Tensor]:
-    """A :class:`Diffuser` state dict from a ``RobertaModel``."""
+    """A :class:`~graphdiff.models.Diffuser` state dict from a ``RobertaModel``."""
     embeddings = roberta.embeddings
+    positions = _positions(embeddings, roberta.config.pad_token_id, max_len)
     state = {"embeddings.tokens.weight": embeddings.word_embeddings.weight,
-             "embeddings.positions.weight": _positions(embeddings, roberta.config.pad_token_id, max_len)}
+             "embeddings.positions.weight": positions}
     _linear(state, "embeddings.norm", embeddings.LayerNorm)
     for index, layer in enumerate(roberta.encoder.layer):
         attention = layer.attention
@@ -91,15 +95,16 @@ def _prefixed(state: Dict[str, Tensor], prefix: str) -> Dict[str, Tensor]:
 def from_roberta(model: nn.Module, **overrides: Any) -> nn.Module:
     """Convert a Hugging Face RoBERTa into the matching Diffuser model, every weight copied.
 
-    ``RobertaModel`` becomes a :class:`Diffuser`, ``RobertaForMaskedLM`` a
-    :class:`DiffuserForMaskedLM` and ``RobertaForSequenceClassification`` a
-    :class:`DiffuserForSequenceClassification`. The widths, depth, heads, vocabulary, classes,
-    LayerNorm epsilon and padding id come from ``model.config``, the dropouts from its
-    ``hidden_dropout_prob`` and ``attention_probs_dropout_prob`` (the classification head uses
-    the former, also where RoBERTa sets ``classifier_dropout``); the pattern and the diffusion
-    default to :meth:`DiffuserConfig.paper_base`'s (K = 5, alpha = 0.1, window 64, 64 global,
-    64 random), ``max_len`` to the pretrained positions (``max_position_embeddings -
-    pad_token_id - 1``: 512 for ``roberta-base``).
+    ``RobertaModel`` becomes a :class:`~graphdiff.models.Diffuser`, ``RobertaForMaskedLM`` a
+    :class:`~graphdiff.models.DiffuserForMaskedLM` and ``RobertaForSequenceClassification`` a
+    :class:`~graphdiff.models.DiffuserForSequenceClassification`. The widths, depth, heads,
+    vocabulary, classes, LayerNorm epsilon and padding id come from ``model.config``, the
+    dropouts from its ``hidden_dropout_prob`` and ``attention_probs_dropout_prob`` (the
+    classification head uses the former, also where RoBERTa sets ``classifier_dropout``); the
+    pattern and the diffusion default to
+    :meth:`~graphdiff.models.DiffuserConfig.paper_base`'s (K = 5, alpha = 0.1, window 64,
+    64 global, 64 random), ``max_len`` to the pretrained positions
+    (``max_position_embeddings - pad_token_id - 1``: 512 for ``roberta-base``).
 
     How the weights map:
 
@@ -119,18 +124,18 @@ def from_roberta(model: nn.Module, **overrides: Any) -> nn.Module:
       has, is left out.
 
     With ``pattern="Full()", hops=1, alpha=0.0`` the converted model gives RoBERTa's outputs
-    (float32: to about 1e-6) on padded input whose mask marks the tokens that are not
-    ``pad_token_id``, right or left padded. One difference: RoBERTa's classification head reads
-    the first position of the padded input, the Diffuser the first real token of each sequence
-    (the same with right padding).
+    to float32 rounding (1e-6 on small random models) on padded input whose mask marks the
+    tokens that are not ``pad_token_id``, right or left padded. One difference: RoBERTa's
+    classification head reads the first position of the padded input, the Diffuser the first
+    real token of each sequence (the same with right padding).
 
     Args:
         model: a ``transformers`` ``RobertaModel``, ``RobertaForMaskedLM`` or
             ``RobertaForSequenceClassification`` (a pretrained one or one built from a
             ``RobertaConfig``).
-        **overrides: :class:`DiffuserConfig` fields that the checkpoint does not fix:
-            ``pattern``, ``hops``, ``alpha``, ``kernel``, ``t``, the dropouts, ``pooling`` and
-            ``max_len``.
+        **overrides: :class:`~graphdiff.models.DiffuserConfig` fields that the checkpoint does
+            not fix: ``pattern``, ``hops``, ``alpha``, ``kernel``, ``t``, the dropouts,
+            ``pooling`` and ``max_len``.
 
     Returns:
         The Diffuser model, on the CPU in float32, in ``model``'s train or eval mode.

@@ -180,3 +180,4 @@ def test_untied_decoder_is_refused():
 def test_overrides_the_checkpoint_fixes_are_refused(overrides, message):
     with pytest.raises(ValueError, match=message):
         from_roberta(roberta(), **overrides)
+

@@ -32,7 +32,7 @@ class DiffuserConfig:
     num_classes: int = 2  # for sequence classification
     positional: str = "learned"  # "learned", "sinusoidal" or "none"
     layer_norm_eps: float = 1e-5
-    pad_token_id: int = 0  # its token embedding gets no gradient (RoBERTa's is 1; 0 is its CLS)
+    pad_token_id: int = 0  # padding token: its embedding row gets no gradient (RoBERTa: 1)
 
     def __post_init__(self) -> None:
         # NumPy scalars (from a sweep) become Python numbers: config.json takes no np.int64 or

@@ -1,10 +1,12 @@
-"""Diffuser models (DESIGN 4.4): config, encoder and task heads."""
+"""Diffuser models: config, encoder and task heads, saving and loading, RoBERTa conversion."""
 from graphdiff.models.config import PRESETS, DiffuserConfig, preset_config
 from graphdiff.models.diffuser import (
     Diffuser, DiffuserForMaskedLM, DiffuserForSequenceClassification, DiffuserLayer, count_parameters,
 )
+from graphdiff.models.roberta import from_roberta
 
 __all__ = [
     "DiffuserConfig", "PRESETS", "preset_config",
     "Diffuser", "DiffuserLayer", "DiffuserForSequenceClassification", "DiffuserForMaskedLM", "count_parameters",
+    "from_roberta",
 ]

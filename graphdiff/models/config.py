@@ -32,6 +32,7 @@ class DiffuserConfig:
     num_classes: int = 2  # for sequence classification
     positional: str = "learned"  # "learned", "sinusoidal" or "none"
     layer_norm_eps: float = 1e-5
+    pad_token_id: int = 0  # padding token: its embedding row gets no gradient (RoBERTa: 1)
 
     def __post_init__(self) -> None:
         # NumPy scalars (from a sweep) become Python numbers: config.json takes no np.int64 or
@@ -46,6 +47,9 @@ class DiffuserConfig:
             value = getattr(self, name)
             if not is_integer(value) or value < 1:
                 raise ValueError(f"DiffuserConfig.{name} must be a positive integer, got {value!r}")
+        if not is_integer(self.pad_token_id) or not 0 <= self.pad_token_id < self.vocab_size:
+            raise ValueError(f"DiffuserConfig.pad_token_id must be a token id in [0, vocab_size) = "
+                             f"[0, {self.vocab_size}), got {self.pad_token_id!r}")
         if self.hidden % self.heads:
             raise ValueError(f"DiffuserConfig.hidden={self.hidden} must be divisible by heads={self.heads}")
         if self.pooling not in POOLINGS:

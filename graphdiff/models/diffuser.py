@@ -19,6 +19,7 @@ from torch_geometric.utils import scatter
 
 from graphdiff.data import graph_batch
 from graphdiff.models.config import DiffuserConfig
+from graphdiff.models.pretrained import PretrainedMixin
 from graphdiff.nn import AttentionDiffusion
 
 Inputs = Union[Batch, Tensor]
@@ -39,7 +40,8 @@ class Embeddings(nn.Module):
 
     def __init__(self, config: DiffuserConfig):
         super().__init__()
-        self.tokens = nn.Embedding(config.vocab_size, config.hidden, padding_idx=0)
+        self.tokens = nn.Embedding(config.vocab_size, config.hidden,
+                                   padding_idx=config.pad_token_id)
         self.positional = config.positional
         if config.positional == "learned":
             self.positions = nn.Embedding(config.max_len, config.hidden)
@@ -81,7 +83,7 @@ class DiffuserLayer(nn.Module):
         return (x, attention) if return_attention_weights else x
 
 
-class Diffuser(nn.Module):
+class Diffuser(PretrainedMixin, nn.Module):
     """The Diffuser encoder.
 
     ``model(batch)`` returns node states ``[N, D]``; ``model(tokens, mask)`` returns padded
@@ -171,7 +173,7 @@ def pool(states: Tensor, batch: Batch, pooling: str) -> Tensor:
     return scatter(states, batch.batch, dim=0, dim_size=batch.num_graphs, reduce="mean")
 
 
-class DiffuserForSequenceClassification(nn.Module):
+class DiffuserForSequenceClassification(PretrainedMixin, nn.Module):
     """Encoder, pooling, then RoBERTa's classification head: ``logits [B, num_classes]``."""
 
     def __init__(self, config: DiffuserConfig):
@@ -192,7 +194,7 @@ class DiffuserForSequenceClassification(nn.Module):
         return (logits, extra) if return_attention_weights else logits
 
 
-class DiffuserForMaskedLM(nn.Module):
+class DiffuserForMaskedLM(PretrainedMixin, nn.Module):
     """Encoder and a language-model head tied to the token embeddings: ``logits [N, V]``
     for a graph batch, ``[B, L, V]`` for padded input. Train with cross-entropy on the
     masked positions (``ignore_index=-100`` elsewhere)."""

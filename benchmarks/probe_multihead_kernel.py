@@ -18,7 +18,7 @@ import torch
 from torch.utils.cpp_extension import load_inline
 
 from bench_common import alternate, growth_row, probe_parser
-from graphdiff.nn import as_graph
+from graphdiff.nn import diffusion_graph
 from graphdiff.patterns import Global, Random, Window
 
 SOURCE = r"""
@@ -65,7 +65,7 @@ def main() -> None:
     H, C = args.heads, args.channels
     products = {}
     for n in args.n:
-        graph = as_graph((Window(64) | Global(16) | Random(16, seed=0))(n), (n, n))
+        graph = diffusion_graph((Window(64) | Global(16) | Random(16, seed=0))(n), (n, n))
         values = torch.rand(H, graph.num_edges)
         z = torch.randn(H, n, C)
         z_node_major = z.transpose(0, 1).contiguous()

@@ -28,9 +28,9 @@ import torch
 
 from bench_common import alternate, probe_parser, rerun_command
 from graphdiff.io import atomic_write_text
-from graphdiff.nn import as_graph
+from graphdiff.nn import diffusion_graph
 from graphdiff.nn import graph as graph_module
-from graphdiff.nn.functional import diffuse, diffuse_heads_first, edge_softmax_attention
+from graphdiff.nn.functional import diffuse, edge_softmax_attention
 from graphdiff.patterns import Global, Random, Window
 
 WAYS = {"stacked": graph_module.MAX_STACKED_EDGES, "per head": 0}
@@ -42,7 +42,7 @@ def workloads(n: int, heads: int, channels: int) -> Tuple[Dict[Tuple[str, str], 
     ``q``; the hop: its output)."""
     torch.manual_seed(0)
     edge_index = (Window(64) | Global(16) | Random(16, seed=0))(n)
-    graph = as_graph(edge_index, (n, n))
+    graph = diffusion_graph(edge_index, (n, n))
     graph.transposed()
     q, k, v = (torch.randn(n, heads, channels, requires_grad=True) for _ in range(3))
     attn, values = torch.rand(heads, graph.num_edges), torch.randn(heads, n, channels)
@@ -55,7 +55,7 @@ def workloads(n: int, heads: int, channels: int) -> Tuple[Dict[Tuple[str, str], 
 
     def hop() -> torch.Tensor:
         with torch.no_grad():
-            return diffuse_heads_first(attn, values, graph, 1, 0.1)
+            return diffuse(attn.t(), values.transpose(0, 1), graph, 1, 0.1)
 
     def with_limit(run: Callable, limit: int) -> Callable:
         def limited():

@@ -33,7 +33,7 @@ from torch import Tensor
 
 from bench_common import alternate, growth_row, positive_int, probe_parser, rerun_command
 from graphdiff.io import atomic_write_text
-from graphdiff.nn import as_graph
+from graphdiff.nn import diffusion_graph
 from graphdiff.nn.graph import DiffusionGraph
 from graphdiff.patterns import Global, Random, Window
 
@@ -59,7 +59,7 @@ def products(n: int, heads: int, channels: int, block: int = WINDOW // 2
     b, w = block, WINDOW // 2
     if n % b:
         raise SystemExit(f"--n must be multiples of the block size {b}, got {n}")
-    graph = as_graph((Window(WINDOW) | Global(16) | Random(16, seed=0))(n), (n, n))
+    graph = diffusion_graph((Window(WINDOW) | Global(16) | Random(16, seed=0))(n), (n, n))
     values = torch.rand(heads, graph.num_edges)
     z = torch.randn(heads, n, channels)
     out = torch.empty(heads, n, channels)

@@ -29,7 +29,7 @@ from torch.profiler import profile
 
 from bench_common import alternate, diffuser_layer, positive_int, rerun_command
 from graphdiff.io import atomic_write_text
-from graphdiff.nn import as_graph
+from graphdiff.nn import diffusion_graph
 from graphdiff.nn.functional import diffuse, edge_softmax_attention
 from graphdiff.patterns import Global, Random, Window
 
@@ -84,7 +84,7 @@ def spmm_ns_per_edge(ns: List[int], rounds: int,
     products, edges = {}, {}
     for name, pattern in PARTS.items():
         for n in ns:
-            graph = as_graph(pattern(n), (n, n))
+            graph = diffusion_graph(pattern(n), (n, n))
             matrix = graph.csr(torch.rand(graph.num_edges))
             x, out = torch.randn(n, channels), torch.empty(n, channels)
             products[name, n] = lambda m=matrix, x=x, out=out: torch.mm(m, x, out=out)

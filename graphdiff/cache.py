@@ -84,6 +84,10 @@ class StructureCache:
     @property
     def bytes(self) -> int:
         """Bytes kept now: every entry's current size and the remembered keys."""
+        self._refresh()
+        return self._counted()
+
+    def _counted(self) -> int:
         return sum(entry.size for entry in self.entries.values()) + \
             KEY_BYTES * len(self.remembered)
 
@@ -146,7 +150,7 @@ class StructureCache:
     def _evict(self, room: int) -> None:
         """Drop the least recently used entries, then the oldest remembered keys, until at
         most ``room`` bytes are kept."""
-        total = self.bytes
+        total = self._counted()
         while self.entries and total > room:
             total -= self.entries.popitem(last=False)[1].size
         while self.remembered and total > room:
@@ -189,7 +193,6 @@ def set_budget(max_bytes: int) -> None:
 
 def cached_bytes() -> int:
     """Bytes the cache keeps now, structures (and their stacked-head copies) included."""
-    CACHE._refresh()
     return CACHE.bytes
 
 

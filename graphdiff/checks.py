@@ -123,4 +123,5 @@ def distinct(values: list, name: str, parser: argparse.ArgumentParser) -> list:
     return values
 
 
-__all__ = ["DIFFUSION_KERNELS", "INT64_LIMIT", "check_edge_index", "check_int", "distinct", "is_integer", "is_real", "positive_float", "positive_int"]
+__all__ = ["DIFFUSION_KERNELS", "INT64_LIMIT", "check_edge_index", "check_int", "distinct",
+           "is_integer", "is_real", "positive_float", "positive_int"]

@@ -1,4 +1,4 @@
-"""Diffuser models (DESIGN 4.4): config, encoder and task heads."""
+"""Diffuser models: config, encoder and task heads."""
 from graphdiff.models.config import PRESETS, DiffuserConfig, preset_config
 from graphdiff.models.diffuser import (
     Diffuser, DiffuserForMaskedLM, DiffuserForSequenceClassification, DiffuserLayer, count_parameters,

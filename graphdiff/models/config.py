@@ -1,4 +1,4 @@
-"""Configuration of a Diffuser model (DESIGN 4.4), nanoGPT style: one dataclass, commented defaults."""
+"""Configuration of a Diffuser model, nanoGPT style: one dataclass, commented defaults."""
 from __future__ import annotations
 
 import dataclasses

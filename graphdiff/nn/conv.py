@@ -43,8 +43,9 @@ class AttentionDiffusion(MessagePassing):
     The default (fused) path is :func:`~graphdiff.nn.functional.edge_softmax_attention` then
     :func:`~graphdiff.nn.functional.diffuse`: every hop is one sparse-dense product on the
     graph's CSR structure (:class:`~graphdiff.nn.DiffusionGraph`; pass one to skip building
-    it), and no per-edge features ``[E, H, C]`` are materialised, forward or backward. With ``fused=False``, or whenever PyG's explain machinery or message (pre-)hooks are
-    attached, each hop is a plain :meth:`propagate` whose :meth:`message` receives the
+    it), and no per-edge features ``[E, H, C]`` are materialised, forward or backward. With
+    ``fused=False``, or whenever PyG's explain machinery or message (pre-)hooks are attached,
+    each hop is a plain :meth:`propagate` whose :meth:`message` receives the
     attention as ``alpha``: the reference path, identical in value. PyG's explainers count one
     hop per ``MessagePassing`` module, so their node-level masks keep only the edges within one
     hop per layer of the explained node, although this layer reads ``hops`` hops.
@@ -212,6 +213,8 @@ class AttentionDiffusion(MessagePassing):
         return z
 
     def message(self, x_j: Tensor, alpha: Tensor) -> Tensor:
+        """``alpha [E, H] * x_j [E, H, C]``: ``alpha`` is the one-hop attention, under the
+        name PyG's ``AttentionExplainer`` reads it by."""
         return alpha.unsqueeze(-1) * x_j
 
     @staticmethod

@@ -22,6 +22,7 @@ from graphdiff.nn._autograd import Diffusion, EdgeAttention
 from graphdiff.nn._core import recursion_coefficients
 from graphdiff.nn.graph import DiffusionGraph, diffusion_graph
 
+
 def check_diffusion_args(hops: Any, alpha: Any, kernel: Any, t: Any,
                          hop_dropout: Any = 0.0) -> None:
     """Raise ``ValueError``/``TypeError`` naming the argument for invalid diffusion settings.

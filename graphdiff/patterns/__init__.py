@@ -1,4 +1,4 @@
-"""Sparse attention patterns as graphs (DESIGN 4.1).
+"""Sparse attention patterns as graphs.
 
 >>> from graphdiff.patterns import Window, Global, Random
 >>> p = Window(64) | Global(2) | Random(3, seed=0)

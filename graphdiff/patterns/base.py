@@ -1,7 +1,7 @@
 """The :class:`Pattern` base class: a hashable description of "who may attend whom".
 
 A pattern is a value (equal patterns compare and hash equal); calling it with a sequence length
-``n`` builds the canonical ``edge_index`` of DESIGN section 3:
+``n`` builds the canonical ``edge_index`` (docs/design.md, "Conventions"):
 
 * ``edge_index[0]`` is the source ``j`` (the key), ``edge_index[1]`` the target ``i`` (the query);
 * int64, shape ``[2, E]``, sorted by ``(target, source)``, no duplicates;

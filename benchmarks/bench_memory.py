@@ -5,7 +5,9 @@ batches of ``--batch-size`` sequences whose lengths are drawn uniformly from
 ``[--min-len, --max-len]``, so that almost every batch has lengths never seen before. Every
 ``--every`` steps it prints the process's resident set size (RSS) and the bytes that
 :mod:`graphdiff.cache` keeps; it exits with status 1 when the final RSS exceeds
-``--limit-mb``.
+``--limit-mb``. With ``--malloc-trim`` it also returns glibc's free heap memory to the system
+(``malloc_trim(0)``) at every report and prints the RSS after it: the difference is memory
+that the allocator holds but nothing uses.
 
 Usage::
 
@@ -15,6 +17,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import sys
 import time
@@ -41,6 +44,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="exit with status 1 when the final RSS exceeds this (MiB)")
     parser.add_argument("--budget-mb", type=float, default=None,
                         help="graphdiff.cache's byte budget in MiB (default: the library's)")
+    parser.add_argument("--malloc-trim", action="store_true",
+                        help="at every report, also trim glibc's heap and print the RSS after")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.min_len > args.max_len:
@@ -75,7 +80,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         loss.backward()
         optimizer.step()
         if step % args.every == 0 or step == args.steps:
-            tqdm.write(f"step {step:5d}  RSS {rss_mb():7.0f} MiB  cache "
+            trimmed = ""
+            if args.malloc_trim:
+                before = rss_mb()
+                ctypes.CDLL("libc.so.6").malloc_trim(0)
+                trimmed = f"  (before malloc_trim {before:7.0f} MiB)"
+            tqdm.write(f"step {step:5d}  RSS {rss_mb():7.0f} MiB{trimmed}  cache "
                        f"{graphdiff.cache.cached_bytes() / 2**20:7.1f} MiB  "
                        f"({time.perf_counter() - start:.0f} s)", file=sys.stdout)
     final = rss_mb()

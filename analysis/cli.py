@@ -13,7 +13,7 @@ import sys
 from typing import Optional, Sequence
 
 from analysis.diffusion import AttentionSpectrum, attention_spectrum
-from analysis.reporting import LENGTHS, PRESETS, report
+from analysis.reporting import LENGTHS, REPORT_PATTERNS, report
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,8 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
         "writes report.md and PNG figures.",
     )
     parser.add_argument(
-        "--patterns", nargs="+", default=list(PRESETS), metavar="PATTERN",
-        help=f"preset names ({', '.join(repr(p) for p in PRESETS)}) or pattern expressions "
+        "--patterns", nargs="+", default=list(REPORT_PATTERNS), metavar="PATTERN",
+        help=f"preset names ({', '.join(repr(p) for p in REPORT_PATTERNS)}) or pattern expressions "
         "such as 'Window(64) | Global(2)' (default: all presets)",
     )
     parser.add_argument("--n", nargs="+", type=int, default=list(LENGTHS), metavar="N",

@@ -23,9 +23,8 @@ import scipy.sparse
 
 from analysis.graph import edge_array
 from analysis.spectral import DENSE_MAX_NODES, arpack
-from graphdiff.checks import check_int, is_real
+from graphdiff.checks import DIFFUSION_KERNELS, check_int, is_real
 
-KERNELS = ("ppr", "heat")
 MODULUS_DECIMALS = 9  # eigenvalue moduli that agree to this many decimals count as equal when sorting
 
 
@@ -199,8 +198,8 @@ def _second_modulus(
 def _check_kernel(kernel: Any, alpha: Any, t: Any) -> None:
     """The checks of :func:`graphdiff.nn.functional.check_diffusion_args`: an infinite ``t``
     would make every heat weight ``inf / inf`` (nan), and a bool is a mistake, not 0 or 1."""
-    if kernel not in KERNELS:
-        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+    if kernel not in DIFFUSION_KERNELS:
+        raise ValueError(f"kernel must be one of {DIFFUSION_KERNELS}, got {kernel!r}")
     if not is_real(alpha) or not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
     if not is_real(t) or not 0.0 <= t < math.inf:

@@ -24,7 +24,7 @@ import numpy as np
 import scipy.sparse
 from scipy.sparse.csgraph import connected_components, reverse_cuthill_mckee
 
-from graphdiff.checks import check_int
+from graphdiff.checks import check_edge_index, check_int
 
 DENSE_MAX_NODES = 1024  # dense n x n work (full spectra) only up to here: 8 MiB a matrix
 
@@ -217,11 +217,11 @@ def edge_array(edge_index: Any, n: Optional[int]) -> np.ndarray:
     """Validate an edge_index ``[2, E]`` against ``n`` nodes; return it as int64 numpy.
 
     Raises:
-        ValueError: on a wrong shape, non-integer entries, a missing or invalid ``n``, or an
-            index outside ``[0, n)``.
-        TypeError: when ``edge_index`` is not array-like.
+        ValueError: on a wrong shape, a missing or invalid ``n``, or an index outside
+            ``[0, n)``.
+        TypeError: when ``edge_index`` is not array-like or its entries are not integers.
     """
-    if hasattr(edge_index, "detach"):  # torch tensor (or EdgeIndex): no torch import needed here
+    if hasattr(edge_index, "detach"):  # torch tensor (or EdgeIndex)
         edge_index = edge_index.detach().cpu().numpy()
     unsupported = TypeError(
         "graph must be a pattern, an edge_index [2, E] or a scipy sparse matrix, "
@@ -233,21 +233,12 @@ def edge_array(edge_index: Any, n: Optional[int]) -> np.ndarray:
         raise unsupported from None
     if array.dtype == object:
         raise unsupported
-    if array.ndim != 2 or array.shape[0] != 2:
-        raise ValueError(f"edge_index must have shape [2, E], got {list(array.shape)}")
-    if array.size and not np.issubdtype(array.dtype, np.integer):
-        raise ValueError(f"edge_index must hold integers, got dtype {array.dtype}")
+    if array.size == 0:  # an empty list has no integer dtype
+        array = array.astype(np.int64)
     if n is None:
         raise ValueError("n (the number of nodes) is required with an edge_index")
-    n = _check_n(n)
-    array = array.astype(np.int64, copy=False)
-    if array.size:
-        low, high = int(array.min()), int(array.max())
-        if low < 0:
-            raise ValueError(f"edge_index holds a negative index ({low}); indices must be in [0, n)")
-        if high >= n:
-            raise ValueError(f"edge_index holds index {high} but n={n}: indices must be in [0, {n})")
-    return array
+    check_edge_index(array, _check_n(n))  # graphdiff's one edge_index rule
+    return array.astype(np.int64, copy=False)
 
 
 def _binary(matrix: scipy.sparse.csr_matrix, copy: bool) -> scipy.sparse.csr_matrix:

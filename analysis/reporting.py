@@ -31,7 +31,7 @@ from graphdiff.io import atomic_write, atomic_write_text
 
 # name -> pattern expression for graphdiff.patterns.parse_pattern. "window only" is Diffuser's
 # own window without its global and random tokens: the ablation the paper argues from.
-PRESETS: dict[str, str] = {
+REPORT_PATTERNS: dict[str, str] = {
     "window only": "BlockWindow(64)",
     "longformer": "longformer",
     "bigbird": "bigbird",
@@ -75,9 +75,9 @@ def report(
     """Compute the table (and, with ``out``, write ``report.md`` and the figures).
 
     Args:
-        patterns: names from ``PRESETS``, pattern expressions, or a mapping name -> pattern
+        patterns: names from ``REPORT_PATTERNS``, pattern expressions, or a mapping name -> pattern
             (expression or object with ``to_scipy``); a single name, expression or pattern
-            object is one pattern. Default: all of ``PRESETS``.
+            object is one pattern. Default: all of ``REPORT_PATTERNS``.
         lengths: sequence lengths.
         out: directory to write into (created); ``None`` computes the table only.
         attention: per-layer spectra of a learned attention (see :func:`attention_spectrum`).
@@ -124,13 +124,13 @@ def _resolve(patterns: Union[Sequence[str], Mapping[str, Any], None]) -> dict[st
     from graphdiff.patterns import parse_pattern
 
     if patterns is None:
-        patterns = list(PRESETS)
+        patterns = list(REPORT_PATTERNS)
     if isinstance(patterns, str) or hasattr(patterns, "to_scipy"):
         patterns = [patterns]  # one pattern, not a sequence of characters (or of anything else)
     if isinstance(patterns, Mapping):
         items = list(patterns.items())
     else:
-        items = [(p, PRESETS.get(p, p)) if isinstance(p, str) else (repr(p), p) for p in patterns]
+        items = [(p, REPORT_PATTERNS.get(p, p)) if isinstance(p, str) else (repr(p), p) for p in patterns]
     if not items:
         raise ValueError("patterns must name at least one pattern")
     return {name: parse_pattern(p) if isinstance(p, str) else p for name, p in items}

@@ -99,8 +99,9 @@ def _setup(variant: str, n: int, heads: int, channels: int, hops: int, window: i
     """Build inputs for one variant; returns (forward, whether it has a backward, info)."""
     import torch
 
-    from graphdiff.nn import AttentionDiffusion, as_graph
-    from graphdiff.nn.functional import attention_heads_first, diffuse_heads_first, stacks
+    from graphdiff.nn import AttentionDiffusion, diffusion_graph
+    from graphdiff.nn._core import stacks
+    from graphdiff.nn.functional import diffuse, edge_softmax_attention
     from graphdiff.patterns import Global, Random, Window, longformer
 
     torch.manual_seed(0)
@@ -140,7 +141,7 @@ def _setup(variant: str, n: int, heads: int, channels: int, hops: int, window: i
     edge_index = pattern(n)
     info["edges"] = edge_index.size(1)
     before = rss_mb()
-    graph = as_graph(edge_index, (n, n))
+    graph = diffusion_graph(edge_index, (n, n))
     graph.transposed()  # the structure is built once per pattern, before timing
     if variant not in (*BARE_SPMMS, "gather"):  # graphdiff's kernels: with the heads' stack
         stacks(graph, H)[0].transposed()  # (short sequences), else the warm-up would build it
@@ -149,13 +150,13 @@ def _setup(variant: str, n: int, heads: int, channels: int, hops: int, window: i
     if variant == "layer":
         layer = diffuser_layer(H * C, H, hops)
         x = torch.randn(n, H * C, requires_grad=True)
-        return (lambda: layer(x, edge_index)), True, info
+        return (lambda: layer(x, graph)), True, info
     if variant in ("module", "gather", "lf_graphdiff"):
         one_hop = variant == "lf_graphdiff"  # like Longformer: projections + one hop
         conv = AttentionDiffusion(H * C, C, heads=H, hops=1 if one_hop else hops,
                                   alpha=0.0 if one_hop else 0.1, fused=variant != "gather")
         x = torch.randn(n, H * C, requires_grad=True)
-        return (lambda: conv(x, edge_index)), True, info
+        return (lambda: conv(x, graph)), True, info
 
     bare = variant in ("spmm", "spmm_heads")
     q, k, v = (torch.randn(H, n, C, requires_grad=not bare) for _ in range(3))
@@ -172,12 +173,14 @@ def _setup(variant: str, n: int, heads: int, channels: int, hops: int, window: i
     if variant == "spmm_heads":
         matrices = [graph.csr(values) for values in torch.rand(H, graph.num_edges)]
         return (lambda: [matrix @ x for matrix, x in zip(matrices, v)]), False, info
+    # The functions take [N, H, C]: head-major [H, N, C] storage passes as its transpose.
     if variant == "hop":
-        attn = torch.rand(H, graph.num_edges)
-        vv = v.detach()
-        return (lambda: diffuse_heads_first(attn, vv, graph, 1, 0.1)), False, info
-    return (lambda: diffuse_heads_first(attention_heads_first(q, k, graph), v, graph, hops,
-                                        0.1)), True, info
+        attn = torch.rand(H, graph.num_edges).t()
+        vv = v.detach().transpose(0, 1)
+        return (lambda: diffuse(attn, vv, graph, 1, 0.1)), False, info
+    q_, k_, v_ = (x.transpose(0, 1) for x in (q, k, v))
+    return (lambda: diffuse(edge_softmax_attention(q_, k_, graph), v_, graph, hops, 0.1)), \
+        True, info
 
 
 def reset_peak_rss() -> None:

@@ -14,7 +14,7 @@ from typing import List, Optional
 from bench_common import positive_int
 
 from graphdiff.patterns import parse_pattern
-from graphdiff.patterns.base import EDGE_INDEX_CACHE
+import graphdiff.cache
 
 DEFAULT_PATTERNS = ["Window(64) | Global(2) | Random(3)", "diffuser", "bigbird", "longformer(window=512)"]
 DEFAULT_LENGTHS = [4096, 16384, 65536, 131072, 262144, 1_048_576]
@@ -35,12 +35,12 @@ def main(argv: Optional[List[str]] = None) -> None:
         for n in args.lengths:
             if n > MAX_LENGTH.get(text, n):
                 continue
-            EDGE_INDEX_CACHE.clear()
+            graphdiff.cache.clear()
             start = time.perf_counter()
             edges = pattern.num_edges(n)
             seconds = time.perf_counter() - start
             print(f"| `{text}` | {n:,} | {seconds:.2f} | {edges:,} | {edges / n:.1f} |", flush=True)
-    EDGE_INDEX_CACHE.clear()
+    graphdiff.cache.clear()
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Sequences as PyG graphs, and batches of them (DESIGN 4.2).
+"""Sequences as PyG graphs, and batches of them.
 
 A sequence of ``L`` tokens becomes a graph of ``L`` nodes whose edges follow a pattern. A batch
 is PyG's block-diagonal :class:`~torch_geometric.data.Batch`: padding tokens are not nodes, so
@@ -14,9 +14,9 @@ from torch import Tensor
 from torch_geometric.data import Batch, Data
 from torch_geometric.transforms import BaseTransform
 
+from graphdiff import cache
 from graphdiff.checks import check_int
 from graphdiff.patterns import Pattern
-from graphdiff.patterns.base import EDGE_INDEX_CACHE
 
 
 def _check_pattern(pattern: Pattern) -> Pattern:
@@ -87,14 +87,14 @@ def _batched_edges(pattern: Pattern, lengths: Tuple[int, ...], device: torch.dev
     """Block-diagonal edge_index of sequences of these lengths, and each graph's edge offsets,
     on ``device``.
 
-    Cached (per device), so that a training loop over equal-length batches gets the very same
-    tensor back and the layer's sparse structure (cached per edge_index) is built once, not
-    once per step.
+    Kept in :mod:`graphdiff.cache` from the second batch of the same lengths on (a training
+    loop over equal-length batches gets the very same tensor back, and with it the cached
+    structure of :func:`graphdiff.nn.diffusion_graph`); a batch of new lengths is not kept.
     """
-    # The patterns' own cache: one byte budget for per-length and batched edges together.
-    return EDGE_INDEX_CACHE.get(
+    return cache.CACHE.get(
         ("batched", pattern, lengths, device),
-        lambda: tuple(t.to(device) for t in _build_batched_edges(pattern, lengths)))
+        lambda: tuple(t.to(device) for t in _build_batched_edges(pattern, lengths)),
+        admit_on_repeat=True)
 
 
 def _build_batched_edges(pattern: Pattern, lengths: Tuple[int, ...]) -> Tuple[Tensor, Tensor]:
@@ -125,7 +125,7 @@ def graph_batch(padded: Tensor, mask_or_lengths: Tensor, pattern: Pattern) -> Ba
         padded (Tensor): ``[B, L]`` token ids or ``[B, L, F]`` features.
         mask_or_lengths (Tensor): a boolean mask ``[B, L]`` (True = real token; any layout,
             left padding too) or integer lengths ``[B]`` (right padding).
-        pattern (Pattern): who attends whom; built once per distinct length (cached).
+        pattern (Pattern): who attends whom; built once per distinct length.
 
     Returns:
         A :class:`Batch` with ``x`` (the real tokens, in order), ``edge_index`` (sorted by target,

@@ -1,4 +1,4 @@
-"""Configuration of a Diffuser model (DESIGN 4.4), nanoGPT style: one dataclass, commented defaults."""
+"""Configuration of a Diffuser model, nanoGPT style: one dataclass, commented defaults."""
 from __future__ import annotations
 
 import dataclasses
@@ -102,11 +102,11 @@ class DiffuserConfig:
         return cls(**{**values, **overrides})
 
 
-PRESETS = {"tiny": DiffuserConfig.tiny, "small": DiffuserConfig.small, "paper_base": DiffuserConfig.paper_base}
+MODEL_PRESETS = {"tiny": DiffuserConfig.tiny, "small": DiffuserConfig.small, "paper_base": DiffuserConfig.paper_base}
 
 
 def preset_config(name: str, **overrides: Any) -> DiffuserConfig:
     """A preset by name; an unknown name lists the valid ones."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}")
-    return PRESETS[name](**overrides)
+    if name not in MODEL_PRESETS:
+        raise ValueError(f"unknown preset {name!r}; valid presets: {', '.join(MODEL_PRESETS)}")
+    return MODEL_PRESETS[name](**overrides)

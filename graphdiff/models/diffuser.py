@@ -1,15 +1,16 @@
 """The Diffuser transformer: RoBERTa-style post-LayerNorm layers whose self-attention is
-attention diffusion on a sparse pattern graph (DESIGN 4.4).
+attention diffusion on a sparse pattern graph.
 
 Every model takes either a PyG :class:`~torch_geometric.data.Batch` of token graphs (``x``
 token ids ``[N]``, ``edge_index``, ``pos``, ``batch``) or padded token ids ``[B, L]`` with a
 boolean mask ``[B, L]``; the padded form is turned into a graph batch with the model's pattern.
-The pattern's sparse structure is built once per batch and shared by every layer.
+The pattern's sparse structure (a :class:`~graphdiff.nn.DiffusionGraph`) is built once per
+batch and passed to every layer.
 """
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Union
+from typing import Any, List, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +21,7 @@ from torch_geometric.utils import scatter
 from graphdiff.data import graph_batch
 from graphdiff.models.config import DiffuserConfig
 from graphdiff.models.pretrained import PretrainedMixin
-from graphdiff.nn import AttentionDiffusion
+from graphdiff.nn import AttentionDiffusion, diffusion_graph
 
 Inputs = Union[Batch, Tensor]
 
@@ -46,7 +47,8 @@ class Embeddings(nn.Module):
         if config.positional == "learned":
             self.positions = nn.Embedding(config.max_len, config.hidden)
         elif config.positional == "sinusoidal":
-            self.register_buffer("table", sinusoidal_positions(config.max_len, config.hidden), persistent=False)
+            self.register_buffer("table", sinusoidal_positions(config.max_len, config.hidden),
+                                 persistent=False)
         self.norm = nn.LayerNorm(config.hidden, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.dropout)
 
@@ -71,11 +73,14 @@ class DiffuserLayer(nn.Module):
         )
         self.output = nn.Linear(config.hidden, config.hidden)
         self.norm1 = nn.LayerNorm(config.hidden, eps=config.layer_norm_eps)
-        self.ffn = nn.Sequential(nn.Linear(config.hidden, config.ffn), nn.GELU(), nn.Linear(config.ffn, config.hidden))
+        self.ffn = nn.Sequential(nn.Linear(config.hidden, config.ffn), nn.GELU(),
+                                 nn.Linear(config.ffn, config.hidden))
         self.norm2 = nn.LayerNorm(config.hidden, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: Tensor, edge_index: Tensor, return_attention_weights: bool = False):
+    def forward(self, x: Tensor, edge_index: Any, return_attention_weights: bool = False):
+        """``x [N, D]`` -> ``[N, D]``; ``edge_index`` is any adjacency the attention takes,
+        best a :class:`~graphdiff.nn.DiffusionGraph` shared by the layers."""
         attended = self.attention(x, edge_index, return_attention_weights=return_attention_weights)
         attended, attention = attended if return_attention_weights else (attended, None)
         x = self.norm1(x + self.dropout(self.output(attended)))
@@ -99,31 +104,50 @@ class Diffuser(PretrainedMixin, nn.Module):
         self.embeddings = Embeddings(config)
         self.layers = nn.ModuleList(DiffuserLayer(config) for _ in range(config.layers))
 
-    def to_batch(self, tokens: Tensor, mask: Tensor, truncate: bool = False) -> Batch:
-        """Padded ``[B, L]`` ids and mask to a graph batch with the model's pattern."""
-        if tokens.dim() != 2 or mask.shape != tokens.shape:
-            raise ValueError(f"tokens and mask must both be [B, L], got {list(tokens.shape)} and {list(mask.shape)}")
-        if tokens.size(1) > self.config.max_len:
-            if not truncate:
-                raise ValueError(f"sequence length {tokens.size(1)} exceeds max_len={self.config.max_len}; "
-                                 "pass truncate=True to cut sequences to max_len")
-            tokens, mask = tokens[:, : self.config.max_len], mask[:, : self.config.max_len]
-        return graph_batch(tokens, mask.bool(), self.pattern)
+    def to_batch(self, inputs: Inputs, mask: Optional[Tensor] = None, *,
+                 truncate: bool = False) -> Batch:
+        """The graph batch the model runs on: a :class:`~torch_geometric.data.Batch` as is, or
+        padded ``[B, L]`` token ids with their boolean ``mask [B, L]`` (True = real token)
+        turned into one with the model's pattern (:func:`graphdiff.data.graph_batch`).
 
-    def as_batch(self, inputs: Inputs, mask: Optional[Tensor], truncate: bool = False) -> Batch:
-        """A graph batch as is, or padded ``[B, L]`` ids with their mask turned into one."""
+        Args:
+            inputs (Batch or torch.Tensor): A graph batch or padded token ids ``[B, L]``.
+            mask (torch.Tensor, optional): The mask of padded input. (default: :obj:`None`)
+            truncate (bool, optional): Cut padded sequences longer than ``max_len`` instead
+                of raising. (default: :obj:`False`)
+        """
         if isinstance(inputs, Batch):
             return inputs
         if mask is None:
             raise ValueError("padded token input needs its mask [B, L] (True = real token)")
-        return self.to_batch(inputs, mask, truncate)
+        tokens = inputs
+        if tokens.dim() != 2 or mask.shape != tokens.shape:
+            raise ValueError(f"tokens and mask must both be [B, L], got {list(tokens.shape)} "
+                             f"and {list(mask.shape)}")
+        if tokens.size(1) > self.config.max_len:
+            if not truncate:
+                raise ValueError(f"sequence length {tokens.size(1)} exceeds "
+                                 f"max_len={self.config.max_len}; pass truncate=True to cut "
+                                 f"sequences to max_len")
+            tokens, mask = tokens[:, : self.config.max_len], mask[:, : self.config.max_len]
+        return graph_batch(tokens, mask.bool(), self.pattern)
 
-    def _unpad(self, node_values: Tensor, inputs: Inputs, mask: Optional[Tensor]) -> Tensor:
-        """Node-level ``[N, ...]`` values in the caller's layout: as is for a graph batch; for
-        padded input ``[B, L, ...]`` (L capped at max_len) with each token's values where the
-        mask put it (left padding and gaps included) and zeros elsewhere."""
+    def restore_padding(self, node_values: Tensor, inputs: Inputs,
+                        mask: Optional[Tensor] = None) -> Tensor:
+        """Node-level values ``[N, ...]`` in the layout of the model's input: as they are for a
+        graph batch; for padded input ``[B, L, ...]`` (``L`` capped at ``max_len``), each
+        token's values where the mask put it (left padding and gaps included), zeros
+        elsewhere. The inverse of :meth:`to_batch` on node values.
+
+        Args:
+            node_values (torch.Tensor): One row per real token, in batch order.
+            inputs (Batch or torch.Tensor): What the model was called with.
+            mask (torch.Tensor, optional): The mask of padded input. (default: :obj:`None`)
+        """
         if isinstance(inputs, Batch):
             return node_values
+        if mask is None:
+            raise ValueError("padded token input needs its mask [B, L] (True = real token)")
         mask = mask[:, : self.config.max_len].bool()
         # graph_batch took the tokens in mask order, so this assignment is its exact inverse.
         padded = node_values.new_zeros(tuple(mask.shape) + tuple(node_values.shape[1:]))
@@ -135,34 +159,36 @@ class Diffuser(PretrainedMixin, nn.Module):
         if batch.pos.numel() and int(batch.pos.max()) >= self.config.max_len:
             raise ValueError(f"a sequence has {int(batch.pos.max()) + 1} tokens, more than "
                              f"max_len={self.config.max_len}; truncate the sequences first")
-        # Here rather than as an IndexError or a dtype error from inside the embedding (DESIGN 3).
+        # Here rather than as an IndexError or a dtype error from inside the embedding.
         tokens = batch.x
-        if tokens.is_floating_point() or tokens.is_complex() or tokens.dtype == torch.bool or tokens.dim() != 1:
+        if tokens.is_floating_point() or tokens.is_complex() or tokens.dtype == torch.bool \
+                or tokens.dim() != 1:
             raise TypeError(f"tokens must be integer ids [N] (or [B, L] padded), got "
                             f"{tokens.dtype} {list(tokens.shape)}")
         if tokens.numel():
             low, high = (int(bound) for bound in torch.aminmax(tokens))  # one device sync
             if low < 0 or high >= self.config.vocab_size:
-                raise ValueError(f"token ids must lie in [0, vocab_size) = [0, {self.config.vocab_size}), "
-                                 f"got [{low}, {high}]")
-        # Every layer gets the same edge_index tensor: the layer's structure cache (keyed on it)
-        # builds the CSR structure once per batch and all layers share it.
-        x = self.embeddings(batch.x, batch.pos)
+                raise ValueError(f"token ids must lie in [0, vocab_size) = "
+                                 f"[0, {self.config.vocab_size}), got [{low}, {high}]")
+        # One structure per batch, shared by every layer (and found in graphdiff.cache when
+        # graph_batch hands back a cached edge_index of lengths seen before).
+        graph = diffusion_graph(batch.edge_index, (tokens.size(0), tokens.size(0)))
+        x = self.embeddings(tokens, batch.pos)
         attentions: List[Tensor] = []
         for layer in self.layers:
             if return_attention_weights:
-                x, (_, attention) = layer(x, batch.edge_index, return_attention_weights=True)
+                x, (_, attention) = layer(x, graph, return_attention_weights=True)
                 attentions.append(attention)
             else:
-                x = layer(x, batch.edge_index)
+                x = layer(x, graph)
         return (x, (batch.edge_index, attentions)) if return_attention_weights else x
 
     def forward(self, inputs: Inputs, mask: Optional[Tensor] = None, *, truncate: bool = False,
                 return_attention_weights: bool = False):
-        batch = self.as_batch(inputs, mask, truncate)
+        batch = self.to_batch(inputs, mask, truncate=truncate)
         out = self.encode(batch, return_attention_weights)
         states, extra = out if return_attention_weights else (out, None)
-        states = self._unpad(states, inputs, mask)
+        states = self.restore_padding(states, inputs, mask)
         return (states, extra) if return_attention_weights else states
 
 
@@ -186,7 +212,7 @@ class DiffuserForSequenceClassification(PretrainedMixin, nn.Module):
 
     def forward(self, inputs: Inputs, mask: Optional[Tensor] = None, *, truncate: bool = False,
                 return_attention_weights: bool = False):
-        batch = self.diffuser.as_batch(inputs, mask, truncate)
+        batch = self.diffuser.to_batch(inputs, mask, truncate=truncate)
         out = self.diffuser.encode(batch, return_attention_weights)
         states, extra = out if return_attention_weights else (out, None)
         pooled = self.dropout(pool(states, batch, self.config.pooling))
@@ -207,13 +233,15 @@ class DiffuserForMaskedLM(PretrainedMixin, nn.Module):
         self.norm = nn.LayerNorm(config.hidden, eps=config.layer_norm_eps)
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
 
-    def forward(self, inputs: Inputs, mask: Optional[Tensor] = None, *, truncate: bool = False) -> Tensor:
-        batch = self.diffuser.as_batch(inputs, mask, truncate)
+    def forward(self, inputs: Inputs, mask: Optional[Tensor] = None, *,
+                truncate: bool = False) -> Tensor:
+        batch = self.diffuser.to_batch(inputs, mask, truncate=truncate)
         states = self.norm(F.gelu(self.dense(self.diffuser.encode(batch))))
         logits = F.linear(states, self.diffuser.embeddings.tokens.weight, self.bias)
-        return self.diffuser._unpad(logits, inputs, mask)
+        return self.diffuser.restore_padding(logits, inputs, mask)
 
 
 def count_parameters(model: nn.Module) -> int:
+    """The number of parameters of ``model`` (tied ones counted once)."""
     return sum(parameter.numel() for parameter in model.parameters())
 

@@ -1,6 +1,8 @@
-"""Attention diffusion layers: :class:`AttentionDiffusion` and its fused functional core."""
+"""Attention diffusion: the :class:`AttentionDiffusion` layer, the functions it runs
+(:mod:`graphdiff.nn.functional`), and the graph structure they share (:class:`DiffusionGraph`,
+built by :func:`diffusion_graph`)."""
 from graphdiff.nn import functional
 from graphdiff.nn.conv import AttentionDiffusion
-from graphdiff.nn.graph import DiffusionGraph, as_graph
+from graphdiff.nn.graph import DiffusionGraph, diffusion_graph
 
-__all__ = ["AttentionDiffusion", "DiffusionGraph", "as_graph", "functional"]
+__all__ = ["AttentionDiffusion", "DiffusionGraph", "diffusion_graph", "functional"]

@@ -12,11 +12,10 @@ from torch_geometric.typing import PairTensor, SparseTensor
 from torch_geometric.utils import is_torch_sparse_tensor
 from torch_geometric.utils.sparse import set_sparse_value
 
-from graphdiff.nn.functional import (HALF_DTYPES, attention_heads_first, check_bipartite_diffusion,
-                                     check_diffusion_args, diffuse_heads_first,
-                                     recursion_coefficients)
 from graphdiff.checks import is_integer, is_real
-from graphdiff.nn.graph import DiffusionGraph, as_graph
+from graphdiff.nn import _core
+from graphdiff.nn.functional import check_diffusion_args, diffuse, edge_softmax_attention
+from graphdiff.nn.graph import DiffusionGraph, diffusion_graph
 
 
 class AttentionDiffusion(MessagePassing):
@@ -41,10 +40,12 @@ class AttentionDiffusion(MessagePassing):
     :math:`\mathbf{X}' = \sum_{k=0}^{K} \theta_k \mathbf{A}^k \mathbf{V}` with
     :math:`\theta_k \propto e^{-t} t^k / k!` normalised to sum to one.
 
-    The default (fused) path runs every hop as one sparse-dense product on a CSR structure
-    cached per graph and never materialises per-edge features ``[E, H, C]``, forward or
-    backward. With ``fused=False``, or whenever PyG's explain machinery or message (pre-)hooks are
-    attached, each hop is a plain :meth:`propagate` whose :meth:`message` receives the
+    The default (fused) path is :func:`~graphdiff.nn.functional.edge_softmax_attention` then
+    :func:`~graphdiff.nn.functional.diffuse`: every hop is one sparse-dense product on the
+    graph's CSR structure (:class:`~graphdiff.nn.DiffusionGraph`; pass one to skip building
+    it), and no per-edge features ``[E, H, C]`` are materialised, forward or backward. With
+    ``fused=False``, or whenever PyG's explain machinery or message (pre-)hooks are attached,
+    each hop is a plain :meth:`propagate` whose :meth:`message` receives the
     attention as ``alpha``: the reference path, identical in value. PyG's explainers count one
     hop per ``MessagePassing`` module, so their node-level masks keep only the edges within one
     hop per layer of the explained node, although this layer reads ``hops`` hops.
@@ -102,7 +103,8 @@ class AttentionDiffusion(MessagePassing):
         # aggregation or flow would only change the reference path, silently.
         for name, fixed in (("aggr", "add"), ("flow", "source_to_target")):
             if kwargs.setdefault(name, fixed) != fixed:
-                raise ValueError(f"AttentionDiffusion supports only {name}={fixed!r} (got {kwargs[name]!r})")
+                raise ValueError(f"AttentionDiffusion supports only {name}={fixed!r} "
+                                 f"(got {kwargs[name]!r})")
         super().__init__(node_dim=0, **kwargs)
         check_diffusion_args(hops, alpha, kernel, t, hop_dropout)
         for name, value in (("heads", heads), ("out_channels", out_channels)):
@@ -147,7 +149,7 @@ class AttentionDiffusion(MessagePassing):
             x (torch.Tensor or (torch.Tensor, torch.Tensor)): The input node features.
             edge_index: ``[2, E]`` edge indices, a PyG ``EdgeIndex``, a ``torch.sparse``
                 CSR/CSC/COO ``adj_t`` (rows = targets; a COO one is coalesced first), a
-                ``torch_sparse.SparseTensor`` or a :class:`~graphdiff.nn.graph.DiffusionGraph`.
+                ``torch_sparse.SparseTensor`` or a :class:`~graphdiff.nn.DiffusionGraph`.
             return_attention_weights (bool, optional): If set to :obj:`True`, also return
                 ``(edge_index, attention)`` with the one-hop attention ``[E, H]`` in the
                 order of the edges (for sparse inputs: the adjacency holding it as values,
@@ -158,7 +160,7 @@ class AttentionDiffusion(MessagePassing):
             raise TypeError(f"'x' must be a Tensor or a pair (x_src, x_dst) of them "
                             f"(got {type(x).__name__})")
         x_src, x_dst = (x, x) if isinstance(x, Tensor) else x
-        H, C = self.heads, self.out_channels
+        H = self.heads
         for name, feat, size in (("x", x_src, self.lin_key.in_channels),
                                  ("x (targets)", x_dst, self.lin_query.in_channels)):
             if not isinstance(feat, Tensor) or feat.dim() != 2:
@@ -168,40 +170,27 @@ class AttentionDiffusion(MessagePassing):
             if size > 0 and feat.size(-1) != size:
                 raise ValueError(f"'{name}' has {feat.size(-1)} features but the layer "
                                  f"expects in_channels={size}")
-        graph = as_graph(edge_index, (x_src.size(0), x_dst.size(0)))
-        check_bipartite_diffusion(graph, self.hops, recursion_coefficients(
-            self.hops, self.alpha, self.kernel, self.t)[1])
-
-        # [N, H * C] -> head-major [H, N, C]: the sparse kernels run one head (or one stack of
-        # heads, on short sequences) at a time.
-        v = self.lin_value(x_src).view(-1, H, C).transpose(0, 1)
-        if self.hops == 0 and not return_attention_weights:
-            return self._merge_heads(v.transpose(0, 1))  # Z_0 = V: the attention is unused
-        q = self.lin_query(x_dst).view(-1, H, C).transpose(0, 1)
-        k = self.lin_key(x_src).view(-1, H, C).transpose(0, 1)
-        dtype = v.dtype
-        if dtype in HALF_DTYPES:  # the whole core in float32, rounded once at the end
-            q, k, v = q.float(), k.float(), v.float()
-        attn = attention_heads_first(q, k, graph)  # [H, E], CSR order
+        graph = diffusion_graph(edge_index, (x_src.size(0), x_dst.size(0)))
+        v = _core.split_heads(self.lin_value(x_src), H)
+        if self.hops == 0 and not return_attention_weights:  # Z_0 = V: no attention needed
+            _core.check_bipartite(graph, 0, ())
+            return _core.merge_heads(v, self.concat)
+        q = _core.split_heads(self.lin_query(x_dst), H)
+        k = _core.split_heads(self.lin_key(x_src), H)
+        dtype = v.dtype  # the whole core in float32 for half precision, rounded once at the end
+        q, k, v = _core.compute_dtype(q), _core.compute_dtype(k), _core.compute_dtype(v)
+        attn = edge_softmax_attention(q, k, graph)  # [E, H]
         attn_used = F.dropout(attn, p=self.dropout, training=self.training)
-
         if self._use_fused():
-            out = diffuse_heads_first(attn_used, v, graph, self.hops, self.alpha, self.kernel,
-                                      self.t, self.hop_dropout, self.training)
-            out = out.transpose(0, 1)  # [N, H, C]
+            out = diffuse(attn_used, v, graph, self.hops, self.alpha, self.kernel, self.t,
+                          hop_dropout=self.hop_dropout, training=self.training)
         else:
-            out = self._diffuse_by_messages(attn_used, v.transpose(0, 1), graph)
-
-        out = self._merge_heads(out).to(dtype)
+            out = self._diffuse_by_messages(attn_used, v, graph)
+        out = _core.merge_heads(out, self.concat).to(dtype)
         if not return_attention_weights:
             return out
-        weights = graph.to_input_order(attn.t()).to(dtype)
+        weights = attn.to(dtype)
         return out, (self._with_values(edge_index, weights), weights)
-
-    def _merge_heads(self, out: Tensor) -> Tensor:
-        """``[N, H, C]`` -> ``[N, H * C]`` (concat) or ``[N, C]`` (mean over heads)."""
-        return out.reshape(out.size(0), self.heads * self.out_channels) if self.concat \
-            else out.mean(dim=1)
 
     def _use_fused(self) -> bool:
         # Explainers and message hooks must see every hop's message: take the reference path.
@@ -209,22 +198,23 @@ class AttentionDiffusion(MessagePassing):
                 and not self._message_forward_pre_hooks)
 
     def _diffuse_by_messages(self, attn: Tensor, v: Tensor, graph: DiffusionGraph) -> Tensor:
-        """The reference: one ``propagate`` per hop on ``[N, H, C]`` features."""
-        if self.hops == 0:
-            return v
-        s, coeffs = recursion_coefficients(self.hops, self.alpha, self.kernel, self.t)
-        ei = graph.edge_index()
-        alpha = graph.to_input_order(attn.t())  # [E, H] in the order of `ei`
-        size = (graph.num_src, graph.num_dst)
+        """The reference: one ``propagate`` per hop on ``[N, H, C]`` features, with the
+        attention ``attn [E, H]`` handed to :meth:`message` as ``alpha``, as PyG's
+        ``AttentionExplainer`` expects."""
+        s, coeffs = _core.recursion_coefficients(self.hops, self.alpha, self.kernel, self.t)
+        _core.check_bipartite(graph, self.hops, coeffs)
+        edge_index, size = graph.edge_index(), (graph.num_src, graph.num_dst)
         z = v * coeffs[0]
         for m in range(self.hops):
-            z = s * self.propagate(ei, x=z, alpha=alpha, size=size)
+            z = s * self.propagate(edge_index, x=z, alpha=attn, size=size)
             if coeffs[m + 1] != 0.0:
                 z = z + coeffs[m + 1] * v
             z = F.dropout(z, p=self.hop_dropout, training=self.training)
         return z
 
     def message(self, x_j: Tensor, alpha: Tensor) -> Tensor:
+        """``alpha [E, H] * x_j [E, H, C]``: ``alpha`` is the one-hop attention, under the
+        name PyG's ``AttentionExplainer`` reads it by."""
         return alpha.unsqueeze(-1) * x_j
 
     @staticmethod
@@ -233,7 +223,7 @@ class AttentionDiffusion(MessagePassing):
             return edge_index.set_value(weights, layout="coo")
         if is_torch_sparse_tensor(edge_index):
             if edge_index.layout == torch.sparse_coo:  # weights follow the coalesced order,
-                edge_index = edge_index.coalesce()  # as the graph does (as_graph)
+                edge_index = edge_index.coalesce()  # as the graph does
             return set_sparse_value(edge_index, weights)
         return edge_index
 

@@ -1,26 +1,26 @@
-r"""Functional core of attention diffusion: one-hop edge attention and its multi-hop diffusion.
+r"""Attention diffusion as functions: one-hop edge attention and its multi-hop diffusion.
 
-Both functions take any adjacency :func:`graphdiff.nn.graph.as_graph` accepts (an
-``edge_index``, PyG ``EdgeIndex``, ``torch.sparse`` CSR/CSC/COO ``adj_t``, ``SparseTensor`` or a
-prebuilt :class:`~graphdiff.nn.graph.DiffusionGraph`) and never build an ``[E, H, C]`` tensor,
-forward or backward. float16 and bfloat16 features (autocast's) are computed in float32 and
-the results returned in their dtype (:data:`HALF_DTYPES`).
+:class:`~graphdiff.nn.AttentionDiffusion` runs exactly these two functions. Both take any
+adjacency :func:`~graphdiff.nn.diffusion_graph` accepts (an ``edge_index``, PyG ``EdgeIndex``,
+``torch.sparse`` CSR/CSC/COO ``adj_t``, ``SparseTensor``, or a prebuilt
+:class:`~graphdiff.nn.DiffusionGraph`, which skips building the structure) and never build an
+``[E, H, C]`` tensor, forward or backward. float16 and bfloat16 features (autocast's) are
+computed in float32 and the results returned in their dtype.
 """
 from __future__ import annotations
 
 import math
 import operator
-import warnings
-from typing import Any, List, Optional, Sequence, Tuple, Union
+from typing import Any, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 
-from graphdiff.checks import is_integer, is_real
-from graphdiff.nn.graph import DiffusionGraph, as_graph
-from graphdiff.nn.kernels import Diffusion, EdgeAttention, heads_view, is_node_major
-
-KERNELS = ("ppr", "heat")
+from graphdiff.checks import DIFFUSION_KERNELS, is_integer, is_real
+from graphdiff.nn import _core
+from graphdiff.nn._autograd import Diffusion, EdgeAttention
+from graphdiff.nn._core import recursion_coefficients
+from graphdiff.nn.graph import DiffusionGraph, diffusion_graph
 
 
 def check_diffusion_args(hops: Any, alpha: Any, kernel: Any, t: Any,
@@ -35,46 +35,12 @@ def check_diffusion_args(hops: Any, alpha: Any, kernel: Any, t: Any,
         raise ValueError(f"'hops' must be >= 0 (got {hops})")
     if not is_real(alpha) or not 0.0 <= alpha <= 1.0:
         raise ValueError(f"'alpha' must be a float in [0, 1] (got {alpha!r})")
-    if kernel not in KERNELS:
-        raise ValueError(f"'kernel' must be one of {KERNELS} (got {kernel!r})")
+    if kernel not in DIFFUSION_KERNELS:
+        raise ValueError(f"'kernel' must be one of {DIFFUSION_KERNELS} (got {kernel!r})")
     if not is_real(t) or not t >= 0.0 or math.isinf(t):
         raise ValueError(f"'t' must be a finite float >= 0 (got {t!r})")
     if not is_real(hop_dropout) or not 0.0 <= hop_dropout < 1.0:
         raise ValueError(f"'hop_dropout' must be a float in [0, 1) (got {hop_dropout!r})")
-
-
-def recursion_coefficients(hops: int, alpha: float, kernel: str = "ppr",
-                           t: float = 1.0) -> Tuple[float, List[float]]:
-    r"""``(s, c)`` of the recursion :math:`Z_0 = c_0 V`, :math:`Z_{m+1} = s A Z_m + c_{m+1} V`
-    whose :math:`Z_K` is the requested diffusion.
-
-    PPR: ``s = 1 - alpha``, ``c = (1, alpha, ..., alpha)``. Heat: Horner's scheme for
-    :math:`\sum_{k \le K} \theta_k A^k V` with :math:`\theta_k \propto t^k / k!` normalised
-    to sum to one, i.e. ``s = 1``, ``c = (theta_K, ..., theta_0)``.
-
-    The weights :math:`\theta_k` of :math:`A^k` themselves, for analysis, come from
-    ``analysis.diffusion_coefficients(alpha, hops, kernel, t)``.
-    """
-    hops, alpha, t = int(hops), float(alpha), float(t)  # plain Python numbers for the kernels
-    if kernel == "ppr":
-        return 1.0 - alpha, [1.0] + [alpha] * hops
-    log_w = [k * math.log(t) - math.lgamma(k + 1) if t > 0 else (0.0 if k == 0 else -math.inf)
-             for k in range(hops + 1)]
-    top = max(log_w)
-    w = [math.exp(x - top) for x in log_w]
-    total = sum(w)
-    return 1.0, [x / total for x in reversed(w)]
-
-
-def diffusion_coefficients(hops: int, alpha: float, kernel: str = "ppr",
-                           t: float = 1.0) -> Tuple[float, List[float]]:
-    """Deprecated: the former name of :func:`recursion_coefficients`, which it shared with
-    ``analysis.diffusion_coefficients`` (other arguments, other result)."""
-    warnings.warn("graphdiff.nn.functional.diffusion_coefficients is renamed "
-                  "recursion_coefficients; for the weights of A^k use "
-                  "analysis.diffusion_coefficients(alpha, hops, kernel, t)",
-                  DeprecationWarning, stacklevel=2)
-    return recursion_coefficients(hops, alpha, kernel, t)
 
 
 def _check_features(name: str, x: Any) -> None:
@@ -89,10 +55,8 @@ def _check_features(name: str, x: Any) -> None:
                          f"heads, channels >= 1 (got {list(x.shape)})")
 
 
-def _num_nodes(num_nodes: Union[int, Tuple[int, int], None],
-               default: Tuple[int, int]) -> Tuple[int, int]:
-    if num_nodes is None:
-        return default
+def _num_nodes(num_nodes: Union[int, Tuple[int, int]]) -> Tuple[int, int]:
+    """``num_nodes`` as a pair ``(N_src, N_dst)`` of ints."""
     pair = num_nodes if isinstance(num_nodes, (tuple, list)) else (num_nodes, num_nodes)
     try:  # ints or int-likes (NumPy integers, one-element integer tensors)
         sizes = tuple(operator.index(n) for n in pair)
@@ -101,89 +65,16 @@ def _num_nodes(num_nodes: Union[int, Tuple[int, int], None],
     if len(sizes) != 2:
         raise TypeError(f"'num_nodes' must be an int or a pair of ints (N_src, N_dst) "
                         f"(got {num_nodes!r})")
-    if sizes != default:
-        raise ValueError(f"'num_nodes' {num_nodes} does not match the features "
-                         f"(sources, targets) = {default}")
     return sizes
 
 
-def check_bipartite_diffusion(graph: DiffusionGraph, hops: int,
-                              coeffs: Sequence[float]) -> None:
-    """Raise ``ValueError`` unless the recursion can run on ``graph``: with fewer sources
-    than targets (or more), only one hop without teleport (``Z_1 = A V``) is defined
-    (``hops=0`` would return ``V``, which has a row per source)."""
-    if not graph.is_square and (hops != 1 or any(c != 0.0 for c in coeffs[1:])):
-        raise ValueError(f"diffusion over {hops} hops, or with alpha > 0, needs as many "
-                         f"sources as targets (got {graph.num_src} sources, {graph.num_dst} "
-                         f"targets); use hops=1, alpha=0.0 for bipartite cross-attention")
-
-
-def stacks(graph: DiffusionGraph, heads: int) -> Tuple[DiffusionGraph, int]:
-    """``(graph of one stack, number of stacks)``: the heads share sparse calls as
-    :meth:`DiffusionGraph.heads_per_call` decides (one stack per head on long sequences)."""
-    per_call = graph.heads_per_call(heads)
-    return graph.stacked(per_call), heads // per_call
-
-
-def stack_heads(x: Tensor, groups: int) -> Tensor:
-    """Head-major ``x [H, ...]`` as ``[groups, ...]``, each group's heads one after the
-    other: the layout of :meth:`DiffusionGraph.stacked`. A view when ``x`` is contiguous; a
-    whole-tensor copy for node-major features (``H N C``, with at most
-    ``MAX_STACKED_NODES`` nodes per stack)."""
-    return x if groups == x.size(0) else x.reshape(groups, -1, *x.shape[2:])
-
-
-# torch's CPU sparse kernels (sampled_addmm, CSR addmm) have no half-precision versions:
-# features in these dtypes (autocast's, for one) are computed in float32 and the result cast
-# back to their dtype. On every device: the softmax and the hops accumulate sums over edges,
-# which autocast runs in float32 as well.
-HALF_DTYPES = (torch.float16, torch.bfloat16)
+def _check_num_nodes(num_nodes: Tuple[int, int], features: Tuple[Optional[int], int]) -> None:
+    if any(want is not None and n != want for n, want in zip(num_nodes, features)):
+        raise ValueError(f"'num_nodes' {num_nodes} does not match the features "
+                         f"(sources, targets) = {features}")
 
 
 @torch.compiler.disable
-def attention_heads_first(q: Tensor, k: Tensor, graph: DiffusionGraph,
-                          scale: Optional[float] = None) -> Tensor:
-    """:func:`edge_softmax_attention` on head-major ``[H, N, C]`` features (contiguous, or
-    views of node-major ``[N, H, C]`` ones; one head per call takes those without a
-    whole-tensor conversion copy, each head passing through ``[N, C]`` scratch, while stacked
-    heads are copied once, see :func:`stacks`); ``[H, E]`` in CSR order."""
-    if q.dtype in HALF_DTYPES:
-        return attention_heads_first(q.float(), k.float(), graph, scale).to(q.dtype)
-    scale = q.size(-1) ** -0.5 if scale is None else scale
-    stack, groups = stacks(graph, q.size(0))
-    attn = EdgeAttention.apply(stack, stack_heads(q, groups), stack_heads(k, groups), scale)
-    return attn.view(q.size(0), graph.num_edges)
-
-
-@torch.compiler.disable
-def diffuse_heads_first(attn: Tensor, v: Tensor, graph: DiffusionGraph, hops: int, alpha: float,
-                        kernel: str = "ppr", t: float = 1.0, hop_dropout: float = 0.0,
-                        training: bool = False) -> Tensor:
-    """:func:`diffuse` on head-major ``attn [H, E]`` (CSR order) and ``v [H, N, C]``;
-    returns ``[H, N_dst, C]`` in the layout of ``v``: a view of a node-major ``[N, H, C]``
-    tensor when ``v`` is one, so that transposing it back costs no copy."""
-    s, coeffs = recursion_coefficients(hops, alpha, kernel, t)
-    check_bipartite_diffusion(graph, hops, coeffs)
-    if hops == 0:
-        return v
-    if v.dtype in HALF_DTYPES:
-        return diffuse_heads_first(attn.float(), v.float(), graph, hops, alpha, kernel, t,
-                                   hop_dropout, training).to(v.dtype)
-    heads, node_major = v.size(0), is_node_major(v)
-    stack, groups = stacks(graph, heads)
-    masks = None
-    if training and hop_dropout > 0.0:
-        shape = (groups, stack.num_dst, v.size(2))
-        masks = [torch.empty(shape, dtype=torch.bool, device=v.device).bernoulli_(
-            1.0 - hop_dropout) for _ in range(hops)]
-    out = Diffusion.apply(stack, stack_heads(attn, groups).contiguous(),
-                          stack_heads(v, groups), s, coeffs, masks, 1.0 - hop_dropout)
-    if groups == heads:  # one head per call: the kernel wrote the caller's layout
-        return heads_view(out, node_major)
-    out = out.view(heads, -1, v.size(2))
-    return heads_view(out.transpose(0, 1).contiguous(), True) if node_major else out
-
-
 def edge_softmax_attention(q: Tensor, k: Tensor, edge_index: Any,
                            num_nodes: Union[int, Tuple[int, int], None] = None,
                            scale: Optional[float] = None) -> Tensor:
@@ -218,13 +109,24 @@ def edge_softmax_attention(q: Tensor, k: Tensor, edge_index: Any,
         if not math.isfinite(scale):  # an infinite scale gives inf - inf = NaN scores
             raise ValueError(f"'scale' must be finite (got {scale!r})")
         scale = float(scale)
-    graph = as_graph(edge_index, _num_nodes(num_nodes, (k.size(0), q.size(0))))
-    attn = attention_heads_first(q.transpose(0, 1), k.transpose(0, 1), graph, scale)
-    return graph.to_input_order(attn.t())
+    sizes = (k.size(0), q.size(0))
+    if num_nodes is not None:
+        _check_num_nodes(_num_nodes(num_nodes), sizes)
+    graph = diffusion_graph(edge_index, sizes)
+    scale = q.size(-1) ** -0.5 if scale is None else scale
+    # Head-major views of the node-major features: the kernel runs one head (or one stack of
+    # heads, on short sequences) at a time.
+    heads, (stack, groups) = q.size(1), _core.stacks(graph, q.size(1))
+    q_heads = _core.stack_heads(_core.heads_first(_core.compute_dtype(q)), groups)
+    k_heads = _core.stack_heads(_core.heads_first(_core.compute_dtype(k)), groups)
+    attn = EdgeAttention.apply(stack, q_heads, k_heads, scale)
+    return _core.edges_last(attn.view(heads, graph.num_edges), graph).to(q.dtype)
 
 
+@torch.compiler.disable
 def diffuse(attn: Tensor, v: Tensor, edge_index: Any, hops: int = 5, alpha: float = 0.1,
-            kernel: str = "ppr", t: float = 1.0, *, hop_dropout: float = 0.0,
+            kernel: str = "ppr", t: float = 1.0, *,
+            num_nodes: Union[int, Tuple[int, int], None] = None, hop_dropout: float = 0.0,
             training: bool = False) -> Tensor:
     r"""Multi-hop diffusion of one-hop attention ``A`` over values ``V``.
 
@@ -237,18 +139,21 @@ def diffuse(attn: Tensor, v: Tensor, edge_index: Any, hops: int = 5, alpha: floa
 
     Args:
         attn (torch.Tensor): One-hop attention ``[E, H]`` in the input edge order.
-        v (torch.Tensor): Values ``[N, H, C]``.
-        edge_index: The adjacency (any type :func:`~graphdiff.nn.graph.as_graph` accepts).
+        v (torch.Tensor): Values ``[N_src, H, C]``.
+        edge_index: The adjacency (any type :func:`~graphdiff.nn.diffusion_graph` accepts).
         hops (int, optional): Number of hops :math:`K \ge 0`. (default: :obj:`5`)
         alpha (float, optional): Teleport probability in :math:`[0, 1]`. (default: :obj:`0.1`)
         kernel (str, optional): ``"ppr"`` or ``"heat"``. (default: :obj:`"ppr"`)
         t (float, optional): Heat kernel time :math:`t \ge 0`. (default: :obj:`1.0`)
+        num_nodes (int or (int, int), optional): ``N`` or ``(N_src, N_dst)``; a graph with
+            fewer targets than sources (or more) allows only ``hops=1, alpha=0``.
+            (default: a prebuilt graph's sizes, else ``N_src`` both)
         hop_dropout (float, optional): Dropout probability applied to the features produced
             by every hop (a fresh mask per hop), in training only. (default: :obj:`0.0`)
         training (bool, optional): Whether ``hop_dropout`` is active. (default: :obj:`False`)
 
     Returns:
-        ``[N, H, C]``. Memory: ``O(E H + K N H C)``; each hop is one sparse-dense product.
+        ``[N_dst, H, C]``. Memory: ``O(E H + K N H C)``; each hop is one sparse-dense product.
     """
     check_diffusion_args(hops, alpha, kernel, t, hop_dropout)
     _check_features("v", v)
@@ -257,14 +162,36 @@ def diffuse(attn: Tensor, v: Tensor, edge_index: Any, hops: int = 5, alpha: floa
                          f"(got {list(attn.shape) if isinstance(attn, Tensor) else attn!r})")
     if attn.dtype != v.dtype:
         raise TypeError(f"'attn' and 'v' must share a dtype (got {attn.dtype}, {v.dtype})")
-    graph = as_graph(edge_index, (v.size(0), v.size(0)))
+    if num_nodes is not None:
+        sizes = _num_nodes(num_nodes)
+    elif isinstance(edge_index, DiffusionGraph):
+        sizes = (edge_index.num_src, edge_index.num_dst)
+    else:
+        sizes = (v.size(0), v.size(0))
+    _check_num_nodes(sizes, (v.size(0), None))
+    graph = diffusion_graph(edge_index, sizes)
     if attn.size(0) != graph.num_edges:
         raise ValueError(f"'attn' has {attn.size(0)} rows but the graph has "
                          f"{graph.num_edges} edges")
-    out = diffuse_heads_first(graph.to_csr_order(attn).t(), v.transpose(0, 1), graph, hops,
-                              alpha, kernel, t, hop_dropout, training)
-    return out.transpose(0, 1)
+    s, coeffs = recursion_coefficients(hops, alpha, kernel, t)
+    _core.check_bipartite(graph, hops, coeffs)
+    if hops == 0:
+        return v
+    dtype, v_heads = v.dtype, _core.heads_first(_core.compute_dtype(v))
+    heads, node_major = v.size(1), _core.is_node_major(v_heads)
+    stack, groups = _core.stacks(graph, heads)
+    masks = None
+    if training and hop_dropout > 0.0:
+        shape = (groups, stack.num_dst, v.size(2))
+        masks = [torch.empty(shape, dtype=torch.bool, device=v.device).bernoulli_(
+            1.0 - hop_dropout) for _ in range(hops)]
+    attn_heads = _core.edges_first(_core.compute_dtype(attn), graph)
+    out = Diffusion.apply(stack, _core.stack_heads(attn_heads, groups).contiguous(),
+                          _core.stack_heads(v_heads, groups), s, coeffs, masks,
+                          1.0 - hop_dropout)
+    out = _core.unstack_heads(out, heads, groups, node_major)
+    return _core.heads_first(out).to(dtype)
 
 
 __all__: Sequence[str] = ["edge_softmax_attention", "diffuse", "recursion_coefficients",
-                          "check_diffusion_args", "check_bipartite_diffusion"]
+                          "check_diffusion_args", "DIFFUSION_KERNELS"]

@@ -8,9 +8,9 @@ head-major (``[H, E]``) and :meth:`DiffusionGraph.csr` wraps one head's row as a
 sparse call through the block-diagonal :meth:`DiffusionGraph.stacked` structure.
 
 Building the structure (sorting, CSR conversion, range checks) costs more than a whole
-diffusion, so :func:`as_graph` caches it per adjacency object: every layer, hop, head and the
-backward pass of a model that reuses one ``edge_index`` tensor (as patterns and equal-length
-batches do) share one structure.
+diffusion: build it once with :func:`diffusion_graph` and pass the :class:`DiffusionGraph` to
+every layer (as :class:`~graphdiff.models.Diffuser` does for each batch). An adjacency seen a
+second time is found in :mod:`graphdiff.cache`, under its byte budget.
 """
 from __future__ import annotations
 
@@ -22,19 +22,23 @@ import torch
 from torch import Tensor
 from torch_geometric.typing import SparseTensor
 
+from graphdiff import cache
+from graphdiff.checks import check_edge_index
+
 _INT32_MAX = 2**31 - 1
 
 # Heads are stacked into one block-diagonal product while the stack holds at most this many
 # edges. Each sparse call costs about 10-15 us of Python and dispatch besides its work; on the
 # benchmark pattern, stacking saves about a third of a forward + backward at 256 tokens and
 # 10-25% at 1k-2k, and nothing measurable at 4k tokens (460k edges per head), where a head's
-# work dwarfs the call (benchmarks/results/probe_stacked_heads.md, README). A stack costs
+# work dwarfs the call (docs/performance.md, "Short sequences: stacked heads"). A stack costs
 # about 20 bytes per edge (int32 indices both ways, int64 transposed positions): at most
 # 20 MiB for each number of heads per call that the model's layers use.
 MAX_STACKED_EDGES = 1 << 20
 # ... and at most this many nodes on either side, so that a stack's [N, C] scratch stays as
 # small as a head's of a long sequence (8 MiB at C = 32, below glibc's mmap threshold, see
-# graphdiff.nn.kernels): graphs with many nodes and few edges per node run head by head.
+# docs/performance.md, "Memory allocator"): graphs with many nodes and few edges per node run
+# head by head.
 MAX_STACKED_NODES = 1 << 16
 
 
@@ -84,8 +88,7 @@ class DiffusionGraph:
             src, dst = src[self.perm], dst[self.perm]
         # int32 indices when they fit: half the index memory and traffic of every sparse
         # product (torch would convert int64 ones at every call). Copies, never views: a view
-        # would keep the adjacency alive from inside the cache that is keyed on its weak
-        # reference, so the entry (and the tensor) would never be freed.
+        # would keep the adjacency alive from inside the cache entry that dies with it.
         fits = max(self.num_edges, self.num_src, self.num_dst) <= _INT32_MAX
         self.index_dtype = torch.int32 if fits else torch.long
         self.row = dst.to(self.index_dtype, copy=True)  # target of every CSR position
@@ -101,6 +104,13 @@ class DiffusionGraph:
     def __getstate__(self) -> Dict[str, Any]:
         # Stacks are rebuilt on demand; a stack's weak link to its source cannot be pickled.
         return {**self.__dict__, "_stacked": {}, "_stack_of": None}
+
+    def nbytes(self) -> int:
+        """Bytes this structure holds now, its lazily built parts and stacks included."""
+        parts = [self.perm, self.row, self.col, self.crow, self._offsets,
+                 *(self._transposed or ())]
+        own = sum(t.numel() * t.element_size() for t in parts if t is not None)
+        return own + sum(stack.nbytes() for stack in self._stacked.values())
 
     @property
     def is_square(self) -> bool:
@@ -220,18 +230,7 @@ def _repeat_offset(index: Tensor, copies: int, step: int) -> Tensor:
 
 
 # --------------------------------------------------------------------------------------
-# Conversion of every supported adjacency type, with a per-object cache.
-
-_Cache = Dict[int, Tuple[Any, int, Tuple[int, int], DiffusionGraph]]
-_CACHE: _Cache = {}
-
-
-def _check_index(name: str, index: Tensor) -> None:
-    if not isinstance(index, Tensor):
-        raise TypeError(f"'{name}' must be a Tensor, got {type(index).__name__}")
-    if index.dtype not in (torch.int32, torch.int64):
-        raise TypeError(f"'{name}' must have dtype torch.long or torch.int32 "
-                        f"(got {index.dtype})")
+# Conversion of every supported adjacency type.
 
 
 def _coo(adj: Any) -> Tuple[Tensor, Tensor, Optional[Tuple[int, int]], bool]:
@@ -249,12 +248,10 @@ def _coo(adj: Any) -> Tuple[Tensor, Tensor, Optional[Tuple[int, int]], bool]:
                          f"adjacency (got shape {list(adj.shape)})")
     if isinstance(adj, Tensor) and adj.layout == torch.sparse_csr:  # adj_t: rows = targets
         crow, col = adj.crow_indices(), adj.col_indices()
-        _check_index("edge_index", col)
         row = torch.ops.aten._convert_indices_from_csr_to_coo(crow, col)[0]
         return col, row, (adj.size(1), adj.size(0)), True
     if isinstance(adj, Tensor) and adj.layout == torch.sparse_csc:
         ccol, row = adj.ccol_indices(), adj.row_indices()
-        _check_index("edge_index", row)
         col = torch.ops.aten._convert_indices_from_csr_to_coo(ccol, row)[0]
         return col, row, (adj.size(1), adj.size(0)), False
     if isinstance(adj, Tensor) and adj.layout == torch.sparse_coo:
@@ -263,17 +260,30 @@ def _coo(adj: Any) -> Tuple[Tensor, Tensor, Optional[Tuple[int, int]], bool]:
             adj = adj.coalesce()
         row, col = adj.indices()
         return col, row, (adj.size(1), adj.size(0)), True
-    _check_index("edge_index", adj)
-    if adj.dim() != 2 or adj.size(0) != 2:
-        raise ValueError(f"'edge_index' must have shape [2, num_edges] (got {list(adj.shape)})")
+    check_edge_index(adj)
     if hasattr(adj, "as_tensor"):  # torch_geometric.EdgeIndex: operate on the plain data
         plain = adj.as_tensor()
         return plain[0], plain[1], adj.sparse_size(), False  # rows = sources
     return adj[0], adj[1], None, False
 
 
-def as_graph(adj: Any, num_nodes: Tuple[int, int]) -> DiffusionGraph:
-    r"""The (cached) :class:`DiffusionGraph` of an adjacency.
+def build_diffusion_graph(adj: Any, num_nodes: Tuple[int, int]) -> DiffusionGraph:
+    """:func:`diffusion_graph` without the cache: always a new structure."""
+    src, dst, sizes, sorted_by_target = _coo(adj)
+    n_src, n_dst = int(num_nodes[0]), int(num_nodes[1])
+    if sizes is not None and any(size not in (None, n) for size, n in zip(sizes, (n_src, n_dst))):
+        raise ValueError(f"adjacency of size [{sizes[1]}, {sizes[0]}] (targets x sources) "
+                         f"does not match the features ({n_dst} targets, {n_src} sources)")
+    check_edge_index((src, dst), (n_src, n_dst))
+    return DiffusionGraph(src, dst, (n_src, n_dst), sorted_by_target)
+
+
+# Structure building and caching, not model code: under torch.compile its Python (a cache,
+# weak references) would break the graph, or guard on state that changes at every call.
+@torch.compiler.disable
+def diffusion_graph(adj: Any, num_nodes: Tuple[int, int]) -> DiffusionGraph:
+    r"""The :class:`DiffusionGraph` of an adjacency, validated (one structure for every layer
+    and hop of a forward pass; build it once and pass it on).
 
     Args:
         adj: A ``[2, E]`` edge_index Tensor, a PyG ``EdgeIndex``, a ``torch.sparse``
@@ -282,46 +292,24 @@ def as_graph(adj: Any, num_nodes: Tuple[int, int]) -> DiffusionGraph:
         num_nodes (Tuple[int, int]): ``(N_src, N_dst)``, the number of rows of the key/value
             and of the query features.
 
-    The cache is keyed on the identity of ``adj`` and, for an edge_index Tensor, its
-    in-place version counter; an entry dies with its adjacency. A tensor created under
-    ``torch.inference_mode()`` has no version counter and is not cached. So freeing ``adj``, or
-    changing an edge_index in place through torch, never returns a stale structure. Writes
-    that bypass the version counter are not seen: through ``.data``, through a NumPy array
-    that shares the memory, or into the index tensors of a sparse adjacency (which, as in
-    PyG, count as immutable). After such a write, pass a new tensor.
+    The structure of an adjacency asked for a second time while it is alive is kept in
+    :mod:`graphdiff.cache` (counted against its byte budget) and dies with the adjacency. The
+    entry is keyed on the adjacency object and, for a Tensor, its in-place version counter,
+    so changing an edge_index in place through torch never returns a stale structure. A
+    tensor created under ``torch.inference_mode()`` has no version counter and is not cached.
+    Writes that bypass the version counter are not seen: through ``.data``, through a NumPy
+    array that shares the memory, or into the index tensors of a sparse adjacency (which, as
+    in PyG, count as immutable). After such a write, pass a new tensor.
     """
     if isinstance(adj, DiffusionGraph):
         if (adj.num_src, adj.num_dst) != tuple(num_nodes):
             raise ValueError(f"graph has num_nodes {(adj.num_src, adj.num_dst)} but the "
                              f"features need {tuple(num_nodes)}")
         return adj
-    # A tensor made under torch.inference_mode() has no version counter: never cached.
-    cacheable = not (isinstance(adj, Tensor) and adj.is_inference())
-    key = id(adj)
-    version = adj._version if isinstance(adj, Tensor) and cacheable else 0
-    hit = _CACHE.get(key)
-    if hit is not None and hit[0]() is adj and hit[1] == version and hit[2] == tuple(num_nodes):
-        return hit[3]
-
-    src, dst, sizes, sorted_by_target = _coo(adj)
-    n_src, n_dst = int(num_nodes[0]), int(num_nodes[1])
-    if sizes is not None and any(size not in (None, n) for size, n in zip(sizes, (n_src, n_dst))):
-        raise ValueError(f"adjacency of size [{sizes[1]}, {sizes[0]}] (targets x sources) "
-                         f"does not match the features ({n_dst} targets, {n_src} sources)")
-    if src.numel() > 0:
-        for name, index, n in (("source", src, n_src), ("target", dst, n_dst)):
-            lo, hi = int(index.min()), int(index.max())
-            if lo < 0 or hi >= n:
-                raise ValueError(f"'edge_index' {name} indices must lie in [0, {n - 1}] "
-                                 f"(found range [{lo}, {hi}])")
-    graph = DiffusionGraph(src, dst, (n_src, n_dst), sorted_by_target)
-    if not cacheable:
-        return graph
-    try:
-        ref = weakref.ref(adj)
-    except TypeError:  # not weak-referenceable: do not cache
-        return graph
-    _CACHE[key] = (ref, version, (n_src, n_dst), graph)
-    if hit is None or hit[0]() is not adj:  # one finalizer per tensor, not one per rebuild
-        weakref.finalize(adj, _CACHE.pop, key, None)
-    return graph
+    num_nodes = (int(num_nodes[0]), int(num_nodes[1]))
+    if isinstance(adj, Tensor) and adj.is_inference():
+        return build_diffusion_graph(adj, num_nodes)
+    version = adj._version if isinstance(adj, Tensor) else 0
+    return cache.CACHE.get(("structure", id(adj), version, num_nodes),
+                     lambda: build_diffusion_graph(adj, num_nodes), owner=adj,
+                     admit_on_repeat=True)

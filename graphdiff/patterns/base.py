@@ -1,7 +1,7 @@
 """The :class:`Pattern` base class: a hashable description of "who may attend whom".
 
 A pattern is a value (equal patterns compare and hash equal); calling it with a sequence length
-``n`` builds the canonical ``edge_index`` of DESIGN section 3:
+``n`` builds the canonical ``edge_index`` (docs/design.md, "Conventions"):
 
 * ``edge_index[0]`` is the source ``j`` (the key), ``edge_index[1]`` the target ``i`` (the query);
 * int64, shape ``[2, E]``, sorted by ``(target, source)``, no duplicates;
@@ -12,13 +12,13 @@ duplicates; canonicalisation, caching and every conversion live here, once.
 """
 from __future__ import annotations
 
-from collections import OrderedDict
-from typing import TYPE_CHECKING, Any, Callable, Hashable, Tuple
+from typing import TYPE_CHECKING, Any, Tuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from graphdiff import cache
 from graphdiff.checks import check_int
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -53,76 +53,12 @@ def canonicalize(src: Tensor, dst: Tensor, n: int, self_loops: bool = True) -> T
     return torch.stack([key % n, key // n])
 
 
-class TensorCache:
-    """Least-recently-used cache of built tensors (or tuples of tensors), bounded by their total
-    size in bytes.
-
-    A count bound would be wrong both ways: ListOps-style batches need hundreds of short
-    lengths, while a handful of million-token patterns already take gigabytes.
-
-    The cached tensors are handed out, not copied (the layer's structure cache recognises a
-    graph by its edge_index tensor), so everyone who got one shares it. An edit in place
-    reaches those holders, but not later calls: torch's version counter shows the entry
-    changed, and the next ``get`` builds a fresh one. Writes that bypass the counter (through
-    ``.data`` or a NumPy view) are not seen.
-    """
-
-    def __init__(self, max_bytes: int = 1 << 30):
-        self.max_bytes = max_bytes
-        # key -> (value, its tensors' versions when built, its size in bytes when built)
-        self.entries: "OrderedDict[Hashable, Tuple[Any, Tuple[int, ...], int]]" = OrderedDict()
-        self.bytes = 0
-
-    def get(self, key: Hashable, build: Callable[[], Any]) -> Any:
-        """The cached value of ``key``, or ``build()`` (kept when it fits)."""
-        if key in self.entries:
-            value, versions, size = self.entries[key]
-            if _versions(value) == versions:
-                self.entries.move_to_end(key)
-                return value
-            del self.entries[key]  # edited in place by someone who got it
-            self.bytes -= size
-        with torch.inference_mode(False):  # inference tensors have no version counter
-            value = build()
-        size = _nbytes(value)
-        if size > self.max_bytes:  # returned but not kept, and evicting nothing for it
-            return value
-        while self.entries and self.bytes + size > self.max_bytes:
-            _, (_, _, evicted_size) = self.entries.popitem(last=False)
-            self.bytes -= evicted_size
-        self.entries[key] = (value, _versions(value), size)
-        self.bytes += size
-        return value
-
-    def clear(self) -> None:
-        self.entries.clear()
-        self.bytes = 0
-
-
-def _tensors(value: Any) -> tuple:
-    return value if isinstance(value, tuple) else (value,)
-
-
-def _nbytes(value: Any) -> int:
-    return sum(t.numel() * t.element_size() for t in _tensors(value))
-
-
-def _versions(value: Any) -> Tuple[int, ...]:
-    return tuple(t._version for t in _tensors(value))
-
-
-# Canonical edge_index per (pattern, n, self_loops), and graphdiff.data's batched
-# block-diagonal edges per ("batched", pattern, lengths): one budget for both.
-EDGE_INDEX_CACHE = TensorCache()
-
-
 class Pattern:
     """A sparse attention pattern. Subclasses implement :meth:`_edges` and :meth:`_key`.
 
-    ``pattern(n)`` returns the canonical edge_index for length ``n``, cached per length and
-    shared between equal patterns (the layer's structure cache relies on getting the same
-    tensor back): an edit in place reaches everyone who already holds it, but not later
-    calls, which get a fresh one (see :class:`TensorCache`).
+    ``pattern(n)`` returns the canonical edge_index for length ``n``, cached per length in
+    :mod:`graphdiff.cache` and shared between equal patterns: an edit in place reaches everyone
+    who already holds it, but not later calls, which get a fresh one.
     """
 
     # -- subclass interface -------------------------------------------------------------------
@@ -150,16 +86,16 @@ class Pattern:
             src, dst = self._edges(n)
             return canonicalize(src.long(), dst.long(), n, self_loops)
 
-        return EDGE_INDEX_CACHE.get((self, n, self_loops), build)
+        return cache.CACHE.get(("pattern", self, n, self_loops), build)
 
     def num_edges(self, n: int, self_loops: bool = True) -> int:
         return self(n, self_loops).size(1)
 
     # -- algebra ------------------------------------------------------------------------------
     def __or__(self, other: "Pattern") -> "Pattern":
-        from graphdiff.patterns.ops import Union
+        from graphdiff.patterns.ops import PatternUnion
 
-        return Union(self, other)
+        return PatternUnion(self, other)
 
     def __and__(self, other: "Pattern") -> "Pattern":
         from graphdiff.patterns.ops import Intersection

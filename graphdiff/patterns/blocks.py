@@ -1,4 +1,4 @@
-"""Building blocks of sparse attention patterns (DESIGN 4.1).
+"""Building blocks of sparse attention patterns.
 
 Every block generates its edges ``j -> i`` ("query i attends key j") with vectorised tensor
 operations: no Python loop over tokens and no ``n x n`` array, so a million tokens take seconds.

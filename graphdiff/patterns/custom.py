@@ -2,29 +2,16 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Callable, Union as TypingUnion
+from typing import Any, Callable, Union
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from graphdiff.checks import is_integer
+from graphdiff.checks import check_edge_index, is_integer
 from graphdiff.patterns.base import Edges, Pattern
 
-EdgeSource = TypingUnion[Tensor, np.ndarray, Callable[[int], Tensor], Any]
-
-
-def check_edge_index(edge_index: Any, name: str = "edge_index") -> Tensor:
-    """Validate a ``[2, E]`` integer edge_index with non-negative entries and return it as int64."""
-    if not isinstance(edge_index, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(edge_index).__name__}")
-    if edge_index.dtype.is_floating_point or edge_index.dtype.is_complex or edge_index.dtype == torch.bool:
-        raise TypeError(f"{name} must have an integer dtype (int64 preferred), got {edge_index.dtype}")
-    if edge_index.dim() != 2 or edge_index.size(0) != 2:
-        raise ValueError(f"{name} must have shape [2, E], got {list(edge_index.shape)}")
-    if edge_index.numel() and edge_index.min() < 0:
-        raise ValueError(f"{name} must hold node indices >= 0, got {int(edge_index.min())}")
-    return edge_index.long()
+EdgeSource = Union[Tensor, np.ndarray, Callable[[int], Tensor], Any]
 
 
 def _from_networkx(graph: Any) -> Tensor:
@@ -70,9 +57,10 @@ class Custom(Pattern):
         if isinstance(source, Tensor) and source.dtype == torch.bool:
             self.edge_index = _from_mask(source)
         elif isinstance(source, Tensor):
-            self.edge_index = check_edge_index(source)
+            self.edge_index = check_edge_index(source).long()
         elif hasattr(source, "nodes") and hasattr(source, "edges") and hasattr(source, "is_directed"):
-            self.edge_index = check_edge_index(_from_networkx(source), name="networkx graph's nodes")
+            self.edge_index = check_edge_index(_from_networkx(source),
+                                               name="networkx graph's nodes")
         elif callable(source):
             self.function = source
         else:
@@ -91,13 +79,8 @@ class Custom(Pattern):
         return (self._digest, self.edge_index.size(1), self.name)
 
     def _edges(self, n: int) -> Edges:
-        edge_index = self.edge_index
-        if self.function is not None:
-            edge_index = check_edge_index(self.function(n), name=f"Custom({self._label()}) output")
-        if edge_index.numel() and edge_index.max() >= n:
-            raise ValueError(
-                f"Custom({self._label()}) has node index {int(edge_index.max())}, out of range for n={n}"
-            )
+        source = self.edge_index if self.function is None else self.function(n)
+        edge_index = check_edge_index(source, n, name=f"Custom({self._label()}) edges").long()
         return edge_index[0], edge_index[1]
 
     def _label(self) -> str:

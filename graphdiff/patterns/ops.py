@@ -33,11 +33,11 @@ def _flatten(operation: type, parts: tuple) -> tuple:
     return tuple(flat for part in parts for flat in (part.parts if isinstance(part, operation) else [part]))
 
 
-class Union(Pattern):
+class PatternUnion(Pattern):
     """Edges present in any of the patterns (``p | q``). Nested unions are flattened."""
 
     def __init__(self, *parts: Pattern):
-        self.parts = _flatten(Union, _patterns("Union", parts))
+        self.parts = _flatten(PatternUnion, _patterns("union", parts))
 
     def _key(self) -> tuple:
         return self.parts
@@ -54,7 +54,7 @@ class Intersection(Pattern):
     """Edges present in every one of the patterns (``p & q``). Nested intersections are flattened."""
 
     def __init__(self, *parts: Pattern):
-        self.parts = _flatten(Intersection, _patterns("Intersection", parts))
+        self.parts = _flatten(Intersection, _patterns("intersection", parts))
 
     def _key(self) -> tuple:
         return self.parts
@@ -68,7 +68,7 @@ class Intersection(Pattern):
         return key % n, key // n
 
     def __repr__(self) -> str:
-        return " & ".join(_operand(part, Union) for part in self.parts)
+        return " & ".join(_operand(part, PatternUnion) for part in self.parts)
 
 
 class _Transform(Pattern):
@@ -83,7 +83,7 @@ class _Transform(Pattern):
         return (self.base,)
 
     def __repr__(self) -> str:
-        return f"{_operand(self.base, (Union, Intersection))}.{self.method}()"
+        return f"{_operand(self.base, (PatternUnion, Intersection))}.{self.method}()"
 
 
 class Causal(_Transform):

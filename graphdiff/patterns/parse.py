@@ -11,7 +11,7 @@ from typing import Any, Callable, Dict
 
 from graphdiff.patterns.base import Pattern
 from graphdiff.patterns.blocks import BlockRandom, BlockWindow, Full, Global, Random, Strided, Window
-from graphdiff.patterns.presets import PRESETS
+from graphdiff.patterns.presets import PATTERN_PRESETS
 
 CONSTRUCTORS: Dict[str, Callable[..., Pattern]] = {
     "Window": Window,
@@ -21,7 +21,7 @@ CONSTRUCTORS: Dict[str, Callable[..., Pattern]] = {
     "BlockRandom": BlockRandom,
     "Strided": Strided,
     "Full": Full,
-    **PRESETS,
+    **PATTERN_PRESETS,
 }
 METHODS = ("causal", "symmetric")
 

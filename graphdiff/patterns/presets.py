@@ -44,7 +44,7 @@ def sparse_transformer(stride: int = 128) -> Pattern:
     return Strided(stride)
 
 
-PRESETS = {
+PATTERN_PRESETS = {
     "diffuser": diffuser,
     "longformer": longformer,
     "bigbird": bigbird,

@@ -28,7 +28,7 @@ from graphdiff.checks import check_int, is_real
 from graphdiff.io import atomic_write
 from graphdiff.tasks import TASKS, TaskDataset, collate, get_task
 from graphdiff.models import (
-    PRESETS, DiffuserConfig, DiffuserForSequenceClassification, preset_config,
+    MODEL_PRESETS, DiffuserConfig, DiffuserForSequenceClassification, preset_config,
 )
 from graphdiff.patterns import parse_pattern
 from graphdiff.train.checkpoint import load_checkpoint, save_checkpoint, save_json
@@ -137,9 +137,9 @@ class TrainArgs:
         if self.task not in TASKS:
             raise ValueError(
                 f"unknown task {self.task!r}; valid tasks: {', '.join(sorted(TASKS))}")
-        if self.preset not in PRESETS:
+        if self.preset not in MODEL_PRESETS:
             raise ValueError(
-                f"unknown preset {self.preset!r}; valid presets: {', '.join(PRESETS)}")
+                f"unknown preset {self.preset!r}; valid presets: {', '.join(MODEL_PRESETS)}")
         if self.pattern is not None:
             parse_pattern(self.pattern)
 

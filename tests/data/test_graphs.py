@@ -62,6 +62,17 @@ def test_equal_lengths_reuse_the_cached_pattern_with_offsets():
     assert torch.equal(batch.edge_index, torch.cat([edges + 7 * b for b in range(3)], dim=1))
 
 
+def test_batched_edges_are_kept_only_for_lengths_that_come_back(fresh_cache):
+    padded = torch.randint(0, 9, (3, 9))
+    for lengths in ([9, 4, 6], [5, 9, 2], [3, 3, 9]):  # each once: no batch kept
+        graph_batch(padded, torch.tensor(lengths), PATTERN)
+    assert not [key for key in fresh_cache.entries if key[0] == "batched"]
+    first = graph_batch(padded, torch.tensor([9, 4, 6]), PATTERN).edge_index  # back: kept
+    assert graph_batch(padded, torch.tensor([9, 4, 6]), PATTERN).edge_index is first
+    fresh_cache.set_budget(first.numel() * first.element_size() + 600)
+    assert fresh_cache.bytes <= fresh_cache.max_bytes
+
+
 def test_left_padding_mask_gives_positions_inside_each_sequence():
     padded = torch.tensor([[0, 0, 3, 4], [5, 6, 7, 8]])
     mask = padded != 0

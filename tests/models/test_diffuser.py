@@ -70,13 +70,34 @@ def test_outputs_come_back_where_the_mask_put_each_token():
         assert torch.all(out[~mask] == 0)
 
 
-def test_graph_batch_and_padded_entry_points_agree():
-    config = DiffuserConfig.tiny(vocab_size=30)
-    model = DiffuserForSequenceClassification(config).eval()
+def dense_classifier(model: DiffuserForSequenceClassification, tokens: torch.Tensor,
+                     mask: torch.Tensor) -> torch.Tensor:
+    """The classifier of a one-hop, teleport-free model on the Full pattern, written as a plain
+    dense transformer (scaled_dot_product_attention), one sequence at a time."""
+    encoder, logits = model.diffuser, []
+    for row, keep in zip(tokens, mask):
+        ids = row[keep]
+        x = encoder.embeddings.norm(encoder.embeddings.tokens(ids)
+                                    + encoder.embeddings.positions(torch.arange(ids.numel())))
+        for layer in encoder.layers:
+            x = dense_post_ln_layer(layer, x, heads=model.config.heads)
+        pooled = x[0] if model.config.pooling == "cls" else x.mean(0)
+        logits.append(model.classifier(torch.tanh(model.dense(pooled))))
+    return torch.stack(logits)
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_classifier_on_either_entry_point_is_a_dense_transformer(pooling):
+    config = DiffuserConfig.tiny(vocab_size=30, hops=1, alpha=0.0, pattern="Full()",
+                                 dropout=0.0, attention_dropout=0.0, pooling=pooling,
+                                 num_classes=3)
+    model = DiffuserForSequenceClassification(config).double().eval()
     tokens = torch.randint(2, 30, (4, 20))
     mask = torch.arange(20) < torch.tensor([20, 18, 20, 3]).unsqueeze(1)
-    batch = graph_batch(tokens, mask, model.diffuser.pattern)
-    torch.testing.assert_close(model(batch), model(tokens, mask))
+    expected = dense_classifier(model, tokens, mask)
+    torch.testing.assert_close(model(tokens, mask), expected)
+    torch.testing.assert_close(model(graph_batch(tokens, mask, model.diffuser.pattern)),
+                               expected)
 
 
 @pytest.mark.parametrize("pooling", ["cls", "mean"])
@@ -113,7 +134,8 @@ def test_masked_lm_head_is_tied_to_the_embeddings():
     head_states = model.norm(F.gelu(model.dense(model.diffuser(tokens, mask))))
     expected = head_states @ model.diffuser.embeddings.tokens.weight.t() + model.bias
     torch.testing.assert_close(logits, expected)
-    assert not any(p.shape == (25, config.hidden) for p in model.parameters() if p is not model.diffuser.embeddings.tokens.weight)
+    tied = model.diffuser.embeddings.tokens.weight
+    assert not any(p.shape == (25, config.hidden) for p in model.parameters() if p is not tied)
     loss = F.cross_entropy(logits.view(-1, 25), tokens.view(-1))
     loss.backward()
     assert model.diffuser.embeddings.tokens.weight.grad is not None
@@ -193,17 +215,49 @@ def test_positional_encodings_make_positions_distinguishable(positional):
     assert same == (positional == "none")
 
 
-def test_layers_share_one_cached_structure_per_batch():
-    from graphdiff.nn.graph import as_graph
+def test_every_layer_gets_the_one_structure_of_the_batch(fresh_cache):
+    from graphdiff.nn import DiffusionGraph
 
     config = DiffuserConfig.tiny(vocab_size=30, layers=3)
     model = Diffuser(config).eval()
+    seen = []
+    for layer in model.layers:
+        layer.attention.register_forward_pre_hook(lambda _, args: seen.append(args[1]))
     tokens, mask = torch.randint(2, 30, (2, 24)), torch.ones(2, 24, dtype=torch.bool)
-    batch = model.to_batch(tokens, mask)
-    model(batch)
-    structure = as_graph(batch.edge_index, (48, 48))
-    assert as_graph(batch.edge_index, (48, 48)) is structure
-    assert model.to_batch(tokens, mask).edge_index is batch.edge_index  # equal lengths: same tensor next step
+    graphs = []
+    for _ in range(4):  # equal lengths: from the third batch on, the cached structure
+        seen.clear()
+        model(tokens, mask)
+        assert len(seen) == 3 and isinstance(seen[0], DiffusionGraph)
+        assert all(graph is seen[0] for graph in seen)
+        graphs.append(seen[0])
+    assert graphs[0] is not graphs[1] and graphs[2] is graphs[3]
+
+
+def test_a_stream_of_random_lengths_keeps_no_batch_and_the_budget_holds(fresh_cache):
+    config = DiffuserConfig.tiny(vocab_size=30, pattern="Window(4) | Global(1) | Random(2)")
+    model = DiffuserForSequenceClassification(config)
+    gen = torch.Generator().manual_seed(0)
+
+    def step(lengths):
+        tokens = torch.randint(2, 30, (len(lengths), max(lengths)), generator=gen)
+        mask = torch.arange(max(lengths)) < torch.tensor(lengths).unsqueeze(1)
+        model(tokens, mask).sum().backward()
+
+    step([30, 30])  # a structure and its transpose, batched edges: asked for once, not kept
+    step([30, 30])
+    step([30, 30])  # now kept: the lengths came back
+    kept = {key[0] for key in fresh_cache.entries}
+    assert kept == {"pattern", "batched", "structure"}
+    fresh_cache.set_budget(fresh_cache.bytes + 4096)  # room for the per-length patterns only
+    before = fresh_cache.bytes
+    for _ in range(20):  # new lengths every time: only their per-length patterns are kept
+        step(torch.randint(5, 60, (3,), generator=gen).tolist())
+        assert fresh_cache.bytes <= fresh_cache.max_bytes
+    assert not any(key[0] == "batched" and key[2] != (30, 30) for key in fresh_cache.entries)
+    assert fresh_cache.bytes <= before + 4096
+    fresh_cache.set_budget(1000)
+    assert fresh_cache.bytes <= 1000
 
 
 @pytest.mark.parametrize("tokens, error, match", [

@@ -33,7 +33,7 @@ def dense_attention(q: Tensor, k: Tensor, edge_index: Tensor) -> Tensor:
 
 def dense_diffuse(A: Tensor, v: Tensor, hops: int, alpha: float, kernel: str = "ppr",
                   t: float = 1.0) -> Tensor:
-    """The recursion of DESIGN section 1 (ppr) or the heat series, on dense ``A [H, N, N]``."""
+    """The PPR recursion or the heat series, on dense ``A [H, N, N]``."""
     vh = v.transpose(0, 1)  # [H, N, C]
     if kernel == "ppr":
         z = vh
@@ -53,3 +53,15 @@ def dense_diffuse(A: Tensor, v: Tensor, hops: int, alpha: float, kernel: str = "
 def edge_values(A: Tensor, edge_index: Tensor) -> Tensor:
     """``[E, H]`` entries of dense ``A [H, N_dst, N_src]`` on the edges."""
     return A[:, edge_index[1], edge_index[0]].t()
+
+
+def dense_layer(conv, x: Tensor, edge_index: Tensor) -> Tensor:
+    """What an ``AttentionDiffusion`` layer computes, from its own projections, densely."""
+    heads, channels = conv.heads, conv.out_channels
+    x_src, x_dst = (x, x) if isinstance(x, Tensor) else x
+    q = conv.lin_query(x_dst).view(-1, heads, channels)
+    k = conv.lin_key(x_src).view(-1, heads, channels)
+    v = conv.lin_value(x_src).view(-1, heads, channels)
+    out = dense_diffuse(dense_attention(q, k, edge_index), v, conv.hops, conv.alpha,
+                        conv.kernel, conv.t)
+    return out.reshape(out.size(0), -1) if conv.concat else out.mean(1)

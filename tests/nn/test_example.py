@@ -33,7 +33,9 @@ def test_sbm_dataset_is_valid(per_class):
 
 def test_attention_diffusion_net_learns_karate():
     example = load_example()
-    results = example.run(["karate"], ["AttentionDiffusion"], seeds=[0], epochs=30)
+    # 30 epochs leave the accuracy anywhere in 0.33-0.67 depending on the dropout masks drawn;
+    # after 60 it is 0.67-0.87 for seeds 0-2.
+    results = example.run(["karate"], ["AttentionDiffusion"], seeds=[0], epochs=60)
     assert results["karate"]["AttentionDiffusion"][0] > 0.5  # 4 classes: chance is 0.25
 
 

@@ -10,11 +10,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch_geometric.nn import APPNP
 
 import analysis
-from graphdiff.nn import as_graph
+from graphdiff.nn import diffusion_graph
 from graphdiff.nn import graph as graph_module
 from graphdiff.nn.graph import DiffusionGraph
-from graphdiff.nn.functional import (attention_heads_first, diffuse, diffuse_heads_first,
-                                     recursion_coefficients, edge_softmax_attention)
+from graphdiff.nn.functional import diffuse, edge_softmax_attention, recursion_coefficients
 
 from .reference import dense_attention, dense_diffuse, edge_values, random_graph
 
@@ -58,13 +57,6 @@ def test_heat_matches_dense_series(hops, t):
 def test_heat_coefficients_sum_to_one():
     s, c = recursion_coefficients(5, 0.1, "heat", 2.0)
     assert s == 1.0 and math.isclose(sum(c), 1.0)
-
-
-def test_the_former_name_of_the_recursion_coefficients_warns_and_forwards():
-    from graphdiff.nn.functional import diffusion_coefficients
-
-    with pytest.warns(DeprecationWarning, match="renamed recursion_coefficients"):
-        assert diffusion_coefficients(5, 0.1, "heat", 2.0) == recursion_coefficients(5, 0.1, "heat", 2.0)
 
 
 @pytest.mark.parametrize("kernel, hops, alpha, t", [("ppr", 5, 0.1, 1.0), ("ppr", 3, 0.35, 1.0),
@@ -187,34 +179,37 @@ def test_gradients_match_dense_with_either_index_width(int32_max, monkeypatch):
     for got, want in zip(fused, dense):
         torch.testing.assert_close(got, want)
     index_dtype = torch.int32 if int32_max > 100 else torch.int64
-    assert as_graph(ei, (N, N)).row.dtype == index_dtype
+    assert diffusion_graph(ei, (N, N)).row.dtype == index_dtype
+
+
+def in_layout(x, node_major):
+    """``x [N, H, C]`` as it is (node-major), or the same values stored head-major."""
+    return x if node_major else x.transpose(0, 1).contiguous().transpose(0, 1)
 
 
 @pytest.mark.parametrize("node_major", [True, False])
 def test_head_major_and_node_major_features(node_major, head_calls):
-    # The kernels take head-major views of node-major [N, H, C] tensors as they are and give
-    # the result in the layout of their inputs; when each head runs alone, the gradients too
+    # The functions take node-major [N, H, C] features and head-major ones as they are and
+    # give the result in the layout of their inputs; when each head runs alone, the gradients too
     # (stacked heads pass through one contiguous copy, whose gradient autograd lays out).
     ei = random_graph(N, 40, seed=13)
-    graph = as_graph(ei, (N, N))
+    graph = diffusion_graph(ei, (N, N))
     q, k, v = features(seed=13)
-    q_, k_, v_ = (x.transpose(0, 1) if node_major else x.transpose(0, 1).contiguous()
-                  for x in (q, k, v))
-    q_, k_, v_ = (x.detach().requires_grad_() for x in (q_, k_, v_))
-    out = diffuse_heads_first(attention_heads_first(q_, k_, graph), v_, graph, 3, 0.2)
+    q_, k_, v_ = (in_layout(x, node_major).detach().requires_grad_() for x in (q, k, v))
+    out = diffuse(edge_softmax_attention(q_, k_, graph), v_, graph, 3, 0.2)
     per_head = head_calls == "per_head"
-    assert (out.transpose(0, 1) if node_major else out).is_contiguous()
+    assert (out if node_major else out.transpose(0, 1)).is_contiguous()
     expected = dense_diffuse(dense_attention(q, k, ei), v, 3, 0.2)
-    torch.testing.assert_close(out.transpose(0, 1), expected)
+    torch.testing.assert_close(out, expected)
     weight = torch.randn_like(expected)
-    grads = torch.autograd.grad((out.transpose(0, 1) * weight).sum(), (q_, k_, v_))
+    grads = torch.autograd.grad((out * weight).sum(), (q_, k_, v_))
     q, k, v = (x.requires_grad_() for x in (q, k, v))
     dense = torch.autograd.grad((dense_diffuse(dense_attention(q, k, ei), v, 3, 0.2) * weight)
                                 .sum(), (q, k, v))
     for got, want in zip(grads, dense):
         if per_head:
-            assert got.stride() == (q_.stride() if node_major else got.contiguous().stride())
-        torch.testing.assert_close(got.transpose(0, 1), want)
+            assert got.stride() == q_.stride()
+        torch.testing.assert_close(got, want)
 
 
 @pytest.mark.parametrize("num_nodes", [(12, 12), (7, 12), (12, 5)])
@@ -223,7 +218,7 @@ def test_stacked_graph_is_block_diagonal(num_nodes):
     gen = torch.Generator().manual_seed(15)
     flat = torch.randperm(n_src * n_dst, generator=gen)[:30]
     ei = torch.stack([flat % n_src, flat // n_src])
-    graph = as_graph(ei, num_nodes)
+    graph = diffusion_graph(ei, num_nodes)
     values = torch.rand(3, graph.num_edges, dtype=torch.float64, generator=gen)
     stacked = graph.stacked(3)
     assert graph.stacked(3) is stacked and graph.stacked(1) is graph
@@ -248,7 +243,7 @@ def test_heads_per_call_is_the_largest_divisor_that_fits(heads, edges_in_graphs,
     n_src, n_dst = 9, N  # bipartite: the larger side counts
     gen = torch.Generator().manual_seed(16)
     flat = torch.randperm(n_src * n_dst, generator=gen)[:40]
-    graph = as_graph(torch.stack([flat % n_src, flat // n_src]), (n_src, n_dst))
+    graph = diffusion_graph(torch.stack([flat % n_src, flat // n_src]), (n_src, n_dst))
     monkeypatch.setattr(graph_module, "MAX_STACKED_EDGES", edges_in_graphs * graph.num_edges)
     monkeypatch.setattr(graph_module, "MAX_STACKED_NODES", nodes_in_graphs * n_dst)
     assert graph.heads_per_call(heads) == expected
@@ -264,21 +259,20 @@ def test_heads_stacked_in_groups_match_dense(node_major, num_src, monkeypatch):
     gen = torch.Generator().manual_seed(17)
     flat = torch.randperm(num_src * N, generator=gen)[:40]
     ei = torch.stack([flat % num_src, flat // num_src])
-    graph = as_graph(ei, (num_src, N))
+    graph = diffusion_graph(ei, (num_src, N))
     monkeypatch.setattr(graph_module, "MAX_STACKED_EDGES", 2 * graph.num_edges)
     monkeypatch.setattr(graph_module, "MAX_STACKED_NODES", 2 * N)
     assert graph.heads_per_call(heads) == 2
     q = features(heads=heads, seed=17)[0].requires_grad_()
     k, v = (x[:num_src].clone().requires_grad_() for x in features(heads=heads, seed=18)[1:])
-    q_, k_, v_ = (x.transpose(0, 1) if node_major else x.transpose(0, 1).contiguous()
-                  for x in (q, k, v))
-    out = diffuse_heads_first(attention_heads_first(q_, k_, graph), v_, graph, hops, alpha)
+    q_, k_, v_ = (in_layout(x, node_major) for x in (q, k, v))
+    out = diffuse(edge_softmax_attention(q_, k_, graph), v_, graph, hops, alpha)
     dense = dense_attention(q, k, ei)
     expected = (torch.einsum("hij,jhc->ihc", dense, v) if num_src != N
                 else dense_diffuse(dense, v, hops, alpha))
-    torch.testing.assert_close(out.transpose(0, 1), expected)
+    torch.testing.assert_close(out, expected)
     weight = torch.randn_like(expected)
-    got = torch.autograd.grad((out.transpose(0, 1) * weight).sum(), (q, k, v))
+    got = torch.autograd.grad((out * weight).sum(), (q, k, v))
     want = torch.autograd.grad((expected * weight).sum(), (q, k, v))
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w)
@@ -293,7 +287,7 @@ def test_stacked_and_per_head_calls_draw_the_same_hop_dropout(monkeypatch):
     for limit, per_call in ((1 << 20, H), (0, 1)):
         monkeypatch.setattr(graph_module, "MAX_STACKED_EDGES", limit)
         monkeypatch.setattr(graph_module, "MAX_STACKED_NODES", limit)
-        assert as_graph(ei, (N, N)).heads_per_call(H) == per_call
+        assert diffusion_graph(ei, (N, N)).heads_per_call(H) == per_call
         torch.manual_seed(0)
         outputs.append(diffuse(edge_softmax_attention(q, k, ei), v, ei, 3, 0.1,
                                hop_dropout=0.5, training=True))
@@ -453,10 +447,10 @@ def test_duplicate_edges_are_separate_edges(num_src, num_dst):
     q = torch.randn(num_dst, H, C, generator=gen, dtype=torch.float64, requires_grad=True)
     k, v = (torch.randn(num_src, H, C, generator=gen, dtype=torch.float64, requires_grad=True)
             for _ in range(2))
-    graph = as_graph(ei, (num_src, num_dst))
+    graph = diffusion_graph(ei, (num_src, num_dst))
     hops, alpha = (3, 0.2) if num_src == num_dst else (1, 0.0)  # bipartite: one plain hop
-    attn = attention_heads_first(q.transpose(0, 1), k.transpose(0, 1), graph)
-    out = diffuse_heads_first(attn, v.transpose(0, 1), graph, hops, alpha).transpose(0, 1)
+    attn = edge_softmax_attention(q, k, graph)
+    out = diffuse(attn, v, graph, hops, alpha)
 
     scores = (q[ei[1]] * k[ei[0]]).sum(-1) / math.sqrt(C)
     expected_attn = softmax(scores, ei[1], num_nodes=num_dst)
@@ -464,7 +458,7 @@ def test_duplicate_edges_are_separate_edges(num_src, num_dst):
         (torch.arange(H)[:, None], ei[1], ei[0]), expected_attn.t(), accumulate=True)
     expected = (torch.einsum("hij,jhc->ihc", dense, v) if num_src != num_dst
                 else dense_diffuse(dense, v, hops, alpha))
-    torch.testing.assert_close(attn, graph.to_csr_order(expected_attn).t())
+    torch.testing.assert_close(attn, expected_attn)
     torch.testing.assert_close(out, expected)
     weight = torch.randn_like(out)
     got = torch.autograd.grad((out * weight).sum(), (q, k, v))

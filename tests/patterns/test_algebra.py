@@ -148,10 +148,10 @@ def test_base_pattern_is_abstract():
         Pattern()(3)
 
 
-def test_tensor_cache_is_bounded_by_bytes_and_evicts_least_recently_used():
-    from graphdiff.patterns.base import TensorCache
+def test_structure_cache_is_bounded_by_bytes_and_evicts_least_recently_used():
+    from graphdiff.cache import StructureCache
 
-    cache = TensorCache(max_bytes=3 * 2 * 8 * 10)  # room for three 10-edge graphs
+    cache = StructureCache(max_bytes=3 * 2 * 8 * 10)  # room for three 10-edge graphs
     window = Window(0)  # self-loops only: n edges
 
     def get(pattern, n):
@@ -175,7 +175,7 @@ def test_tensor_cache_is_bounded_by_bytes_and_evicts_least_recently_used():
 
 def test_editing_a_returned_edge_index_in_place_never_reaches_later_calls():
     from graphdiff.data import AddPattern, graph_batch, sequence_graph
-    from graphdiff.patterns.base import EDGE_INDEX_CACHE
+    from graphdiff.cache import CACHE
     from torch_geometric.data import Data
 
     pattern = Window(3) | Global(indices=[-1])
@@ -184,8 +184,10 @@ def test_editing_a_returned_edge_index_in_place_never_reaches_later_calls():
     assert torch.equal(pattern(7), clean)
     pattern(7).resize_(2, 1)  # shrunk in place: the cache's byte count follows what it holds
     pattern(7)
-    held = (value if isinstance(value, tuple) else (value,) for value, *_ in EDGE_INDEX_CACHE.entries.values())
-    assert EDGE_INDEX_CACHE.bytes == sum(t.numel() * t.element_size() for tensors in held for t in tensors)
+    held = [entry.value if isinstance(entry.value, tuple) else (entry.value,)
+            for entry in CACHE.entries.values()]
+    assert CACHE.bytes - 256 * len(CACHE.remembered) == sum(
+        t.numel() * t.element_size() for tensors in held for t in tensors)
     pattern.to_data(7).edge_index.add_(1)
     sequence_graph(torch.arange(7), pattern).edge_index.zero_()
     AddPattern(pattern)(Data(x=torch.arange(7))).edge_index.mul_(2)

@@ -53,7 +53,7 @@ def test_custom_copies_its_input_and_hashes_by_content():
     (torch.tensor([[0, -1], [1, 0]]), ValueError, ">= 0"),
     (torch.ones(2, 3, dtype=torch.bool), ValueError, "square"),
     (nx.relabel_nodes(nx.path_graph(2), {0: "a", 1: "b"}), TypeError, "integer nodes"),
-    (nx.DiGraph([(-1, 0)]), ValueError, "networkx graph's nodes must hold node indices >= 0"),
+    (nx.DiGraph([(-1, 0)]), ValueError, "networkx graph's nodes' source indices must lie >= 0"),
     ("Window(3)", TypeError, "Custom needs"),
 ])
 def test_custom_rejects_bad_input(source, error, match):
@@ -64,14 +64,15 @@ def test_custom_rejects_bad_input(source, error, match):
 def test_custom_index_out_of_range_for_n():
     pattern = Custom(torch.tensor([[0, 7], [7, 0]]))
     assert pattern(8).size(1) == 8 + 2
-    with pytest.raises(ValueError, match="node index 7, out of range for n=5"):
+    with pytest.raises(ValueError, match=r"edges' source indices must lie in \[0, 4\] "
+                                         r"\(found range \[0, 7\]\)"):
         pattern(5)
-    with pytest.raises(TypeError, match="output must have an integer dtype"):
+    with pytest.raises(TypeError, match="edges' must have an integer dtype"):
         Custom(lambda n: torch.zeros(2, 1))(3)
 
 
 def test_check_edge_index_rejects_non_tensors():
-    with pytest.raises(TypeError, match="edge_index must be a torch.Tensor"):
+    with pytest.raises(TypeError, match="'edge_index' must be a torch.Tensor"):
         check_edge_index([[0], [1]])
 
 

@@ -1,4 +1,4 @@
-"""Fused autograd kernels on a :class:`~graphdiff.nn.graph.DiffusionGraph`.
+"""The fused kernels as autograd Functions on a :class:`~graphdiff.nn.graph.DiffusionGraph`.
 
 Per-edge tensors are head-major ``[H, E]`` in CSR order, node tensors ``[H, N, C]``:
 contiguous, or head-major views of node-major ``[N, H, C]`` tensors (PyG's layout), which the
@@ -14,7 +14,7 @@ short sequences the caller stacks several heads into one "head" of a block-diago
 - scratch the size of one head instead of all heads stays below glibc's mmap threshold
   (32 MB: one head's ``[E]`` up to about 8M edges, ``[2, N, C]`` of fp32 up to 128k tokens
   at C = 32), so the allocator hands the same memory back on every step instead of fresh
-  pages that fault in on first touch (README, "Speed and memory of the layer").
+  pages that fault in on first touch (docs/performance.md, "Memory allocator").
 
 Each kernel saves only ``[H, E]`` or node tensors for backward and computes its gradients with
 the same two primitives as its forward:
@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 from torch.autograd import Function
 
+from graphdiff.nn._core import empty_nodes, heads_view, is_node_major
 from graphdiff.nn.graph import DiffusionGraph
 
 
@@ -42,8 +43,8 @@ DUPLICATES_CHUNK = 1 << 14
 
 
 def accumulate_sddmm_(graph: DiffusionGraph, values: Tensor, a: Tensor, b: Tensor,
-                      alpha: float = 1.0) -> Tensor:
-    """In place ``values[e] += alpha * <a[i_e], b[j_e]>`` for one head: values ``[E]``,
+                      scale: float = 1.0) -> Tensor:
+    """In place ``values[e] += scale * <a[i_e], b[j_e]>`` for one head: values ``[E]``,
     a ``[N_dst, C]``, b ``[N_src, C]``."""
     if graph.num_edges > graph.num_dst * graph.num_src:
         # Only duplicate edges get here: torch's sampled_addmm cuts the values of a CSR with
@@ -53,12 +54,12 @@ def accumulate_sddmm_(graph: DiffusionGraph, values: Tensor, a: Tensor, b: Tenso
             end = start + DUPLICATES_CHUNK
             products = (a.index_select(0, graph.row[start:end])
                         * b.index_select(0, graph.col[start:end]))
-            values[start:end].add_(products.sum(-1), alpha=alpha)
+            values[start:end].add_(products.sum(-1), alpha=scale)
         return values
     pattern = graph.csr(values)
     # out=pattern accumulates into `values` in place: without it torch copies the structure
     # and values first (3x the kernel's own time).
-    torch.sparse.sampled_addmm(pattern, a, b.t(), alpha=alpha, out=pattern)
+    torch.sparse.sampled_addmm(pattern, a, b.t(), alpha=scale, out=pattern)
     return values
 
 
@@ -83,26 +84,6 @@ def mm_into(out: Tensor, matrix: Tensor, x: Tensor, scratch: Optional[Tensor]) -
     if scratch is None:
         return torch.mm(matrix, x, out=out)
     return out.copy_(torch.mm(matrix, x, out=scratch))
-
-
-def is_node_major(x: Tensor) -> bool:
-    """Whether ``x [H, N, C]`` is a head-major view of a node-major ``[N, H, C]`` tensor, the
-    layout PyG's layers hand over their features in."""
-    return x.size(0) > 1 and x.stride(0) < x.stride(1)
-
-
-def empty_nodes(x: Tensor, rows: int, node_major: bool) -> Tensor:
-    """An empty node tensor like ``x [H, N, C]`` with ``rows`` nodes: ``[rows, H, C]`` when
-    ``node_major``, else ``[H, rows, C]`` (see :func:`heads_view`). A result in the caller's
-    layout needs no conversion copy, and a fresh copy costs more than the copying itself once
-    it is larger than glibc's mmap threshold (its pages fault in one by one)."""
-    heads, _, channels = x.shape
-    return x.new_empty((rows, heads, channels) if node_major else (heads, rows, channels))
-
-
-def heads_view(x: Tensor, node_major: bool) -> Tensor:
-    """``x`` as ``[H, N, C]``: the transpose of a node-major ``[N, H, C]`` tensor."""
-    return x.transpose(0, 1) if node_major else x
 
 
 def per_edge_(graph: DiffusionGraph, values: Tensor, node_values: Tensor, op: str,
@@ -153,7 +134,7 @@ class EdgeAttention(Function):
         q_scratch, k_scratch = rows_scratch(q), rows_scratch(k)
         for h, a in enumerate(attn):
             accumulate_sddmm_(graph, a, dense_rows(q[h], q_scratch),
-                              dense_rows(k[h], k_scratch), alpha=scale)
+                              dense_rows(k[h], k_scratch), scale=scale)
             per_edge_(graph, a, row_reduce(graph, a, "max"), "sub_", buffer).exp_()
             per_edge_(graph, a, row_reduce(graph, a).reciprocal_(), "mul_", buffer)
         ctx.graph, ctx.scale = graph, scale
@@ -196,10 +177,10 @@ class Diffusion(Function):
     view created inside a Function (``relu_()`` on a layer's output), so the caller takes
     the head-major view (:func:`heads_view`).
 
-    PPR is ``s = 1 - alpha, c = (1, alpha, ..., alpha)``; the heat kernel is its Horner
-    form ``s = 1, c = (theta_K, ..., theta_0)``. Saves ``A`` ``[H, E]``, the hop inputs
-    ``Z_0 .. Z_{K-1}`` as ``[H, K, N, C]`` (each hop writes straight into its slot) and the
-    dropout masks; backward is the adjoint recursion (``A^T`` SpMMs), with each hop's
+    PPR is ``s = 1 - alpha, c = (1, alpha, ..., alpha)`` (teleport ``alpha``); the heat
+    kernel is its Horner form ``s = 1, c = (theta_K, ..., theta_0)``. Saves ``A`` ``[H, E]``,
+    the hop inputs ``Z_0 .. Z_{K-1}`` as ``[H, K, N, C]`` (each hop writes straight into its
+    slot) and the dropout masks; backward is the adjoint recursion (``A^T`` SpMMs), with each hop's
     ``dA`` term accumulated by one SDDMM as its adjoint is formed.
     """
 
@@ -278,7 +259,7 @@ class Diffusion(Function):
                 if coeffs[m + 1] != 0.0:
                     g_v.add_(g, alpha=coeffs[m + 1])
                 if zs is not None:
-                    accumulate_sddmm_(graph, grad_attn[h], g, zs[h, m], alpha=s)
+                    accumulate_sddmm_(graph, grad_attn[h], g, zs[h, m], scale=s)
                 if m > 0:
                     g = torch.mm(matrix_t, g, out=slots[free])
                     free = 1 - free

@@ -1,0 +1,98 @@
+"""Resident memory of a training run on batches of random lengths.
+
+Trains the ``tiny`` model (sequence classification, random tokens and labels, AdamW) on
+batches of ``--batch-size`` sequences whose lengths are drawn uniformly from
+``[--min-len, --max-len]``, so that almost every batch has lengths never seen before. Every
+``--every`` steps it prints the process's resident set size (RSS) and the bytes that
+:mod:`graphdiff.cache` keeps; it exits with status 1 when the final RSS exceeds
+``--limit-mb``. With ``--malloc-trim`` it also returns glibc's free heap memory to the system
+(``malloc_trim(0)``) at every report and prints the RSS after it: the difference is memory
+that the allocator holds but nothing uses.
+
+Usage::
+
+    python benchmarks/bench_memory.py                       # 600 steps, lengths 50-2,000
+    python benchmarks/bench_memory.py --steps 100 --limit-mb 1000
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import sys
+import time
+from typing import List, Optional
+
+from bench_common import positive_int
+
+
+def rss_mb() -> float:
+    """Resident set size of this process in MiB (Linux)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=positive_int, default=600)
+    parser.add_argument("--batch-size", type=positive_int, default=8)
+    parser.add_argument("--min-len", type=positive_int, default=50)
+    parser.add_argument("--max-len", type=positive_int, default=2000)
+    parser.add_argument("--every", type=positive_int, default=50,
+                        help="print RSS and the cache's size every this many steps")
+    parser.add_argument("--limit-mb", type=float, default=1000.0,
+                        help="exit with status 1 when the final RSS exceeds this (MiB)")
+    parser.add_argument("--budget-mb", type=float, default=None,
+                        help="graphdiff.cache's byte budget in MiB (default: the library's)")
+    parser.add_argument("--malloc-trim", action="store_true",
+                        help="at every report, also trim glibc's heap and print the RSS after")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.min_len > args.max_len:
+        parser.error(f"--min-len ({args.min_len}) must not exceed --max-len ({args.max_len})")
+
+    import torch
+    import torch.nn.functional as F
+    from tqdm import tqdm
+
+    import graphdiff.cache
+    from graphdiff.models import DiffuserConfig, DiffuserForSequenceClassification
+
+    if args.budget_mb is not None:
+        graphdiff.cache.set_budget(int(args.budget_mb * 2**20))
+    torch.manual_seed(args.seed)
+    config = DiffuserConfig.tiny(vocab_size=256, max_len=args.max_len)
+    model = DiffuserForSequenceClassification(config).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    gen = torch.Generator().manual_seed(args.seed)
+    print(f"tiny model, {args.steps} steps of {args.batch_size} sequences of "
+          f"{args.min_len}-{args.max_len} tokens; start: RSS {rss_mb():.0f} MiB", flush=True)
+    start = time.perf_counter()
+    for step in tqdm(range(1, args.steps + 1), desc="steps", file=sys.stderr):
+        lengths = torch.randint(args.min_len, args.max_len + 1, (args.batch_size,),
+                                generator=gen)
+        longest = int(lengths.max())
+        tokens = torch.randint(1, config.vocab_size, (args.batch_size, longest), generator=gen)
+        mask = torch.arange(longest) < lengths.unsqueeze(1)
+        labels = torch.randint(config.num_classes, (args.batch_size,), generator=gen)
+        loss = F.cross_entropy(model(tokens, mask), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if step % args.every == 0 or step == args.steps:
+            trimmed = ""
+            if args.malloc_trim:
+                before = rss_mb()
+                ctypes.CDLL("libc.so.6").malloc_trim(0)
+                trimmed = f"  (before malloc_trim {before:7.0f} MiB)"
+            tqdm.write(f"step {step:5d}  RSS {rss_mb():7.0f} MiB{trimmed}  cache "
+                       f"{graphdiff.cache.cached_bytes() / 2**20:7.1f} MiB  "
+                       f"({time.perf_counter() - start:.0f} s)", file=sys.stdout)
+    final = rss_mb()
+    verdict = "within" if final <= args.limit_mb else "OVER"
+    print(f"final RSS {final:.0f} MiB: {verdict} the limit of {args.limit_mb:.0f} MiB")
+    return 0 if final <= args.limit_mb else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -173,10 +173,12 @@ def test_structure_cache_is_bounded_by_bytes_and_evicts_least_recently_used():
     assert isinstance(pair, tuple) and cache.bytes == (10 + 7) * 2 * 8 + 10 * 8 + 10 * 4
 
 
-def test_editing_a_returned_edge_index_in_place_never_reaches_later_calls():
-    from graphdiff.data import AddPattern, graph_batch, sequence_graph
-    from graphdiff.cache import CACHE
+def test_editing_a_returned_edge_index_in_place_never_reaches_later_calls(fresh_cache):
     from torch_geometric.data import Data
+
+    from graphdiff.data import AddPattern, graph_batch, sequence_graph
+
+    CACHE = fresh_cache  # holds only this test's pattern tensors
 
     pattern = Window(3) | Global(indices=[-1])
     clean = pattern(7).clone()

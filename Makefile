@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-fast$(FAST)
 PYTEST_ARGS ?=
 
-.PHONY: demo test docs bench clean install data
+.PHONY: demo test lint docs bench clean install data
 
 install: $(STAMP)
 
@@ -27,9 +27,14 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(PY) -m graphdiff demo --out runs/demo
 
-# The docs build first, so that pytest's summary stays the last thing printed.
-test: docs
+# Lint and the docs build first, so that pytest's summary stays the last thing printed.
+test: lint docs
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# ruff (configured in pyproject.toml): the linter, and the formatter's check (`ruff format` fixes).
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 # The API reference from the docstrings; warnings are errors.
 docs: $(STAMP)

@@ -14,8 +14,19 @@ Imports ``graphdiff.patterns`` (lazily, to resolve preset names, in :mod:`analys
 and the torch-free helpers ``graphdiff.checks`` and ``graphdiff.io`` only, so ``import analysis``
 loads no torch; matplotlib is loaded only when figures are written.
 """
-from analysis.diffusion import AttentionSpectrum, attention_spectrum, diffusion_coefficients, diffusion_spectrum
-from analysis.expansion import cheeger_bounds, complete_graph_epsilon, hops_to_cover, receptive_field
+
+from analysis.diffusion import (
+    AttentionSpectrum,
+    attention_spectrum,
+    diffusion_coefficients,
+    diffusion_spectrum,
+)
+from analysis.expansion import (
+    cheeger_bounds,
+    complete_graph_epsilon,
+    hops_to_cover,
+    receptive_field,
+)
 from analysis.graph import Graph, as_graph
 from analysis.reporting import Report, report
 from analysis.spectral import (
@@ -29,12 +40,23 @@ from analysis.spectral import (
 )
 
 __all__ = [
-    "Graph", "as_graph",
-    "spectral_gap", "laplacian_extremes", "adjacency_lambda", "complete_graph_epsilon", "cheeger_bounds",
-    "receptive_field", "hops_to_cover",
-    "diffusion_spectrum", "diffusion_coefficients", "attention_spectrum",
+    "Graph",
+    "as_graph",
+    "spectral_gap",
+    "laplacian_extremes",
+    "adjacency_lambda",
+    "complete_graph_epsilon",
+    "cheeger_bounds",
+    "receptive_field",
+    "hops_to_cover",
+    "diffusion_spectrum",
+    "diffusion_coefficients",
+    "attention_spectrum",
     "report",
-    "Report", "LaplacianExtremes", "AdjacencyLambda", "AttentionSpectrum",
-    "DisconnectedGraphWarning", "SpectralConvergenceError",
+    "Report",
+    "LaplacianExtremes",
+    "AdjacencyLambda",
+    "AttentionSpectrum",
+    "DisconnectedGraphWarning",
+    "SpectralConvergenceError",
 ]
-

@@ -6,6 +6,7 @@
 
 ``graphdiff.cli`` dispatches ``graphdiff analyze ARGS...`` to :func:`main`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,16 +24,34 @@ def build_parser() -> argparse.ArgumentParser:
         "writes report.md and PNG figures.",
     )
     parser.add_argument(
-        "--patterns", nargs="+", default=list(REPORT_PATTERNS), metavar="PATTERN",
+        "--patterns",
+        nargs="+",
+        default=list(REPORT_PATTERNS),
+        metavar="PATTERN",
         help=f"preset names ({', '.join(repr(p) for p in REPORT_PATTERNS)}) or pattern expressions "
         "such as 'Window(64) | Global(2)' (default: all presets)",
     )
-    parser.add_argument("--n", nargs="+", type=int, default=list(LENGTHS), metavar="N",
-                        help=f"sequence lengths (default: {' '.join(map(str, LENGTHS))})")
-    parser.add_argument("--checkpoint", help="a trained model: also analyse its learned attention per layer")
-    parser.add_argument("--checkpoint-n", type=int, default=1024, metavar="N",
-                        help="sequence length fed to the checkpoint's model (default 1024, capped at its max_len)")
-    parser.add_argument("--k", type=int, default=8, help="eigenvalues per head of the learned attention (default 8)")
+    parser.add_argument(
+        "--n",
+        nargs="+",
+        type=int,
+        default=list(LENGTHS),
+        metavar="N",
+        help=f"sequence lengths (default: {' '.join(map(str, LENGTHS))})",
+    )
+    parser.add_argument(
+        "--checkpoint", help="a trained model: also analyse its learned attention per layer"
+    )
+    parser.add_argument(
+        "--checkpoint-n",
+        type=int,
+        default=1024,
+        metavar="N",
+        help="sequence length fed to the checkpoint's model (default 1024, capped at its max_len)",
+    )
+    parser.add_argument(
+        "--k", type=int, default=8, help="eigenvalues per head of the learned attention (default 8)"
+    )
     parser.add_argument("--out", required=True, help="output directory")
     return parser
 
@@ -55,8 +74,16 @@ def learned_attention(path: str, n: int, k: int) -> list[AttentionSpectrum]:
     with torch.no_grad():
         _, (edge_index, attentions) = model(tokens, mask, return_attention_weights=True)
     return [
-        attention_spectrum(attn, edge_index, n, k=min(k, n), alpha=config.alpha, hops=config.hops,
-                           kernel=config.kernel, t=config.t)
+        attention_spectrum(
+            attn,
+            edge_index,
+            n,
+            k=min(k, n),
+            alpha=config.alpha,
+            hops=config.hops,
+            kernel=config.kernel,
+            t=config.t,
+        )
         for attn in attentions
     ]
 
@@ -64,14 +91,23 @@ def learned_attention(path: str, n: int, k: int) -> list[AttentionSpectrum]:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        attention = learned_attention(args.checkpoint, args.checkpoint_n, args.k) if args.checkpoint else None
+        attention = (
+            learned_attention(args.checkpoint, args.checkpoint_n, args.k)
+            if args.checkpoint
+            else None
+        )
         result = report(args.patterns, args.n, args.out, attention=attention)
     except (ValueError, OSError) as error:  # bad pattern, length, checkpoint or --out: one line
         print(f"graphdiff analyze: error: {error}", file=sys.stderr)
         return 2
     # The report without its figure links and blank lines: the figures' names follow.
-    print("\n".join(line for line in result.markdown.splitlines()
-                    if line.strip() and not line.startswith("![")))
+    print(
+        "\n".join(
+            line
+            for line in result.markdown.splitlines()
+            if line.strip() and not line.startswith("![")
+        )
+    )
     print("wrote " + ", ".join(result.files))
     return 0
 

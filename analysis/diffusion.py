@@ -8,11 +8,13 @@ attention ``A`` (DESIGN section 1). Every eigenvalue ``mu`` of ``A`` becomes ``f
     f_{\text{ppr}}(\mu) = (1-\alpha)^K \mu^K + \alpha \sum_{k<K} (1-\alpha)^k \mu^k
     \;\xrightarrow{K \to \infty}\; \frac{\alpha}{1 - (1-\alpha)\mu},
     \qquad
-    f_{\text{heat}}(\mu) = \frac{\sum_{k \le K} e^{-t} t^k \mu^k / k!}{\sum_{k \le K} e^{-t} t^k / k!}.
+    f_{\text{heat}}(\mu) =
+    \frac{\sum_{k \le K} e^{-t} t^k \mu^k / k!}{\sum_{k \le K} e^{-t} t^k / k!}.
 
 Both keep ``f(1) = 1`` (the stationary, "average" signal of a row-stochastic ``A``) and shrink
 eigenvalues away from 1: a low-pass filter.
 """
+
 from __future__ import annotations
 
 import math
@@ -25,10 +27,14 @@ from analysis.graph import edge_array
 from analysis.spectral import DENSE_MAX_NODES, arpack
 from graphdiff.checks import DIFFUSION_KERNELS, check_int, is_real
 
-MODULUS_DECIMALS = 9  # eigenvalue moduli that agree to this many decimals count as equal when sorting
+MODULUS_DECIMALS = (
+    9  # eigenvalue moduli that agree to this many decimals count as equal when sorting
+)
 
 
-def diffusion_coefficients(alpha: float = 0.1, hops: int = 5, kernel: str = "ppr", t: float = 1.0) -> np.ndarray:
+def diffusion_coefficients(
+    alpha: float = 0.1, hops: int = 5, kernel: str = "ppr", t: float = 1.0
+) -> np.ndarray:
     r"""``theta [hops + 1]``: the weight of ``A^k`` in the truncated diffusion (sums to 1).
 
     ``ppr``: :math:`\theta_k = \alpha (1-\alpha)^k` for ``k < K`` and :math:`(1-\alpha)^K` for
@@ -154,7 +160,9 @@ def attention_spectrum(
     second = np.array([_second_modulus(values, n, alpha, hops, kernel, t) for values in heads])
     depth = "inf" if hops is None else hops
     diffusion = f"PPR, alpha={alpha}, K={depth}" if kernel == "ppr" else f"heat, t={t}, K={depth}"
-    return AttentionSpectrum(eigs, diffusion_spectrum(eigs, alpha, hops, kernel, t), diffusion, second)
+    return AttentionSpectrum(
+        eigs, diffusion_spectrum(eigs, alpha, hops, kernel, t), diffusion, second
+    )
 
 
 def _leading(matrix: scipy.sparse.csr_matrix, k: int) -> np.ndarray:

@@ -5,6 +5,7 @@ symmetrised simple graph. Reachability (:func:`receptive_field`, :func:`hops_to_
 the edges as attention does: after ``k`` hops of diffusion query ``i`` has heard key ``j`` when a
 directed path ``j -> ... -> i`` of at most ``k`` edges exists.
 """
+
 from __future__ import annotations
 
 import math
@@ -96,7 +97,9 @@ def receptive_field(
     return _field(reached, g.n, hops)
 
 
-def hops_to_cover(graph: Any, n: Optional[int] = None, samples: Optional[int] = None) -> Optional[int]:
+def hops_to_cover(
+    graph: Any, n: Optional[int] = None, samples: Optional[int] = None
+) -> Optional[int]:
     """The smallest ``k`` with ``receptive_field(..., k) == 1``: every query has heard every key.
 
     This is the largest backward eccentricity (the directed diameter when exact). ``None`` when

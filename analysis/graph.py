@@ -15,6 +15,7 @@ Spectral quantities use the symmetrised simple graph ``W`` (DESIGN 4.5): an undi
 ``{i, j}`` wherever ``j -> i`` or ``i -> j``, weight 1, no self-loops. Reachability uses the
 directed adjacency as given.
 """
+
 from __future__ import annotations
 
 import functools
@@ -93,7 +94,8 @@ class Graph:
         return (s + scipy.sparse.diags((d == 0).astype(np.float64))).tocsr()
 
     def laplacian(self) -> scipy.sparse.csr_matrix:
-        r"""``L = I - D^{-1/2} W D^{-1/2}`` (``[n, n]`` CSR), with ``L_{vv} = 0`` for isolated ``v``.
+        r"""``L = I - D^{-1/2} W D^{-1/2}`` (``[n, n]`` CSR), with ``L_{vv} = 0`` for an isolated
+        ``v``.
 
         A new matrix on every call: the solvers keep only the views they reuse
         (:attr:`permuted_laplacian`, :attr:`laplacian_spectrum`).
@@ -114,7 +116,8 @@ class Graph:
 
     @functools.cached_property
     def permuted_laplacian(self) -> scipy.sparse.csr_matrix:
-        """``L[perm][:, perm]`` in the order of :attr:`rcm_order`: what the banded solvers factor."""
+        """``L[perm][:, perm]`` in the order of :attr:`rcm_order`: what the banded solvers
+        factor."""
         perm, _ = self.rcm_order
         return self.laplacian()[perm][:, perm]
 
@@ -139,7 +142,9 @@ class Graph:
     def laplacian_eigenvalues(self, max_nodes: int = DENSE_MAX_NODES) -> np.ndarray:
         """:attr:`laplacian_spectrum`, computed anew and refused only above ``max_nodes``: for
         callers that accept a larger dense solve once (a ``k`` too large for sparse solvers)."""
-        spectrum = np.linalg.eigvalsh(self._dense("laplacian_spectrum", self.laplacian(), max_nodes))
+        spectrum = np.linalg.eigvalsh(
+            self._dense("laplacian_spectrum", self.laplacian(), max_nodes)
+        )
         spectrum[: self.num_components] = 0.0
         return spectrum
 
@@ -154,7 +159,9 @@ class Graph:
         spectrum.flags.writeable = False  # shared between callers
         return spectrum
 
-    def _dense(self, name: str, matrix: scipy.sparse.spmatrix, max_nodes: int = DENSE_MAX_NODES) -> np.ndarray:
+    def _dense(
+        self, name: str, matrix: scipy.sparse.spmatrix, max_nodes: int = DENSE_MAX_NODES
+    ) -> np.ndarray:
         if self.n > max_nodes:
             raise ValueError(
                 f"{name} is dense: for n <= {max_nodes} nodes, got n={self.n} "

@@ -11,6 +11,7 @@
 
 Every file is written to a temporary name and renamed, so a crash leaves no half-written file.
 """
+
 from __future__ import annotations
 
 import math
@@ -99,7 +100,9 @@ def report(
     rows: list[Row] = []
     spectra: dict[str, np.ndarray] = {}
     # disable=None: a progress bar on a terminal, silence in notebooks, logs and tests
-    with tqdm(total=len(named) * len(lengths), desc="spectral report", unit="graph", disable=None) as bar:
+    with tqdm(
+        total=len(named) * len(lengths), desc="spectral report", unit="graph", disable=None
+    ) as bar:
         for name, pattern in named.items():
             for n in lengths:
                 bar.set_postfix_str(f"{name} n={n}")
@@ -130,7 +133,9 @@ def _resolve(patterns: Union[Sequence[str], Mapping[str, Any], None]) -> dict[st
     if isinstance(patterns, Mapping):
         items = list(patterns.items())
     else:
-        items = [(p, REPORT_PATTERNS.get(p, p)) if isinstance(p, str) else (repr(p), p) for p in patterns]
+        items = [
+            (p, REPORT_PATTERNS.get(p, p)) if isinstance(p, str) else (repr(p), p) for p in patterns
+        ]
     if not items:
         raise ValueError("patterns must name at least one pattern")
     return {name: parse_pattern(p) if isinstance(p, str) else p for name, p in items}
@@ -152,8 +157,15 @@ def _row(name: str, g: Graph) -> Row:
         ratio = None
     field, covered = field_and_cover(g, FIELD_HOPS)
     return Row(
-        pattern=name, n=g.n, edges_per_token=g.num_edges / g.n, lambda_2=lam2, epsilon=epsilon,
-        ramanujan_ratio=ratio, hops_to_cover=covered, connected=g.num_components == 1, field=field,
+        pattern=name,
+        n=g.n,
+        edges_per_token=g.num_edges / g.n,
+        lambda_2=lam2,
+        epsilon=epsilon,
+        ramanujan_ratio=ratio,
+        hops_to_cover=covered,
+        connected=g.num_components == 1,
+        field=field,
     )
 
 
@@ -196,10 +208,16 @@ def _markdown(rows: list[Row], attention: Optional[Sequence[AttentionSpectrum]])
     if len({r.n for r in rows}) > 1:
         lines += ["![lambda_2 against n](lambda2_vs_n.png)", ""]
     else:
-        lines += ["One length only: no figure of lambda_2 against n (give two lengths or more).",
-                  ""]
-    lines += ["![receptive field against hops](receptive_field.png)", "",
-              "![spectra](spectra.png)", ""]
+        lines += [
+            "One length only: no figure of lambda_2 against n (give two lengths or more).",
+            "",
+        ]
+    lines += [
+        "![receptive field against hops](receptive_field.png)",
+        "",
+        "![spectra](spectra.png)",
+        "",
+    ]
     if attention:
         lines += [
             "## Learned attention",
@@ -219,7 +237,10 @@ def _markdown(rows: list[Row], attention: Optional[Sequence[AttentionSpectrum]])
         ]
         for layer, spectrum in enumerate(attention):
             second = np.abs(spectrum.eigs[:, 1]).max() if spectrum.eigs.shape[1] > 1 else math.nan
-            lines.append(f"| {layer} | {spectrum.eigs.shape[0]} | {second:.4f} | {_bounds(spectrum.second)} |")
+            lines.append(
+                f"| {layer} | {spectrum.eigs.shape[0]} | {second:.4f} "
+                f"| {_bounds(spectrum.second)} |"
+            )
         lines += ["", "![attention spectra](attention_spectra.png)", ""]
     return "\n".join(lines)
 
@@ -232,15 +253,26 @@ def _bounds(second: np.ndarray) -> str:
 
 # One look per pattern: colour, marker and line style all differ, so that lines stay apart in
 # grey scale and where they overlap.
-_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown",
-           "tab:pink", "tab:olive")
+_COLORS = (
+    "tab:blue",
+    "tab:orange",
+    "tab:green",
+    "tab:red",
+    "tab:purple",
+    "tab:brown",
+    "tab:pink",
+    "tab:olive",
+)
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 _LINES = ("-", "--", "-.", ":")
 
 
 def _style(index: int) -> dict[str, Any]:
-    return {"color": _COLORS[index % len(_COLORS)], "marker": _MARKERS[index % len(_MARKERS)],
-            "linestyle": _LINES[index % len(_LINES)]}
+    return {
+        "color": _COLORS[index % len(_COLORS)],
+        "marker": _MARKERS[index % len(_MARKERS)],
+        "linestyle": _LINES[index % len(_LINES)],
+    }
 
 
 def _figures(
@@ -266,11 +298,18 @@ def _figures(
         fig, ax = plt.subplots(figsize=(6.5, 4.5))
         for index, name in enumerate(names):
             mine = [r for r in rows if r.pattern == name and r.lambda_2]
-            ax.loglog([r.n for r in mine], [r.lambda_2 for r in mine], label=name,
-                      markersize=6, **_style(index))
-        ax.set(xlabel="sequence length n (tokens)",
-               ylabel="spectral gap $\\lambda_2$ of L (log scale)",
-               title="Spectral gap against length (larger mixes faster)")
+            ax.loglog(
+                [r.n for r in mine],
+                [r.lambda_2 for r in mine],
+                label=name,
+                markersize=6,
+                **_style(index),
+            )
+        ax.set(
+            xlabel="sequence length n (tokens)",
+            ylabel="spectral gap $\\lambda_2$ of L (log scale)",
+            title="Spectral gap against length (larger mixes faster)",
+        )
         ax.legend(fontsize=8, title="pattern (disconnected ones omitted)", title_fontsize=8)
         lengths = sorted({r.n for r in rows})
         ax.set_xticks(lengths, [f"{n:,}" for n in lengths])
@@ -287,9 +326,12 @@ def _figures(
     for index, r in enumerate(mine):
         hops = np.arange(FIELD_HOPS + 1) + (index - (len(mine) - 1) / 2) * shift
         ax.plot(hops, r.field, label=r.pattern, markersize=6, **_style(index))
-    ax.set(xlabel="diffusion hops k (points of coinciding lines drawn side by side)",
-           ylabel="fraction of (query, key) pairs joined", ylim=(-0.02, 1.04),
-           title=f"Receptive field: pairs joined by a path of at most k edges (n={largest})")
+    ax.set(
+        xlabel="diffusion hops k (points of coinciding lines drawn side by side)",
+        ylabel="fraction of (query, key) pairs joined",
+        ylim=(-0.02, 1.04),
+        title=f"Receptive field: pairs joined by a path of at most k edges (n={largest})",
+    )
     ax.set_xticks(range(FIELD_HOPS + 1))
     ax.legend(fontsize=8, title="pattern", title_fontsize=8)
     ax.grid(True, alpha=0.3)
@@ -299,28 +341,42 @@ def _figures(
     for index, name in enumerate(names):
         spectrum = np.sort(spectra[name])
         color = _style(index)["color"]
-        left.plot(spectrum, np.full_like(spectrum, index), "|", color=color, markersize=16,
-                  alpha=0.25)
+        left.plot(
+            spectrum, np.full_like(spectrum, index), "|", color=color, markersize=16, alpha=0.25
+        )
         if spectrum.size > 1:
             left.plot(spectrum[1], index + 0.32, "^", color="black", markersize=7)
     left.plot([], [], "|", color="grey", markersize=12, label="one eigenvalue (overlaps darken)")
     left.plot([], [], "^", color="black", label="$\\lambda_2$, the spectral gap")
     left.set_yticks(range(len(names)), names)
     left.set_ylim(len(names) - 0.4, -0.6)
-    left.set(xlim=(-0.05, 2.05),
-             xlabel="eigenvalue $\\lambda$ of the normalised Laplacian "
-             "$L = I - D^{-1/2} W D^{-1/2}$",
-             title=f"Pattern spectra (n={spectrum_n}): a good expander has them all near 1")
+    left.set(
+        xlim=(-0.05, 2.05),
+        xlabel="eigenvalue $\\lambda$ of the normalised Laplacian $L = I - D^{-1/2} W D^{-1/2}$",
+        title=f"Pattern spectra (n={spectrum_n}): a good expander has them all near 1",
+    )
     left.legend(fontsize=8, loc="lower right")
     mu = np.linspace(-1, 1, 401)
-    right.plot(mu, diffusion_spectrum(mu, ALPHA, HOPS), "-", color="tab:blue",
-               label=f"PPR diffusion, K={HOPS} hops")
-    right.plot(mu, diffusion_spectrum(mu, ALPHA, None), "--", color="tab:orange",
-               label="PPR diffusion, K -> infinity")
+    right.plot(
+        mu,
+        diffusion_spectrum(mu, ALPHA, HOPS),
+        "-",
+        color="tab:blue",
+        label=f"PPR diffusion, K={HOPS} hops",
+    )
+    right.plot(
+        mu,
+        diffusion_spectrum(mu, ALPHA, None),
+        "--",
+        color="tab:orange",
+        label="PPR diffusion, K -> infinity",
+    )
     right.plot(mu, mu, ":", color="grey", label="no diffusion (one hop: mu itself)")
-    right.set(xlabel="eigenvalue mu of the one-hop attention A",
-              ylabel="eigenvalue of the diffusion of A",
-              title=f"Diffusion as a low-pass filter (alpha={ALPHA})")
+    right.set(
+        xlabel="eigenvalue mu of the one-hop attention A",
+        ylabel="eigenvalue of the diffusion of A",
+        title=f"Diffusion as a low-pass filter (alpha={ALPHA})",
+    )
     right.legend(fontsize=8, title="PPR: personalised PageRank", title_fontsize=8)
     right.grid(True, alpha=0.3)
     files.append(_save(fig, os.path.join(out, "spectra.png")))
@@ -332,17 +388,38 @@ def _figures(
         for layer, (ax, spectrum) in enumerate(zip(axes[0], attention)):
             ax.plot(circle.real, circle.imag, color="lightgrey", label="unit circle")
             # Hollow circles around small crosses: both stay visible where they coincide.
-            ax.scatter(spectrum.eigs.real, spectrum.eigs.imag, s=60, facecolors="none",
-                       edgecolors="tab:blue", label="A: one-hop attention")
-            ax.scatter(spectrum.diffused.real, spectrum.diffused.imag, s=16, marker="x",
-                       color="tab:red", label="T: its diffusion")
-            ax.set(title=f"layer {layer}", aspect="equal", xlim=(-1.1, 1.1), ylim=(-1.1, 1.1),
-                   xlabel="real part", ylabel="imaginary part")
+            ax.scatter(
+                spectrum.eigs.real,
+                spectrum.eigs.imag,
+                s=60,
+                facecolors="none",
+                edgecolors="tab:blue",
+                label="A: one-hop attention",
+            )
+            ax.scatter(
+                spectrum.diffused.real,
+                spectrum.diffused.imag,
+                s=16,
+                marker="x",
+                color="tab:red",
+                label="T: its diffusion",
+            )
+            ax.set(
+                title=f"layer {layer}",
+                aspect="equal",
+                xlim=(-1.1, 1.1),
+                ylim=(-1.1, 1.1),
+                xlabel="real part",
+                ylabel="imaginary part",
+            )
         axes[0][0].legend(fontsize=7, loc="lower left")
         diffusion = attention[0].diffusion
         note = " (PPR: personalised PageRank)" if diffusion.startswith("PPR") else ""
-        fig.suptitle(f"Leading eigenvalues of the learned attention, every head\n"
-                     f"diffusion T: {diffusion}{note}", fontsize=10)
+        fig.suptitle(
+            f"Leading eigenvalues of the learned attention, every head\n"
+            f"diffusion T: {diffusion}{note}",
+            fontsize=10,
+        )
         files.append(_save(fig, os.path.join(out, "attention_spectra.png")))
     return files
 
@@ -356,5 +433,3 @@ def _save(fig: Any, path: str) -> str:
     finally:
         plt.close(fig)
     return path
-
-

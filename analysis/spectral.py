@@ -9,9 +9,9 @@ Solvers, chosen by size and shape:
 
 * ``n <= DENSE_MAX_NODES``: the full spectrum from ``numpy.linalg.eigvalsh`` (exact).
 * banded graphs (after a reverse Cuthill-McKee ordering the half band is at most
-  ``MAX_HALF_BAND`` and holds at most ``BAND_FACTOR`` times the edges: windows, blocks): shift-invert Lanczos
-  around 0 with a banded Cholesky factor. These are the poor expanders whose small eigenvalues
-  crowd together like ``1/n^2``; plain Lanczos cannot separate them.
+  ``MAX_HALF_BAND`` and holds at most ``BAND_FACTOR`` times the edges: windows, blocks):
+  shift-invert Lanczos around 0 with a banded Cholesky factor. These are the poor expanders whose
+  small eigenvalues crowd together like ``1/n^2``; plain Lanczos cannot separate them.
 * everything else: Lanczos (ARPACK ``eigsh``) on ``M = I - L`` with the kernel of ``L``
   (``D^{1/2} 1`` per component) deflated. Memory is ``O(edges)``.
 
@@ -48,6 +48,7 @@ actual error is usually about its square). Failure to converge raises
 ``lambda_2 = 0`` exactly: :func:`spectral_gap` returns 0.0 and warns with
 :class:`DisconnectedGraphWarning`.
 """
+
 from __future__ import annotations
 
 import math
@@ -66,9 +67,15 @@ BAND_FACTOR = 4  # banded storage may hold this many times the edges of W
 MAX_HALF_BAND = 256  # and a Cholesky factorisation, O(n * half^2), runs ~30 times in a bisection
 TOL = 1e-5  # ARPACK residual tolerance relative to the eigenvalue; eigenvalue errors are ~TOL^2/gap
 MAXITER = 5000  # ARPACK restarts
-SHIFT = 1e-8  # L + SHIFT * I is positive definite; far below any gap that float64 resolves at n ~ 1e5
-SPARSE_MAX_K_DIVISOR = 4  # sparse solvers for k <= n // 4: beyond, Krylov spaces near n are dense work
-DENSE_FALLBACK_MAX_NODES = 4096  # dense eigvalsh for a larger k up to here: 128 MiB, 0.7 s at 2048, 5 s at 4096
+SHIFT = (
+    1e-8  # L + SHIFT * I is positive definite; far below any gap that float64 resolves at n ~ 1e5
+)
+SPARSE_MAX_K_DIVISOR = (
+    4  # sparse solvers for k <= n // 4: beyond, Krylov spaces near n are dense work
+)
+DENSE_FALLBACK_MAX_NODES = (
+    4096  # dense eigvalsh for a larger k up to here: 128 MiB, 0.7 s at 2048, 5 s at 4096
+)
 # Up to DENSE_FALLBACK_MAX_NODES, more than this many eigenvalues at one end go dense too: the
 # multiplicity search costs about a solve per repeated copy (a hypercube on 2048 nodes, k=512:
 # 264 s against 0.6 s dense).
@@ -95,7 +102,9 @@ class Solver(NamedTuple):
             approach 0 relative to their own accuracy).
     """
 
-    solve: Callable[[int, Optional[np.ndarray], int, Optional[np.ndarray]], tuple[np.ndarray, np.ndarray]]
+    solve: Callable[
+        [int, Optional[np.ndarray], int, Optional[np.ndarray]], tuple[np.ndarray, np.ndarray]
+    ]
     scale: float
 
 
@@ -174,14 +183,23 @@ def extremes(g: Graph, k_small: int, k_large: int) -> LaplacianExtremes:
     """:func:`laplacian_extremes` with a separate count at each end (``k_large`` may be 0)."""
     sparse_max = g.n // SPARSE_MAX_K_DIVISOR
     k = max(k_small, k_large)
-    if g.n <= DENSE_MAX_NODES or k > sparse_max or (k > DENSE_ABOVE_K and g.n <= DENSE_FALLBACK_MAX_NODES):
+    if (
+        g.n <= DENSE_MAX_NODES
+        or k > sparse_max
+        or (k > DENSE_ABOVE_K and g.n <= DENSE_FALLBACK_MAX_NODES)
+    ):
         if g.n > DENSE_FALLBACK_MAX_NODES:
             raise ValueError(
                 f"k={k} eigenvalues at one end of a graph on n={g.n} nodes: "
-                f"the sparse solvers take k <= n // {SPARSE_MAX_K_DIVISOR} = {sparse_max}, the dense "
+                f"the sparse solvers take k <= n // {SPARSE_MAX_K_DIVISOR} = {sparse_max}, "
+                f"the dense "
                 f"solver n <= {DENSE_FALLBACK_MAX_NODES}"
             )
-        spectrum = g.laplacian_spectrum if g.n <= DENSE_MAX_NODES else g.laplacian_eigenvalues(DENSE_FALLBACK_MAX_NODES)
+        spectrum = (
+            g.laplacian_spectrum
+            if g.n <= DENSE_MAX_NODES
+            else g.laplacian_eigenvalues(DENSE_FALLBACK_MAX_NODES)
+        )
         return LaplacianExtremes(
             spectrum[:k_small].copy(), spectrum[g.n - k_large :].copy(), g.num_components, "dense"
         )
@@ -347,13 +365,16 @@ def _with_multiplicity(solver: Solver, k: int, repeated: bool = True) -> np.ndar
             # convergence, which depends on the gap between theta_k and theta_{block + 1}.
             guards = np.random.default_rng(search).standard_normal((vectors.shape[0], _guards(k)))
             try:
-                values, vectors = solver.solve(k, None, search, np.concatenate([vectors, guards], axis=1))
+                values, vectors = solver.solve(
+                    k, None, search, np.concatenate([vectors, guards], axis=1)
+                )
             except SpectralConvergenceError as error:
                 # The copies are still uncounted: the caller's dense fallback applies, as to a
                 # search that does not settle.
                 raise RepeatedEigenvalueError(f"repeated eigenvalues (k={k}): {error}") from error
     raise RepeatedEigenvalueError(
-        f"repeated eigenvalues: still finding further copies after {MAX_ROUNDS} deflated searches (k={k})"
+        f"repeated eigenvalues: still finding further copies after {MAX_ROUNDS} deflated "
+        f"searches (k={k})"
     )
 
 
@@ -371,7 +392,9 @@ def _accuracy(value: np.ndarray, scale: float) -> np.ndarray:
     return TOL * np.maximum(np.abs(value), scale)
 
 
-def _lobpcg(operator: sla.LinearOperator, count: int, start: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
+def _lobpcg(
+    operator: sla.LinearOperator, count: int, start: np.ndarray, scale: float
+) -> tuple[np.ndarray, np.ndarray]:
     r"""The ``count`` largest eigenvalues (descending) and eigenvectors of a symmetric
     ``operator`` by LOBPCG from the block ``start [n, m]``, ``m > count``, each with a residual
     :math:`\|A x - \theta x\| \le` :func:`_accuracy` of :math:`\theta`.
@@ -393,17 +416,22 @@ def _lobpcg(operator: sla.LinearOperator, count: int, start: np.ndarray, scale: 
             # burst: LOBPCG recovers from both, and the residuals are checked below.
             warnings.simplefilter("ignore", UserWarning)
             warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
-            values, vectors = sla.lobpcg(operator, vectors, tol=TOL * scale, maxiter=BLOCK_BURST, largest=True)
+            values, vectors = sla.lobpcg(
+                operator, vectors, tol=TOL * scale, maxiter=BLOCK_BURST, largest=True
+            )
         order = np.argsort(-values)
         values, vectors = values[order], vectors[:, order]
-        residuals = np.linalg.norm(operator @ vectors[:, :count] - vectors[:, :count] * values[:count], axis=0)
+        residuals = np.linalg.norm(
+            operator @ vectors[:, :count] - vectors[:, :count] * values[:count], axis=0
+        )
         bounds = _accuracy(values[:count], scale)
         if (residuals <= bounds).all():
             return values[:count], vectors[:, :count]
     worst = int(np.argmax(residuals / bounds))
     raise SpectralConvergenceError(
         f"LOBPCG (block {start.shape[1]}, k={count}, n={operator.shape[0]}): residual "
-        f"{residuals[worst]:.2e} of the iterated operator's eigenvalue {values[worst]:.6g} above {bounds[worst]:.2e} "
+        f"{residuals[worst]:.2e} of the iterated operator's eigenvalue {values[worst]:.6g} "
+        f"above {bounds[worst]:.2e} "
         f"after {BLOCK_MAXITER} iterations"
     )
 
@@ -411,22 +439,29 @@ def _lobpcg(operator: sla.LinearOperator, count: int, start: np.ndarray, scale: 
 def _deflated(
     apply: Callable[[np.ndarray], np.ndarray], n: int, basis: Optional[np.ndarray], parked: float
 ) -> sla.LinearOperator:
-    """``x -> (I - P) apply((I - P) x) + parked P x`` with ``P = basis basis^T``: the operator on the
-    complement of ``basis``, whose own vectors are parked at the eigenvalue ``parked`` (chosen
-    outside the wanted end). ``apply`` takes vectors ``[n]`` and blocks ``[n, m]`` alike."""
+    """``x -> (I - P) apply((I - P) x) + parked P x`` with ``P = basis basis^T``: the operator
+    on the complement of ``basis``, whose own vectors are parked at the eigenvalue ``parked``
+    (chosen outside the wanted end). ``apply`` takes vectors ``[n]`` and blocks ``[n, m]`` alike."""
     if basis is None:
         product = apply
     else:
+
         def product(x: np.ndarray) -> np.ndarray:
             inside = basis @ (basis.T @ x)
             y = apply(x - inside)
             return y - basis @ (basis.T @ y) + parked * inside
 
-    return sla.LinearOperator((n, n), matvec=lambda x: product(x.ravel()), matmat=product, dtype=np.float64)
+    return sla.LinearOperator(
+        (n, n), matvec=lambda x: product(x.ravel()), matmat=product, dtype=np.float64
+    )
 
 
-def _lanczos(matrix: Any, null: Optional[scipy.sparse.csc_matrix] = None, null_value: float = 0.0,
-             scale: float = 0.0) -> Solver:
+def _lanczos(
+    matrix: Any,
+    null: Optional[scipy.sparse.csc_matrix] = None,
+    null_value: float = 0.0,
+    scale: float = 0.0,
+) -> Solver:
     r"""Plain Lanczos for the largest eigenvalues of a symmetric ``matrix`` (``-M`` gives the
     smallest), the orthonormal columns of ``null`` (eigenvectors of eigenvalue 1) moved to
     ``null_value``, found vectors parked far below: below the spectrum of ``matrix``
@@ -442,8 +477,9 @@ def _lanczos(matrix: Any, null: Optional[scipy.sparse.csc_matrix] = None, null_v
         y = matrix @ x
         return y if null is None else y + (null_value - 1.0) * (null @ (null.T @ x))
 
-    def solve(count: int, basis: Optional[np.ndarray], seed: int,
-              start: Optional[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    def solve(
+        count: int, basis: Optional[np.ndarray], seed: int, start: Optional[np.ndarray]
+    ) -> tuple[np.ndarray, np.ndarray]:
         operator = _deflated(apply, n, basis, parked)
         if start is not None:
             return _lobpcg(operator, count, start, scale)
@@ -475,8 +511,9 @@ def _shift_invert_smallest(g: Graph, null: scipy.sparse.csc_matrix, half: int) -
     return _shift_invert(lap, -SHIFT, inverse, sign=-1.0)
 
 
-def _shift_invert(matrix: Any, sigma: float, inverse: Callable[[np.ndarray], np.ndarray],
-                  sign: float = 1.0) -> Solver:
+def _shift_invert(
+    matrix: Any, sigma: float, inverse: Callable[[np.ndarray], np.ndarray], sign: float = 1.0
+) -> Solver:
     r"""Shift-invert Lanczos for the eigenvalues of ``matrix`` nearest ``sigma``, given
     ``inverse(x) = (matrix - sigma I)^-1 x`` (for vectors and blocks); returned times ``sign``,
     so that the wanted end is the largest (see :class:`Solver`).
@@ -489,14 +526,17 @@ def _shift_invert(matrix: Any, sigma: float, inverse: Callable[[np.ndarray], np.
     """
     n = matrix.shape[0]
 
-    def solve(count: int, basis: Optional[np.ndarray], seed: int,
-              start: Optional[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    def solve(
+        count: int, basis: Optional[np.ndarray], seed: int, start: Optional[np.ndarray]
+    ) -> tuple[np.ndarray, np.ndarray]:
         # Found vectors map to 0: an infinite eigenvalue, never the nearest to sigma.
         inverse_off = _deflated(inverse, n, basis, 0.0)
         if start is not None:
             eta, vectors = _lobpcg(-sign * inverse_off, count, start, 0.0)
             return sign * sigma - 1.0 / eta, vectors
-        values, vectors = arpack(matrix, count, "LM", sigma=sigma, inverse=inverse_off, vectors=True, seed=seed)
+        values, vectors = arpack(
+            matrix, count, "LM", sigma=sigma, inverse=inverse_off, vectors=True, seed=seed
+        )
         return sign * values, vectors
 
     return Solver(solve, 0.0)
@@ -532,7 +572,9 @@ def _banded_cholesky(matrix: scipy.sparse.spmatrix, half: int) -> Optional[np.nd
         return None
 
 
-def _banded_largest(matrix: scipy.sparse.csr_matrix, k: int, half: int, repeated: bool = True) -> np.ndarray:
+def _banded_largest(
+    matrix: scipy.sparse.csr_matrix, k: int, half: int, repeated: bool = True
+) -> np.ndarray:
     r"""``k`` largest eigenvalues of a symmetric banded matrix ``X``, descending: bisection on
     inertia, then shift-invert Lanczos (:func:`_with_multiplicity`; ``repeated`` as there).
 
@@ -601,8 +643,16 @@ def arpack(
         solver, ncv = sla.eigs, None  # scipy's default Krylov size: min(n, max(2 k + 1, 20))
     try:
         return solver(
-            operator, k=k, which=which, sigma=sigma, OPinv=inverse, v0=start, ncv=ncv,
-            tol=tol, maxiter=MAXITER, return_eigenvectors=vectors,
+            operator,
+            k=k,
+            which=which,
+            sigma=sigma,
+            OPinv=inverse,
+            v0=start,
+            ncv=ncv,
+            tol=tol,
+            maxiter=MAXITER,
+            return_eigenvectors=vectors,
         )
     except sla.ArpackNoConvergence as error:
         raise SpectralConvergenceError(

@@ -1,15 +1,15 @@
 """What the benchmark scripts share: the layers they time, the command line that reruns them,
 workloads alternated round by round in one process (so that a drift of the machine hits all of
 them alike), and growth between two lengths."""
+
 from __future__ import annotations
 
-import argparse
 import shlex
 import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, Hashable, List, Optional, Sequence, TypeVar, Union
+from typing import Callable, Dict, Hashable, List, Optional, Sequence, TypeVar
 
 from graphdiff.cli_types import positive_int  # noqa: F401  (re-exported: the benches' type)
 
@@ -21,8 +21,17 @@ def diffuser_layer(width: int, heads: int, hops: int = 5, alpha: float = 0.1):
     feed-forward block of width ``4 width`` and no dropout."""
     from graphdiff.models import DiffuserConfig, DiffuserLayer
 
-    return DiffuserLayer(DiffuserConfig(hidden=width, heads=heads, ffn=4 * width, hops=hops,
-                                        alpha=alpha, dropout=0.0, attention_dropout=0.0))
+    return DiffuserLayer(
+        DiffuserConfig(
+            hidden=width,
+            heads=heads,
+            ffn=4 * width,
+            hops=hops,
+            alpha=alpha,
+            dropout=0.0,
+            attention_dropout=0.0,
+        )
+    )
 
 
 def sdpa_transformer_layer(width: int, heads: int):
@@ -30,8 +39,9 @@ def sdpa_transformer_layer(width: int, heads: int):
     no dropout) with dense attention, which torch runs with ``scaled_dot_product_attention``."""
     import torch
 
-    return torch.nn.TransformerEncoderLayer(width, heads, dim_feedforward=4 * width,
-                                            dropout=0.0, activation="gelu", batch_first=True)
+    return torch.nn.TransformerEncoderLayer(
+        width, heads, dim_feedforward=4 * width, dropout=0.0, activation="gelu", batch_first=True
+    )
 
 
 def rerun_command(script: str, argv: Optional[Sequence[str]] = None) -> str:
@@ -58,6 +68,8 @@ def alternate(runs: Dict[Key, Callable[[], object]], rounds: int) -> Dict[Key, L
 def growth_row(name: str, small: List[float], large: List[float]) -> str:
     """``| name | fastest ms at the small length | at the large one | growth of the fastest |
     growth of the median |``."""
-    return (f"| {name} | {min(small) * 1e3:.1f} | {min(large) * 1e3:.1f} | "
-            f"{min(large) / min(small):.2f} | "
-            f"{statistics.median(large) / statistics.median(small):.2f} |")
+    return (
+        f"| {name} | {min(small) * 1e3:.1f} | {min(large) * 1e3:.1f} | "
+        f"{min(large) / min(small):.2f} | "
+        f"{statistics.median(large) / statistics.median(small):.2f} |"
+    )

@@ -54,6 +54,7 @@ at every step. It measures what that costs; for training, docs/performance.md re
 with purging off instead (glibc's heap can grow, since torch's aligned requests do not fit
 freed blocks of the same size).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,13 +67,30 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
-from bench_common import alternate, diffuser_layer, positive_int, rerun_command, sdpa_transformer_layer
+from bench_common import (
+    alternate,
+    diffuser_layer,
+    positive_int,
+    rerun_command,
+    sdpa_transformer_layer,
+)
 
 from graphdiff.cli_types import positive_float
 from graphdiff.io import atomic_write
 
-ALL_VARIANTS = ["graphdiff", "module", "gather", "layer", "sdpa", "sdpa_layer", "spmm",
-                "spmm_heads", "hop", "lf_graphdiff", "longformer"]
+ALL_VARIANTS = [
+    "graphdiff",
+    "module",
+    "gather",
+    "layer",
+    "sdpa",
+    "sdpa_layer",
+    "spmm",
+    "spmm_heads",
+    "hop",
+    "lf_graphdiff",
+    "longformer",
+]
 DENSE = ("sdpa", "sdpa_layer")  # quadratic: skipped above --max-sdpa-n
 REUSE_FREED_MEMORY = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 40)}
 DENSE_BASELINE = {"layer": "sdpa_layer", "sdpa_layer": "sdpa_layer"}  # the rest: "sdpa"
@@ -94,8 +112,17 @@ def rss_mb() -> float:
 
 # ----------------------------------------------------------------------------- worker side
 
-def _setup(variant: str, n: int, heads: int, channels: int, hops: int, window: int,
-           num_global: int, num_random: int):
+
+def _setup(
+    variant: str,
+    n: int,
+    heads: int,
+    channels: int,
+    hops: int,
+    window: int,
+    num_global: int,
+    num_random: int,
+):
     """Build inputs for one variant; returns (forward, whether it has a backward, info)."""
     import torch
 
@@ -123,8 +150,13 @@ def _setup(variant: str, n: int, heads: int, channels: int, hops: int, window: i
     if variant == "longformer":
         from transformers import LongformerConfig
         from transformers.models.longformer.modeling_longformer import LongformerSelfAttention
-        cfg = LongformerConfig(hidden_size=H * C, num_attention_heads=H,
-                               attention_window=[window], attention_probs_dropout_prob=0.0)
+
+        cfg = LongformerConfig(
+            hidden_size=H * C,
+            num_attention_heads=H,
+            attention_window=[window],
+            attention_probs_dropout_prob=0.0,
+        )
         layer = LongformerSelfAttention(cfg, layer_id=0)
         x = torch.randn(1, n, H * C, requires_grad=True)
         mask = torch.zeros(1, n)
@@ -133,9 +165,14 @@ def _setup(variant: str, n: int, heads: int, channels: int, hops: int, window: i
         is_index_masked = mask < 0
 
         def forward():
-            return layer(x, attention_mask=mask, is_index_masked=is_index_masked,
-                         is_index_global_attn=is_global,
-                         is_global_attn=bool(is_global.any()))[0]
+            return layer(
+                x,
+                attention_mask=mask,
+                is_index_masked=is_index_masked,
+                is_index_global_attn=is_global,
+                is_global_attn=bool(is_global.any()),
+            )[0]
+
         return forward, True, info
 
     edge_index = pattern(n)
@@ -153,8 +190,14 @@ def _setup(variant: str, n: int, heads: int, channels: int, hops: int, window: i
         return (lambda: layer(x, graph)), True, info
     if variant in ("module", "gather", "lf_graphdiff"):
         one_hop = variant == "lf_graphdiff"  # like Longformer: projections + one hop
-        conv = AttentionDiffusion(H * C, C, heads=H, hops=1 if one_hop else hops,
-                                  alpha=0.0 if one_hop else 0.1, fused=variant != "gather")
+        conv = AttentionDiffusion(
+            H * C,
+            C,
+            heads=H,
+            hops=1 if one_hop else hops,
+            alpha=0.0 if one_hop else 0.1,
+            fused=variant != "gather",
+        )
         x = torch.randn(n, H * C, requires_grad=True)
         return (lambda: conv(x, graph)), True, info
 
@@ -166,8 +209,9 @@ def _setup(variant: str, n: int, heads: int, channels: int, hops: int, window: i
         itype = torch.int32 if H * E < 2**31 else torch.int64  # as torch would convert to
         block_crow = torch.cat([(crow[:-1] + shift * E).reshape(-1), shift.new_full((1,), H * E)])
         block_col = (col + shift * n).reshape(-1)
-        csr = torch.sparse_csr_tensor(block_crow.to(itype), block_col.to(itype),
-                                      torch.rand(H * E), (H * n, H * n))
+        csr = torch.sparse_csr_tensor(
+            block_crow.to(itype), block_col.to(itype), torch.rand(H * E), (H * n, H * n)
+        )
         x = v.reshape(-1, C)
         return (lambda: csr @ x), False, info
     if variant == "spmm_heads":
@@ -179,8 +223,11 @@ def _setup(variant: str, n: int, heads: int, channels: int, hops: int, window: i
         vv = v.detach().transpose(0, 1)
         return (lambda: diffuse(attn, vv, graph, 1, 0.1)), False, info
     q_, k_, v_ = (x.transpose(0, 1) for x in (q, k, v))
-    return (lambda: diffuse(edge_softmax_attention(q_, k_, graph), v_, graph, hops, 0.1)), \
-        True, info
+    return (
+        (lambda: diffuse(edge_softmax_attention(q_, k_, graph), v_, graph, hops, 0.1)),
+        True,
+        info,
+    )
 
 
 def reset_peak_rss() -> None:
@@ -215,8 +262,7 @@ def interleaved_worker(spec: dict) -> dict:
     steps = {}
     for i, (variant, n) in enumerate(spec["workloads"]):
         forward, with_backward, _ = _setup(**dict(spec["shape"], variant=variant, n=n))
-        steps[i] = lambda forward=forward, with_backward=with_backward: _run(forward,
-                                                                              with_backward)
+        steps[i] = lambda forward=forward, with_backward=with_backward: _run(forward, with_backward)
     alternate(steps, 1)  # warm-up
     times = alternate(steps, spec["rounds"])
     return {"times": [times[i] for i in steps]}
@@ -229,8 +275,21 @@ def worker(spec: dict) -> dict:
     ``mode="interleaved"``: :func:`interleaved_worker`."""
     if spec["mode"] == "interleaved":
         return interleaved_worker(spec)
-    forward, with_backward, info = _setup(**{k: spec[k] for k in (
-        "variant", "n", "heads", "channels", "hops", "window", "num_global", "num_random")})
+    forward, with_backward, info = _setup(
+        **{
+            k: spec[k]
+            for k in (
+                "variant",
+                "n",
+                "heads",
+                "channels",
+                "hops",
+                "window",
+                "num_global",
+                "num_random",
+            )
+        }
+    )
     _run(forward, with_backward)  # warm-up
     if spec["mode"] == "memory":
         base = rss_mb()
@@ -238,12 +297,16 @@ def worker(spec: dict) -> dict:
         _run(forward, with_backward)
         return dict(info, peak_mb=peak_rss_since_reset_mb() - base)
     times = [_run(forward, with_backward) for _ in range(spec["repeats"])]
-    return dict(info, fwd=statistics.median(t[0] for t in times),
-                bwd=statistics.median(t[1] for t in times) if with_backward else None,
-                fastest=min(sum(t) for t in times))
+    return dict(
+        info,
+        fwd=statistics.median(t[0] for t in times),
+        bwd=statistics.median(t[1] for t in times) if with_backward else None,
+        fastest=min(sum(t) for t in times),
+    )
 
 
 # ----------------------------------------------------------------------------- driver side
+
 
 def gather_gb(n: int, heads: int, channels: int, edges_per_token: float = 113.0) -> float:
     """Rough peak of the gather-scatter path: about ten live [E, H, C] fp32 tensors."""
@@ -269,8 +332,7 @@ def run_one(spec: dict, timeout: float) -> dict:
         env = worker_env(mode)
         cmd = [sys.executable, __file__, "--worker", json.dumps(dict(spec, mode=mode))]
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                                  env=env)
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
         except subprocess.TimeoutExpired:
             return {"error": f"{mode}: timeout after {timeout:.0f} s"}
         if proc.returncode != 0:
@@ -283,12 +345,17 @@ def run_one(spec: dict, timeout: float) -> dict:
 Workload = Tuple[str, int]  # (variant, n)
 
 
-def run_interleaved(shape: dict, workloads: List[Workload], rounds: int,
-                    timeout: float) -> Dict[Workload, List[float]]:
+def run_interleaved(
+    shape: dict, workloads: List[Workload], rounds: int, timeout: float
+) -> Dict[Workload, List[float]]:
     """Per-round seconds of every workload, interleaved in one fresh process."""
     spec = dict(mode="interleaved", shape=shape, workloads=workloads, rounds=rounds)
-    proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)],
-                          capture_output=True, text=True, timeout=timeout * len(workloads))
+    proc = subprocess.run(
+        [sys.executable, __file__, "--worker", json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        timeout=timeout * len(workloads),
+    )
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
         raise RuntimeError(f"exit {proc.returncode}: {tail[:200]}")
@@ -303,29 +370,37 @@ def paired_ratios(num: List[float], den: List[float]) -> Tuple[float, float]:
     return (statistics.median(a / b for a, b in zip(num, den)), min(num) / min(den))
 
 
-def growth_line(variant: str, a: int, b: int, how: str, median: float,
-                fastest: float) -> str:
+def growth_line(variant: str, a: int, b: int, how: str, median: float, fastest: float) -> str:
     """One check of a variant's growth from n = a to n = b (issue 6: at most 1.125 b / a)."""
-    return (f"{variant} time({b}) / time({a}){how} = {median:.2f} median, {fastest:.2f} "
-            f"fastest (linear: {b / a:.1f}; target <= {1.125 * b / a:.1f})")
+    return (
+        f"{variant} time({b}) / time({a}){how} = {median:.2f} median, {fastest:.2f} "
+        f"fastest (linear: {b / a:.1f}; target <= {1.125 * b / a:.1f})"
+    )
 
 
-def baseline_line(variant: str, baseline: str, a: int, b: int,
-                  growth: Dict[str, Dict[int, List[float]]]) -> str:
+def baseline_line(
+    variant: str, baseline: str, a: int, b: int, growth: Dict[str, Dict[int, List[float]]]
+) -> str:
     """The growth of ``baseline`` from n = a to n = b in the rounds of ``variant``'s, and the
     median over rounds of the variant's growth divided by the baseline's (1: the variant grows
     exactly as much as the machine's bare sparse product on the same structure)."""
     median, fastest = paired_ratios(growth[baseline][b], growth[baseline][a])
     relative = statistics.median(
-        (vb / va) / (sb / sa) for va, vb, sa, sb in zip(
-            growth[variant][a], growth[variant][b], growth[baseline][a], growth[baseline][b]))
-    return (f"{baseline} (bare CSR SpMM, one per head) time({b}) / time({a}), same rounds = "
-            f"{median:.2f} median, {fastest:.2f} fastest; {variant} growth / {baseline} "
-            f"growth = {relative:.2f} median")
+        (vb / va) / (sb / sa)
+        for va, vb, sa, sb in zip(
+            growth[variant][a], growth[variant][b], growth[baseline][a], growth[baseline][b]
+        )
+    )
+    return (
+        f"{baseline} (bare CSR SpMM, one per head) time({b}) / time({a}), same rounds = "
+        f"{median:.2f} median, {fastest:.2f} fastest; {variant} growth / {baseline} "
+        f"growth = {relative:.2f} median"
+    )
 
 
-def growth_lines(shape: dict, lengths: Dict[str, List[int]], rounds: int, timeout: float
-                 ) -> Tuple[List[str], Dict[str, Dict[int, List[float]]]]:
+def growth_lines(
+    shape: dict, lengths: Dict[str, List[int]], rounds: int, timeout: float
+) -> Tuple[List[str], Dict[str, Dict[int, List[float]]]]:
     """Each variant's growth between its consecutive ``lengths``, interleaved in one process
     per variant (:func:`paired_ratios`; one variant's failure loses only its own lines), with
     its :data:`GROWTH_BASELINE` in the same rounds where it has one: the checks and every
@@ -334,19 +409,26 @@ def growth_lines(shape: dict, lengths: Dict[str, List[int]], rounds: int, timeou
     for variant, ns in lengths.items():
         baseline = GROWTH_BASELINE.get(variant)
         names = [variant] if baseline is None else [variant, baseline]
-        print(f"interleaving {' and '.join(names)} at n = {ns} for {rounds} rounds ...",
-              flush=True)
+        print(f"interleaving {' and '.join(names)} at n = {ns} for {rounds} rounds ...", flush=True)
         try:
-            times = run_interleaved(shape, [(name, n) for name in names for n in ns], rounds,
-                                    timeout)
+            times = run_interleaved(
+                shape, [(name, n) for name in names for n in ns], rounds, timeout
+            )
         except (RuntimeError, subprocess.TimeoutExpired) as error:  # keep the other results
             checks.append(f"{variant}: interleaved growth measurement failed: {error}")
             continue
         for (name, n), t in times.items():
             growth.setdefault(name, {})[n] = t
         for a, b in zip(ns, ns[1:]):
-            checks.append(growth_line(variant, a, b, f", interleaved over {rounds} rounds",
-                                      *paired_ratios(growth[variant][b], growth[variant][a])))
+            checks.append(
+                growth_line(
+                    variant,
+                    a,
+                    b,
+                    f", interleaved over {rounds} rounds",
+                    *paired_ratios(growth[variant][b], growth[variant][a]),
+                )
+            )
             if baseline is not None:
                 checks.append(baseline_line(variant, baseline, a, b, growth))
     return checks, growth
@@ -355,12 +437,15 @@ def growth_lines(shape: dict, lengths: Dict[str, List[int]], rounds: int, timeou
 def hop_line(n: int, bare: str, how: str, median: float, fastest: float) -> str:
     """One check of a diffusion hop against the faster bare SpMM, ``bare`` (issue 6: at most
     1.5x)."""
-    return (f"n={n}: one hop / bare CSR SpMM ({bare}, the faster){how} = {median:.2f} median, "
-            f"{fastest:.2f} fastest (target <= 1.5)")
+    return (
+        f"n={n}: one hop / bare CSR SpMM ({bare}, the faster){how} = {median:.2f} median, "
+        f"{fastest:.2f} fastest (target <= 1.5)"
+    )
 
 
-def hop_lines(shape: dict, results: Dict[int, Dict[str, dict]], rounds: int,
-              timeout: float) -> Tuple[List[str], Dict[int, Dict[str, List[float]]]]:
+def hop_lines(
+    shape: dict, results: Dict[int, Dict[str, dict]], rounds: int, timeout: float
+) -> Tuple[List[str], Dict[int, Dict[str, List[float]]]]:
     """One hop against the bare SpMMs, interleaved in one process per n (where the hop and
     at least one bare SpMM ran): the checks against the bare SpMM with the smaller median,
     and every workload's per-round seconds."""
@@ -369,8 +454,9 @@ def hop_lines(shape: dict, results: Dict[int, Dict[str, dict]], rounds: int,
         bare = [v for v in BARE_SPMMS if "fwd" in row.get(v, {})]
         if "fwd" not in row.get("hop", {}) or not bare:
             continue
-        print(f"interleaving hop and {', '.join(bare)} at n = {n} for {rounds} rounds ...",
-              flush=True)
+        print(
+            f"interleaving hop and {', '.join(bare)} at n = {n} for {rounds} rounds ...", flush=True
+        )
         try:
             times = run_interleaved(shape, [(v, n) for v in ["hop", *bare]], rounds, timeout)
         except (RuntimeError, subprocess.TimeoutExpired) as error:
@@ -378,21 +464,36 @@ def hop_lines(shape: dict, results: Dict[int, Dict[str, dict]], rounds: int,
             continue
         raw[n] = {variant: t for (variant, _), t in times.items()}
         faster = min(bare, key=lambda v: statistics.median(raw[n][v]))
-        checks.append(hop_line(n, faster, f", interleaved over {rounds} rounds",
-                               *paired_ratios(raw[n]["hop"], raw[n][faster])))
+        checks.append(
+            hop_line(
+                n,
+                faster,
+                f", interleaved over {rounds} rounds",
+                *paired_ratios(raw[n]["hop"], raw[n][faster]),
+            )
+        )
     return checks, raw
 
 
 def git_revision() -> str:
     """The checked-out commit (with "+changes" when tracked code differs from it; earlier
     results in benchmarks/results do not count), or "unknown"."""
+
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], capture_output=True, text=True,
-                              cwd=Path(__file__).parent).stdout.strip()
+        return subprocess.run(
+            ["git", *args], capture_output=True, text=True, cwd=Path(__file__).parent
+        ).stdout.strip()
+
     try:
         revision = git("rev-parse", "--short", "HEAD")
-        changed = git("status", "--porcelain", "--untracked-files=no", "--", ":(top)",
-                      ":(top,exclude)benchmarks/results")
+        changed = git(
+            "status",
+            "--porcelain",
+            "--untracked-files=no",
+            "--",
+            ":(top)",
+            ":(top,exclude)benchmarks/results",
+        )
     except OSError:
         return "unknown"
     return (revision + ("+changes" if changed else "")) or "unknown"
@@ -407,8 +508,10 @@ def fmt(x: Optional[float], unit: str = "s") -> str:
 def table(results: Dict[int, Dict[str, dict]], variants: List[str]) -> str:
     """The markdown table of a run; "vs dense" is against ``sdpa``, for the layers against
     ``sdpa_layer``."""
-    lines = ["| n | variant | fwd s | bwd s | fwd+bwd s | peak extra MB | vs graphdiff | "
-             "vs dense |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| n | variant | fwd s | bwd s | fwd+bwd s | peak extra MB | vs graphdiff | vs dense |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for n, row in results.items():
         total_ref = _total(row.get("graphdiff", {}))
         for variant in variants:
@@ -417,14 +520,15 @@ def table(results: Dict[int, Dict[str, dict]], variants: List[str]) -> str:
             if r is None:
                 continue
             if "error" in r or "skipped" in r:
-                lines.append(f"| {n} | {variant} | {r.get('error') or r['skipped']} "
-                             "| | | | | |")
+                lines.append(f"| {n} | {variant} | {r.get('error') or r['skipped']} | | | | | |")
                 continue
             total = _total(r)
             ratio = f"{total / total_ref:.2f}x" if total and total_ref else "-"
             ratio_dense = f"{total / total_dense:.2f}x" if total and total_dense else "-"
-            lines.append(f"| {n} | {variant} | {fmt(r['fwd'])} | {fmt(r['bwd'])} | "
-                         f"{fmt(total)} | {fmt(r['peak_mb'], 'mb')} | {ratio} | {ratio_dense} |")
+            lines.append(
+                f"| {n} | {variant} | {fmt(r['fwd'])} | {fmt(r['bwd'])} | "
+                f"{fmt(total)} | {fmt(r['peak_mb'], 'mb')} | {ratio} | {ratio_dense} |"
+            )
     return "\n".join(lines)
 
 
@@ -447,37 +551,56 @@ def targets(results: Dict[int, Dict[str, dict]]) -> List[str]:
         if g and s:
             out.append(f"n={n}: graphdiff fwd+bwd / SDPA = {g / s:.2f} (target <= 0.5)")
         if g:  # the targets that hold at one length are printed at that length only
-            out.append(f"n={n}: graphdiff peak extra memory = "
-                       f"{row['graphdiff']['peak_mb']:.0f} MB"
-                       + (" (target <= 550)" if n == TARGET_N else ""))
+            out.append(
+                f"n={n}: graphdiff peak extra memory = "
+                f"{row['graphdiff']['peak_mb']:.0f} MB"
+                + (" (target <= 550)" if n == TARGET_N else "")
+            )
         m = _total(row.get("module", {}))
         if g and m:
             out.append(f"n={n}: module / functional core = {m / g:.2f}")
         layer, dense_layer = _total(row.get("layer", {})), _total(row.get("sdpa_layer", {}))
         if layer and dense_layer:
-            out.append(f"n={n}: Diffuser layer / SDPA transformer layer, fwd+bwd = "
-                       f"{layer / dense_layer:.2f}"
-                       + (" (target <= 0.5)" if n == TARGET_N else ""))
+            out.append(
+                f"n={n}: Diffuser layer / SDPA transformer layer, fwd+bwd = "
+                f"{layer / dense_layer:.2f}" + (" (target <= 0.5)" if n == TARGET_N else "")
+            )
         if layer and m:
             out.append(f"n={n}: Diffuser layer / module = {layer / m:.2f}")
         hop = row.get("hop", {})
         bare = [v for v in BARE_SPMMS if "fwd" in row.get(v, {})]
         if "fwd" in hop and bare:
             faster = min(bare, key=lambda v: row[v]["fwd"])
-            out.append(hop_line(n, faster, ", separate processes",
-                                hop["fwd"] / row[faster]["fwd"],
-                                hop["fastest"] / row[faster]["fastest"]))
+            out.append(
+                hop_line(
+                    n,
+                    faster,
+                    ", separate processes",
+                    hop["fwd"] / row[faster]["fwd"],
+                    hop["fastest"] / row[faster]["fastest"],
+                )
+            )
         lf, lfg = _total(row.get("longformer", {})), _total(row.get("lf_graphdiff", {}))
         if lf and lfg:
-            out.append(f"n={n}: graphdiff (hops=1, Longformer pattern) / HF Longformer = "
-                       f"{lfg / lf:.2f} (target <= 2)")
+            out.append(
+                f"n={n}: graphdiff (hops=1, Longformer pattern) / HF Longformer = "
+                f"{lfg / lf:.2f} (target <= 2)"
+            )
     for variant in SCALING_VARIANTS:
         ns = lengths_run(results, variant)
         for a, b in zip(ns, ns[1:]):
             ra, rb = results[a][variant], results[b][variant]
             # The fastest run is the least disturbed by other tenants of a shared machine.
-            out.append(growth_line(variant, a, b, ", separate processes",
-                                   _total(rb) / _total(ra), rb["fastest"] / ra["fastest"]))
+            out.append(
+                growth_line(
+                    variant,
+                    a,
+                    b,
+                    ", separate processes",
+                    _total(rb) / _total(ra),
+                    rb["fastest"] / ra["fastest"],
+                )
+            )
     return out
 
 
@@ -498,24 +621,37 @@ LINES = ("-", "--", "-.", ":")
 
 def plot(results: Dict[int, Dict[str, dict]], variants: List[str], path: Path) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(10, 5))
     for index, variant in enumerate(v for v in variants if v in PLOT_LABELS):
-        pts = [(n, _total(row[variant]), row[variant]["peak_mb"]) for n, row in results.items()
-               if variant in row and _total(row[variant])]
+        pts = [
+            (n, _total(row[variant]), row[variant]["peak_mb"])
+            for n, row in results.items()
+            if variant in row and _total(row[variant])
+        ]
         if not pts:
             continue
         ns, ts, ms = zip(*pts)
-        style = dict(marker=MARKERS[index % len(MARKERS)], linestyle=LINES[index % len(LINES)],
-                     label=PLOT_LABELS[variant])
+        style = dict(
+            marker=MARKERS[index % len(MARKERS)],
+            linestyle=LINES[index % len(LINES)],
+            label=PLOT_LABELS[variant],
+        )
         ax_t.loglog(ns, ts, **style)
         ax_m.loglog(ns, [max(m, 1.0) for m in ms], **style)
-    ax_t.set(xlabel="sequence length n (tokens)", ylabel="forward + backward time (s)",
-             title="Time of one layer")
-    ax_m.set(xlabel="sequence length n (tokens)", ylabel="peak extra memory (MB)",
-             title="Memory of one layer (cached structure excluded)")
+    ax_t.set(
+        xlabel="sequence length n (tokens)",
+        ylabel="forward + backward time (s)",
+        title="Time of one layer",
+    )
+    ax_m.set(
+        xlabel="sequence length n (tokens)",
+        ylabel="peak extra memory (MB)",
+        title="Memory of one layer (cached structure excluded)",
+    )
     for ax in (ax_t, ax_m):
         ax.grid(True, which="both", alpha=0.3)
     handles, labels = ax_t.get_legend_handles_labels()
@@ -526,10 +662,17 @@ def plot(results: Dict[int, Dict[str, dict]], variants: List[str], path: Path) -
 
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--n", type=positive_int, nargs="+",
-                        help="default: 1024 4096 16384 65536 (256 1024 with --quick)")
-    parser.add_argument("--quick", action="store_true",
-                        help="a smoke test: n = 256, 1024 and 2 repeats, unless given")
+    parser.add_argument(
+        "--n",
+        type=positive_int,
+        nargs="+",
+        help="default: 1024 4096 16384 65536 (256 1024 with --quick)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke test: n = 256, 1024 and 2 repeats, unless given",
+    )
     parser.add_argument("--variants", nargs="+", default=ALL_VARIANTS, choices=ALL_VARIANTS)
     parser.add_argument("--heads", type=positive_int, default=8)
     parser.add_argument("--channels", type=positive_int, default=32)
@@ -538,22 +681,43 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--num-global", type=int, default=16)
     parser.add_argument("--num-random", type=int, default=16)
     parser.add_argument("--repeats", type=positive_int, help="default: 3 (2 with --quick)")
-    parser.add_argument("--growth-rounds", type=int, default=6,
-                        help="rounds of the interleaved growth measurement (0: skip it)")
-    parser.add_argument("--pair-rounds", type=int, default=20,
-                        help="rounds of the interleaved one hop vs bare SpMMs measurement "
-                        "(0: skip it)")
-    parser.add_argument("--max-gather-gb", type=float, default=12.0,
-                        help="skip the gather-scatter path when its estimate exceeds this")
-    parser.add_argument("--max-sdpa-n", type=int, default=16384,
-                        help="skip dense SDPA and the SDPA layer above this n (quadratic time)")
-    parser.add_argument("--timeout", type=positive_float, default=1800.0,
-                        help="per variant and n")
+    parser.add_argument(
+        "--growth-rounds",
+        type=int,
+        default=6,
+        help="rounds of the interleaved growth measurement (0: skip it)",
+    )
+    parser.add_argument(
+        "--pair-rounds",
+        type=int,
+        default=20,
+        help="rounds of the interleaved one hop vs bare SpMMs measurement (0: skip it)",
+    )
+    parser.add_argument(
+        "--max-gather-gb",
+        type=float,
+        default=12.0,
+        help="skip the gather-scatter path when its estimate exceeds this",
+    )
+    parser.add_argument(
+        "--max-sdpa-n",
+        type=int,
+        default=16384,
+        help="skip dense SDPA and the SDPA layer above this n (quadratic time)",
+    )
+    parser.add_argument("--timeout", type=positive_float, default=1800.0, help="per variant and n")
     parser.add_argument("--plot", action="store_true", help="also save a PNG under --out")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="write table (markdown), raw JSON and plot to this folder")
-    parser.add_argument("--reuse-freed-memory", action="store_true",
-                        help="time with glibc reusing freed memory (no page faults per step)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="write table (markdown), raw JSON and plot to this folder",
+    )
+    parser.add_argument(
+        "--reuse-freed-memory",
+        action="store_true",
+        help="time with glibc reusing freed memory (no page faults per step)",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -571,15 +735,20 @@ def main(argv: Optional[List[str]] = None) -> None:
         try:
             import transformers  # noqa: F401
         except ImportError:
-            print("note: transformers is not installed (pip install graphdiff[bench]); "
-                  "skipping the HF Longformer baseline")
+            print(
+                "note: transformers is not installed (pip install graphdiff[bench]); "
+                "skipping the HF Longformer baseline"
+            )
             variants.remove("longformer")
 
     import torch
-    setting = (f"torch {torch.__version__}, {torch.get_num_threads()} threads; H={args.heads}, "
-               f"C={args.channels}, K={args.hops}, pattern Window({args.window}) | "
-               f"Global({args.num_global}) | Random({args.num_random}); median of "
-               f"{args.repeats} runs after a warm-up")
+
+    setting = (
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; H={args.heads}, "
+        f"C={args.channels}, K={args.hops}, pattern Window({args.window}) | "
+        f"Global({args.num_global}) | Random({args.num_random}); median of "
+        f"{args.repeats} runs after a warm-up"
+    )
     if args.reuse_freed_memory:
         os.environ.update(REUSE_FREED_MEMORY)  # inherited by the timing processes
         setting += "; timed with " + " ".join(f"{k}={v}" for k, v in REUSE_FREED_MEMORY.items())
@@ -590,24 +759,45 @@ def main(argv: Optional[List[str]] = None) -> None:
         results[n] = {}
         for variant in variants:
             if variant == "gather" and gather_gb(n, args.heads, args.channels) > args.max_gather_gb:
-                results[n][variant] = {"skipped": f"skipped: estimated ~"
-                                       f"{gather_gb(n, args.heads, args.channels):.0f} GB"}
+                results[n][variant] = {
+                    "skipped": f"skipped: estimated ~"
+                    f"{gather_gb(n, args.heads, args.channels):.0f} GB"
+                }
             elif variant in DENSE and n > args.max_sdpa_n:
                 results[n][variant] = {"skipped": f"skipped above n={args.max_sdpa_n}"}
             else:
-                spec = dict(variant=variant, n=n, heads=args.heads, channels=args.channels,
-                            hops=args.hops, window=args.window, num_global=args.num_global,
-                            num_random=args.num_random, repeats=args.repeats)
+                spec = dict(
+                    variant=variant,
+                    n=n,
+                    heads=args.heads,
+                    channels=args.channels,
+                    hops=args.hops,
+                    window=args.window,
+                    num_global=args.num_global,
+                    num_random=args.num_random,
+                    repeats=args.repeats,
+                )
                 results[n][variant] = run_one(spec, args.timeout)
             r = results[n][variant]
-            print(f"  n={n:>7} {variant:>12}: " + (
-                f"fwd {fmt(r['fwd'])} s, bwd {fmt(r.get('bwd'))} s, "
-                f"peak {r['peak_mb']:.0f} MB" if "fwd" in r else
-                r.get("error") or r["skipped"]), flush=True)
+            print(
+                f"  n={n:>7} {variant:>12}: "
+                + (
+                    f"fwd {fmt(r['fwd'])} s, bwd {fmt(r.get('bwd'))} s, peak {r['peak_mb']:.0f} MB"
+                    if "fwd" in r
+                    else r.get("error") or r["skipped"]
+                ),
+                flush=True,
+            )
     md = table(results, variants)
     checks = targets(results)
-    shape = dict(heads=args.heads, channels=args.channels, hops=args.hops,
-                 window=args.window, num_global=args.num_global, num_random=args.num_random)
+    shape = dict(
+        heads=args.heads,
+        channels=args.channels,
+        hops=args.hops,
+        window=args.window,
+        num_global=args.num_global,
+        num_random=args.num_random,
+    )
     growth: Dict[str, Dict[int, List[float]]] = {}
     lengths = {variant: lengths_run(results, variant) for variant in INTERLEAVED_GROWTH}
     lengths = {variant: ns for variant, ns in lengths.items() if len(ns) > 1}
@@ -624,17 +814,23 @@ def main(argv: Optional[List[str]] = None) -> None:
         args.out.mkdir(parents=True, exist_ok=True)
         command = rerun_command("bench_layer.py", argv)
         ended = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
-        header = (f"# bench_layer: one attention diffusion layer vs baselines\n\n"
-                  f"Command: `{command}`\n\n{setting}. "
-                  f"Commit {git_revision()}, measured {started} to {ended} UTC.\n\n")
+        header = (
+            f"# bench_layer: one attention diffusion layer vs baselines\n\n"
+            f"Command: `{command}`\n\n{setting}. "
+            f"Commit {git_revision()}, measured {started} to {ended} UTC.\n\n"
+        )
         report = header + md + "\n\n" + "".join(f"- {c}\n" for c in checks)
         atomic_write(args.out / "bench_layer.md", lambda f: f.write(report), text=True)
-        raw = {"by_n": {str(n): row for n, row in results.items()},
-               "growth": {variant: {str(n): t for n, t in by_n.items()}
-                          for variant, by_n in growth.items()},
-               "hop_vs_bare": {str(n): t for n, t in hop_pairs.items()}}
-        atomic_write(args.out / "bench_layer.json", lambda f: json.dump(raw, f, indent=1),
-                     text=True)
+        raw = {
+            "by_n": {str(n): row for n, row in results.items()},
+            "growth": {
+                variant: {str(n): t for n, t in by_n.items()} for variant, by_n in growth.items()
+            },
+            "hop_vs_bare": {str(n): t for n, t in hop_pairs.items()},
+        }
+        atomic_write(
+            args.out / "bench_layer.json", lambda f: json.dump(raw, f, indent=1), text=True
+        )
         if args.plot:
             plot(results, variants, args.out / "bench_layer.png")
 

@@ -14,6 +14,7 @@ Usage::
     python benchmarks/bench_memory.py                       # 600 steps, lengths 50-2,000
     python benchmarks/bench_memory.py --steps 100 --limit-mb 1000
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,14 +39,29 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--batch-size", type=positive_int, default=8)
     parser.add_argument("--min-len", type=positive_int, default=50)
     parser.add_argument("--max-len", type=positive_int, default=2000)
-    parser.add_argument("--every", type=positive_int, default=50,
-                        help="print RSS and the cache's size every this many steps")
-    parser.add_argument("--limit-mb", type=float, default=1000.0,
-                        help="exit with status 1 when the final RSS exceeds this (MiB)")
-    parser.add_argument("--budget-mb", type=float, default=None,
-                        help="graphdiff.cache's byte budget in MiB (default: the library's)")
-    parser.add_argument("--malloc-trim", action="store_true",
-                        help="at every report, also trim glibc's heap and print the RSS after")
+    parser.add_argument(
+        "--every",
+        type=positive_int,
+        default=50,
+        help="print RSS and the cache's size every this many steps",
+    )
+    parser.add_argument(
+        "--limit-mb",
+        type=float,
+        default=1000.0,
+        help="exit with status 1 when the final RSS exceeds this (MiB)",
+    )
+    parser.add_argument(
+        "--budget-mb",
+        type=float,
+        default=None,
+        help="graphdiff.cache's byte budget in MiB (default: the library's)",
+    )
+    parser.add_argument(
+        "--malloc-trim",
+        action="store_true",
+        help="at every report, also trim glibc's heap and print the RSS after",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.min_len > args.max_len:
@@ -65,12 +81,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     model = DiffuserForSequenceClassification(config).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     gen = torch.Generator().manual_seed(args.seed)
-    print(f"tiny model, {args.steps} steps of {args.batch_size} sequences of "
-          f"{args.min_len}-{args.max_len} tokens; start: RSS {rss_mb():.0f} MiB", flush=True)
+    print(
+        f"tiny model, {args.steps} steps of {args.batch_size} sequences of "
+        f"{args.min_len}-{args.max_len} tokens; start: RSS {rss_mb():.0f} MiB",
+        flush=True,
+    )
     start = time.perf_counter()
     for step in tqdm(range(1, args.steps + 1), desc="steps", file=sys.stderr):
-        lengths = torch.randint(args.min_len, args.max_len + 1, (args.batch_size,),
-                                generator=gen)
+        lengths = torch.randint(args.min_len, args.max_len + 1, (args.batch_size,), generator=gen)
         longest = int(lengths.max())
         tokens = torch.randint(1, config.vocab_size, (args.batch_size, longest), generator=gen)
         mask = torch.arange(longest) < lengths.unsqueeze(1)
@@ -85,9 +103,12 @@ def main(argv: Optional[List[str]] = None) -> int:
                 before = rss_mb()
                 ctypes.CDLL("libc.so.6").malloc_trim(0)
                 trimmed = f"  (before malloc_trim {before:7.0f} MiB)"
-            tqdm.write(f"step {step:5d}  RSS {rss_mb():7.0f} MiB{trimmed}  cache "
-                       f"{graphdiff.cache.cached_bytes() / 2**20:7.1f} MiB  "
-                       f"({time.perf_counter() - start:.0f} s)", file=sys.stdout)
+            tqdm.write(
+                f"step {step:5d}  RSS {rss_mb():7.0f} MiB{trimmed}  cache "
+                f"{graphdiff.cache.cached_bytes() / 2**20:7.1f} MiB  "
+                f"({time.perf_counter() - start:.0f} s)",
+                file=sys.stdout,
+            )
     final = rss_mb()
     verdict = "within" if final <= args.limit_mb else "OVER"
     print(f"final RSS {final:.0f} MiB: {verdict} the limit of {args.limit_mb:.0f} MiB")

@@ -8,6 +8,7 @@ One training step = forward, backward and AdamW on a batch of ``batch`` sequence
 with every layer on PyG's gather-scatter reference path (``fused=False``); and plain sparse
 attention (``hops=1, alpha=0``). Ratios are against the default path.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,13 +18,15 @@ from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
-
 from bench_common import positive_int, rerun_command
+
 from graphdiff.io import atomic_write_text
 from graphdiff.models import DiffuserForSequenceClassification, preset_config
 
 
-def throughput(model: torch.nn.Module, tokens: torch.Tensor, mask: torch.Tensor, steps: int) -> float:
+def throughput(
+    model: torch.nn.Module, tokens: torch.Tensor, mask: torch.Tensor, steps: int
+) -> float:
     labels = torch.zeros(tokens.size(0), dtype=torch.long)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
@@ -46,23 +49,36 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--length", type=positive_int, default=4096)
     parser.add_argument("--batch", type=positive_int, default=2)
     parser.add_argument("--steps", type=positive_int, default=5)
-    parser.add_argument("--skip-reference", action="store_true", help="skip the slow gather-scatter variant")
-    parser.add_argument("--out", type=Path, default=None, help="also write the table to this markdown file")
+    parser.add_argument(
+        "--skip-reference", action="store_true", help="skip the slow gather-scatter variant"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="also write the table to this markdown file"
+    )
     args = parser.parse_args(argv)
 
     torch.manual_seed(0)
     config = preset_config(args.preset, vocab_size=256, max_len=args.length)
     tokens = torch.randint(2, 256, (args.batch, args.length))
     mask = torch.ones_like(tokens, dtype=torch.bool)
-    variants = {"default (fused)": (config, True), "sparse attention only (K=1)": (preset_config(
-        args.preset, vocab_size=256, max_len=args.length, hops=1, alpha=0.0), True)}
+    variants = {
+        "default (fused)": (config, True),
+        "sparse attention only (K=1)": (
+            preset_config(args.preset, vocab_size=256, max_len=args.length, hops=1, alpha=0.0),
+            True,
+        ),
+    }
     if not args.skip_reference:
         variants["gather-scatter reference"] = (config, False)
 
-    lines = [f"preset {args.preset}, {args.batch} x {args.length} tokens, pattern {config.pattern}, "
-             f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-             f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC", "",
-             "| variant | tokens / s | ratio to default |", "|---|---:|---:|"]
+    lines = [
+        f"preset {args.preset}, {args.batch} x {args.length} tokens, pattern {config.pattern}, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC",
+        "",
+        "| variant | tokens / s | ratio to default |",
+        "|---|---:|---:|",
+    ]
     print("\n".join(lines), flush=True)
     baseline = None
     for name, (variant_config, fused) in variants.items():

@@ -5,6 +5,7 @@
 Each (pattern, n) is built from scratch (the per-length cache is cleared) and timed once; the
 table lists wall time, edges and edges per token.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -13,10 +14,15 @@ from typing import List, Optional
 
 from bench_common import positive_int
 
-from graphdiff.patterns import parse_pattern
 import graphdiff.cache
+from graphdiff.patterns import parse_pattern
 
-DEFAULT_PATTERNS = ["Window(64) | Global(2) | Random(3)", "diffuser", "bigbird", "longformer(window=512)"]
+DEFAULT_PATTERNS = [
+    "Window(64) | Global(2) | Random(3)",
+    "diffuser",
+    "bigbird",
+    "longformer(window=512)",
+]
 DEFAULT_LENGTHS = [4096, 16384, 65536, 131072, 262144, 1_048_576]
 # Past these lengths a pattern has too many edges for a quick benchmark on 24 GB.
 MAX_LENGTH = {"diffuser": 262_144, "bigbird": 262_144, "longformer(window=512)": 262_144}

@@ -6,6 +6,7 @@ Each length runs in a fresh subprocess so that its peak resident memory (ru_maxr
 Prints a markdown table: edges, time to build the pattern graph, time to solve for lambda_2,
 the solver used, peak memory, and peak memory per edge (flat when memory is O(edges)).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,28 +33,42 @@ def measure(pattern: str, n: int) -> dict:
     solved = time.perf_counter()
     gap, method = float(result.smallest[1]), result.method
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
-    return {"n": n, "edges": graph.num_edges, "build_s": built - start, "gap_s": solved - built,
-            "lambda_2": gap, "method": method, "peak_bytes": peak}
+    return {
+        "n": n,
+        "edges": graph.num_edges,
+        "build_s": built - start,
+        "gap_s": solved - built,
+        "lambda_2": gap,
+        "method": method,
+        "peak_bytes": peak,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pattern", default="diffuser", help="pattern expression or preset name")
-    parser.add_argument("--n", type=positive_int, nargs="+",
-                        default=[4096, 16384, 65536, 131072])
+    parser.add_argument("--n", type=positive_int, nargs="+", default=[4096, 16384, 65536, 131072])
     args = parser.parse_args(argv)
     print(f"pattern: {args.pattern}\n")
-    print("| n | edges | build (s) | lambda_2 (s) | lambda_2 | solver | peak memory (MiB) | bytes / edge |")
+    print(
+        "| n | edges | build (s) | lambda_2 (s) | lambda_2 | solver | peak memory (MiB) "
+        "| bytes / edge |"
+    )
     print("|---:|---:|---:|---:|---:|---|---:|---:|")
     for n in args.n:
         child = subprocess.run(
             [sys.executable, __file__, "--child", args.pattern, str(n)],
-            check=True, capture_output=True, text=True,
+            check=True,
+            capture_output=True,
+            text=True,
         )
         row = json.loads(child.stdout.strip().splitlines()[-1])
-        print(f"| {row['n']} | {row['edges']:,} | {row['build_s']:.1f} | {row['gap_s']:.1f} | "
-              f"{row['lambda_2']:.5f} | {row['method']} | {row['peak_bytes'] / 2**20:,.0f} | "
-              f"{row['peak_bytes'] / row['edges']:.0f} |", flush=True)
+        print(
+            f"| {row['n']} | {row['edges']:,} | {row['build_s']:.1f} | {row['gap_s']:.1f} | "
+            f"{row['lambda_2']:.5f} | {row['method']} | {row['peak_bytes'] / 2**20:,.0f} | "
+            f"{row['peak_bytes'] / row['edges']:.0f} |",
+            flush=True,
+        )
     return 0
 
 

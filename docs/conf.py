@@ -1,4 +1,5 @@
 """Sphinx configuration: the API reference built from the docstrings (``make docs``)."""
+
 import os
 import sys
 

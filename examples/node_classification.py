@@ -7,6 +7,7 @@ reporting test accuracy (mean +- std over seeds) at the epoch of best validation
     python examples/node_classification.py
     python examples/node_classification.py --epochs 30 --seeds 0 1 --datasets karate
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,12 +34,19 @@ def karate() -> Data:
     data.val_mask = torch.zeros_like(data.train_mask)
     data.test_mask = torch.zeros_like(data.train_mask)
     data.val_mask[rest[: rest.numel() // 2]] = True
-    data.test_mask[rest[rest.numel() // 2:]] = True
+    data.test_mask[rest[rest.numel() // 2 :]] = True
     return data
 
 
-def sbm(num_classes: int = 5, per_class: int = 300, p_in: float = 0.02, p_out: float = 0.002,
-        num_features: int = 32, noise: float = 2.5, seed: int = 0) -> Data:
+def sbm(
+    num_classes: int = 5,
+    per_class: int = 300,
+    p_in: float = 0.02,
+    p_out: float = 0.002,
+    num_features: int = 32,
+    noise: float = 2.5,
+    seed: int = 0,
+) -> Data:
     """A homophilous stochastic block model whose features alone are barely informative."""
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # stochastic_blockmodel_graph draws from the global generator
@@ -54,8 +62,14 @@ def sbm(num_classes: int = 5, per_class: int = 300, p_in: float = 0.02, p_out: f
     for name, idx in (("train", train), ("val", rest[:500]), ("test", rest[500:])):
         masks[name] = torch.zeros(y.numel(), dtype=torch.bool)
         masks[name][idx] = True
-    return Data(x=x, edge_index=edge_index, y=y, train_mask=masks["train"],
-                val_mask=masks["val"], test_mask=masks["test"])
+    return Data(
+        x=x,
+        edge_index=edge_index,
+        y=y,
+        train_mask=masks["train"],
+        val_mask=masks["val"],
+        test_mask=masks["test"],
+    )
 
 
 class AttentionDiffusionNet(torch.nn.Module):
@@ -63,10 +77,12 @@ class AttentionDiffusionNet(torch.nn.Module):
 
     def __init__(self, in_channels: int, hidden: int, out_channels: int, heads: int = 4):
         super().__init__()
-        self.conv1 = AttentionDiffusion(in_channels, hidden, heads=heads, hops=5, alpha=0.1,
-                                        dropout=0.2)
-        self.conv2 = AttentionDiffusion(hidden * heads, out_channels, heads=1, hops=5,
-                                        alpha=0.1, dropout=0.2)
+        self.conv1 = AttentionDiffusion(
+            in_channels, hidden, heads=heads, hops=5, alpha=0.1, dropout=0.2
+        )
+        self.conv2 = AttentionDiffusion(
+            hidden * heads, out_channels, heads=1, hops=5, alpha=0.1, dropout=0.2
+        )
 
     def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:
         x = F.dropout(x, p=0.5, training=self.training)
@@ -78,8 +94,9 @@ class AttentionDiffusionNet(torch.nn.Module):
 class TwoLayer(torch.nn.Module):
     """GATConv / TransformerConv baselines with the same widths as AttentionDiffusionNet."""
 
-    def __init__(self, conv: Callable, in_channels: int, hidden: int, out_channels: int,
-                 heads: int = 4):
+    def __init__(
+        self, conv: Callable, in_channels: int, hidden: int, out_channels: int, heads: int = 4
+    ):
         super().__init__()
         self.conv1 = conv(in_channels, hidden, heads=heads)
         self.conv2 = conv(hidden * heads, out_channels, heads=1)
@@ -135,8 +152,9 @@ def train_once(model: torch.nn.Module, data: Data, edge_index: Tensor, epochs: i
     return test_at_best
 
 
-def run(datasets: List[str], models: List[str], seeds: List[int], epochs: int,
-        hidden: int = 8) -> Dict[str, Dict[str, List[float]]]:
+def run(
+    datasets: List[str], models: List[str], seeds: List[int], epochs: int, hidden: int = 8
+) -> Dict[str, Dict[str, List[float]]]:
     results: Dict[str, Dict[str, List[float]]] = {}
     for name in datasets:
         data = DATASETS[name]()
@@ -156,8 +174,7 @@ def run(datasets: List[str], models: List[str], seeds: List[int], epochs: int,
 def markdown(results: Dict[str, Dict[str, List[float]]]) -> str:
     datasets = list(results)
     models = list(next(iter(results.values())))
-    lines = ["| model | " + " | ".join(datasets) + " |",
-             "|---|" + "---|" * len(datasets)]
+    lines = ["| model | " + " | ".join(datasets) + " |", "|---|" + "---|" * len(datasets)]
     for m in models:
         cells = []
         for d in datasets:
@@ -177,8 +194,10 @@ def main(argv: Optional[List[str]] = None) -> str:
     args = parser.parse_args(argv)
     distinct(args.seeds, "--seeds", parser)
     table = markdown(run(args.datasets, args.models, args.seeds, args.epochs))
-    print(f"Test accuracy (%), mean +- std over seeds {args.seeds}, {args.epochs} epochs, "
-          "model selected at best validation accuracy:\n")
+    print(
+        f"Test accuracy (%), mean +- std over seeds {args.seeds}, {args.epochs} epochs, "
+        "model selected at best validation accuracy:\n"
+    )
     print(table)
     return table
 

@@ -36,6 +36,7 @@ The table goes to stdout, ``OUT/results.md`` and ``OUT/results.json``.
     python experiments/compare_attention.py --tasks multihop --seeds 0 --steps 200
     python experiments/compare_attention.py --quick --out /tmp/cmp  # seconds: a smoke run
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,8 +54,8 @@ import torch
 from tqdm.auto import tqdm
 
 from graphdiff.cli_types import distinct, positive_float, positive_int
-from graphdiff.tasks.listops import ListOps, write_listops_tsv
 from graphdiff.io import atomic_write_text
+from graphdiff.tasks.listops import ListOps, write_listops_tsv
 from graphdiff.train import TrainArgs, build_task, evaluate, train
 
 VARIANTS: Dict[str, Dict[str, Any]] = {  # pattern None: the task's sparse pattern
@@ -76,17 +77,21 @@ def task_specs(steps: int, batch_size: int, quick: bool) -> Dict[str, TaskSpec]:
     if quick:
         return {
             "multihop": TaskSpec("Window(8)", dict(length=32, num_samples=64)),
-            "listops": TaskSpec("diffuser(window=8, num_global=1, num_random=2)",
-                                dict(min_length=10, max_length=40),
-                                dict(train=64, val=32, test=32)),
+            "listops": TaskSpec(
+                "diffuser(window=8, num_global=1, num_random=2)",
+                dict(min_length=10, max_length=40),
+                dict(train=64, val=32, test=32),
+            ),
         }
     return {
         # MultiHop's defaults: 10000 / 1000 / 1000 examples, length 128, Window(8), 2 layers.
         "multihop": TaskSpec("Window(8)", {}),
         # One pass over fresh examples: as many training trees as the run consumes.
-        "listops": TaskSpec("diffuser(window=16, num_global=1, num_random=4)",
-                            dict(min_length=50, max_length=200),
-                            dict(train=steps * batch_size, val=500, test=1000)),
+        "listops": TaskSpec(
+            "diffuser(window=16, num_global=1, num_random=4)",
+            dict(min_length=50, max_length=200),
+            dict(train=steps * batch_size, val=500, test=1000),
+        ),
     }
 
 
@@ -94,8 +99,12 @@ def listops_data(spec: TaskSpec, out: str) -> str:
     """Write the ListOps splits of ``spec`` as LRA TSV files once; return their directory."""
     sizes = spec.split_sizes
     args = spec.task_args
-    data_dir = os.path.join(out, "data", f"listops_{args['min_length']}-{args['max_length']}_"
-                            f"{sizes['train']}-{sizes['val']}-{sizes['test']}")
+    data_dir = os.path.join(
+        out,
+        "data",
+        f"listops_{args['min_length']}-{args['max_length']}_"
+        f"{sizes['train']}-{sizes['val']}-{sizes['test']}",
+    )
     os.makedirs(data_dir, exist_ok=True)
     for split, size in sizes.items():
         path = os.path.join(data_dir, f"basic_{split}.tsv")
@@ -105,18 +114,41 @@ def listops_data(spec: TaskSpec, out: str) -> str:
     return data_dir
 
 
-def train_args(task: str, variant: str, seed: int, spec: TaskSpec, data_dir: Optional[str],
-               steps: int, batch_size: int, lr: float, device: str, out: str) -> TrainArgs:
+def train_args(
+    task: str,
+    variant: str,
+    seed: int,
+    spec: TaskSpec,
+    data_dir: Optional[str],
+    steps: int,
+    batch_size: int,
+    lr: float,
+    device: str,
+    out: str,
+) -> TrainArgs:
     settings = VARIANTS[variant]
     task_args = dict(spec.task_args)
     if data_dir is not None:  # ListOps from its TSV files: only the length limit remains
         task_args = dict(max_len=spec.task_args["max_length"] + 1)
     return TrainArgs(
-        task=task, preset="tiny", out=os.path.join(out, "runs", task, variant, f"seed{seed}"),
-        pattern=settings["pattern"] or spec.pattern, hops=settings["hops"], alpha=settings["alpha"],
-        task_args=task_args, data_dir=data_dir, max_steps=steps, batch_size=batch_size, lr=lr,
-        seed=seed, eval_every=steps, log_every=max(1, steps // 20), device=device, progress=False,
-        overwrite=True)  # a run without result.json is an unfinished one: start it again
+        task=task,
+        preset="tiny",
+        out=os.path.join(out, "runs", task, variant, f"seed{seed}"),
+        pattern=settings["pattern"] or spec.pattern,
+        hops=settings["hops"],
+        alpha=settings["alpha"],
+        task_args=task_args,
+        data_dir=data_dir,
+        max_steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        eval_every=steps,
+        log_every=max(1, steps // 20),
+        device=device,
+        progress=False,
+        overwrite=True,
+    )  # a run without result.json is an unfinished one: start it again
 
 
 def run_one(variant: str, args: TrainArgs) -> Dict[str, Any]:
@@ -134,20 +166,26 @@ def run_one(variant: str, args: TrainArgs) -> Dict[str, Any]:
     device = next(result.model.parameters()).device
     test = evaluate(result.model, test_set, args.batch_size, device)
     record = {
-        "task": args.task, "variant": variant,
-        "seed": args.seed, "test_accuracy": test["accuracy"], "test_loss": test["loss"],
-        "test_examples": test["examples"], "val_accuracy": result.metrics["val_accuracy"],
+        "task": args.task,
+        "variant": variant,
+        "seed": args.seed,
+        "test_accuracy": test["accuracy"],
+        "test_loss": test["loss"],
+        "test_examples": test["examples"],
+        "val_accuracy": result.metrics["val_accuracy"],
         "train_loss": result.metrics["train_loss"],
         "tokens_per_second": result.metrics["tokens_per_second"],
         "parameters": sum(p.numel() for p in result.model.parameters()),
-        "seconds": time.perf_counter() - started, "train_args": recorded,
+        "seconds": time.perf_counter() - started,
+        "train_args": recorded,
     }
     atomic_write_text(path, json.dumps(record, indent=2))
     return record
 
 
 def majority_accuracy(task: str, task_args: Dict[str, Any], data_dir: Optional[str]) -> float:
-    """Test accuracy of always predicting the most frequent test label (an upper bound on chance)."""
+    """Test accuracy of always predicting the most frequent test label (an upper bound on
+    chance)."""
     test_set = build_task(task, "test", task_args, data_dir)
     counts = Counter(int(test_set[i][1]) for i in range(len(test_set)))
     return max(counts.values()) / len(test_set)
@@ -161,23 +199,33 @@ def summarise(records: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
             if not runs:
                 continue
             accuracy = [r["test_accuracy"] for r in runs]
-            rows.append({
-                "task": task, "variant": variant, "seeds": len(runs),
-                "accuracy_mean": statistics.mean(accuracy),
-                "accuracy_std": statistics.stdev(accuracy) if len(runs) > 1 else 0.0,
-                "tokens_per_second": statistics.mean(r["tokens_per_second"] for r in runs),
-                "seconds": statistics.mean(r["seconds"] for r in runs),
-                "parameters": runs[0]["parameters"],
-            })
+            rows.append(
+                {
+                    "task": task,
+                    "variant": variant,
+                    "seeds": len(runs),
+                    "accuracy_mean": statistics.mean(accuracy),
+                    "accuracy_std": statistics.stdev(accuracy) if len(runs) > 1 else 0.0,
+                    "tokens_per_second": statistics.mean(r["tokens_per_second"] for r in runs),
+                    "seconds": statistics.mean(r["seconds"] for r in runs),
+                    "parameters": runs[0]["parameters"],
+                }
+            )
     return rows
 
 
 def markdown(rows: List[Dict[str, Any]], majority: Dict[str, float]) -> str:
-    lines = ["| task | variant | test accuracy (mean ± std) | train tokens/s (mean) | seeds | s per run |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| task | variant | test accuracy (mean ± std) | train tokens/s (mean) | seeds "
+        "| s per run |",
+        "|---|---|---|---|---|---|",
+    ]
     for row in rows:
-        lines.append(f"| {row['task']} | {row['variant']} | {row['accuracy_mean']:.3f} ± {row['accuracy_std']:.3f}"
-                     f" | {row['tokens_per_second']:,.0f} | {row['seeds']} | {row['seconds']:.0f} |")
+        lines.append(
+            f"| {row['task']} | {row['variant']} "
+            f"| {row['accuracy_mean']:.3f} ± {row['accuracy_std']:.3f}"
+            f" | {row['tokens_per_second']:,.0f} | {row['seeds']} | {row['seconds']:.0f} |"
+        )
     for task, value in majority.items():
         lines.append(f"| {task} | majority class | {value:.3f} | | | |")
     return "\n".join(lines)
@@ -185,17 +233,25 @@ def markdown(rows: List[Dict[str, Any]], majority: Dict[str, float]) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--tasks", nargs="+", default=["multihop", "listops"], choices=["multihop", "listops"])
+    parser.add_argument(
+        "--tasks", nargs="+", default=["multihop", "listops"], choices=["multihop", "listops"]
+    )
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--seeds", nargs="+", type=int, help="default: 0 1 2 (0 with --quick)")
     parser.add_argument("--steps", type=positive_int, help="default: 500 (5 with --quick)")
     parser.add_argument("--batch-size", type=positive_int, default=32)
     parser.add_argument("--lr", type=positive_float, default=3e-3)
-    parser.add_argument("--threads", type=positive_int, default=1,
-                        help="torch intra-op threads (on a busy shared CPU, more than 1 can be far slower)")
+    parser.add_argument(
+        "--threads",
+        type=positive_int,
+        default=1,
+        help="torch intra-op threads (on a busy shared CPU, more than 1 can be far slower)",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default="runs/experiments")
-    parser.add_argument("--quick", action="store_true", help="tiny data, 5 steps, seed 0: a smoke run")
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny data, 5 steps, seed 0: a smoke run"
+    )
     args = parser.parse_args(argv)
     # --quick changes the defaults only: explicit --steps and --seeds still hold.
     args.steps = args.steps or (5 if args.quick else 500)
@@ -209,8 +265,23 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         data_dir = listops_data(spec, args.out) if spec.split_sizes else None
         for seed in args.seeds:  # variants interleaved: a change in machine load hits them all
             for variant in args.variants:
-                jobs.append((variant, train_args(task, variant, seed, spec, data_dir, args.steps,
-                                                 args.batch_size, args.lr, args.device, args.out)))
+                jobs.append(
+                    (
+                        variant,
+                        train_args(
+                            task,
+                            variant,
+                            seed,
+                            spec,
+                            data_dir,
+                            args.steps,
+                            args.batch_size,
+                            args.lr,
+                            args.device,
+                            args.out,
+                        ),
+                    )
+                )
         majority[task] = majority_accuracy(task, jobs[-1][1].task_args, data_dir)
     records = []
     bar = tqdm(jobs, desc="runs", unit="run")
@@ -220,13 +291,24 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     rows = summarise(records)
     table = markdown(rows, majority)
     seconds = time.perf_counter() - started
-    command = " ".join(["python experiments/compare_attention.py", *(sys.argv[1:] if argv is None else argv)])
-    header = (f"Command: `{command}`  \n"
-              f"{args.steps} steps, batch {args.batch_size}, lr {args.lr}, preset tiny, {args.threads} thread(s),"
-              f" {platform.processor() or platform.machine()}; this invocation took {seconds:.0f} s"
-              f" (skipped runs cost nothing).\n\n")
+    command = " ".join(
+        ["python experiments/compare_attention.py", *(sys.argv[1:] if argv is None else argv)]
+    )
+    header = (
+        f"Command: `{command}`  \n"
+        f"{args.steps} steps, batch {args.batch_size}, lr {args.lr}, preset tiny, "
+        f"{args.threads} thread(s),"
+        f" {platform.processor() or platform.machine()}; this invocation took {seconds:.0f} s"
+        f" (skipped runs cost nothing).\n\n"
+    )
     atomic_write_text(os.path.join(args.out, "results.md"), header + table + "\n")
-    summary = {"settings": vars(args), "seconds": seconds, "rows": rows, "majority": majority, "runs": records}
+    summary = {
+        "settings": vars(args),
+        "seconds": seconds,
+        "rows": rows,
+        "majority": majority,
+        "runs": records,
+    }
     atomic_write_text(os.path.join(args.out, "results.json"), json.dumps(summary, indent=2))
     print(table)
     return summary

@@ -16,6 +16,7 @@ Two rules keep it from holding what cannot be used again:
 >>> graphdiff.cache.set_budget(256 * 2**20)   # bytes; 0 disables caching
 >>> graphdiff.cache.cached_bytes()             # what is kept now
 """
+
 from __future__ import annotations
 
 import weakref
@@ -88,11 +89,16 @@ class StructureCache:
         return self._counted()
 
     def _counted(self) -> int:
-        return sum(entry.size for entry in self.entries.values()) + \
-            KEY_BYTES * len(self.remembered)
+        return sum(entry.size for entry in self.entries.values()) + KEY_BYTES * len(self.remembered)
 
-    def get(self, key: Hashable, build: Callable[[], Any], *, owner: Any = None,
-            admit_on_repeat: bool = False) -> Any:
+    def get(
+        self,
+        key: Hashable,
+        build: Callable[[], Any],
+        *,
+        owner: Any = None,
+        admit_on_repeat: bool = False,
+    ) -> Any:
         """The cached value of ``key``, or ``build()``, kept when it fits.
 
         Args:
@@ -105,8 +111,9 @@ class StructureCache:
         """
         entry = self.entries.get(key)
         if entry is not None:
-            if (entry.owner is None or entry.owner() is owner) and \
-                    _versions(entry.value) == entry.versions:
+            if (entry.owner is None or entry.owner() is owner) and _versions(
+                entry.value
+            ) == entry.versions:
                 self.entries.move_to_end(key)
                 return entry.value
             del self.entries[key]  # edited in place, or another object under a reused id

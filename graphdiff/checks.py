@@ -3,6 +3,7 @@ package (the ``argparse`` types of the command line live in :mod:`graphdiff.cli_
 
 Torch-free, so that every importer (the analysis package too) can use it.
 """
+
 from __future__ import annotations
 
 import numbers
@@ -25,8 +26,9 @@ def is_real(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def check_int(name: str, value: Any, low: int = 0, high: Optional[int] = None,
-              why: str = "") -> int:
+def check_int(
+    name: str, value: Any, low: int = 0, high: Optional[int] = None, why: str = ""
+) -> int:
     """``value`` as an int in ``[low, high]`` (no upper end when ``high`` is ``None``).
 
     The error names the argument and the allowed range; ``why`` says what a value
@@ -44,8 +46,9 @@ def check_int(name: str, value: Any, low: int = 0, high: Optional[int] = None,
     return int(value)
 
 
-def check_edge_index(edge_index: Any, num_nodes: Union[int, Tuple[int, int], None] = None,
-                     name: str = "edge_index") -> Any:
+def check_edge_index(
+    edge_index: Any, num_nodes: Union[int, Tuple[int, int], None] = None, name: str = "edge_index"
+) -> Any:
     """Check an edge_index against graphdiff's one rule, and return it unchanged.
 
     An edge_index is a ``[2, E]`` torch tensor or NumPy array of an integer dtype (not bool)
@@ -70,13 +73,16 @@ def check_edge_index(edge_index: Any, num_nodes: Union[int, Tuple[int, int], Non
             raise TypeError(f"'{name}' must be a torch.Tensor, got {type(rows).__name__}")
         # torch's and NumPy's integer dtypes alike: int8 ... int64, uint8 ... uint64.
         if not str(rows.dtype).replace("torch.", "").startswith(("int", "uint")):
-            raise TypeError(f"'{name}' must have an integer dtype (torch.long preferred), "
-                            f"got {rows.dtype}")
+            raise TypeError(
+                f"'{name}' must have an integer dtype (torch.long preferred), got {rows.dtype}"
+            )
     if pair:
         src, dst = edge_index
         if len(src.shape) != 1 or tuple(src.shape) != tuple(dst.shape):
-            raise ValueError(f"'{name}' must be two [E] index tensors, got {list(src.shape)} "
-                             f"and {list(dst.shape)}")
+            raise ValueError(
+                f"'{name}' must be two [E] index tensors, got {list(src.shape)} "
+                f"and {list(dst.shape)}"
+            )
     else:
         if len(edge_index.shape) != 2 or edge_index.shape[0] != 2:
             raise ValueError(f"'{name}' must have shape [2, E], got {list(edge_index.shape)}")
@@ -87,10 +93,17 @@ def check_edge_index(edge_index: Any, num_nodes: Union[int, Tuple[int, int], Non
             low, high = int(index.min()), int(index.max())
             if low < 0 or (size is not None and high >= size):
                 allowed = ">= 0" if size is None else f"in [0, {int(size) - 1}]"
-                raise ValueError(f"'{name}' {role} indices must lie {allowed} "
-                                 f"(found range [{low}, {high}])")
+                raise ValueError(
+                    f"'{name}' {role} indices must lie {allowed} (found range [{low}, {high}])"
+                )
     return edge_index
 
 
-__all__ = ["DIFFUSION_KERNELS", "INT64_LIMIT", "check_edge_index", "check_int", "is_integer",
-           "is_real"]
+__all__ = [
+    "DIFFUSION_KERNELS",
+    "INT64_LIMIT",
+    "check_edge_index",
+    "check_int",
+    "is_integer",
+    "is_real",
+]

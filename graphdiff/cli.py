@@ -11,13 +11,13 @@ Errors: each sub-command first checks its arguments, configuration and data; a `
 ``graphdiff <command>: error: ...``, and exit status 2. An exception raised after them, while
 training or evaluating, is a bug and keeps its traceback.
 """
+
 from __future__ import annotations
 
 import argparse
 import ast
 import contextlib
 import json
-import os
 import sys
 from typing import Any, Dict, Iterator, List, Optional
 
@@ -71,10 +71,31 @@ def key_values(items: List[str]) -> Dict[str, Any]:
     return values
 
 
-TRAIN_OPTIONS = ("task", "preset", "out", "pattern", "hops", "alpha", "data_dir", "max_steps",
-                 "epochs", "batch_size", "lr", "weight_decay", "warmup", "clip", "seed",
-                 "eval_every", "eval_examples", "log_every", "stop_after", "resume", "overwrite",
-                 "workers", "device")
+TRAIN_OPTIONS = (
+    "task",
+    "preset",
+    "out",
+    "pattern",
+    "hops",
+    "alpha",
+    "data_dir",
+    "max_steps",
+    "epochs",
+    "batch_size",
+    "lr",
+    "weight_decay",
+    "warmup",
+    "clip",
+    "seed",
+    "eval_every",
+    "eval_examples",
+    "log_every",
+    "stop_after",
+    "resume",
+    "overwrite",
+    "workers",
+    "device",
+)
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -82,10 +103,11 @@ def run_train(args: argparse.Namespace) -> int:
     from graphdiff.train.distributed import init_distributed, shutdown
 
     with user_errors():
-        train_args = TrainArgs(**{name: getattr(args, name) for name in TRAIN_OPTIONS
-                                  if hasattr(args, name)},
-                               task_args=key_values(args.task_arg),
-                               model_args=key_values(args.model_arg))
+        train_args = TrainArgs(
+            **{name: getattr(args, name) for name in TRAIN_OPTIONS if hasattr(args, name)},
+            task_args=key_values(args.task_arg),
+            model_args=key_values(args.model_arg),
+        )
         context = init_distributed(train_args.device)
     try:
         with user_errors():
@@ -95,8 +117,11 @@ def run_train(args: argparse.Namespace) -> int:
         shutdown(context)
     if context.is_main:
         if result.already_finished:
-            print(f"graphdiff train: the run in {train_args.out} had already finished its "
-                  f"{run.total} steps; its final result:", file=sys.stderr)
+            print(
+                f"graphdiff train: the run in {train_args.out} had already finished its "
+                f"{run.total} steps; its final result:",
+                file=sys.stderr,
+            )
         if result.metrics:
             print(json.dumps(result.metrics))
     return 0
@@ -107,12 +132,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from graphdiff.train.evaluation import load_evaluation
 
     with user_errors():
-        model, dataset, task = load_evaluation(args.checkpoint, args.data, args.split,
-                                               args.truncate)
-    metrics = evaluate(model, dataset, args.batch_size, next(model.parameters()).device,
-                       truncate=args.truncate)
-    print(json.dumps({"checkpoint": args.checkpoint, "task": task, "split": args.split,
-                      **metrics}))
+        model, dataset, task = load_evaluation(
+            args.checkpoint, args.data, args.split, args.truncate
+        )
+    metrics = evaluate(
+        model, dataset, args.batch_size, next(model.parameters()).device, truncate=args.truncate
+    )
+    print(json.dumps({"checkpoint": args.checkpoint, "task": task, "split": args.split, **metrics}))
     return 0
 
 
@@ -120,8 +146,13 @@ def run_demo(args: argparse.Namespace) -> int:
     from graphdiff.demo import run_demo as demo
 
     # Unset options keep run_demo's own defaults, written in one place.
-    demo(**{name: value for name in ("out", "n", "steps")
-            if (value := getattr(args, name)) is not None})
+    demo(
+        **{
+            name: value
+            for name in ("out", "n", "steps")
+            if (value := getattr(args, name)) is not None
+        }
+    )
     return 0
 
 
@@ -130,77 +161,129 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     patterns = commands.add_parser("patterns", help="statistics and a picture of a sparse pattern")
-    patterns.add_argument("pattern", help="a preset name (diffuser, longformer, bigbird, "
-                          "sparse_transformer) or an expression such as "
-                          "'Window(64) | Global(2) | Random(3, seed=0)'")
+    patterns.add_argument(
+        "pattern",
+        help="a preset name (diffuser, longformer, bigbird, "
+        "sparse_transformer) or an expression such as "
+        "'Window(64) | Global(2) | Random(3, seed=0)'",
+    )
     patterns.add_argument("--n", type=positive_int, required=True, help="sequence length")
     patterns.add_argument("--out", default="runs/patterns", help="directory for the PNG and JSON")
     patterns.add_argument("--no-self-loops", action="store_true", help="drop self-loops")
     patterns.set_defaults(func=run_patterns)
 
     train = commands.add_parser(
-        "train", help="train a Diffuser classifier on a task",
+        "train",
+        help="train a Diffuser classifier on a task",
         description="Train a Diffuser classifier. OUT receives config.json, metrics.jsonl, "
         "last.pt and best.pt; an OUT that holds a run is refused unless --resume continues it "
-        "or --overwrite replaces it.")
+        "or --overwrite replaces it.",
+    )
     train.add_argument("--task", required=True, help="listops, image, text, pathfinder or multihop")
     train.add_argument("--preset", default="tiny", help="model preset: tiny, small or paper_base")
-    train.add_argument("--pattern", help="attention pattern expression (default: the task's, "
-                       "else the preset's)")
+    train.add_argument(
+        "--pattern", help="attention pattern expression (default: the task's, else the preset's)"
+    )
     train.add_argument("--hops", type=positive_int, help="diffusion hops K")
     train.add_argument("--alpha", type=float, help="PPR teleport probability")
     steps = train.add_mutually_exclusive_group(required=True)
     steps.add_argument("--max-steps", type=positive_int, help="the run's optimiser steps")
-    steps.add_argument("--epochs", type=positive_float,
-                       help="the run's length in epochs (may be fractional)")
-    train.add_argument("--batch-size", type=positive_int, default=32,
-                       help="global batch size, divided evenly among the processes")
+    steps.add_argument(
+        "--epochs", type=positive_float, help="the run's length in epochs (may be fractional)"
+    )
+    train.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=32,
+        help="global batch size, divided evenly among the processes",
+    )
     train.add_argument("--lr", type=positive_float, default=1e-3)
     train.add_argument("--weight-decay", type=float, default=0.01)
-    train.add_argument("--warmup", type=float, default=0.1,
-                       help="warm-up fraction of the steps; then linear decay to 0")
+    train.add_argument(
+        "--warmup",
+        type=float,
+        default=0.1,
+        help="warm-up fraction of the steps; then linear decay to 0",
+    )
     train.add_argument("--clip", type=float, default=1.0, help="gradient norm clipping (0: off)")
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--data-dir", help="directory of the task's files (LRA TSVs, IDX files, "
-                       "CIFAR batches, aclImdb)")
-    train.add_argument("--task-arg", action="append", default=[], metavar="KEY=VALUE",
-                       help="task constructor argument, e.g. length=256 (repeatable)")
-    train.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
-                       help="DiffuserConfig field, e.g. hidden=64 (repeatable; wins over "
-                       "--pattern, --hops and --alpha)")
-    train.add_argument("--eval-every", type=positive_int,
-                       help="steps between validations (default: every epoch or every fifth "
-                       "of the run, whichever comes sooner; always at the last step)")
+    train.add_argument(
+        "--data-dir",
+        help="directory of the task's files (LRA TSVs, IDX files, CIFAR batches, aclImdb)",
+    )
+    train.add_argument(
+        "--task-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="task constructor argument, e.g. length=256 (repeatable)",
+    )
+    train.add_argument(
+        "--model-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="DiffuserConfig field, e.g. hidden=64 (repeatable; wins over "
+        "--pattern, --hops and --alpha)",
+    )
+    train.add_argument(
+        "--eval-every",
+        type=positive_int,
+        help="steps between validations (default: every epoch or every fifth "
+        "of the run, whichever comes sooner; always at the last step)",
+    )
     # Unset: TrainArgs's default (not imported here: it loads torch), which the help repeats.
-    train.add_argument("--eval-examples", type=positive_int_or_all, default=argparse.SUPPRESS,
-                       metavar="N", help="validation examples per evaluation: the split's "
-                       "first N, or 'all' (default: 160)")
-    train.add_argument("--log-every", type=positive_int, default=10,
-                       help="steps between loss lines in metrics.jsonl")
-    train.add_argument("--stop-after", type=positive_int,
-                       help="leave after this many steps of this run (then --resume)")
+    train.add_argument(
+        "--eval-examples",
+        type=positive_int_or_all,
+        default=argparse.SUPPRESS,
+        metavar="N",
+        help="validation examples per evaluation: the split's first N, or 'all' (default: 160)",
+    )
+    train.add_argument(
+        "--log-every",
+        type=positive_int,
+        default=10,
+        help="steps between loss lines in metrics.jsonl",
+    )
+    train.add_argument(
+        "--stop-after",
+        type=positive_int,
+        help="leave after this many steps of this run (then --resume)",
+    )
     train.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     train.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     train.add_argument("--out", required=True, help="run directory")
     existing = train.add_mutually_exclusive_group()
-    existing.add_argument("--resume", action="store_true",
-                          help="continue the run in OUT from last.pt, with the same arguments "
-                          "(others are refused). A finished run is not extended, since its "
-                          "learning rate has decayed to 0: it prints its final result, and "
-                          "more steps are refused")
-    existing.add_argument("--overwrite", action="store_true",
-                          help="replace the run in OUT (its config, metrics and checkpoints)")
+    existing.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in OUT from last.pt, with the same arguments "
+        "(others are refused). A finished run is not extended, since its "
+        "learning rate has decayed to 0: it prints its final result, and "
+        "more steps are refused",
+    )
+    existing.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run in OUT (its config, metrics and checkpoints)",
+    )
     train.set_defaults(func=run_train)
 
     evaluate = commands.add_parser("evaluate", help="evaluate a checkpoint; prints one JSON line")
-    evaluate.add_argument("--checkpoint", required=True, help="a checkpoint file: OUT/best.pt or "
-                          "OUT/last.pt of a training run")
+    evaluate.add_argument(
+        "--checkpoint",
+        required=True,
+        help="a checkpoint file: OUT/best.pt or OUT/last.pt of a training run",
+    )
     evaluate.add_argument("--data", help="a data file or directory (for listops: an LRA TSV file)")
     evaluate.add_argument("--split", default="test", choices=("train", "val", "test"))
     evaluate.add_argument("--batch-size", type=positive_int, default=32)
-    evaluate.add_argument("--truncate", action="store_true",
-                          help="cut sequences longer than the model's max_len (labels still "
-                          "refer to the whole)")
+    evaluate.add_argument(
+        "--truncate",
+        action="store_true",
+        help="cut sequences longer than the model's max_len (labels still refer to the whole)",
+    )
     evaluate.set_defaults(func=run_evaluate)
 
     demo = commands.add_parser("demo", help="the main job on the embedded default (no download)")
@@ -212,8 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     # analysis owns its own parser: main() hands everything after `analyze` to it untouched.
     # Registered here too, so that `graphdiff --help` lists it.
-    analyze = commands.add_parser("analyze", help="spectral / expansion report of patterns",
-                                  add_help=False)
+    analyze = commands.add_parser(
+        "analyze", help="spectral / expansion report of patterns", add_help=False
+    )
     analyze.add_argument("rest", nargs=argparse.REMAINDER)
     analyze.set_defaults(func=run_analyze)
     return parser

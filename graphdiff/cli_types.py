@@ -3,6 +3,7 @@ examples/, experiments/ and benchmarks/: a bad value is a usage error that names
 
 Torch-free, so that a script's ``--help`` answers at once.
 """
+
 from __future__ import annotations
 
 import argparse

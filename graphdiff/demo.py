@@ -8,6 +8,7 @@
 
 Everything is written under ``out``; a table of accuracies is printed at the end.
 """
+
 from __future__ import annotations
 
 import os
@@ -21,9 +22,18 @@ from graphdiff.train import TrainArgs, train
 
 # Two layers of Window(8): one hop per layer reads 8 positions, the key sits 9..16 away.
 # The demo owns its run folders (overwrite) and reports the whole validation split.
-MULTIHOP = dict(task="multihop", preset="tiny", pattern="Window(8)", batch_size=32, lr=3e-3, seed=0,
-                task_args={"num_samples": 4000, "length": 128}, progress=True, overwrite=True,
-                eval_examples=None)
+MULTIHOP = dict(
+    task="multihop",
+    preset="tiny",
+    pattern="Window(8)",
+    batch_size=32,
+    lr=3e-3,
+    seed=0,
+    task_args={"num_samples": 4000, "length": 128},
+    progress=True,
+    overwrite=True,
+    eval_examples=None,
+)
 # What summary.md says about the task; the numbers are MultiHop's defaults at MULTIHOP's length.
 MULTIHOP_TASK = (
     "The task: each sequence of 128 tokens holds a CLS token at position 0, random filler tokens "
@@ -31,10 +41,13 @@ MULTIHOP_TASK = (
     "from CLS's final state. The pattern is Window(8): each token attends the tokens at most 4 "
     "positions away. Two layers of one-hop attention reach 8 positions, so plain sparse "
     "attention cannot see the key; with 5 hops per layer diffusion reaches 40. Validation "
-    "accuracy of the final model; tokens/s counts the training steps.")
+    "accuracy of the final model; tokens/s counts the training steps."
+)
 CHANCE = 1 / 10
-VARIANTS = {"Diffuser (K=5, alpha=0.1)": dict(hops=5, alpha=0.1),
-            "sparse attention (K=1, alpha=0)": dict(hops=1, alpha=0.0)}
+VARIANTS = {
+    "Diffuser (K=5, alpha=0.1)": dict(hops=5, alpha=0.1),
+    "sparse attention (K=1, alpha=0)": dict(hops=1, alpha=0.0),
+}
 
 
 def demo_patterns(out: str, n: int) -> None:
@@ -54,9 +67,19 @@ def demo_training(out: str, steps: int) -> List[Dict[str, object]]:
     rows = []
     for name, variant in VARIANTS.items():
         run = os.path.join(out, f"multihop_k{variant['hops']}")
-        result = train(TrainArgs(**MULTIHOP, **variant, out=run, max_steps=steps, eval_every=max(1, steps // 3)))
-        rows.append({"model": name, "val_accuracy": result.metrics["val_accuracy"],
-                     "tokens_per_second": result.metrics["tokens_per_second"], "run": run})
+        result = train(
+            TrainArgs(
+                **MULTIHOP, **variant, out=run, max_steps=steps, eval_every=max(1, steps // 3)
+            )
+        )
+        rows.append(
+            {
+                "model": name,
+                "val_accuracy": result.metrics["val_accuracy"],
+                "tokens_per_second": result.metrics["tokens_per_second"],
+                "run": run,
+            }
+        )
     return rows
 
 
@@ -69,12 +92,22 @@ def run_demo(out: str = "runs/demo", n: int = 4096, steps: int = 600) -> List[Di
     demo_analysis(os.path.join(out, "analysis"))
     rows = demo_training(out, steps)
     table = ["| model | multihop val accuracy | train tokens/s |", "|---|---:|---:|"]
-    table += [f"| {row['model']} | {row['val_accuracy']:.3f} | {row['tokens_per_second']:,.0f} |"
-              for row in rows]
-    summary = "\n".join([f"# Diffuser against sparse attention on multihop, {steps} steps", "",
-                          MULTIHOP_TASK, "", *table, "",
-                          f"chance level: {CHANCE:.2f} (a uniform guess over the 10 classes).",
-                          ""])
+    table += [
+        f"| {row['model']} | {row['val_accuracy']:.3f} | {row['tokens_per_second']:,.0f} |"
+        for row in rows
+    ]
+    summary = "\n".join(
+        [
+            f"# Diffuser against sparse attention on multihop, {steps} steps",
+            "",
+            MULTIHOP_TASK,
+            "",
+            *table,
+            "",
+            f"chance level: {CHANCE:.2f} (a uniform guess over the 10 classes).",
+            "",
+        ]
+    )
     atomic_write_text(os.path.join(out, "summary.md"), summary)
     print(f"\n== results (also in {out}/summary.md)\n{summary}")
     return rows

@@ -3,6 +3,7 @@
 The one place that writes files for graphdiff (checkpoints, metrics, figures, data files).
 It imports nothing from graphdiff, so every layer of the package may use it.
 """
+
 from __future__ import annotations
 
 import os
@@ -23,10 +24,14 @@ def atomic_write(path: PathLike, write: Callable[[IO], None], text: bool = False
     path = os.path.realpath(os.fspath(path))  # through a symlink: replace its target, keep the link
     directory = os.path.dirname(path)
     os.makedirs(directory, exist_ok=True)
-    descriptor, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    descriptor, tmp = tempfile.mkstemp(
+        dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp"
+    )
     try:
         mode = "w" if text else "wb"
-        with os.fdopen(descriptor, mode, **({"encoding": "utf-8", "newline": "\n"} if text else {})) as handle:
+        with os.fdopen(
+            descriptor, mode, **({"encoding": "utf-8", "newline": "\n"} if text else {})
+        ) as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())

@@ -16,10 +16,13 @@ def test_non_integers_raise_type_error_naming_argument_and_range(value):
         check_int("n", value, low=1, high=3)
 
 
-@pytest.mark.parametrize("value, message", [
-    (0, r"^n must be >= 1, got 0$"),
-    (-5, r"^n must be >= 1, got -5$"),
-])
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        (0, r"^n must be >= 1, got 0$"),
+        (-5, r"^n must be >= 1, got -5$"),
+    ],
+)
 def test_below_the_lower_end(value, message):
     with pytest.raises(ValueError, match=message):
         check_int("n", value, low=1)

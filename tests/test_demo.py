@@ -1,4 +1,5 @@
 """`make demo` end to end at a toy size: every artefact is written and the table has both models."""
+
 import json
 
 from graphdiff.demo import run_demo
@@ -6,9 +7,17 @@ from graphdiff.demo import run_demo
 
 def test_demo_writes_pattern_report_runs_and_summary(tmp_path):
     rows = run_demo(str(tmp_path), n=512, steps=3)
-    assert [row["model"] for row in rows] == ["Diffuser (K=5, alpha=0.1)", "sparse attention (K=1, alpha=0)"]
+    assert [row["model"] for row in rows] == [
+        "Diffuser (K=5, alpha=0.1)",
+        "sparse attention (K=1, alpha=0)",
+    ]
     assert json.loads((tmp_path / "pattern_512.json").read_text())["global_tokens"] == 64
-    for name in ("pattern_512.png", "analysis/report.md", "multihop_k5/best.pt", "multihop_k1/metrics.jsonl"):
+    for name in (
+        "pattern_512.png",
+        "analysis/report.md",
+        "multihop_k5/best.pt",
+        "multihop_k1/metrics.jsonl",
+    ):
         assert (tmp_path / name).stat().st_size > 0, name
     summary = (tmp_path / "summary.md").read_text()
     assert "| Diffuser (K=5, alpha=0.1) |" in summary and "chance level: 0.10" in summary

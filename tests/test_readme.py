@@ -1,9 +1,10 @@
 """The README's Python quick starts run as written, and the figures they quote hold.
 
 Each ```python block is executed in a namespace that defines only the inputs the README leaves
-to the reader (`tokens`, `mask`, `x`, `edge_index`, `my_edge_index`), so a renamed function, a changed
-signature or a stale import in the README fails here.
+to the reader (`tokens`, `mask`, `x`, `edge_index`, `my_edge_index`), so a renamed function, a
+changed signature or a stale import in the README fails here.
 """
+
 import importlib.util
 import re
 from pathlib import Path
@@ -40,7 +41,9 @@ def test_readme_python_block_runs(index):
         lines = block.splitlines()
         block = "\n".join(line for line in lines if "to_sparse_tensor" not in line)
         if len(lines) > len(block.splitlines()):
-            assert all("needs the `fast` extra" in line for line in lines if "to_sparse_tensor" in line)
+            assert all(
+                "needs the `fast` extra" in line for line in lines if "to_sparse_tensor" in line
+            )
     namespace = reader_inputs()
     exec(compile(block, f"README.md python block {index}", "exec"), namespace)
     if "conv = AttentionDiffusion" in block:

@@ -5,6 +5,7 @@ is PyG's block-diagonal :class:`~torch_geometric.data.Batch`: padding tokens are
 variable lengths cost nothing. Batches are built without a Python loop over sequences: one
 cached pattern per distinct length, shifted by vectorised offsets.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Tuple, Union
@@ -21,7 +22,9 @@ from graphdiff.patterns import Pattern
 
 def _check_pattern(pattern: Pattern) -> Pattern:
     if not isinstance(pattern, Pattern):
-        raise TypeError(f"pattern must be a graphdiff.patterns.Pattern, got {type(pattern).__name__}")
+        raise TypeError(
+            f"pattern must be a graphdiff.patterns.Pattern, got {type(pattern).__name__}"
+        )
     return pattern
 
 
@@ -66,7 +69,9 @@ def _lengths_and_mask(padded: Tensor, mask_or_lengths: Tensor) -> Tuple[Tensor, 
     if mask_or_lengths.dtype == torch.bool:
         mask = mask_or_lengths
         if mask.shape != (batch_size, max_len):
-            raise ValueError(f"mask must have shape [B, L] = {[batch_size, max_len]}, got {list(mask.shape)}")
+            raise ValueError(
+                f"mask must have shape [B, L] = {[batch_size, max_len]}, got {list(mask.shape)}"
+            )
         lengths = mask.sum(dim=1)
     else:
         if mask_or_lengths.dtype.is_floating_point or mask_or_lengths.shape != (batch_size,):
@@ -83,7 +88,9 @@ def _lengths_and_mask(padded: Tensor, mask_or_lengths: Tensor) -> Tuple[Tensor, 
     return lengths, mask
 
 
-def _batched_edges(pattern: Pattern, lengths: Tuple[int, ...], device: torch.device) -> Tuple[Tensor, Tensor]:
+def _batched_edges(
+    pattern: Pattern, lengths: Tuple[int, ...], device: torch.device
+) -> Tuple[Tensor, Tensor]:
     """Block-diagonal edge_index of sequences of these lengths, and each graph's edge offsets,
     on ``device``.
 
@@ -94,7 +101,8 @@ def _batched_edges(pattern: Pattern, lengths: Tuple[int, ...], device: torch.dev
     return cache.CACHE.get(
         ("batched", pattern, lengths, device),
         lambda: tuple(t.to(device) for t in _build_batched_edges(pattern, lengths)),
-        admit_on_repeat=True)
+        admit_on_repeat=True,
+    )
 
 
 def _build_batched_edges(pattern: Pattern, lengths: Tuple[int, ...]) -> Tuple[Tensor, Tensor]:
@@ -151,9 +159,11 @@ def graph_batch(padded: Tensor, mask_or_lengths: Tensor, pattern: Pattern) -> Ba
     # What Batch.from_data_list would record, so that to_data_list() and batch[i] work.
     batch._num_graphs = batch_size
     batch._slice_dict = {"x": ptr, "pos": ptr, "edge_index": edge_ptr}
-    batch._inc_dict = {"x": torch.zeros(batch_size, dtype=torch.long),
-                       "pos": torch.zeros(batch_size, dtype=torch.long),
-                       "edge_index": ptr[:-1]}
+    batch._inc_dict = {
+        "x": torch.zeros(batch_size, dtype=torch.long),
+        "pos": torch.zeros(batch_size, dtype=torch.long),
+        "edge_index": ptr[:-1],
+    }
     return batch
 
 
@@ -184,26 +194,42 @@ def to_padded(
     if not isinstance(x, Tensor) or x.dim() == 0:
         raise TypeError(f"x must be a tensor [N, ...], got {type(x).__name__}")
     vector = batch.batch if isinstance(batch, Batch) else batch
-    if not isinstance(vector, Tensor) or vector.dtype.is_floating_point or vector.dtype.is_complex \
-            or vector.dtype == torch.bool:
-        raise TypeError(f"batch must be a Batch or an integer batch vector [N], got "
-                        f"{vector.dtype if isinstance(vector, Tensor) else type(vector).__name__}")
+    if (
+        not isinstance(vector, Tensor)
+        or vector.dtype.is_floating_point
+        or vector.dtype.is_complex
+        or vector.dtype == torch.bool
+    ):
+        raise TypeError(
+            f"batch must be a Batch or an integer batch vector [N], got "
+            f"{vector.dtype if isinstance(vector, Tensor) else type(vector).__name__}"
+        )
     if vector.dim() != 1 or vector.numel() != x.size(0):
-        raise ValueError(f"batch vector must have shape [N] = [{x.size(0)}], got {list(vector.shape)}")
+        raise ValueError(
+            f"batch vector must have shape [N] = [{x.size(0)}], got {list(vector.shape)}"
+        )
     # Each token's rank is its offset from its sequence's first token: that needs PyG's layout,
     # every sequence's tokens side by side in batch order; any other order would be scattered
     # to wrong positions without an error.
     if vector.numel() and (int(vector.min()) < 0 or bool((vector[1:] < vector[:-1]).any())):
-        raise ValueError("batch vector must be non-negative and sorted (each sequence's tokens "
-                         "side by side, in batch order, as in a PyG Batch)")
-    batch_size = int(batch.num_graphs) if isinstance(batch, Batch) else (int(vector.max()) + 1 if vector.numel() else 0)
+        raise ValueError(
+            "batch vector must be non-negative and sorted (each sequence's tokens "
+            "side by side, in batch order, as in a PyG Batch)"
+        )
+    batch_size = (
+        int(batch.num_graphs)
+        if isinstance(batch, Batch)
+        else (int(vector.max()) + 1 if vector.numel() else 0)
+    )
     lengths = torch.bincount(vector, minlength=batch_size)
     longest = int(lengths.max()) if batch_size else 0
     max_len = longest if max_len is None else check_int("max_len", max_len, low=0)
     if max_len < longest:
         raise ValueError(f"max_len={max_len} is shorter than the longest sequence ({longest})")
     starts = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)[:-1]])
-    rank = torch.arange(x.size(0), device=vector.device) - starts[vector]  # position inside the sequence
+    rank = (
+        torch.arange(x.size(0), device=vector.device) - starts[vector]
+    )  # position inside the sequence
     padded = x.new_full((batch_size, max_len) + tuple(x.shape[1:]), fill_value)
     padded[vector, rank] = x
     mask = torch.arange(max_len, device=vector.device).unsqueeze(0) < lengths.unsqueeze(1)

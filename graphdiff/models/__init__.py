@@ -1,12 +1,23 @@
 """Diffuser models: config, encoder and task heads, saving and loading, RoBERTa conversion."""
+
 from graphdiff.models.config import MODEL_PRESETS, DiffuserConfig, preset_config
 from graphdiff.models.diffuser import (
-    Diffuser, DiffuserForMaskedLM, DiffuserForSequenceClassification, DiffuserLayer, count_parameters,
+    Diffuser,
+    DiffuserForMaskedLM,
+    DiffuserForSequenceClassification,
+    DiffuserLayer,
+    count_parameters,
 )
 from graphdiff.models.roberta import from_roberta
 
 __all__ = [
-    "DiffuserConfig", "MODEL_PRESETS", "preset_config",
-    "Diffuser", "DiffuserLayer", "DiffuserForSequenceClassification", "DiffuserForMaskedLM", "count_parameters",
+    "DiffuserConfig",
+    "MODEL_PRESETS",
+    "preset_config",
+    "Diffuser",
+    "DiffuserLayer",
+    "DiffuserForSequenceClassification",
+    "DiffuserForMaskedLM",
+    "count_parameters",
     "from_roberta",
 ]

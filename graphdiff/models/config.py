@@ -1,4 +1,5 @@
 """Configuration of a Diffuser model, nanoGPT style: one dataclass, commented defaults."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,7 +28,9 @@ class DiffuserConfig:
     attention_dropout: float = 0.1  # on the one-hop attention A
     hop_dropout: float = 0.0  # on each hop's features inside the diffusion
     max_len: int = 512  # longest sequence (positions), CLS included
-    pattern: str = "diffuser(window=16, num_global=1, num_random=4)"  # graphdiff.patterns expression
+    pattern: str = (
+        "diffuser(window=16, num_global=1, num_random=4)"  # graphdiff.patterns expression
+    )
     pooling: str = "cls"  # "cls" (first token) or "mean" over each sequence
     num_classes: int = 2  # for sequence classification
     positional: str = "learned"  # "learned", "sinusoidal" or "none"
@@ -48,20 +51,30 @@ class DiffuserConfig:
             if not is_integer(value) or value < 1:
                 raise ValueError(f"DiffuserConfig.{name} must be a positive integer, got {value!r}")
         if not is_integer(self.pad_token_id) or not 0 <= self.pad_token_id < self.vocab_size:
-            raise ValueError(f"DiffuserConfig.pad_token_id must be a token id in [0, vocab_size) = "
-                             f"[0, {self.vocab_size}), got {self.pad_token_id!r}")
+            raise ValueError(
+                f"DiffuserConfig.pad_token_id must be a token id in [0, vocab_size) = "
+                f"[0, {self.vocab_size}), got {self.pad_token_id!r}"
+            )
         if self.hidden % self.heads:
-            raise ValueError(f"DiffuserConfig.hidden={self.hidden} must be divisible by heads={self.heads}")
+            raise ValueError(
+                f"DiffuserConfig.hidden={self.hidden} must be divisible by heads={self.heads}"
+            )
         if self.pooling not in POOLINGS:
-            raise ValueError(f"DiffuserConfig.pooling must be one of {POOLINGS}, got {self.pooling!r}")
+            raise ValueError(
+                f"DiffuserConfig.pooling must be one of {POOLINGS}, got {self.pooling!r}"
+            )
         if self.positional not in POSITIONALS:
-            raise ValueError(f"DiffuserConfig.positional must be one of {POSITIONALS}, got {self.positional!r}")
+            raise ValueError(
+                f"DiffuserConfig.positional must be one of {POSITIONALS}, got {self.positional!r}"
+            )
         for name in ("dropout", "attention_dropout", "hop_dropout"):
             value = getattr(self, name)
             if not is_real(value) or not 0.0 <= value < 1.0:
                 raise ValueError(f"DiffuserConfig.{name} must lie in [0, 1), got {value!r}")
         if not is_real(self.layer_norm_eps) or not self.layer_norm_eps > 0:
-            raise ValueError(f"DiffuserConfig.layer_norm_eps must be a number > 0, got {self.layer_norm_eps!r}")
+            raise ValueError(
+                f"DiffuserConfig.layer_norm_eps must be a number > 0, got {self.layer_norm_eps!r}"
+            )
         # The layer's own checks, here so that a bad value fails before any data is built.
         check_diffusion_args(self.hops, self.alpha, self.kernel, self.t, self.hop_dropout)
         self.build_pattern()  # fail early on a bad expression
@@ -89,20 +102,40 @@ class DiffuserConfig:
     @classmethod
     def small(cls, **overrides: Any) -> "DiffuserConfig":
         """CPU-sized experiments on sequences of a few thousand tokens."""
-        values = dict(hidden=128, layers=4, heads=4, ffn=256, max_len=4096,
-                      pattern="diffuser(window=64, num_global=8, num_random=8)")
+        values = dict(
+            hidden=128,
+            layers=4,
+            heads=4,
+            ffn=256,
+            max_len=4096,
+            pattern="diffuser(window=64, num_global=8, num_random=8)",
+        )
         return cls(**{**values, **overrides})
 
     @classmethod
     def paper_base(cls, **overrides: Any) -> "DiffuserConfig":
         """The official Diffuser configuration (RoBERTa-base sized, post-LayerNorm, GELU)."""
-        values = dict(vocab_size=50265, hidden=768, layers=12, heads=12, ffn=3072, hops=5, alpha=0.1,
-                      dropout=0.1, attention_dropout=0.1, max_len=4096,
-                      pattern="diffuser(window=64, num_global=64, num_random=64)")
+        values = dict(
+            vocab_size=50265,
+            hidden=768,
+            layers=12,
+            heads=12,
+            ffn=3072,
+            hops=5,
+            alpha=0.1,
+            dropout=0.1,
+            attention_dropout=0.1,
+            max_len=4096,
+            pattern="diffuser(window=64, num_global=64, num_random=64)",
+        )
         return cls(**{**values, **overrides})
 
 
-MODEL_PRESETS = {"tiny": DiffuserConfig.tiny, "small": DiffuserConfig.small, "paper_base": DiffuserConfig.paper_base}
+MODEL_PRESETS = {
+    "tiny": DiffuserConfig.tiny,
+    "small": DiffuserConfig.small,
+    "paper_base": DiffuserConfig.paper_base,
+}
 
 
 def preset_config(name: str, **overrides: Any) -> DiffuserConfig:

@@ -7,6 +7,7 @@ boolean mask ``[B, L]``; the padded form is turned into a graph batch with the m
 The pattern's sparse structure (a :class:`~graphdiff.nn.DiffusionGraph`) is built once per
 batch and passed to every layer.
 """
+
 from __future__ import annotations
 
 import math
@@ -41,14 +42,16 @@ class Embeddings(nn.Module):
 
     def __init__(self, config: DiffuserConfig):
         super().__init__()
-        self.tokens = nn.Embedding(config.vocab_size, config.hidden,
-                                   padding_idx=config.pad_token_id)
+        self.tokens = nn.Embedding(
+            config.vocab_size, config.hidden, padding_idx=config.pad_token_id
+        )
         self.positional = config.positional
         if config.positional == "learned":
             self.positions = nn.Embedding(config.max_len, config.hidden)
         elif config.positional == "sinusoidal":
-            self.register_buffer("table", sinusoidal_positions(config.max_len, config.hidden),
-                                 persistent=False)
+            self.register_buffer(
+                "table", sinusoidal_positions(config.max_len, config.hidden), persistent=False
+            )
         self.norm = nn.LayerNorm(config.hidden, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.dropout)
 
@@ -67,14 +70,22 @@ class DiffuserLayer(nn.Module):
     def __init__(self, config: DiffuserConfig):
         super().__init__()
         self.attention = AttentionDiffusion(
-            config.hidden, config.hidden // config.heads, heads=config.heads, hops=config.hops,
-            alpha=config.alpha, kernel=config.kernel, t=config.t, concat=True,
-            dropout=config.attention_dropout, hop_dropout=config.hop_dropout,
+            config.hidden,
+            config.hidden // config.heads,
+            heads=config.heads,
+            hops=config.hops,
+            alpha=config.alpha,
+            kernel=config.kernel,
+            t=config.t,
+            concat=True,
+            dropout=config.attention_dropout,
+            hop_dropout=config.hop_dropout,
         )
         self.output = nn.Linear(config.hidden, config.hidden)
         self.norm1 = nn.LayerNorm(config.hidden, eps=config.layer_norm_eps)
-        self.ffn = nn.Sequential(nn.Linear(config.hidden, config.ffn), nn.GELU(),
-                                 nn.Linear(config.ffn, config.hidden))
+        self.ffn = nn.Sequential(
+            nn.Linear(config.hidden, config.ffn), nn.GELU(), nn.Linear(config.ffn, config.hidden)
+        )
         self.norm2 = nn.LayerNorm(config.hidden, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.dropout)
 
@@ -104,8 +115,9 @@ class Diffuser(PretrainedMixin, nn.Module):
         self.embeddings = Embeddings(config)
         self.layers = nn.ModuleList(DiffuserLayer(config) for _ in range(config.layers))
 
-    def to_batch(self, inputs: Inputs, mask: Optional[Tensor] = None, *,
-                 truncate: bool = False) -> Batch:
+    def to_batch(
+        self, inputs: Inputs, mask: Optional[Tensor] = None, *, truncate: bool = False
+    ) -> Batch:
         """The graph batch the model runs on: a :class:`~torch_geometric.data.Batch` as is, or
         padded ``[B, L]`` token ids with their boolean ``mask [B, L]`` (True = real token)
         turned into one with the model's pattern (:func:`graphdiff.data.graph_batch`).
@@ -122,18 +134,23 @@ class Diffuser(PretrainedMixin, nn.Module):
             raise ValueError("padded token input needs its mask [B, L] (True = real token)")
         tokens = inputs
         if tokens.dim() != 2 or mask.shape != tokens.shape:
-            raise ValueError(f"tokens and mask must both be [B, L], got {list(tokens.shape)} "
-                             f"and {list(mask.shape)}")
+            raise ValueError(
+                f"tokens and mask must both be [B, L], got {list(tokens.shape)} "
+                f"and {list(mask.shape)}"
+            )
         if tokens.size(1) > self.config.max_len:
             if not truncate:
-                raise ValueError(f"sequence length {tokens.size(1)} exceeds "
-                                 f"max_len={self.config.max_len}; pass truncate=True to cut "
-                                 f"sequences to max_len")
+                raise ValueError(
+                    f"sequence length {tokens.size(1)} exceeds "
+                    f"max_len={self.config.max_len}; pass truncate=True to cut "
+                    f"sequences to max_len"
+                )
             tokens, mask = tokens[:, : self.config.max_len], mask[:, : self.config.max_len]
         return graph_batch(tokens, mask.bool(), self.pattern)
 
-    def restore_padding(self, node_values: Tensor, inputs: Inputs,
-                        mask: Optional[Tensor] = None) -> Tensor:
+    def restore_padding(
+        self, node_values: Tensor, inputs: Inputs, mask: Optional[Tensor] = None
+    ) -> Tensor:
         """Node-level values ``[N, ...]`` in the layout of the model's input: as they are for a
         graph batch; for padded input ``[B, L, ...]`` (``L`` capped at ``max_len``), each
         token's values where the mask put it (left padding and gaps included), zeros
@@ -157,19 +174,29 @@ class Diffuser(PretrainedMixin, nn.Module):
     def encode(self, batch: Batch, return_attention_weights: bool = False):
         """Node states ``[N, D]`` of a graph batch (and the per-layer attention if asked)."""
         if batch.pos.numel() and int(batch.pos.max()) >= self.config.max_len:
-            raise ValueError(f"a sequence has {int(batch.pos.max()) + 1} tokens, more than "
-                             f"max_len={self.config.max_len}; truncate the sequences first")
+            raise ValueError(
+                f"a sequence has {int(batch.pos.max()) + 1} tokens, more than "
+                f"max_len={self.config.max_len}; truncate the sequences first"
+            )
         # Here rather than as an IndexError or a dtype error from inside the embedding.
         tokens = batch.x
-        if tokens.is_floating_point() or tokens.is_complex() or tokens.dtype == torch.bool \
-                or tokens.dim() != 1:
-            raise TypeError(f"tokens must be integer ids [N] (or [B, L] padded), got "
-                            f"{tokens.dtype} {list(tokens.shape)}")
+        if (
+            tokens.is_floating_point()
+            or tokens.is_complex()
+            or tokens.dtype == torch.bool
+            or tokens.dim() != 1
+        ):
+            raise TypeError(
+                f"tokens must be integer ids [N] (or [B, L] padded), got "
+                f"{tokens.dtype} {list(tokens.shape)}"
+            )
         if tokens.numel():
             low, high = (int(bound) for bound in torch.aminmax(tokens))  # one device sync
             if low < 0 or high >= self.config.vocab_size:
-                raise ValueError(f"token ids must lie in [0, vocab_size) = "
-                                 f"[0, {self.config.vocab_size}), got [{low}, {high}]")
+                raise ValueError(
+                    f"token ids must lie in [0, vocab_size) = "
+                    f"[0, {self.config.vocab_size}), got [{low}, {high}]"
+                )
         # One structure per batch, shared by every layer (and found in graphdiff.cache when
         # graph_batch hands back a cached edge_index of lengths seen before).
         graph = diffusion_graph(batch.edge_index, (tokens.size(0), tokens.size(0)))
@@ -183,8 +210,14 @@ class Diffuser(PretrainedMixin, nn.Module):
                 x = layer(x, graph)
         return (x, (batch.edge_index, attentions)) if return_attention_weights else x
 
-    def forward(self, inputs: Inputs, mask: Optional[Tensor] = None, *, truncate: bool = False,
-                return_attention_weights: bool = False):
+    def forward(
+        self,
+        inputs: Inputs,
+        mask: Optional[Tensor] = None,
+        *,
+        truncate: bool = False,
+        return_attention_weights: bool = False,
+    ):
         batch = self.to_batch(inputs, mask, truncate=truncate)
         out = self.encode(batch, return_attention_weights)
         states, extra = out if return_attention_weights else (out, None)
@@ -210,8 +243,14 @@ class DiffuserForSequenceClassification(PretrainedMixin, nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.classifier = nn.Linear(config.hidden, config.num_classes)
 
-    def forward(self, inputs: Inputs, mask: Optional[Tensor] = None, *, truncate: bool = False,
-                return_attention_weights: bool = False):
+    def forward(
+        self,
+        inputs: Inputs,
+        mask: Optional[Tensor] = None,
+        *,
+        truncate: bool = False,
+        return_attention_weights: bool = False,
+    ):
         batch = self.diffuser.to_batch(inputs, mask, truncate=truncate)
         out = self.diffuser.encode(batch, return_attention_weights)
         states, extra = out if return_attention_weights else (out, None)
@@ -233,8 +272,9 @@ class DiffuserForMaskedLM(PretrainedMixin, nn.Module):
         self.norm = nn.LayerNorm(config.hidden, eps=config.layer_norm_eps)
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
 
-    def forward(self, inputs: Inputs, mask: Optional[Tensor] = None, *,
-                truncate: bool = False) -> Tensor:
+    def forward(
+        self, inputs: Inputs, mask: Optional[Tensor] = None, *, truncate: bool = False
+    ) -> Tensor:
         batch = self.diffuser.to_batch(inputs, mask, truncate=truncate)
         states = self.norm(F.gelu(self.dense(self.diffuser.encode(batch))))
         logits = F.linear(states, self.diffuser.embeddings.tokens.weight, self.bias)
@@ -244,4 +284,3 @@ class DiffuserForMaskedLM(PretrainedMixin, nn.Module):
 def count_parameters(model: nn.Module) -> int:
     """The number of parameters of ``model`` (tied ones counted once)."""
     return sum(parameter.numel() for parameter in model.parameters())
-

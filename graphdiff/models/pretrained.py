@@ -6,6 +6,7 @@ weights as bare tensors (no pickle: loading runs no code). The masked-LM head is
 token embeddings by construction (it multiplies by their weight, it has no decoder matrix of its
 own), so no tensor is stored twice. Needs the ``safetensors`` package (the ``hf`` extra).
 """
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,18 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 # The weights fix these fields: a loaded or converted model keeps them. The others (the pattern,
 # the diffusion, the dropouts, the pooling) may be overridden.
-WEIGHT_FIELDS = ("vocab_size", "hidden", "layers", "heads", "ffn", "max_len", "num_classes",
-                 "positional", "layer_norm_eps", "pad_token_id")
+WEIGHT_FIELDS = (
+    "vocab_size",
+    "hidden",
+    "layers",
+    "heads",
+    "ffn",
+    "max_len",
+    "num_classes",
+    "positional",
+    "layer_norm_eps",
+    "pad_token_id",
+)
 # Where a task model keeps its encoder, a Diffuser.
 ENCODER_PREFIX = "diffuser."
 
@@ -34,8 +45,10 @@ def _safetensors_torch():
     try:
         import safetensors.torch
     except ImportError as error:
-        raise ImportError("save_pretrained and from_pretrained need the safetensors package: "
-                          "pip install 'graphdiff[hf]'") from error
+        raise ImportError(
+            "save_pretrained and from_pretrained need the safetensors package: "
+            "pip install 'graphdiff[hf]'"
+        ) from error
     return safetensors.torch
 
 
@@ -48,8 +61,9 @@ def check_overrides(overrides: Dict[str, Any], fixed: tuple, source: str) -> Non
     clash = sorted(set(overrides) & set(fixed))
     if clash:
         allowed = sorted(set(known) - set(fixed))
-        raise ValueError(f"{clash} are fixed by the weights of {source}; the overrides allowed "
-                         f"are {allowed}")
+        raise ValueError(
+            f"{clash} are fixed by the weights of {source}; the overrides allowed are {allowed}"
+        )
 
 
 class PretrainedMixin:
@@ -63,12 +77,16 @@ class PretrainedMixin:
         missing; each file is written atomically, the weights first)."""
         safetensors_torch = _safetensors_torch()
         directory = os.fspath(directory)
-        state: Dict[str, Tensor] = {name: tensor.detach().cpu().contiguous()
-                                    for name, tensor in self.state_dict().items()}
+        state: Dict[str, Tensor] = {
+            name: tensor.detach().cpu().contiguous() for name, tensor in self.state_dict().items()
+        }
         weights = safetensors_torch.save(state, metadata={"format": "pt"})
         atomic_write(os.path.join(directory, WEIGHTS_NAME), lambda handle: handle.write(weights))
-        values = {"model_class": type(self).__name__, "graphdiff_version": __version__,
-                  **self.config.to_dict()}
+        values = {
+            "model_class": type(self).__name__,
+            "graphdiff_version": __version__,
+            **self.config.to_dict(),
+        }
         atomic_write_text(os.path.join(directory, CONFIG_NAME), json.dumps(values, indent=2) + "\n")
 
     @classmethod
@@ -103,20 +121,27 @@ class PretrainedMixin:
         weights_path = os.path.join(directory, WEIGHTS_NAME)
         for path in (config_path, weights_path):
             if not os.path.isfile(path):
-                raise FileNotFoundError(f"{path!r} is missing: from_pretrained reads a directory "
-                                        f"written by save_pretrained ({CONFIG_NAME} and "
-                                        f"{WEIGHTS_NAME})")
+                raise FileNotFoundError(
+                    f"{path!r} is missing: from_pretrained reads a directory "
+                    f"written by save_pretrained ({CONFIG_NAME} and "
+                    f"{WEIGHTS_NAME})"
+                )
         with open(config_path, encoding="utf-8") as handle:
             try:
                 values = json.load(handle)
             except json.JSONDecodeError as error:
                 raise ValueError(f"{config_path!r} is not valid JSON: {error}") from None
         if not isinstance(values, dict) or "model_class" not in values:
-            hint = (" (a Hugging Face configuration: load the model with transformers, then "
-                    "convert it with graphdiff.models.from_roberta)"
-                    if isinstance(values, dict) and "model_type" in values else "")
-            raise ValueError(f"{config_path!r} is not a graphdiff model configuration: it has no "
-                             f"'model_class'{hint}")
+            hint = (
+                " (a Hugging Face configuration: load the model with transformers, then "
+                "convert it with graphdiff.models.from_roberta)"
+                if isinstance(values, dict) and "model_type" in values
+                else ""
+            )
+            raise ValueError(
+                f"{config_path!r} is not a graphdiff model configuration: it has no "
+                f"'model_class'{hint}"
+            )
         saved_class = values.pop("model_class")
         values.pop("graphdiff_version", None)
         model = cls(DiffuserConfig.from_dict({**values, **overrides}))
@@ -124,18 +149,25 @@ class PretrainedMixin:
         try:
             state = safetensors_torch.load_file(weights_path, device="cpu")
         except Exception as error:  # safetensors raises its own error types for a damaged file
-            raise ValueError(f"{weights_path!r} is not a readable safetensors file: "
-                             f"{error}") from None
+            raise ValueError(
+                f"{weights_path!r} is not a readable safetensors file: {error}"
+            ) from None
         if saved_class != cls.__name__:
-            encoder = {name[len(ENCODER_PREFIX):]: tensor for name, tensor in state.items()
-                       if name.startswith(ENCODER_PREFIX)}
+            encoder = {
+                name[len(ENCODER_PREFIX) :]: tensor
+                for name, tensor in state.items()
+                if name.startswith(ENCODER_PREFIX)
+            }
             if set(encoder) != set(model.state_dict()):
-                raise ValueError(f"{directory!r} holds a {saved_class}, not a {cls.__name__}; "
-                                 f"load it with {saved_class}.from_pretrained")
+                raise ValueError(
+                    f"{directory!r} holds a {saved_class}, not a {cls.__name__}; "
+                    f"load it with {saved_class}.from_pretrained"
+                )
             state = encoder
         try:
             model.load_state_dict(state)
         except RuntimeError as error:
-            raise ValueError(f"the weights in {weights_path!r} do not fit its configuration: "
-                             f"{error}") from None
+            raise ValueError(
+                f"the weights in {weights_path!r} do not fit its configuration: {error}"
+            ) from None
         return model.eval()

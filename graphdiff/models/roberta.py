@@ -5,6 +5,7 @@ diffusion on a sparse pattern, so a pretrained RoBERTa fills every weight; with 
 teleport (``hops=1, alpha=0.0``) and the ``Full()`` pattern the converted model computes what
 RoBERTa computes.
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict
@@ -14,7 +15,9 @@ from torch import Tensor, nn
 
 from graphdiff.models.config import DiffuserConfig
 from graphdiff.models.diffuser import (
-    Diffuser, DiffuserForMaskedLM, DiffuserForSequenceClassification,
+    Diffuser,
+    DiffuserForMaskedLM,
+    DiffuserForSequenceClassification,
 )
 from graphdiff.models.pretrained import WEIGHT_FIELDS, check_overrides
 
@@ -27,30 +30,40 @@ def _roberta_classes() -> Dict[str, type]:
     try:
         import transformers
     except ImportError as error:
-        raise ImportError("from_roberta needs the transformers package: "
-                          "pip install 'graphdiff[hf]'") from error
+        raise ImportError(
+            "from_roberta needs the transformers package: pip install 'graphdiff[hf]'"
+        ) from error
     return {name: getattr(transformers, name) for name in ACCEPTED}
 
 
 def _check_roberta_config(config: Any) -> None:
     """ValueError for a RoBERTa configuration that a Diffuser cannot compute exactly."""
     if config.hidden_act != "gelu":
-        raise ValueError(f"from_roberta needs hidden_act='gelu' (the Diffuser layer's exact "
-                         f"GELU), got {config.hidden_act!r}")
+        raise ValueError(
+            f"from_roberta needs hidden_act='gelu' (the Diffuser layer's exact "
+            f"GELU), got {config.hidden_act!r}"
+        )
     position_type = getattr(config, "position_embedding_type", "absolute")
     if position_type != "absolute":
-        raise ValueError(f"from_roberta needs position_embedding_type='absolute' (learned "
-                         f"positions), got {position_type!r}")
+        raise ValueError(
+            f"from_roberta needs position_embedding_type='absolute' (learned "
+            f"positions), got {position_type!r}"
+        )
     if config.is_decoder:
-        raise ValueError("from_roberta needs an encoder (is_decoder=False): Diffuser attention "
-                         "is bidirectional")
+        raise ValueError(
+            "from_roberta needs an encoder (is_decoder=False): Diffuser attention is bidirectional"
+        )
     pad = config.pad_token_id
     if not isinstance(pad, int) or not 0 <= pad < config.vocab_size:
-        raise ValueError(f"from_roberta needs pad_token_id in [0, vocab_size) = "
-                         f"[0, {config.vocab_size}), got {pad!r}")
+        raise ValueError(
+            f"from_roberta needs pad_token_id in [0, vocab_size) = "
+            f"[0, {config.vocab_size}), got {pad!r}"
+        )
     if config.max_position_embeddings <= pad + 1:
-        raise ValueError(f"max_position_embeddings={config.max_position_embeddings} leaves no "
-                         f"position after RoBERTa's offset pad_token_id + 1 = {pad + 1}")
+        raise ValueError(
+            f"max_position_embeddings={config.max_position_embeddings} leaves no "
+            f"position after RoBERTa's offset pad_token_id + 1 = {pad + 1}"
+        )
 
 
 def _linear(state: Dict[str, Tensor], name: str, module: nn.Module) -> None:
@@ -62,7 +75,7 @@ def _positions(embeddings: nn.Module, pad: int, max_len: int) -> Tensor:
     """graphdiff's position table ``[max_len, D]``: RoBERTa's rows from ``pad + 1`` on (its
     first real token sits there), each plus token type 0's embedding, tiled to ``max_len``."""
     type_zero = embeddings.token_type_embeddings.weight[0]
-    table = embeddings.position_embeddings.weight[pad + 1:] + type_zero
+    table = embeddings.position_embeddings.weight[pad + 1 :] + type_zero
     copies = -(-max_len // table.size(0))
     return table.repeat(copies, 1)[:max_len]
 
@@ -71,19 +84,23 @@ def _encoder_state(roberta: nn.Module, max_len: int) -> Dict[str, Tensor]:
     """A :class:`~graphdiff.models.Diffuser` state dict from a ``RobertaModel``."""
     embeddings = roberta.embeddings
     positions = _positions(embeddings, roberta.config.pad_token_id, max_len)
-    state = {"embeddings.tokens.weight": embeddings.word_embeddings.weight,
-             "embeddings.positions.weight": positions}
+    state = {
+        "embeddings.tokens.weight": embeddings.word_embeddings.weight,
+        "embeddings.positions.weight": positions,
+    }
     _linear(state, "embeddings.norm", embeddings.LayerNorm)
     for index, layer in enumerate(roberta.encoder.layer):
         attention = layer.attention
-        for name, module in (("attention.lin_query", attention.self.query),
-                             ("attention.lin_key", attention.self.key),
-                             ("attention.lin_value", attention.self.value),
-                             ("output", attention.output.dense),
-                             ("norm1", attention.output.LayerNorm),
-                             ("ffn.0", layer.intermediate.dense),
-                             ("ffn.2", layer.output.dense),
-                             ("norm2", layer.output.LayerNorm)):
+        for name, module in (
+            ("attention.lin_query", attention.self.query),
+            ("attention.lin_key", attention.self.key),
+            ("attention.lin_value", attention.self.value),
+            ("output", attention.output.dense),
+            ("norm1", attention.output.LayerNorm),
+            ("ffn.0", layer.intermediate.dense),
+            ("ffn.2", layer.output.dense),
+            ("norm2", layer.output.LayerNorm),
+        ):
             _linear(state, f"layers.{index}.{name}", module)
     return state
 
@@ -159,19 +176,27 @@ def from_roberta(model: nn.Module, **overrides: Any) -> nn.Module:
     classes = _roberta_classes()
     kind = next((name for name, cls in classes.items() if isinstance(model, cls)), None)
     if kind is None:
-        raise TypeError(f"from_roberta converts a transformers {', '.join(ACCEPTED[:-1])} or "
-                        f"{ACCEPTED[-1]}, got {type(model).__module__}.{type(model).__qualname__}")
+        raise TypeError(
+            f"from_roberta converts a transformers {', '.join(ACCEPTED[:-1])} or "
+            f"{ACCEPTED[-1]}, got {type(model).__module__}.{type(model).__qualname__}"
+        )
     check_overrides(overrides, CHECKPOINT_FIELDS, f"the {kind}")
     hf_config = model.config
     _check_roberta_config(hf_config)
     pad = hf_config.pad_token_id
-    derived = dict(vocab_size=hf_config.vocab_size, hidden=hf_config.hidden_size,
-                   layers=hf_config.num_hidden_layers, heads=hf_config.num_attention_heads,
-                   ffn=hf_config.intermediate_size, layer_norm_eps=hf_config.layer_norm_eps,
-                   pad_token_id=pad, positional="learned",
-                   max_len=hf_config.max_position_embeddings - pad - 1,
-                   dropout=hf_config.hidden_dropout_prob,
-                   attention_dropout=hf_config.attention_probs_dropout_prob)
+    derived = dict(
+        vocab_size=hf_config.vocab_size,
+        hidden=hf_config.hidden_size,
+        layers=hf_config.num_hidden_layers,
+        heads=hf_config.num_attention_heads,
+        ffn=hf_config.intermediate_size,
+        layer_norm_eps=hf_config.layer_norm_eps,
+        pad_token_id=pad,
+        positional="learned",
+        max_len=hf_config.max_position_embeddings - pad - 1,
+        dropout=hf_config.hidden_dropout_prob,
+        attention_dropout=hf_config.attention_probs_dropout_prob,
+    )
     if kind == "RobertaForSequenceClassification":
         derived["num_classes"] = hf_config.num_labels
     config = DiffuserConfig.paper_base(**{**derived, **overrides})
@@ -182,9 +207,11 @@ def from_roberta(model: nn.Module, **overrides: Any) -> nn.Module:
         head = model.lm_head
         words = model.roberta.embeddings.word_embeddings.weight
         if not torch.equal(head.decoder.weight, words):
-            raise ValueError("from_roberta needs the masked-LM decoder tied to the word "
-                             "embeddings (DiffuserForMaskedLM ties them); this "
-                             "RobertaForMaskedLM has a decoder of its own")
+            raise ValueError(
+                "from_roberta needs the masked-LM decoder tied to the word "
+                "embeddings (DiffuserForMaskedLM ties them); this "
+                "RobertaForMaskedLM has a decoder of its own"
+            )
         converted = DiffuserForMaskedLM(config)
         state = _prefixed(_encoder_state(model.roberta, config.max_len), "diffuser.")
         _linear(state, "dense", head.dense)

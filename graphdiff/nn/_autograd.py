@@ -25,6 +25,7 @@ the same two primitives as its forward:
   there a gather in chunks of ``DUPLICATES_CHUNK`` edges);
 - SpMM (CSR ``@`` dense): ``out[i] = sum_e w[e] b[j_e]``, one hop.
 """
+
 from __future__ import annotations
 
 import functools
@@ -37,13 +38,13 @@ from torch.autograd import Function
 from graphdiff.nn._core import empty_nodes, heads_view, is_node_major
 from graphdiff.nn.graph import DiffusionGraph
 
-
 # Edges per gathered chunk where torch's SDDMM cannot serve (see accumulate_sddmm_).
 DUPLICATES_CHUNK = 1 << 14
 
 
-def accumulate_sddmm_(graph: DiffusionGraph, values: Tensor, a: Tensor, b: Tensor,
-                      scale: float = 1.0) -> Tensor:
+def accumulate_sddmm_(
+    graph: DiffusionGraph, values: Tensor, a: Tensor, b: Tensor, scale: float = 1.0
+) -> Tensor:
     """In place ``values[e] += scale * <a[i_e], b[j_e]>`` for one head: values ``[E]``,
     a ``[N_dst, C]``, b ``[N_src, C]``."""
     if graph.num_edges > graph.num_dst * graph.num_src:
@@ -52,8 +53,9 @@ def accumulate_sddmm_(graph: DiffusionGraph, values: Tensor, a: Tensor, b: Tenso
         # in chunks instead, so the [chunk, C] products stay small.
         for start in range(0, graph.num_edges, DUPLICATES_CHUNK):
             end = start + DUPLICATES_CHUNK
-            products = (a.index_select(0, graph.row[start:end])
-                        * b.index_select(0, graph.col[start:end]))
+            products = a.index_select(0, graph.row[start:end]) * b.index_select(
+                0, graph.col[start:end]
+            )
             values[start:end].add_(products.sum(-1), alpha=scale)
         return values
     pattern = graph.csr(values)
@@ -86,8 +88,14 @@ def mm_into(out: Tensor, matrix: Tensor, x: Tensor, scratch: Optional[Tensor]) -
     return out.copy_(torch.mm(matrix, x, out=scratch))
 
 
-def per_edge_(graph: DiffusionGraph, values: Tensor, node_values: Tensor, op: str,
-              buffer: Tensor, scale: Optional[Tensor] = None) -> Tensor:
+def per_edge_(
+    graph: DiffusionGraph,
+    values: Tensor,
+    node_values: Tensor,
+    op: str,
+    buffer: Tensor,
+    scale: Optional[Tensor] = None,
+) -> Tensor:
     """In place ``values[e] <op>= node_values[target(e)]`` (times ``scale[e]`` when given)
     for one head's ``[E]`` values; ``buffer`` is ``[E]`` scratch."""
     torch.index_select(node_values, 0, graph.row, out=buffer)
@@ -110,12 +118,14 @@ def first_order(backward: Callable) -> Callable:
     (``out.sum()``, a WGAN critic's mean) sends a constant gradient, for which it places no
     node at all: the gradient penalty's second derivative was silently wrong.
     """
+
     @functools.wraps(backward)
     def wrapper(ctx, *grads):
         if torch.is_grad_enabled():
             raise RuntimeError(
                 "graphdiff's attention kernels are first-order: cannot differentiate twice "
-                "(a gradient with create_graph=True)")
+                "(a gradient with create_graph=True)"
+            )
         return backward(ctx, *grads)
 
     return wrapper
@@ -133,8 +143,9 @@ class EdgeAttention(Function):
         buffer = attn.new_empty(graph.num_edges)
         q_scratch, k_scratch = rows_scratch(q), rows_scratch(k)
         for h, a in enumerate(attn):
-            accumulate_sddmm_(graph, a, dense_rows(q[h], q_scratch),
-                              dense_rows(k[h], k_scratch), scale=scale)
+            accumulate_sddmm_(
+                graph, a, dense_rows(q[h], q_scratch), dense_rows(k[h], k_scratch), scale=scale
+            )
             per_edge_(graph, a, row_reduce(graph, a, "max"), "sub_", buffer).exp_()
             per_edge_(graph, a, row_reduce(graph, a).reciprocal_(), "mul_", buffer)
         ctx.graph, ctx.scale = graph, scale
@@ -160,12 +171,15 @@ class EdgeAttention(Function):
             per_edge_(graph, d_score, row_reduce(graph, d_score), "sub_", buffer, scale=attn[h])
             d_score.mul_(scale)
             if want_q:
-                mm_into(grad_q[h], graph.csr(d_score), dense_rows(k[h], k_scratch),
-                        q_scratch)
+                mm_into(grad_q[h], graph.csr(d_score), dense_rows(k[h], k_scratch), q_scratch)
             if want_k:
                 graph.transpose_values(d_score, out=buffer)
-                mm_into(grad_k[h], graph.csr(buffer, transpose=True),
-                        dense_rows(q[h], q_scratch), k_scratch)
+                mm_into(
+                    grad_k[h],
+                    graph.csr(buffer, transpose=True),
+                    dense_rows(q[h], q_scratch),
+                    k_scratch,
+                )
         return None, grad_q, grad_k, None
 
 
@@ -185,9 +199,16 @@ class Diffusion(Function):
     """
 
     @staticmethod
-    def forward(ctx, graph: DiffusionGraph, attn: Tensor, v: Tensor, s: float,
-                coeffs: Sequence[float], masks: Optional[List[Tensor]],
-                keep: float) -> Tensor:
+    def forward(
+        ctx,
+        graph: DiffusionGraph,
+        attn: Tensor,
+        v: Tensor,
+        s: float,
+        coeffs: Sequence[float],
+        masks: Optional[List[Tensor]],
+        keep: float,
+    ) -> Tensor:
         hops = len(coeffs) - 1
         heads, _, channels = v.shape
         save = ctx.needs_input_grad[1]

@@ -17,6 +17,7 @@ Layouts, with ``N`` nodes, ``H`` heads, ``C`` channels per head and ``E`` edges:
   CSR order in the kernels (:func:`edges_first`, :func:`edges_last`): for an adjacency sorted
   by target (every pattern's) both are views of one tensor.
 """
+
 from __future__ import annotations
 
 import functools
@@ -41,6 +42,7 @@ def compute_dtype(x: Tensor) -> Tensor:
 
 
 # -- layouts ----------------------------------------------------------------------------------
+
 
 def split_heads(x: Tensor, heads: int) -> Tensor:
     """``[N, H * C]`` -> node-major ``[N, H, C]`` (a view)."""
@@ -115,9 +117,11 @@ def unstack_heads(out: Tensor, heads: int, groups: int, node_major: bool) -> Ten
 
 # -- the recursion --------------------------------------------------------------------------
 
+
 @functools.lru_cache(maxsize=64)
-def recursion_coefficients(hops: int, alpha: float, kernel: str = "ppr",
-                           t: float = 1.0) -> Tuple[float, Tuple[float, ...]]:
+def recursion_coefficients(
+    hops: int, alpha: float, kernel: str = "ppr", t: float = 1.0
+) -> Tuple[float, Tuple[float, ...]]:
     r"""``(s, c)`` of the recursion :math:`Z_0 = c_0 V`, :math:`Z_{m+1} = s A Z_m + c_{m+1} V`
     whose :math:`Z_K` is the requested diffusion (arguments as checked by
     :func:`graphdiff.nn.functional.check_diffusion_args`).
@@ -132,8 +136,10 @@ def recursion_coefficients(hops: int, alpha: float, kernel: str = "ppr",
     hops, alpha, t = int(hops), float(alpha), float(t)  # plain Python numbers for the kernels
     if kernel == "ppr":
         return 1.0 - alpha, (1.0,) + (alpha,) * hops
-    log_w: List[float] = [k * math.log(t) - math.lgamma(k + 1) if t > 0
-                          else (0.0 if k == 0 else -math.inf) for k in range(hops + 1)]
+    log_w: List[float] = [
+        k * math.log(t) - math.lgamma(k + 1) if t > 0 else (0.0 if k == 0 else -math.inf)
+        for k in range(hops + 1)
+    ]
     top = max(log_w)
     w = [math.exp(x - top) for x in log_w]
     total = sum(w)
@@ -145,6 +151,8 @@ def check_bipartite(graph: DiffusionGraph, hops: int, coeffs: Tuple[float, ...])
     than targets (or more), only one hop without teleport (``Z_1 = A V``) is defined
     (``hops=0`` would return ``V``, which has a row per source)."""
     if not graph.is_square and (hops != 1 or any(c != 0.0 for c in coeffs[1:])):
-        raise ValueError(f"diffusion over {hops} hops, or with alpha > 0, needs as many "
-                         f"sources as targets (got {graph.num_src} sources, {graph.num_dst} "
-                         f"targets); use hops=1, alpha=0.0 for bipartite cross-attention")
+        raise ValueError(
+            f"diffusion over {hops} hops, or with alpha > 0, needs as many "
+            f"sources as targets (got {graph.num_src} sources, {graph.num_dst} "
+            f"targets); use hops=1, alpha=0.0 for bipartite cross-attention"
+        )

@@ -1,4 +1,5 @@
 """The attention diffusion layer as a PyG ``MessagePassing`` module."""
+
 from __future__ import annotations
 
 from typing import Any, Optional, Tuple, Union
@@ -94,27 +95,44 @@ class AttentionDiffusion(MessagePassing):
           :math:`(|\mathcal{E}|, H)` if :obj:`return_attention_weights=True`
     """
 
-    def __init__(self, in_channels: Union[int, Tuple[int, int]], out_channels: int,
-                 heads: int = 1, hops: int = 5, alpha: float = 0.1, kernel: str = "ppr",
-                 t: float = 1.0, concat: bool = True, dropout: float = 0.0,
-                 hop_dropout: float = 0.0, bias: bool = True, fused: bool = True,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        in_channels: Union[int, Tuple[int, int]],
+        out_channels: int,
+        heads: int = 1,
+        hops: int = 5,
+        alpha: float = 0.1,
+        kernel: str = "ppr",
+        t: float = 1.0,
+        concat: bool = True,
+        dropout: float = 0.0,
+        hop_dropout: float = 0.0,
+        bias: bool = True,
+        fused: bool = True,
+        **kwargs: Any,
+    ) -> None:
         # The fused kernels sum over incoming edges, softmax-normalised per target: another
         # aggregation or flow would only change the reference path, silently.
         for name, fixed in (("aggr", "add"), ("flow", "source_to_target")):
             if kwargs.setdefault(name, fixed) != fixed:
-                raise ValueError(f"AttentionDiffusion supports only {name}={fixed!r} "
-                                 f"(got {kwargs[name]!r})")
+                raise ValueError(
+                    f"AttentionDiffusion supports only {name}={fixed!r} (got {kwargs[name]!r})"
+                )
         super().__init__(node_dim=0, **kwargs)
         check_diffusion_args(hops, alpha, kernel, t, hop_dropout)
         for name, value in (("heads", heads), ("out_channels", out_channels)):
             if not is_integer(value) or value < 1:
                 raise ValueError(f"'{name}' must be a positive int (got {value!r})")
         pair = (in_channels,) * 2 if is_integer(in_channels) else in_channels
-        if not (isinstance(pair, (tuple, list)) and len(pair) == 2
-                and all(is_integer(c) and (c >= 1 or c == -1) for c in pair)):
-            raise ValueError(f"'in_channels' must be a positive int, -1 (lazy), or a pair of "
-                             f"them (sources, targets) (got {in_channels!r})")
+        if not (
+            isinstance(pair, (tuple, list))
+            and len(pair) == 2
+            and all(is_integer(c) and (c >= 1 or c == -1) for c in pair)
+        ):
+            raise ValueError(
+                f"'in_channels' must be a positive int, -1 (lazy), or a pair of "
+                f"them (sources, targets) (got {in_channels!r})"
+            )
         if not is_real(dropout) or not 0.0 <= dropout < 1.0:
             raise ValueError(f"'dropout' must be a float in [0, 1) (got {dropout!r})")
         self.in_channels = in_channels
@@ -141,8 +159,12 @@ class AttentionDiffusion(MessagePassing):
         self.lin_key.reset_parameters()
         self.lin_value.reset_parameters()
 
-    def forward(self, x: Union[Tensor, PairTensor], edge_index: Any,
-                return_attention_weights: Optional[bool] = None):
+    def forward(
+        self,
+        x: Union[Tensor, PairTensor],
+        edge_index: Any,
+        return_attention_weights: Optional[bool] = None,
+    ):
         r"""Runs the forward pass of the module.
 
         Args:
@@ -157,19 +179,24 @@ class AttentionDiffusion(MessagePassing):
                 was built from). (default: :obj:`None`)
         """
         if not isinstance(x, Tensor) and not (isinstance(x, (tuple, list)) and len(x) == 2):
-            raise TypeError(f"'x' must be a Tensor or a pair (x_src, x_dst) of them "
-                            f"(got {type(x).__name__})")
+            raise TypeError(
+                f"'x' must be a Tensor or a pair (x_src, x_dst) of them (got {type(x).__name__})"
+            )
         x_src, x_dst = (x, x) if isinstance(x, Tensor) else x
         H = self.heads
-        for name, feat, size in (("x", x_src, self.lin_key.in_channels),
-                                 ("x (targets)", x_dst, self.lin_query.in_channels)):
+        for name, feat, size in (
+            ("x", x_src, self.lin_key.in_channels),
+            ("x (targets)", x_dst, self.lin_query.in_channels),
+        ):
             if not isinstance(feat, Tensor) or feat.dim() != 2:
                 raise ValueError(f"'{name}' must be a [num_nodes, in_channels] Tensor")
             if not feat.is_floating_point():  # token ids belong in an embedding first
                 raise TypeError(f"'{name}' must be floating point features (got {feat.dtype})")
             if size > 0 and feat.size(-1) != size:
-                raise ValueError(f"'{name}' has {feat.size(-1)} features but the layer "
-                                 f"expects in_channels={size}")
+                raise ValueError(
+                    f"'{name}' has {feat.size(-1)} features but the layer "
+                    f"expects in_channels={size}"
+                )
         graph = diffusion_graph(edge_index, (x_src.size(0), x_dst.size(0)))
         v = _core.split_heads(self.lin_value(x_src), H)
         if self.hops == 0 and not return_attention_weights:  # Z_0 = V: no attention needed
@@ -182,8 +209,17 @@ class AttentionDiffusion(MessagePassing):
         attn = edge_softmax_attention(q, k, graph)  # [E, H]
         attn_used = F.dropout(attn, p=self.dropout, training=self.training)
         if self._use_fused():
-            out = diffuse(attn_used, v, graph, self.hops, self.alpha, self.kernel, self.t,
-                          hop_dropout=self.hop_dropout, training=self.training)
+            out = diffuse(
+                attn_used,
+                v,
+                graph,
+                self.hops,
+                self.alpha,
+                self.kernel,
+                self.t,
+                hop_dropout=self.hop_dropout,
+                training=self.training,
+            )
         else:
             out = self._diffuse_by_messages(attn_used, v, graph)
         out = _core.merge_heads(out, self.concat).to(dtype)
@@ -194,8 +230,12 @@ class AttentionDiffusion(MessagePassing):
 
     def _use_fused(self) -> bool:
         # Explainers and message hooks must see every hop's message: take the reference path.
-        return (self.fused and not self.explain and not self._message_forward_hooks
-                and not self._message_forward_pre_hooks)
+        return (
+            self.fused
+            and not self.explain
+            and not self._message_forward_hooks
+            and not self._message_forward_pre_hooks
+        )
 
     def _diffuse_by_messages(self, attn: Tensor, v: Tensor, graph: DiffusionGraph) -> Tensor:
         """The reference: one ``propagate`` per hop on ``[N, H, C]`` features, with the
@@ -229,6 +269,8 @@ class AttentionDiffusion(MessagePassing):
 
     def __repr__(self) -> str:
         heat = f", t={self.t}" if self.kernel == "heat" else ""
-        return (f"{self.__class__.__name__}({self.in_channels}, {self.out_channels}, "
-                f"heads={self.heads}, hops={self.hops}, alpha={self.alpha}, "
-                f"kernel='{self.kernel}'{heat})")
+        return (
+            f"{self.__class__.__name__}({self.in_channels}, {self.out_channels}, "
+            f"heads={self.heads}, hops={self.hops}, alpha={self.alpha}, "
+            f"kernel='{self.kernel}'{heat})"
+        )

@@ -7,6 +7,7 @@ adjacency :func:`~graphdiff.nn.diffusion_graph` accepts (an ``edge_index``, PyG 
 ``[E, H, C]`` tensor, forward or backward. float16 and bfloat16 features (autocast's) are
 computed in float32 and the results returned in their dtype.
 """
+
 from __future__ import annotations
 
 import math
@@ -23,8 +24,9 @@ from graphdiff.nn._core import recursion_coefficients
 from graphdiff.nn.graph import DiffusionGraph, diffusion_graph
 
 
-def check_diffusion_args(hops: Any, alpha: Any, kernel: Any, t: Any,
-                         hop_dropout: Any = 0.0) -> None:
+def check_diffusion_args(
+    hops: Any, alpha: Any, kernel: Any, t: Any, hop_dropout: Any = 0.0
+) -> None:
     """Raise ``ValueError``/``TypeError`` naming the argument for invalid diffusion settings.
 
     Any integral / real number is accepted (NumPy scalars from a config or a sweep, as the
@@ -51,8 +53,10 @@ def _check_features(name: str, x: Any) -> None:
     # No heads or no channels would only fail deep inside the kernels (and the default
     # score scale 1/sqrt(C) has no value at C = 0); zero nodes are a valid empty graph.
     if x.dim() != 3 or x.size(1) == 0 or x.size(2) == 0:
-        raise ValueError(f"'{name}' must have shape [num_nodes, heads, channels] with "
-                         f"heads, channels >= 1 (got {list(x.shape)})")
+        raise ValueError(
+            f"'{name}' must have shape [num_nodes, heads, channels] with "
+            f"heads, channels >= 1 (got {list(x.shape)})"
+        )
 
 
 def _num_nodes(num_nodes: Union[int, Tuple[int, int]]) -> Tuple[int, int]:
@@ -63,21 +67,27 @@ def _num_nodes(num_nodes: Union[int, Tuple[int, int]]) -> Tuple[int, int]:
     except TypeError:
         sizes = ()
     if len(sizes) != 2:
-        raise TypeError(f"'num_nodes' must be an int or a pair of ints (N_src, N_dst) "
-                        f"(got {num_nodes!r})")
+        raise TypeError(
+            f"'num_nodes' must be an int or a pair of ints (N_src, N_dst) (got {num_nodes!r})"
+        )
     return sizes
 
 
 def _check_num_nodes(num_nodes: Tuple[int, int], features: Tuple[Optional[int], int]) -> None:
     if any(want is not None and n != want for n, want in zip(num_nodes, features)):
-        raise ValueError(f"'num_nodes' {num_nodes} does not match the features "
-                         f"(sources, targets) = {features}")
+        raise ValueError(
+            f"'num_nodes' {num_nodes} does not match the features (sources, targets) = {features}"
+        )
 
 
 @torch.compiler.disable
-def edge_softmax_attention(q: Tensor, k: Tensor, edge_index: Any,
-                           num_nodes: Union[int, Tuple[int, int], None] = None,
-                           scale: Optional[float] = None) -> Tensor:
+def edge_softmax_attention(
+    q: Tensor,
+    k: Tensor,
+    edge_index: Any,
+    num_nodes: Union[int, Tuple[int, int], None] = None,
+    scale: Optional[float] = None,
+) -> Tensor:
     r"""One-hop attention :math:`A_{ij} = \mathrm{softmax}_{j \in \mathcal{N}(i)}
     (q_i \cdot k_j / \sqrt{C})` on the edges ``j -> i`` of the graph.
 
@@ -98,14 +108,18 @@ def edge_softmax_attention(q: Tensor, k: Tensor, edge_index: Any,
     _check_features("q", q)
     _check_features("k", k)
     if q.shape[1:] != k.shape[1:] or q.dtype != k.dtype:
-        raise ValueError(f"'q' and 'k' must agree in heads, channels and dtype "
-                         f"(got {list(q.shape)} {q.dtype} and {list(k.shape)} {k.dtype})")
+        raise ValueError(
+            f"'q' and 'k' must agree in heads, channels and dtype "
+            f"(got {list(q.shape)} {q.dtype} and {list(k.shape)} {k.dtype})"
+        )
     if isinstance(scale, Tensor) and scale.dim() == 0 and not scale.requires_grad:
         scale = scale.item()  # a constant held in a tensor
     if scale is not None:
         if not is_real(scale):  # the kernels take a constant: no tensor with a gradient
-            raise TypeError(f"'scale' must be a float, a 0-dim tensor without gradient or None "
-                            f"(got {type(scale).__name__})")
+            raise TypeError(
+                f"'scale' must be a float, a 0-dim tensor without gradient or None "
+                f"(got {type(scale).__name__})"
+            )
         if not math.isfinite(scale):  # an infinite scale gives inf - inf = NaN scores
             raise ValueError(f"'scale' must be finite (got {scale!r})")
         scale = float(scale)
@@ -124,10 +138,19 @@ def edge_softmax_attention(q: Tensor, k: Tensor, edge_index: Any,
 
 
 @torch.compiler.disable
-def diffuse(attn: Tensor, v: Tensor, edge_index: Any, hops: int = 5, alpha: float = 0.1,
-            kernel: str = "ppr", t: float = 1.0, *,
-            num_nodes: Union[int, Tuple[int, int], None] = None, hop_dropout: float = 0.0,
-            training: bool = False) -> Tensor:
+def diffuse(
+    attn: Tensor,
+    v: Tensor,
+    edge_index: Any,
+    hops: int = 5,
+    alpha: float = 0.1,
+    kernel: str = "ppr",
+    t: float = 1.0,
+    *,
+    num_nodes: Union[int, Tuple[int, int], None] = None,
+    hop_dropout: float = 0.0,
+    training: bool = False,
+) -> Tensor:
     r"""Multi-hop diffusion of one-hop attention ``A`` over values ``V``.
 
     .. math::
@@ -158,8 +181,10 @@ def diffuse(attn: Tensor, v: Tensor, edge_index: Any, hops: int = 5, alpha: floa
     check_diffusion_args(hops, alpha, kernel, t, hop_dropout)
     _check_features("v", v)
     if not isinstance(attn, Tensor) or attn.dim() != 2 or attn.size(1) != v.size(1):
-        raise ValueError(f"'attn' must have shape [num_edges, {v.size(1)}] "
-                         f"(got {list(attn.shape) if isinstance(attn, Tensor) else attn!r})")
+        raise ValueError(
+            f"'attn' must have shape [num_edges, {v.size(1)}] "
+            f"(got {list(attn.shape) if isinstance(attn, Tensor) else attn!r})"
+        )
     if attn.dtype != v.dtype:
         raise TypeError(f"'attn' and 'v' must share a dtype (got {attn.dtype}, {v.dtype})")
     if num_nodes is not None:
@@ -171,8 +196,9 @@ def diffuse(attn: Tensor, v: Tensor, edge_index: Any, hops: int = 5, alpha: floa
     _check_num_nodes(sizes, (v.size(0), None))
     graph = diffusion_graph(edge_index, sizes)
     if attn.size(0) != graph.num_edges:
-        raise ValueError(f"'attn' has {attn.size(0)} rows but the graph has "
-                         f"{graph.num_edges} edges")
+        raise ValueError(
+            f"'attn' has {attn.size(0)} rows but the graph has {graph.num_edges} edges"
+        )
     s, coeffs = recursion_coefficients(hops, alpha, kernel, t)
     _core.check_bipartite(graph, hops, coeffs)
     if hops == 0:
@@ -183,15 +209,28 @@ def diffuse(attn: Tensor, v: Tensor, edge_index: Any, hops: int = 5, alpha: floa
     masks = None
     if training and hop_dropout > 0.0:
         shape = (groups, stack.num_dst, v.size(2))
-        masks = [torch.empty(shape, dtype=torch.bool, device=v.device).bernoulli_(
-            1.0 - hop_dropout) for _ in range(hops)]
+        masks = [
+            torch.empty(shape, dtype=torch.bool, device=v.device).bernoulli_(1.0 - hop_dropout)
+            for _ in range(hops)
+        ]
     attn_heads = _core.edges_first(_core.compute_dtype(attn), graph)
-    out = Diffusion.apply(stack, _core.stack_heads(attn_heads, groups).contiguous(),
-                          _core.stack_heads(v_heads, groups), s, coeffs, masks,
-                          1.0 - hop_dropout)
+    out = Diffusion.apply(
+        stack,
+        _core.stack_heads(attn_heads, groups).contiguous(),
+        _core.stack_heads(v_heads, groups),
+        s,
+        coeffs,
+        masks,
+        1.0 - hop_dropout,
+    )
     out = _core.unstack_heads(out, heads, groups, node_major)
     return _core.heads_first(out).to(dtype)
 
 
-__all__: Sequence[str] = ["edge_softmax_attention", "diffuse", "recursion_coefficients",
-                          "check_diffusion_args", "DIFFUSION_KERNELS"]
+__all__: Sequence[str] = [
+    "edge_softmax_attention",
+    "diffuse",
+    "recursion_coefficients",
+    "check_diffusion_args",
+    "DIFFUSION_KERNELS",
+]

@@ -12,6 +12,7 @@ diffusion: build it once with :func:`diffusion_graph` and pass the :class:`Diffu
 every layer (as :class:`~graphdiff.models.Diffuser` does for each batch). An adjacency seen a
 second time is found in :mod:`graphdiff.cache`, under its byte budget.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -78,8 +79,9 @@ class DiffusionGraph:
     # built under torch.inference_mode() would hold inference tensors, which autograd refuses
     # to save when the same graph is later used for training.
     @torch.inference_mode(False)
-    def __init__(self, src: Tensor, dst: Tensor, num_nodes: Tuple[int, int],
-                 sorted_by_target: bool = False) -> None:
+    def __init__(
+        self, src: Tensor, dst: Tensor, num_nodes: Tuple[int, int], sorted_by_target: bool = False
+    ) -> None:
         self.num_src, self.num_dst = int(num_nodes[0]), int(num_nodes[1])
         self.num_edges = src.numel()
         self.perm: Optional[Tensor] = None
@@ -107,8 +109,7 @@ class DiffusionGraph:
 
     def nbytes(self) -> int:
         """Bytes this structure holds now, its lazily built parts and stacks included."""
-        parts = [self.perm, self.row, self.col, self.crow, self._offsets,
-                 *(self._transposed or ())]
+        parts = [self.perm, self.row, self.col, self.crow, self._offsets, *(self._transposed or ())]
         own = sum(t.numel() * t.element_size() for t in parts if t is not None)
         return own + sum(stack.nbytes() for stack in self._stacked.values())
 
@@ -117,8 +118,10 @@ class DiffusionGraph:
         return self.num_src == self.num_dst
 
     def __repr__(self) -> str:
-        return (f"{self.__class__.__name__}(num_nodes=({self.num_src}, {self.num_dst}), "
-                f"num_edges={self.num_edges})")
+        return (
+            f"{self.__class__.__name__}(num_nodes=({self.num_src}, {self.num_dst}), "
+            f"num_edges={self.num_edges})"
+        )
 
     def to_input_order(self, values: Tensor) -> Tensor:
         """Reorder per-edge values ``[E, ...]`` from CSR order to the input edge order."""
@@ -144,8 +147,11 @@ class DiffusionGraph:
         if self._transposed is None:
             source = self._stack_of[0]() if self._stack_of is not None else None
             with torch.inference_mode(False):
-                self._transposed = (self._sorted_transpose() if source is None
-                                    else self._stacked_transpose(source, self._stack_of[1]))
+                self._transposed = (
+                    self._sorted_transpose()
+                    if source is None
+                    else self._stacked_transpose(source, self._stack_of[1])
+                )
         return self._transposed
 
     def _sorted_transpose(self) -> Tuple[Tensor, Tensor, Tensor]:
@@ -155,17 +161,24 @@ class DiffusionGraph:
         position_t[perm_t] = torch.arange(self.num_edges, device=perm_t.device)
         return crow_t, self.row[perm_t], position_t
 
-    def _stacked_transpose(self, source: DiffusionGraph,
-                           copies: int) -> Tuple[Tensor, Tensor, Tensor]:
+    def _stacked_transpose(
+        self, source: DiffusionGraph, copies: int
+    ) -> Tuple[Tensor, Tensor, Tensor]:
         """The transpose of a stack of ``copies`` copies of ``source``: ``source``'s, with
         every copy shifted (a stack's transpose is the stack of the transposes)."""
         crow_t, col_t, position_t = source.transposed()
         edges = source.num_edges
-        crow = torch.cat([_repeat_offset(crow_t[:-1], copies, edges),
-                          crow_t.new_full((1,), copies * edges, dtype=torch.long)])
-        return (crow.to(self.index_dtype),
-                _repeat_offset(col_t, copies, source.num_dst).to(self.index_dtype),
-                _repeat_offset(position_t, copies, edges))
+        crow = torch.cat(
+            [
+                _repeat_offset(crow_t[:-1], copies, edges),
+                crow_t.new_full((1,), copies * edges, dtype=torch.long),
+            ]
+        )
+        return (
+            crow.to(self.index_dtype),
+            _repeat_offset(col_t, copies, source.num_dst).to(self.index_dtype),
+            _repeat_offset(position_t, copies, edges),
+        )
 
     def csr(self, values: Tensor, transpose: bool = False) -> Tensor:
         """One head's sparse matrix ``A`` (``[N_dst, N_src]``) with per-edge ``values [E]``
@@ -199,10 +212,12 @@ class DiffusionGraph:
         if copies == 1:
             return self
         if copies not in self._stacked:
-            stack = DiffusionGraph(_repeat_offset(self.col, copies, self.num_src),
-                                   _repeat_offset(self.row, copies, self.num_dst),
-                                   (copies * self.num_src, copies * self.num_dst),
-                                   sorted_by_target=True)
+            stack = DiffusionGraph(
+                _repeat_offset(self.col, copies, self.num_src),
+                _repeat_offset(self.row, copies, self.num_dst),
+                (copies * self.num_src, copies * self.num_dst),
+                sorted_by_target=True,
+            )
             stack._stack_of = (weakref.ref(self), copies)
             self._stacked[copies] = stack
         return self._stacked[copies]
@@ -213,14 +228,19 @@ class DiffusionGraph:
         ``MAX_STACKED_NODES`` nodes on either side (1 on long sequences, where each head runs
         alone on this graph)."""
         nodes = max(self.num_src, self.num_dst)
-        fits = [size for size in range(2, heads + 1) if heads % size == 0
-                and size * self.num_edges <= MAX_STACKED_EDGES
-                and size * nodes <= MAX_STACKED_NODES]
+        fits = [
+            size
+            for size in range(2, heads + 1)
+            if heads % size == 0
+            and size * self.num_edges <= MAX_STACKED_EDGES
+            and size * nodes <= MAX_STACKED_NODES
+        ]
         return max(fits, default=1)
 
     def _row_pointer(self, sorted_rows: Tensor, num_rows: int) -> Tensor:
         return torch.ops.aten._convert_indices_from_coo_to_csr(
-            sorted_rows, num_rows, out_int32=self.index_dtype == torch.int32)
+            sorted_rows, num_rows, out_int32=self.index_dtype == torch.int32
+        )
 
 
 def _repeat_offset(index: Tensor, copies: int, step: int) -> Tensor:
@@ -242,10 +262,11 @@ def _coo(adj: Any) -> Tuple[Tensor, Tensor, Optional[Tuple[int, int]], bool]:
         n_dst, n_src = adj.sparse_sizes()
         return col, row, (n_src, n_dst), True
     # Batched adjacencies are refused; values with a vector per edge are fine (never read).
-    if isinstance(adj, Tensor) and adj.layout != torch.strided and \
-            adj.dim() - adj.dense_dim() != 2:
-        raise ValueError(f"a sparse 'edge_index' must be one [num_targets, num_sources] "
-                         f"adjacency (got shape {list(adj.shape)})")
+    if isinstance(adj, Tensor) and adj.layout != torch.strided and adj.dim() - adj.dense_dim() != 2:
+        raise ValueError(
+            f"a sparse 'edge_index' must be one [num_targets, num_sources] "
+            f"adjacency (got shape {list(adj.shape)})"
+        )
     if isinstance(adj, Tensor) and adj.layout == torch.sparse_csr:  # adj_t: rows = targets
         crow, col = adj.crow_indices(), adj.col_indices()
         row = torch.ops.aten._convert_indices_from_csr_to_coo(crow, col)[0]
@@ -272,8 +293,10 @@ def build_diffusion_graph(adj: Any, num_nodes: Tuple[int, int]) -> DiffusionGrap
     src, dst, sizes, sorted_by_target = _coo(adj)
     n_src, n_dst = int(num_nodes[0]), int(num_nodes[1])
     if sizes is not None and any(size not in (None, n) for size, n in zip(sizes, (n_src, n_dst))):
-        raise ValueError(f"adjacency of size [{sizes[1]}, {sizes[0]}] (targets x sources) "
-                         f"does not match the features ({n_dst} targets, {n_src} sources)")
+        raise ValueError(
+            f"adjacency of size [{sizes[1]}, {sizes[0]}] (targets x sources) "
+            f"does not match the features ({n_dst} targets, {n_src} sources)"
+        )
     check_edge_index((src, dst), (n_src, n_dst))
     return DiffusionGraph(src, dst, (n_src, n_dst), sorted_by_target)
 
@@ -303,13 +326,18 @@ def diffusion_graph(adj: Any, num_nodes: Tuple[int, int]) -> DiffusionGraph:
     """
     if isinstance(adj, DiffusionGraph):
         if (adj.num_src, adj.num_dst) != tuple(num_nodes):
-            raise ValueError(f"graph has num_nodes {(adj.num_src, adj.num_dst)} but the "
-                             f"features need {tuple(num_nodes)}")
+            raise ValueError(
+                f"graph has num_nodes {(adj.num_src, adj.num_dst)} but the "
+                f"features need {tuple(num_nodes)}"
+            )
         return adj
     num_nodes = (int(num_nodes[0]), int(num_nodes[1]))
     if isinstance(adj, Tensor) and adj.is_inference():
         return build_diffusion_graph(adj, num_nodes)
     version = adj._version if isinstance(adj, Tensor) else 0
-    return cache.CACHE.get(("structure", id(adj), version, num_nodes),
-                     lambda: build_diffusion_graph(adj, num_nodes), owner=adj,
-                     admit_on_repeat=True)
+    return cache.CACHE.get(
+        ("structure", id(adj), version, num_nodes),
+        lambda: build_diffusion_graph(adj, num_nodes),
+        owner=adj,
+        admit_on_repeat=True,
+    )

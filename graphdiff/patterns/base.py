@@ -10,6 +10,7 @@ A pattern is a value (equal patterns compare and hash equal); calling it with a 
 Subclasses only implement :meth:`Pattern._edges`, which may return edges in any order and with
 duplicates; canonicalisation, caching and every conversion live here, once.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Tuple

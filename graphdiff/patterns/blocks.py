@@ -3,6 +3,7 @@
 Every block generates its edges ``j -> i`` ("query i attends key j") with vectorised tensor
 operations: no Python loop over tokens and no ``n x n`` array, so a million tokens take seconds.
 """
+
 from __future__ import annotations
 
 import math
@@ -16,19 +17,22 @@ from graphdiff.patterns.base import Edges, Pattern
 
 
 def key_grid_edges(keys: Tensor) -> Edges:
-    """Edges ``keys[i, m] -> i`` for a ``[n, w]`` grid of candidate keys, dropping those outside ``[0, n)``."""
+    """Edges ``keys[i, m] -> i`` for a ``[n, w]`` grid of candidate keys, dropping those outside
+    ``[0, n)``."""
     n = keys.size(0)
     inside = (keys >= 0) & (keys < n)
     return keys[inside], torch.arange(n).unsqueeze(1).expand_as(keys)[inside]
 
 
 def offset_edges(n: int, offsets: Tensor) -> Edges:
-    """Edges ``j = i + d -> i`` for every query ``i`` and offset ``d`` that stays inside ``[0, n)``."""
+    """Edges ``j = i + d -> i`` for every query ``i`` and offset ``d`` that stays inside
+    ``[0, n)``."""
     return key_grid_edges(torch.arange(n).unsqueeze(1) + offsets.unsqueeze(0))
 
 
 def sample_distinct(rows: int, num: int, population: int, seed: int) -> Tensor:
-    """``[rows, num]`` integers: for each row, ``num`` distinct values uniform in ``[0, population)``.
+    """``[rows, num]`` integers: for each row, ``num`` distinct values uniform in
+    ``[0, population)``.
 
     Floyd's algorithm, vectorised over rows: ``num`` steps, each one random draw per row, so the
     cost is ``O(rows * num^2)`` comparisons and never ``O(rows * population)``.
@@ -43,7 +47,8 @@ def sample_distinct(rows: int, num: int, population: int, seed: int) -> Tensor:
 
 
 def sample_others(rows: int, num: int, seed: int) -> Tensor:
-    """``[rows, min(num, rows - 1)]``: for each row ``r``, distinct values in ``[0, rows)`` minus ``r``."""
+    """``[rows, min(num, rows - 1)]``: for each row ``r``, distinct values in ``[0, rows)``
+    minus ``r``."""
     num = min(num, rows - 1)
     if num == rows - 1:  # everyone else: no sampling needed
         others = torch.arange(rows - 1).expand(rows, num)
@@ -97,8 +102,12 @@ class BlockWindow(Pattern):
 
     def _edges(self, n: int) -> Edges:
         block = min(self.size // 2, n)  # one block of n tokens already covers the sequence
-        first_key = (torch.arange(n).unsqueeze(1) // block - 1) * block  # start of the previous block
-        return key_grid_edges(first_key + torch.arange(3 * block).unsqueeze(0))  # [n, 3 * block] candidates
+        first_key = (
+            torch.arange(n).unsqueeze(1) // block - 1
+        ) * block  # start of the previous block
+        return key_grid_edges(
+            first_key + torch.arange(3 * block).unsqueeze(0)
+        )  # [n, 3 * block] candidates
 
     def __repr__(self) -> str:
         return f"BlockWindow({self.size})"
@@ -119,20 +128,26 @@ class Global(Pattern):
     Exactly one of ``num`` and ``indices`` must be given.
     """
 
-    def __init__(self, num: Optional[int] = None, *, last: int = 0, indices: Optional[Sequence[int]] = None):
+    def __init__(
+        self, num: Optional[int] = None, *, last: int = 0, indices: Optional[Sequence[int]] = None
+    ):
         if (num is None) == (indices is None):
             raise ValueError("Global needs exactly one of num or indices")
         self.num = None if num is None else check_int("num", num, low=0)
         self.last = check_int("last", last, low=0)
         if self.last and indices is not None:
-            raise ValueError("Global's last counts positions like num; give it with num, not with indices")
+            raise ValueError(
+                "Global's last counts positions like num; give it with num, not with indices"
+            )
         self.indices: Optional[Tuple[int, ...]] = None
         if indices is not None:
             if isinstance(indices, (str, bytes)) or not isinstance(indices, Iterable):
                 raise TypeError(f"Global indices must be a sequence of integers, got {indices!r}")
             indices = tuple(indices)  # once: an iterator would be used up by the checks
-            self.indices = tuple(check_int(f"Global indices[{k}]", i, low=-INT64_LIMIT, high=INT64_LIMIT)
-                                 for k, i in enumerate(indices))
+            self.indices = tuple(
+                check_int(f"Global indices[{k}]", i, low=-INT64_LIMIT, high=INT64_LIMIT)
+                for k, i in enumerate(indices)
+            )
 
     def _key(self) -> tuple:
         return (self.num, self.last, self.indices)
@@ -140,10 +155,14 @@ class Global(Pattern):
     def positions(self, n: int) -> Tensor:
         """The global positions for length ``n`` (validated, may contain duplicates)."""
         if self.num is not None:
-            return torch.cat([torch.arange(min(self.num, n)), torch.arange(n - min(self.last, n), n)])
+            return torch.cat(
+                [torch.arange(min(self.num, n)), torch.arange(n - min(self.last, n), n)]
+            )
         index = torch.tensor(self.indices, dtype=torch.long)
         if index.numel() and (index.min() < -n or index.max() >= n):
-            raise ValueError(f"Global indices must lie in [-n, n) = [{-n}, {n}), got {list(self.indices)}")
+            raise ValueError(
+                f"Global indices must lie in [-n, n) = [{-n}, {n}), got {list(self.indices)}"
+            )
         return index % n
 
     def _edges(self, n: int) -> Edges:
@@ -209,7 +228,9 @@ class BlockRandom(Pattern):
         query_blocks = torch.arange(blocks).unsqueeze(1).expand_as(key_blocks)
         within = torch.arange(block)
         # Every (query block, key block) pair expands to block x block token pairs.
-        queries = (query_blocks.reshape(-1, 1, 1) * block + within.view(1, -1, 1)).expand(-1, -1, block)
+        queries = (query_blocks.reshape(-1, 1, 1) * block + within.view(1, -1, 1)).expand(
+            -1, -1, block
+        )
         keys = (key_blocks.reshape(-1, 1, 1) * block + within.view(1, 1, -1)).expand(-1, block, -1)
         inside = (queries < n) & (keys < n)
         return keys[inside], queries[inside]

@@ -1,4 +1,5 @@
 """User-defined patterns: from an edge_index, a callable, a networkx graph or a dense mask."""
+
 from __future__ import annotations
 
 import hashlib
@@ -58,9 +59,12 @@ class Custom(Pattern):
             self.edge_index = _from_mask(source)
         elif isinstance(source, Tensor):
             self.edge_index = check_edge_index(source).long()
-        elif hasattr(source, "nodes") and hasattr(source, "edges") and hasattr(source, "is_directed"):
-            self.edge_index = check_edge_index(_from_networkx(source),
-                                               name="networkx graph's nodes")
+        elif (
+            hasattr(source, "nodes") and hasattr(source, "edges") and hasattr(source, "is_directed")
+        ):
+            self.edge_index = check_edge_index(
+                _from_networkx(source), name="networkx graph's nodes"
+            )
         elif callable(source):
             self.function = source
         else:

@@ -4,6 +4,7 @@ Self-loops are added during canonicalisation, after the operation; the results a
 operating on the canonical edge sets, because every operation here commutes with adding the
 diagonal (``(p & q) + I = (p + I) & (q + I)``, and self-loops are causal and symmetric).
 """
+
 from __future__ import annotations
 
 import torch
@@ -30,7 +31,9 @@ def _patterns(operation: str, parts: tuple) -> tuple:
 def _flatten(operation: type, parts: tuple) -> tuple:
     """``parts`` with nested ``operation`` patterns replaced by their own parts: the operation is
     associative, so ``(a | b) | c`` and ``a | (b | c)`` become the same value with one repr."""
-    return tuple(flat for part in parts for flat in (part.parts if isinstance(part, operation) else [part]))
+    return tuple(
+        flat for part in parts for flat in (part.parts if isinstance(part, operation) else [part])
+    )
 
 
 class PatternUnion(Pattern):
@@ -51,7 +54,8 @@ class PatternUnion(Pattern):
 
 
 class Intersection(Pattern):
-    """Edges present in every one of the patterns (``p & q``). Nested intersections are flattened."""
+    """Edges present in every one of the patterns (``p & q``). Nested intersections are
+    flattened."""
 
     def __init__(self, *parts: Pattern):
         self.parts = _flatten(Intersection, _patterns("intersection", parts))
@@ -77,7 +81,7 @@ class _Transform(Pattern):
     method = ""
 
     def __init__(self, base: Pattern):
-        self.base, = _patterns(type(self).__name__, (base,))
+        (self.base,) = _patterns(type(self).__name__, (base,))
 
     def _key(self) -> tuple:
         return (self.base,)

@@ -4,13 +4,22 @@ Used by the command line (``--pattern``). Only pattern constructors, presets, li
 arguments, ``|``, ``&``, ``.causal()`` and ``.symmetric()`` are accepted: the text is walked as
 a syntax tree, never passed to ``eval``.
 """
+
 from __future__ import annotations
 
 import ast
 from typing import Any, Callable, Dict
 
 from graphdiff.patterns.base import Pattern
-from graphdiff.patterns.blocks import BlockRandom, BlockWindow, Full, Global, Random, Strided, Window
+from graphdiff.patterns.blocks import (
+    BlockRandom,
+    BlockWindow,
+    Full,
+    Global,
+    Random,
+    Strided,
+    Window,
+)
 from graphdiff.patterns.presets import PATTERN_PRESETS
 
 CONSTRUCTORS: Dict[str, Callable[..., Pattern]] = {
@@ -62,7 +71,9 @@ def _build(node: ast.AST, text: str) -> Pattern:
         return _construct(node.id, [], {}, text)
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
         if node.func.attr not in METHODS or node.args or node.keywords:
-            raise _fail(text, f"only .causal() and .symmetric() may follow a pattern, got .{node.func.attr}")
+            raise _fail(
+                text, f"only .causal() and .symmetric() may follow a pattern, got .{node.func.attr}"
+            )
         return getattr(_build(node.func.value, text), node.func.attr)()
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
         if node.func.id not in CONSTRUCTORS:

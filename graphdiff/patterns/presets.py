@@ -1,4 +1,5 @@
 """The patterns of published sparse transformers, as compositions of building blocks."""
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -8,7 +9,9 @@ from graphdiff.patterns.base import Pattern
 from graphdiff.patterns.blocks import BlockRandom, BlockWindow, Global, Random, Strided, Window
 
 
-def diffuser(window: int = 64, num_global: int = 64, num_random: int = 64, seed: int = 0) -> Pattern:
+def diffuser(
+    window: int = 64, num_global: int = 64, num_random: int = 64, seed: int = 0
+) -> Pattern:
     """Diffuser's pattern (Feng et al., 2023): the official block window, ``num_global`` global
     tokens at the start and ``num_random`` random keys per query."""
     return BlockWindow(window) | Global(num_global) | Random(num_random, seed=seed)
@@ -19,7 +22,9 @@ def longformer(window: int = 512, global_indices: Sequence[int] = (0,)) -> Patte
     return Window(window) | Global(indices=global_indices)
 
 
-def bigbird(block: int = 64, num_random_blocks: int = 3, num_global_blocks: int = 2, seed: int = 0) -> Pattern:
+def bigbird(
+    block: int = 64, num_random_blocks: int = 3, num_global_blocks: int = 2, seed: int = 0
+) -> Pattern:
     """BigBird-ITC (Zaheer et al., 2020): blocks of ``block`` tokens; each query block attends
     itself and its two neighbours, ``num_random_blocks`` random blocks, and the global blocks.
 

@@ -1,4 +1,6 @@
-"""What a user looks at first about a pattern: sizes, degrees, symmetry, global tokens, a picture."""
+"""What a user looks at first about a pattern: sizes, degrees, symmetry, global tokens, a
+picture."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,9 +26,15 @@ class PatternStats:
     global_tokens: int  # tokens that attend every other token and are attended by every other token
 
     def to_markdown(self) -> str:
-        rows = [(field.name.replace("_", " "), getattr(self, field.name)) for field in dataclasses.fields(self)]
+        rows = [
+            (field.name.replace("_", " "), getattr(self, field.name))
+            for field in dataclasses.fields(self)
+        ]
         lines = ["| statistic | value |", "|---|---|"]
-        lines += [f"| {name} | {value:.2f} |" if isinstance(value, float) else f"| {name} | {value} |" for name, value in rows]
+        lines += [
+            f"| {name} | {value:.2f} |" if isinstance(value, float) else f"| {name} | {value} |"
+            for name, value in rows
+        ]
         return "\n".join(lines)
 
 
@@ -54,7 +62,9 @@ def pattern_stats(edge_index: Tensor, n: int) -> PatternStats:
     )
 
 
-def plot_adjacency(edge_index: Tensor, n: int, path: str, title: str = "", max_pixels: int = 512) -> None:
+def plot_adjacency(
+    edge_index: Tensor, n: int, path: str, title: str = "", max_pixels: int = 512
+) -> None:
     """Save a PNG of the attention mask (rows = queries, columns = keys).
 
     Above ``max_pixels`` tokens the picture is downsampled: each pixel shows the fraction of
@@ -75,11 +85,13 @@ def plot_adjacency(edge_index: Tensor, n: int, path: str, title: str = "", max_p
     fig, ax = plt.subplots(figsize=(7 if cells < n else 6, 6))
     # A power norm keeps sparse random edges (a few percent of a cell) visible next to dense blocks.
     norm = matplotlib.colors.PowerNorm(gamma=0.3, vmin=0.0, vmax=1.0)
-    image = ax.imshow(density.numpy(), cmap="Greys", norm=norm, extent=(0, n, n, 0),
-                      interpolation="nearest")
+    image = ax.imshow(
+        density.numpy(), cmap="Greys", norm=norm, extent=(0, n, n, 0), interpolation="nearest"
+    )
     if cells < n:  # downsampled: a pixel's grey level is its share of edges
-        fig.colorbar(image, ax=ax, shrink=0.8,
-                     label="share of the pixel's (query, key) pairs that are edges")
+        fig.colorbar(
+            image, ax=ax, shrink=0.8, label="share of the pixel's (query, key) pairs that are edges"
+        )
     ax.set_xlabel("key j (the attended token); black: i attends j")
     ax.set_ylabel("query i (the attending token)")
     ax.set_title(title or f"attention pattern, n={n}")
@@ -89,12 +101,19 @@ def plot_adjacency(edge_index: Tensor, n: int, path: str, title: str = "", max_p
 
 
 def save_pattern_report(pattern, n: int, out: str, self_loops: bool = True) -> PatternStats:
-    """Print a pattern's statistics and write ``out/pattern_{n}.png`` and ``out/pattern_{n}.json``."""
+    """Print a pattern's statistics and write ``out/pattern_{n}.png`` and
+    ``out/pattern_{n}.json``."""
     edge_index = pattern(n, self_loops=self_loops)
     stats = pattern_stats(edge_index, n)
     print(f"pattern: {pattern!r}, n={n}\n{stats.to_markdown()}")
-    plot_adjacency(edge_index, n, os.path.join(out, f"pattern_{n}.png"), title=f"{pattern!r}\nn={n}")
+    plot_adjacency(
+        edge_index, n, os.path.join(out, f"pattern_{n}.png"), title=f"{pattern!r}\nn={n}"
+    )
     record = {"pattern": repr(pattern), **dataclasses.asdict(stats)}
-    atomic_write(os.path.join(out, f"pattern_{n}.json"), lambda handle: json.dump(record, handle, indent=2), text=True)
+    atomic_write(
+        os.path.join(out, f"pattern_{n}.json"),
+        lambda handle: json.dump(record, handle, indent=2),
+        text=True,
+    )
     print(f"picture: {os.path.join(out, f'pattern_{n}.png')}")
     return stats

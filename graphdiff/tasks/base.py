@@ -72,8 +72,10 @@ def train_val_part(count: int, val_fraction: float, split: str, where: str) -> s
     cut = count - round(count * check_val_fraction(val_fraction))
     part = slice(0, cut) if split == "train" else slice(cut, count)
     if part.start == part.stop:
-        raise ValueError(f"val_fraction={val_fraction} leaves the {split} split of {where} empty "
-                         f"({count} training examples)")
+        raise ValueError(
+            f"val_fraction={val_fraction} leaves the {split} split of {where} empty "
+            f"({count} training examples)"
+        )
     return part
 
 

@@ -80,7 +80,8 @@ def read_idx(path: str | os.PathLike, ndim: int) -> np.ndarray:
     try:
         with opener(path, "rb") as f:
             data = f.read()
-    # gzip.BadGzipFile is an OSError; truncated gzip: EOFError; a corrupt deflate stream: zlib.error.
+    # gzip.BadGzipFile is an OSError; truncated gzip: EOFError; a corrupt deflate stream:
+    # zlib.error.
     except (OSError, EOFError, zlib.error) as err:
         raise ValueError(f"{path}: unreadable IDX file: {err}") from None
     if len(data) < 4 or data[:3] != bytes([0, 0, IDX_UBYTE]) or data[3] != ndim:
@@ -226,7 +227,11 @@ class ImageTask(TaskDataset):
         self.source = source
         self.root = Path(DEFAULT_ROOTS[source] if data_dir is None else data_dir)
         if not self.root.is_dir():
-            hint = " (apt-get install dataset-fashion-mnist, or pass data_dir)" if data_dir is None else ""
+            hint = (
+                " (apt-get install dataset-fashion-mnist, or pass data_dir)"
+                if data_dir is None
+                else ""
+            )
             raise ValueError(f"data_dir: {self.root} is not a directory{hint}")
         images, labels = LOADERS[source](self.root, split != "test")
         if split != "test":

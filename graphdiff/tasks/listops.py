@@ -34,13 +34,13 @@ from typing import Iterable, Union
 import numpy as np
 
 from graphdiff.checks import check_int
+from graphdiff.io import atomic_write
 from graphdiff.tasks.base import (
     NUM_SPECIAL,
     TaskDataset,
     check_length,
     example_rng,
 )
-from graphdiff.io import atomic_write
 
 __all__ = [
     "END",

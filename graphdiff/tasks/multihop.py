@@ -38,13 +38,13 @@ from __future__ import annotations
 import numpy as np
 
 from graphdiff.checks import check_int
+from graphdiff.patterns import Window
 from graphdiff.tasks.base import (
     NUM_SPECIAL,
     TaskDataset,
     check_length,
     example_rng,
 )
-from graphdiff.patterns import Window
 
 __all__ = ["MultiHop"]
 
@@ -117,7 +117,9 @@ class MultiHop(TaskDataset):
         check_length(length, self.max_len, truncate, f"MultiHop {split}")
         self.vocab_size = NUM_SPECIAL + self.num_fillers + self.num_values
         self.num_classes = self.num_values
-        self.pattern = Window(window)  # the pattern the task is built for (training uses it by default)
+        self.pattern = Window(
+            window
+        )  # the pattern the task is built for (training uses it by default)
 
     def __len__(self) -> int:
         return self.num_samples

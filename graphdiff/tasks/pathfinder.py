@@ -30,10 +30,10 @@ Generator (example ``i`` of a split is a function of ``example_rng(seed, split, 
   chosen so that the markers lie as far apart as the two ends of a random path do (within
   :data:`DISTANCE_TOLERANCE`): otherwise their distance alone would give the label away (a
   distance band fitted on 300 examples scored 0.83-0.88 on others before this matching,
-  0.50-0.51 after). The other paths are distractors. The markers are at least :data:`MARKER_DISTANCE`
-  pixels apart. A path that cannot be placed, a negative without a matching pair of ends, or
-  markers too close redraws the scene; after :data:`SCENE_ATTEMPTS` the arguments are
-  declared impossible.
+  0.50-0.51 after). The other paths are distractors. The markers are at least
+  :data:`MARKER_DISTANCE` pixels apart. A path that cannot be placed, a negative without a matching
+  pair of ends, or markers too close redraws the scene; after :data:`SCENE_ATTEMPTS` the arguments
+  are declared impossible.
 - Rasterisation (numpy only): dashes are sampled densely and splatted with bilinear (tent
   filter) weights, which conserves ink along the line and anti-aliases it; markers are discs of
   radius :data:`MARKER_RADIUS` with a one-pixel soft edge; the brighter of the two wins.
@@ -124,8 +124,9 @@ def _squared_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return rows * rows + cols * cols
 
 
-def _clear(points: np.ndarray, taken: np.ndarray,
-           tree: scipy.spatial.cKDTree | None = None) -> np.ndarray:
+def _clear(
+    points: np.ndarray, taken: np.ndarray, tree: scipy.spatial.cKDTree | None = None
+) -> np.ndarray:
     """Whether each set of ``points`` [K, P, 2] lies at least :data:`SEPARATION` from every point
     of ``taken`` [M, 2] (M >= 1): bool [K]. With ``tree``, a k-d tree of ``taken``, each point is
     a nearest-neighbour query instead of M distances; the answer is the same.
@@ -305,7 +306,7 @@ class Pathfinder(TaskDataset):
                     clear = _clear(points[None] + shifts[:, None], taken, tree)  # [PLACEMENTS]
                     if not clear.any():
                         continue
-                    shifts = shifts[np.argmax(clear):]  # the first clear shift
+                    shifts = shifts[np.argmax(clear) :]  # the first clear shift
                 return dashes + shifts[0], points + shifts[0]
         return None
 

@@ -1,10 +1,33 @@
 """Training, evaluation, checkpoints and distributed set-up."""
+
 from graphdiff.train.checkpoint import (
-    CheckpointError, load_checkpoint, load_model, save_checkpoint,
+    CheckpointError,
+    load_checkpoint,
+    load_model,
+    save_checkpoint,
 )
 from graphdiff.train.loop import (
-    TrainArgs, TrainingRun, TrainResult, build_task, evaluate, fit, setup_run, train,
+    TrainArgs,
+    TrainingRun,
+    TrainResult,
+    build_task,
+    evaluate,
+    fit,
+    setup_run,
+    train,
 )
 
-__all__ = ["TrainArgs", "TrainResult", "TrainingRun", "train", "setup_run", "fit", "evaluate",
-           "build_task", "CheckpointError", "load_checkpoint", "load_model", "save_checkpoint"]
+__all__ = [
+    "TrainArgs",
+    "TrainResult",
+    "TrainingRun",
+    "train",
+    "setup_run",
+    "fit",
+    "evaluate",
+    "build_task",
+    "CheckpointError",
+    "load_checkpoint",
+    "load_model",
+    "save_checkpoint",
+]

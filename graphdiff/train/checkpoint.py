@@ -4,6 +4,7 @@ A checkpoint is a plain dictionary of tensors, numbers and strings (nothing that
 arbitrary code execution): ``model``, ``optimizer`` and ``scheduler`` state dicts, the
 ``config`` and ``train`` arguments as dictionaries, the progress counters and the RNG state.
 """
+
 from __future__ import annotations
 
 import json
@@ -54,8 +55,9 @@ def load_checkpoint(path: str) -> Dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for truncated or foreign files
         # Not torch's message: it suggests weights_only=False, which a checkpoint never needs.
-        raise CheckpointError(f"checkpoint {path} is corrupt or truncated (torch.load raised "
-                              f"{type(error).__name__})") from None
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or truncated (torch.load raised {type(error).__name__})"
+        ) from None
     if not isinstance(state, dict) or any(key not in state for key in REQUIRED_KEYS):
         raise CheckpointError(f"{path} is not a graphdiff checkpoint (needs keys {REQUIRED_KEYS})")
     return state

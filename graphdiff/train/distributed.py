@@ -1,4 +1,5 @@
 """Distributed data parallel set-up for ``torchrun`` (gloo on CPU, nccl on GPUs)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -43,8 +44,9 @@ def init_distributed(device: str = "auto") -> DistributedContext:
         torch.cuda.set_device(target)
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    return DistributedContext(rank=rank, world_size=world_size, local_rank=local_rank,
-                              device=target)
+    return DistributedContext(
+        rank=rank, world_size=world_size, local_rank=local_rank, device=target
+    )
 
 
 def all_reduce_sum(values: torch.Tensor, context: DistributedContext) -> torch.Tensor:

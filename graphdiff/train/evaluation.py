@@ -1,4 +1,5 @@
 """Evaluate a checkpoint on a split of its task, or on a given data file or directory."""
+
 from __future__ import annotations
 
 import os
@@ -10,9 +11,9 @@ from graphdiff.train.checkpoint import load_checkpoint, load_model
 from graphdiff.train.loop import build_task, evaluate
 
 
-def load_evaluation(path: str, data: Optional[str] = None, split: str = "test",
-                    truncate: bool = False
-                    ) -> Tuple[DiffuserForSequenceClassification, TaskDataset, str]:
+def load_evaluation(
+    path: str, data: Optional[str] = None, split: str = "test", truncate: bool = False
+) -> Tuple[DiffuserForSequenceClassification, TaskDataset, str]:
     """The model in checkpoint ``path``, the data to evaluate it on, and its task's name.
 
     The task and its arguments come from the checkpoint. ``data`` replaces the task's data
@@ -37,8 +38,13 @@ def load_evaluation(path: str, data: Optional[str] = None, split: str = "test",
     return model, build_task(train_args["task"], split, task_args, data_dir), train_args["task"]
 
 
-def evaluate_checkpoint(path: str, data: Optional[str] = None, split: str = "test",
-                        batch_size: int = 32, truncate: bool = False) -> Dict[str, Any]:
+def evaluate_checkpoint(
+    path: str,
+    data: Optional[str] = None,
+    split: str = "test",
+    batch_size: int = 32,
+    truncate: bool = False,
+) -> Dict[str, Any]:
     """Accuracy, loss and number of examples of the model in ``path`` (see
     :func:`load_evaluation` for the arguments)."""
     model, dataset, task = load_evaluation(path, data, split, truncate)

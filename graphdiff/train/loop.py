@@ -7,6 +7,7 @@ checkpoint holds the model, optimiser, scheduler, every process's torch RNG stat
 running training-loss window. A run interrupted after a checkpoint and resumed on as many
 processes therefore produces the same ``metrics.jsonl`` as an uninterrupted run (timings aside).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -26,16 +27,22 @@ from tqdm.auto import tqdm
 
 from graphdiff.checks import check_int, is_real
 from graphdiff.io import atomic_write
-from graphdiff.tasks import TASKS, TaskDataset, collate, get_task
 from graphdiff.models import (
-    MODEL_PRESETS, DiffuserConfig, DiffuserForSequenceClassification, preset_config,
+    MODEL_PRESETS,
+    DiffuserConfig,
+    DiffuserForSequenceClassification,
+    preset_config,
 )
 from graphdiff.patterns import parse_pattern
+from graphdiff.tasks import TASKS, TaskDataset, collate, get_task
 from graphdiff.train.checkpoint import load_checkpoint, save_checkpoint, save_json
 from graphdiff.train.distributed import (
-    DistributedContext, all_gather_objects, all_reduce_sum, init_distributed, shutdown,
+    DistributedContext,
+    all_gather_objects,
+    all_reduce_sum,
+    init_distributed,
+    shutdown,
 )
-
 
 # Validation uses the split's first examples: five validations of a 50-step ListOps run on the
 # whole 2,000-example split took 65 of its 87 seconds. A validation example costs about 0.35 to
@@ -45,8 +52,23 @@ DEFAULT_EVAL_EXAMPLES = 160
 # What a run writes in its ``out`` directory.
 RUN_FILES = ("config.json", "metrics.jsonl", "last.pt", "best.pt")
 # The arguments that define a run's trajectory: resuming it with other values is refused.
-RUN_ARGS = ("task", "preset", "pattern", "hops", "alpha", "model_args", "task_args", "max_steps",
-            "epochs", "batch_size", "lr", "weight_decay", "warmup", "clip", "seed")
+RUN_ARGS = (
+    "task",
+    "preset",
+    "pattern",
+    "hops",
+    "alpha",
+    "model_args",
+    "task_args",
+    "max_steps",
+    "epochs",
+    "batch_size",
+    "lr",
+    "weight_decay",
+    "warmup",
+    "clip",
+    "seed",
+)
 
 
 @dataclasses.dataclass
@@ -84,6 +106,7 @@ class TrainArgs:
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
         progress: show a progress bar.
     """
+
     task: str = "multihop"
     preset: str = "tiny"
     out: str = "runs/train"
@@ -114,20 +137,34 @@ class TrainArgs:
     def __post_init__(self) -> None:
         if (self.max_steps is None) == (self.epochs is None):
             raise ValueError("give exactly one of max_steps and epochs")
-        for name in ("max_steps", "batch_size", "log_every", "eval_every", "stop_after",
-                     "eval_examples", "workers", "seed"):
+        for name in (
+            "max_steps",
+            "batch_size",
+            "log_every",
+            "eval_every",
+            "stop_after",
+            "eval_examples",
+            "workers",
+            "seed",
+        ):
             if getattr(self, name) is not None:
                 check_int(name, getattr(self, name), low=0 if name in ("workers", "seed") else 1)
-        for name, positive in (("epochs", True), ("lr", True), ("weight_decay", False),
-                               ("clip", False)):
+        for name, positive in (
+            ("epochs", True),
+            ("lr", True),
+            ("weight_decay", False),
+            ("clip", False),
+        ):
             value = getattr(self, name)
             valid = is_real(value) and (value > 0 if positive else value >= 0)
             if value is not None and not valid:
                 raise ValueError(
-                    f"{name} must be a number {'>' if positive else '>='} 0, got {value!r}")
+                    f"{name} must be a number {'>' if positive else '>='} 0, got {value!r}"
+                )
         if self.resume and self.overwrite:
-            raise ValueError("give at most one of resume (continue the run in out) and "
-                             "overwrite (replace it)")
+            raise ValueError(
+                "give at most one of resume (continue the run in out) and overwrite (replace it)"
+            )
         if not 0.0 <= self.warmup < 1.0:
             raise ValueError(f"warmup must be a fraction in [0, 1), got {self.warmup}")
         # Paths may come as pathlib.Path; config.json and the checkpoint store plain strings.
@@ -135,17 +172,18 @@ class TrainArgs:
         self.data_dir = None if self.data_dir is None else os.fspath(self.data_dir)
         # Cheap name checks first, before any data is generated or read.
         if self.task not in TASKS:
-            raise ValueError(
-                f"unknown task {self.task!r}; valid tasks: {', '.join(sorted(TASKS))}")
+            raise ValueError(f"unknown task {self.task!r}; valid tasks: {', '.join(sorted(TASKS))}")
         if self.preset not in MODEL_PRESETS:
             raise ValueError(
-                f"unknown preset {self.preset!r}; valid presets: {', '.join(MODEL_PRESETS)}")
+                f"unknown preset {self.preset!r}; valid presets: {', '.join(MODEL_PRESETS)}"
+            )
         if self.pattern is not None:
             parse_pattern(self.pattern)
 
 
-def build_task(task: str, split: str, task_args: Dict[str, Any],
-               data_dir: Optional[str]) -> TaskDataset:
+def build_task(
+    task: str, split: str, task_args: Dict[str, Any], data_dir: Optional[str]
+) -> TaskDataset:
     kwargs = dict(task_args)
     if data_dir is not None:
         kwargs["data_dir"] = data_dir
@@ -155,13 +193,17 @@ def build_task(task: str, split: str, task_args: Dict[str, Any],
 def build_config(args: TrainArgs, train_set: TaskDataset) -> DiffuserConfig:
     """The preset's config with the task's sizes; then the pattern (``args.pattern`` over the
     task's), ``hops`` and ``alpha``, and last ``model_args``, each over what came before."""
-    overrides: Dict[str, Any] = dict(vocab_size=train_set.vocab_size,
-                                     num_classes=train_set.num_classes, max_len=train_set.max_len)
+    overrides: Dict[str, Any] = dict(
+        vocab_size=train_set.vocab_size,
+        num_classes=train_set.num_classes,
+        max_len=train_set.max_len,
+    )
     suggested = getattr(train_set, "pattern", None)  # a task may know the pattern it is built for
     if args.pattern is not None or suggested is not None:
         overrides["pattern"] = args.pattern if args.pattern is not None else repr(suggested)
-    overrides.update({name: getattr(args, name) for name in ("hops", "alpha")
-                      if getattr(args, name) is not None})
+    overrides.update(
+        {name: getattr(args, name) for name in ("hops", "alpha") if getattr(args, name) is not None}
+    )
     overrides.update(args.model_args)
     return preset_config(args.preset, **overrides)
 
@@ -185,19 +227,32 @@ def make_optimizer(model: nn.Module, args: TrainArgs) -> torch.optim.Optimizer:
     # As in BERT/RoBERTa: no weight decay on biases and LayerNorm weights.
     decay = [p for p in model.parameters() if p.dim() >= 2]
     rest = [p for p in model.parameters() if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": args.weight_decay},
-              {"params": rest, "weight_decay": 0.0}]
+    groups = [
+        {"params": decay, "weight_decay": args.weight_decay},
+        {"params": rest, "weight_decay": 0.0},
+    ]
     return torch.optim.AdamW(groups, lr=args.lr)
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, dataset: Dataset, batch_size: int, device: torch.device,
-             workers: int = 0, truncate: bool = False) -> Dict[str, float]:
+def evaluate(
+    model: nn.Module,
+    dataset: Dataset,
+    batch_size: int,
+    device: torch.device,
+    workers: int = 0,
+    truncate: bool = False,
+) -> Dict[str, float]:
     """Loss, accuracy and number of examples of ``model`` on ``dataset`` (``truncate`` cuts
     sequences longer than the model's ``max_len`` instead of refusing them)."""
     model.eval()
-    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate, num_workers=workers,
-                        generator=torch.Generator())  # own generator: leave the global RNG alone
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        collate_fn=collate,
+        num_workers=workers,
+        generator=torch.Generator(),
+    )  # own generator: leave the global RNG alone
     loss_sum, correct, count = 0.0, 0, 0
     for tokens, mask, labels in loader:
         tokens, mask, labels = tokens.to(device), mask.to(device), labels.to(device)
@@ -205,8 +260,11 @@ def evaluate(model: nn.Module, dataset: Dataset, batch_size: int, device: torch.
         loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
         correct += int((logits.argmax(dim=-1) == labels).sum())
         count += labels.numel()
-    return {"loss": loss_sum / max(count, 1), "accuracy": correct / max(count, 1),
-            "examples": count}
+    return {
+        "loss": loss_sum / max(count, 1),
+        "accuracy": correct / max(count, 1),
+        "examples": count,
+    }
 
 
 class MetricsLog:
@@ -239,15 +297,29 @@ class MetricsLog:
                 handle.write(json.dumps(record) + "\n")
 
 
-def _batches(dataset: TaskDataset, sampler: DistributedSampler, epoch: int, first: int,
-             per_process: int, steps: int, workers: int) -> Iterator:
+def _batches(
+    dataset: TaskDataset,
+    sampler: DistributedSampler,
+    epoch: int,
+    first: int,
+    per_process: int,
+    steps: int,
+    workers: int,
+) -> Iterator:
     """This process's batches ``first .. steps - 1`` of ``epoch``, in the sampler's order."""
     sampler.set_epoch(epoch)
-    indices = list(sampler)[first * per_process: steps * per_process]
+    indices = list(sampler)[first * per_process : steps * per_process]
     # DataLoader draws a base seed from its generator: a private one keeps the global RNG (and so
     # dropout) identical whether or not a run was interrupted here.
-    return iter(DataLoader(Subset(dataset, indices), batch_size=per_process, collate_fn=collate,
-                           num_workers=workers, generator=torch.Generator()))
+    return iter(
+        DataLoader(
+            Subset(dataset, indices),
+            batch_size=per_process,
+            collate_fn=collate,
+            num_workers=workers,
+            generator=torch.Generator(),
+        )
+    )
 
 
 def rng_states(context: DistributedContext) -> Dict[str, torch.Tensor]:
@@ -267,21 +339,29 @@ def restore_rng_states(saved: Any, context: DistributedContext) -> None:
     """
     if isinstance(saved, torch.Tensor):  # the first process's state only
         if context.world_size > 1:
-            warnings.warn("this checkpoint holds only the first process's RNG state: dropout on "
-                          "the others will differ from an uninterrupted run", stacklevel=2)
+            warnings.warn(
+                "this checkpoint holds only the first process's RNG state: dropout on "
+                "the others will differ from an uninterrupted run",
+                stacklevel=2,
+            )
         saved = [{"cpu": saved}] * context.world_size
     if len(saved) != context.world_size:
-        warnings.warn(f"resuming on {context.world_size} processes a run saved on {len(saved)}: "
-                      "the data order and dropout will differ from an uninterrupted run",
-                      stacklevel=2)
+        warnings.warn(
+            f"resuming on {context.world_size} processes a run saved on {len(saved)}: "
+            "the data order and dropout will differ from an uninterrupted run",
+            stacklevel=2,
+        )
     states = saved[context.rank % len(saved)]
     torch.set_rng_state(states["cpu"])
     if context.device.type == "cuda":
         if "cuda" in states:
             torch.cuda.set_rng_state(states["cuda"], context.device)
         elif context.is_main:
-            warnings.warn("resuming on a GPU a run saved without one: GPU dropout will differ "
-                          "from an uninterrupted run", stacklevel=2)
+            warnings.warn(
+                "resuming on a GPU a run saved without one: GPU dropout will differ "
+                "from an uninterrupted run",
+                stacklevel=2,
+            )
 
 
 @dataclasses.dataclass
@@ -296,6 +376,7 @@ class TrainResult:
         already_finished: ``resume`` found the run finished: nothing was trained, and
             ``metrics`` is its final evaluation.
     """
+
     metrics: Dict[str, Any]
     model: DiffuserForSequenceClassification
     already_finished: bool = False
@@ -304,6 +385,7 @@ class TrainResult:
 @dataclasses.dataclass
 class TrainingRun:
     """A run between two steps: what :func:`setup_run` builds and :func:`fit` advances."""
+
     args: TrainArgs
     context: DistributedContext
     config: DiffuserConfig
@@ -351,15 +433,20 @@ def check_out_dir(args: TrainArgs) -> None:
     present = [name for name in RUN_FILES if os.path.exists(os.path.join(args.out, name))]
     if args.resume and "last.pt" not in present:
         start = "--overwrite" if present else "no --resume"
-        raise FileNotFoundError(f"--resume: nothing to resume in {args.out} (no last.pt); "
-                                f"start a new run there with {start}")
+        raise FileNotFoundError(
+            f"--resume: nothing to resume in {args.out} (no last.pt); "
+            f"start a new run there with {start}"
+        )
     if present and not (args.resume or args.overwrite):
-        raise ValueError(f"{args.out} holds a run ({', '.join(present)}); continue it with "
-                         "--resume, replace it with --overwrite, or choose another --out")
+        raise ValueError(
+            f"{args.out} holds a run ({', '.join(present)}); continue it with "
+            "--resume, replace it with --overwrite, or choose another --out"
+        )
 
 
-def check_same_run(args: TrainArgs, saved: Dict[str, Any], step: int, total: int,
-                   steps_per_epoch: int) -> None:
+def check_same_run(
+    args: TrainArgs, saved: Dict[str, Any], step: int, total: int, steps_per_epoch: int
+) -> None:
     """Refuse to resume a run with arguments that change its trajectory (one line, all fields).
 
     Args:
@@ -371,19 +458,26 @@ def check_same_run(args: TrainArgs, saved: Dict[str, Any], step: int, total: int
     differences = [name for name in RUN_ARGS if saved.get(name) != given[name]]
     if not differences:
         return
-    listed = "; ".join(f"{name}: {saved.get(name)!r} in the run, {given[name]!r} now"
-                       for name in differences)
-    saved_total = (saved["max_steps"] if saved["max_steps"] is not None
-                   else math.ceil(saved["epochs"] * steps_per_epoch))
+    listed = "; ".join(
+        f"{name}: {saved.get(name)!r} in the run, {given[name]!r} now" for name in differences
+    )
+    saved_total = (
+        saved["max_steps"]
+        if saved["max_steps"] is not None
+        else math.ceil(saved["epochs"] * steps_per_epoch)
+    )
     if step >= saved_total and total > saved_total and set(differences) <= {"max_steps", "epochs"}:
         raise ValueError(
             f"--resume: the run in {args.out} finished its {saved_total} steps ({listed}), and "
             "a finished run is not extended: its learning rate decayed to 0, and a longer "
             "schedule would restart the decay mid-run; train a new run with another --out or "
-            "--overwrite")
-    raise ValueError(f"--resume: the run in {args.out} was trained with other arguments "
-                     f"({listed}); resume it with its own, or train a new run with another --out "
-                     "or --overwrite")
+            "--overwrite"
+        )
+    raise ValueError(
+        f"--resume: the run in {args.out} was trained with other arguments "
+        f"({listed}); resume it with its own, or train a new run with another --out "
+        "or --overwrite"
+    )
 
 
 def setup_run(args: TrainArgs, context: DistributedContext) -> TrainingRun:
@@ -393,8 +487,9 @@ def setup_run(args: TrainArgs, context: DistributedContext) -> TrainingRun:
     anything is written; errors are ``ValueError``, ``TypeError`` or ``FileNotFoundError``.
     """
     if args.batch_size % context.world_size:
-        raise ValueError(f"batch_size={args.batch_size} must be divisible by the "
-                         f"{context.world_size} processes")
+        raise ValueError(
+            f"batch_size={args.batch_size} must be divisible by the {context.world_size} processes"
+        )
     check_out_dir(args)
     train_set = build_task(args.task, "train", args.task_args, args.data_dir)
     val_set = build_task(args.task, "val", args.task_args, args.data_dir)
@@ -402,10 +497,13 @@ def setup_run(args: TrainArgs, context: DistributedContext) -> TrainingRun:
         val_set = Subset(val_set, range(args.eval_examples))
     steps_per_epoch = len(train_set) // args.batch_size
     if steps_per_epoch == 0:
-        raise ValueError(f"the training split has {len(train_set)} examples, fewer than one batch "
-                         f"of {args.batch_size}")
-    total = (args.max_steps if args.max_steps is not None
-             else math.ceil(args.epochs * steps_per_epoch))
+        raise ValueError(
+            f"the training split has {len(train_set)} examples, fewer than one batch "
+            f"of {args.batch_size}"
+        )
+    total = (
+        args.max_steps if args.max_steps is not None else math.ceil(args.epochs * steps_per_epoch)
+    )
     config = build_config(args, train_set)
 
     torch.manual_seed(args.seed)
@@ -413,16 +511,32 @@ def setup_run(args: TrainArgs, context: DistributedContext) -> TrainingRun:
     optimizer = make_optimizer(model, args)
     warmup_steps = int(args.warmup * total)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, total, warmup_steps))
+        optimizer, lambda step: lr_factor(step, total, warmup_steps)
+    )
     run = TrainingRun(
-        args=args, context=context, config=config, model=model,
+        args=args,
+        context=context,
+        config=config,
+        model=model,
         trained=DistributedDataParallel(model) if context.enabled else model,
-        optimizer=optimizer, scheduler=scheduler, train_set=train_set, val_set=val_set,
-        sampler=DistributedSampler(train_set, num_replicas=context.world_size, rank=context.rank,
-                                   shuffle=True, seed=args.seed, drop_last=True),
+        optimizer=optimizer,
+        scheduler=scheduler,
+        train_set=train_set,
+        val_set=val_set,
+        sampler=DistributedSampler(
+            train_set,
+            num_replicas=context.world_size,
+            rank=context.rank,
+            shuffle=True,
+            seed=args.seed,
+            drop_last=True,
+        ),
         metrics=MetricsLog(os.path.join(args.out, "metrics.jsonl"), context.is_main),
-        per_process=args.batch_size // context.world_size, steps_per_epoch=steps_per_epoch,
-        total=total, eval_every=args.eval_every or max(1, min(steps_per_epoch, total // 5)))
+        per_process=args.batch_size // context.world_size,
+        steps_per_epoch=steps_per_epoch,
+        total=total,
+        eval_every=args.eval_every or max(1, min(steps_per_epoch, total // 5)),
+    )
     if args.resume:
         resume(run)
     # Every process has checked the directory before the main one writes to it.
@@ -456,8 +570,10 @@ def start_out_dir(run: TrainingRun) -> None:
         path = os.path.join(run.args.out, name)
         if os.path.exists(path):
             os.remove(path)
-    save_json(os.path.join(run.args.out, "config.json"),
-              {"model": run.config.to_dict(), "train": dataclasses.asdict(run.args)})
+    save_json(
+        os.path.join(run.args.out, "config.json"),
+        {"model": run.config.to_dict(), "train": dataclasses.asdict(run.args)},
+    )
 
 
 def train_step(run: TrainingRun, batch: Any) -> float:
@@ -487,13 +603,17 @@ def evaluate_and_checkpoint(run: TrainingRun, evaluating: bool) -> None:
     if not evaluating:
         run.result = {"step": run.step, "epoch": epoch, "stopped": True}
     else:
-        run.result = {"step": run.step, "epoch": epoch,
-                      "train_loss": run.window_loss / run.window_steps,
-                      "tokens_per_second": run.tokens_seen / run.train_seconds}
+        run.result = {
+            "step": run.step,
+            "epoch": epoch,
+            "train_loss": run.window_loss / run.window_steps,
+            "tokens_per_second": run.tokens_seen / run.train_seconds,
+        }
         run.window_loss, run.window_steps, run.tokens_seen, run.train_seconds = 0.0, 0, 0, 0.0
         if run.context.is_main:
-            validation = evaluate(run.model, run.val_set, run.per_process, run.context.device,
-                                  run.args.workers)
+            validation = evaluate(
+                run.model, run.val_set, run.per_process, run.context.device, run.args.workers
+            )
             run.result.update({f"val_{key}": value for key, value in validation.items()})
             run.metrics.write(run.result)
             if run.result["val_accuracy"] > run.best:
@@ -506,10 +626,18 @@ def evaluate_and_checkpoint(run: TrainingRun, evaluating: bool) -> None:
 
 
 def checkpoint_state(run: TrainingRun, rng: List[Dict[str, torch.Tensor]]) -> Dict[str, Any]:
-    return {"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
-            "scheduler": run.scheduler.state_dict(), "rng": rng, "step": run.step,
-            "best": run.best, "window": (run.window_loss, run.window_steps), "result": run.result,
-            "config": run.config.to_dict(), "train": dataclasses.asdict(run.args)}
+    return {
+        "model": run.model.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "rng": rng,
+        "step": run.step,
+        "best": run.best,
+        "window": (run.window_loss, run.window_steps),
+        "result": run.result,
+        "config": run.config.to_dict(),
+        "train": dataclasses.asdict(run.args),
+    }
 
 
 def fit(run: TrainingRun) -> TrainResult:
@@ -520,15 +648,25 @@ def fit(run: TrainingRun) -> TrainResult:
         return TrainResult(metrics=run.result, model=run.model, already_finished=True)
     args, context = run.args, run.context
     stop_at = run.total if args.stop_after is None else min(run.total, run.step + args.stop_after)
-    bar = tqdm(total=run.total, initial=run.step, desc=f"train {args.task}",
-               disable=not (args.progress and context.is_main))
+    bar = tqdm(
+        total=run.total,
+        initial=run.step,
+        desc=f"train {args.task}",
+        disable=not (args.progress and context.is_main),
+    )
     batches: Optional[Iterator] = None
     while run.step < stop_at:
         started = time.perf_counter()
         if batches is None:
-            batches = _batches(run.train_set, run.sampler, run.step // run.steps_per_epoch,
-                               run.step % run.steps_per_epoch, run.per_process,
-                               run.steps_per_epoch, args.workers)
+            batches = _batches(
+                run.train_set,
+                run.sampler,
+                run.step // run.steps_per_epoch,
+                run.step % run.steps_per_epoch,
+                run.per_process,
+                run.steps_per_epoch,
+                args.workers,
+            )
         batch = next(batches)
         loss = train_step(run, batch)  # float(): waits for the device, so the timing is whole
         run.train_seconds += time.perf_counter() - started
@@ -538,13 +676,16 @@ def fit(run: TrainingRun) -> TrainResult:
         run.window_loss, run.window_steps = run.window_loss + loss, run.window_steps + 1
         run.tokens_seen += int(batch[1].sum()) * context.world_size
         if run.step % args.log_every == 0:
-            run.metrics.write({"step": run.step, "loss": loss,
-                               "lr": run.scheduler.get_last_lr()[0]})
+            run.metrics.write(
+                {"step": run.step, "loss": loss, "lr": run.scheduler.get_last_lr()[0]}
+            )
         evaluating = run.step % run.eval_every == 0 or run.step == run.total
         if evaluating or run.step == stop_at:  # an interrupted run saves where it stopped
             evaluate_and_checkpoint(run, evaluating)
             if evaluating and context.is_main:
-                bar.set_postfix(loss=f"{run.result['train_loss']:.3f}",
-                                val_acc=f"{run.result['val_accuracy']:.3f}")
+                bar.set_postfix(
+                    loss=f"{run.result['train_loss']:.3f}",
+                    val_acc=f"{run.result['val_accuracy']:.3f}",
+                )
     bar.close()
     return TrainResult(metrics=run.result, model=run.model)

@@ -1,4 +1,5 @@
 """Shared fixtures of the analysis tests."""
+
 import numpy as np
 import pytest
 
@@ -11,9 +12,13 @@ def synthetic_attention():
 def _synthetic_attention(n, heads, seed):
     """Row-stochastic attention on a window + random pattern, as edge weights [E, H]."""
     rng = np.random.default_rng(seed)
-    mask = (np.abs(np.subtract.outer(np.arange(n), np.arange(n))) <= 2) | (rng.random((n, n)) < 4 / n)
+    mask = (np.abs(np.subtract.outer(np.arange(n), np.arange(n))) <= 2) | (
+        rng.random((n, n)) < 4 / n
+    )
     dst, src = np.nonzero(mask)  # mask[i, j]: i attends j
     logits = rng.normal(size=(src.size, heads))
     weights = np.exp(logits)
-    weights /= np.stack([np.bincount(dst, weights=weights[:, h], minlength=n) for h in range(heads)], 1)[dst]
+    weights /= np.stack(
+        [np.bincount(dst, weights=weights[:, h], minlength=n) for h in range(heads)], 1
+    )[dst]
     return np.stack([src, dst]), weights

@@ -1,4 +1,5 @@
 """`graphdiff analyze ...`: the top-level command hands every argument to analysis.cli."""
+
 import os
 import subprocess
 import sys
@@ -16,7 +17,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 def test_graphdiff_analyze_passes_options_through(tmp_path, capsys):
     out = tmp_path / "rep"
-    args = ["analyze", "--patterns", "diffuser", "Window(8) | Global(1)", "--n", "64", "--out", str(out)]
+    args = [
+        "analyze",
+        "--patterns",
+        "diffuser",
+        "Window(8) | Global(1)",
+        "--n",
+        "64",
+        "--out",
+        str(out),
+    ]
     assert cli.main(args) == 0
     assert (out / "report.md").exists()
     printed = capsys.readouterr().out
@@ -47,9 +57,14 @@ def test_out_must_not_be_a_file(tmp_path, capsys):
     for main, prefix in [(analysis_cli.main, []), (cli.main, ["analyze"])]:
         assert main(prefix + ["--patterns", "Window(4)", "--n", "16", "--out", str(existing)]) == 2
         err = capsys.readouterr().err
-        assert err.count("\n") == 1 and "graphdiff analyze: error" in err and "not a directory" in err
+        assert (
+            err.count("\n") == 1 and "graphdiff analyze: error" in err and "not a directory" in err
+        )
     # A file on the way to the directory: also one line, exit status 2.
-    assert analysis_cli.main(["--patterns", "Window(4)", "--n", "16", "--out", str(existing / "sub")]) == 2
+    assert (
+        analysis_cli.main(["--patterns", "Window(4)", "--n", "16", "--out", str(existing / "sub")])
+        == 2
+    )
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "graphdiff analyze: error" in err
     assert existing.read_text() == "x"
@@ -58,7 +73,10 @@ def test_out_must_not_be_a_file(tmp_path, capsys):
 def test_python_dash_m_graphdiff_analyze():
     result = subprocess.run(
         [sys.executable, "-m", "graphdiff", "analyze", "--help"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     assert "usage: graphdiff analyze" in result.stdout and "--out" in result.stdout

@@ -1,10 +1,12 @@
 """Diffusion spectra against dense matrix polynomials; learned attention spectra."""
+
 import math
 
 import numpy as np
 import pytest
 import scipy.sparse
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import analysis
 from analysis import spectral
@@ -34,7 +36,12 @@ def random_symmetric_stochastic(n, seed):
 
 
 @settings(max_examples=20, deadline=None)
-@given(n=st.integers(2, 25), alpha=st.floats(0.0, 1.0), hops=st.integers(0, 8), seed=st.integers(0, 1000))
+@given(
+    n=st.integers(2, 25),
+    alpha=st.floats(0.0, 1.0),
+    hops=st.integers(0, 8),
+    seed=st.integers(0, 1000),
+)
 def test_diffusion_spectrum_equals_eigenvalues_of_truncated_ppr(n, alpha, hops, seed):
     a = random_symmetric_stochastic(n, seed)
     mu = np.linalg.eigvalsh(a)
@@ -46,7 +53,9 @@ def test_diffusion_spectrum_equals_eigenvalues_of_truncated_ppr(n, alpha, hops, 
 def test_diffusion_spectrum_limit_and_heat():
     mu = np.linspace(-1, 1, 11)
     np.testing.assert_allclose(analysis.diffusion_spectrum(mu, 0.1, None), 0.1 / (1 - 0.9 * mu))
-    np.testing.assert_allclose(analysis.diffusion_spectrum(mu, 0.1, 400), 0.1 / (1 - 0.9 * mu), atol=1e-12)
+    np.testing.assert_allclose(
+        analysis.diffusion_spectrum(mu, 0.1, 400), 0.1 / (1 - 0.9 * mu), atol=1e-12
+    )
     a = random_symmetric_stochastic(12, 0)
     expected = np.linalg.eigvalsh(heat(a, 2.0, 6))
     got = np.sort(analysis.diffusion_spectrum(np.linalg.eigvalsh(a), hops=6, kernel="heat", t=2.0))
@@ -70,7 +79,9 @@ def test_diffusion_spectrum_of_complex_eigenvalues():
 
 
 @pytest.mark.parametrize("n,dense_max", [(60, spectral.DENSE_MAX_NODES), (300, 100)])
-def test_attention_spectrum_of_row_stochastic_attention(n, dense_max, monkeypatch, synthetic_attention):
+def test_attention_spectrum_of_row_stochastic_attention(
+    n, dense_max, monkeypatch, synthetic_attention
+):
     # dense_max < n runs the sparse (ARPACK) path on a graph small enough for a dense reference.
     monkeypatch.setattr(analysis.diffusion, "DENSE_MAX_NODES", dense_max)
     edge_index, attn = synthetic_attention(n, heads=2, seed=n)
@@ -80,10 +91,14 @@ def test_attention_spectrum_of_row_stochastic_attention(n, dense_max, monkeypatc
     np.testing.assert_allclose(result.diffused[:, 0], 1.0, atol=1e-8)
     # Low-pass: mu = 1 keeps gain 1, everything else is damped.
     assert np.all(np.abs(result.diffused[:, 1:]) < 1.0)
-    a = scipy.sparse.csr_matrix((attn[:, 0], (edge_index[1], edge_index[0])), shape=(n, n)).toarray()
+    a = scipy.sparse.csr_matrix(
+        (attn[:, 0], (edge_index[1], edge_index[0])), shape=(n, n)
+    ).toarray()
     dense = np.linalg.eigvals(a)
     top = dense[np.argsort(-np.abs(dense))][:4]
-    np.testing.assert_allclose(np.abs(result.eigs[0]), np.abs(top), atol=1e-6)  # ARPACK residual tol 1e-5
+    np.testing.assert_allclose(
+        np.abs(result.eigs[0]), np.abs(top), atol=1e-6
+    )  # ARPACK residual tol 1e-5
     for mu in result.eigs[0]:  # each is an eigenvalue of the dense matrix, not just its modulus
         assert np.min(np.abs(dense - mu)) < 1e-6
     one_head = analysis.attention_spectrum(attn[:, 0], edge_index, n, k=4)

@@ -1,11 +1,13 @@
 """Epsilon, Cheeger bounds and reachability against closed forms and dense boolean powers."""
+
 import math
 
 import networkx as nx
 import numpy as np
 import pytest
 import scipy.sparse
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import analysis
 from analysis import expansion
@@ -27,15 +29,20 @@ def dense_receptive_field(edge_index, n, hops):
 
 
 def test_complete_graph_epsilon_closed_forms():
-    assert analysis.complete_graph_epsilon(adjacency(nx.complete_graph(50))) == pytest.approx(0.0, abs=1e-12)
+    assert analysis.complete_graph_epsilon(adjacency(nx.complete_graph(50))) == pytest.approx(
+        0.0, abs=1e-12
+    )
     # Hypercube Q_d: lambda_2 = 2/d, lambda_max = 2.
-    assert analysis.complete_graph_epsilon(adjacency(nx.hypercube_graph(6))) == pytest.approx((2 - 2 / 6) / (2 + 2 / 6))
+    assert analysis.complete_graph_epsilon(adjacency(nx.hypercube_graph(6))) == pytest.approx(
+        (2 - 2 / 6) / (2 + 2 / 6)
+    )
     with pytest.warns(analysis.DisconnectedGraphWarning):
         assert analysis.complete_graph_epsilon(np.array([[0], [1]]), 3) == 1.0
 
 
 def test_gap_and_epsilon_match_closed_forms():
-    # Hypercube Q_6: lambda_2 = 2/6, lambda_max = 2. A disconnected graph: (0, 1), as the public functions.
+    # Hypercube Q_6: lambda_2 = 2/6, lambda_max = 2. A disconnected graph: (0, 1), as the public
+    # functions.
     lam2, epsilon = expansion.gap_and_epsilon(analysis.as_graph(adjacency(nx.hypercube_graph(6))))
     assert (lam2, epsilon) == pytest.approx((2 / 6, (2 - 2 / 6) / (2 + 2 / 6)))
     assert expansion.gap_and_epsilon(analysis.as_graph(np.array([[0], [1]]), 3)) == (0.0, 1.0)
@@ -52,7 +59,9 @@ def test_cheeger_bounds_bracket_the_conductance_of_a_cycle():
 
 
 @settings(max_examples=30, deadline=None)
-@given(n=st.integers(1, 30), m=st.integers(0, 80), hops=st.integers(0, 6), seed=st.integers(0, 1000))
+@given(
+    n=st.integers(1, 30), m=st.integers(0, 80), hops=st.integers(0, 6), seed=st.integers(0, 1000)
+)
 def test_receptive_field_equals_dense_boolean_powers(n, m, hops, seed):
     rng = np.random.default_rng(seed)
     edge_index = rng.integers(0, n, size=(2, m))

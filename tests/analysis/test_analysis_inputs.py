@@ -1,4 +1,5 @@
 """Every input form gives the same answer; bad input raises a clear error before any work."""
+
 import math
 
 import numpy as np
@@ -16,15 +17,21 @@ class DuckPattern:
     """Anything with to_scipy(n) is a pattern."""
 
     def to_scipy(self, n):
-        return scipy.sparse.csr_matrix((np.ones(n - 1), (np.arange(1, n), np.arange(n - 1))), shape=(n, n))
+        return scipy.sparse.csr_matrix(
+            (np.ones(n - 1), (np.arange(1, n), np.arange(n - 1))), shape=(n, n)
+        )
 
 
 def test_all_input_forms_agree():
     expected = analysis.spectral_gap(EDGES, N)
     matrix = scipy.sparse.csr_matrix((np.ones(N - 1), (EDGES[1], EDGES[0])), shape=(N, N))
     for graph, n in [
-        (torch.from_numpy(EDGES), N), (EDGES.tolist(), N), (matrix, None), (matrix.tocoo(), N),
-        (DuckPattern(), N), (analysis.as_graph(EDGES, N), None),
+        (torch.from_numpy(EDGES), N),
+        (EDGES.tolist(), N),
+        (matrix, None),
+        (matrix.tocoo(), N),
+        (DuckPattern(), N),
+        (analysis.as_graph(EDGES, N), None),
     ]:
         assert analysis.spectral_gap(graph, n) == pytest.approx(expected, rel=1e-12)
 

@@ -1,4 +1,5 @@
 """The report and `graphdiff analyze`: files written, table content, learned attention."""
+
 import math
 import os
 
@@ -63,7 +64,9 @@ def test_report_searches_reachability_once_per_row(monkeypatch):
     for row in result.rows:
         graph = analysis.as_graph(row_pattern("Window(8)"), row.n)
         assert row.hops_to_cover == analysis.hops_to_cover(graph) == math.ceil((row.n - 1) / 4)
-        np.testing.assert_array_equal(row.field, analysis.receptive_field(graph, hops=len(row.field) - 1))
+        np.testing.assert_array_equal(
+            row.field, analysis.receptive_field(graph, hops=len(row.field) - 1)
+        )
 
 
 def row_pattern(expression):
@@ -81,7 +84,12 @@ def test_report_flags_disconnected_patterns(tmp_path):
 
 def test_cli_writes_the_report(tmp_path, capsys):
     out = tmp_path / "rep"
-    assert cli.main(["--patterns", "random only", "Window(8) | Global(1)", "--n", "100", "--out", str(out)]) == 0
+    assert (
+        cli.main(
+            ["--patterns", "random only", "Window(8) | Global(1)", "--n", "100", "--out", str(out)]
+        )
+        == 0
+    )
     assert (out / "report.md").exists()
     assert "| random only | 100 |" in capsys.readouterr().out
 
@@ -104,7 +112,9 @@ def test_report_with_learned_attention(tmp_path, synthetic_attention):
     assert "## Learned attention" in result.markdown and "| 1 | 2 |" in result.markdown
     # n = 50: every eigenvalue is known, so the diffusion's column is one exact number.
     worst_a = np.abs(layers[1].eigs[:, 1]).max()
-    worst_t = max(second_diffusion_modulus(a) for a in synthetic_matrices(synthetic_attention, 50, 1))
+    worst_t = max(
+        second_diffusion_modulus(a) for a in synthetic_matrices(synthetic_attention, 50, 1)
+    )
     assert f"| 1 | 2 | {worst_a:.4f} | {worst_t:.4f} |" in result.markdown
 
 
@@ -130,7 +140,8 @@ def second_diffusion_modulus(a, alpha=0.1, hops=5):
 
 
 def attention_of(a):
-    """(attn [E], edge_index [2, E]) of a dense attention matrix, as attention_spectrum takes them."""
+    """(attn [E], edge_index [2, E]) of a dense attention matrix, as attention_spectrum takes
+    them."""
     dst, src = np.nonzero(a)
     return a[dst, src], np.stack([src, dst])
 
@@ -152,9 +163,13 @@ def test_learned_attention_column_is_the_diffusion_second_modulus():
     expected = second_diffusion_modulus(a)
     np.testing.assert_allclose(spectrum.second, [[expected, expected]], rtol=1e-9)
     # k = 2 on a dense-size graph: all eigenvalues are computed anyway, still exact.
-    np.testing.assert_allclose(analysis.attention_spectrum(*attention_of(a), n, k=2).second[0], expected)
-    assert f"| 0 | 1 | {abs(spectrum.eigs[0, 1]):.4f} | {expected:.4f} |" in report(
-        ["Window(2)"], [8], attention=[spectrum]).markdown
+    np.testing.assert_allclose(
+        analysis.attention_spectrum(*attention_of(a), n, k=2).second[0], expected
+    )
+    assert (
+        f"| 0 | 1 | {abs(spectrum.eigs[0, 1]):.4f} | {expected:.4f} |"
+        in report(["Window(2)"], [8], attention=[spectrum]).markdown
+    )
 
 
 def test_learned_attention_column_bounds_uncomputed_eigenvalues(monkeypatch, synthetic_attention):
@@ -169,17 +184,23 @@ def test_learned_attention_column_bounds_uncomputed_eigenvalues(monkeypatch, syn
     # Head 1, k = 2: mu_2 is real, the uncomputed mu may be complex with the same modulus and
     # map a little higher: an honest interval, shown as one.
     spectrum = analysis.attention_spectrum(attn[:, 1], edge_index, n, k=2)
-    (low, high), = spectrum.second
+    ((low, high),) = spectrum.second
     assert low < high
-    assert f"| 0 | 1 | {abs(spectrum.eigs[0, 1]):.4f} | [{low:.4f}, {high:.4f}] |" in report(
-        ["Window(2)"], [8], attention=[spectrum]).markdown
+    assert (
+        f"| 0 | 1 | {abs(spectrum.eigs[0, 1]):.4f} | [{low:.4f}, {high:.4f}] |"
+        in report(["Window(2)"], [8], attention=[spectrum]).markdown
+    )
 
 
 def test_pattern_unions_are_escaped_in_the_table(tmp_path):
     report(["Window(4) | Global(1)"], [32], str(tmp_path))
-    line = next(line for line in (tmp_path / "report.md").read_text().splitlines() if "Global" in line)
+    line = next(
+        line for line in (tmp_path / "report.md").read_text().splitlines() if "Global" in line
+    )
     assert line.startswith(r"| Window(4) \| Global(1) | 32 |")
-    assert len(line.replace(r"\|", "").split("|")[1:-1]) == 7  # as many cells as the header has columns
+    assert (
+        len(line.replace(r"\|", "").split("|")[1:-1]) == 7
+    )  # as many cells as the header has columns
 
 
 def test_a_single_pattern_is_one_pattern():
@@ -192,8 +213,10 @@ def test_a_single_pattern_is_one_pattern():
     assert by_object.lambda_2 == pytest.approx(analysis.spectral_gap(Window(4), 32))
 
 
-@pytest.mark.parametrize("lengths, error", [([64.5], TypeError), ([True], TypeError),
-                                            ([1], ValueError), ([], ValueError)])
+@pytest.mark.parametrize(
+    "lengths, error",
+    [([64.5], TypeError), ([True], TypeError), ([1], ValueError), ([], ValueError)],
+)
 def test_report_rejects_bad_lengths(tmp_path, lengths, error):
     with pytest.raises(error, match="lengths"):
         report(["window only"], lengths, str(tmp_path))
@@ -206,14 +229,28 @@ def test_cli_with_a_checkpoint(tmp_path, capsys):
     config = DiffuserConfig.small(layers=2, kernel="heat", t=2.0, hops=3)
     model = DiffuserForSequenceClassification(config)
     path = str(tmp_path / "tiny.pt")
-    train.save_checkpoint(path, {"model": model.state_dict(), "config": config.to_dict(), "step": 0})
+    train.save_checkpoint(
+        path, {"model": model.state_dict(), "config": config.to_dict(), "step": 0}
+    )
     out = tmp_path / "rep"
-    args = ["--patterns", "random only", "--n", "64", "--checkpoint", path, "--checkpoint-n", "96", "--k", "3"]
+    args = [
+        "--patterns",
+        "random only",
+        "--n",
+        "64",
+        "--checkpoint",
+        path,
+        "--checkpoint-n",
+        "96",
+        "--k",
+        "3",
+    ]
     assert cli.main(args + ["--out", str(out)]) == 0
     assert (out / "attention_spectra.png").exists()
     printed = capsys.readouterr().out
     assert "## Learned attention" in printed and "| 1 | " in printed
     assert "heat, t=2.0, K=3" in printed  # the checkpoint's diffusion, not the default PPR
     for layer in cli.learned_attention(path, 96, 3):
-        np.testing.assert_allclose(layer.diffused, analysis.diffusion_spectrum(
-            layer.eigs, config.alpha, 3, "heat", 2.0))
+        np.testing.assert_allclose(
+            layer.diffused, analysis.diffusion_spectrum(layer.eigs, config.alpha, 3, "heat", 2.0)
+        )

@@ -1,4 +1,5 @@
 """Spectral quantities against closed forms, networkx and dense numpy."""
+
 import math
 import warnings
 
@@ -6,7 +7,8 @@ import networkx as nx
 import numpy as np
 import pytest
 import scipy.sparse
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import analysis
 from analysis import spectral
@@ -29,8 +31,11 @@ def path_spectrum(n):
 CLOSED_FORMS = {
     # name: (graph, lambda_2, lambda_max)
     "cycle_small": (nx.cycle_graph(200), 1 - math.cos(2 * math.pi / 200), 2.0),
-    "cycle_odd_sparse": (nx.cycle_graph(SPARSE_N + 1), 1 - math.cos(2 * math.pi / (SPARSE_N + 1)),
-                         1 - math.cos(2 * math.pi * ((SPARSE_N + 1) // 2) / (SPARSE_N + 1))),
+    "cycle_odd_sparse": (
+        nx.cycle_graph(SPARSE_N + 1),
+        1 - math.cos(2 * math.pi / (SPARSE_N + 1)),
+        1 - math.cos(2 * math.pi * ((SPARSE_N + 1) // 2) / (SPARSE_N + 1)),
+    ),
     "path_small": (nx.path_graph(300), 1 - math.cos(math.pi / 299), 2.0),
     "path_sparse": (nx.path_graph(SPARSE_N), 1 - math.cos(math.pi / (SPARSE_N - 1)), 2.0),
     "complete_small": (nx.complete_graph(40), 40 / 39, 40 / 39),
@@ -139,7 +144,9 @@ def test_adjacency_lambda_closed_forms():
     assert analysis.adjacency_lambda(adjacency(nx.complete_graph(30))).lam == pytest.approx(1.0)
     assert analysis.adjacency_lambda(adjacency(nx.cycle_graph(64))).lam == pytest.approx(2.0)
     # C_64 is 2-regular with lambda = 2 = 2 sqrt(d - 1): exactly on the Ramanujan bound.
-    assert analysis.adjacency_lambda(adjacency(nx.cycle_graph(64))).ramanujan_ratio == pytest.approx(1.0)
+    assert analysis.adjacency_lambda(
+        adjacency(nx.cycle_graph(64))
+    ).ramanujan_ratio == pytest.approx(1.0)
 
 
 def test_matrices_and_reordering_are_built_once_per_graph(monkeypatch):
@@ -172,19 +179,31 @@ def test_dense_spectra_refuse_large_graphs():
         g.adjacency_spectrum
     small = analysis.as_graph(adjacency(nx.path_graph(30)))
     np.testing.assert_allclose(small.laplacian_spectrum, path_spectrum(30), atol=1e-12)
-    np.testing.assert_allclose(small.adjacency_spectrum, np.sort(2 * np.cos(np.pi * np.arange(1, 31) / 31)), atol=1e-12)
+    np.testing.assert_allclose(
+        small.adjacency_spectrum, np.sort(2 * np.cos(np.pi * np.arange(1, 31) / 31)), atol=1e-12
+    )
 
 
 def dense_laplacian_spectrum(graph: nx.Graph) -> np.ndarray:
-    return np.linalg.eigvalsh(nx.normalized_laplacian_matrix(graph, nodelist=sorted(graph.nodes)).toarray())
+    return np.linalg.eigvalsh(
+        nx.normalized_laplacian_matrix(graph, nodelist=sorted(graph.nodes)).toarray()
+    )
 
 
-@pytest.mark.parametrize("name, graph, k, method", [
-    # hub + C_1099: every 1 - (2/3) cos(2 pi j / 1099) twice, no band (the hub): Lanczos
-    ("wheel", nx.wheel_graph(1100), 3, "lanczos"),
-    # each eigenvalue of C_600 twice, and twice over for the two copies: shift-invert
-    ("two cycles", nx.disjoint_union(nx.cycle_graph(600), nx.cycle_graph(600)), 8, "shift-invert"),
-])
+@pytest.mark.parametrize(
+    "name, graph, k, method",
+    [
+        # hub + C_1099: every 1 - (2/3) cos(2 pi j / 1099) twice, no band (the hub): Lanczos
+        ("wheel", nx.wheel_graph(1100), 3, "lanczos"),
+        # each eigenvalue of C_600 twice, and twice over for the two copies: shift-invert
+        (
+            "two cycles",
+            nx.disjoint_union(nx.cycle_graph(600), nx.cycle_graph(600)),
+            8,
+            "shift-invert",
+        ),
+    ],
+)
 def test_repeated_eigenvalues_are_counted_above_the_dense_size(name, graph, k, method):
     # Single-vector Lanczos finds each distinct eigenvalue once; the answer counts repeats.
     ext = analysis.laplacian_extremes(adjacency(graph), k=k)
@@ -196,7 +215,9 @@ def test_repeated_eigenvalues_are_counted_above_the_dense_size(name, graph, k, m
 
 def test_repeated_top_adjacency_eigenvalue_of_a_disconnected_graph():
     # Two 6-regular components: mu_1 = mu_2 = 6, so lambda = 6 (the dense convention).
-    graph = nx.disjoint_union(nx.random_regular_graph(6, 600, seed=1), nx.random_regular_graph(6, 600, seed=2))
+    graph = nx.disjoint_union(
+        nx.random_regular_graph(6, 600, seed=1), nx.random_regular_graph(6, 600, seed=2)
+    )
     assert analysis.adjacency_lambda(adjacency(graph)).lam == pytest.approx(6.0, rel=1e-9)
 
 
@@ -269,15 +290,18 @@ def copies(graph: nx.Graph, count: int) -> nx.Graph:
     return nx.disjoint_union_all([graph] * count)
 
 
-@pytest.mark.parametrize("name, graph, k", [
-    # closed forms: 0, 1 (n - 2 times), 2
-    ("star", nx.star_graph(299), 40),
-    ("complete bipartite", nx.complete_bipartite_graph(120, 180), 40),
-    # each 1 - cos(2 pi j / 25) twice per cycle, 12 cycles (banded: shift-invert)
-    ("cycles", copies(nx.cycle_graph(25), 12), 40),
-    # 10 identical 3-regular graphs (no band: Lanczos), every eigenvalue 10 times
-    ("components", copies(nx.random_regular_graph(3, 30, seed=5), 10), 30),
-])
+@pytest.mark.parametrize(
+    "name, graph, k",
+    [
+        # closed forms: 0, 1 (n - 2 times), 2
+        ("star", nx.star_graph(299), 40),
+        ("complete bipartite", nx.complete_bipartite_graph(120, 180), 40),
+        # each 1 - cos(2 pi j / 25) twice per cycle, 12 cycles (banded: shift-invert)
+        ("cycles", copies(nx.cycle_graph(25), 12), 40),
+        # 10 identical 3-regular graphs (no band: Lanczos), every eigenvalue 10 times
+        ("components", copies(nx.random_regular_graph(3, 30, seed=5), 10), 30),
+    ],
+)
 def test_many_copies_are_counted_above_the_dense_size(small_limits, name, graph, k):
     ext = analysis.laplacian_extremes(adjacency(graph), k=k)
     assert ext.method in ("lanczos", "shift-invert")
@@ -289,7 +313,9 @@ def test_many_copies_are_counted_above_the_dense_size(small_limits, name, graph,
 
 
 # The fixture only patches module constants: sharing it between examples is intended.
-@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(count=st.integers(4, 10), m=st.integers(8, 30), k=st.integers(5, 30))
 def test_identical_cycles_match_the_closed_form(small_limits, count, m, k):
     # count copies of C_m: the spectrum of C_m, each value count times (disconnected: the first

@@ -1,4 +1,5 @@
 """Sequences as graphs and batches: offsets, variable lengths, masks and the padded inverse."""
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -13,7 +14,9 @@ PATTERN = Window(4) | Global(1) | Random(2, seed=1)
 
 def reference_batch(padded, lengths, pattern):
     """PyG's own batching of per-sequence graphs: the independent reference."""
-    return Batch.from_data_list([sequence_graph(padded[b, :length], pattern) for b, length in enumerate(lengths)])
+    return Batch.from_data_list(
+        [sequence_graph(padded[b, :length], pattern) for b, length in enumerate(lengths)]
+    )
 
 
 def test_sequence_graph():
@@ -41,7 +44,10 @@ def test_graph_batch_equals_pyg_batching(lengths, features):
     shape = (len(lengths), max_len, 3) if features else (len(lengths), max_len)
     padded = torch.randn(shape) if features else torch.randint(1, 50, shape)
     expected = reference_batch(padded, lengths, PATTERN)
-    for second in (torch.tensor(lengths), torch.arange(max_len) < torch.tensor(lengths).unsqueeze(1)):
+    for second in (
+        torch.tensor(lengths),
+        torch.arange(max_len) < torch.tensor(lengths).unsqueeze(1),
+    ):
         batch = graph_batch(padded, second, PATTERN)
         for key in ("x", "edge_index", "pos", "batch", "ptr"):
             assert torch.equal(batch[key], expected[key]), key
@@ -85,13 +91,20 @@ def test_left_padding_mask_gives_positions_inside_each_sequence():
     assert padded_more[0].tolist() == [3, 4, -1, -1, -1, -1]
 
 
-@pytest.mark.parametrize("args, error, match", [
-    ((torch.zeros(2, 3), torch.tensor([3, 4])), ValueError, r"lengths must lie in \[0, 3\]"),
-    ((torch.zeros(2, 3), torch.tensor([3, 0])), ValueError, "at least one token"),
-    ((torch.zeros(2, 3), torch.tensor([3.0, 1.0])), ValueError, "integer tensor"),
-    ((torch.zeros(2, 3), torch.ones(2, 4, dtype=torch.bool)), ValueError, r"mask must have shape \[B, L\]"),
-    ((torch.zeros(3), torch.tensor([3])), ValueError, "padded must be"),
-])
+@pytest.mark.parametrize(
+    "args, error, match",
+    [
+        ((torch.zeros(2, 3), torch.tensor([3, 4])), ValueError, r"lengths must lie in \[0, 3\]"),
+        ((torch.zeros(2, 3), torch.tensor([3, 0])), ValueError, "at least one token"),
+        ((torch.zeros(2, 3), torch.tensor([3.0, 1.0])), ValueError, "integer tensor"),
+        (
+            (torch.zeros(2, 3), torch.ones(2, 4, dtype=torch.bool)),
+            ValueError,
+            r"mask must have shape \[B, L\]",
+        ),
+        ((torch.zeros(3), torch.tensor([3])), ValueError, "padded must be"),
+    ],
+)
 def test_graph_batch_rejects_bad_input(args, error, match):
     with pytest.raises(error, match=match):
         graph_batch(*args, PATTERN)
@@ -104,15 +117,18 @@ def test_to_padded_rejects_bad_input():
         to_padded(torch.zeros(4), torch.tensor([0, 0, 1, 1]), max_len=1)
 
 
-@pytest.mark.parametrize("x, vector, max_len, error, match", [
-    # Unsorted: the ranks inside each sequence would be wrong, silently.
-    (torch.arange(3.0), torch.tensor([0, 1, 0]), 3, ValueError, "sorted"),
-    (torch.arange(3.0), torch.tensor([-1, 0, 0]), None, ValueError, "non-negative"),
-    (torch.arange(3.0), torch.tensor([0.0, 0.0, 1.0]), None, TypeError, "integer batch vector"),
-    (torch.arange(3.0), [0, 0, 1], None, TypeError, "integer batch vector"),
-    ([1.0, 2.0, 3.0], torch.tensor([0, 0, 1]), None, TypeError, "x must be a tensor"),
-    (torch.arange(3.0), torch.tensor([0, 0, 1]), 2.5, TypeError, "max_len must be an integer"),
-])
+@pytest.mark.parametrize(
+    "x, vector, max_len, error, match",
+    [
+        # Unsorted: the ranks inside each sequence would be wrong, silently.
+        (torch.arange(3.0), torch.tensor([0, 1, 0]), 3, ValueError, "sorted"),
+        (torch.arange(3.0), torch.tensor([-1, 0, 0]), None, ValueError, "non-negative"),
+        (torch.arange(3.0), torch.tensor([0.0, 0.0, 1.0]), None, TypeError, "integer batch vector"),
+        (torch.arange(3.0), [0, 0, 1], None, TypeError, "integer batch vector"),
+        ([1.0, 2.0, 3.0], torch.tensor([0, 0, 1]), None, TypeError, "x must be a tensor"),
+        (torch.arange(3.0), torch.tensor([0, 0, 1]), 2.5, TypeError, "max_len must be an integer"),
+    ],
+)
 def test_to_padded_names_the_bad_argument(x, vector, max_len, error, match):
     with pytest.raises(error, match=match):
         to_padded(x, vector, max_len=max_len)

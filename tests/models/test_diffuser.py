@@ -1,5 +1,6 @@
 """The Diffuser model against independent references: a dense SDPA transformer layer, per-sequence
 runs, and the pooling definitions."""
+
 import json
 
 import numpy as np
@@ -9,8 +10,13 @@ import torch.nn.functional as F
 
 from graphdiff.data import graph_batch
 from graphdiff.models import (
-    Diffuser, DiffuserConfig, DiffuserForMaskedLM, DiffuserForSequenceClassification, DiffuserLayer,
-    count_parameters, preset_config,
+    Diffuser,
+    DiffuserConfig,
+    DiffuserForMaskedLM,
+    DiffuserForSequenceClassification,
+    DiffuserLayer,
+    count_parameters,
+    preset_config,
 )
 
 torch.manual_seed(0)
@@ -31,8 +37,16 @@ def dense_post_ln_layer(layer: DiffuserLayer, x: torch.Tensor, heads: int) -> to
 
 
 def test_layer_with_one_hop_on_full_pattern_is_a_dense_transformer_layer():
-    config = DiffuserConfig(hidden=16, heads=4, ffn=32, hops=1, alpha=0.0, dropout=0.0, attention_dropout=0.0,
-                            pattern="Full()")
+    config = DiffuserConfig(
+        hidden=16,
+        heads=4,
+        ffn=32,
+        hops=1,
+        alpha=0.0,
+        dropout=0.0,
+        attention_dropout=0.0,
+        pattern="Full()",
+    )
     layer = DiffuserLayer(config).double().eval()
     x = torch.randn(11, 16, dtype=torch.double)
     edge_index = config.build_pattern()(11)
@@ -42,14 +56,16 @@ def test_layer_with_one_hop_on_full_pattern_is_a_dense_transformer_layer():
 
 
 def test_batch_equals_each_sequence_alone_and_padding_is_ignored():
-    config = DiffuserConfig.tiny(vocab_size=30, pattern="Window(4) | Global(1) | Random(2)", dropout=0.0)
+    config = DiffuserConfig.tiny(
+        vocab_size=30, pattern="Window(4) | Global(1) | Random(2)", dropout=0.0
+    )
     model = Diffuser(config).eval()
     lengths = [9, 5, 7]
     tokens = torch.randint(2, 30, (3, 9))
     mask = torch.arange(9) < torch.tensor(lengths).unsqueeze(1)
     together = model(tokens, mask)
     for b, length in enumerate(lengths):
-        alone = model(tokens[b:b + 1, :length], torch.ones(1, length, dtype=torch.bool))
+        alone = model(tokens[b : b + 1, :length], torch.ones(1, length, dtype=torch.bool))
         torch.testing.assert_close(together[b, :length], alone[0], rtol=1e-5, atol=1e-5)
     noisy = tokens.masked_fill(~mask, 17)  # other padding content changes nothing
     torch.testing.assert_close(model(noisy, mask)[mask], together[mask])
@@ -65,20 +81,24 @@ def test_outputs_come_back_where_the_mask_put_each_token():
     for model in (encoder, lm):
         out = model(tokens, mask)
         for b in range(2):
-            alone = model(tokens[b, mask[b]].unsqueeze(0), torch.ones(1, int(mask[b].sum()), dtype=torch.bool))
+            alone = model(
+                tokens[b, mask[b]].unsqueeze(0), torch.ones(1, int(mask[b].sum()), dtype=torch.bool)
+            )
             torch.testing.assert_close(out[b, mask[b]], alone[0], rtol=1e-5, atol=1e-5)
         assert torch.all(out[~mask] == 0)
 
 
-def dense_classifier(model: DiffuserForSequenceClassification, tokens: torch.Tensor,
-                     mask: torch.Tensor) -> torch.Tensor:
+def dense_classifier(
+    model: DiffuserForSequenceClassification, tokens: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
     """The classifier of a one-hop, teleport-free model on the Full pattern, written as a plain
     dense transformer (scaled_dot_product_attention), one sequence at a time."""
     encoder, logits = model.diffuser, []
     for row, keep in zip(tokens, mask):
         ids = row[keep]
-        x = encoder.embeddings.norm(encoder.embeddings.tokens(ids)
-                                    + encoder.embeddings.positions(torch.arange(ids.numel())))
+        x = encoder.embeddings.norm(
+            encoder.embeddings.tokens(ids) + encoder.embeddings.positions(torch.arange(ids.numel()))
+        )
         for layer in encoder.layers:
             x = dense_post_ln_layer(layer, x, heads=model.config.heads)
         pooled = x[0] if model.config.pooling == "cls" else x.mean(0)
@@ -88,16 +108,22 @@ def dense_classifier(model: DiffuserForSequenceClassification, tokens: torch.Ten
 
 @pytest.mark.parametrize("pooling", ["cls", "mean"])
 def test_classifier_on_either_entry_point_is_a_dense_transformer(pooling):
-    config = DiffuserConfig.tiny(vocab_size=30, hops=1, alpha=0.0, pattern="Full()",
-                                 dropout=0.0, attention_dropout=0.0, pooling=pooling,
-                                 num_classes=3)
+    config = DiffuserConfig.tiny(
+        vocab_size=30,
+        hops=1,
+        alpha=0.0,
+        pattern="Full()",
+        dropout=0.0,
+        attention_dropout=0.0,
+        pooling=pooling,
+        num_classes=3,
+    )
     model = DiffuserForSequenceClassification(config).double().eval()
     tokens = torch.randint(2, 30, (4, 20))
     mask = torch.arange(20) < torch.tensor([20, 18, 20, 3]).unsqueeze(1)
     expected = dense_classifier(model, tokens, mask)
     torch.testing.assert_close(model(tokens, mask), expected)
-    torch.testing.assert_close(model(graph_batch(tokens, mask, model.diffuser.pattern)),
-                               expected)
+    torch.testing.assert_close(model(graph_batch(tokens, mask, model.diffuser.pattern)), expected)
 
 
 @pytest.mark.parametrize("pooling", ["cls", "mean"])
@@ -145,9 +171,13 @@ def test_max_len_is_enforced_unless_truncation_is_asked_for():
     config = DiffuserConfig.tiny(vocab_size=30, max_len=16)
     model = DiffuserForSequenceClassification(config).eval()
     tokens, mask = torch.randint(2, 30, (2, 20)), torch.ones(2, 20, dtype=torch.bool)
-    with pytest.raises(ValueError, match="sequence length 20 exceeds max_len=16; pass truncate=True"):
+    with pytest.raises(
+        ValueError, match="sequence length 20 exceeds max_len=16; pass truncate=True"
+    ):
         model(tokens, mask)
-    torch.testing.assert_close(model(tokens, mask, truncate=True), model(tokens[:, :16], mask[:, :16]))
+    torch.testing.assert_close(
+        model(tokens, mask, truncate=True), model(tokens[:, :16], mask[:, :16])
+    )
     with pytest.raises(ValueError, match="needs its mask"):
         model(tokens)
 
@@ -164,23 +194,26 @@ def test_paper_base_is_the_official_configuration():
     assert count_parameters(model) == expected
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(hidden=30, heads=4), "divisible by heads"),
-    (dict(pooling="max"), "pooling must be one of"),
-    (dict(positional="rope"), "positional must be one of"),
-    (dict(layers=0), "layers must be a positive integer"),
-    (dict(dropout=1.0), "dropout must lie in"),
-    (dict(pattern="Window(8) | Nope(1)"), "unknown name 'Nope'"),
-    (dict(kernel="foo"), "'kernel' must be one of"),
-    (dict(alpha=5.0), "'alpha' must be a float in"),
-    (dict(alpha="0.1"), "'alpha' must be a float in"),
-    (dict(hops=-1), "'hops' must be >= 0"),
-    (dict(t=-1.0), "'t' must be a finite float >= 0"),
-    (dict(layer_norm_eps=-1.0), "layer_norm_eps must be a number > 0"),
-    (dict(dropout="0.1"), "dropout must lie in"),
-    (dict(attention_dropout=None), "attention_dropout must lie in"),
-    (dict(hop_dropout=True), "hop_dropout must lie in"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(hidden=30, heads=4), "divisible by heads"),
+        (dict(pooling="max"), "pooling must be one of"),
+        (dict(positional="rope"), "positional must be one of"),
+        (dict(layers=0), "layers must be a positive integer"),
+        (dict(dropout=1.0), "dropout must lie in"),
+        (dict(pattern="Window(8) | Nope(1)"), "unknown name 'Nope'"),
+        (dict(kernel="foo"), "'kernel' must be one of"),
+        (dict(alpha=5.0), "'alpha' must be a float in"),
+        (dict(alpha="0.1"), "'alpha' must be a float in"),
+        (dict(hops=-1), "'hops' must be >= 0"),
+        (dict(t=-1.0), "'t' must be a finite float >= 0"),
+        (dict(layer_norm_eps=-1.0), "layer_norm_eps must be a number > 0"),
+        (dict(dropout="0.1"), "dropout must lie in"),
+        (dict(attention_dropout=None), "attention_dropout must lie in"),
+        (dict(hop_dropout=True), "hop_dropout must lie in"),
+    ],
+)
 def test_config_rejects_bad_values(kwargs, match):
     with pytest.raises(ValueError, match=match):
         DiffuserConfig(**kwargs)
@@ -189,15 +222,22 @@ def test_config_rejects_bad_values(kwargs, match):
 def test_config_takes_numpy_scalars_as_python_numbers():
     # A sweep's np.int64 / np.float32 values: accepted as the layer accepts them, and stored as
     # int / float, since config.json cannot hold NumPy scalars.
-    config = DiffuserConfig(hidden=np.int64(64), hops=np.int64(3), alpha=np.float32(0.25),
-                            dropout=np.float32(0.5), t=np.float64(2.0))
+    config = DiffuserConfig(
+        hidden=np.int64(64),
+        hops=np.int64(3),
+        alpha=np.float32(0.25),
+        dropout=np.float32(0.5),
+        t=np.float64(2.0),
+    )
     assert json.loads(json.dumps(config.to_dict())) == config.to_dict()
     assert (type(config.hidden), type(config.hops), type(config.alpha)) == (int, int, float)
     assert (config.hops, config.alpha, config.dropout) == (3, 0.25, 0.5)
 
 
 def test_unknown_preset_lists_the_valid_ones():
-    with pytest.raises(ValueError, match="unknown preset 'huge'; valid presets: tiny, small, paper_base"):
+    with pytest.raises(
+        ValueError, match="unknown preset 'huge'; valid presets: tiny, small, paper_base"
+    ):
         preset_config("huge")
     config = DiffuserConfig.small()
     assert DiffuserConfig.from_dict(config.to_dict()) == config
@@ -207,7 +247,9 @@ def test_unknown_preset_lists_the_valid_ones():
 
 @pytest.mark.parametrize("positional", ["learned", "sinusoidal", "none"])
 def test_positional_encodings_make_positions_distinguishable(positional):
-    config = DiffuserConfig.tiny(vocab_size=10, positional=positional, dropout=0.0, pattern="Full()")
+    config = DiffuserConfig.tiny(
+        vocab_size=10, positional=positional, dropout=0.0, pattern="Full()"
+    )
     model = Diffuser(config).eval()
     tokens = torch.full((1, 6), 3)
     states = model(tokens, torch.ones(1, 6, dtype=torch.bool))[0]
@@ -260,11 +302,18 @@ def test_a_stream_of_random_lengths_keeps_no_batch_and_the_budget_holds(fresh_ca
     assert fresh_cache.bytes <= 1000
 
 
-@pytest.mark.parametrize("tokens, error, match", [
-    (torch.tensor([[1, 2, 40]]), ValueError, r"token ids must lie in \[0, vocab_size\) = \[0, 32\)"),
-    (torch.tensor([[1, -2, 3]]), ValueError, "token ids must lie in"),
-    (torch.tensor([[1.0, 2.0, 3.0]]), TypeError, "tokens must be integer ids"),
-])
+@pytest.mark.parametrize(
+    "tokens, error, match",
+    [
+        (
+            torch.tensor([[1, 2, 40]]),
+            ValueError,
+            r"token ids must lie in \[0, vocab_size\) = \[0, 32\)",
+        ),
+        (torch.tensor([[1, -2, 3]]), ValueError, "token ids must lie in"),
+        (torch.tensor([[1.0, 2.0, 3.0]]), TypeError, "tokens must be integer ids"),
+    ],
+)
 def test_bad_token_ids_are_named_before_the_embedding(tokens, error, match):
     model = Diffuser(DiffuserConfig.tiny(vocab_size=32))
     with pytest.raises(error, match=match):

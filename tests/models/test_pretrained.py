@@ -1,5 +1,6 @@
 """save_pretrained / from_pretrained: a saved model loads with the same weights, configuration and
 outputs; the weights file is plain safetensors; bad directories get clear errors."""
+
 import json
 import os
 import struct
@@ -8,12 +9,24 @@ import pytest
 import torch
 
 from graphdiff.models import (
-    Diffuser, DiffuserConfig, DiffuserForMaskedLM, DiffuserForSequenceClassification,
+    Diffuser,
+    DiffuserConfig,
+    DiffuserForMaskedLM,
+    DiffuserForSequenceClassification,
 )
 
 MODELS = (Diffuser, DiffuserForSequenceClassification, DiffuserForMaskedLM)
-CONFIG = dict(vocab_size=20, hidden=16, heads=2, ffn=32, layers=2, max_len=12, num_classes=3,
-              pad_token_id=1, pattern="diffuser(window=2, num_global=1, num_random=2)")
+CONFIG = dict(
+    vocab_size=20,
+    hidden=16,
+    heads=2,
+    ffn=32,
+    layers=2,
+    max_len=12,
+    num_classes=3,
+    pad_token_id=1,
+    pattern="diffuser(window=2, num_global=1, num_random=2)",
+)
 
 
 def build(cls):
@@ -87,11 +100,14 @@ def test_encoder_loads_from_a_task_model_directory(head, tmp_path):
         assert torch.equal(encoder(*inputs()), model.diffuser(*inputs()))
 
 
-@pytest.mark.parametrize("saved, loader", [
-    (DiffuserForMaskedLM, DiffuserForSequenceClassification),
-    (DiffuserForSequenceClassification, DiffuserForMaskedLM),
-    (Diffuser, DiffuserForMaskedLM),
-])
+@pytest.mark.parametrize(
+    "saved, loader",
+    [
+        (DiffuserForMaskedLM, DiffuserForSequenceClassification),
+        (DiffuserForSequenceClassification, DiffuserForMaskedLM),
+        (Diffuser, DiffuserForMaskedLM),
+    ],
+)
 def test_a_task_model_loads_only_its_own_class(saved, loader, tmp_path):
     build(saved).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match=f"holds a {saved.__name__}, not a {loader.__name__}"):
@@ -102,10 +118,12 @@ def test_overrides_change_what_the_weights_leave_free(tmp_path):
     model = build(DiffuserForSequenceClassification)
     model.save_pretrained(tmp_path)
     loaded = DiffuserForSequenceClassification.from_pretrained(
-        tmp_path, pattern="Full()", hops=1, alpha=0.0, dropout=0.0)
+        tmp_path, pattern="Full()", hops=1, alpha=0.0, dropout=0.0
+    )
     assert (loaded.config.pattern, loaded.config.hops, loaded.config.dropout) == ("Full()", 1, 0.0)
-    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(),
-                                                 model.state_dict().values()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values())
+    )
     with pytest.raises(ValueError, match=r"\['max_len'\] are fixed by the weights"):
         Diffuser.from_pretrained(tmp_path, max_len=24)
     with pytest.raises(ValueError, match=r"unknown DiffuserConfig fields \['windows'\]"):

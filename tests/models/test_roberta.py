@@ -1,5 +1,6 @@
 """from_roberta against Hugging Face's own RoBERTa: small random models built from a config (no
 download), compared on the real tokens of padded batches."""
+
 import functools
 
 import pytest
@@ -7,22 +8,42 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import (
-    BertConfig, BertModel, RobertaConfig, RobertaForMaskedLM, RobertaForSequenceClassification,
+    BertConfig,
+    BertModel,
+    RobertaConfig,
+    RobertaForMaskedLM,
+    RobertaForSequenceClassification,
     RobertaModel,
 )
 
 from graphdiff.models import (
-    Diffuser, DiffuserConfig, DiffuserForMaskedLM, DiffuserForSequenceClassification, from_roberta,
+    Diffuser,
+    DiffuserConfig,
+    DiffuserForMaskedLM,
+    DiffuserForSequenceClassification,
+    from_roberta,
 )
 
-HF_CONFIG = dict(vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                 intermediate_size=64, max_position_embeddings=24, layer_norm_eps=1e-5,
-                 num_labels=3, hidden_dropout_prob=0.2, attention_probs_dropout_prob=0.3)
+HF_CONFIG = dict(
+    vocab_size=40,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=64,
+    max_position_embeddings=24,
+    layer_norm_eps=1e-5,
+    num_labels=3,
+    hidden_dropout_prob=0.2,
+    attention_probs_dropout_prob=0.3,
+)
 PAD, CLS = 1, 0  # RoBERTa's ids
 PRETRAINED_LEN = 24 - PAD - 1  # positions after RoBERTa's offset
 EXACT = dict(pattern="Full()", hops=1, alpha=0.0)  # one hop of dense attention: RoBERTa's layer
-CONVERTED = {RobertaModel: Diffuser, RobertaForMaskedLM: DiffuserForMaskedLM,
-             RobertaForSequenceClassification: DiffuserForSequenceClassification}
+CONVERTED = {
+    RobertaModel: Diffuser,
+    RobertaForMaskedLM: DiffuserForMaskedLM,
+    RobertaForSequenceClassification: DiffuserForSequenceClassification,
+}
 
 
 def roberta(cls=RobertaModel, **changes):
@@ -85,8 +106,11 @@ def exact_pair():
 
 
 @settings(max_examples=15, deadline=None)
-@given(lengths=st.lists(st.integers(1, PRETRAINED_LEN), min_size=1, max_size=3),
-       left=st.booleans(), seed=st.integers(0, 2**16))
+@given(
+    lengths=st.lists(st.integers(1, PRETRAINED_LEN), min_size=1, max_size=3),
+    left=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
 def test_any_padded_batch_matches(lengths, left, seed):
     model, converted = exact_pair()
     assert_matches(converted, model, *padded(lengths, max(lengths), left, seed))
@@ -96,10 +120,23 @@ def test_configuration_comes_from_the_checkpoint_and_the_diffusion_from_paper_ba
     model = roberta(RobertaForSequenceClassification).train()
     converted = from_roberta(model)
     paper = DiffuserConfig.paper_base()
-    expected = dict(vocab_size=40, hidden=32, layers=2, heads=4, ffn=64, layer_norm_eps=1e-5,
-                    pad_token_id=PAD, max_len=PRETRAINED_LEN, num_classes=3, dropout=0.2,
-                    attention_dropout=0.3, hops=paper.hops, alpha=paper.alpha,
-                    pattern=paper.pattern, positional="learned")
+    expected = dict(
+        vocab_size=40,
+        hidden=32,
+        layers=2,
+        heads=4,
+        ffn=64,
+        layer_norm_eps=1e-5,
+        pad_token_id=PAD,
+        max_len=PRETRAINED_LEN,
+        num_classes=3,
+        dropout=0.2,
+        attention_dropout=0.3,
+        hops=paper.hops,
+        alpha=paper.alpha,
+        pattern=paper.pattern,
+        positional="learned",
+    )
     assert {name: getattr(converted.config, name) for name in expected} == expected
     assert converted.training
 
@@ -123,8 +160,11 @@ def test_longer_max_len_tiles_the_pretrained_positions():
     tokens = torch.randint(3, HF_CONFIG["vocab_size"], (max_len,))
     pos = torch.arange(max_len)
     with torch.no_grad():
-        expected = hf.LayerNorm(hf.word_embeddings(tokens) + hf.token_type_embeddings.weight[0]
-                                + hf.position_embeddings(pos % PRETRAINED_LEN + PAD + 1))
+        expected = hf.LayerNorm(
+            hf.word_embeddings(tokens)
+            + hf.token_type_embeddings.weight[0]
+            + hf.position_embeddings(pos % PRETRAINED_LEN + PAD + 1)
+        )
         torch.testing.assert_close(converted.embeddings(tokens, pos), expected, atol=1e-6, rtol=0)
     assert converted(*padded([max_len], width=max_len)).shape == (1, max_len, 32)
     assert_matches(converted, model, *padded([PRETRAINED_LEN, 7], width=PRETRAINED_LEN))
@@ -144,21 +184,32 @@ def test_converted_model_saved_and_loaded_still_matches(tmp_path):
 
 
 def test_other_architectures_are_refused():
-    bert = BertModel(BertConfig(vocab_size=40, hidden_size=32, num_hidden_layers=1,
-                                num_attention_heads=4, intermediate_size=64))
+    bert = BertModel(
+        BertConfig(
+            vocab_size=40,
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            intermediate_size=64,
+        )
+    )
     for wrong in (bert, object(), roberta().encoder):
-        with pytest.raises(TypeError, match="RobertaModel, RobertaForMaskedLM or "
-                                            "RobertaForSequenceClassification"):
+        with pytest.raises(
+            TypeError, match="RobertaModel, RobertaForMaskedLM or RobertaForSequenceClassification"
+        ):
             from_roberta(wrong)
 
 
-@pytest.mark.parametrize("change, message", [
-    (dict(hidden_act="gelu_new"), "hidden_act='gelu'"),
-    (dict(hidden_act="relu"), "hidden_act='gelu'"),
-    (dict(position_embedding_type="relative_key"), "position_embedding_type='absolute'"),
-    (dict(is_decoder=True), "is_decoder=False"),
-    (dict(pad_token_id=23, max_position_embeddings=24), "leaves no position"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(hidden_act="gelu_new"), "hidden_act='gelu'"),
+        (dict(hidden_act="relu"), "hidden_act='gelu'"),
+        (dict(position_embedding_type="relative_key"), "position_embedding_type='absolute'"),
+        (dict(is_decoder=True), "is_decoder=False"),
+        (dict(pad_token_id=23, max_position_embeddings=24), "leaves no position"),
+    ],
+)
 def test_incompatible_configurations_are_refused(change, message):
     with pytest.raises(ValueError, match=message):
         from_roberta(roberta(**change))
@@ -171,13 +222,15 @@ def test_untied_decoder_is_refused():
         from_roberta(model)
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (dict(hidden=64), r"\['hidden'\] are fixed by the weights of the RobertaModel"),
-    (dict(num_classes=5, vocab_size=3), r"\['num_classes', 'vocab_size'\] are fixed"),
-    (dict(positional="sinusoidal"), "fixed"),
-    (dict(window=64), r"unknown DiffuserConfig fields \['window'\]"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(hidden=64), r"\['hidden'\] are fixed by the weights of the RobertaModel"),
+        (dict(num_classes=5, vocab_size=3), r"\['num_classes', 'vocab_size'\] are fixed"),
+        (dict(positional="sinusoidal"), "fixed"),
+        (dict(window=64), r"unknown DiffuserConfig fields \['window'\]"),
+    ],
+)
 def test_overrides_the_checkpoint_fixes_are_refused(overrides, message):
     with pytest.raises(ValueError, match=message):
         from_roberta(roberta(), **overrides)
-

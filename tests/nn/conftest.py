@@ -12,4 +12,3 @@ def head_calls(request, monkeypatch):
         monkeypatch.setattr(graph_module, "MAX_STACKED_EDGES", 0)
         monkeypatch.setattr(graph_module, "MAX_STACKED_NODES", 0)
     return request.param
-

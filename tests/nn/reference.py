@@ -1,4 +1,5 @@
 """Dense float64 references for attention diffusion (small graphs only)."""
+
 from __future__ import annotations
 
 import math
@@ -7,8 +8,9 @@ import torch
 from torch import Tensor
 
 
-def random_graph(num_nodes: int, num_edges: int, seed: int = 0, self_loops: bool = True,
-                 shuffle: bool = True) -> Tensor:
+def random_graph(
+    num_nodes: int, num_edges: int, seed: int = 0, self_loops: bool = True, shuffle: bool = True
+) -> Tensor:
     """A duplicate-free random edge_index, in random order unless ``shuffle=False``."""
     gen = torch.Generator().manual_seed(seed)
     flat = torch.randperm(num_nodes * num_nodes, generator=gen)[:num_edges]
@@ -31,8 +33,9 @@ def dense_attention(q: Tensor, k: Tensor, edge_index: Tensor) -> Tensor:
     return torch.softmax(scores, dim=-1).nan_to_num(0.0)
 
 
-def dense_diffuse(A: Tensor, v: Tensor, hops: int, alpha: float, kernel: str = "ppr",
-                  t: float = 1.0) -> Tensor:
+def dense_diffuse(
+    A: Tensor, v: Tensor, hops: int, alpha: float, kernel: str = "ppr", t: float = 1.0
+) -> Tensor:
     """The PPR recursion or the heat series, on dense ``A [H, N, N]``."""
     vh = v.transpose(0, 1)  # [H, N, C]
     if kernel == "ppr":
@@ -40,8 +43,9 @@ def dense_diffuse(A: Tensor, v: Tensor, hops: int, alpha: float, kernel: str = "
         for _ in range(hops):
             z = (1 - alpha) * A @ z + alpha * vh
     else:
-        theta = torch.tensor([t**k / math.factorial(k) for k in range(hops + 1)],
-                             dtype=torch.float64)
+        theta = torch.tensor(
+            [t**k / math.factorial(k) for k in range(hops + 1)], dtype=torch.float64
+        )
         theta = theta / theta.sum()
         z, power = torch.zeros_like(vh), vh
         for k in range(hops + 1):
@@ -62,6 +66,7 @@ def dense_layer(conv, x: Tensor, edge_index: Tensor) -> Tensor:
     q = conv.lin_query(x_dst).view(-1, heads, channels)
     k = conv.lin_key(x_src).view(-1, heads, channels)
     v = conv.lin_value(x_src).view(-1, heads, channels)
-    out = dense_diffuse(dense_attention(q, k, edge_index), v, conv.hops, conv.alpha,
-                        conv.kernel, conv.t)
+    out = dense_diffuse(
+        dense_attention(q, k, edge_index), v, conv.hops, conv.alpha, conv.kernel, conv.t
+    )
     return out.reshape(out.size(0), -1) if conv.concat else out.mean(1)

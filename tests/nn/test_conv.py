@@ -3,10 +3,10 @@ import copy
 import numpy as np
 import pytest
 import torch
+from torch_geometric import EdgeIndex
 from torch_geometric.data import Batch, Data
 from torch_geometric.explain import Explainer
 from torch_geometric.explain.algorithm import AttentionExplainer
-from torch_geometric import EdgeIndex
 from torch_geometric.nn import Sequential
 from torch_geometric.typing import WITH_TORCH_SPARSE, SparseTensor
 
@@ -19,8 +19,10 @@ N, F_IN = 10, 8
 
 def inputs(n=N, channels=F_IN, edges=40, seed=0):
     gen = torch.Generator().manual_seed(seed)
-    return (torch.randn(n, channels, generator=gen, dtype=torch.float64),
-            random_graph(n, edges, seed=seed))
+    return (
+        torch.randn(n, channels, generator=gen, dtype=torch.float64),
+        random_graph(n, edges, seed=seed),
+    )
 
 
 def make(*args, **kwargs):
@@ -30,9 +32,11 @@ def make(*args, **kwargs):
 
 def test_repr():
     assert str(AttentionDiffusion(16, 8, heads=4)) == (
-        "AttentionDiffusion(16, 8, heads=4, hops=5, alpha=0.1, kernel='ppr')")
+        "AttentionDiffusion(16, 8, heads=4, hops=5, alpha=0.1, kernel='ppr')"
+    )
     assert str(AttentionDiffusion((4, 6), 2, hops=2, alpha=0.3, kernel="heat", t=2.0)) == (
-        "AttentionDiffusion((4, 6), 2, heads=1, hops=2, alpha=0.3, kernel='heat', t=2.0)")
+        "AttentionDiffusion((4, 6), 2, heads=1, hops=2, alpha=0.3, kernel='heat', t=2.0)"
+    )
 
 
 def test_reset_parameters():
@@ -77,8 +81,10 @@ def adjacencies(ei, n):
     yield "DiffusionGraph", diffusion_graph(ei, (n, n))
     yield "coo", adj
     shuffled = torch.randperm(ei.size(1), generator=torch.Generator().manual_seed(0))
-    yield "uncoalesced coo", torch.sparse_coo_tensor(ei.flip(0)[:, shuffled], value[shuffled],
-                                                     (n, n))
+    yield (
+        "uncoalesced coo",
+        torch.sparse_coo_tensor(ei.flip(0)[:, shuffled], value[shuffled], (n, n)),
+    )
     yield "csr", adj.to_sparse_csr()
     yield "csc", adj.to_sparse_csc()
     if WITH_TORCH_SPARSE:
@@ -148,8 +154,9 @@ def test_bipartite():
     out = conv((x_src, x_dst), ei)
     q = conv.lin_query(x_dst).view(N, 2, 4)
     k, v = conv.lin_key(x_src).view(N, 2, 4), conv.lin_value(x_src).view(N, 2, 4)
-    torch.testing.assert_close(out, dense_diffuse(dense_attention(q, k, ei), v, 3, 0.1)
-                               .reshape(N, 8))
+    torch.testing.assert_close(
+        out, dense_diffuse(dense_attention(q, k, ei), v, 3, 0.1).reshape(N, 8)
+    )
 
     # Cross-attention between different node sets: one hop, no teleport.
     x_dst = x_dst[:4]
@@ -164,15 +171,17 @@ def test_bipartite():
         weight = torch.randn_like(out)
         inputs_ = (x_src, x_dst, *cross.parameters())
         got = torch.autograd.grad((out * weight).sum(), inputs_, allow_unused=True)
-        want = torch.autograd.grad((expected.reshape(4, 8) * weight).sum(), inputs_,
-                                   allow_unused=True)
+        want = torch.autograd.grad(
+            (expected.reshape(4, 8) * weight).sum(), inputs_, allow_unused=True
+        )
         for g, w in zip(got, want):
             torch.testing.assert_close(g, w)
         for hops in (0, 2):  # hops=0 would return V, a row per source
             for weights in (False, True):
                 with pytest.raises(ValueError, match="sources as targets"):
                     make((6, 5), 4, hops=hops, fused=fused)(
-                        (x_src, x_dst), ei, return_attention_weights=weights)
+                        (x_src, x_dst), ei, return_attention_weights=weights
+                    )
 
 
 @pytest.mark.parametrize("concat", [True, False])
@@ -266,8 +275,9 @@ def test_bad_arguments():
     lazy = make(-1, 4, dropout=0)
     torch.testing.assert_close(lazy(x, ei), dense_layer(lazy, x, ei))
     numpy_args = make(np.int64(F_IN), np.int64(4), heads=np.int64(2), dropout=np.float32(0.1))
-    torch.testing.assert_close(numpy_args.eval()(x, ei),
-                               make(F_IN, 4, heads=2, dropout=0.1).eval()(x, ei))
+    torch.testing.assert_close(
+        numpy_args.eval()(x, ei), make(F_IN, 4, heads=2, dropout=0.1).eval()(x, ei)
+    )
     with_vectors = torch.sparse_coo_tensor(ei.flip(0), torch.randn(ei.size(1), 3), (N, N, 3))
     torch.testing.assert_close(make(F_IN, 4)(x, with_vectors), make(F_IN, 4)(x, ei))
     lazy = make((-1, F_IN), 4)
@@ -318,14 +328,18 @@ def test_hops_zero_returns_values_without_computing_attention(monkeypatch):
 
 def test_sequential():
     x, ei = inputs()
-    model = Sequential("x, edge_index", [
-        (make(F_IN, 4, heads=2), "x, edge_index -> x"),
-        torch.nn.ReLU(),
-        (make(8, 3, heads=2, concat=False), "x, edge_index -> x"),
-    ])
+    model = Sequential(
+        "x, edge_index",
+        [
+            (make(F_IN, 4, heads=2), "x, edge_index -> x"),
+            torch.nn.ReLU(),
+            (make(8, 3, heads=2, concat=False), "x, edge_index -> x"),
+        ],
+    )
     first, second = [m for m in model.modules() if isinstance(m, AttentionDiffusion)]
-    torch.testing.assert_close(model(x, ei), dense_layer(second, dense_layer(first, x, ei).relu(),
-                                                         ei))
+    torch.testing.assert_close(
+        model(x, ei), dense_layer(second, dense_layer(first, x, ei).relu(), ei)
+    )
 
 
 def test_batch_of_graphs_equals_graphs_one_by_one():
@@ -366,15 +380,21 @@ class _Net(torch.nn.Module):
 def test_attention_explainer_returns_edge_mask(monkeypatch):
     x, ei = inputs()
     x = x.float()
-    explainer = Explainer(_Net(), algorithm=AttentionExplainer(), explanation_type="model",
-                          node_mask_type=None, edge_mask_type="object",
-                          model_config=dict(mode="multiclass_classification",
-                                            task_level="node", return_type="raw"))
+    explainer = Explainer(
+        _Net(),
+        algorithm=AttentionExplainer(),
+        explanation_type="model",
+        node_mask_type=None,
+        edge_mask_type="object",
+        model_config=dict(mode="multiclass_classification", task_level="node", return_type="raw"),
+    )
     messages = []
     original = AttentionDiffusion.message
-    monkeypatch.setattr(AttentionDiffusion, "message",
-                        lambda self, x_j, alpha: messages.append(alpha) or original(self, x_j,
-                                                                                   alpha))
+    monkeypatch.setattr(
+        AttentionDiffusion,
+        "message",
+        lambda self, x_j, alpha: messages.append(alpha) or original(self, x_j, alpha),
+    )
     explanation = explainer(x, ei, index=2)
     assert len(messages) == 2 + 2  # the reference path: one propagate per hop, two layers
     mask = explanation.edge_mask

@@ -39,8 +39,10 @@ def test_attention_diffusion_net_learns_karate():
     assert results["karate"]["AttentionDiffusion"][0] > 0.5  # 4 classes: chance is 0.25
 
 
-@pytest.mark.parametrize("argv, message", [(["--epochs", "0"], "must be >= 1"),
-                                           (["--seeds", "1", "1"], "--seeds must be distinct")])
+@pytest.mark.parametrize(
+    "argv, message",
+    [(["--epochs", "0"], "must be >= 1"), (["--seeds", "1", "1"], "--seeds must be distinct")],
+)
 def test_node_classification_example_refuses_bad_arguments(argv, message, capsys):
     with pytest.raises(SystemExit):
         load_example().main(argv)

@@ -5,15 +5,16 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch_geometric.nn import APPNP
 
 import analysis
 from graphdiff.nn import diffusion_graph
 from graphdiff.nn import graph as graph_module
-from graphdiff.nn.graph import DiffusionGraph
 from graphdiff.nn.functional import diffuse, edge_softmax_attention, recursion_coefficients
+from graphdiff.nn.graph import DiffusionGraph
 
 from .reference import dense_attention, dense_diffuse, edge_values, random_graph
 
@@ -59,8 +60,10 @@ def test_heat_coefficients_sum_to_one():
     assert s == 1.0 and math.isclose(sum(c), 1.0)
 
 
-@pytest.mark.parametrize("kernel, hops, alpha, t", [("ppr", 5, 0.1, 1.0), ("ppr", 3, 0.35, 1.0),
-                                                    ("heat", 5, 0.1, 2.0), ("heat", 0, 0.1, 3.0)])
+@pytest.mark.parametrize(
+    "kernel, hops, alpha, t",
+    [("ppr", 5, 0.1, 1.0), ("ppr", 3, 0.35, 1.0), ("heat", 5, 0.1, 2.0), ("heat", 0, 0.1, 3.0)],
+)
 def test_the_recursion_unrolls_to_the_analysis_weights(kernel, hops, alpha, t):
     # Z_0 = c_0 V, Z_{m+1} = s A Z_m + c_{m+1} V, as a polynomial in A: the weights theta_k of
     # A^k that analysis.diffusion_coefficients gives independently, in closed form.
@@ -68,7 +71,9 @@ def test_the_recursion_unrolls_to_the_analysis_weights(kernel, hops, alpha, t):
     poly = [c[0]]
     for m in range(hops):
         poly = [c[m + 1]] + [s * coefficient for coefficient in poly]
-    np.testing.assert_allclose(poly, analysis.diffusion_coefficients(alpha, hops, kernel, t), rtol=1e-12)
+    np.testing.assert_allclose(
+        poly, analysis.diffusion_coefficients(alpha, hops, kernel, t), rtol=1e-12
+    )
 
 
 @pytest.mark.parametrize("hops,alpha", [(1, 0.1), (3, 0.2), (5, 0.1)])
@@ -86,8 +91,9 @@ def test_one_hop_on_full_pattern_is_sdpa():
     ei = torch.cartesian_prod(torch.arange(N), torch.arange(N)).t()  # all (source, target)
     q, k, v = features(seed=4)
     out = diffuse(edge_softmax_attention(q, k, ei), v, ei, hops=1, alpha=0.0)
-    expected = F.scaled_dot_product_attention(q.transpose(0, 1), k.transpose(0, 1),
-                                              v.transpose(0, 1)).transpose(0, 1)
+    expected = F.scaled_dot_product_attention(
+        q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1)
+    ).transpose(0, 1)
     torch.testing.assert_close(out, expected)
 
 
@@ -96,8 +102,9 @@ def test_limit_within_truncation_bound(hops, alpha):
     ei = random_graph(N, 50, seed=5)
     q, k, v = features(seed=5)
     A = dense_attention(q, k, ei)
-    limit = alpha * torch.linalg.solve(torch.eye(N, dtype=torch.float64) - (1 - alpha) * A,
-                                       v.transpose(0, 1)).transpose(0, 1)
+    limit = alpha * torch.linalg.solve(
+        torch.eye(N, dtype=torch.float64) - (1 - alpha) * A, v.transpose(0, 1)
+    ).transpose(0, 1)
     out = diffuse(edge_softmax_attention(q, k, ei), v, ei, hops, alpha)
     # Z_K - Z_inf = ((1 - alpha) A)^K (V - Z_inf) and A is row-stochastic.
     bound = (1 - alpha) ** hops * (v - limit).abs().max()
@@ -204,8 +211,9 @@ def test_head_major_and_node_major_features(node_major, head_calls):
     weight = torch.randn_like(expected)
     grads = torch.autograd.grad((out * weight).sum(), (q_, k_, v_))
     q, k, v = (x.requires_grad_() for x in (q, k, v))
-    dense = torch.autograd.grad((dense_diffuse(dense_attention(q, k, ei), v, 3, 0.2) * weight)
-                                .sum(), (q, k, v))
+    dense = torch.autograd.grad(
+        (dense_diffuse(dense_attention(q, k, ei), v, 3, 0.2) * weight).sum(), (q, k, v)
+    )
     for got, want in zip(grads, dense):
         if per_head:
             assert got.stride() == q_.stride()
@@ -223,23 +231,37 @@ def test_stacked_graph_is_block_diagonal(num_nodes):
     stacked = graph.stacked(3)
     assert graph.stacked(3) is stacked and graph.stacked(1) is graph
     blocks = [graph.csr(head).to_dense() for head in values]
-    torch.testing.assert_close(stacked.csr(values.reshape(-1)).to_dense(),
-                               torch.block_diag(*blocks))
+    torch.testing.assert_close(
+        stacked.csr(values.reshape(-1)).to_dense(), torch.block_diag(*blocks)
+    )
     # The transpose comes from the source graph's; a stack that outlived its source sorts.
     orphan = DiffusionGraph(graph.col, graph.row, num_nodes, sorted_by_target=True).stacked(3)
     gc.collect()
     assert orphan._stack_of[0]() is None
     for stack in (stacked, orphan):
         transposed = stack.transpose_values(values.reshape(-1))
-        torch.testing.assert_close(stack.csr(transposed, transpose=True).to_dense(),
-                                   torch.block_diag(*blocks).t())
+        torch.testing.assert_close(
+            stack.csr(transposed, transpose=True).to_dense(), torch.block_diag(*blocks).t()
+        )
 
 
-@pytest.mark.parametrize("heads, edges_in_graphs, nodes_in_graphs, expected", [
-    (8, 8, 8, 8), (8, 7, 8, 4), (8, 3, 8, 2), (8, 1.5, 8, 1), (6, 4, 8, 3), (7, 6, 8, 1),
-    (1, 100, 100, 1), (8, 8, 3, 2), (8, 8, 1, 1)])
-def test_heads_per_call_is_the_largest_divisor_that_fits(heads, edges_in_graphs,
-                                                         nodes_in_graphs, expected, monkeypatch):
+@pytest.mark.parametrize(
+    "heads, edges_in_graphs, nodes_in_graphs, expected",
+    [
+        (8, 8, 8, 8),
+        (8, 7, 8, 4),
+        (8, 3, 8, 2),
+        (8, 1.5, 8, 1),
+        (6, 4, 8, 3),
+        (7, 6, 8, 1),
+        (1, 100, 100, 1),
+        (8, 8, 3, 2),
+        (8, 8, 1, 1),
+    ],
+)
+def test_heads_per_call_is_the_largest_divisor_that_fits(
+    heads, edges_in_graphs, nodes_in_graphs, expected, monkeypatch
+):
     n_src, n_dst = 9, N  # bipartite: the larger side counts
     gen = torch.Generator().manual_seed(16)
     flat = torch.randperm(n_src * n_dst, generator=gen)[:40]
@@ -268,8 +290,11 @@ def test_heads_stacked_in_groups_match_dense(node_major, num_src, monkeypatch):
     q_, k_, v_ = (in_layout(x, node_major) for x in (q, k, v))
     out = diffuse(edge_softmax_attention(q_, k_, graph), v_, graph, hops, alpha)
     dense = dense_attention(q, k, ei)
-    expected = (torch.einsum("hij,jhc->ihc", dense, v) if num_src != N
-                else dense_diffuse(dense, v, hops, alpha))
+    expected = (
+        torch.einsum("hij,jhc->ihc", dense, v)
+        if num_src != N
+        else dense_diffuse(dense, v, hops, alpha)
+    )
     torch.testing.assert_close(out, expected)
     weight = torch.randn_like(expected)
     got = torch.autograd.grad((out * weight).sum(), (q, k, v))
@@ -289,8 +314,9 @@ def test_stacked_and_per_head_calls_draw_the_same_hop_dropout(monkeypatch):
         monkeypatch.setattr(graph_module, "MAX_STACKED_NODES", limit)
         assert diffusion_graph(ei, (N, N)).heads_per_call(H) == per_call
         torch.manual_seed(0)
-        outputs.append(diffuse(edge_softmax_attention(q, k, ei), v, ei, 3, 0.1,
-                               hop_dropout=0.5, training=True))
+        outputs.append(
+            diffuse(edge_softmax_attention(q, k, ei), v, ei, 3, 0.1, hop_dropout=0.5, training=True)
+        )
     torch.testing.assert_close(outputs[0], outputs[1])
 
 
@@ -350,10 +376,20 @@ def test_never_materialises_per_edge_features():
     assert mode.largest <= max(E * heads, hops * n * heads * channels)
 
 
-@pytest.mark.parametrize("bad", [
-    dict(hops=-1), dict(hops=1.5), dict(alpha=-0.1), dict(alpha=1.5),
-    dict(kernel="gauss"), dict(t=-1.0), dict(hop_dropout=1.0), dict(alpha=True),
-    dict(t=True)])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(hops=-1),
+        dict(hops=1.5),
+        dict(alpha=-0.1),
+        dict(alpha=1.5),
+        dict(kernel="gauss"),
+        dict(t=-1.0),
+        dict(hop_dropout=1.0),
+        dict(alpha=True),
+        dict(t=True),
+    ],
+)
 def test_bad_diffusion_arguments(bad):
     ei = random_graph(N, 30)
     q, k, v = features()
@@ -370,8 +406,16 @@ def test_numpy_scalar_diffusion_arguments_match_python_numbers(kernel):
     q, k, v = features(seed=23)
     attn = edge_softmax_attention(q, k, ei)
     expected = diffuse(attn, v, ei, 3, 0.25, kernel, 1.5, hop_dropout=0.5)
-    got = diffuse(attn, v, ei, np.int64(3), np.float32(0.25), kernel, np.float32(1.5),
-                  hop_dropout=np.float64(0.5))
+    got = diffuse(
+        attn,
+        v,
+        ei,
+        np.int64(3),
+        np.float32(0.25),
+        kernel,
+        np.float32(1.5),
+        hop_dropout=np.float64(0.5),
+    )
     torch.testing.assert_close(got, expected)
 
 
@@ -400,8 +444,9 @@ def test_bad_features():
         with pytest.raises(TypeError, match="num_nodes"):
             edge_softmax_attention(q, k, ei, num_nodes=bad)
     for int_like in (np.int64(N), torch.tensor(N), (np.int32(N), torch.tensor(N))):
-        torch.testing.assert_close(edge_softmax_attention(q, k, ei, num_nodes=int_like),
-                                   edge_softmax_attention(q, k, ei))
+        torch.testing.assert_close(
+            edge_softmax_attention(q, k, ei, num_nodes=int_like), edge_softmax_attention(q, k, ei)
+        )
     for bad in ("0.5", torch.tensor(0.5, requires_grad=True), torch.tensor([0.5]), True):
         with pytest.raises(TypeError, match="'scale'"):
             edge_softmax_attention(q, k, ei, scale=bad)
@@ -409,8 +454,10 @@ def test_bad_features():
         with pytest.raises(ValueError, match="'scale'"):
             edge_softmax_attention(q, k, ei, scale=bad)
     for constant in (np.float32(0.5), torch.tensor(0.5)):
-        torch.testing.assert_close(edge_softmax_attention(q, k, ei, scale=constant),
-                                   edge_softmax_attention(q, k, ei, scale=0.5))
+        torch.testing.assert_close(
+            edge_softmax_attention(q, k, ei, scale=constant),
+            edge_softmax_attention(q, k, ei, scale=0.5),
+        )
     for empty in (q[:, :0], q[..., :0]):  # no heads, no channels
         with pytest.raises(ValueError, match="'q'"):
             edge_softmax_attention(empty, empty, ei)
@@ -424,8 +471,14 @@ def test_bad_features():
 
 
 @settings(max_examples=25, deadline=None)
-@given(n=st.integers(1, 10), density=st.floats(0.0, 1.0), hops=st.integers(0, 4),
-       alpha=st.floats(0.0, 1.0), seed=st.integers(0, 1000), loops=st.booleans())
+@given(
+    n=st.integers(1, 10),
+    density=st.floats(0.0, 1.0),
+    hops=st.integers(0, 4),
+    alpha=st.floats(0.0, 1.0),
+    seed=st.integers(0, 1000),
+    loops=st.booleans(),
+)
 def test_property_matches_dense(n, density, hops, alpha, seed, loops):
     ei = random_graph(n, int(density * n * n), seed=seed, self_loops=loops)
     q, k, v = features(n, 2, 3, seed=seed)
@@ -442,11 +495,17 @@ def test_duplicate_edges_are_separate_edges(num_src, num_dst):
 
     gen = torch.Generator().manual_seed(21)
     edges = 3 * num_src * num_dst + 1
-    ei = torch.stack([torch.randint(num_src, (edges,), generator=gen),
-                      torch.randint(num_dst, (edges,), generator=gen)])
+    ei = torch.stack(
+        [
+            torch.randint(num_src, (edges,), generator=gen),
+            torch.randint(num_dst, (edges,), generator=gen),
+        ]
+    )
     q = torch.randn(num_dst, H, C, generator=gen, dtype=torch.float64, requires_grad=True)
-    k, v = (torch.randn(num_src, H, C, generator=gen, dtype=torch.float64, requires_grad=True)
-            for _ in range(2))
+    k, v = (
+        torch.randn(num_src, H, C, generator=gen, dtype=torch.float64, requires_grad=True)
+        for _ in range(2)
+    )
     graph = diffusion_graph(ei, (num_src, num_dst))
     hops, alpha = (3, 0.2) if num_src == num_dst else (1, 0.0)  # bipartite: one plain hop
     attn = edge_softmax_attention(q, k, graph)
@@ -455,9 +514,13 @@ def test_duplicate_edges_are_separate_edges(num_src, num_dst):
     scores = (q[ei[1]] * k[ei[0]]).sum(-1) / math.sqrt(C)
     expected_attn = softmax(scores, ei[1], num_nodes=num_dst)
     dense = torch.zeros(H, num_dst, num_src, dtype=torch.float64).index_put(
-        (torch.arange(H)[:, None], ei[1], ei[0]), expected_attn.t(), accumulate=True)
-    expected = (torch.einsum("hij,jhc->ihc", dense, v) if num_src != num_dst
-                else dense_diffuse(dense, v, hops, alpha))
+        (torch.arange(H)[:, None], ei[1], ei[0]), expected_attn.t(), accumulate=True
+    )
+    expected = (
+        torch.einsum("hij,jhc->ihc", dense, v)
+        if num_src != num_dst
+        else dense_diffuse(dense, v, hops, alpha)
+    )
     torch.testing.assert_close(attn, expected_attn)
     torch.testing.assert_close(out, expected)
     weight = torch.randn_like(out)

@@ -1,5 +1,6 @@
 """The layer inside the tools PyG pipelines use: inference mode, pickling, torch.compile,
 MessagePassing options and higher-order gradients."""
+
 import pickle
 
 import pytest
@@ -44,7 +45,9 @@ def test_a_sparse_adjacency_made_under_inference_mode_works_outside_it():
 
 
 def test_a_model_evaluated_under_inference_mode_first_still_trains():
-    model = DiffuserForSequenceClassification(DiffuserConfig.tiny(vocab_size=12, pattern="Window(4) | Global(1)"))
+    model = DiffuserForSequenceClassification(
+        DiffuserConfig.tiny(vocab_size=12, pattern="Window(4) | Global(1)")
+    )
     tokens, mask = torch.randint(1, 12, (2, 23)), torch.ones(2, 23, dtype=torch.bool)
     with torch.inference_mode():  # e.g. Lightning's sanity validation: patterns built here
         model.eval()(tokens, mask)
@@ -52,14 +55,19 @@ def test_a_model_evaluated_under_inference_mode_first_still_trains():
     assert model.diffuser.embeddings.tokens.weight.grad is not None
 
 
-@pytest.mark.parametrize("option", [{"aggr": "mean"}, {"aggr": "max"}, {"flow": "target_to_source"}])
+@pytest.mark.parametrize(
+    "option", [{"aggr": "mean"}, {"aggr": "max"}, {"flow": "target_to_source"}]
+)
 def test_message_passing_options_the_kernels_do_not_implement_are_refused(option):
     with pytest.raises(ValueError, match="AttentionDiffusion supports only"):
         layer(**option)
 
 
 def test_a_prebuilt_graph_pickles_after_a_multi_head_forward():
-    graph, x = DiffusionGraph(EDGE_INDEX[0], EDGE_INDEX[1], (6, 6)), torch.randn(6, 5, requires_grad=True)
+    graph, x = (
+        DiffusionGraph(EDGE_INDEX[0], EDGE_INDEX[1], (6, 6)),
+        torch.randn(6, 5, requires_grad=True),
+    )
     conv = layer()
     expected = conv(x, graph)
     expected.sum().backward()  # builds (and caches) the stacked graph of the two heads
@@ -80,7 +88,9 @@ def test_second_derivatives_are_a_clear_error(loss):
 
 def test_compiled_model_on_padded_input_matches_eager():
     torch.manual_seed(0)
-    model = DiffuserForSequenceClassification(DiffuserConfig.tiny(vocab_size=12, pattern="Window(4) | Global(1)")).eval()
+    model = DiffuserForSequenceClassification(
+        DiffuserConfig.tiny(vocab_size=12, pattern="Window(4) | Global(1)")
+    ).eval()
     tokens = torch.randint(1, 12, (2, 17))
     mask = torch.arange(17) < torch.tensor([17, 9]).unsqueeze(1)
     compiled = torch.compile(model, backend="eager")  # dynamo's tracing, without a C++ build

@@ -1,12 +1,24 @@
 """Operators are set operations on edges; presets, repr, parsing, hashing and caching."""
+
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from graphdiff.patterns import (
-    BlockRandom, BlockWindow, Full, Global, Pattern, Random, Strided, Window,
-    bigbird, diffuser, longformer, parse_pattern, sparse_transformer,
+    BlockRandom,
+    BlockWindow,
+    Full,
+    Global,
+    Pattern,
+    Random,
+    Strided,
+    Window,
+    bigbird,
+    diffuser,
+    longformer,
+    parse_pattern,
+    sparse_transformer,
 )
 
 
@@ -39,7 +51,15 @@ def test_operators_are_set_operations(p, q, n, self_loops):
 @settings(max_examples=40, deadline=None)
 @given(p=blocks, q=blocks, r=blocks)
 def test_repr_reads_like_the_expression(p, q, r):
-    for pattern in [p, p | q, p & q, (p | q) & r, p | (q & r), (p | q).causal(), (p & r).symmetric().causal()]:
+    for pattern in [
+        p,
+        p | q,
+        p & q,
+        (p | q) & r,
+        p | (q & r),
+        (p | q).causal(),
+        (p & r).symmetric().causal(),
+    ]:
         rebuilt = eval(repr(pattern))
         assert rebuilt == pattern and hash(rebuilt) == hash(pattern)
         assert parse_pattern(repr(pattern)) == pattern
@@ -79,7 +99,9 @@ def test_presets_compose_the_published_patterns():
 def test_presets_work_on_sequences_shorter_than_their_global_part(n):
     # Every token is global when the sequence is shorter than the global tokens: full attention.
     assert torch.equal(diffuser(window=4, num_global=8)(n), Full()(n))
-    assert torch.equal(bigbird(block=2, num_global_blocks=4)(n), Full()(n) if n <= 8 else bigbird(2, 3, 4)(n))
+    assert torch.equal(
+        bigbird(block=2, num_global_blocks=4)(n), Full()(n) if n <= 8 else bigbird(2, 3, 4)(n)
+    )
 
 
 def test_parse_pattern_names_and_errors():
@@ -100,7 +122,9 @@ def test_parse_pattern_names_and_errors():
         parse_pattern("Random(3, **{'seed': 5})")
     with pytest.raises(ValueError, match="literals"):
         parse_pattern("Window({[1]: 2})")
-    with pytest.raises(ValueError, match="invalid pattern 'Window'.*missing 1 required positional argument"):
+    with pytest.raises(
+        ValueError, match="invalid pattern 'Window'.*missing 1 required positional argument"
+    ):
         parse_pattern("Window")
 
 
@@ -112,32 +136,35 @@ def test_nested_operations_flatten_to_one_value_with_one_repr():
         assert parse_pattern(repr(pattern)) == pattern
 
 
-@pytest.mark.parametrize("make, error, match", [
-    (lambda: Window(-1), ValueError, "size must be >= 0, got -1"),
-    (lambda: Window(2.5), TypeError, "size must be an integer"),
-    (lambda: Window(4, dilation=0), ValueError, "dilation"),
-    (lambda: BlockWindow(1), ValueError, "size must be >= 2, got 1"),
-    (lambda: Random(-2), ValueError, "num"),
-    (lambda: Random(2, seed=-1), ValueError, "seed"),
-    (lambda: Random(True), TypeError, "num"),
-    (lambda: Strided(0), ValueError, "stride"),
-    (lambda: BlockRandom(0, 1), ValueError, "block"),
-    (lambda: Global(), ValueError, "exactly one of num or indices"),
-    (lambda: Global(2, indices=[0]), ValueError, "exactly one"),
-    (lambda: Global(indices=[0.5]), TypeError, "indices"),
-    (lambda: Global(indices=[0], last=1), ValueError, "with num, not with indices"),
-    (lambda: Global(indices=5), TypeError, "sequence of integers"),
-    (lambda: Global(indices=[2**70]), ValueError, r"Global indices\[0\] must be in"),
-    (lambda: Random(1, seed=2**64), ValueError, "seed must be in"),
-    (lambda: BlockRandom(2, 1, seed=-1), ValueError, "seed"),
-    (lambda: Global(1, last=-1), ValueError, "last must be >= 0"),
-    (lambda: Global(indices=[5])(5), ValueError, "indices must lie in"),
-    (lambda: Window(3)(0), ValueError, "n must be >= 1, got 0"),
-    (lambda: Window(3)(4.0), TypeError, "n must be an integer"),
-    (lambda: Full()(100_000), ValueError, "edges"),
-    (lambda: Window(3).to_dense(10_000), ValueError, "to_dense refuses n=10000"),
-    (lambda: Window(3) | 5, TypeError, "can only combine patterns"),
-])
+@pytest.mark.parametrize(
+    "make, error, match",
+    [
+        (lambda: Window(-1), ValueError, "size must be >= 0, got -1"),
+        (lambda: Window(2.5), TypeError, "size must be an integer"),
+        (lambda: Window(4, dilation=0), ValueError, "dilation"),
+        (lambda: BlockWindow(1), ValueError, "size must be >= 2, got 1"),
+        (lambda: Random(-2), ValueError, "num"),
+        (lambda: Random(2, seed=-1), ValueError, "seed"),
+        (lambda: Random(True), TypeError, "num"),
+        (lambda: Strided(0), ValueError, "stride"),
+        (lambda: BlockRandom(0, 1), ValueError, "block"),
+        (lambda: Global(), ValueError, "exactly one of num or indices"),
+        (lambda: Global(2, indices=[0]), ValueError, "exactly one"),
+        (lambda: Global(indices=[0.5]), TypeError, "indices"),
+        (lambda: Global(indices=[0], last=1), ValueError, "with num, not with indices"),
+        (lambda: Global(indices=5), TypeError, "sequence of integers"),
+        (lambda: Global(indices=[2**70]), ValueError, r"Global indices\[0\] must be in"),
+        (lambda: Random(1, seed=2**64), ValueError, "seed must be in"),
+        (lambda: BlockRandom(2, 1, seed=-1), ValueError, "seed"),
+        (lambda: Global(1, last=-1), ValueError, "last must be >= 0"),
+        (lambda: Global(indices=[5])(5), ValueError, "indices must lie in"),
+        (lambda: Window(3)(0), ValueError, "n must be >= 1, got 0"),
+        (lambda: Window(3)(4.0), TypeError, "n must be an integer"),
+        (lambda: Full()(100_000), ValueError, "edges"),
+        (lambda: Window(3).to_dense(10_000), ValueError, "to_dense refuses n=10000"),
+        (lambda: Window(3) | 5, TypeError, "can only combine patterns"),
+    ],
+)
 def test_bad_arguments_raise_naming_the_argument(make, error, match):
     with pytest.raises(error, match=match):
         make()
@@ -186,10 +213,13 @@ def test_editing_a_returned_edge_index_in_place_never_reaches_later_calls(fresh_
     assert torch.equal(pattern(7), clean)
     pattern(7).resize_(2, 1)  # shrunk in place: the cache's byte count follows what it holds
     pattern(7)
-    held = [entry.value if isinstance(entry.value, tuple) else (entry.value,)
-            for entry in CACHE.entries.values()]
+    held = [
+        entry.value if isinstance(entry.value, tuple) else (entry.value,)
+        for entry in CACHE.entries.values()
+    ]
     assert CACHE.bytes - 256 * len(CACHE.remembered) == sum(
-        t.numel() * t.element_size() for tensors in held for t in tensors)
+        t.numel() * t.element_size() for tensors in held for t in tensors
+    )
     pattern.to_data(7).edge_index.add_(1)
     sequence_graph(torch.arange(7), pattern).edge_index.zero_()
     AddPattern(pattern)(Data(x=torch.arange(7))).edge_index.mul_(2)

@@ -1,10 +1,20 @@
 """Every building block against an independent dense-mask construction (plain Python loops)."""
+
 import math
 
 import pytest
 import torch
 
-from graphdiff.patterns import canonicalize, BlockRandom, BlockWindow, Full, Global, Random, Strided, Window
+from graphdiff.patterns import (
+    BlockRandom,
+    BlockWindow,
+    Full,
+    Global,
+    Random,
+    Strided,
+    Window,
+    canonicalize,
+)
 
 LENGTHS = [1, 2, 3, 7, 16, 33, 100]
 
@@ -23,7 +33,10 @@ def assert_canonical(edge_index, n):
 
 
 @pytest.mark.parametrize("n", LENGTHS)
-@pytest.mark.parametrize("size,dilation", [(0, 1), (1, 1), (2, 1), (5, 1), (8, 1), (8, 2), (9, 3), (200, 1), (10**15, 1), (10**15, 3)])
+@pytest.mark.parametrize(
+    "size,dilation",
+    [(0, 1), (1, 1), (2, 1), (5, 1), (8, 1), (8, 2), (9, 3), (200, 1), (10**15, 1), (10**15, 3)],
+)
 def test_window(n, size, dilation):
     pattern = Window(size, dilation=dilation)
     assert_canonical(pattern(n), n)
@@ -108,11 +121,13 @@ def test_block_random(n, block, num_blocks):
     blocks = math.ceil(n / block)
     # Constant on block x block tiles: a query block attends whole key blocks.
     for qb in range(blocks):
-        rows = dense[qb * block:(qb + 1) * block]
-        chosen = {kb for kb in range(blocks) if kb != qb and rows[0, kb * block:(kb + 1) * block].all()}
+        rows = dense[qb * block : (qb + 1) * block]
+        chosen = {
+            kb for kb in range(blocks) if kb != qb and rows[0, kb * block : (kb + 1) * block].all()
+        }
         assert len(chosen) == min(num_blocks, blocks - 1)
         for kb in range(blocks):
-            tile = rows[:, kb * block:(kb + 1) * block]
+            tile = rows[:, kb * block : (kb + 1) * block]
             if kb == qb:
                 assert torch.equal(tile.float().diagonal(), torch.ones(tile.size(0)))
             else:

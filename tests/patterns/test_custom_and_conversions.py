@@ -1,4 +1,5 @@
 """Custom patterns from every source, and conversions that round-trip."""
+
 import networkx as nx
 import numpy as np
 import pytest
@@ -40,22 +41,27 @@ def test_custom_undirected_networkx_goes_both_ways_and_canonicalises():
 def test_custom_copies_its_input_and_hashes_by_content():
     edge_index = torch.tensor([[0, 1], [1, 0]])
     pattern = Custom(edge_index)
-    assert pattern == Custom(edge_index.clone()) and hash(pattern) == hash(Custom(edge_index.clone()))
+    assert pattern == Custom(edge_index.clone()) and hash(pattern) == hash(
+        Custom(edge_index.clone())
+    )
     edge_index[0, 0] = 1
     assert pattern(2, self_loops=False).tolist() == [[1, 0], [0, 1]]
     assert pattern != Custom(edge_index)
 
 
-@pytest.mark.parametrize("source, error, match", [
-    (torch.tensor([[0.0, 1.0], [1.0, 0.0]]), TypeError, "integer dtype"),
-    (torch.tensor([0, 1, 2]), ValueError, r"shape \[2, E\]"),
-    (torch.zeros(3, 4, dtype=torch.long), ValueError, r"shape \[2, E\]"),
-    (torch.tensor([[0, -1], [1, 0]]), ValueError, ">= 0"),
-    (torch.ones(2, 3, dtype=torch.bool), ValueError, "square"),
-    (nx.relabel_nodes(nx.path_graph(2), {0: "a", 1: "b"}), TypeError, "integer nodes"),
-    (nx.DiGraph([(-1, 0)]), ValueError, "networkx graph's nodes' source indices must lie >= 0"),
-    ("Window(3)", TypeError, "Custom needs"),
-])
+@pytest.mark.parametrize(
+    "source, error, match",
+    [
+        (torch.tensor([[0.0, 1.0], [1.0, 0.0]]), TypeError, "integer dtype"),
+        (torch.tensor([0, 1, 2]), ValueError, r"shape \[2, E\]"),
+        (torch.zeros(3, 4, dtype=torch.long), ValueError, r"shape \[2, E\]"),
+        (torch.tensor([[0, -1], [1, 0]]), ValueError, ">= 0"),
+        (torch.ones(2, 3, dtype=torch.bool), ValueError, "square"),
+        (nx.relabel_nodes(nx.path_graph(2), {0: "a", 1: "b"}), TypeError, "integer nodes"),
+        (nx.DiGraph([(-1, 0)]), ValueError, "networkx graph's nodes' source indices must lie >= 0"),
+        ("Window(3)", TypeError, "Custom needs"),
+    ],
+)
 def test_custom_rejects_bad_input(source, error, match):
     with pytest.raises(error, match=match):
         Custom(source)
@@ -64,8 +70,11 @@ def test_custom_rejects_bad_input(source, error, match):
 def test_custom_index_out_of_range_for_n():
     pattern = Custom(torch.tensor([[0, 7], [7, 0]]))
     assert pattern(8).size(1) == 8 + 2
-    with pytest.raises(ValueError, match=r"edges' source indices must lie in \[0, 4\] "
-                                         r"\(found range \[0, 7\]\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"edges' source indices must lie in \[0, 4\] "
+        r"\(found range \[0, 7\]\)",
+    ):
         pattern(5)
     with pytest.raises(TypeError, match="edges' must have an integer dtype"):
         Custom(lambda n: torch.zeros(2, 1))(3)
@@ -90,7 +99,9 @@ def test_conversions_round_trip():
     assert torch.equal(Custom(graph)(N), edge_index)
     # PyG
     data = PATTERN.to_data(N)
-    assert isinstance(data, Data) and data.num_nodes == N and torch.equal(data.edge_index, edge_index)
+    assert (
+        isinstance(data, Data) and data.num_nodes == N and torch.equal(data.edge_index, edge_index)
+    )
     ei = PATTERN.to_edge_index(N)
     assert isinstance(ei, EdgeIndex) and ei.sparse_size() == (N, N) and ei.is_sorted_by_col
     assert torch.equal(ei.as_tensor(), edge_index)

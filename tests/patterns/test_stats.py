@@ -1,4 +1,5 @@
 """Pattern statistics against networkx, with and without self-loops."""
+
 import networkx as nx
 import pytest
 
@@ -6,13 +7,16 @@ from graphdiff.patterns import Full, Global, Random, Window, pattern_stats
 
 
 @pytest.mark.parametrize("self_loops", [True, False])
-@pytest.mark.parametrize("pattern,n", [
-    (Window(4) | Global(2) | Random(2, seed=1), 17),
-    (Global(1, last=1), 6),
-    (Full(), 5),
-    (Window(2).causal(), 9),
-    (Window(0), 1),
-])
+@pytest.mark.parametrize(
+    "pattern,n",
+    [
+        (Window(4) | Global(2) | Random(2, seed=1), 17),
+        (Global(1, last=1), 6),
+        (Full(), 5),
+        (Window(2).causal(), 9),
+        (Window(0), 1),
+    ],
+)
 def test_pattern_stats_match_networkx(pattern, n, self_loops):
     edge_index = pattern(n, self_loops)
     graph = nx.DiGraph()
@@ -22,7 +26,8 @@ def test_pattern_stats_match_networkx(pattern, n, self_loops):
     others = lambda i, neighbours: set(neighbours) - {i}  # noqa: E731
     everyone_else = lambda i: set(range(n)) - {i}  # noqa: E731
     expected_global = sum(
-        others(i, graph.predecessors(i)) == everyone_else(i) and others(i, graph.successors(i)) == everyone_else(i)
+        others(i, graph.predecessors(i)) == everyone_else(i)
+        and others(i, graph.successors(i)) == everyone_else(i)
         for i in range(n)
     )
     stats = pattern_stats(edge_index, n)

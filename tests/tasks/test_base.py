@@ -15,8 +15,13 @@ from graphdiff.tasks.base import check_length, example_rng
 
 
 @settings(max_examples=30, deadline=None)
-@given(st.lists(st.tuples(st.lists(st.integers(2, 50), min_size=1, max_size=12),
-                          st.integers(0, 9)), min_size=1, max_size=6))
+@given(
+    st.lists(
+        st.tuples(st.lists(st.integers(2, 50), min_size=1, max_size=12), st.integers(0, 9)),
+        min_size=1,
+        max_size=6,
+    )
+)
 def test_collate_pads_masks_and_keeps_tokens(examples):
     batch = [(torch.tensor(tokens), label) for tokens, label in examples]
     tokens, mask, labels = collate(batch)
@@ -26,7 +31,7 @@ def test_collate_pads_masks_and_keeps_tokens(examples):
     for row, (seq, label) in enumerate(examples):
         assert mask[row].tolist() == [True] * len(seq) + [False] * (longest - len(seq))
         assert tokens[row, : len(seq)].tolist() == seq
-        assert (tokens[row, len(seq):] == PAD).all()
+        assert (tokens[row, len(seq) :] == PAD).all()
         assert labels[row] == label
 
 

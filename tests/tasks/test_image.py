@@ -108,18 +108,23 @@ def test_corrupt_deflate_stream_names_the_file(tmp_path):
     write_idx_dir(tmp_path, gz=True)
     path = tmp_path / "t10k-images-idx3-ubyte.gz"
     raw = bytearray(path.read_bytes())
-    raw[12:14] = bytes(b ^ 0xFF for b in raw[12:14])  # inside the deflate data, after the 10-byte header
+    raw[12:14] = bytes(
+        b ^ 0xFF for b in raw[12:14]
+    )  # inside the deflate data, after the 10-byte header
     path.write_bytes(bytes(raw))
     with pytest.raises(ValueError, match=r"t10k-images-idx3-ubyte\.gz: unreadable IDX"):
         ImageTask("test", data_dir=tmp_path)
 
 
-@pytest.mark.parametrize("labels, match", [
-    ([-1, 3], "label -1 outside 0..9"),
-    ([1.7, 2.0], "labels must be integers, got float64"),
-    (5, r"labels must be a list \[N\], got shape \(\)"),
-    ([[1], [2]], r"labels must be a list \[N\], got shape \(2, 1\)"),
-])
+@pytest.mark.parametrize(
+    "labels, match",
+    [
+        ([-1, 3], "label -1 outside 0..9"),
+        ([1.7, 2.0], "labels must be integers, got float64"),
+        (5, r"labels must be a list \[N\], got shape \(\)"),
+        ([[1], [2]], r"labels must be a list \[N\], got shape \(2, 1\)"),
+    ],
+)
 def test_bad_cifar_labels_name_the_file(tmp_path, labels, match):
     write_cifar_dir(tmp_path)
     with open(tmp_path / "test_batch", "wb") as f:
@@ -143,7 +148,9 @@ def test_idx_label_mismatch_and_missing_files(tmp_path):
 
 def test_an_empty_split_is_refused(tmp_path):
     write_idx_dir(tmp_path)  # 10 training images
-    with pytest.raises(ValueError, match=r"val_fraction=0.01 leaves the val split of fashion_mnist in .* empty"):
+    with pytest.raises(
+        ValueError, match=r"val_fraction=0.01 leaves the val split of fashion_mnist in .* empty"
+    ):
         ImageTask("val", data_dir=tmp_path, val_fraction=0.01)
     with pytest.raises(ValueError, match="val_fraction=0.99 leaves the train split .* empty"):
         ImageTask("train", data_dir=tmp_path, val_fraction=0.99)
@@ -169,8 +176,15 @@ def test_argument_errors(tmp_path):
 
 
 # Hand-computed from LRA's formula floor(255.5 * (0.2989 R + 0.5870 G + 0.1140 B) / 255).
-GRAY_CASES = [((0, 0, 0), 0), ((255, 255, 255), 255), ((255, 0, 0), 76), ((0, 255, 0), 149),
-              ((0, 0, 255), 29), ((10, 20, 30), 18), ((200, 100, 50), 124)]
+GRAY_CASES = [
+    ((0, 0, 0), 0),
+    ((255, 255, 255), 255),
+    ((255, 0, 0), 76),
+    ((0, 255, 0), 149),
+    ((0, 0, 255), 29),
+    ((10, 20, 30), 18),
+    ((200, 100, 50), 124),
+]
 
 
 def write_cifar_dir(root, per_batch=2, seed=0):
@@ -197,9 +211,11 @@ def test_cifar10_gray_sequences(tmp_path):
     val = ImageTask("val", source="cifar10", data_dir=tmp_path)
     test = ImageTask("test", source="cifar10", data_dir=tmp_path)
     assert (len(train), len(val), len(test), train.max_len) == (9, 1, 2, 1025)
-    for ds, cases, labels in ((train, train_cases[:9], train_labels[:9]),
-                              (val, train_cases[9:], train_labels[9:]),
-                              (test, *batches["test_batch"])):
+    for ds, cases, labels in (
+        (train, train_cases[:9], train_labels[:9]),
+        (val, train_cases[9:], train_labels[9:]),
+        (test, *batches["test_batch"]),
+    ):
         for i in range(len(ds)):
             tokens, label = ds[i]
             assert label == labels[i] and tokens[0] == CLS
@@ -207,8 +223,13 @@ def test_cifar10_gray_sequences(tmp_path):
 
 
 @settings(max_examples=25, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 255), st.integers(0, 255), st.integers(0, 255)),
-                min_size=1, max_size=20))
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 255), st.integers(0, 255), st.integers(0, 255)),
+        min_size=1,
+        max_size=20,
+    )
+)
 def test_rgb_to_gray_is_the_truncated_luma(pixels):
     rgb = np.array(pixels, dtype=np.uint8)  # [P, 3]
     gray = rgb_to_gray(rgb.T.reshape(1, -1))[0].astype(float)
@@ -230,8 +251,10 @@ def test_bad_cifar_batch_names_the_file(tmp_path):
         ImageTask("train", source="cifar10", data_dir=tmp_path)
 
 
-@pytest.mark.skipif(not Path(DEFAULT_FASHION_MNIST_DIR).is_dir(),
-                    reason="Debian's dataset-fashion-mnist is not installed")
+@pytest.mark.skipif(
+    not Path(DEFAULT_FASHION_MNIST_DIR).is_dir(),
+    reason="Debian's dataset-fashion-mnist is not installed",
+)
 def test_installed_fashion_mnist():
     val = ImageTask("val")
     assert (len(val), val.max_len) == (6000, 785)

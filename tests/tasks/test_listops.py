@@ -163,8 +163,10 @@ def _write(path, text):
 
 
 def test_tsv_reader_accepts_crlf_and_lra_lines(tmp_path):
-    _write(tmp_path / "basic_train.tsv",
-           "Source\tTarget\r\n( ( ( [MAX 2 ) 9 ) ] )\t9\r\n( ( ( [SM 5 ) 7 ) ] )\t2\r\n")
+    _write(
+        tmp_path / "basic_train.tsv",
+        "Source\tTarget\r\n( ( ( [MAX 2 ) 9 ) ] )\t9\r\n( ( ( [SM 5 ) 7 ) ] )\t2\r\n",
+    )
     ds = ListOpsTSV("train", tmp_path)
     assert ids_to_tokens(ds[0][0][1:].tolist()) == ["[MAX", "2", "9", "]"]
     assert [ds[i][1] for i in range(2)] == [9, 2]

@@ -10,8 +10,7 @@ from graphdiff.tasks import CLS, NUM_SPECIAL, MultiHop, get_task
 
 def reachable(length, window, steps):
     """Positions whose token can reach position 0 in `steps` hops of Window(window) (BFS)."""
-    neighbours = {i: [j for j in range(length) if abs(i - j) <= window // 2]
-                  for i in range(length)}
+    neighbours = {i: [j for j in range(length) if abs(i - j) <= window // 2] for i in range(length)}
     seen = frontier = {0}
     for _ in range(steps):
         frontier = {j for i in frontier for j in neighbours[i]} - seen
@@ -30,8 +29,9 @@ def test_key_is_beyond_one_hop_and_within_diffusion(length, window, layers, seed
     reach = layers * (window // 2)
     if 2 * reach >= length:  # the default distance window does not fit this length
         return
-    ds = MultiHop("train", num_samples=6, seed=seed, length=length, window=window,
-                  layers=layers, hops=5)
+    ds = MultiHop(
+        "train", num_samples=6, seed=seed, length=length, window=window, layers=layers, hops=5
+    )
     one_hop = reachable(length, window, layers)
     diffusion = reachable(length, window, 5 * layers)
     for i in range(len(ds)):
@@ -42,8 +42,9 @@ def test_key_is_beyond_one_hop_and_within_diffusion(length, window, layers, seed
         assert int(tokens[position]) - NUM_SPECIAL - ds.num_fillers == label
         assert position not in one_hop and position in diffusion
         # what one hop per layer sees is CLS and fillers only: independent of the label
-        assert all(NUM_SPECIAL <= int(tokens[p]) < NUM_SPECIAL + ds.num_fillers
-                   for p in one_hop - {0})
+        assert all(
+            NUM_SPECIAL <= int(tokens[p]) < NUM_SPECIAL + ds.num_fillers for p in one_hop - {0}
+        )
 
 
 def test_defaults():

@@ -51,7 +51,13 @@ def test_defaults_and_registry():
     ds = get_task("pathfinder", "val")
     assert (len(ds), ds.max_len, ds.vocab_size, ds.num_classes) == (2000, 1025, 258, 2)
     assert len(Pathfinder("train")) == 20_000 and len(Pathfinder("test")) == 2000
-    assert (ds.resolution, ds.contour_length, ds.num_paths, ds.dash_length, ds.gap) == (32, 14, 3, 1, 1)
+    assert (ds.resolution, ds.contour_length, ds.num_paths, ds.dash_length, ds.gap) == (
+        32,
+        14,
+        3,
+        1,
+        1,
+    )
     assert "Pathfinder(split='val', examples=2000, vocab_size=258, num_classes=2" in repr(ds)
 
 
@@ -60,7 +66,10 @@ def test_reproducible_and_distinct_splits_and_seeds():
     assert all(torch.equal(a[i][0], b[i][0]) and a[i][1] == b[i][1] for i in range(4))
     # random access: an example does not depend on which were generated before it
     assert torch.equal(Pathfinder("train", num_samples=4, seed=3)[2][0], a[2][0])
-    for other in (Pathfinder("val", num_samples=4, seed=3), Pathfinder("train", num_samples=4, seed=4)):
+    for other in (
+        Pathfinder("val", num_samples=4, seed=3),
+        Pathfinder("train", num_samples=4, seed=4),
+    ):
         assert not any(torch.equal(a[i][0], other[i][0]) for i in range(4))
 
 
@@ -91,8 +100,12 @@ def test_marker_distance_does_not_give_the_label_away():
 
     ds = Pathfinder("train", num_samples=400, seed=4, contour_length=6)
     scenes = [ds.scene(i) for i in range(len(ds))]
-    distance = {label: [float(np.linalg.norm(s.markers[0] - s.markers[1])) for s in scenes if s.label == label]
-                for label in (0, 1)}
+    distance = {
+        label: [
+            float(np.linalg.norm(s.markers[0] - s.markers[1])) for s in scenes if s.label == label
+        ]
+        for label in (0, 1)
+    }
     assert ks_2samp(distance[0], distance[1]).pvalue > 1e-3  # the same distribution of distances
 
 
@@ -208,7 +221,11 @@ def test_index_checks():
         (dict(seed=-1), ValueError, r"seed must be >= 0"),
         (dict(max_len=100), ValueError, r"1025 tokens .*exceeds max_len=100"),
         (dict(split="dev"), ValueError, r"split must be one of"),
-        (dict(resolution=16), ValueError, r"could not place num_paths=3 paths of contour_length=14"),
+        (
+            dict(resolution=16),
+            ValueError,
+            r"could not place num_paths=3 paths of contour_length=14",
+        ),
     ],
 )
 def test_argument_errors(kwargs, error, match):
@@ -221,7 +238,19 @@ def test_trains_end_to_end_from_the_command_line(tmp_path):
     argv = ["train", "--task", "pathfinder", "--task-arg", "num_samples=8"]
     for key, value in SMALL.items():
         argv += ["--task-arg", f"{key}={value}"]
-    argv += ["--preset", "tiny", "--pattern", "Window(8) | Global(1)", "--batch-size", "4",
-             "--max-steps", "2", "--log-every", "1", "--out", str(tmp_path)]
+    argv += [
+        "--preset",
+        "tiny",
+        "--pattern",
+        "Window(8) | Global(1)",
+        "--batch-size",
+        "4",
+        "--max-steps",
+        "2",
+        "--log-every",
+        "1",
+        "--out",
+        str(tmp_path),
+    ]
     assert main(argv) == 0
     assert (tmp_path / "last.pt").is_file() and (tmp_path / "metrics.jsonl").is_file()

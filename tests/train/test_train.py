@@ -1,4 +1,5 @@
 """Training: exact resumption, atomic and safe checkpoints, evaluation and bad input."""
+
 import dataclasses
 import json
 import os
@@ -7,7 +8,14 @@ import pytest
 import torch
 
 from graphdiff.cli import main
-from graphdiff.train import CheckpointError, TrainArgs, load_checkpoint, load_model, save_checkpoint, train
+from graphdiff.train import (
+    CheckpointError,
+    TrainArgs,
+    load_checkpoint,
+    load_model,
+    save_checkpoint,
+    train,
+)
 from graphdiff.train.evaluation import evaluate_checkpoint
 
 TASK_ARGS = {"num_samples": 32, "length": 32}
@@ -15,8 +23,19 @@ MODEL_ARGS = {"hidden": 16, "ffn": 32, "heads": 2}
 
 
 def quick_args(out, **overrides):
-    values = dict(task="multihop", preset="tiny", out=str(out), pattern="Window(8)", max_steps=7, batch_size=8,
-                  eval_every=3, log_every=1, task_args=TASK_ARGS, model_args=MODEL_ARGS, progress=False)
+    values = dict(
+        task="multihop",
+        preset="tiny",
+        out=str(out),
+        pattern="Window(8)",
+        max_steps=7,
+        batch_size=8,
+        eval_every=3,
+        log_every=1,
+        task_args=TASK_ARGS,
+        model_args=MODEL_ARGS,
+        progress=False,
+    )
     return TrainArgs(**{**values, **overrides})
 
 
@@ -27,7 +46,10 @@ def losses(run_dir):
 
 def metrics_without_timings(run_dir):
     with open(os.path.join(run_dir, "metrics.jsonl")) as handle:
-        return [{k: v for k, v in record.items() if k != "tokens_per_second"} for record in map(json.loads, handle)]
+        return [
+            {k: v for k, v in record.items() if k != "tokens_per_second"}
+            for record in map(json.loads, handle)
+        ]
 
 
 def test_resume_continues_exactly(tmp_path):
@@ -39,7 +61,9 @@ def test_resume_continues_exactly(tmp_path):
     resumed = train(quick_args(tmp_path / "split", resume=True))
     # Bit for bit, dropout included, and the evaluations too: the stop adds none, and the
     # training-loss window of the evaluation at step 6 spans the interruption.
-    assert metrics_without_timings(tmp_path / "split") == metrics_without_timings(tmp_path / "whole")
+    assert metrics_without_timings(tmp_path / "split") == metrics_without_timings(
+        tmp_path / "whole"
+    )
     for name, value in whole.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[name]), name
     state = load_checkpoint(str(tmp_path / "split" / "last.pt"))
@@ -81,35 +105,74 @@ def test_best_checkpoint_evaluates_from_the_command_line(tmp_path, capsys):
     assert config.pattern == "Window(8)" and not model.training
     assert main(["evaluate", "--checkpoint", str(tmp_path / "last.pt"), "--split", "val"]) == 0
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert line["examples"] == 32 and line["loss"] == pytest.approx(result.metrics["val_loss"], rel=1e-5)
+    assert line["examples"] == 32 and line["loss"] == pytest.approx(
+        result.metrics["val_loss"], rel=1e-5
+    )
     assert line["accuracy"] == pytest.approx(result.metrics["val_accuracy"])
     assert evaluate_checkpoint(str(tmp_path / "last.pt"), split="test")["examples"] == 32
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["train", "--task", "sudoku", "--max-steps", "1", "--out", "x"], "unknown task 'sudoku'; valid tasks: image, listops, multihop, pathfinder, text"),
-    (["train", "--task", "multihop", "--preset", "huge", "--max-steps", "1", "--out", "x",
-      "--task-arg", "num_samples=8"], "unknown preset 'huge'; valid presets: tiny, small, paper_base"),
-    (["train", "--task", "multihop", "--pattern", "Windw(8)", "--max-steps", "1", "--out", "x",
-      "--task-arg", "num_samples=8"], "unknown name 'Windw'"),
-    (["evaluate", "--checkpoint", "nowhere.pt"], "nowhere.pt does not exist"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["train", "--task", "sudoku", "--max-steps", "1", "--out", "x"],
+            "unknown task 'sudoku'; valid tasks: image, listops, multihop, pathfinder, text",
+        ),
+        (
+            [
+                "train",
+                "--task",
+                "multihop",
+                "--preset",
+                "huge",
+                "--max-steps",
+                "1",
+                "--out",
+                "x",
+                "--task-arg",
+                "num_samples=8",
+            ],
+            "unknown preset 'huge'; valid presets: tiny, small, paper_base",
+        ),
+        (
+            [
+                "train",
+                "--task",
+                "multihop",
+                "--pattern",
+                "Windw(8)",
+                "--max-steps",
+                "1",
+                "--out",
+                "x",
+                "--task-arg",
+                "num_samples=8",
+            ],
+            "unknown name 'Windw'",
+        ),
+        (["evaluate", "--checkpoint", "nowhere.pt"], "nowhere.pt does not exist"),
+    ],
+)
 def test_bad_input_is_a_clear_error(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(argv) == 2
     assert message in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("overrides, error, message", [
-    (dict(epochs=1.0), ValueError, "exactly one of max_steps and epochs"),
-    (dict(batch_size=0), ValueError, "batch_size must be >= 1, got 0"),
-    (dict(batch_size=True), TypeError, "batch_size must be an integer"),
-    (dict(workers=-1), ValueError, "workers must be >= 0"),
-    (dict(clip=-1.0), ValueError, "clip must be a number >= 0"),
-    (dict(lr=0.0), ValueError, "lr must be a number > 0"),
-    (dict(weight_decay=-5), ValueError, "weight_decay must be a number >= 0"),
-    (dict(lr="0.1"), ValueError, "lr must be a number"),
-])
+@pytest.mark.parametrize(
+    "overrides, error, message",
+    [
+        (dict(epochs=1.0), ValueError, "exactly one of max_steps and epochs"),
+        (dict(batch_size=0), ValueError, "batch_size must be >= 1, got 0"),
+        (dict(batch_size=True), TypeError, "batch_size must be an integer"),
+        (dict(workers=-1), ValueError, "workers must be >= 0"),
+        (dict(clip=-1.0), ValueError, "clip must be a number >= 0"),
+        (dict(lr=0.0), ValueError, "lr must be a number > 0"),
+        (dict(weight_decay=-5), ValueError, "weight_decay must be a number >= 0"),
+        (dict(lr="0.1"), ValueError, "lr must be a number"),
+    ],
+)
 def test_train_args_validation(overrides, error, message):
     with pytest.raises(error, match=message):
         TrainArgs(**{"max_steps": 3, **overrides})
@@ -118,12 +181,16 @@ def test_train_args_validation(overrides, error, message):
 def test_train_args_take_paths_and_clip_zero_turns_clipping_off(tmp_path, monkeypatch):
     import pathlib
 
-    args = quick_args(pathlib.Path(tmp_path), max_steps=1, clip=0.0, data_dir=pathlib.Path(tmp_path))
+    args = quick_args(
+        pathlib.Path(tmp_path), max_steps=1, clip=0.0, data_dir=pathlib.Path(tmp_path)
+    )
     assert args.out == str(tmp_path) and args.data_dir == str(tmp_path)
     calls = []
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda *a, **k: calls.append(a))
     train(dataclasses.replace(args, data_dir=None))
-    assert calls == [] and json.loads((tmp_path / "config.json").read_text())["train"]["out"] == str(tmp_path)
+    assert calls == [] and json.loads((tmp_path / "config.json").read_text())["train"][
+        "out"
+    ] == str(tmp_path)
 
 
 def test_resume_drops_a_metrics_line_cut_short_by_a_crash(tmp_path):
@@ -132,7 +199,9 @@ def test_resume_drops_a_metrics_line_cut_short_by_a_crash(tmp_path):
     with open(tmp_path / "split" / "metrics.jsonl", "a") as handle:
         handle.write('{"step": 6, "loss": 2.3')  # the process died while writing
     train(quick_args(tmp_path / "split", resume=True))
-    assert metrics_without_timings(tmp_path / "split") == metrics_without_timings(tmp_path / "whole")
+    assert metrics_without_timings(tmp_path / "split") == metrics_without_timings(
+        tmp_path / "whole"
+    )
 
 
 def test_cuda_without_a_gpu_is_a_clear_error(monkeypatch):
@@ -147,19 +216,28 @@ def test_cuda_without_a_gpu_is_a_clear_error(monkeypatch):
 
 def test_listops_checkpoint_evaluates_on_an_lra_tsv_file(tmp_path, capsys):
     from graphdiff.tasks import ListOps
-    from graphdiff.tasks.listops import evaluate as listops_value, write_listops_tsv
+    from graphdiff.tasks.listops import evaluate as listops_value
+    from graphdiff.tasks.listops import write_listops_tsv
 
     generator_args = {"num_samples": 16, "min_length": 10, "max_length": 60, "max_depth": 3}
-    train(quick_args(tmp_path / "run", task="listops", pattern=None, max_steps=2, task_args=generator_args))
+    train(
+        quick_args(
+            tmp_path / "run", task="listops", pattern=None, max_steps=2, task_args=generator_args
+        )
+    )
     trees = [ListOps("test", seed=5, **generator_args).tree(i) for i in range(5)]
     tsv = tmp_path / "basic_test.tsv"
     write_listops_tsv(tsv, trees)
-    assert main(["evaluate", "--checkpoint", str(tmp_path / "run" / "last.pt"), "--data", str(tsv)]) == 0
+    assert (
+        main(["evaluate", "--checkpoint", str(tmp_path / "run" / "last.pt"), "--data", str(tsv)])
+        == 0
+    )
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert line["examples"] == 5 and 0.0 <= line["accuracy"] <= 1.0
     # The same numbers as evaluating the decoded examples directly.
     model, _ = load_model(str(tmp_path / "run" / "last.pt"))
     from graphdiff.tasks import ListOpsTSV, collate
+
     tokens, mask, labels = collate([ListOpsTSV("test", tsv)[i] for i in range(5)])
     assert labels.tolist() == [listops_value(tree) for tree in trees]
     logits = model(tokens, mask)
@@ -168,11 +246,26 @@ def test_listops_checkpoint_evaluates_on_an_lra_tsv_file(tmp_path, capsys):
     # Longer sequences than the model takes: refused, or cut with --truncate.
     long_args = {**generator_args, "min_length": 70, "max_length": 200, "max_depth": 6}
     write_listops_tsv(tsv, [ListOps("test", seed=5, **long_args).tree(i) for i in range(3)])
-    assert main(["evaluate", "--checkpoint", str(tmp_path / "run" / "last.pt"), "--data", str(tsv)]) == 2
+    assert (
+        main(["evaluate", "--checkpoint", str(tmp_path / "run" / "last.pt"), "--data", str(tsv)])
+        == 2
+    )
     # Refused before any evaluation, at the line that is too long.
     expected = "basic_test.tsv:2: sequence of 78 tokens (CLS included) exceeds max_len=61"
     assert expected in capsys.readouterr().err
-    assert main(["evaluate", "--checkpoint", str(tmp_path / "run" / "last.pt"), "--data", str(tsv), "--truncate"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(tmp_path / "run" / "last.pt"),
+                "--data",
+                str(tsv),
+                "--truncate",
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["examples"] == 3
 
 
@@ -187,6 +280,8 @@ def test_rng_states_restore_per_process_and_warn_when_they_cannot_be_exact():
         restore_rng_states(first, DistributedContext(rank=1, world_size=2))  # an older checkpoint
     assert torch.equal(torch.get_rng_state(), first)
     with pytest.warns(UserWarning, match="resuming on 3 processes a run saved on 2"):
-        restore_rng_states([{"cpu": first}, {"cpu": second}], DistributedContext(rank=2, world_size=3))
+        restore_rng_states(
+            [{"cpu": first}, {"cpu": second}], DistributedContext(rank=2, world_size=3)
+        )
     with pytest.warns(UserWarning, match="resuming on a GPU a run saved without one"):
         restore_rng_states([{"cpu": first}], DistributedContext(device=torch.device("cuda", 0)))

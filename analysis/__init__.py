@@ -1,4 +1,4 @@
-r"""Spectral and expansion analysis of sparse attention patterns (DESIGN 4.5).
+r"""Spectral and expansion analysis of sparse attention patterns (docs/design.md, Layout).
 
 Everything here reads a pattern as a graph (token = node, "i attends j" = edge ``j -> i``) and
 works on the symmetrised simple graph ``W`` with normalised Laplacian

@@ -1,8 +1,8 @@
 r"""Attention diffusion as a spectral filter.
 
 Diffuser's output is ``T V`` with ``T = sum_k theta_k A^k`` a polynomial in the one-hop
-attention ``A`` (DESIGN section 1). Every eigenvalue ``mu`` of ``A`` becomes ``f(mu)`` of ``T``
-(spectral mapping, valid for any square matrix), with
+attention ``A`` (docs/design.md, Overview). Every eigenvalue ``mu`` of ``A`` becomes
+``f(mu)`` of ``T`` (spectral mapping, valid for any square matrix), with
 
 .. math::
     f_{\text{ppr}}(\mu) = (1-\alpha)^K \mu^K + \alpha \sum_{k<K} (1-\alpha)^k \mu^k

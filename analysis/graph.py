@@ -11,9 +11,9 @@ Every analysis function accepts
 * a :class:`Graph` built earlier, so that several quantities of one large pattern share the
   conversion (``n`` is then ignored unless it disagrees).
 
-Spectral quantities use the symmetrised simple graph ``W`` (DESIGN 4.5): an undirected edge
-``{i, j}`` wherever ``j -> i`` or ``i -> j``, weight 1, no self-loops. Reachability uses the
-directed adjacency as given.
+Spectral quantities use the symmetrised simple graph ``W`` (docs/design.md, Overview): an
+undirected edge ``{i, j}`` wherever ``j -> i`` or ``i -> j``, weight 1, no self-loops.
+Reachability uses the directed adjacency as given.
 """
 
 from __future__ import annotations

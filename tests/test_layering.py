@@ -1,5 +1,5 @@
-"""The import arrows of DESIGN section 2, checked in fresh interpreters: patterns <- data <- nn
-<- models <- train <- cli; analysis needs no torch; patterns never load torch_geometric.nn; nn
+"""The import arrows of docs/design.md (Layout), checked in fresh interpreters: patterns <- data
+<- nn <- models <- train <- cli; analysis needs no torch; patterns never load torch_geometric.nn; nn
 knows nothing about data, tasks or models."""
 
 import subprocess

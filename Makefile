@@ -55,6 +55,8 @@ bench: $(STAMP)
 	mv $(RESULTS)/bench_spectral.md.tmp $(RESULTS)/bench_spectral.md
 	$(PY) benchmarks/bench_layer.py --n 1024 4096 16384 65536 --out $(RESULTS) --plot
 	$(PY) benchmarks/bench_model.py --preset small --length 4096 --batch 1 --out $(RESULTS)/bench_model.md
+	$(PY) benchmarks/bench_memory.py > $(RESULTS)/bench_memory.md.tmp
+	mv $(RESULTS)/bench_memory.md.tmp $(RESULTS)/bench_memory.md
 
 # Fashion-MNIST for `graphdiff train --task image` (Debian package, needs root; the install
 # step above tries it too).

@@ -2,23 +2,23 @@
 
 Trains the ``tiny`` model (sequence classification, random tokens and labels, AdamW) on
 batches of ``--batch-size`` sequences whose lengths are drawn uniformly from
-``[--min-len, --max-len]``, so that almost every batch has lengths never seen before. Every
-``--every`` steps it prints the process's resident set size (RSS) and the bytes that
-:mod:`graphdiff.cache` keeps; it exits with status 1 when the final RSS exceeds
-``--limit-mb``. With ``--malloc-trim`` it also returns glibc's free heap memory to the system
-(``malloc_trim(0)``) at every report and prints the RSS after it: the difference is memory
-that the allocator holds but nothing uses.
+``[--min-len, --max-len]``, so that almost every batch has lengths never seen before. Like
+``graphdiff train``, it hands the allocator's free memory back to the system
+(:func:`graphdiff.train.release_free_memory`) every ``--trim-every`` steps (``graphdiff
+train``'s ``--log-every``, 10 by default; 0 never). Every ``--every`` steps it prints the
+process's resident set size (RSS), the highest RSS seen after any step so far, and the bytes
+that :mod:`graphdiff.cache` keeps; it exits with status 1 when the final RSS exceeds
+``--limit-mb``.
 
 Usage::
 
     python benchmarks/bench_memory.py                       # 600 steps, lengths 50-2,000
-    python benchmarks/bench_memory.py --steps 100 --limit-mb 1000
+    python benchmarks/bench_memory.py --trim-every 0        # without trimming
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import os
 import sys
 import time
@@ -58,12 +58,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         help="graphdiff.cache's byte budget in MiB (default: the library's)",
     )
     parser.add_argument(
-        "--malloc-trim",
-        action="store_true",
-        help="at every report, also trim glibc's heap and print the RSS after",
+        "--trim-every",
+        type=int,
+        default=10,
+        help="steps between releases of the allocator's free memory (0: never)",
     )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.trim_every < 0:
+        parser.error(f"--trim-every must be >= 0, got {args.trim_every}")
     if args.min_len > args.max_len:
         parser.error(f"--min-len ({args.min_len}) must not exceed --max-len ({args.max_len})")
 
@@ -73,6 +76,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     import graphdiff.cache
     from graphdiff.models import DiffuserConfig, DiffuserForSequenceClassification
+    from graphdiff.train import release_free_memory
 
     if args.budget_mb is not None:
         graphdiff.cache.set_budget(int(args.budget_mb * 2**20))
@@ -86,7 +90,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         f"{args.min_len}-{args.max_len} tokens; start: RSS {rss_mb():.0f} MiB",
         flush=True,
     )
-    start = time.perf_counter()
+    start, peak = time.perf_counter(), 0.0
     for step in tqdm(range(1, args.steps + 1), desc="steps", file=sys.stderr):
         lengths = torch.randint(args.min_len, args.max_len + 1, (args.batch_size,), generator=gen)
         longest = int(lengths.max())
@@ -97,21 +101,22 @@ def main(argv: Optional[List[str]] = None) -> int:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        peak = max(peak, rss_mb())
+        if args.trim_every and step % args.trim_every == 0:
+            release_free_memory()
         if step % args.every == 0 or step == args.steps:
-            trimmed = ""
-            if args.malloc_trim:
-                before = rss_mb()
-                ctypes.CDLL("libc.so.6").malloc_trim(0)
-                trimmed = f"  (before malloc_trim {before:7.0f} MiB)"
             tqdm.write(
-                f"step {step:5d}  RSS {rss_mb():7.0f} MiB{trimmed}  cache "
+                f"step {step:5d}  RSS {rss_mb():7.0f} MiB  highest {peak:7.0f} MiB  cache "
                 f"{graphdiff.cache.cached_bytes() / 2**20:7.1f} MiB  "
                 f"({time.perf_counter() - start:.0f} s)",
                 file=sys.stdout,
             )
     final = rss_mb()
     verdict = "within" if final <= args.limit_mb else "OVER"
-    print(f"final RSS {final:.0f} MiB: {verdict} the limit of {args.limit_mb:.0f} MiB")
+    print(
+        f"final RSS {final:.0f} MiB (highest after a step {peak:.0f} MiB): {verdict} the limit "
+        f"of {args.limit_mb:.0f} MiB"
+    )
     return 0 if final <= args.limit_mb else 1
 
 

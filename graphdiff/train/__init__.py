@@ -16,6 +16,7 @@ from graphdiff.train.loop import (
     setup_run,
     train,
 )
+from graphdiff.train.memory import release_free_memory
 
 __all__ = [
     "TrainArgs",
@@ -30,4 +31,5 @@ __all__ = [
     "load_checkpoint",
     "load_model",
     "save_checkpoint",
+    "release_free_memory",
 ]

@@ -43,6 +43,7 @@ from graphdiff.train.distributed import (
     init_distributed,
     shutdown,
 )
+from graphdiff.train.memory import release_free_memory
 
 # Validation uses the split's first examples: five validations of a 50-step ListOps run on the
 # whole 2,000-example split took 65 of its 87 seconds. A validation example costs about 0.35 to
@@ -679,6 +680,7 @@ def fit(run: TrainingRun) -> TrainResult:
             run.metrics.write(
                 {"step": run.step, "loss": loss, "lr": run.scheduler.get_last_lr()[0]}
             )
+            release_free_memory()  # glibc keeps what batches of new lengths free
         evaluating = run.step % run.eval_every == 0 or run.step == run.total
         if evaluating or run.step == stop_at:  # an interrupted run saves where it stopped
             evaluate_and_checkpoint(run, evaluating)

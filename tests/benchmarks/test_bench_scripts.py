@@ -385,6 +385,9 @@ def test_quick_sets_only_the_lengths_and_repeats_not_given(
         ("bench_spectral", ["--n", "-64"]),
         ("bench_model", ["--steps", "0"]),
         ("bench_model", ["--length", "0"]),
+        ("bench_memory", ["--steps", "0"]),
+        ("bench_memory", ["--trim-every", "-1"]),
+        ("bench_memory", ["--min-len", "9", "--max-len", "8"]),
     ],
 )
 def test_scripts_refuse_non_positive_sizes(script, argv):
@@ -418,3 +421,16 @@ def test_tiny_runs_of_the_readme_commands_print_and_write_their_tables(tmp_path,
         "| sparse attention only (K=1)",
         "| gather-scatter reference",
     ]
+
+
+def test_bench_memory_trims_as_asked_and_checks_its_limit(monkeypatch, capsys):
+    bench_memory = load("bench_memory")
+    calls = []
+    monkeypatch.setattr("graphdiff.train.release_free_memory", lambda: calls.append(1))
+    argv = ["--steps", "4", "--min-len", "8", "--max-len", "24", "--every", "2"]
+    assert bench_memory.main([*argv, "--trim-every", "2", "--limit-mb", "100000"]) == 0
+    assert len(calls) == 2  # steps 2 and 4
+    assert bench_memory.main([*argv, "--trim-every", "0", "--limit-mb", "1"]) == 1
+    assert len(calls) == 2
+    out = capsys.readouterr().out
+    assert "step     4  RSS" in out and "OVER the limit of 1 MiB" in out

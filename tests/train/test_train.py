@@ -3,16 +3,19 @@
 import dataclasses
 import json
 import os
+import platform
 
 import pytest
 import torch
 
+import graphdiff.train.loop
 from graphdiff.cli import main
 from graphdiff.train import (
     CheckpointError,
     TrainArgs,
     load_checkpoint,
     load_model,
+    release_free_memory,
     save_checkpoint,
     train,
 )
@@ -285,3 +288,18 @@ def test_rng_states_restore_per_process_and_warn_when_they_cannot_be_exact():
         )
     with pytest.warns(UserWarning, match="resuming on a GPU a run saved without one"):
         restore_rng_states([{"cpu": first}], DistributedContext(device=torch.device("cuda", 0)))
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
+def test_release_free_memory_runs_on_glibc():
+    assert release_free_memory() is True
+
+
+@pytest.mark.parametrize(("log_every", "releases"), [(1, 7), (3, 2), (8, 0)])
+def test_training_releases_free_memory_at_each_logged_step(
+    tmp_path, monkeypatch, log_every, releases
+):
+    calls = []
+    monkeypatch.setattr(graphdiff.train.loop, "release_free_memory", lambda: calls.append(1))
+    train(quick_args(tmp_path / "run", max_steps=7, log_every=log_every))
+    assert len(calls) == releases  # at steps log_every, 2 * log_every, ... <= 7

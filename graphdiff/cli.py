@@ -99,7 +99,7 @@ TRAIN_OPTIONS = (
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from graphdiff.train import TrainArgs, fit, setup_run
+    from graphdiff.train import TrainArgs, build_run, check_run, fit
     from graphdiff.train.distributed import init_distributed, shutdown
 
     with user_errors():
@@ -111,7 +111,8 @@ def run_train(args: argparse.Namespace) -> int:
         context = init_distributed(train_args.device)
     try:
         with user_errors():
-            run = setup_run(train_args, context)
+            plan = check_run(train_args, context)
+        run = build_run(plan)
         result = fit(run)
     finally:
         shutdown(context)

@@ -7,10 +7,13 @@ from graphdiff.train.checkpoint import (
     save_checkpoint,
 )
 from graphdiff.train.loop import (
+    RunPlan,
     TrainArgs,
     TrainingRun,
     TrainResult,
+    build_run,
     build_task,
+    check_run,
     evaluate,
     fit,
     setup_run,
@@ -24,6 +27,9 @@ __all__ = [
     "TrainingRun",
     "train",
     "setup_run",
+    "check_run",
+    "build_run",
+    "RunPlan",
     "fit",
     "evaluate",
     "build_task",

@@ -29,17 +29,31 @@ def save_json(path: str, value: Any) -> None:
     atomic_write_text(path, json.dumps(value, indent=2))
 
 
-REQUIRED_KEYS = ("model", "config", "step")
+# What a model is loaded from (load_model, analysis), and what graphdiff.train writes into
+# every checkpoint and a resumed run reads.
+MODEL_KEYS = ("model", "config")
+RUN_KEYS = (
+    "model",
+    "optimizer",
+    "scheduler",
+    "rng",
+    "step",
+    "best",
+    "window",
+    "result",
+    "config",
+    "train",
+)
 # torch.save writes a zip archive; anything else is not a checkpoint.
 ZIP_MAGIC = b"PK\x03\x04"
 
 
-def load_checkpoint(path: str) -> Dict[str, Any]:
+def load_checkpoint(path: str, keys: Tuple[str, ...] = MODEL_KEYS) -> Dict[str, Any]:
     """Load a checkpoint safely (``weights_only=True``) with a clear error for bad files.
 
     Raises:
         CheckpointError: when ``path`` is missing, a directory, not a file that ``torch.save``
-            writes, truncated, or a torch file without a graphdiff checkpoint's keys.
+            writes, truncated, or a torch file without the ``keys`` the caller reads.
     """
     if os.path.isdir(path):
         names = sorted(name for name in os.listdir(path) if name.endswith(".pt"))
@@ -58,8 +72,11 @@ def load_checkpoint(path: str) -> Dict[str, Any]:
         raise CheckpointError(
             f"checkpoint {path} is corrupt or truncated (torch.load raised {type(error).__name__})"
         ) from None
-    if not isinstance(state, dict) or any(key not in state for key in REQUIRED_KEYS):
-        raise CheckpointError(f"{path} is not a graphdiff checkpoint (needs keys {REQUIRED_KEYS})")
+    missing = [key for key in keys if key not in state] if isinstance(state, dict) else keys
+    if missing:
+        raise CheckpointError(
+            f"{path} is not a graphdiff checkpoint of this kind (missing {', '.join(missing)})"
+        )
     return state
 
 

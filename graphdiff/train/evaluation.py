@@ -26,7 +26,7 @@ def load_evaluation(
         FileNotFoundError: when ``data`` does not exist.
         ValueError: for a bad ``split`` or data the task cannot read.
     """
-    train_args = load_checkpoint(path)["train"]
+    train_args = load_checkpoint(path, ("model", "config", "train"))["train"]
     model, config = load_model(path)
     task_args, data_dir = dict(train_args["task_args"]), train_args["data_dir"]
     if data is not None:

@@ -35,7 +35,7 @@ from graphdiff.models import (
 )
 from graphdiff.patterns import parse_pattern
 from graphdiff.tasks import TASKS, TaskDataset, collate, get_task
-from graphdiff.train.checkpoint import load_checkpoint, save_checkpoint, save_json
+from graphdiff.train.checkpoint import RUN_KEYS, load_checkpoint, save_checkpoint, save_json
 from graphdiff.train.distributed import (
     DistributedContext,
     all_gather_objects,
@@ -332,20 +332,9 @@ def rng_states(context: DistributedContext) -> Dict[str, torch.Tensor]:
 
 
 def restore_rng_states(saved: Any, context: DistributedContext) -> None:
-    """Restore this process's states from a checkpoint's list (one entry per process).
-
-    Checkpoints of earlier versions hold one CPU state for all processes, which is exact only
-    for a single process; a run resumed on a different number of processes cannot be exact, and
-    each process takes the saved states of ``rank % saved processes``.
-    """
-    if isinstance(saved, torch.Tensor):  # the first process's state only
-        if context.world_size > 1:
-            warnings.warn(
-                "this checkpoint holds only the first process's RNG state: dropout on "
-                "the others will differ from an uninterrupted run",
-                stacklevel=2,
-            )
-        saved = [{"cpu": saved}] * context.world_size
+    """Restore this process's states from a checkpoint's list (one entry per process). A run
+    resumed on a different number of processes cannot be exact: each process takes the saved
+    states of ``rank % saved processes``."""
     if len(saved) != context.world_size:
         warnings.warn(
             f"resuming on {context.world_size} processes a run saved on {len(saved)}: "
@@ -430,7 +419,15 @@ def train(args: TrainArgs) -> TrainResult:
 
 
 def check_out_dir(args: TrainArgs) -> None:
-    """Refuse to start over a run without ``overwrite``, or to resume where there is none."""
+    """Refuse to start over a run without ``overwrite``, to resume where there is none, and to
+    use a folder whose files are not a run's (``overwrite`` would delete them)."""
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise ValueError(f"--out {args.out} is a file, not a run folder")
+    config_path = os.path.join(args.out, "config.json")
+    if os.path.exists(config_path) and not is_run_config(config_path):
+        raise ValueError(
+            f"{args.out} holds a config.json that is not a graphdiff run's; choose another --out"
+        )
     present = [name for name in RUN_FILES if os.path.exists(os.path.join(args.out, name))]
     if args.resume and "last.pt" not in present:
         start = "--overwrite" if present else "no --resume"
@@ -443,6 +440,16 @@ def check_out_dir(args: TrainArgs) -> None:
             f"{args.out} holds a run ({', '.join(present)}); continue it with "
             "--resume, replace it with --overwrite, or choose another --out"
         )
+
+
+def is_run_config(path: str) -> bool:
+    """Whether ``path`` is the config.json of a training run (``{"model": ..., "train": ...}``)."""
+    try:
+        with open(path) as handle:
+            saved = json.load(handle)
+    except (OSError, ValueError):
+        return False
+    return isinstance(saved, dict) and {"model", "train"} <= saved.keys()
 
 
 def check_same_run(
@@ -481,11 +488,28 @@ def check_same_run(
     )
 
 
-def setup_run(args: TrainArgs, context: DistributedContext) -> TrainingRun:
-    """Everything before the first step: checks, data, model, optimiser, and the resumed state.
+@dataclasses.dataclass
+class RunPlan:
+    """A run whose arguments, data, ``out`` folder and saved state :func:`check_run` found
+    valid, before anything is built or written."""
 
-    Every check on the arguments, the ``out`` directory and the data happens here, before
-    anything is written; errors are ``ValueError``, ``TypeError`` or ``FileNotFoundError``.
+    args: TrainArgs
+    context: DistributedContext
+    train_set: TaskDataset
+    val_set: Dataset
+    config: DiffuserConfig
+    steps_per_epoch: int
+    total: int
+    saved: Optional[Dict[str, Any]]  # the last.pt of a resumed run
+
+
+def check_run(args: TrainArgs, context: DistributedContext) -> RunPlan:
+    """Every check of a run's arguments, ``out`` folder, data and (for ``resume``) its
+    checkpoint, before anything is built or written.
+
+    Raises:
+        ValueError, TypeError or FileNotFoundError: naming what is wrong (the errors that
+            ``graphdiff train`` reports in one line).
     """
     if args.batch_size % context.world_size:
         raise ValueError(
@@ -506,9 +530,19 @@ def setup_run(args: TrainArgs, context: DistributedContext) -> TrainingRun:
         args.max_steps if args.max_steps is not None else math.ceil(args.epochs * steps_per_epoch)
     )
     config = build_config(args, train_set)
+    saved = None
+    if args.resume:
+        saved = load_checkpoint(os.path.join(args.out, "last.pt"), RUN_KEYS)
+        check_same_run(args, saved["train"], saved["step"], total, steps_per_epoch)
+    return RunPlan(args, context, train_set, val_set, config, steps_per_epoch, total, saved)
 
+
+def build_run(plan: RunPlan) -> TrainingRun:
+    """The model, optimiser and schedule of a checked run, its saved state restored (or its
+    ``out`` folder started): what :func:`fit` advances."""
+    args, context, total = plan.args, plan.context, plan.total
     torch.manual_seed(args.seed)
-    model = DiffuserForSequenceClassification(config).to(context.device)
+    model = DiffuserForSequenceClassification(plan.config).to(context.device)
     optimizer = make_optimizer(model, args)
     warmup_steps = int(args.warmup * total)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -517,15 +551,15 @@ def setup_run(args: TrainArgs, context: DistributedContext) -> TrainingRun:
     run = TrainingRun(
         args=args,
         context=context,
-        config=config,
+        config=plan.config,
         model=model,
         trained=DistributedDataParallel(model) if context.enabled else model,
         optimizer=optimizer,
         scheduler=scheduler,
-        train_set=train_set,
-        val_set=val_set,
+        train_set=plan.train_set,
+        val_set=plan.val_set,
         sampler=DistributedSampler(
-            train_set,
+            plan.train_set,
             num_replicas=context.world_size,
             rank=context.rank,
             shuffle=True,
@@ -534,12 +568,12 @@ def setup_run(args: TrainArgs, context: DistributedContext) -> TrainingRun:
         ),
         metrics=MetricsLog(os.path.join(args.out, "metrics.jsonl"), context.is_main),
         per_process=args.batch_size // context.world_size,
-        steps_per_epoch=steps_per_epoch,
+        steps_per_epoch=plan.steps_per_epoch,
         total=total,
-        eval_every=args.eval_every or max(1, min(steps_per_epoch, total // 5)),
+        eval_every=args.eval_every or max(1, min(plan.steps_per_epoch, total // 5)),
     )
-    if args.resume:
-        resume(run)
+    if plan.saved is not None:
+        restore(run, plan.saved)
     # Every process has checked the directory before the main one writes to it.
     if context.enabled:
         torch.distributed.barrier()
@@ -551,10 +585,13 @@ def setup_run(args: TrainArgs, context: DistributedContext) -> TrainingRun:
     return run
 
 
-def resume(run: TrainingRun) -> None:
-    """Load ``last.pt`` into ``run`` once its arguments are known to be the saved run's."""
-    state = load_checkpoint(run.last_path)
-    check_same_run(run.args, state["train"], state["step"], run.total, run.steps_per_epoch)
+def setup_run(args: TrainArgs, context: DistributedContext) -> TrainingRun:
+    """Everything before the first step: :func:`check_run`, then :func:`build_run`."""
+    return build_run(check_run(args, context))
+
+
+def restore(run: TrainingRun, state: Dict[str, Any]) -> None:
+    """Load a checked ``last.pt`` into ``run``."""
     run.model.load_state_dict(state["model"])
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])

@@ -132,7 +132,8 @@ def test_nothing_to_resume_is_an_error(tmp_path, capsys):
     assert train_cli(tmp_path / "empty", "--max-steps", "4", "--resume") == 2
     assert "nothing to resume in" in one_error_line(capsys)
     assert not (tmp_path / "empty").exists()
-    (tmp_path / "config.json").write_text("{}")  # a run that died before its first checkpoint
+    # a run that died before its first checkpoint
+    (tmp_path / "config.json").write_text('{"model": {}, "train": {}}')
     assert train_cli(tmp_path, "--max-steps", "4", "--resume") == 2
     assert "start a new run there with --overwrite" in one_error_line(capsys)
     with pytest.raises(SystemExit):
@@ -255,6 +256,9 @@ def test_an_error_while_training_or_evaluating_keeps_its_traceback(
     monkeypatch.setattr(loop, "train_step", bug)
     with pytest.raises(TypeError, match="an internal bug"):
         train_cli(tmp_path, "--max-steps", "2")
+    monkeypatch.setattr(loop, "make_optimizer", bug)  # after the checks: not the user's error
+    with pytest.raises(TypeError, match="an internal bug"):
+        train_cli(tmp_path / "other", "--max-steps", "2")
     monkeypatch.setattr("graphdiff.train.evaluate", bug)
     with pytest.raises(TypeError, match="an internal bug"):
         main(["evaluate", "--checkpoint", str(finished_run / "last.pt"), "--split", "val"])
@@ -387,3 +391,19 @@ def test_the_cli_module_loads_without_torch():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert loaded.stdout.strip() == "False"
+
+
+def test_a_folder_that_is_not_a_run_is_never_overwritten(tmp_path, capsys):
+    saved = tmp_path / "pretrained"  # what save_pretrained writes: not a training run
+    saved.mkdir()
+    (saved / "config.json").write_text('{"hidden": 16, "model_class": "Diffuser"}')
+    (saved / "model.safetensors").write_bytes(b"weights")
+    before = snapshot(saved)
+    for flags in ([], ["--overwrite"], ["--resume"]):
+        assert train_cli(saved, "--max-steps", "2", *flags) == 2
+        assert "holds a config.json that is not a graphdiff run's" in one_error_line(capsys)
+    assert snapshot(saved) == before
+    (tmp_path / "file").write_text("x")
+    assert train_cli(tmp_path / "file", "--max-steps", "2", "--overwrite") == 2
+    assert "is a file, not a run folder" in one_error_line(capsys)
+    assert (tmp_path / "file").read_text() == "x"

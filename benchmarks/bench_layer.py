@@ -102,7 +102,7 @@ INTERLEAVED_GROWTH = ("graphdiff", "layer")  # ... and measured interleaved too
 # makes its own call) at the same lengths: the growth of the machine's own sparse kernel on the
 # structure, in the same rounds, to read the core's growth against.
 GROWTH_BASELINE = {"graphdiff": "spmm_heads"}
-TARGET_N = 16384  # the length of the performance issue's memory and layer targets
+TARGET_N = 16384  # the length of the memory and layer targets (docs/performance.md)
 
 
 def rss_mb() -> float:
@@ -371,7 +371,7 @@ def paired_ratios(num: List[float], den: List[float]) -> Tuple[float, float]:
 
 
 def growth_line(variant: str, a: int, b: int, how: str, median: float, fastest: float) -> str:
-    """One check of a variant's growth from n = a to n = b (issue 6: at most 1.125 b / a)."""
+    """One check of a variant's growth from n = a to n = b (target: at most 1.125 b / a)."""
     return (
         f"{variant} time({b}) / time({a}){how} = {median:.2f} median, {fastest:.2f} "
         f"fastest (linear: {b / a:.1f}; target <= {1.125 * b / a:.1f})"
@@ -435,7 +435,7 @@ def growth_lines(
 
 
 def hop_line(n: int, bare: str, how: str, median: float, fastest: float) -> str:
-    """One check of a diffusion hop against the faster bare SpMM, ``bare`` (issue 6: at most
+    """One check of a diffusion hop against the faster bare SpMM, ``bare`` (target: at most
     1.5x)."""
     return (
         f"n={n}: one hop / bare CSR SpMM ({bare}, the faster){how} = {median:.2f} median, "
@@ -544,7 +544,7 @@ def lengths_run(results: Dict[int, Dict[str, dict]], variant: str) -> List[int]:
 
 
 def targets(results: Dict[int, Dict[str, dict]]) -> List[str]:
-    """The checks of issue 6 that this run can evaluate."""
+    """The targets of docs/performance.md that this run can evaluate."""
     out = []
     for n, row in results.items():
         g, s = _total(row.get("graphdiff", {})), _total(row.get("sdpa", {}))

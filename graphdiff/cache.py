@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import weakref
 from collections import OrderedDict
-from typing import Any, Callable, Hashable, Optional, Tuple
+from typing import Any, Callable, Dict, Hashable, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -81,6 +81,8 @@ class StructureCache:
         self.max_bytes = _check_budget(max_bytes)
         self.entries: "OrderedDict[Hashable, _Entry]" = OrderedDict()
         self.remembered: "OrderedDict[Hashable, Optional[weakref.ref]]" = OrderedDict()
+        # One clean-up per key while its owner lives, however often the entry is readmitted.
+        self.finalizers: Dict[Hashable, weakref.finalize] = {}
 
     @property
     def bytes(self) -> int:
@@ -131,8 +133,8 @@ class StructureCache:
             return value
         self._evict(self.max_bytes - new.size)
         self.entries[key] = new
-        if ref is not None:
-            weakref.finalize(owner, self._drop_dead, key)
+        if ref is not None and key not in self.finalizers:
+            self.finalizers[key] = weakref.finalize(owner, self._drop_dead, key)
         return value
 
     def _seen_before(self, key: Hashable, owner: Any) -> bool:
@@ -165,6 +167,7 @@ class StructureCache:
             total -= KEY_BYTES
 
     def _drop_dead(self, key: Hashable) -> None:
+        self.finalizers.pop(key, None)
         entry = self.entries.get(key)
         if entry is not None and entry.owner is not None and entry.owner() is None:
             del self.entries[key]

@@ -395,7 +395,7 @@ class TrainingRun:
     best: float = -1.0  # best validation accuracy so far
     window_loss: float = 0.0  # training loss summed since the last evaluation
     window_steps: int = 0
-    tokens_seen: int = 0  # training tokens (all processes) since the last evaluation
+    tokens_seen: int = 0  # this process's training tokens since the last evaluation
     train_seconds: float = 0.0  # time in training steps since the last evaluation
     result: Dict[str, Any] = dataclasses.field(default_factory=dict)
     already_finished: bool = False
@@ -645,7 +645,11 @@ def evaluate_and_checkpoint(run: TrainingRun, evaluating: bool) -> None:
             "step": run.step,
             "epoch": epoch,
             "train_loss": run.window_loss / run.window_steps,
-            "tokens_per_second": run.tokens_seen / run.train_seconds,
+            # Every process's tokens; each process's step time (they wait for each other).
+            "tokens_per_second": float(
+                all_reduce_sum(torch.tensor(float(run.tokens_seen)), run.context)
+            )
+            / run.train_seconds,
         }
         run.window_loss, run.window_steps, run.tokens_seen, run.train_seconds = 0.0, 0, 0, 0.0
         if run.context.is_main:
@@ -712,7 +716,7 @@ def fit(run: TrainingRun) -> TrainResult:
             batches = None  # next epoch, next order
         bar.update(1)
         run.window_loss, run.window_steps = run.window_loss + loss, run.window_steps + 1
-        run.tokens_seen += int(batch[1].sum()) * context.world_size
+        run.tokens_seen += int(batch[1].sum())
         if run.step % args.log_every == 0:
             run.metrics.write(
                 {"step": run.step, "loss": loss, "lr": run.scheduler.get_last_lr()[0]}

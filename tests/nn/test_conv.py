@@ -417,3 +417,20 @@ def test_structure_cache_entries_die_with_their_edge_index(fresh_cache):
         del edge_index, graph
         gc.collect()
         assert not fresh_cache.entries
+
+
+def test_a_readmitted_entry_keeps_one_clean_up_for_its_edge_index(fresh_cache):
+    import gc
+
+    kept = torch.arange(10).repeat(2, 1)
+    for length in range(20, 40):  # each new length evicts the structure of `kept`, then readmits
+        fresh_cache.set_budget(0)
+        fresh_cache.set_budget(2**20)
+        other = torch.arange(length).repeat(2, 1)
+        diffusion_graph(other, (length, length))
+        for _ in range(2):
+            diffusion_graph(kept, (10, 10))
+    assert sum(finalizer.alive for finalizer in fresh_cache.finalizers.values()) <= 2
+    del kept, other
+    gc.collect()
+    assert not fresh_cache.finalizers and not fresh_cache.entries

@@ -260,7 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume",
         action="store_true",
         help="continue the run in OUT from last.pt, with the same arguments "
-        "(others are refused). A finished run is not extended, since its "
+        "(others are refused; --data-dir, --eval-every, --eval-examples, --log-every, "
+        "--workers and --device may change). A finished run is not extended, since its "
         "learning rate has decayed to 0: it prints its final result, and "
         "more steps are refused",
     )

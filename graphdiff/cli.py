@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import ast
 import contextlib
+import dataclasses
 import json
 import sys
 from typing import Any, Dict, Iterator, List, Optional
@@ -71,40 +72,18 @@ def key_values(items: List[str]) -> Dict[str, Any]:
     return values
 
 
-TRAIN_OPTIONS = (
-    "task",
-    "preset",
-    "out",
-    "pattern",
-    "hops",
-    "alpha",
-    "data_dir",
-    "max_steps",
-    "epochs",
-    "batch_size",
-    "lr",
-    "weight_decay",
-    "warmup",
-    "clip",
-    "seed",
-    "eval_every",
-    "eval_examples",
-    "log_every",
-    "stop_after",
-    "resume",
-    "overwrite",
-    "workers",
-    "device",
-)
-
-
 def run_train(args: argparse.Namespace) -> int:
     from graphdiff.train import TrainArgs, build_run, check_run, fit
     from graphdiff.train.distributed import init_distributed, shutdown
 
     with user_errors():
         train_args = TrainArgs(
-            **{name: getattr(args, name) for name in TRAIN_OPTIONS if hasattr(args, name)},
+            # Every TrainArgs field is an option of the same name, but for these two.
+            **{
+                field.name: getattr(args, field.name)
+                for field in dataclasses.fields(TrainArgs)
+                if hasattr(args, field.name) and field.name not in ("task_args", "model_args")
+            },
             task_args=key_values(args.task_arg),
             model_args=key_values(args.model_arg),
         )

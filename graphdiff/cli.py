@@ -233,6 +233,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     train.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    train.add_argument(
+        "--grad-checkpoint",
+        action="store_true",
+        help="recompute each layer in the backward pass: the activation memory of one layer "
+        "instead of all, the same gradients, about one more forward pass of time",
+    )
     train.add_argument("--out", required=True, help="run directory")
     existing = train.add_mutually_exclusive_group()
     existing.add_argument(
@@ -240,7 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="continue the run in OUT from last.pt, with the same arguments "
         "(others are refused; --data-dir, --eval-every, --eval-examples, --log-every, "
-        "--workers and --device may change). A finished run is not extended, since its "
+        "--workers, --device and --grad-checkpoint may change). A finished run is not "
+        "extended, since its "
         "learning rate has decayed to 0: it prints its final result, and "
         "more steps are refused",
     )

@@ -36,6 +36,9 @@ class DiffuserConfig:
     positional: str = "learned"  # "learned", "sinusoidal" or "none"
     layer_norm_eps: float = 1e-5
     pad_token_id: int = 0  # padding token: its embedding row gets no gradient (RoBERTa: 1)
+    # Recompute each layer in the backward pass instead of keeping its activations: the
+    # activation memory of one layer instead of all, for about one more forward pass of time.
+    gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         # NumPy scalars (from a sweep) become Python numbers: config.json takes no np.int64 or
@@ -71,6 +74,11 @@ class DiffuserConfig:
             value = getattr(self, name)
             if not is_real(value) or not 0.0 <= value < 1.0:
                 raise ValueError(f"DiffuserConfig.{name} must lie in [0, 1), got {value!r}")
+        if not isinstance(self.gradient_checkpointing, bool):
+            raise TypeError(
+                f"DiffuserConfig.gradient_checkpointing must be a bool, "
+                f"got {self.gradient_checkpointing!r}"
+            )
         if not is_real(self.layer_norm_eps) or not self.layer_norm_eps > 0:
             raise ValueError(
                 f"DiffuserConfig.layer_norm_eps must be a number > 0, got {self.layer_norm_eps!r}"

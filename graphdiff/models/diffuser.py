@@ -16,6 +16,7 @@ from typing import Any, List, Optional, Union
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 from torch_geometric.data import Batch
 from torch_geometric.utils import scatter
 
@@ -202,10 +203,15 @@ class Diffuser(PretrainedMixin, nn.Module):
         graph = diffusion_graph(batch.edge_index, (tokens.size(0), tokens.size(0)))
         x = self.embeddings(tokens, batch.pos)
         attentions: List[Tensor] = []
+        checkpointing = self.config.gradient_checkpointing and self.training
         for layer in self.layers:
             if return_attention_weights:
                 x, (_, attention) = layer(x, graph, return_attention_weights=True)
                 attentions.append(attention)
+            elif checkpointing and torch.is_grad_enabled():
+                # Non-reentrant: the layer's dropout masks are drawn again from the saved RNG
+                # state, so the gradients equal those of the plain run exactly.
+                x = checkpoint(layer, x, graph, use_reentrant=False)
             else:
                 x = layer(x, graph)
         return (x, (batch.edge_index, attentions)) if return_attention_weights else x

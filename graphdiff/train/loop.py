@@ -103,6 +103,8 @@ class TrainArgs:
         resume: continue the run in ``out`` from ``last.pt``, with the same arguments; a
             finished run is not extended.
         overwrite: replace the run in ``out``; without it an existing run is refused.
+        grad_checkpoint: recompute each layer in the backward pass
+            (``DiffuserConfig.gradient_checkpointing``): less memory, the same gradients.
         workers: DataLoader worker processes.
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
         progress: show a progress bar.
@@ -131,6 +133,7 @@ class TrainArgs:
     eval_examples: Optional[int] = DEFAULT_EVAL_EXAMPLES
     resume: bool = False
     overwrite: bool = False
+    grad_checkpoint: bool = False
     workers: int = 0
     device: str = "auto"
     progress: bool = True
@@ -205,6 +208,8 @@ def build_config(args: TrainArgs, train_set: TaskDataset) -> DiffuserConfig:
     overrides.update(
         {name: getattr(args, name) for name in ("hops", "alpha") if getattr(args, name) is not None}
     )
+    if args.grad_checkpoint:
+        overrides["gradient_checkpointing"] = True
     overrides.update(args.model_args)
     return preset_config(args.preset, **overrides)
 

@@ -318,3 +318,47 @@ def test_bad_token_ids_are_named_before_the_embedding(tokens, error, match):
     model = Diffuser(DiffuserConfig.tiny(vocab_size=32))
     with pytest.raises(error, match=match):
         model(tokens, torch.ones(tokens.shape, dtype=torch.bool))
+
+
+def saved_bytes(run) -> int:
+    """Bytes of the tensors autograd saves for backward while ``run()`` builds its graph."""
+    total = 0
+
+    def pack(tensor):
+        nonlocal total
+        total += tensor.numel() * tensor.element_size()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        out = run()
+    return out, total
+
+
+def test_gradient_checkpointing_gives_the_same_gradients_and_saves_less():
+    # Every dropout on, so that exact equality needs the recomputation to redraw the same masks.
+    config = DiffuserConfig.tiny(
+        vocab_size=40, layers=3, dropout=0.2, attention_dropout=0.2, hop_dropout=0.2
+    )
+    tokens = torch.randint(1, 40, (3, 50), generator=torch.Generator().manual_seed(1))
+    mask = torch.arange(50) < torch.tensor([[50], [31], [7]])
+    labels = torch.tensor([0, 1, 1])
+    grads, saved = [], []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = DiffuserForSequenceClassification(
+            DiffuserConfig(**{**config.to_dict(), "gradient_checkpointing": checkpointing})
+        ).train()
+        torch.manual_seed(5)
+        logits, size = saved_bytes(lambda: model(tokens, mask))
+        F.cross_entropy(logits, labels).backward()
+        grads.append({name: p.grad.clone() for name, p in model.named_parameters()})
+        saved.append(size)
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        assert torch.equal(grads[0][name], grads[1][name]), name
+    assert saved[1] < saved[0] / 2  # three layers' activations against one layer's inputs
+
+
+def test_gradient_checkpointing_must_be_a_bool():
+    with pytest.raises(TypeError, match="gradient_checkpointing must be a bool"):
+        DiffuserConfig(gradient_checkpointing=1)

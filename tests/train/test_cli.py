@@ -407,3 +407,13 @@ def test_a_folder_that_is_not_a_run_is_never_overwritten(tmp_path, capsys):
     assert train_cli(tmp_path / "file", "--max-steps", "2", "--overwrite") == 2
     assert "is a file, not a run folder" in one_error_line(capsys)
     assert (tmp_path / "file").read_text() == "x"
+
+
+def test_grad_checkpoint_trains_the_run_it_would_train_without(tmp_path):
+    assert train_cli(tmp_path / "plain", "--max-steps", "2") == 0
+    assert train_cli(tmp_path / "ckpt", "--max-steps", "2", "--grad-checkpoint") == 0
+    config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    assert config["model"]["gradient_checkpointing"] is True
+    plain, ckpt = (load_checkpoint(str(tmp_path / run / "last.pt")) for run in ("plain", "ckpt"))
+    for name, weight in plain["model"].items():
+        assert torch.equal(weight, ckpt["model"][name]), name

@@ -234,6 +234,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     train.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     train.add_argument(
+        "--precision",
+        default="fp32",
+        choices=("fp32", "bf16"),
+        help="bf16: the training forward pass under bfloat16 autocast (the sparse kernels "
+        "compute in float32 inside; evaluation stays fp32)",
+    )
+    train.add_argument(
         "--grad-checkpoint",
         action="store_true",
         help="recompute each layer in the backward pass: the activation memory of one layer "

@@ -52,8 +52,10 @@ from graphdiff.train.memory import release_free_memory
 DEFAULT_EVAL_EXAMPLES = 160
 # What a run writes in its ``out`` directory.
 RUN_FILES = ("config.json", "metrics.jsonl", "last.pt", "best.pt")
+PRECISIONS = ("fp32", "bf16")
 # The arguments that define a run's trajectory: resuming it with other values is refused.
 RUN_ARGS = (
+    "precision",
     "task",
     "preset",
     "pattern",
@@ -105,6 +107,8 @@ class TrainArgs:
         overwrite: replace the run in ``out``; without it an existing run is refused.
         grad_checkpoint: recompute each layer in the backward pass
             (``DiffuserConfig.gradient_checkpointing``): less memory, the same gradients.
+        precision: ``"fp32"``, or ``"bf16"`` for the training forward pass under bfloat16
+            autocast (the sparse kernels compute in float32 inside; evaluation stays fp32).
         workers: DataLoader worker processes.
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
         progress: show a progress bar.
@@ -134,6 +138,7 @@ class TrainArgs:
     resume: bool = False
     overwrite: bool = False
     grad_checkpoint: bool = False
+    precision: str = "fp32"
     workers: int = 0
     device: str = "auto"
     progress: bool = True
@@ -165,6 +170,8 @@ class TrainArgs:
                 raise ValueError(
                     f"{name} must be a number {'>' if positive else '>='} 0, got {value!r}"
                 )
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.resume and self.overwrite:
             raise ValueError(
                 "give at most one of resume (continue the run in out) and overwrite (replace it)"
@@ -624,7 +631,10 @@ def train_step(run: TrainingRun, batch: Any) -> float:
     the processes."""
     tokens, mask, labels = (part.to(run.context.device) for part in batch)
     run.trained.train()
-    loss = F.cross_entropy(run.trained(tokens, mask), labels)
+    with torch.autocast(
+        run.context.device.type, dtype=torch.bfloat16, enabled=run.args.precision == "bf16"
+    ):
+        loss = F.cross_entropy(run.trained(tokens, mask), labels)
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if run.args.clip:

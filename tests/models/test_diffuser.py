@@ -362,3 +362,27 @@ def test_gradient_checkpointing_gives_the_same_gradients_and_saves_less():
 def test_gradient_checkpointing_must_be_a_bool():
     with pytest.raises(TypeError, match="gradient_checkpointing must be a bool"):
         DiffuserConfig(gradient_checkpointing=1)
+
+
+def test_bf16_autocast_gradients_match_float32_within_bf16_tolerance():
+    config = DiffuserConfig.tiny(vocab_size=40, dropout=0.0, attention_dropout=0.0)
+    torch.manual_seed(0)
+    model = DiffuserForSequenceClassification(config).train()
+    tokens = torch.randint(1, 40, (3, 50), generator=torch.Generator().manual_seed(1))
+    mask = torch.arange(50) < torch.tensor([[50], [31], [7]])
+    labels = torch.tensor([0, 1, 1])
+    grads = []
+    for bf16 in (False, True):
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = model(tokens, mask)
+            assert logits.dtype == (torch.bfloat16 if bf16 else torch.float32)
+            F.cross_entropy(logits, labels).backward()
+        grads.append({name: p.grad.clone() for name, p in model.named_parameters()})
+    # bf16 keeps 8 bits of mantissa; the absolute term covers gradients that are zero in exact
+    # arithmetic (the key bias: softmax does not see a shift shared by a query's scores).
+    scale = max(exact.norm() for exact in grads[0].values())
+    for name, exact in grads[0].items():
+        assert grads[1][name].dtype == torch.float32  # autocast keeps fp32 weights and grads
+        error = (grads[1][name] - exact).norm()
+        assert error <= 0.05 * exact.norm() + 1e-3 * scale, name

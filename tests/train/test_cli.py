@@ -417,3 +417,12 @@ def test_grad_checkpoint_trains_the_run_it_would_train_without(tmp_path):
     plain, ckpt = (load_checkpoint(str(tmp_path / run / "last.pt")) for run in ("plain", "ckpt"))
     for name, weight in plain["model"].items():
         assert torch.equal(weight, ckpt["model"][name]), name
+
+
+def test_bf16_precision_trains_and_is_part_of_the_run(tmp_path, capsys):
+    assert train_cli(tmp_path / "run", "--max-steps", "2", "--precision", "bf16") == 0
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["train"]["precision"] == "bf16"
+    capsys.readouterr()
+    assert train_cli(tmp_path / "run", "--max-steps", "2", "--resume") == 2
+    assert "precision: 'bf16' in the run, 'fp32' now" in one_error_line(capsys)

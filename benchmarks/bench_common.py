@@ -4,6 +4,7 @@ them alike), and growth between two lengths."""
 
 from __future__ import annotations
 
+import os
 import shlex
 import statistics
 import sys
@@ -11,9 +12,13 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, Hashable, List, Optional, Sequence, TypeVar
 
-from graphdiff.cli_types import positive_int  # noqa: F401  (re-exported: the benches' type)
-
 Key = TypeVar("Key", bound=Hashable)
+
+
+def rss_mb() -> float:
+    """Resident set size of this process in MiB (Linux)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def diffuser_layer(width: int, heads: int, hops: int = 5, alpha: float = 0.1):

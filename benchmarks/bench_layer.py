@@ -70,12 +70,12 @@ from typing import Callable, Dict, List, Optional, Tuple
 from bench_common import (
     alternate,
     diffuser_layer,
-    positive_int,
     rerun_command,
+    rss_mb,
     sdpa_transformer_layer,
 )
 
-from graphdiff.cli_types import positive_float
+from graphdiff.cli_types import positive_float, positive_int
 from graphdiff.io import atomic_write
 
 ALL_VARIANTS = [
@@ -103,11 +103,6 @@ INTERLEAVED_GROWTH = ("graphdiff", "layer")  # ... and measured interleaved too
 # structure, in the same rounds, to read the core's growth against.
 GROWTH_BASELINE = {"graphdiff": "spmm_heads"}
 TARGET_N = 16384  # the length of the memory and layer targets (docs/performance.md)
-
-
-def rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 # ----------------------------------------------------------------------------- worker side

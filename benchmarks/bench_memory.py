@@ -19,18 +19,13 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from typing import List, Optional
 
-from bench_common import positive_int
+from bench_common import rss_mb
 
-
-def rss_mb() -> float:
-    """Resident set size of this process in MiB (Linux)."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+from graphdiff.cli_types import positive_int
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -18,8 +18,9 @@ from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
-from bench_common import positive_int, rerun_command
+from bench_common import rerun_command
 
+from graphdiff.cli_types import positive_int
 from graphdiff.io import atomic_write_text
 from graphdiff.models import DiffuserForSequenceClassification, preset_config
 

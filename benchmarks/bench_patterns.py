@@ -12,9 +12,8 @@ import argparse
 import time
 from typing import List, Optional
 
-from bench_common import positive_int
-
 import graphdiff.cache
+from graphdiff.cli_types import positive_int
 from graphdiff.patterns import parse_pattern
 
 DEFAULT_PATTERNS = [

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 
-from bench_common import positive_int
+from graphdiff.cli_types import positive_int
 
 
 def measure(pattern: str, n: int) -> dict:

@@ -82,7 +82,13 @@ def load_checkpoint(path: str, keys: Tuple[str, ...] = MODEL_KEYS) -> Dict[str, 
 
 def load_model(path: str) -> Tuple[DiffuserForSequenceClassification, DiffuserConfig]:
     """The classification model stored in a checkpoint, in eval mode, and its config."""
-    state = load_checkpoint(path)
+    return model_from_checkpoint(load_checkpoint(path))
+
+
+def model_from_checkpoint(
+    state: Dict[str, Any],
+) -> Tuple[DiffuserForSequenceClassification, DiffuserConfig]:
+    """The classification model of a loaded checkpoint, in eval mode, and its config."""
     config = DiffuserConfig.from_dict(state["config"])
     model = DiffuserForSequenceClassification(config)
     model.load_state_dict(state["model"])

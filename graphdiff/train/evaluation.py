@@ -7,7 +7,7 @@ from typing import Any, Dict, Optional, Tuple
 
 from graphdiff.models import DiffuserForSequenceClassification
 from graphdiff.tasks import TaskDataset
-from graphdiff.train.checkpoint import load_checkpoint, load_model
+from graphdiff.train.checkpoint import load_checkpoint, model_from_checkpoint
 from graphdiff.train.loop import build_task, evaluate
 
 
@@ -26,8 +26,9 @@ def load_evaluation(
         FileNotFoundError: when ``data`` does not exist.
         ValueError: for a bad ``split`` or data the task cannot read.
     """
-    train_args = load_checkpoint(path, ("model", "config", "train"))["train"]
-    model, config = load_model(path)
+    state = load_checkpoint(path, ("model", "config", "train"))  # read once, not per part
+    train_args = state["train"]
+    model, config = model_from_checkpoint(state)
     task_args, data_dir = dict(train_args["task_args"]), train_args["data_dir"]
     if data is not None:
         if not os.path.exists(data):

@@ -1,4 +1,5 @@
-"""Diffuser models: config, encoder and task heads, saving and loading, RoBERTa conversion."""
+"""Diffuser models: config, encoder and task heads, saving and loading, a task model started
+from a pretrained encoder, RoBERTa conversion."""
 
 from graphdiff.models.config import MODEL_PRESETS, DiffuserConfig, preset_config
 from graphdiff.models.diffuser import (
@@ -8,6 +9,7 @@ from graphdiff.models.diffuser import (
     DiffuserLayer,
     count_parameters,
 )
+from graphdiff.models.initialize import extend_positions, init_config, initialize_encoder
 from graphdiff.models.roberta import from_roberta
 
 __all__ = [
@@ -20,4 +22,7 @@ __all__ = [
     "DiffuserForMaskedLM",
     "count_parameters",
     "from_roberta",
+    "init_config",
+    "initialize_encoder",
+    "extend_positions",
 ]

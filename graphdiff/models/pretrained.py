@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Dict, Type, TypeVar
+from typing import Any, Dict, Tuple, Type, TypeVar
 
 from torch import Tensor
 
@@ -97,8 +97,8 @@ class PretrainedMixin:
         A :class:`~graphdiff.models.Diffuser` also loads from the directory of a task model
         (sequence classification or masked LM): it takes that model's encoder and leaves the
         head, as Hugging Face's base models do. A task model loads only from a directory of its
-        own class: to put a fresh head on a pretrained encoder, build the task model and load
-        the encoder into its ``diffuser``.
+        own class: to put a fresh head on a pretrained encoder, see
+        :func:`~graphdiff.models.initialize_encoder`.
 
         Args:
             directory: a directory holding ``config.json`` and ``model.safetensors``.
@@ -112,62 +112,79 @@ class PretrainedMixin:
                 not graphdiff's, or weights that do not fit the configuration; when an override
                 is no configuration field or one the weights fix.
         """
-        safetensors_torch = _safetensors_torch()
         check_overrides(overrides, WEIGHT_FIELDS, "a saved model")
-        directory = os.fspath(directory)
-        if not os.path.isdir(directory):
-            raise FileNotFoundError(f"no model directory at {directory!r}")
-        config_path = os.path.join(directory, CONFIG_NAME)
-        weights_path = os.path.join(directory, WEIGHTS_NAME)
-        for path in (config_path, weights_path):
-            if not os.path.isfile(path):
-                raise FileNotFoundError(
-                    f"{path!r} is missing: from_pretrained reads a directory "
-                    f"written by save_pretrained ({CONFIG_NAME} and "
-                    f"{WEIGHTS_NAME})"
-                )
-        with open(config_path, encoding="utf-8") as handle:
-            try:
-                values = json.load(handle)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{config_path!r} is not valid JSON: {error}") from None
-        if not isinstance(values, dict) or "model_class" not in values:
-            hint = (
-                " (a Hugging Face configuration: load the model with transformers, then "
-                "convert it with graphdiff.models.from_roberta)"
-                if isinstance(values, dict) and "model_type" in values
-                else ""
-            )
-            raise ValueError(
-                f"{config_path!r} is not a graphdiff model configuration: it has no "
-                f"'model_class'{hint}"
-            )
-        saved_class = values.pop("model_class")
-        values.pop("graphdiff_version", None)
+        saved_class, values, state = read_pretrained(directory)
         model = cls(DiffuserConfig.from_dict({**values, **overrides}))
-
-        try:
-            state = safetensors_torch.load_file(weights_path, device="cpu")
-        except Exception as error:  # safetensors raises its own error types for a damaged file
-            raise ValueError(
-                f"{weights_path!r} is not a readable safetensors file: {error}"
-            ) from None
         if saved_class != cls.__name__:
-            encoder = {
-                name[len(ENCODER_PREFIX) :]: tensor
-                for name, tensor in state.items()
-                if name.startswith(ENCODER_PREFIX)
-            }
+            encoder = encoder_state(state)
             if set(encoder) != set(model.state_dict()):
                 raise ValueError(
-                    f"{directory!r} holds a {saved_class}, not a {cls.__name__}; "
+                    f"{os.fspath(directory)!r} holds a {saved_class}, not a {cls.__name__}; "
                     f"load it with {saved_class}.from_pretrained"
                 )
             state = encoder
         try:
             model.load_state_dict(state)
         except RuntimeError as error:
+            weights_path = os.path.join(os.fspath(directory), WEIGHTS_NAME)
             raise ValueError(
                 f"the weights in {weights_path!r} do not fit its configuration: {error}"
             ) from None
         return model.eval()
+
+
+def encoder_state(state: Dict[str, Tensor]) -> Dict[str, Tensor]:
+    """The encoder's part of a task model's state dict: the entries under ``diffuser.``, with
+    that prefix removed (a :class:`~graphdiff.models.Diffuser` state dict). Empty when
+    ``state`` holds no encoder."""
+    return {
+        name[len(ENCODER_PREFIX) :]: tensor
+        for name, tensor in state.items()
+        if name.startswith(ENCODER_PREFIX)
+    }
+
+
+def read_pretrained(directory: PathLike) -> Tuple[str, Dict[str, Any], Dict[str, Tensor]]:
+    """What :meth:`PretrainedMixin.save_pretrained` wrote into ``directory``, unchecked
+    against any model: the saved class name, the configuration fields and the state dict.
+
+    Raises:
+        FileNotFoundError: when the directory or one of its two files is missing.
+        ValueError: when ``config.json`` is no graphdiff model configuration or the weights
+            are no readable safetensors file.
+    """
+    safetensors_torch = _safetensors_torch()
+    directory = os.fspath(directory)
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"no model directory at {directory!r}")
+    config_path = os.path.join(directory, CONFIG_NAME)
+    weights_path = os.path.join(directory, WEIGHTS_NAME)
+    for path in (config_path, weights_path):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"{path!r} is missing: from_pretrained reads a directory "
+                f"written by save_pretrained ({CONFIG_NAME} and "
+                f"{WEIGHTS_NAME})"
+            )
+    with open(config_path, encoding="utf-8") as handle:
+        try:
+            values = json.load(handle)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{config_path!r} is not valid JSON: {error}") from None
+    if not isinstance(values, dict) or "model_class" not in values:
+        hint = (
+            " (a Hugging Face configuration: load the model with transformers, then "
+            "convert it with graphdiff.models.from_roberta)"
+            if isinstance(values, dict) and "model_type" in values
+            else ""
+        )
+        raise ValueError(
+            f"{config_path!r} is not a graphdiff model configuration: it has no 'model_class'{hint}"
+        )
+    saved_class = values.pop("model_class")
+    values.pop("graphdiff_version", None)
+    try:
+        state = safetensors_torch.load_file(weights_path, device="cpu")
+    except Exception as error:  # safetensors raises its own error types for a damaged file
+        raise ValueError(f"{weights_path!r} is not a readable safetensors file: {error}") from None
+    return saved_class, values, state

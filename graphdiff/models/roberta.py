@@ -19,6 +19,7 @@ from graphdiff.models.diffuser import (
     DiffuserForMaskedLM,
     DiffuserForSequenceClassification,
 )
+from graphdiff.models.initialize import extend_positions
 from graphdiff.models.pretrained import WEIGHT_FIELDS, check_overrides
 
 ACCEPTED = ("RobertaModel", "RobertaForMaskedLM", "RobertaForSequenceClassification")
@@ -75,9 +76,7 @@ def _positions(embeddings: nn.Module, pad: int, max_len: int) -> Tensor:
     """graphdiff's position table ``[max_len, D]``: RoBERTa's rows from ``pad + 1`` on (its
     first real token sits there), each plus token type 0's embedding, tiled to ``max_len``."""
     type_zero = embeddings.token_type_embeddings.weight[0]
-    table = embeddings.position_embeddings.weight[pad + 1 :] + type_zero
-    copies = -(-max_len // table.size(0))
-    return table.repeat(copies, 1)[:max_len]
+    return extend_positions(embeddings.position_embeddings.weight[pad + 1 :] + type_zero, max_len)
 
 
 def _encoder_state(roberta: nn.Module, max_len: int) -> Dict[str, Tensor]:

@@ -20,6 +20,7 @@ from graphdiff.train.loop import (
     train,
 )
 from graphdiff.train.memory import release_free_memory
+from graphdiff.train.pretrained_encoder import load_encoder
 
 __all__ = [
     "TrainArgs",
@@ -38,4 +39,5 @@ __all__ = [
     "load_model",
     "save_checkpoint",
     "release_free_memory",
+    "load_encoder",
 ]

@@ -160,9 +160,25 @@ def build_parser() -> argparse.ArgumentParser:
         "or --overwrite replaces it.",
     )
     train.add_argument("--task", required=True, help="listops, image, text, pathfinder or multihop")
-    train.add_argument("--preset", default="tiny", help="model preset: tiny, small or paper_base")
     train.add_argument(
-        "--pattern", help="attention pattern expression (default: the task's, else the preset's)"
+        "--preset",
+        default="tiny",
+        help="model preset: tiny, small or paper_base (not used with --init)",
+    )
+    train.add_argument(
+        "--init",
+        metavar="PATH",
+        help="start from a pretrained encoder under a fresh task head: a checkpoint "
+        "(OUT/best.pt of any task), a run folder (its best.pt) or a save_pretrained "
+        "directory. Its architecture replaces the preset's (a --model-arg that changes it is "
+        "refused); the task sets max_len (learned positions grow by copying) and the "
+        "classes; --pattern, --hops, --alpha and the other --model-args apply as usual. "
+        "With --resume the run continues from its last.pt and PATH is not read",
+    )
+    train.add_argument(
+        "--pattern",
+        help="attention pattern expression (default: the task's, else the preset's or the "
+        "--init encoder's)",
     )
     train.add_argument("--hops", type=positive_int, help="diffusion hops K")
     train.add_argument("--alpha", type=float, help="PPR teleport probability")

@@ -16,7 +16,7 @@ import math
 import os
 import time
 import warnings
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +31,8 @@ from graphdiff.models import (
     MODEL_PRESETS,
     DiffuserConfig,
     DiffuserForSequenceClassification,
+    init_config,
+    initialize_encoder,
     preset_config,
 )
 from graphdiff.patterns import parse_pattern
@@ -44,6 +46,7 @@ from graphdiff.train.distributed import (
     shutdown,
 )
 from graphdiff.train.memory import release_free_memory
+from graphdiff.train.pretrained_encoder import load_encoder
 
 # Validation uses the split's first examples: five validations of a 50-step ListOps run on the
 # whole 2,000-example split took 65 of its 87 seconds. A validation example costs about 0.35 to
@@ -58,6 +61,7 @@ RUN_ARGS = (
     "precision",
     "task",
     "preset",
+    "init",
     "pattern",
     "hops",
     "alpha",
@@ -80,8 +84,14 @@ class TrainArgs:
 
     Args:
         task: a name of :data:`graphdiff.tasks.TASKS`.
-        preset: a model preset (``tiny``, ``small``, ``paper_base``).
+        preset: a model preset (``tiny``, ``small``, ``paper_base``); not used with ``init``.
         out: the run directory: ``config.json``, ``metrics.jsonl``, ``last.pt``, ``best.pt``.
+        init: start from this pretrained encoder (:func:`~graphdiff.train.load_encoder`: a
+            checkpoint, a run folder's ``best.pt`` or a ``save_pretrained`` directory) under a
+            fresh task head. Its configuration replaces the preset's
+            (:func:`~graphdiff.models.init_config`: its architecture stays, the task sets
+            ``max_len`` and the classes, learned positions grow by copying). A resumed run
+            continues from its ``last.pt`` and does not read it.
         pattern: attention pattern expression; overrides the task's pattern, which overrides
             the preset's.
         hops, alpha: the diffusion's K and teleport probability (over the preset's).
@@ -117,6 +127,7 @@ class TrainArgs:
     task: str = "multihop"
     preset: str = "tiny"
     out: str = "runs/train"
+    init: Optional[str] = None
     pattern: Optional[str] = None
     hops: Optional[int] = None
     alpha: Optional[float] = None
@@ -181,6 +192,7 @@ class TrainArgs:
         # Paths may come as pathlib.Path; config.json and the checkpoint store plain strings.
         self.out = os.fspath(self.out)
         self.data_dir = None if self.data_dir is None else os.fspath(self.data_dir)
+        self.init = None if self.init is None else os.fspath(self.init)
         # Cheap name checks first, before any data is generated or read.
         if self.task not in TASKS:
             raise ValueError(f"unknown task {self.task!r}; valid tasks: {', '.join(sorted(TASKS))}")
@@ -201,9 +213,15 @@ def build_task(
     return get_task(task, split, **kwargs)
 
 
-def build_config(args: TrainArgs, train_set: TaskDataset) -> DiffuserConfig:
+def build_config(
+    args: TrainArgs, train_set: TaskDataset, pretrained: Optional[DiffuserConfig] = None
+) -> DiffuserConfig:
     """The preset's config with the task's sizes; then the pattern (``args.pattern`` over the
-    task's), ``hops`` and ``alpha``, and last ``model_args``, each over what came before."""
+    task's), ``hops`` and ``alpha``, and last ``model_args``, each over what came before.
+
+    With the ``pretrained`` encoder's config (``args.init``), that config takes the preset's
+    place: :func:`~graphdiff.models.init_config` keeps its architecture and refuses
+    ``model_args`` that change it."""
     overrides: Dict[str, Any] = dict(
         vocab_size=train_set.vocab_size,
         num_classes=train_set.num_classes,
@@ -218,6 +236,8 @@ def build_config(args: TrainArgs, train_set: TaskDataset) -> DiffuserConfig:
     if args.grad_checkpoint:
         overrides["gradient_checkpointing"] = True
     overrides.update(args.model_args)
+    if pretrained is not None:
+        return init_config(pretrained, **overrides)
     return preset_config(args.preset, **overrides)
 
 
@@ -513,6 +533,8 @@ class RunPlan:
     steps_per_epoch: int
     total: int
     saved: Optional[Dict[str, Any]]  # the last.pt of a resumed run
+    # The encoder of args.init (load_encoder's config and weights), unless the run is resumed.
+    encoder: Optional[Tuple[DiffuserConfig, Dict[str, torch.Tensor]]] = None
 
 
 def check_run(args: TrainArgs, context: DistributedContext) -> RunPlan:
@@ -528,6 +550,8 @@ def check_run(args: TrainArgs, context: DistributedContext) -> RunPlan:
             f"batch_size={args.batch_size} must be divisible by the {context.world_size} processes"
         )
     check_out_dir(args)
+    # A resumed run's last.pt holds the weights (and its config the encoder's architecture).
+    encoder = load_encoder(args.init) if args.init is not None and not args.resume else None
     train_set = build_task(args.task, "train", args.task_args, args.data_dir)
     val_set = build_task(args.task, "val", args.task_args, args.data_dir)
     if args.eval_examples is not None and args.eval_examples < len(val_set):
@@ -541,12 +565,17 @@ def check_run(args: TrainArgs, context: DistributedContext) -> RunPlan:
     total = (
         args.max_steps if args.max_steps is not None else math.ceil(args.epochs * steps_per_epoch)
     )
-    config = build_config(args, train_set)
     saved = None
     if args.resume:
         saved = load_checkpoint(os.path.join(args.out, "last.pt"), RUN_KEYS)
         check_same_run(args, saved["train"], saved["step"], total, steps_per_epoch)
-    return RunPlan(args, context, train_set, val_set, config, steps_per_epoch, total, saved)
+    if args.init is not None and saved is not None:
+        config = DiffuserConfig.from_dict(saved["config"])  # made from the encoder's config
+    else:
+        config = build_config(args, train_set, None if encoder is None else encoder[0])
+    return RunPlan(
+        args, context, train_set, val_set, config, steps_per_epoch, total, saved, encoder
+    )
 
 
 def build_run(plan: RunPlan) -> TrainingRun:
@@ -555,6 +584,8 @@ def build_run(plan: RunPlan) -> TrainingRun:
     args, context, total = plan.args, plan.context, plan.total
     torch.manual_seed(args.seed)
     model = DiffuserForSequenceClassification(plan.config).to(context.device)
+    if plan.encoder is not None:  # after the seed: the head is the run's fresh one
+        initialize_encoder(model, *plan.encoder)
     optimizer = make_optimizer(model, args)
     warmup_steps = int(args.warmup * total)
     scheduler = torch.optim.lr_scheduler.LambdaLR(

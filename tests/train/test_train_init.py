@@ -1,0 +1,121 @@
+"""graphdiff train --init: a run starts from a pretrained encoder (a checkpoint, a run folder or
+a save_pretrained directory) under the run's seeded fresh head, on a task of another length,
+class count and vocabulary; --resume wins over --init."""
+
+import json
+import os
+import shutil
+
+import pytest
+import torch
+
+from graphdiff.cli import main
+from graphdiff.models import DiffuserForSequenceClassification
+from graphdiff.train import TrainArgs, build_run, check_run, fit, load_model, train
+from graphdiff.train.distributed import init_distributed, shutdown
+
+PRETRAIN = dict(
+    task="multihop",
+    preset="tiny",
+    pattern="Window(8)",
+    max_steps=4,
+    batch_size=8,
+    eval_every=2,
+    task_args={"num_samples": 32, "length": 32},
+    model_args={"hidden": 16, "ffn": 32, "heads": 2},
+    progress=False,
+)
+# Another multihop: longer (max_len 48), 5 classes, 15 tokens, 2 hops, its own pattern.
+FINETUNE = dict(
+    task="multihop",
+    hops=2,
+    max_steps=4,
+    batch_size=8,
+    eval_every=2,
+    log_every=1,
+    seed=3,
+    task_args={"num_samples": 32, "length": 48, "num_values": 5},
+    progress=False,
+)
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    """A pretraining run's folder, its best.pt's model and a save_pretrained copy of it."""
+    root = tmp_path_factory.mktemp("pretrained")
+    train(TrainArgs(out=str(root / "run"), **PRETRAIN))
+    model, _ = load_model(str(root / "run" / "best.pt"))
+    model.save_pretrained(root / "saved")
+    return root, model
+
+
+def started_run(out, **overrides):
+    context = init_distributed("cpu")
+    try:
+        return build_run(check_run(TrainArgs(out=str(out), **{**FINETUNE, **overrides}), context))
+    finally:
+        shutdown(context)
+
+
+@pytest.mark.parametrize("source", ["run/best.pt", "run", "saved"])
+def test_a_run_starts_from_the_pretrained_encoder_and_a_fresh_head(source, pretrained, tmp_path):
+    root, model = pretrained
+    run = started_run(tmp_path / "fine", init=str(root / source))
+    config = run.config
+    assert (config.max_len, config.num_classes, config.hops) == (48, 5, 2)
+    assert (config.hidden, config.ffn, config.heads, config.vocab_size) == (16, 32, 2, 20)
+    assert config.pattern == "Window(8)"  # the task's suggestion
+    old, new = model.diffuser.state_dict(), run.model.diffuser.state_dict()
+    table = old["embeddings.positions.weight"]  # 32 positions tiled to 48
+    assert torch.equal(new["embeddings.positions.weight"], torch.cat([table, table[:16]]))
+    for name in old.keys() - {"embeddings.positions.weight"}:
+        assert torch.equal(new[name], old[name]), name
+    torch.manual_seed(FINETUNE["seed"])
+    fresh = DiffuserForSequenceClassification(config).state_dict()
+    for name in ("dense.weight", "dense.bias", "classifier.weight", "classifier.bias"):
+        assert torch.equal(run.model.state_dict()[name], fresh[name]), name
+    result = fit(run)
+    assert result.metrics["step"] == 4 and result.metrics["val_examples"] == 32
+    saved = json.loads((tmp_path / "fine" / "config.json").read_text())
+    assert saved["train"]["init"] == str(root / source) and saved["model"]["max_len"] == 48
+
+
+def test_resume_continues_from_last_pt_without_reading_init(pretrained, tmp_path):
+    root, _ = pretrained
+    encoder = tmp_path / "encoder.pt"
+    shutil.copy(root / "run" / "best.pt", encoder)
+    whole = train(TrainArgs(out=str(tmp_path / "whole"), init=str(encoder), **FINETUNE))
+    train(TrainArgs(out=str(tmp_path / "split"), init=str(encoder), stop_after=3, **FINETUNE))
+    os.remove(encoder)
+    resumed = train(
+        TrainArgs(out=str(tmp_path / "split"), init=str(encoder), resume=True, **FINETUNE)
+    )
+    for name, value in whole.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[name]), name
+    with pytest.raises(ValueError, match="init: '.*encoder.pt' in the run, None now"):
+        train(TrainArgs(out=str(tmp_path / "split"), resume=True, **FINETUNE))
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--init", "nowhere"], "nowhere does not exist; --init takes a checkpoint file"),
+        (
+            ["--init", "{root}/run", "--model-arg", "hidden=32"],
+            "hidden=32 differs from the pretrained encoder's hidden=16",
+        ),
+        (
+            ["--init", "{root}/run", "--task-arg", "num_fillers=20"],
+            "vocab_size=32 exceeds the pretrained encoder's vocabulary of 20 tokens",
+        ),
+    ],
+)
+def test_bad_init_is_a_one_line_error(extra, message, pretrained, tmp_path, capsys):
+    root, _ = pretrained
+    argv = ["train", "--task", "multihop", "--max-steps", "1", "--out", str(tmp_path / "out")]
+    argv += ["--task-arg", "num_samples=8", "--batch-size", "8"]
+    argv += [part.format(root=root) for part in extra]
+    assert main(argv) == 2
+    error = capsys.readouterr().err
+    assert message in error and error.count("\n") == 1
+    assert not (tmp_path / "out").exists()

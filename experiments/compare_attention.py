@@ -1,4 +1,4 @@
-"""Diffuser against sparse-only and dense attention: test accuracy and training throughput.
+"""Diffuser against sparse-only and dense attention: test accuracy (or bpc) and throughput.
 
 Protocol. Every task trains three variants of the same ``tiny`` model (identical parameters, so
 equal size) for the same number of steps, batch size, learning-rate schedule and data:
@@ -16,13 +16,22 @@ Tasks:
 - ``listops``: short generated ListOps (LRA's generator, 50..200 tokens, 10 classes) with the
   pattern ``diffuser(window=16, num_global=1, num_random=4)``; the data are written once to TSV
   files under ``OUT/data`` so that training does not spend its time generating trees.
+- ``mlm``: masked language modelling on the offline corpus (:mod:`graphdiff.tasks.mlm`: Python's
+  own documentation, byte tokens) in sequences of 1,024 tokens, pattern
+  ``diffuser(window=64, num_global=8, num_random=8)``; reported as test bits per character
+  (``bpc``, lower is better).
+- ``retrieval``: the generated matching task of :mod:`graphdiff.tasks.retrieval` (are two
+  512-token chunks from the same document?), the same pattern, two classes.
 
-Defaults: 500 steps, batch 32, AdamW at lr 3e-3 with 10% warm-up and linear decay, seeds 0 1 2.
+Defaults: 500 steps, batch 32, AdamW at lr 3e-3 with 10% warm-up and linear decay, seeds 0 1 2
+(the long-sequence tasks ``mlm`` and ``retrieval`` use ``--steps`` and ``--batch-size`` too:
+choose them for the time you have, e.g. ``--steps 200 --batch-size 4``).
 Each (task, variant) runs for every seed; the seed sets the model initialisation, dropout and
-data order (the data sets themselves are fixed). Reported: accuracy of the final model on the
-test split (no checkpoint selection), mean and sample standard deviation over seeds, and the
-training throughput that :func:`graphdiff.train.train` measures (non-padding tokens per second
-of wall time over the training steps, data loading included, the final validation excluded).
+data order (the data sets themselves are fixed). Reported: the task's metric (accuracy, or bpc
+for ``mlm``) of the final model on the test split (no checkpoint selection), mean and sample
+standard deviation over seeds, and the training throughput that :func:`graphdiff.train.train`
+measures (non-padding tokens per second of wall time over the training steps, data loading
+included, the final validation excluded).
 Throughput depends on the machine and on whatever else runs on it: compare it within a table
 (runs go seed by seed, the variants of a seed back to back, so slow drifts in load are shared).
 One torch thread by default: on a CPU shared with other jobs, two intra-op threads ran the same
@@ -35,6 +44,7 @@ The table goes to stdout, ``OUT/results.md`` and ``OUT/results.json``.
     python experiments/compare_attention.py                      # full sweep, 1 CPU thread
     python experiments/compare_attention.py --tasks multihop --seeds 0 --steps 200
     python experiments/compare_attention.py --quick --out /tmp/cmp  # seconds: a smoke run
+    python experiments/compare_attention.py --tasks mlm retrieval --steps 200 --batch-size 4
 """
 
 from __future__ import annotations
@@ -65,11 +75,16 @@ VARIANTS: Dict[str, Dict[str, Any]] = {  # pattern None: the task's sparse patte
 }
 
 
+TASKS = ("multihop", "listops", "mlm", "retrieval")
+LONG_PATTERN = "diffuser(window=64, num_global=8, num_random=8)"
+
+
 @dataclasses.dataclass
 class TaskSpec:
     pattern: str  # the sparse pattern of the diffuser and sparse variants
     task_args: Dict[str, Any]  # task constructor arguments (ListOps: those of the generator)
     split_sizes: Optional[Dict[str, int]] = None  # ListOps: examples written per split
+    metric: str = "accuracy"  # the test metric reported: "accuracy" or "bpc" (lower is better)
 
 
 def task_specs(steps: int, batch_size: int, quick: bool) -> Dict[str, TaskSpec]:
@@ -82,6 +97,13 @@ def task_specs(steps: int, batch_size: int, quick: bool) -> Dict[str, TaskSpec]:
                 dict(min_length=10, max_length=40),
                 dict(train=64, val=32, test=32),
             ),
+            "mlm": TaskSpec(
+                "diffuser(window=8, num_global=1, num_random=2)", dict(max_len=64), metric="bpc"
+            ),
+            "retrieval": TaskSpec(
+                "diffuser(window=8, num_global=1, num_random=2)",
+                dict(max_len=64, examples=dict(train=64, val=32, test=32)),
+            ),
         }
     return {
         # MultiHop's defaults: 10000 / 1000 / 1000 examples, length 128, Window(8), 2 layers.
@@ -92,6 +114,8 @@ def task_specs(steps: int, batch_size: int, quick: bool) -> Dict[str, TaskSpec]:
             dict(min_length=50, max_length=200),
             dict(train=steps * batch_size, val=500, test=1000),
         ),
+        "mlm": TaskSpec(LONG_PATTERN, dict(max_len=1024), metric="bpc"),
+        "retrieval": TaskSpec(LONG_PATTERN, dict(max_len=512)),
     }
 
 
@@ -169,10 +193,7 @@ def run_one(variant: str, args: TrainArgs) -> Dict[str, Any]:
         "task": args.task,
         "variant": variant,
         "seed": args.seed,
-        "test_accuracy": test["accuracy"],
-        "test_loss": test["loss"],
-        "test_examples": test["examples"],
-        "val_accuracy": result.metrics["val_accuracy"],
+        "test": test,
         "train_loss": result.metrics["train_loss"],
         "tokens_per_second": result.metrics["tokens_per_second"],
         "parameters": sum(p.numel() for p in result.model.parameters()),
@@ -191,21 +212,24 @@ def majority_accuracy(task: str, task_args: Dict[str, Any], data_dir: Optional[s
     return max(counts.values()) / len(test_set)
 
 
-def summarise(records: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+def summarise(records: List[Dict[str, Any]], metrics: Dict[str, str]) -> List[Dict[str, Any]]:
+    """One row per (task, variant): the mean and sample standard deviation over seeds of the
+    task's test metric (``metrics[task]``)."""
     rows = []
     for task in dict.fromkeys(r["task"] for r in records):
         for variant in VARIANTS:
             runs = [r for r in records if r["task"] == task and r["variant"] == variant]
             if not runs:
                 continue
-            accuracy = [r["test_accuracy"] for r in runs]
+            values = [r["test"][metrics[task]] for r in runs]
             rows.append(
                 {
                     "task": task,
                     "variant": variant,
+                    "metric": metrics[task],
                     "seeds": len(runs),
-                    "accuracy_mean": statistics.mean(accuracy),
-                    "accuracy_std": statistics.stdev(accuracy) if len(runs) > 1 else 0.0,
+                    "mean": statistics.mean(values),
+                    "std": statistics.stdev(values) if len(runs) > 1 else 0.0,
                     "tokens_per_second": statistics.mean(r["tokens_per_second"] for r in runs),
                     "seconds": statistics.mean(r["seconds"] for r in runs),
                     "parameters": runs[0]["parameters"],
@@ -216,25 +240,28 @@ def summarise(records: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
 
 def markdown(rows: List[Dict[str, Any]], majority: Dict[str, float]) -> str:
     lines = [
-        "| task | variant | test accuracy (mean ± std) | train tokens/s (mean) | seeds "
-        "| s per run |",
+        "| task | variant | test metric (mean ± std) | train tokens/s (mean) | seeds | s per run |",
         "|---|---|---|---|---|---|",
     ]
     for row in rows:
         lines.append(
             f"| {row['task']} | {row['variant']} "
-            f"| {row['accuracy_mean']:.3f} ± {row['accuracy_std']:.3f}"
+            f"| {row['metric']} {row['mean']:.3f} ± {row['std']:.3f}"
             f" | {row['tokens_per_second']:,.0f} | {row['seeds']} | {row['seconds']:.0f} |"
         )
     for task, value in majority.items():
-        lines.append(f"| {task} | majority class | {value:.3f} | | | |")
+        lines.append(f"| {task} | majority class | accuracy {value:.3f} | | | |")
     return "\n".join(lines)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
-        "--tasks", nargs="+", default=["multihop", "listops"], choices=["multihop", "listops"]
+        "--tasks",
+        nargs="+",
+        default=["multihop", "listops"],
+        choices=TASKS,
+        help="multihop and listops by default; mlm and retrieval are the long-sequence tasks",
     )
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--seeds", nargs="+", type=int, help="default: 0 1 2 (0 with --quick)")
@@ -282,13 +309,14 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                         ),
                     )
                 )
-        majority[task] = majority_accuracy(task, jobs[-1][1].task_args, data_dir)
+        if spec.metric == "accuracy":
+            majority[task] = majority_accuracy(task, jobs[-1][1].task_args, data_dir)
     records = []
     bar = tqdm(jobs, desc="runs", unit="run")
     for variant, job in bar:
         bar.set_postfix_str(os.path.relpath(job.out, os.path.join(args.out, "runs")))
         records.append(run_one(variant, job))
-    rows = summarise(records)
+    rows = summarise(records, {task: specs[task].metric for task in args.tasks})
     table = markdown(rows, majority)
     seconds = time.perf_counter() - started
     command = " ".join(

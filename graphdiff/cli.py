@@ -154,12 +154,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser(
         "train",
-        help="train a Diffuser classifier on a task",
-        description="Train a Diffuser classifier. OUT receives config.json, metrics.jsonl, "
-        "last.pt and best.pt; an OUT that holds a run is refused unless --resume continues it "
-        "or --overwrite replaces it.",
+        help="train a Diffuser model on a task",
+        description="Train a Diffuser model on a task: a classifier, a two-tower retrieval "
+        "model or a masked language model, as the task asks. OUT receives config.json, "
+        "metrics.jsonl, last.pt and best.pt; an OUT that holds a run is refused unless "
+        "--resume continues it or --overwrite replaces it.",
     )
-    train.add_argument("--task", required=True, help="listops, image, text, pathfinder or multihop")
+    train.add_argument(
+        "--task",
+        required=True,
+        help="listops, image, text, pathfinder, retrieval, mlm or multihop (see docs/tasks.md)",
+    )
     train.add_argument(
         "--preset",
         default="tiny",
@@ -205,7 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument(
         "--data-dir",
-        help="directory of the task's files (LRA TSVs, IDX files, CIFAR batches, aclImdb)",
+        help="directory of the task's files (LRA TSVs, IDX files, CIFAR batches, aclImdb, "
+        "a folder of UTF-8 text for mlm)",
     )
     train.add_argument(
         "--task-arg",
@@ -287,7 +293,10 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="a checkpoint file: OUT/best.pt or OUT/last.pt of a training run",
     )
-    evaluate.add_argument("--data", help="a data file or directory (for listops: an LRA TSV file)")
+    evaluate.add_argument(
+        "--data",
+        help="a data file or directory (for listops: an LRA TSV file; for mlm: a folder of text)",
+    )
     evaluate.add_argument("--split", default="test", choices=("train", "val", "test"))
     evaluate.add_argument("--batch-size", type=positive_int, default=32)
     evaluate.add_argument(

@@ -279,12 +279,54 @@ class DiffuserForMaskedLM(PretrainedMixin, nn.Module):
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
 
     def forward(
-        self, inputs: Inputs, mask: Optional[Tensor] = None, *, truncate: bool = False
+        self,
+        inputs: Inputs,
+        mask: Optional[Tensor] = None,
+        *,
+        truncate: bool = False,
+        select: Optional[Tensor] = None,
     ) -> Tensor:
+        """Logits over the vocabulary.
+
+        Args:
+            inputs (Batch or torch.Tensor): A graph batch or padded token ids ``[B, L]``.
+            mask (torch.Tensor, optional): The mask of padded input. (default: :obj:`None`)
+            truncate (bool, optional): Cut padded sequences longer than ``max_len``.
+                (default: :obj:`False`)
+            select (torch.Tensor, optional): Boolean, ``[B, L]`` for padded input (``[N]`` for a
+                graph batch): the head runs on these tokens only and the logits are
+                ``[M, V]`` for the ``M`` selected tokens in row-major order, as
+                ``labels[select]`` orders their labels. Training selects the masked tokens,
+                so no ``[B, L, V]`` tensor is built. (default: :obj:`None`)
+        """
         batch = self.diffuser.to_batch(inputs, mask, truncate=truncate)
-        states = self.norm(F.gelu(self.dense(self.diffuser.encode(batch))))
+        states = self.diffuser.encode(batch)
+        if select is not None:
+            states = states[self._node_selection(select, inputs, mask)]
+        states = self.norm(F.gelu(self.dense(states)))
         logits = F.linear(states, self.diffuser.embeddings.tokens.weight, self.bias)
-        return self.diffuser.restore_padding(logits, inputs, mask)
+        return logits if select is not None else self.diffuser.restore_padding(logits, inputs, mask)
+
+    def _node_selection(self, select: Tensor, inputs: Inputs, mask: Optional[Tensor]) -> Tensor:
+        """``select`` as a boolean ``[N]`` over the batch's tokens (graph batch order)."""
+        if select.dtype != torch.bool:
+            raise TypeError(f"select must be a boolean tensor, got {select.dtype}")
+        if isinstance(inputs, Batch):
+            if select.shape != (inputs.num_nodes,):
+                raise ValueError(
+                    f"select must be [N] = [{inputs.num_nodes}] for a graph batch, "
+                    f"got {list(select.shape)}"
+                )
+            return select
+        if select.shape != inputs.shape:
+            raise ValueError(
+                f"select must have the tokens' shape {list(inputs.shape)}, got {list(select.shape)}"
+            )
+        max_len = self.config.max_len
+        select, mask = select[:, :max_len], mask[:, :max_len].bool()
+        if bool((select & ~mask).any()):
+            raise ValueError("select marks padding positions (where mask is False)")
+        return select[mask]
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -136,6 +136,9 @@ class TaskDataset(Dataset):
 
     vocab_size: int
     num_classes: int
+    # The training objective (graphdiff.train.objectives) and the batching of its examples.
+    objective = "classification"
+    collate = staticmethod(collate)
 
     def __init__(self, split: str, max_len: int, truncate: bool) -> None:
         self.split = check_split(split)
@@ -148,6 +151,10 @@ class TaskDataset(Dataset):
     def content(self, index: int) -> tuple[np.ndarray, int]:
         """Task tokens of example ``index`` (int array [L - 1], CLS excluded) and its label."""
         raise NotImplementedError
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by the training loop before each epoch; a task whose examples are drawn anew
+        every epoch (masked LM's masks) overrides it."""
 
     def _index(self, index: int) -> int:
         """``index`` in ``[0, len)``, counting negative indices from the end."""

@@ -12,9 +12,10 @@ import os
 from typing import Any, Dict, Tuple
 
 import torch
+from torch import nn
 
 from graphdiff.io import atomic_write, atomic_write_text
-from graphdiff.models import DiffuserConfig, DiffuserForSequenceClassification
+from graphdiff.models import DiffuserConfig, DiffuserForMaskedLM, DiffuserForSequenceClassification
 
 
 class CheckpointError(ValueError):
@@ -44,6 +45,11 @@ RUN_KEYS = (
     "config",
     "train",
 )
+# The models a training checkpoint may hold, by the class name it records.
+MODEL_CLASSES = {
+    model_class.__name__: model_class
+    for model_class in (DiffuserForSequenceClassification, DiffuserForMaskedLM)
+}
 # torch.save writes a zip archive; anything else is not a checkpoint.
 ZIP_MAGIC = b"PK\x03\x04"
 
@@ -80,16 +86,21 @@ def load_checkpoint(path: str, keys: Tuple[str, ...] = MODEL_KEYS) -> Dict[str, 
     return state
 
 
-def load_model(path: str) -> Tuple[DiffuserForSequenceClassification, DiffuserConfig]:
-    """The classification model stored in a checkpoint, in eval mode, and its config."""
+def load_model(path: str) -> Tuple[nn.Module, DiffuserConfig]:
+    """The model stored in a checkpoint, in eval mode, and its config."""
     return model_from_checkpoint(load_checkpoint(path))
 
 
-def model_from_checkpoint(
-    state: Dict[str, Any],
-) -> Tuple[DiffuserForSequenceClassification, DiffuserConfig]:
-    """The classification model of a loaded checkpoint, in eval mode, and its config."""
+def model_from_checkpoint(state: Dict[str, Any]) -> Tuple[nn.Module, DiffuserConfig]:
+    """The model of a loaded checkpoint, in eval mode, and its config: the class named by its
+    ``model_class`` (a checkpoint without one holds a sequence classifier)."""
     config = DiffuserConfig.from_dict(state["config"])
-    model = DiffuserForSequenceClassification(config)
+    name = state.get("model_class", "DiffuserForSequenceClassification")
+    if name not in MODEL_CLASSES:
+        raise CheckpointError(
+            f"the checkpoint holds a {name!r}, not one of graphdiff's models "
+            f"({', '.join(MODEL_CLASSES)})"
+        )
+    model = MODEL_CLASSES[name](config)
     model.load_state_dict(state["model"])
     return model.eval(), config

@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 from typing import Any, Dict, Optional, Tuple
 
-from graphdiff.models import DiffuserForSequenceClassification
+from torch import nn
+
 from graphdiff.tasks import TaskDataset
 from graphdiff.train.checkpoint import load_checkpoint, model_from_checkpoint
 from graphdiff.train.loop import build_task, evaluate
@@ -13,7 +14,7 @@ from graphdiff.train.loop import build_task, evaluate
 
 def load_evaluation(
     path: str, data: Optional[str] = None, split: str = "test", truncate: bool = False
-) -> Tuple[DiffuserForSequenceClassification, TaskDataset, str]:
+) -> Tuple[nn.Module, TaskDataset, str]:
     """The model in checkpoint ``path``, the data to evaluate it on, and its task's name.
 
     The task and its arguments come from the checkpoint. ``data`` replaces the task's data
@@ -46,8 +47,8 @@ def evaluate_checkpoint(
     batch_size: int = 32,
     truncate: bool = False,
 ) -> Dict[str, Any]:
-    """Accuracy, loss and number of examples of the model in ``path`` (see
-    :func:`load_evaluation` for the arguments)."""
+    """The metrics of the model in ``path`` under its task's objective (accuracy, loss and
+    examples; for masked LM also ``bpc``; see :func:`load_evaluation` for the arguments)."""
     model, dataset, task = load_evaluation(path, data, split, truncate)
     device = next(model.parameters()).device
     metrics = evaluate(model, dataset, batch_size, device, truncate=truncate)

@@ -1,5 +1,6 @@
-"""Training a Diffuser classifier on a task: AdamW with warm-up and linear decay, gradient
-clipping, periodic validation, ``metrics.jsonl``, atomic checkpoints and exact resumption.
+"""Training a Diffuser model on a task (classification, retrieval or masked LM): AdamW with
+warm-up and linear decay, gradient clipping, periodic validation, ``metrics.jsonl``, atomic
+checkpoints and exact resumption.
 
 Exact resumption: the data order of every epoch is a function of ``(seed, epoch)`` (a
 ``DistributedSampler``), the position inside the epoch follows from the step counter, and the
@@ -30,13 +31,12 @@ from graphdiff.io import atomic_write
 from graphdiff.models import (
     MODEL_PRESETS,
     DiffuserConfig,
-    DiffuserForSequenceClassification,
     init_config,
     initialize_encoder,
     preset_config,
 )
 from graphdiff.patterns import parse_pattern
-from graphdiff.tasks import TASKS, TaskDataset, collate, get_task
+from graphdiff.tasks import TASKS, TaskDataset, get_task
 from graphdiff.train.checkpoint import RUN_KEYS, load_checkpoint, save_checkpoint, save_json
 from graphdiff.train.distributed import (
     DistributedContext,
@@ -46,6 +46,7 @@ from graphdiff.train.distributed import (
     shutdown,
 )
 from graphdiff.train.memory import release_free_memory
+from graphdiff.train.objectives import Objective, collate_of, loss_and_counts, objective_of
 from graphdiff.train.pretrained_encoder import load_encoder
 
 # Validation uses the split's first examples: five validations of a 50-step ListOps run on the
@@ -276,28 +277,30 @@ def evaluate(
     workers: int = 0,
     truncate: bool = False,
 ) -> Dict[str, float]:
-    """Loss, accuracy and number of examples of ``model`` on ``dataset`` (``truncate`` cuts
-    sequences longer than the model's ``max_len`` instead of refusing them)."""
+    """The validation metrics of ``model`` on ``dataset`` under the dataset's objective
+    (:mod:`graphdiff.train.objectives`): loss per prediction, accuracy and examples, and for
+    masked LM ``bpc`` and ``masked_tokens``. ``truncate`` cuts sequences longer than the
+    model's ``max_len`` instead of refusing them."""
     model.eval()
+    objective = objective_of(dataset)
     loader = DataLoader(
         dataset,
         batch_size=batch_size,
-        collate_fn=collate,
+        collate_fn=collate_of(dataset),
         num_workers=workers,
         generator=torch.Generator(),
     )  # own generator: leave the global RNG alone
-    loss_sum, correct, count = 0.0, 0, 0
-    for tokens, mask, labels in loader:
-        tokens, mask, labels = tokens.to(device), mask.to(device), labels.to(device)
-        logits = model(tokens, mask, truncate=truncate)
-        loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
-        correct += int((logits.argmax(dim=-1) == labels).sum())
-        count += labels.numel()
-    return {
-        "loss": loss_sum / max(count, 1),
-        "accuracy": correct / max(count, 1),
-        "examples": count,
-    }
+    loss_sum, correct, predictions, examples = 0.0, 0, 0, 0
+    for batch in loader:
+        batch = [part.to(device) for part in batch]
+        batch_loss, batch_correct, batch_predictions = loss_and_counts(
+            objective, model, batch, truncate
+        )
+        loss_sum += float(batch_loss)
+        correct += batch_correct
+        predictions += batch_predictions
+        examples += batch[0].size(0)
+    return objective.summarize(loss_sum, correct, predictions, examples)
 
 
 class MetricsLog:
@@ -342,13 +345,14 @@ def _batches(
     """This process's batches ``first .. steps - 1`` of ``epoch``, in the sampler's order."""
     sampler.set_epoch(epoch)
     indices = list(sampler)[first * per_process : steps * per_process]
+    dataset.set_epoch(epoch)  # a task that draws per epoch (masked LM's masks) draws this one's
     # DataLoader draws a base seed from its generator: a private one keeps the global RNG (and so
     # dropout) identical whether or not a run was interrupted here.
     return iter(
         DataLoader(
             Subset(dataset, indices),
             batch_size=per_process,
-            collate_fn=collate,
+            collate_fn=dataset.collate,
             num_workers=workers,
             generator=torch.Generator(),
         )
@@ -400,7 +404,7 @@ class TrainResult:
     """
 
     metrics: Dict[str, Any]
-    model: DiffuserForSequenceClassification
+    model: nn.Module
     already_finished: bool = False
 
 
@@ -411,7 +415,8 @@ class TrainingRun:
     args: TrainArgs
     context: DistributedContext
     config: DiffuserConfig
-    model: DiffuserForSequenceClassification
+    objective: Objective
+    model: nn.Module  # the objective's model class
     trained: nn.Module  # the model, or its DistributedDataParallel wrapper
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
@@ -424,7 +429,7 @@ class TrainingRun:
     total: int  # steps of the whole run
     eval_every: int
     step: int = 0
-    best: float = -1.0  # best validation accuracy so far
+    best: float = -math.inf  # best validation score so far (Objective.score: higher is better)
     window_loss: float = 0.0  # training loss summed since the last evaluation
     window_steps: int = 0
     tokens_seen: int = 0  # this process's training tokens since the last evaluation
@@ -583,7 +588,8 @@ def build_run(plan: RunPlan) -> TrainingRun:
     ``out`` folder started): what :func:`fit` advances."""
     args, context, total = plan.args, plan.context, plan.total
     torch.manual_seed(args.seed)
-    model = DiffuserForSequenceClassification(plan.config).to(context.device)
+    objective = objective_of(plan.train_set)
+    model = objective.build_model(plan.config).to(context.device)
     if plan.encoder is not None:  # after the seed: the head is the run's fresh one
         initialize_encoder(model, *plan.encoder)
     optimizer = make_optimizer(model, args)
@@ -595,6 +601,7 @@ def build_run(plan: RunPlan) -> TrainingRun:
         args=args,
         context=context,
         config=plan.config,
+        objective=objective,
         model=model,
         trained=DistributedDataParallel(model) if context.enabled else model,
         optimizer=optimizer,
@@ -658,14 +665,15 @@ def start_out_dir(run: TrainingRun) -> None:
 
 
 def train_step(run: TrainingRun, batch: Any) -> float:
-    """One optimiser step on this process's ``(tokens, mask, labels)``; the loss averaged over
-    the processes."""
-    tokens, mask, labels = (part.to(run.context.device) for part in batch)
+    """One optimiser step on this process's batch (the task's ``collate`` layout); the loss
+    averaged over the processes."""
+    batch = [part.to(run.context.device) for part in batch]
     run.trained.train()
     with torch.autocast(
         run.context.device.type, dtype=torch.bfloat16, enabled=run.args.precision == "bf16"
     ):
-        loss = F.cross_entropy(run.trained(tokens, mask), labels)
+        logits, targets = run.objective.predict(run.trained, batch)
+        loss = F.cross_entropy(logits, targets)
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if run.args.clip:
@@ -704,8 +712,9 @@ def evaluate_and_checkpoint(run: TrainingRun, evaluating: bool) -> None:
             )
             run.result.update({f"val_{key}": value for key, value in validation.items()})
             run.metrics.write(run.result)
-            if run.result["val_accuracy"] > run.best:
-                run.best = run.result["val_accuracy"]
+            score = run.objective.score(run.result)
+            if score > run.best:
+                run.best = score
                 save_checkpoint(run.best_path, checkpoint_state(run, rng))
     if run.context.is_main:
         save_checkpoint(run.last_path, checkpoint_state(run, rng))
@@ -724,6 +733,7 @@ def checkpoint_state(run: TrainingRun, rng: List[Dict[str, torch.Tensor]]) -> Di
         "window": (run.window_loss, run.window_steps),
         "result": run.result,
         "config": run.config.to_dict(),
+        "model_class": type(run.model).__name__,
         "train": dataclasses.asdict(run.args),
     }
 
@@ -762,7 +772,7 @@ def fit(run: TrainingRun) -> TrainResult:
             batches = None  # next epoch, next order
         bar.update(1)
         run.window_loss, run.window_steps = run.window_loss + loss, run.window_steps + 1
-        run.tokens_seen += int(batch[1].sum())
+        run.tokens_seen += run.objective.tokens(batch)
         if run.step % args.log_every == 0:
             run.metrics.write(
                 {"step": run.step, "loss": loss, "lr": run.scheduler.get_last_lr()[0]}
@@ -772,9 +782,12 @@ def fit(run: TrainingRun) -> TrainResult:
         if evaluating or run.step == stop_at:  # an interrupted run saves where it stopped
             evaluate_and_checkpoint(run, evaluating)
             if evaluating and context.is_main:
+                metric = run.objective.selection_metric
                 bar.set_postfix(
-                    loss=f"{run.result['train_loss']:.3f}",
-                    val_acc=f"{run.result['val_accuracy']:.3f}",
+                    {
+                        "loss": f"{run.result['train_loss']:.3f}",
+                        f"val_{metric}": f"{run.result[f'val_{metric}']:.3f}",
+                    }
                 )
     bar.close()
     return TrainResult(metrics=run.result, model=run.model)

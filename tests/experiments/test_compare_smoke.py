@@ -28,7 +28,7 @@ def test_quick_sweep_writes_table_and_resumes(tmp_path):
         ("listops", "dense"),
     ]
     for row in summary["rows"]:
-        assert 0.0 <= row["accuracy_mean"] <= 1.0 and row["tokens_per_second"] > 0
+        assert 0.0 <= row["mean"] <= 1.0 and row["tokens_per_second"] > 0
     table = (tmp_path / "results.md").read_text()
     assert "| multihop | diffuser |" in table and "majority class" in table
     assert json.loads((tmp_path / "results.json").read_text())["rows"] == summary["rows"]

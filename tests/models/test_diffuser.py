@@ -167,6 +167,27 @@ def test_masked_lm_head_is_tied_to_the_embeddings():
     assert model.diffuser.embeddings.tokens.weight.grad is not None
 
 
+def test_masked_lm_select_scores_only_the_selected_tokens():
+    """Logits at selected tokens equal the full padded logits there, in labels[select] order;
+    padding, graph batches, truncation and bad masks are handled."""
+    config = DiffuserConfig.tiny(vocab_size=25, max_len=12)
+    model = DiffuserForMaskedLM(config).eval()
+    tokens = torch.randint(2, 25, (3, 14))
+    mask = torch.arange(14) < torch.tensor([14, 9, 5])[:, None]
+    select = (torch.rand(3, 14) < 0.4) & mask
+    full = model(tokens, mask, truncate=True)  # [3, 12, V]
+    cut = select[:, :12]
+    torch.testing.assert_close(model(tokens, mask, truncate=True, select=select), full[cut])
+    batch = model.diffuser.to_batch(tokens, mask, truncate=True)
+    torch.testing.assert_close(model(batch, select=cut[mask[:, :12]]), full[cut])
+    with pytest.raises(ValueError, match="padding positions"):
+        model(tokens[:, :12], mask[:, :12], select=~mask[:, :12])
+    with pytest.raises(TypeError, match="boolean"):
+        model(tokens[:, :12], mask[:, :12], select=mask[:, :12].long())
+    with pytest.raises(ValueError, match="tokens' shape"):
+        model(tokens[:, :12], mask[:, :12], select=mask[:, :11])
+
+
 def test_max_len_is_enforced_unless_truncation_is_asked_for():
     config = DiffuserConfig.tiny(vocab_size=30, max_len=16)
     model = DiffuserForSequenceClassification(config).eval()

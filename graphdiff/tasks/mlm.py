@@ -157,7 +157,11 @@ class MaskedLMTask(TaskDataset):
 
     def set_epoch(self, epoch: int) -> None:
         """Mask the training split for ``epoch`` (a non-negative integer) from now on;
-        validation and test masks do not depend on it."""
+        validation and test masks do not depend on it.
+
+        A ``DataLoader`` with workers copies the dataset when its iterator starts: call this
+        before iterating the epoch (``persistent_workers=True`` would keep the first epoch's).
+        """
         self.epoch = check_int("epoch", epoch, 0)
 
     def chunk(self, index: int) -> bytes:

@@ -1,8 +1,11 @@
-"""Task datasets: ListOps, images as pixel sequences, reviews as bytes, Pathfinder and MultiHop.
+"""Task datasets: ListOps, images as pixel sequences, reviews as bytes, Pathfinder, MultiHop,
+and masked language modelling on text.
 
-Every task is a ``torch.utils.data.Dataset`` of ``(tokens LongTensor [L], label int)`` with CLS
-at position 0 and the attributes ``vocab_size``, ``num_classes`` and ``max_len``;
-:func:`collate` pads a list of them into ``(tokens [B, L], mask [B, L], labels [B])``::
+Every classification task is a ``torch.utils.data.Dataset`` of ``(tokens LongTensor [L], label
+int)`` with CLS at position 0 and the attributes ``vocab_size``, ``num_classes`` and ``max_len``;
+:func:`collate` pads a list of them into ``(tokens [B, L], mask [B, L], labels [B])``. Tasks with
+other targets (masked LM: a label per token) name their ``objective`` and bring their own
+``collate``::
 
     from torch.utils.data import DataLoader
     from graphdiff.tasks import collate, get_task
@@ -20,6 +23,7 @@ from typing import Callable
 from graphdiff.tasks.base import CLS, NUM_SPECIAL, PAD, SPLITS, TaskDataset, collate
 from graphdiff.tasks.image import DEFAULT_FASHION_MNIST_DIR, ImageTask
 from graphdiff.tasks.listops import ListOps, ListOpsTSV, listops
+from graphdiff.tasks.mlm import MaskedLMTask
 from graphdiff.tasks.multihop import MultiHop
 from graphdiff.tasks.pathfinder import Pathfinder
 from graphdiff.tasks.text import TextTask
@@ -34,6 +38,7 @@ __all__ = [
     "ImageTask",
     "ListOps",
     "ListOpsTSV",
+    "MaskedLMTask",
     "MultiHop",
     "Pathfinder",
     "TaskDataset",
@@ -45,6 +50,7 @@ __all__ = [
 # name -> factory(split, **kwargs) -> TaskDataset
 TASKS: dict[str, Callable[..., TaskDataset]] = {
     "listops": listops,
+    "mlm": MaskedLMTask,
     "image": ImageTask,
     "multihop": MultiHop,
     "pathfinder": Pathfinder,

@@ -16,7 +16,6 @@ checkpoint is the one with the highest accuracy, or for masked LM the lowest los
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, Dict, Sequence, Tuple
 
 import torch.nn.functional as F
@@ -29,10 +28,9 @@ from graphdiff.models import (
     DiffuserForSequenceClassification,
 )
 from graphdiff.tasks import collate
+from graphdiff.tasks.mlm import IGNORE_INDEX, bits_per_character
 
-__all__ = ["IGNORE_INDEX", "OBJECTIVES", "Objective", "collate_of", "objective_of"]
-
-IGNORE_INDEX = -100  # the label of a token the masked-LM loss does not score
+__all__ = ["OBJECTIVES", "Objective", "collate_of", "objective_of"]
 
 
 class Objective:
@@ -122,8 +120,7 @@ class MaskedLM(Objective):
 
     def summarize(self, loss_sum, correct, predictions, examples):
         metrics = super().summarize(loss_sum, correct, predictions, examples)
-        # Mean cross-entropy of a masked byte in bits: what byte-level MLM papers call bpc.
-        metrics["bpc"] = metrics["loss"] / math.log(2)
+        metrics["bpc"] = bits_per_character(metrics["loss"])
         metrics["masked_tokens"] = predictions
         return metrics
 

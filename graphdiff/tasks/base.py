@@ -132,10 +132,15 @@ class TaskDataset(Dataset):
         num_classes: number of labels.
         max_len: longest sequence returned, CLS included.
         truncate: whether sequences longer than ``max_len`` are cut (else they raise).
+        objective: what a model learns from the examples: ``"classification"`` (one label per
+            sequence) here; subclasses with other targets name theirs.
+        collate: the function that pads a list of examples into a batch (:func:`collate`).
     """
 
     vocab_size: int
     num_classes: int
+    objective = "classification"
+    collate = staticmethod(collate)
 
     def __init__(self, split: str, max_len: int, truncate: bool) -> None:
         self.split = check_split(split)

@@ -1,11 +1,11 @@
 """Task datasets: ListOps, images as pixel sequences, reviews as bytes, Pathfinder, MultiHop,
-and masked language modelling on text.
+document matching (LRA Retrieval) and masked language modelling on text.
 
 Every classification task is a ``torch.utils.data.Dataset`` of ``(tokens LongTensor [L], label
 int)`` with CLS at position 0 and the attributes ``vocab_size``, ``num_classes`` and ``max_len``;
 :func:`collate` pads a list of them into ``(tokens [B, L], mask [B, L], labels [B])``. Tasks with
-other targets (masked LM: a label per token) name their ``objective`` and bring their own
-``collate``::
+other examples (retrieval: a pair of documents; masked LM: a label per token) name their
+``objective`` and bring their own ``collate``::
 
     from torch.utils.data import DataLoader
     from graphdiff.tasks import collate, get_task
@@ -26,6 +26,7 @@ from graphdiff.tasks.listops import ListOps, ListOpsTSV, listops
 from graphdiff.tasks.mlm import MaskedLMTask
 from graphdiff.tasks.multihop import MultiHop
 from graphdiff.tasks.pathfinder import Pathfinder
+from graphdiff.tasks.retrieval import retrieval
 from graphdiff.tasks.text import TextTask
 
 __all__ = [
@@ -54,6 +55,7 @@ TASKS: dict[str, Callable[..., TaskDataset]] = {
     "image": ImageTask,
     "multihop": MultiHop,
     "pathfinder": Pathfinder,
+    "retrieval": retrieval,
     "text": TextTask,
 }
 

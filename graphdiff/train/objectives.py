@@ -25,6 +25,7 @@ from torch.utils.data import Dataset, Subset
 from graphdiff.models import (
     DiffuserConfig,
     DiffuserForMaskedLM,
+    DiffuserForRetrieval,
     DiffuserForSequenceClassification,
 )
 from graphdiff.tasks import collate
@@ -86,12 +87,7 @@ class Retrieval(Objective):
     """Batches ``(tokens_a, mask_a, tokens_b, mask_b, labels [B])``; one prediction per pair."""
 
     name = "retrieval"
-
-    @property
-    def model_class(self) -> type:
-        from graphdiff.models import DiffuserForRetrieval
-
-        return DiffuserForRetrieval
+    model_class = DiffuserForRetrieval
 
     def predict(self, model, batch, truncate=False):
         tokens_a, mask_a, tokens_b, mask_b, labels = batch

@@ -5,6 +5,7 @@ from graphdiff.models.config import MODEL_PRESETS, DiffuserConfig, preset_config
 from graphdiff.models.diffuser import (
     Diffuser,
     DiffuserForMaskedLM,
+    DiffuserForRetrieval,
     DiffuserForSequenceClassification,
     DiffuserLayer,
     count_parameters,
@@ -20,6 +21,7 @@ __all__ = [
     "DiffuserLayer",
     "DiffuserForSequenceClassification",
     "DiffuserForMaskedLM",
+    "DiffuserForRetrieval",
     "count_parameters",
     "from_roberta",
     "init_config",

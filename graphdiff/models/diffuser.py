@@ -329,6 +329,102 @@ class DiffuserForMaskedLM(PretrainedMixin, nn.Module):
         return select[mask]
 
 
+class DiffuserForRetrieval(PretrainedMixin, nn.Module):
+    r"""Two-tower document matching, LRA's Retrieval model: one shared encoder reads each of
+    the two documents alone, and an MLP classifies the pair from their pooled vectors.
+
+    .. math::
+        u = \mathrm{pool}(\mathrm{Diffuser}(a)), \quad
+        v = \mathrm{pool}(\mathrm{Diffuser}(b)), \quad
+        f = [u, v, u \odot v, u - v] \in \mathbb{R}^{4D},
+
+    .. math::
+        \mathrm{logits} = W_3 \,\mathrm{ReLU}(W_2 \,\mathrm{ReLU}(W_1 f + b_1) + b_2) + b_3,
+
+    LRA's ``classifier_head_dual`` with its ``NLI`` interaction: ``W_1`` is ``[m, 4D]``,
+    ``W_2`` ``[m / 2, m]`` and ``W_3`` ``[num_classes, m / 2]`` with ``m = config.ffn`` (LRA
+    passes its encoder's MLP width to the head too); no dropout, as in LRA. The documents
+    never attend to each other. ``pool`` is ``config.pooling``: the CLS state or the mean over
+    the document's real tokens.
+
+    Both towers run as one encoder call on ``2B`` sequences (both padded to one length), so a
+    batch costs one graph construction and one pass through the layers.
+
+    Args:
+        config (DiffuserConfig): The encoder's configuration; ``num_classes`` sets the
+            output width and ``ffn`` (at least 2) the head's.
+
+    Shapes:
+        - **input:** ``tokens_a [B, La]``, ``mask_a [B, La]``, ``tokens_b [B, Lb]``,
+          ``mask_b [B, Lb]`` (masks boolean, True on real tokens; every row at least one)
+        - **output:** ``logits [B, num_classes]``
+    """
+
+    def __init__(self, config: DiffuserConfig):
+        super().__init__()
+        if config.ffn < 2:
+            raise ValueError(
+                f"DiffuserForRetrieval needs config.ffn >= 2 (the head's second layer is "
+                f"ffn // 2 wide), got ffn={config.ffn}"
+            )
+        self.config = config
+        self.diffuser = Diffuser(config)
+        self.mlp = nn.Linear(4 * config.hidden, config.ffn)
+        self.mlp2 = nn.Linear(config.ffn, config.ffn // 2)
+        self.classifier = nn.Linear(config.ffn // 2, config.num_classes)
+
+    def features(self, u: Tensor, v: Tensor) -> Tensor:
+        """The pair's features ``[u, v, u * v, u - v]``: ``[B, D]`` twice -> ``[B, 4D]``."""
+        return torch.cat([u, v, u * v, u - v], dim=-1)
+
+    def classify(self, features: Tensor) -> Tensor:
+        """The MLP on the pair's features: ``[B, 4D]`` -> ``logits [B, num_classes]``."""
+        return self.classifier(F.relu(self.mlp2(F.relu(self.mlp(features)))))
+
+    def forward(
+        self,
+        tokens_a: Tensor,
+        mask_a: Tensor,
+        tokens_b: Tensor,
+        mask_b: Tensor,
+        *,
+        truncate: bool = False,
+    ) -> Tensor:
+        """``logits [B, num_classes]`` of the pairs ``(a_i, b_i)``.
+
+        Args:
+            tokens_a (torch.Tensor): The first documents' padded token ids ``[B, La]``.
+            mask_a (torch.Tensor): Their mask ``[B, La]`` (True = real token).
+            tokens_b (torch.Tensor): The second documents' padded token ids ``[B, Lb]``.
+            mask_b (torch.Tensor): Their mask ``[B, Lb]``.
+            truncate (bool, optional): Cut documents longer than ``max_len`` instead of
+                raising. (default: :obj:`False`)
+        """
+        for name, tokens, mask in (("a", tokens_a, mask_a), ("b", tokens_b, mask_b)):
+            if not isinstance(tokens, Tensor) or not isinstance(mask, Tensor):
+                raise TypeError(f"tokens_{name} and mask_{name} must be tensors")
+            if tokens.dim() != 2 or mask.shape != tokens.shape:
+                raise ValueError(
+                    f"tokens_{name} and mask_{name} must both be [B, L], got "
+                    f"{list(tokens.shape)} and {list(mask.shape)}"
+                )
+        if tokens_a.size(0) != tokens_b.size(0):
+            raise ValueError(
+                f"tokens_a and tokens_b must hold the same number of documents, got "
+                f"{tokens_a.size(0)} and {tokens_b.size(0)}"
+            )
+        length = max(tokens_a.size(1), tokens_b.size(1))
+        pad = self.config.pad_token_id
+        tokens = torch.cat(
+            [F.pad(t, (0, length - t.size(1)), value=pad) for t in (tokens_a, tokens_b)]
+        )
+        mask = torch.cat([F.pad(m.bool(), (0, length - m.size(1))) for m in (mask_a, mask_b)])
+        batch = self.diffuser.to_batch(tokens, mask, truncate=truncate)
+        pooled = pool(self.diffuser.encode(batch), batch, self.config.pooling)
+        u, v = pooled.chunk(2)
+        return self.classify(self.features(u, v))
+
+
 def count_parameters(model: nn.Module) -> int:
     """The number of parameters of ``model`` (tied ones counted once)."""
     return sum(parameter.numel() for parameter in model.parameters())

@@ -1,8 +1,11 @@
-"""Task datasets: ListOps, images as pixel sequences, reviews as bytes, Pathfinder and MultiHop.
+"""Task datasets: ListOps, images as pixel sequences, reviews as bytes, Pathfinder, MultiHop,
+document matching (LRA Retrieval) and masked language modelling on text.
 
-Every task is a ``torch.utils.data.Dataset`` of ``(tokens LongTensor [L], label int)`` with CLS
-at position 0 and the attributes ``vocab_size``, ``num_classes`` and ``max_len``;
-:func:`collate` pads a list of them into ``(tokens [B, L], mask [B, L], labels [B])``::
+Every classification task is a ``torch.utils.data.Dataset`` of ``(tokens LongTensor [L], label
+int)`` with CLS at position 0 and the attributes ``vocab_size``, ``num_classes`` and ``max_len``;
+:func:`collate` pads a list of them into ``(tokens [B, L], mask [B, L], labels [B])``. Tasks with
+other examples (retrieval: a pair of documents; masked LM: a label per token) name their
+``objective`` and bring their own ``collate``::
 
     from torch.utils.data import DataLoader
     from graphdiff.tasks import collate, get_task
@@ -20,8 +23,10 @@ from typing import Callable
 from graphdiff.tasks.base import CLS, NUM_SPECIAL, PAD, SPLITS, TaskDataset, collate
 from graphdiff.tasks.image import DEFAULT_FASHION_MNIST_DIR, ImageTask
 from graphdiff.tasks.listops import ListOps, ListOpsTSV, listops
+from graphdiff.tasks.mlm import MaskedLMTask
 from graphdiff.tasks.multihop import MultiHop
 from graphdiff.tasks.pathfinder import Pathfinder
+from graphdiff.tasks.retrieval import retrieval
 from graphdiff.tasks.text import TextTask
 
 __all__ = [
@@ -34,6 +39,7 @@ __all__ = [
     "ImageTask",
     "ListOps",
     "ListOpsTSV",
+    "MaskedLMTask",
     "MultiHop",
     "Pathfinder",
     "TaskDataset",
@@ -45,9 +51,11 @@ __all__ = [
 # name -> factory(split, **kwargs) -> TaskDataset
 TASKS: dict[str, Callable[..., TaskDataset]] = {
     "listops": listops,
+    "mlm": MaskedLMTask,
     "image": ImageTask,
     "multihop": MultiHop,
     "pathfinder": Pathfinder,
+    "retrieval": retrieval,
     "text": TextTask,
 }
 

@@ -132,11 +132,13 @@ class TaskDataset(Dataset):
         num_classes: number of labels.
         max_len: longest sequence returned, CLS included.
         truncate: whether sequences longer than ``max_len`` are cut (else they raise).
+        objective: what a model learns from the examples: ``"classification"`` (one label per
+            sequence) here; subclasses with other targets name theirs.
+        collate: the function that pads a list of examples into a batch (:func:`collate`).
     """
 
     vocab_size: int
     num_classes: int
-    # The training objective (graphdiff.train.objectives) and the batching of its examples.
     objective = "classification"
     collate = staticmethod(collate)
 

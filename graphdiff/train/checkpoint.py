@@ -15,7 +15,12 @@ import torch
 from torch import nn
 
 from graphdiff.io import atomic_write, atomic_write_text
-from graphdiff.models import DiffuserConfig, DiffuserForMaskedLM, DiffuserForSequenceClassification
+from graphdiff.models import (
+    DiffuserConfig,
+    DiffuserForMaskedLM,
+    DiffuserForRetrieval,
+    DiffuserForSequenceClassification,
+)
 
 
 class CheckpointError(ValueError):
@@ -48,7 +53,11 @@ RUN_KEYS = (
 # The models a training checkpoint may hold, by the class name it records.
 MODEL_CLASSES = {
     model_class.__name__: model_class
-    for model_class in (DiffuserForSequenceClassification, DiffuserForMaskedLM)
+    for model_class in (
+        DiffuserForSequenceClassification,
+        DiffuserForMaskedLM,
+        DiffuserForRetrieval,
+    )
 }
 # torch.save writes a zip archive; anything else is not a checkpoint.
 ZIP_MAGIC = b"PK\x03\x04"

@@ -16,7 +16,6 @@ checkpoint is the one with the highest accuracy, or for masked LM the lowest los
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, Dict, Sequence, Tuple
 
 import torch.nn.functional as F
@@ -26,13 +25,13 @@ from torch.utils.data import Dataset, Subset
 from graphdiff.models import (
     DiffuserConfig,
     DiffuserForMaskedLM,
+    DiffuserForRetrieval,
     DiffuserForSequenceClassification,
 )
 from graphdiff.tasks import collate
+from graphdiff.tasks.mlm import IGNORE_INDEX, bits_per_character
 
-__all__ = ["IGNORE_INDEX", "OBJECTIVES", "Objective", "collate_of", "objective_of"]
-
-IGNORE_INDEX = -100  # the label of a token the masked-LM loss does not score
+__all__ = ["OBJECTIVES", "Objective", "collate_of", "objective_of"]
 
 
 class Objective:
@@ -88,12 +87,7 @@ class Retrieval(Objective):
     """Batches ``(tokens_a, mask_a, tokens_b, mask_b, labels [B])``; one prediction per pair."""
 
     name = "retrieval"
-
-    @property
-    def model_class(self) -> type:
-        from graphdiff.models import DiffuserForRetrieval
-
-        return DiffuserForRetrieval
+    model_class = DiffuserForRetrieval
 
     def predict(self, model, batch, truncate=False):
         tokens_a, mask_a, tokens_b, mask_b, labels = batch
@@ -122,8 +116,7 @@ class MaskedLM(Objective):
 
     def summarize(self, loss_sum, correct, predictions, examples):
         metrics = super().summarize(loss_sum, correct, predictions, examples)
-        # Mean cross-entropy of a masked byte in bits: what byte-level MLM papers call bpc.
-        metrics["bpc"] = metrics["loss"] / math.log(2)
+        metrics["bpc"] = bits_per_character(metrics["loss"])
         metrics["masked_tokens"] = predictions
         return metrics
 

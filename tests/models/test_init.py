@@ -9,6 +9,7 @@ from torch import nn
 from graphdiff.models import (
     DiffuserConfig,
     DiffuserForMaskedLM,
+    DiffuserForRetrieval,
     DiffuserForSequenceClassification,
     extend_positions,
     init_config,
@@ -136,10 +137,11 @@ def test_full_attention_on_a_repeated_sequence_gives_the_pretrained_outputs_repe
         )
 
 
-def test_a_masked_lm_encoder_under_a_classification_head_and_back():
+def test_a_masked_lm_encoder_under_other_heads_and_back():
     mlm = pretrained_model(DiffuserForMaskedLM)
     classifier = started(DiffuserForSequenceClassification, mlm, max_len=12)
-    back = started(DiffuserForMaskedLM, classifier, max_len=8)  # positions cut to the first 8
+    retrieval = started(DiffuserForRetrieval, classifier, max_len=16)
+    back = started(DiffuserForMaskedLM, retrieval, max_len=8)  # positions cut to the first 8
     for name, tensor in mlm.diffuser.state_dict().items():
         assert torch.equal(back.diffuser.state_dict()[name], tensor), name
     assert not torch.equal(back.dense.weight, mlm.dense.weight)  # the MLM head is fresh too

@@ -119,3 +119,50 @@ def test_bad_init_is_a_one_line_error(extra, message, pretrained, tmp_path, caps
     error = capsys.readouterr().err
     assert message in error and error.count("\n") == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_masked_lm_pretraining_then_text_classification_on_longer_reviews(tmp_path):
+    # The recipe of docs/tasks.md on text the test writes: the text task's 258 byte tokens run
+    # under the masked-LM encoder's 259, its 24 positions are the pretrained 16 tiled.
+    generator = torch.Generator().manual_seed(0)
+    words = ["graph", "diffusion", "attention", "sparse", "token", "layer", "window", "hop"]
+
+    def text(count):
+        return " ".join(words[i] for i in torch.randint(8, (count,), generator=generator))
+
+    corpus, reviews = tmp_path / "corpus", tmp_path / "aclImdb"
+    corpus.mkdir()
+    for index in range(12):
+        (corpus / f"doc{index:02d}.txt").write_text(text(60))
+    for part, count in (("train", 10), ("test", 2)):
+        for label in ("neg", "pos"):
+            (reviews / part / label).mkdir(parents=True)
+            for index in range(count):
+                (reviews / part / label / f"{index}_7.txt").write_text(text(10))
+    common = dict(batch_size=8, max_steps=2, eval_every=2, progress=False)
+    train(
+        TrainArgs(
+            task="mlm",
+            out=str(tmp_path / "mlm"),
+            data_dir=str(corpus),
+            task_args={"max_len": 16},
+            model_args={"hidden": 16, "ffn": 32, "heads": 2, "layers": 1},
+            **common,
+        )
+    )
+    mlm, _ = load_model(str(tmp_path / "mlm" / "best.pt"))
+    run = started_run(
+        tmp_path / "text",
+        task="text",
+        init=str(tmp_path / "mlm"),
+        data_dir=str(reviews),
+        task_args={"max_len": 24},
+        **common,
+    )
+    assert (run.config.vocab_size, run.config.max_len, run.config.num_classes) == (259, 24, 2)
+    old, new = mlm.diffuser.state_dict(), run.model.diffuser.state_dict()
+    table = old["embeddings.positions.weight"]
+    assert torch.equal(new["embeddings.positions.weight"], torch.cat([table, table[:8]]))
+    for name in old.keys() - {"embeddings.positions.weight"}:
+        assert torch.equal(new[name], old[name]), name
+    assert fit(run).metrics["step"] == 2

@@ -76,8 +76,7 @@ from graphdiff.cli_types import positive_float, positive_int
 from graphdiff.io import atomic_write_text
 from graphdiff.models import MODEL_PRESETS, DiffuserConfig, preset_config
 from graphdiff.models import DiffuserForSequenceClassification as Classifier
-from graphdiff.patterns import BlockWindow, Global, Random, Window
-from graphdiff.patterns.ops import PatternUnion
+from graphdiff.patterns import BlockWindow, Global, PatternUnion, Random, Window
 
 BASELINE = "graphdiff K=5"
 # CLI name: (name in the table, gradient checkpointing, bf16 autocast).
@@ -372,6 +371,7 @@ def saver_worker(spec: dict) -> dict:
     model, forward = graphdiff_variant(config, tokens, mask)
     step = training_step(model, forward, spec["batch"], bf16=bf16)
     before_mb = rss_mb()
+    print(f"{label}: built, {before_mb:,.0f} MiB resident", file=sys.stderr, flush=True)
     seconds = []
     for i in range(spec["steps"] + 1):
         start = time.perf_counter()
@@ -469,7 +469,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument(
         "--length", type=positive_int, nargs="+", help="tokens per sequence (default: 4096)"
     )
-    parser.add_argument("--batch", type=positive_int, default=1, help="sequences per step")
+    parser.add_argument(
+        "--batch", type=positive_int, default=1, help="sequences per step (default: 1)"
+    )
     parser.add_argument(
         "--steps", type=positive_int, help="timed steps per variant (default: 5; --savers: 2)"
     )

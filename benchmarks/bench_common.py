@@ -10,7 +10,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, Hashable, List, Optional, Sequence, TypeVar
+from typing import Callable, Dict, Hashable, List, Optional, Sequence, Tuple, TypeVar
 
 Key = TypeVar("Key", bound=Hashable)
 
@@ -56,9 +56,14 @@ def rerun_command(script: str, argv: Optional[Sequence[str]] = None) -> str:
     return shlex.join(["python", str(Path("benchmarks") / script), *args])
 
 
-def alternate(runs: Dict[Key, Callable[[], object]], rounds: int) -> Dict[Key, List[float]]:
+def alternate(
+    runs: Dict[Key, Callable[[], object]],
+    rounds: int,
+    after_round: Optional[Callable[[int], object]] = None,
+) -> Dict[Key, List[float]]:
     """Seconds of every run in every round. The order rotates by one run per round, so that
-    no run always follows the same one."""
+    no run always follows the same one. ``after_round(r)`` is called after round ``r``
+    (counted from 1), to show progress."""
     times: Dict[Key, List[float]] = {key: [] for key in runs}
     keys = list(runs)
     for round_ in range(rounds):
@@ -67,7 +72,16 @@ def alternate(runs: Dict[Key, Callable[[], object]], rounds: int) -> Dict[Key, L
             start = time.perf_counter()
             runs[key]()
             times[key].append(time.perf_counter() - start)
+        if after_round is not None:
+            after_round(round_ + 1)
     return times
+
+
+def paired_ratios(num: List[float], den: List[float]) -> Tuple[float, float]:
+    """(median of the per-round ratios, ratio of the fastest runs) of two workloads timed in
+    the same rounds of :func:`alternate`: each round's runs ran close together (the order
+    rotates), so drift mostly cancels in the ratio."""
+    return (statistics.median(a / b for a, b in zip(num, den)), min(num) / min(den))
 
 
 def growth_row(name: str, small: List[float], large: List[float]) -> str:

@@ -70,6 +70,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 from bench_common import (
     alternate,
     diffuser_layer,
+    paired_ratios,
     rerun_command,
     rss_mb,
     sdpa_transformer_layer,
@@ -356,13 +357,6 @@ def run_interleaved(
         raise RuntimeError(f"exit {proc.returncode}: {tail[:200]}")
     times = json.loads(proc.stdout.strip().splitlines()[-1])["times"]
     return dict(zip(workloads, times))
-
-
-def paired_ratios(num: List[float], den: List[float]) -> Tuple[float, float]:
-    """(median of the per-round ratios, ratio of the fastest runs) of two interleaved
-    workloads: each round's steps ran close together (the order rotates), so drift mostly
-    cancels in the ratio."""
-    return (statistics.median(a / b for a, b in zip(num, den)), min(num) / min(den))
 
 
 def growth_line(variant: str, a: int, b: int, how: str, median: float, fastest: float) -> str:

@@ -102,7 +102,7 @@ def task_specs(steps: int, batch_size: int, quick: bool) -> Dict[str, TaskSpec]:
             ),
             "retrieval": TaskSpec(
                 "diffuser(window=8, num_global=1, num_random=2)",
-                dict(max_len=64, examples=dict(train=64, val=32, test=32)),
+                dict(max_len=64, num_samples=64),
             ),
         }
     return {
@@ -208,7 +208,7 @@ def majority_accuracy(task: str, task_args: Dict[str, Any], data_dir: Optional[s
     """Test accuracy of always predicting the most frequent test label (an upper bound on
     chance)."""
     test_set = build_task(task, "test", task_args, data_dir)
-    counts = Counter(int(test_set[i][1]) for i in range(len(test_set)))
+    counts = Counter(int(test_set[i][-1]) for i in range(len(test_set)))  # label last
     return max(counts.values()) / len(test_set)
 
 

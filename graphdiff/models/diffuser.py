@@ -266,9 +266,15 @@ class DiffuserForSequenceClassification(PretrainedMixin, nn.Module):
 
 
 class DiffuserForMaskedLM(PretrainedMixin, nn.Module):
-    """Encoder and a language-model head tied to the token embeddings: ``logits [N, V]``
+    r"""Encoder and a language-model head tied to the token embeddings: ``logits [N, V]``
     for a graph batch, ``[B, L, V]`` for padded input. Train with cross-entropy on the
-    masked positions (``ignore_index=-100`` elsewhere)."""
+    masked positions (``ignore_index=-100`` elsewhere).
+
+    The token and position embeddings start from :math:`\mathcal{N}(0, 0.02^2)`, as BERT's and
+    RoBERTa's: the tied head's initial logits then have a standard deviation of about
+    :math:`0.02 \sqrt{D}` and the initial loss is near :math:`\ln V`, where PyTorch's
+    :math:`\mathcal{N}(0, 1)` embeddings give logits of spread :math:`\sqrt{D}` and a loss
+    several times larger."""
 
     def __init__(self, config: DiffuserConfig):
         super().__init__()
@@ -277,6 +283,12 @@ class DiffuserForMaskedLM(PretrainedMixin, nn.Module):
         self.dense = nn.Linear(config.hidden, config.hidden)
         self.norm = nn.LayerNorm(config.hidden, eps=config.layer_norm_eps)
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+        embeddings = self.diffuser.embeddings
+        with torch.no_grad():
+            for table in (embeddings.tokens, getattr(embeddings, "positions", None)):
+                if table is not None:
+                    table.weight.normal_(0.0, 0.02)
+            embeddings.tokens.weight[config.pad_token_id].zero_()
 
     def forward(
         self,

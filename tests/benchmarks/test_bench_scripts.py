@@ -4,6 +4,7 @@ report."""
 
 import importlib.util
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -136,8 +137,12 @@ def test_memory_workers_return_freed_memory_even_when_timing_reuses_it(bench_lay
 def test_alternate_rotates_the_order_and_times_every_run_each_round():
     common = load("bench_common")
     order = []
-    times = common.alternate({key: (lambda key=key: order.append(key)) for key in "abc"}, rounds=3)
-    assert order == list("abcbcacab")
+    times = common.alternate(
+        {key: (lambda key=key: order.append(key)) for key in "abc"},
+        rounds=3,
+        after_round=lambda round_: order.append(round_),
+    )
+    assert order == [*"abc", 1, *"bca", 2, *"cab", 3]
     assert {key: len(t) for key, t in times.items()} == {"a": 3, "b": 3, "c": 3}
     assert (
         common.growth_row("x", [0.002, 0.001, 0.003], [0.004, 0.009, 0.0045])
@@ -145,8 +150,8 @@ def test_alternate_rotates_the_order_and_times_every_run_each_round():
     )  # fastest 4 / 1; median 4.5 / 2
 
 
-def test_paired_ratios_are_the_median_per_round_ratio_and_the_fastest_ratio(bench_layer):
-    median, fastest = bench_layer.paired_ratios([4.0, 9.0, 5.0], [1.0, 2.0, 2.0])
+def test_paired_ratios_are_the_median_per_round_ratio_and_the_fastest_ratio():
+    median, fastest = load("bench_common").paired_ratios([4.0, 9.0, 5.0], [1.0, 2.0, 2.0])
     assert median == pytest.approx(4.0)  # rounds: 4, 4.5, 2.5
     assert fastest == pytest.approx(4.0)  # 4 / 1
 
@@ -385,6 +390,8 @@ def test_quick_sets_only_the_lengths_and_repeats_not_given(
         ("bench_spectral", ["--n", "-64"]),
         ("bench_model", ["--steps", "0"]),
         ("bench_model", ["--length", "0"]),
+        ("bench_model", ["--length", "64", "-1"]),
+        ("bench_model", ["--savers", "--steps", "0"]),
         ("bench_memory", ["--steps", "0"]),
         ("bench_memory", ["--trim-every", "-1"]),
         ("bench_memory", ["--min-len", "9", "--max-len", "8"]),
@@ -416,10 +423,10 @@ def test_tiny_runs_of_the_readme_commands_print_and_write_their_tables(tmp_path,
         ]
     )
     model = (tmp_path / "model.md").read_text()
-    assert [line.split(" | ")[0] for line in model.splitlines() if line.startswith("| ")][1:] == [
-        "| default (fused)",
-        "| sparse attention only (K=1)",
-        "| gather-scatter reference",
+    assert [line.split(" | ")[1] for line in model.splitlines() if line.startswith("| 64 ")] == [
+        "graphdiff K=5",
+        "graphdiff K=1",
+        "graphdiff K=5, gather-scatter reference",
     ]
 
 
@@ -434,3 +441,197 @@ def test_bench_memory_trims_as_asked_and_checks_its_limit(monkeypatch, capsys):
     assert len(calls) == 2
     out = capsys.readouterr().out
     assert "step     4  RSS" in out and "OVER the limit of 1 MiB" in out
+
+
+# ------------------------------------------------------------------------- bench_model
+
+
+@pytest.fixture(scope="module")
+def bench_model():
+    return load("bench_model")
+
+
+def table_rows(text: str, first_column: str) -> list:
+    """The cells of the markdown rows whose first cell is ``first_column``."""
+    return [
+        [cell.strip() for cell in line.strip("|").split("|")]
+        for line in text.splitlines()
+        if line.startswith(f"| {first_column} |")
+    ]
+
+
+def test_peers_are_graphdiffs_model_with_their_own_attention(bench_model):
+    variants = bench_model.compare_variants("tiny", 128, batch=1, reference=False, peers=True)
+    size = {
+        name: sum(p.numel() for p in model.parameters()) for name, (model, _) in variants.items()
+    }
+    config = bench_model.model_config("tiny", 128)
+    d, layers = config.hidden, config.layers
+    # RoBERTa: graphdiff's weights plus two positions (its offset) and one token type.
+    assert size["HF RoBERTa, SDPA"] - size["graphdiff K=5"] == 3 * d
+    # Longformer: RoBERTa plus each layer's query, key and value for global attention.
+    assert size["HF Longformer"] - size["HF RoBERTa, SDPA"] == layers * 3 * (d * d + d)
+    # BigBird: BERT's unused pooler, positions without RoBERTa's offset of two.
+    assert size["HF BigBird"] - size["HF RoBERTa, SDPA"] == d * d + d - 2 * d
+    window, num_global, _ = bench_model.pattern_sizes(config)
+    assert variants["HF Longformer"][0].config.attention_window == [window] * layers
+    bigbird = variants["HF BigBird"][0].config
+    assert (bigbird.block_size, bigbird.num_random_blocks) == (window, 1)
+    assert variants["HF RoBERTa, SDPA"][0].config._attn_implementation == "sdpa"
+    for model, forward in variants.values():
+        assert forward().shape == (1, config.num_classes)
+
+
+def test_pattern_sizes_read_the_presets_and_refuse_other_patterns(bench_model):
+    from graphdiff.models import preset_config
+
+    assert bench_model.pattern_sizes(preset_config("small")) == (64, 8, 8)
+    assert bench_model.pattern_sizes(preset_config("paper_base")) == (64, 64, 64)
+    for pattern in ("bigbird()", "Window(8) | Global(2)", "longformer(window=8)"):
+        with pytest.raises(ValueError, match="--peers needs a pattern"):
+            bench_model.pattern_sizes(preset_config("tiny", pattern=pattern))
+
+
+def test_compare_rows_give_median_rates_and_median_per_step_ratios(bench_model):
+    times = {bench_model.BASELINE: [1.0, 2.0, 1.0], "x": [0.5, 4.0, 0.5]}
+    assert bench_model.compare_rows(100, 2, times) == [
+        "| 100 | graphdiff K=5 | 200 | 1.00 |",  # 200 tokens over the median second
+        "| 100 | x | 400 | 2.00 |",  # steps 2, 0.5 and 2 times as fast
+    ]
+
+
+def test_peers_run_against_graphdiff_and_their_ratios_follow_the_rates(bench_model, tmp_path):
+    out = tmp_path / "peers.md"
+    argv = ["--preset", "tiny", "--length", "128", "--steps", "1", "--skip-reference"]
+    bench_model.main([*argv, "--peers", "--out", str(out)])
+    rows = table_rows(out.read_text(), "128")
+    assert [row[1] for row in rows] == [
+        "graphdiff K=5",
+        "graphdiff K=1",
+        "HF Longformer",
+        "HF BigBird",
+        "HF RoBERTa, SDPA",
+    ]
+    rates = [float(row[2].replace(",", "")) for row in rows]
+    for rate, row in zip(rates, rows):  # one step: the ratio is the ratio of the rates
+        assert float(row[3]) == pytest.approx(rate / rates[0], abs=0.01 + 1 / rates[0])
+    assert "fell back to full attention" not in out.read_text()  # 128 > (5 + 2) 16 tokens
+
+
+def test_peers_are_skipped_with_a_reason_without_transformers(bench_model, monkeypatch, capsys):
+    monkeypatch.setattr(bench_model, "transformers_version", lambda: None)
+    argv = ["--preset", "tiny", "--length", "32", "--steps", "1", "--skip-reference", "--peers"]
+    bench_model.main(argv)
+    out = capsys.readouterr().out
+    assert "transformers is not installed" in out and "rows of HF" in out
+    assert [row[1] for row in table_rows(out, "32")] == ["graphdiff K=5", "graphdiff K=1"]
+
+
+def test_training_step_is_one_adamw_step_on_the_cross_entropy(bench_model):
+    config = bench_model.model_config("tiny", 16, dropout=0.0, attention_dropout=0.0)
+    torch.manual_seed(0)
+    tokens, mask = bench_model.random_batch(config, 2)
+    model, forward = bench_model.graphdiff_variant(config, tokens, mask)
+    expected = load("bench_model").Classifier(config).train()
+    expected.load_state_dict(model.state_dict())
+    optimizer = torch.optim.AdamW(expected.parameters(), lr=1e-4)
+    torch.nn.functional.cross_entropy(expected(tokens, mask), torch.zeros(2).long()).backward()
+    optimizer.step()
+    bench_model.training_step(model, forward, 2)()
+    for got, want in zip(model.parameters(), expected.parameters()):
+        torch.testing.assert_close(got, want)
+    dtypes = []
+    record = lambda: dtypes.append(forward().dtype) or forward()  # noqa: E731
+    bench_model.training_step(model, record, 2, bf16=True)()
+    bench_model.training_step(model, record, 2, bf16=False)()
+    assert dtypes == [torch.bfloat16, torch.float32]
+
+
+def test_saver_rows_compare_each_variant_with_fp32(bench_model):
+    results = {
+        "fp32": {"step_s": [2.0, 4.0], "peak_mb": 1000.0, "before_mb": 400.0},
+        "checkpointing": {"step_s": [4.0, 4.0, 5.0], "peak_mb": 500.0, "before_mb": 400.0},
+        "bf16": {"error": "killed by signal 9 (out of memory?)"},
+    }
+    assert bench_model.saver_rows("small", 1000, 2, results) == [
+        "| small | 1,000 | fp32 | 667 | 3.00 | 1,000 | 600 | 1.00 | 1.00 |",
+        "| small | 1,000 | gradient checkpointing | 500 | 4.00 | 500 | 100 | 0.75 | 0.50 |",
+        "| small | 1,000 | bf16 autocast | failed: killed by signal 9 (out of memory?) | - | - | "
+        "- | - | - |",
+    ]
+    without_fp32 = bench_model.saver_rows("small", 1000, 2, {"bf16": results["checkpointing"]})
+    assert without_fp32[0].endswith("| 500 | 100 | - | - |")
+
+
+@pytest.mark.parametrize(
+    "argv, plan",
+    [
+        (
+            [],
+            [
+                ("paper_base", 4096, ["fp32", "checkpointing", "bf16", "checkpointing+bf16"]),
+                ("small", 16384, ["fp32", "checkpointing", "bf16", "checkpointing+bf16"]),
+                ("paper_base", 16384, ["checkpointing", "checkpointing+bf16"]),
+            ],
+        ),
+        (
+            ["fp32", "bf16"],
+            [("paper_base", 4096, ["fp32", "bf16"]), ("small", 16384, ["fp32", "bf16"])],
+        ),
+        (
+            ["checkpointing", "--preset", "tiny", "--length", "8", "16"],
+            [("tiny", 8, ["checkpointing"]), ("tiny", 16, ["checkpointing"])],
+        ),
+    ],
+)
+def test_savers_run_the_default_rows_or_the_given_ones(bench_model, monkeypatch, argv, plan):
+    specs = []
+    monkeypatch.setattr(
+        bench_model, "run_saver", lambda spec, timeout: specs.append(spec) or {"error": "not run"}
+    )
+    bench_model.main(["--savers", *argv])
+    ran = [(spec["preset"], spec["length"], spec["saver"]) for spec in specs]
+    assert ran == [(preset, length, saver) for preset, length, savers in plan for saver in savers]
+    assert {(spec["steps"], spec["batch"]) for spec in specs} == {(2, 1)}
+
+
+@pytest.mark.slow  # two fresh processes that import torch
+def test_each_saver_runs_in_a_fresh_process_and_reports_its_peak(bench_model, tmp_path):
+    out = tmp_path / "savers.md"
+    argv = ["--savers", "fp32", "checkpointing+bf16", "--preset", "tiny", "--length", "32"]
+    bench_model.main([*argv, "--steps", "1", "--out", str(out)])
+    rows = table_rows(out.read_text(), "tiny")
+    assert [row[2] for row in rows] == ["fp32", "checkpointing + bf16"]
+    (fp32_rate, fp32_step, fp32_peak, fp32_extra), (rate, step, peak, extra) = [
+        [float(cell.replace(",", "")) for cell in row[3:7]] for row in rows
+    ]
+    # Seconds are rounded to 0.01, tokens / s to 1, ratios to 0.01.
+    for one_rate, one_step in [(fp32_rate, fp32_step), (rate, step)]:
+        assert 32 / (one_step + 0.005) - 0.5 <= one_rate <= 32 / (one_step - 0.005) + 0.5
+    low, high = (fp32_step - 0.005) / (step + 0.005), (fp32_step + 0.005) / (step - 0.005)
+    assert low - 0.005 <= float(rows[1][7]) <= high + 0.005
+    assert rows[0][7:] == ["1.00", "1.00"]
+    assert float(rows[1][8]) == pytest.approx(peak / fp32_peak, abs=0.01)
+    assert 0 <= fp32_extra < fp32_peak and 0 <= extra < peak  # torch itself is resident
+
+
+def test_a_saver_process_that_is_killed_fails_its_row_only(bench_model, monkeypatch):
+    completed = subprocess.CompletedProcess(args=[], returncode=-9, stdout="")
+    monkeypatch.setattr(bench_model.subprocess, "run", lambda *args, **kwargs: completed)
+    assert bench_model.run_saver({}, timeout=1) == {"error": "killed by signal 9 (out of memory?)"}
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--savers", "--peers"],
+        ["--savers", "--skip-reference"],
+        ["--savers", "fp16"],
+        ["--preset", "huge"],
+    ],
+)
+def test_bench_model_refuses_bad_arguments(bench_model, monkeypatch, argv):
+    monkeypatch.setattr(bench_model, "run_saver", lambda spec, timeout: pytest.fail("ran"))
+    with pytest.raises(SystemExit) as exit_:
+        bench_model.main(argv)
+    assert exit_.value.code == 2

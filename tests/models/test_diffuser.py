@@ -2,6 +2,7 @@
 runs, and the pooling definitions."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -165,6 +166,20 @@ def test_masked_lm_head_is_tied_to_the_embeddings():
     loss = F.cross_entropy(logits.view(-1, 25), tokens.view(-1))
     loss.backward()
     assert model.diffuser.embeddings.tokens.weight.grad is not None
+
+
+@pytest.mark.parametrize("preset", ["tiny", "small"])
+def test_masked_lm_starts_near_the_uniform_loss(preset):
+    """BERT's N(0, 0.02) embeddings: the tied head's first loss is within 0.1 nats of ln V
+    (PyTorch's N(0, 1) tables give several times ln V)."""
+    torch.manual_seed(0)
+    config = preset_config(preset, vocab_size=259, max_len=64)
+    model = DiffuserForMaskedLM(config).eval()
+    assert float(model.diffuser.embeddings.tokens.weight[0].abs().max()) == 0.0  # padding row
+    tokens = torch.randint(2, 259, (4, 64))
+    logits = model(tokens, torch.ones_like(tokens, dtype=torch.bool))
+    loss = float(F.cross_entropy(logits.view(-1, 259), tokens.view(-1)))
+    assert abs(loss - math.log(259)) < 0.1
 
 
 def test_masked_lm_select_scores_only_the_selected_tokens():

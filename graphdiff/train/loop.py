@@ -574,10 +574,12 @@ def check_run(args: TrainArgs, context: DistributedContext) -> RunPlan:
     if args.resume:
         saved = load_checkpoint(os.path.join(args.out, "last.pt"), RUN_KEYS)
         check_same_run(args, saved["train"], saved["step"], total, steps_per_epoch)
+    pretrained = None if encoder is None else encoder[0]
     if args.init is not None and saved is not None:
-        config = DiffuserConfig.from_dict(saved["config"])  # made from the encoder's config
-    else:
-        config = build_config(args, train_set, None if encoder is None else encoder[0])
+        # The run's own config has the encoder's architecture; init_config gives it back, with
+        # what a resumed run may change (gradient checkpointing).
+        pretrained = DiffuserConfig.from_dict(saved["config"])
+    config = build_config(args, train_set, pretrained)
     return RunPlan(
         args, context, train_set, val_set, config, steps_per_epoch, total, saved, encoder
     )

@@ -2,6 +2,7 @@
 a save_pretrained directory) under the run's seeded fresh head, on a task of another length,
 class count and vocabulary; --resume wins over --init."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -87,9 +88,17 @@ def test_resume_continues_from_last_pt_without_reading_init(pretrained, tmp_path
     whole = train(TrainArgs(out=str(tmp_path / "whole"), init=str(encoder), **FINETUNE))
     train(TrainArgs(out=str(tmp_path / "split"), init=str(encoder), stop_after=3, **FINETUNE))
     os.remove(encoder)
-    resumed = train(
-        TrainArgs(out=str(tmp_path / "split"), init=str(encoder), resume=True, **FINETUNE)
+    resumed = train(  # checkpointing may change on resume: the same gradients, exactly
+        TrainArgs(
+            out=str(tmp_path / "split"),
+            init=str(encoder),
+            resume=True,
+            grad_checkpoint=True,
+            **FINETUNE,
+        )
     )
+    expected = dataclasses.replace(whole.model.config, gradient_checkpointing=True)
+    assert resumed.model.config == expected
     for name, value in whole.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[name]), name
     with pytest.raises(ValueError, match="init: '.*encoder.pt' in the run, None now"):

@@ -21,10 +21,10 @@ class DiffusionBlock(torch.nn.Module):
     LayerNorm after each residual instead),
 
     .. math::
-        \mathbf{X}' &= \mathbf{X} + \mathrm{Dropout}\left(\mathbf{W}_O\,
+        \mathbf{X}' = \mathbf{X} + \mathrm{Dropout}\left(\mathbf{W}_O\,
         \mathrm{AttentionDiffusion}(\mathrm{LN}_1(\mathbf{X})) + \mathbf{b}_O\right)
 
-        \mathbf{X}'' &= \mathbf{X}' + \mathrm{Dropout}\left(\mathrm{FFN}(\mathrm{LN}_2
+        \mathbf{X}'' = \mathbf{X}' + \mathrm{Dropout}\left(\mathrm{FFN}(\mathrm{LN}_2
         (\mathbf{X}'))\right), \qquad
         \mathrm{FFN}(\mathbf{x}) = \mathbf{W}_2\,\mathrm{Dropout}(\sigma(\mathbf{W}_1
         \mathbf{x} + \mathbf{b}_1)) + \mathbf{b}_2,

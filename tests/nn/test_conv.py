@@ -494,11 +494,12 @@ def test_batch_of_graphs_equals_graphs_one_by_one(attention):
     torch.testing.assert_close(out, expected)
 
 
-def test_torch_compile():
+@pytest.mark.parametrize("attention", ATTENTIONS)
+def test_torch_compile(attention):
     x, ei = inputs()
     x = x.float()
     torch.manual_seed(0)
-    conv = AttentionDiffusion(F_IN, 4, heads=2, hops=3)
+    conv = AttentionDiffusion(F_IN, 4, heads=2, hops=3, attention=attention)
     # aot_eager: dynamo + AOTAutograd around the fused kernels (a graph break); inductor also
     # runs it but its C++ compile takes over a minute on 2 cores.
     compiled = torch.compile(conv, backend="aot_eager")

@@ -640,6 +640,14 @@ def test_gat_graph_without_edges_and_targets_without_incoming_edges():
     torch.testing.assert_close(attn[[0, 3]].sum(0), torch.ones(H, dtype=torch.float64))
 
 
+def test_gat_second_derivative_is_a_clear_error():
+    ei = random_graph(N, 40, seed=38)
+    s, t = node_scores(seed=38)
+    attn = edge_gat_attention(s, t, ei)
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        torch.autograd.grad(attn.square().sum(), (s, t), create_graph=True)
+
+
 def test_gat_huge_scores_give_no_nan():
     ei = random_graph(N, 60, seed=35)
     s, t = node_scores(seed=35, dtype=torch.float32)

@@ -118,7 +118,8 @@ def test_matches_dense_reference(kernel, concat, attention):
 
 @pytest.mark.parametrize("attention", ATTENTIONS)
 def test_gradcheck(attention):
-    # The layer's gradients of its input and every weight, against finite differences.
+    # The layer's gradients of its input and every weight against finite differences (on
+    # random projections: the functions' gradchecks cover the full Jacobians).
     x, ei = inputs(n=6, edges=14)
     conv = make(F_IN, 2, heads=2, hops=3, alpha=0.2, attention=attention)
     names = [name for name, _ in conv.named_parameters()]
@@ -127,7 +128,7 @@ def test_gradcheck(attention):
         return torch.func.functional_call(conv, dict(zip(names, params)), (x, ei))
 
     params = [p.detach().clone().requires_grad_() for p in conv.parameters()]
-    assert torch.autograd.gradcheck(fn, (x.requires_grad_(), *params))
+    assert torch.autograd.gradcheck(fn, (x.requires_grad_(), *params), fast_mode=True)
 
 
 @pytest.mark.parametrize("attention", ATTENTIONS)

@@ -301,7 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument(
         "--data",
-        help="a data file or directory (for listops: an LRA TSV file; for mlm: a folder of text)",
+        help="a data file or directory: for listops also one LRA TSV file; for mlm a folder of "
+        "text, every document scored; for retrieval LRA's AAN files, or text for matching",
     )
     evaluate.add_argument("--split", default="test", choices=("train", "val", "test"))
     evaluate.add_argument("--batch-size", type=positive_int, default=32)

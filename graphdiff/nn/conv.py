@@ -152,14 +152,15 @@ class AttentionDiffusion(MessagePassing):
             (default: :obj:`0.2`)
         add_self_loops (bool, optional): If :obj:`True`, remove the graph's self-loops and
             add one per node, as :class:`~torch_geometric.nn.conv.GATConv` does by default,
-            so that a node without incoming edges attends to itself instead of receiving
-            zeros. Off by default because Diffuser's patterns (:mod:`graphdiff.patterns`)
-            already hold a self-loop per node. It needs as many targets as sources, and
-            cannot change a prebuilt :class:`~graphdiff.nn.DiffusionGraph` (build that from
-            an adjacency with self-loops). The loops are added at every call, as GATConv
-            does, so the structure is built anew each time: for a graph used many times,
-            add them to the data once
-            (:class:`~torch_geometric.transforms.AddSelfLoops`). (default: :obj:`False`)
+            so that a node without incoming edges attends to itself instead of keeping only
+            the teleport share of its value (nothing at ``hops=1, alpha=0``). Off by default
+            because Diffuser's patterns (:mod:`graphdiff.patterns`) already hold a self-loop
+            per node. It needs as many targets as sources, and cannot change a prebuilt
+            :class:`~graphdiff.nn.DiffusionGraph` (build that from an adjacency with
+            self-loops). The loops are added at every call, as GATConv does, so the
+            structure is built anew each time: for a graph used many times, add them to the
+            data once (:class:`~torch_geometric.transforms.AddSelfLoops`).
+            (default: :obj:`False`)
         bias (bool, optional): If :obj:`False`, the layer learns no additive bias. With
             ``"dot"`` the biases are in the query, key and value projections: when every
             target has incoming edges (as with self-loops, which canonical patterns include

@@ -236,6 +236,11 @@ class AttentionDiffusion(MessagePassing):
             raise ValueError(f"'attention' must be one of {ATTENTION_SCORES} (got {attention!r})")
         if not is_real(negative_slope) or not math.isfinite(negative_slope):
             raise ValueError(f"'negative_slope' must be a finite float (got {negative_slope!r})")
+        if attention == "dot" and negative_slope != 0.2:
+            raise ValueError(
+                "'negative_slope' shapes the \"gat\" score only; attention='dot' has no "
+                f"LeakyReLU (got negative_slope={negative_slope!r})"
+            )
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.heads = heads

@@ -658,3 +658,11 @@ def test_a_readmitted_entry_keeps_one_clean_up_for_its_edge_index(fresh_cache):
     del kept, other
     gc.collect()
     assert not fresh_cache.finalizers and not fresh_cache.entries
+
+
+def test_negative_slope_with_dot_attention_is_refused():
+    with pytest.raises(ValueError, match="'negative_slope' shapes the \"gat\" score only"):
+        AttentionDiffusion(8, 4, heads=2, negative_slope=0.1)
+    assert (
+        AttentionDiffusion(8, 4, heads=2, attention="gat", negative_slope=0.1).negative_slope == 0.1
+    )

@@ -56,9 +56,11 @@ def test_check_length():
 
 
 def test_get_task_unknown_name_lists_valid_names():
-    with pytest.raises(ValueError, match="image, listops, multihop, pathfinder, text"):
+    with pytest.raises(
+        ValueError, match="image, listops, mlm, multihop, pathfinder, retrieval, text"
+    ):
         get_task("listopz", "train")
-    assert set(TASKS) == {"listops", "image", "multihop", "pathfinder", "text"}
+    assert set(TASKS) == {"listops", "image", "mlm", "multihop", "pathfinder", "retrieval", "text"}
 
 
 def test_get_task_unknown_split():

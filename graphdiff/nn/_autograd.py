@@ -17,13 +17,16 @@ short sequences the caller stacks several heads into one "head" of a block-diago
   pages that fault in on first touch (docs/performance.md, "Memory allocator").
 
 Each kernel saves only ``[H, E]`` or node tensors for backward and computes its gradients with
-the same two primitives as its forward:
+the same primitives as its forward:
 
 - SDDMM (``torch.sparse.sampled_addmm``): ``out[e] = <a[i_e], b[j_e]>``, the per-edge dot
   product, never materialising the ``[E, H, C]`` products a gather would (except on graphs
   with more duplicate edges than their matrix has entries, which torch's SDDMM cannot hold:
   there a gather in chunks of ``DUPLICATES_CHUNK`` edges);
-- SpMM (CSR ``@`` dense): ``out[i] = sum_e w[e] b[j_e]``, one hop.
+- SpMM (CSR ``@`` dense): ``out[i] = sum_e w[e] b[j_e]``, one hop;
+- for GAT's scores, which are sums of per-node scalars, gathers of ``[N]`` into ``[E]`` and
+  their adjoints, segment sums over each target's edges (CSR order) and each source's (the
+  transposed order).
 """
 
 from __future__ import annotations
@@ -108,6 +111,31 @@ def row_reduce(graph: DiffusionGraph, values: Tensor, reduce: str = "sum") -> Te
     return torch.segment_reduce(values, reduce, offsets=graph.offsets())
 
 
+def segment_softmax_(graph: DiffusionGraph, values: Tensor, buffer: Tensor) -> Tensor:
+    """In place softmax of one head's ``[E]`` scores over each target's edges; ``buffer`` is
+    ``[E]`` scratch."""
+    per_edge_(graph, values, row_reduce(graph, values, "max"), "sub_", buffer).exp_()
+    return per_edge_(graph, values, row_reduce(graph, values).reciprocal_(), "mul_", buffer)
+
+
+def segment_softmax_backward_(
+    graph: DiffusionGraph, attn: Tensor, grad: Tensor, out: Tensor, buffer: Tensor
+) -> Tensor:
+    """The gradient of one head's scores from that of its softmax ``attn [E]``, into ``out``:
+    the Jacobian ``A * (dA - sum_j A dA)`` (the sum over each target's edges)."""
+    torch.mul(attn, grad, out=out)
+    return per_edge_(graph, out, row_reduce(graph, out), "sub_", buffer, scale=attn)
+
+
+def gather_scores_(
+    graph: DiffusionGraph, out: Tensor, src: Tensor, dst: Tensor, buffer: Tensor
+) -> Tensor:
+    """``out[e] = src[source(e)] + dst[target(e)]`` for one head's per-node scores ``src
+    [N_src]`` and ``dst [N_dst]``; ``buffer`` is ``[E]`` scratch."""
+    torch.index_select(src, 0, graph.col, out=out)
+    return per_edge_(graph, out, dst, "add_", buffer)
+
+
 def first_order(backward: Callable) -> Callable:
     """Marks a kernel's backward as first-order: asked for a differentiable gradient
     (``create_graph=True``, which runs backward in grad mode) it raises at once.
@@ -146,8 +174,7 @@ class EdgeAttention(Function):
             accumulate_sddmm_(
                 graph, a, dense_rows(q[h], q_scratch), dense_rows(k[h], k_scratch), scale=scale
             )
-            per_edge_(graph, a, row_reduce(graph, a, "max"), "sub_", buffer).exp_()
-            per_edge_(graph, a, row_reduce(graph, a).reciprocal_(), "mul_", buffer)
+            segment_softmax_(graph, a, buffer)
         ctx.graph, ctx.scale = graph, scale
         ctx.save_for_backward(q, k, attn)
         return attn
@@ -166,10 +193,7 @@ class EdgeAttention(Function):
         # the other operand's scratch (it has the rows and, via empty_like, the layout).
         q_scratch, k_scratch = rows_scratch(q), rows_scratch(k)
         for h in range(attn.size(0)):
-            # d score = scale * A * (dA - sum_j A dA): the softmax Jacobian.
-            torch.mul(attn[h], grad[h], out=d_score)
-            per_edge_(graph, d_score, row_reduce(graph, d_score), "sub_", buffer, scale=attn[h])
-            d_score.mul_(scale)
+            segment_softmax_backward_(graph, attn[h], grad[h], d_score, buffer).mul_(scale)
             if want_q:
                 mm_into(grad_q[h], graph.csr(d_score), dense_rows(k[h], k_scratch), q_scratch)
             if want_k:
@@ -181,6 +205,49 @@ class EdgeAttention(Function):
                     k_scratch,
                 )
         return None, grad_q, grad_k, None
+
+
+class GATEdgeAttention(Function):
+    r"""GAT's one-hop attention :math:`\mathrm{softmax}_j(\mathrm{LeakyReLU}(s_j + t_i))` on
+    the edges, ``[H, E]``, from per-node scores ``s [H, N_src]`` and ``t [H, N_dst]``: per head
+    two gathers, then the in-place segment softmax. Saves ``s``, ``t`` and the output;
+    backward recomputes the scores (for the LeakyReLU's slope) and sums each edge's gradient
+    into its target (a segment sum) and its source (one in the transposed order)."""
+
+    @staticmethod
+    def forward(ctx, graph: DiffusionGraph, src: Tensor, dst: Tensor, slope: float) -> Tensor:
+        attn = src.new_empty(src.size(0), graph.num_edges)
+        buffer = attn.new_empty(graph.num_edges)
+        for h, a in enumerate(attn):
+            gather_scores_(graph, a, src[h], dst[h], buffer)
+            torch.nn.functional.leaky_relu_(a, slope)
+            segment_softmax_(graph, a, buffer)
+        ctx.graph, ctx.slope = graph, slope
+        ctx.save_for_backward(src, dst, attn)
+        return attn
+
+    @staticmethod
+    @first_order  # written with out= kernels
+    def backward(ctx, grad: Tensor):
+        graph, slope = ctx.graph, ctx.slope
+        src, dst, attn = ctx.saved_tensors
+        want_src, want_dst = ctx.needs_input_grad[1:3]
+        grad_src = torch.empty_like(src) if want_src else None
+        grad_dst = torch.empty_like(dst) if want_dst else None
+        d_score, slopes, buffer = (attn.new_empty(graph.num_edges) for _ in range(3))
+        for h in range(attn.size(0)):
+            segment_softmax_backward_(graph, attn[h], grad[h], d_score, buffer)
+            # LeakyReLU's derivative: 1 where the score is positive, the slope elsewhere.
+            gather_scores_(graph, slopes, src[h], dst[h], buffer)
+            d_score.mul_(slopes.gt_(0.0).mul_(1.0 - slope).add_(slope))
+            if want_dst:
+                grad_dst[h] = row_reduce(graph, d_score)
+            if want_src:
+                graph.transpose_values(d_score, out=buffer)
+                grad_src[h] = torch.segment_reduce(
+                    buffer, "sum", offsets=graph.offsets(transpose=True)
+                )
+        return None, grad_src, grad_dst, None
 
 
 class Diffusion(Function):

@@ -2,21 +2,32 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.nn import Parameter
 from torch_geometric.nn.conv import MessagePassing
 from torch_geometric.nn.dense.linear import Linear
+from torch_geometric.nn.inits import glorot, zeros
 from torch_geometric.typing import PairTensor, SparseTensor
-from torch_geometric.utils import is_torch_sparse_tensor
+from torch_geometric.utils import is_torch_sparse_tensor, softmax
 from torch_geometric.utils.sparse import set_sparse_value
 
 from graphdiff.checks import is_integer, is_real
 from graphdiff.nn import _core
-from graphdiff.nn.functional import check_diffusion_args, diffuse, edge_softmax_attention
+from graphdiff.nn.functional import (
+    check_diffusion_args,
+    diffuse,
+    edge_gat_attention,
+    edge_softmax_attention,
+)
 from graphdiff.nn.graph import DiffusionGraph, diffusion_graph
+
+# The one-hop scores AttentionDiffusion offers: Diffuser's scaled dot product, GAT's additive.
+ATTENTION_SCORES = ("dot", "gat")
 
 
 class AttentionDiffusion(MessagePassing):
@@ -24,11 +35,18 @@ class AttentionDiffusion(MessagePassing):
     Attention Diffusion for Long Sequences" <https://arxiv.org/abs/2210.11794>`_.
 
     One-hop attention on the edges :math:`j \rightarrow i` of the graph (per head),
+    :math:`A_{ij} = \mathrm{softmax}_{j \in \mathcal{N}(i)}(e_{ij})`, with the scaled dot
+    product score of Diffuser (``attention="dot"``)
 
     .. math::
-        A_{ij} = \mathrm{softmax}_{j \in \mathcal{N}(i)}
-        \left( \frac{(\mathbf{W}_Q \mathbf{x}_i)^{\top} \mathbf{W}_K \mathbf{x}_j}{\sqrt{C}}
-        \right),
+        e_{ij} = \frac{(\mathbf{W}_Q \mathbf{x}_i)^{\top} \mathbf{W}_K \mathbf{x}_j}{\sqrt{C}}
+
+    or the additive score of GAT and `MAGNA <https://arxiv.org/abs/2009.14332>`_
+    (``attention="gat"``, :class:`~torch_geometric.nn.conv.GATConv`'s)
+
+    .. math::
+        e_{ij} = \mathrm{LeakyReLU}\left(\mathbf{a}_s^{\top} \mathbf{W}_V \mathbf{x}_j +
+        \mathbf{a}_t^{\top} \mathbf{W}_V \mathbf{x}_i\right),
 
     is diffused over :math:`K` hops with personalised PageRank (``kernel="ppr"``),
 
@@ -41,15 +59,27 @@ class AttentionDiffusion(MessagePassing):
     :math:`\mathbf{X}' = \sum_{k=0}^{K} \theta_k \mathbf{A}^k \mathbf{V}` with
     :math:`\theta_k \propto e^{-t} t^k / k!` normalised to sum to one.
 
-    The default (fused) path is :func:`~graphdiff.nn.functional.edge_softmax_attention` then
+    With ``attention="gat"`` the layer holds GATConv's weights, under these names: the values'
+    projection ``lin_value`` is GATConv's ``lin`` (``lin_src`` for a pair of input sizes, whose
+    ``lin_dst`` is ``lin_query``; no ``lin_key``), and ``att_src``, ``att_dst`` and ``bias``
+    are GATConv's (the bias is added to the output; the projections have none). With
+    ``hops=1, alpha=0`` it computes GATConv's output (on a graph with self-loops, where
+    GATConv adds none).
+
+    The default (fused) path is :func:`~graphdiff.nn.functional.edge_softmax_attention` (or
+    :func:`~graphdiff.nn.functional.edge_gat_attention` on the per-node scores
+    :math:`\mathbf{a}_s^{\top} \mathbf{W}_V \mathbf{x}_j` and
+    :math:`\mathbf{a}_t^{\top} \mathbf{W}_V \mathbf{x}_i`) then
     :func:`~graphdiff.nn.functional.diffuse`: every hop is one sparse-dense product on the
     graph's CSR structure (:class:`~graphdiff.nn.DiffusionGraph`; pass one to skip building
     it), and no per-edge features ``[E, H, C]`` are materialised, forward or backward. With
     ``fused=False``, or whenever PyG's explain machinery or message (pre-)hooks are attached,
-    each hop is a plain :meth:`propagate` whose :meth:`message` receives the
-    attention as ``alpha``: the reference path, identical in value. PyG's explainers count one
-    hop per ``MessagePassing`` module, so their node-level masks keep only the edges within one
-    hop per layer of the explained node, although this layer reads ``hops`` hops.
+    the scores are gathered edge by edge and normalised by PyG's
+    :func:`~torch_geometric.utils.softmax`, and each hop is a plain :meth:`propagate` whose
+    :meth:`message` receives the attention as ``alpha``: the reference path, identical in
+    value. PyG's explainers count one hop per ``MessagePassing`` module, so their node-level
+    masks keep only the edges within one hop per layer of the explained node, although this
+    layer reads ``hops`` hops.
 
     Args:
         in_channels (int or tuple): Size of each input sample, or ``(source, target)`` sizes
@@ -69,13 +99,18 @@ class AttentionDiffusion(MessagePassing):
         hop_dropout (float, optional): Dropout probability of the features produced by every
             hop (a fresh mask per hop, as MAGNA/Diffuser's feature dropout inside the PPR
             loop). (default: :obj:`0.0`)
-        bias (bool, optional): If :obj:`False`, the query, key and value projections learn no
-            additive bias. When every target has incoming edges (as with self-loops, which
-            canonical patterns include) and without attention dropout, every row of
-            :math:`\mathbf{A}` sums to one and the value bias passes through the diffusion
-            unchanged: it is the output bias. (A target without incoming edges gets
-            :math:`\alpha` times it with PPR, and so, partly, do the targets it reaches.)
-            (default: :obj:`True`)
+        attention (str, optional): The score: ``"dot"`` (scaled dot product) or ``"gat"``
+            (GAT's additive score). (default: :obj:`"dot"`)
+        negative_slope (float, optional): LeakyReLU's slope of the ``"gat"`` score.
+            (default: :obj:`0.2`)
+        bias (bool, optional): If :obj:`False`, the layer learns no additive bias. With
+            ``"dot"`` the biases are in the query, key and value projections: when every
+            target has incoming edges (as with self-loops, which canonical patterns include)
+            and without attention dropout, every row of :math:`\mathbf{A}` sums to one and
+            the value bias passes through the diffusion unchanged: it is the output bias. (A
+            target without incoming edges gets :math:`\alpha` times it with PPR, and so,
+            partly, do the targets it reaches.) With ``"gat"``, as in GATConv, the bias is
+            added to the output. (default: :obj:`True`)
         fused (bool, optional): Use the fused sparse kernels; :obj:`False` selects the
             gather-scatter reference. (default: :obj:`True`)
         **kwargs (optional): Additional arguments of
@@ -107,6 +142,8 @@ class AttentionDiffusion(MessagePassing):
         concat: bool = True,
         dropout: float = 0.0,
         hop_dropout: float = 0.0,
+        attention: str = "dot",
+        negative_slope: float = 0.2,
         bias: bool = True,
         fused: bool = True,
         **kwargs: Any,
@@ -135,6 +172,10 @@ class AttentionDiffusion(MessagePassing):
             )
         if not is_real(dropout) or not 0.0 <= dropout < 1.0:
             raise ValueError(f"'dropout' must be a float in [0, 1) (got {dropout!r})")
+        if attention not in ATTENTION_SCORES:
+            raise ValueError(f"'attention' must be one of {ATTENTION_SCORES} (got {attention!r})")
+        if not is_real(negative_slope) or not math.isfinite(negative_slope):
+            raise ValueError(f"'negative_slope' must be a finite float (got {negative_slope!r})")
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.heads = heads
@@ -145,19 +186,43 @@ class AttentionDiffusion(MessagePassing):
         self.concat = concat
         self.dropout = dropout
         self.hop_dropout = hop_dropout
+        self.attention = attention
+        self.negative_slope = negative_slope
         self.fused = fused
 
         src_channels, dst_channels = pair
-        self.lin_query = Linear(dst_channels, heads * out_channels, bias=bias)
-        self.lin_key = Linear(src_channels, heads * out_channels, bias=bias)
-        self.lin_value = Linear(src_channels, heads * out_channels, bias=bias)
+        width = heads * out_channels
+        self.lin_query: Optional[Linear] = None
+        self.lin_key: Optional[Linear] = None
+        if attention == "dot":
+            self.lin_query = Linear(dst_channels, width, bias=bias)
+            self.lin_key = Linear(src_channels, width, bias=bias)
+            self.lin_value = Linear(src_channels, width, bias=bias)
+            self.register_parameter("att_src", None)
+            self.register_parameter("att_dst", None)
+            self.register_parameter("bias", None)
+        else:  # GATConv's weights: W (one for both sides unless the sizes come in a pair)
+            self.lin_value = Linear(src_channels, width, bias=False, weight_initializer="glorot")
+            if not is_integer(in_channels):
+                self.lin_query = Linear(
+                    dst_channels, width, bias=False, weight_initializer="glorot"
+                )
+            self.att_src = Parameter(torch.empty(1, heads, out_channels))
+            self.att_dst = Parameter(torch.empty(1, heads, out_channels))
+            if bias:
+                self.bias = Parameter(torch.empty(width if concat else out_channels))
+            else:
+                self.register_parameter("bias", None)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         super().reset_parameters()
-        self.lin_query.reset_parameters()
-        self.lin_key.reset_parameters()
-        self.lin_value.reset_parameters()
+        for lin in (self.lin_query, self.lin_key, self.lin_value):
+            if lin is not None:
+                lin.reset_parameters()
+        glorot(self.att_src)
+        glorot(self.att_dst)
+        zeros(self.bias)
 
     def forward(
         self,
@@ -185,8 +250,8 @@ class AttentionDiffusion(MessagePassing):
         x_src, x_dst = (x, x) if isinstance(x, Tensor) else x
         H = self.heads
         for name, feat, size in (
-            ("x", x_src, self.lin_key.in_channels),
-            ("x (targets)", x_dst, self.lin_query.in_channels),
+            ("x", x_src, self.lin_value.in_channels),
+            ("x (targets)", x_dst, self._lin_dst().in_channels),
         ):
             if not isinstance(feat, Tensor) or feat.dim() != 2:
                 raise ValueError(f"'{name}' must be a [num_nodes, in_channels] Tensor")
@@ -201,14 +266,13 @@ class AttentionDiffusion(MessagePassing):
         v = _core.split_heads(self.lin_value(x_src), H)
         if self.hops == 0 and not return_attention_weights:  # Z_0 = V: no attention needed
             _core.check_bipartite(graph, 0, ())
-            return _core.merge_heads(v, self.concat)
-        q = _core.split_heads(self.lin_query(x_dst), H)
-        k = _core.split_heads(self.lin_key(x_src), H)
+            return self._output(v)
         dtype = v.dtype  # the whole core in float32 for half precision, rounded once at the end
-        q, k, v = _core.compute_dtype(q), _core.compute_dtype(k), _core.compute_dtype(v)
-        attn = edge_softmax_attention(q, k, graph)  # [E, H]
+        v = _core.compute_dtype(v)
+        fused = self._use_fused()
+        attn = self._edge_attention(x_src, x_dst, v, graph, fused)  # [E, H]
         attn_used = F.dropout(attn, p=self.dropout, training=self.training)
-        if self._use_fused():
+        if fused:
             out = diffuse(
                 attn_used,
                 v,
@@ -222,11 +286,53 @@ class AttentionDiffusion(MessagePassing):
             )
         else:
             out = self._diffuse_by_messages(attn_used, v, graph)
-        out = _core.merge_heads(out, self.concat).to(dtype)
+        out = self._output(out.to(dtype))
         if not return_attention_weights:
             return out
         weights = attn.to(dtype)
         return out, (self._with_values(edge_index, weights), weights)
+
+    def _lin_dst(self) -> Linear:
+        """The projection of the targets' features: the queries', or GATConv's ``W`` (the
+        values' ``W`` itself unless the input sizes came as a pair)."""
+        return self.lin_value if self.lin_query is None else self.lin_query
+
+    def _edge_attention(
+        self, x_src: Tensor, x_dst: Tensor, v: Tensor, graph: DiffusionGraph, fused: bool
+    ) -> Tensor:
+        """The one-hop attention ``[E, H]`` in the input edge order, in ``v``'s dtype: by the
+        fused kernels, or (reference) by gathering the scores edge by edge, ``[E, H, C]``
+        products for ``"dot"``, and PyG's segment softmax."""
+        H, C = self.heads, self.out_channels
+        # The targets' projection [N_dst, H, C]: queries, or GAT's W x_i (V itself when
+        # sources and targets share W and features).
+        if self.lin_query is None and x_dst is x_src:
+            target = v
+        else:
+            target = _core.compute_dtype(_core.split_heads(self._lin_dst()(x_dst), H))
+        if self.attention == "dot":
+            k = _core.compute_dtype(_core.split_heads(self.lin_key(x_src), H))
+            if fused:
+                return edge_softmax_attention(target, k, graph)
+            edge_index = graph.edge_index()
+            scores = (target[edge_index[1]] * k[edge_index[0]]).sum(-1) * C**-0.5
+        else:
+            src_scores = (v * self.att_src).sum(-1)  # [N_src, H]
+            dst_scores = (target * self.att_dst).sum(-1)  # [N_dst, H]
+            if fused:
+                return edge_gat_attention(
+                    src_scores, dst_scores, graph, negative_slope=self.negative_slope
+                )
+            edge_index = graph.edge_index()
+            scores = src_scores[edge_index[0]] + dst_scores[edge_index[1]]
+            scores = F.leaky_relu(scores, self.negative_slope)
+        return softmax(scores, edge_index[1], num_nodes=graph.num_dst)
+
+    def _output(self, out: Tensor) -> Tensor:
+        """``[N, H, C]`` -> the layer's output: heads concatenated or averaged, plus the
+        output bias (GATConv's, ``"gat"`` only)."""
+        out = _core.merge_heads(out, self.concat)
+        return out if self.bias is None else out + self.bias
 
     def _use_fused(self) -> bool:
         # Explainers and message hooks must see every hop's message: take the reference path.
@@ -269,8 +375,9 @@ class AttentionDiffusion(MessagePassing):
 
     def __repr__(self) -> str:
         heat = f", t={self.t}" if self.kernel == "heat" else ""
+        gat = ", attention='gat'" if self.attention == "gat" else ""
         return (
             f"{self.__class__.__name__}({self.in_channels}, {self.out_channels}, "
             f"heads={self.heads}, hops={self.hops}, alpha={self.alpha}, "
-            f"kernel='{self.kernel}'{heat})"
+            f"kernel='{self.kernel}'{heat}{gat})"
         )

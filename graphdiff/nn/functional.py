@@ -1,6 +1,8 @@
 r"""Attention diffusion as functions: one-hop edge attention and its multi-hop diffusion.
 
-:class:`~graphdiff.nn.AttentionDiffusion` runs exactly these two functions. Both take any
+:class:`~graphdiff.nn.AttentionDiffusion` runs exactly these functions: one of the two
+one-hop attentions (:func:`edge_softmax_attention`, scaled dot products, or
+:func:`edge_gat_attention`, GAT's additive scores), then :func:`diffuse`. All take any
 adjacency :func:`~graphdiff.nn.diffusion_graph` accepts (an ``edge_index``, PyG ``EdgeIndex``,
 ``torch.sparse`` CSR/CSC/COO ``adj_t``, ``SparseTensor``, or a prebuilt
 :class:`~graphdiff.nn.DiffusionGraph`, which skips building the structure) and never build an
@@ -19,7 +21,7 @@ from torch import Tensor
 
 from graphdiff.checks import DIFFUSION_KERNELS, is_integer, is_real
 from graphdiff.nn import _core
-from graphdiff.nn._autograd import Diffusion, EdgeAttention
+from graphdiff.nn._autograd import Diffusion, EdgeAttention, GATEdgeAttention
 from graphdiff.nn._core import recursion_coefficients
 from graphdiff.nn.graph import DiffusionGraph, diffusion_graph
 
@@ -138,6 +140,67 @@ def edge_softmax_attention(
 
 
 @torch.compiler.disable
+def edge_gat_attention(
+    src_scores: Tensor,
+    dst_scores: Tensor,
+    edge_index: Any,
+    num_nodes: Union[int, Tuple[int, int], None] = None,
+    negative_slope: float = 0.2,
+) -> Tensor:
+    r"""GAT's one-hop attention :math:`A_{ij} = \mathrm{softmax}_{j \in \mathcal{N}(i)}
+    \mathrm{LeakyReLU}(s_j + t_i)` on the edges ``j -> i`` of the graph, from per-node scores
+    (for `GATConv <https://arxiv.org/abs/1710.10903>`_'s additive score
+    :math:`\mathbf{a}_s^{\top} \mathbf{W} \mathbf{x}_j + \mathbf{a}_t^{\top} \mathbf{W}
+    \mathbf{x}_i`: :math:`s_j = \mathbf{a}_s^{\top} \mathbf{W} \mathbf{x}_j` and
+    :math:`t_i = \mathbf{a}_t^{\top} \mathbf{W} \mathbf{x}_i`, per head).
+
+    Args:
+        src_scores (torch.Tensor): Source scores :math:`s` ``[N_src, H]``.
+        dst_scores (torch.Tensor): Target scores :math:`t` ``[N_dst, H]``.
+        edge_index: The adjacency (``edge_index[0]`` = source j, ``edge_index[1]`` = target i).
+        num_nodes (int or (int, int), optional): ``N`` or ``(N_src, N_dst)``; checked
+            against the scores. (default: taken from the scores)
+        negative_slope (float, optional): LeakyReLU's slope for negative scores.
+            (default: :obj:`0.2`)
+
+    Returns:
+        ``[E, H]`` attention in the input edge order (possibly a non-contiguous view); each
+        target's incoming weights sum to one; targets without edges have none. Memory:
+        ``O(E H)``, forward and backward.
+    """
+    for name, scores in (("src_scores", src_scores), ("dst_scores", dst_scores)):
+        if not isinstance(scores, Tensor):
+            raise TypeError(f"'{name}' must be a Tensor (got {type(scores).__name__})")
+        if not scores.is_floating_point():
+            raise TypeError(f"'{name}' must be a floating point tensor (got {scores.dtype})")
+        if scores.dim() != 2 or scores.size(1) == 0:
+            raise ValueError(
+                f"'{name}' must have shape [num_nodes, heads] with heads >= 1 "
+                f"(got {list(scores.shape)})"
+            )
+    if src_scores.size(1) != dst_scores.size(1) or src_scores.dtype != dst_scores.dtype:
+        raise ValueError(
+            f"'src_scores' and 'dst_scores' must agree in heads and dtype (got "
+            f"{list(src_scores.shape)} {src_scores.dtype} and "
+            f"{list(dst_scores.shape)} {dst_scores.dtype})"
+        )
+    if not is_real(negative_slope) or not math.isfinite(negative_slope):
+        raise ValueError(f"'negative_slope' must be a finite float (got {negative_slope!r})")
+    sizes = (src_scores.size(0), dst_scores.size(0))
+    if num_nodes is not None:
+        _check_num_nodes(_num_nodes(num_nodes), sizes)
+    graph = diffusion_graph(edge_index, sizes)
+    heads, (stack, groups) = src_scores.size(1), _core.stacks(graph, src_scores.size(1))
+    # Head-major [H, N] copies of the node-major scores: N H numbers, read per head.
+    src_heads, dst_heads = (
+        _core.stack_heads(_core.compute_dtype(scores).t().contiguous(), groups)
+        for scores in (src_scores, dst_scores)
+    )
+    attn = GATEdgeAttention.apply(stack, src_heads, dst_heads, float(negative_slope))
+    return _core.edges_last(attn.view(heads, graph.num_edges), graph).to(src_scores.dtype)
+
+
+@torch.compiler.disable
 def diffuse(
     attn: Tensor,
     v: Tensor,
@@ -229,6 +292,7 @@ def diffuse(
 
 __all__: Sequence[str] = [
     "edge_softmax_attention",
+    "edge_gat_attention",
     "diffuse",
     "recursion_coefficients",
     "check_diffusion_args",

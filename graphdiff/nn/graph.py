@@ -98,6 +98,7 @@ class DiffusionGraph:
         self.crow = self._row_pointer(self.row, self.num_dst)
         self._transposed: Optional[Tuple[Tensor, Tensor, Tensor]] = None
         self._offsets: Optional[Tensor] = None
+        self._offsets_t: Optional[Tensor] = None
         self._stacked: Dict[int, DiffusionGraph] = {}
         # A stack's transpose is its source's, repeated: no sort. Weak, so that the source's
         # cache of stacks makes no reference cycle (a stack alone falls back to sorting).
@@ -109,7 +110,8 @@ class DiffusionGraph:
 
     def nbytes(self) -> int:
         """Bytes this structure holds now, its lazily built parts and stacks included."""
-        parts = [self.perm, self.row, self.col, self.crow, self._offsets, *(self._transposed or ())]
+        parts = [self.perm, self.row, self.col, self.crow, self._offsets, self._offsets_t]
+        parts += self._transposed or ()
         own = sum(t.numel() * t.element_size() for t in parts if t is not None)
         return own + sum(stack.nbytes() for stack in self._stacked.values())
 
@@ -189,8 +191,14 @@ class DiffusionGraph:
             return sparse_csr(crow, col, values, (self.num_src, self.num_dst))
         return sparse_csr(self.crow, self.col, values, (self.num_dst, self.num_src))
 
-    def offsets(self) -> Tensor:
-        """The row pointer as int64: the offsets ``torch.segment_reduce`` takes."""
+    def offsets(self, transpose: bool = False) -> Tensor:
+        """The row pointer as int64: the offsets ``torch.segment_reduce`` takes (for
+        ``transpose=True``, those of the transposed CSR, rows = sources)."""
+        if transpose:
+            if self._offsets_t is None:
+                with torch.inference_mode(False):
+                    self._offsets_t = self.transposed()[0].long()
+            return self._offsets_t
         if self._offsets is None:
             with torch.inference_mode(False):
                 self._offsets = self.crow.long()

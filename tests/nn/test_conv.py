@@ -1,4 +1,5 @@
 import copy
+import math
 
 import numpy as np
 import pytest
@@ -7,12 +8,23 @@ from torch_geometric import EdgeIndex
 from torch_geometric.data import Batch, Data
 from torch_geometric.explain import Explainer
 from torch_geometric.explain.algorithm import AttentionExplainer
-from torch_geometric.nn import Sequential
+from torch_geometric.nn import GATConv, Sequential
 from torch_geometric.typing import WITH_TORCH_SPARSE, SparseTensor
+from torch_geometric.utils import add_self_loops, remove_self_loops
 
 from graphdiff.nn import AttentionDiffusion, diffusion_graph
 
-from .reference import dense_attention, dense_diffuse, dense_layer, edge_values, random_graph
+from .reference import (
+    adjacencies,
+    dense_attention,
+    dense_diffuse,
+    dense_layer,
+    edge_values,
+    layer_attention,
+    random_graph,
+)
+
+ATTENTIONS = ["dot", "gat"]
 
 N, F_IN = 10, 8
 
@@ -37,34 +49,94 @@ def test_repr():
     assert str(AttentionDiffusion((4, 6), 2, hops=2, alpha=0.3, kernel="heat", t=2.0)) == (
         "AttentionDiffusion((4, 6), 2, heads=1, hops=2, alpha=0.3, kernel='heat', t=2.0)"
     )
+    assert str(AttentionDiffusion(16, 8, attention="gat")) == (
+        "AttentionDiffusion(16, 8, heads=1, hops=5, alpha=0.1, kernel='ppr', attention='gat')"
+    )
 
 
-def test_reset_parameters():
-    conv = make(F_IN, 4, heads=2)
-    before = [p.clone() for p in conv.parameters()]
+@pytest.mark.parametrize("attention", ATTENTIONS)
+def test_reset_parameters(attention):
+    conv = make(F_IN, 4, heads=2, attention=attention)
+    if conv.bias is not None:  # GATConv's output bias starts at zero
+        torch.nn.init.normal_(conv.bias)
+    before = {name: p.clone() for name, p in conv.named_parameters()}
     conv.reset_parameters()
-    assert all(not torch.equal(a, b) for a, b in zip(before, conv.parameters()))
+    for name, p in conv.named_parameters():
+        assert not torch.equal(before[name], p), name
+    assert conv.bias is None or not conv.bias.any()
+
+
+@pytest.mark.parametrize("attention", ["gat", (6, 5)])
+def test_gat_holds_gatconvs_weights(attention):
+    # One W for both sides, or GATConv's lin_src / lin_dst for a pair of sizes; no key.
+    in_channels = F_IN if attention == "gat" else attention
+    conv = make(in_channels, 4, heads=3, attention="gat")
+    gat = GATConv(in_channels, 4, heads=3)
+    own = {name: p.shape for name, p in conv.named_parameters()}
+    theirs = {name: p.shape for name, p in gat.named_parameters()}
+    renamed = (
+        {"lin_value.weight": "lin.weight"}
+        if attention == "gat"
+        else {
+            "lin_value.weight": "lin_src.weight",
+            "lin_query.weight": "lin_dst.weight",
+        }
+    )
+    assert {renamed.get(name, name): shape for name, shape in own.items()} == theirs
 
 
 @pytest.mark.parametrize("kernel", ["ppr", "heat"])
 @pytest.mark.parametrize("concat", [True, False])
-def test_matches_dense_reference(kernel, concat):
+@pytest.mark.parametrize("attention", ATTENTIONS)
+def test_matches_dense_reference(kernel, concat, attention):
     x, ei = inputs()
-    conv = make(F_IN, 4, heads=3, hops=4, alpha=0.2, kernel=kernel, t=0.7, concat=concat)
+    conv = make(
+        F_IN,
+        4,
+        heads=3,
+        hops=4,
+        alpha=0.2,
+        kernel=kernel,
+        t=0.7,
+        concat=concat,
+        attention=attention,
+        negative_slope=0.3,
+    )
+    if conv.bias is not None:
+        torch.nn.init.normal_(conv.bias)
     out = conv(x, ei)
-    q = conv.lin_query(x).view(N, 3, 4)
-    k, v = conv.lin_key(x).view(N, 3, 4), conv.lin_value(x).view(N, 3, 4)
-    expected = dense_diffuse(dense_attention(q, k, ei), v, 4, 0.2, kernel, 0.7)
+    v = conv.lin_value(x).view(N, 3, 4)
+    expected = dense_diffuse(layer_attention(conv, x, ei), v, 4, 0.2, kernel, 0.7)
     expected = expected.reshape(N, 12) if concat else expected.mean(1)
+    if attention == "dot":  # the dense attention of the layer's own projections, spelled out
+        q, k = conv.lin_query(x).view(N, 3, 4), conv.lin_key(x).view(N, 3, 4)
+        torch.testing.assert_close(layer_attention(conv, x, ei), dense_attention(q, k, ei))
+    else:  # GATConv's output bias
+        expected = expected + conv.bias
     torch.testing.assert_close(out, expected)
 
 
-def test_fused_equals_gather_scatter_reference_with_gradients():
+@pytest.mark.parametrize("attention", ATTENTIONS)
+def test_gradcheck(attention):
+    # The layer's gradients of its input and every weight, against finite differences.
+    x, ei = inputs(n=6, edges=14)
+    conv = make(F_IN, 2, heads=2, hops=3, alpha=0.2, attention=attention)
+    names = [name for name, _ in conv.named_parameters()]
+
+    def fn(x, *params):
+        return torch.func.functional_call(conv, dict(zip(names, params)), (x, ei))
+
+    params = [p.detach().clone().requires_grad_() for p in conv.parameters()]
+    assert torch.autograd.gradcheck(fn, (x.requires_grad_(), *params))
+
+
+@pytest.mark.parametrize("attention", ATTENTIONS)
+def test_fused_equals_gather_scatter_reference_with_gradients(attention):
     x, ei = inputs()
     grad = torch.randn(N, 3 * 4, dtype=torch.float64)
     results = []
     for fused in (True, False):
-        conv = make(F_IN, 4, heads=3, hops=3, fused=fused)
+        conv = make(F_IN, 4, heads=3, hops=3, fused=fused, attention=attention)
         x_ = x.clone().requires_grad_()
         out, (_, attn) = conv(x_, ei, return_attention_weights=True)
         (out * grad).sum().backward()
@@ -73,28 +145,86 @@ def test_fused_equals_gather_scatter_reference_with_gradients():
         torch.testing.assert_close(a, b)
 
 
-def adjacencies(ei, n):
-    value = torch.arange(ei.size(1), dtype=torch.float64)
-    adj = torch.sparse_coo_tensor(ei.flip(0), value, (n, n)).coalesce()  # adj_t: rows = targets
-    yield "edge_index", ei
-    yield "EdgeIndex", EdgeIndex(ei, sparse_size=(n, n))
-    yield "DiffusionGraph", diffusion_graph(ei, (n, n))
-    yield "coo", adj
-    shuffled = torch.randperm(ei.size(1), generator=torch.Generator().manual_seed(0))
-    yield (
-        "uncoalesced coo",
-        torch.sparse_coo_tensor(ei.flip(0)[:, shuffled], value[shuffled], (n, n)),
-    )
-    yield "csr", adj.to_sparse_csr()
-    yield "csc", adj.to_sparse_csc()
-    if WITH_TORCH_SPARSE:
-        yield "SparseTensor", SparseTensor.from_edge_index(ei, sparse_sizes=(n, n)).t()
+def gat_pair(in_channels, heads=3, concat=True, add_loops=False):
+    """A GATConv (float64, a random output bias) and an AttentionDiffusion with ``hops=1,
+    alpha=0`` holding the same weights."""
+    torch.manual_seed(1)
+    gat = GATConv(in_channels, 4, heads=heads, concat=concat, add_self_loops=add_loops).double()
+    torch.nn.init.normal_(gat.bias)
+    conv = make(in_channels, 4, heads=heads, hops=1, alpha=0.0, concat=concat, attention="gat")
+    pairs = {"lin_value.weight": "lin.weight"}
+    if not isinstance(in_channels, int):
+        pairs = {"lin_value.weight": "lin_src.weight", "lin_query.weight": "lin_dst.weight"}
+    theirs = dict(gat.named_parameters())
+    with torch.no_grad():
+        for name, p in conv.named_parameters():
+            p.copy_(theirs[pairs.get(name, name)])
+    return gat, conv, pairs
 
 
-def test_all_adjacency_types_agree():
+def assert_same_as_gatconv(gat, conv, pairs, x, ei, gat_ei):
+    """Output, and the gradients of the input and of every weight, equal GATConv's."""
+    features = x if isinstance(x, tuple) else (x,)
+    weight = None
+    grads = []
+    for module, adj in ((gat, gat_ei), (conv, ei)):
+        leaves = [f.detach().clone().requires_grad_() for f in features]
+        out = module(tuple(leaves) if isinstance(x, tuple) else leaves[0], adj)
+        weight = torch.randn_like(out) if weight is None else weight
+        named = dict(module.named_parameters())
+        params = [named[name if module is conv else pairs.get(name, name)] for name in names(conv)]
+        grads.append([out, *torch.autograd.grad((out * weight).sum(), leaves + params)])
+    for got, want in zip(grads[1], grads[0]):
+        torch.testing.assert_close(got, want)
+
+
+def names(conv):
+    return [name for name, _ in conv.named_parameters()]
+
+
+@pytest.mark.parametrize("concat", [True, False])
+@pytest.mark.parametrize("fused", [True, False])
+def test_gat_one_hop_equals_gatconv(concat, fused):
+    # The same weights: GATConv's output, attention and gradients, on a graph with
+    # self-loops (GATConv adding none), and on one without (GATConv adding them, and
+    # AttentionDiffusion given them).
     x, ei = inputs()
-    conv = make(F_IN, 4, heads=2, hops=3)
+    gat, conv, pairs = gat_pair(F_IN, concat=concat)
+    conv.fused = fused
+    assert_same_as_gatconv(gat, conv, pairs, x, ei, ei)
+    _, (_, attn) = conv(x, ei, return_attention_weights=True)
+    _, (_, expected) = gat(x, ei, return_attention_weights=True)
+    torch.testing.assert_close(attn, expected)
+    if WITH_TORCH_SPARSE:
+        adj = SparseTensor.from_edge_index(ei, sparse_sizes=(N, N)).t()
+        torch.testing.assert_close(conv(x, adj), gat(x, ei))
+
+    loopless = remove_self_loops(random_graph(N, 40, seed=3, self_loops=False))[0]
+    gat, conv, pairs = gat_pair(F_IN, concat=concat, add_loops=True)
+    conv.fused = fused
+    assert_same_as_gatconv(gat, conv, pairs, x, add_self_loops(loopless)[0], loopless)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_gat_cross_attention_equals_gatconv_with_a_pair_of_sizes(fused):
+    # GATConv's lin_src and lin_dst are lin_value and lin_query: 10 sources, 4 targets.
+    gen = torch.Generator().manual_seed(2)
+    x = (
+        torch.randn(N, 6, generator=gen, dtype=torch.float64),
+        torch.randn(4, 5, generator=gen, dtype=torch.float64),
+    )
+    ei = torch.tensor([[0, 3, 9, 2, 5, 7], [0, 0, 1, 2, 3, 3]])
+    gat, conv, pairs = gat_pair((6, 5), heads=2)
+    conv.fused = fused
+    assert_same_as_gatconv(gat, conv, pairs, x, ei, ei)
+
+
+@pytest.mark.parametrize("attention", ATTENTIONS)
+def test_all_adjacency_types_agree(attention):
+    x, ei = inputs()
+    conv = make(F_IN, 4, heads=2, hops=3, attention=attention)
     expected, (_, attn) = conv(x, ei, return_attention_weights=True)
+    torch.testing.assert_close(attn, edge_values(layer_attention(conv, x, ei), ei))
     dense = torch.zeros(2, N, N, dtype=torch.float64)
     dense[:, ei[1], ei[0]] = attn.t()
     for name, adj in adjacencies(ei, N):
@@ -145,50 +275,54 @@ def test_structure_is_kept_from_the_second_request_on(fresh_cache):
     assert after is not before and int(after.edge_index()[0, 0]) == int(other[0, 0])
 
 
-def test_bipartite():
+@pytest.mark.parametrize("attention", ATTENTIONS)
+def test_bipartite(attention):
     gen = torch.Generator().manual_seed(1)
     x_src = torch.randn(N, 6, generator=gen, dtype=torch.float64, requires_grad=True)
     x_dst = torch.randn(N, 5, generator=gen, dtype=torch.float64, requires_grad=True)
     _, ei = inputs()
-    conv = make((6, 5), 4, heads=2, hops=3)
+    conv = make((6, 5), 4, heads=2, hops=3, attention=attention)
     out = conv((x_src, x_dst), ei)
-    q = conv.lin_query(x_dst).view(N, 2, 4)
-    k, v = conv.lin_key(x_src).view(N, 2, 4), conv.lin_value(x_src).view(N, 2, 4)
-    torch.testing.assert_close(
-        out, dense_diffuse(dense_attention(q, k, ei), v, 3, 0.1).reshape(N, 8)
-    )
+    torch.testing.assert_close(out, dense_layer(conv, (x_src, x_dst), ei))
+    if attention == "dot":  # the reference spelled out once
+        q = conv.lin_query(x_dst).view(N, 2, 4)
+        k, v = conv.lin_key(x_src).view(N, 2, 4), conv.lin_value(x_src).view(N, 2, 4)
+        torch.testing.assert_close(
+            out, dense_diffuse(dense_attention(q, k, ei), v, 3, 0.1).reshape(N, 8)
+        )
 
     # Cross-attention between different node sets: one hop, no teleport.
     x_dst = x_dst[:4]
     ei = torch.tensor([[0, 3, 9, 2, 5], [0, 0, 1, 2, 3]])
     for fused in (True, False):
-        cross = make((6, 5), 4, heads=2, hops=1, alpha=0.0, fused=fused)
+        cross = make((6, 5), 4, heads=2, hops=1, alpha=0.0, fused=fused, attention=attention)
         out = cross((x_src, x_dst), ei)
-        q = cross.lin_query(x_dst).view(4, 2, 4)
-        k, v = cross.lin_key(x_src).view(N, 2, 4), cross.lin_value(x_src).view(N, 2, 4)
-        expected = (dense_attention(q, k, ei) @ v.transpose(0, 1)).transpose(0, 1)
-        torch.testing.assert_close(out, expected.reshape(4, 8))
+        v = cross.lin_value(x_src).view(N, 2, 4)
+        attn = layer_attention(cross, (x_src, x_dst), ei)
+        expected = (attn @ v.transpose(0, 1)).transpose(0, 1).reshape(4, 8)
+        if cross.bias is not None:
+            expected = expected + cross.bias
+        torch.testing.assert_close(out, expected)
         weight = torch.randn_like(out)
         inputs_ = (x_src, x_dst, *cross.parameters())
         got = torch.autograd.grad((out * weight).sum(), inputs_, allow_unused=True)
-        want = torch.autograd.grad(
-            (expected.reshape(4, 8) * weight).sum(), inputs_, allow_unused=True
-        )
+        want = torch.autograd.grad((expected * weight).sum(), inputs_, allow_unused=True)
         for g, w in zip(got, want):
             torch.testing.assert_close(g, w)
         for hops in (0, 2):  # hops=0 would return V, a row per source
             for weights in (False, True):
                 with pytest.raises(ValueError, match="sources as targets"):
-                    make((6, 5), 4, hops=hops, fused=fused)(
+                    make((6, 5), 4, hops=hops, fused=fused, attention=attention)(
                         (x_src, x_dst), ei, return_attention_weights=weights
                     )
 
 
 @pytest.mark.parametrize("concat", [True, False])
 @pytest.mark.parametrize("fused", [True, False])
-def test_graph_without_nodes(concat, fused):
+@pytest.mark.parametrize("attention", ATTENTIONS)
+def test_graph_without_nodes(concat, fused, attention):
     # An empty batch: [0, H * C] (or [0, C]) out and an empty gradient back, no crash.
-    conv = make(F_IN, 3, heads=2, concat=concat, fused=fused)
+    conv = make(F_IN, 3, heads=2, concat=concat, fused=fused, attention=attention)
     x = torch.empty(0, F_IN, dtype=torch.float64, requires_grad=True)
     ei = torch.empty(2, 0, dtype=torch.long)
     out, (_, weights) = conv(x, ei, return_attention_weights=True)
@@ -198,11 +332,12 @@ def test_graph_without_nodes(concat, fused):
 
 
 @pytest.mark.parametrize("fused", [True, False])
-def test_bfloat16_layer_matches_float64_with_the_same_weights(fused):
+@pytest.mark.parametrize("attention", ATTENTIONS)
+def test_bfloat16_layer_matches_float64_with_the_same_weights(fused, attention):
     # The core runs in float32 and rounds once: close to the float64 layer whose weights and
     # inputs are the bfloat16 ones.
     x, ei = inputs()
-    layer = make(F_IN, 4, heads=2, hops=3, fused=fused).to(torch.bfloat16)
+    layer = make(F_IN, 4, heads=2, hops=3, fused=fused, attention=attention).to(torch.bfloat16)
     x16 = x.to(torch.bfloat16)
     out, (_, weights) = layer(x16, ei, return_attention_weights=True)
     assert out.dtype == weights.dtype == torch.bfloat16
@@ -269,6 +404,12 @@ def test_bad_arguments():
     for bad in ("a", 1.0, -0.1, True):
         with pytest.raises(ValueError, match="'dropout'"):
             AttentionDiffusion(4, 4, dropout=bad)
+    for bad in ("GAT", "additive", None):
+        with pytest.raises(ValueError, match="'attention' must be one of \\('dot', 'gat'\\)"):
+            AttentionDiffusion(4, 4, attention=bad)
+    for bad in ("0.2", math.inf, math.nan, True):
+        with pytest.raises(ValueError, match="'negative_slope'"):
+            AttentionDiffusion(4, 4, attention="gat", negative_slope=bad)
     x, ei = inputs()
     # Accepted: lazy input sizes, an int dropout, pairs of channels, NumPy numbers, sparse
     # adjacencies with a vector per edge (the values are never read).
@@ -314,16 +455,17 @@ def test_bool_is_not_a_diffusion_number(name):
         AttentionDiffusion(4, 4, **{name: True})
 
 
-def test_hops_zero_returns_values_without_computing_attention(monkeypatch):
+@pytest.mark.parametrize("attention", ATTENTIONS)
+def test_hops_zero_returns_values_without_computing_attention(attention, monkeypatch):
     x, ei = inputs()
-    conv = make(F_IN, 4, heads=2, hops=0)
-    monkeypatch.setattr(conv.lin_query, "forward", None)  # any call would raise TypeError
-    torch.testing.assert_close(conv(x, ei), conv.lin_value(x))
+    conv = make(F_IN, 4, heads=2, hops=0, attention=attention)
+    values = conv.lin_value(x) if conv.bias is None else conv.lin_value(x) + conv.bias
+    monkeypatch.setattr(conv, "_edge_attention", None)  # any call would raise TypeError
+    torch.testing.assert_close(conv(x, ei), values)
     monkeypatch.undo()
     out, (_, attn) = conv(x, ei, return_attention_weights=True)
-    torch.testing.assert_close(out, conv.lin_value(x))
-    q, k = conv.lin_query(x).view(N, 2, 4), conv.lin_key(x).view(N, 2, 4)
-    torch.testing.assert_close(attn, edge_values(dense_attention(q, k, ei), ei))
+    torch.testing.assert_close(out, values)
+    torch.testing.assert_close(attn, edge_values(layer_attention(conv, x, ei), ei))
 
 
 def test_sequential():
@@ -342,10 +484,11 @@ def test_sequential():
     )
 
 
-def test_batch_of_graphs_equals_graphs_one_by_one():
+@pytest.mark.parametrize("attention", ATTENTIONS)
+def test_batch_of_graphs_equals_graphs_one_by_one(attention):
     graphs = [Data(x=inputs(n, seed=n)[0], edge_index=inputs(n, seed=n)[1]) for n in (5, 9, 7)]
     batch = Batch.from_data_list(graphs)
-    conv = make(F_IN, 4, heads=2, hops=4)
+    conv = make(F_IN, 4, heads=2, hops=4, attention=attention)
     out = conv(batch.x, batch.edge_index)
     expected = torch.cat([conv(g.x, g.edge_index) for g in graphs])
     torch.testing.assert_close(out, expected)

@@ -13,10 +13,21 @@ from torch_geometric.nn import APPNP
 import analysis
 from graphdiff.nn import diffusion_graph
 from graphdiff.nn import graph as graph_module
-from graphdiff.nn.functional import diffuse, edge_softmax_attention, recursion_coefficients
+from graphdiff.nn.functional import (
+    diffuse,
+    edge_gat_attention,
+    edge_softmax_attention,
+    recursion_coefficients,
+)
 from graphdiff.nn.graph import DiffusionGraph
 
-from .reference import dense_attention, dense_diffuse, edge_values, random_graph
+from .reference import (
+    dense_attention,
+    dense_diffuse,
+    dense_gat_attention,
+    edge_values,
+    random_graph,
+)
 
 N, H, C = 12, 3, 4
 
@@ -547,3 +558,159 @@ def test_half_precision_features_match_dense(dtype):
     for g, w in zip(got, want):
         assert g.dtype == dtype
         torch.testing.assert_close(g.double(), w, **tolerance)
+
+
+# -- GAT's additive scores ------------------------------------------------------------------
+
+
+def node_scores(n_src=N, n_dst=N, heads=H, seed=0, dtype=torch.float64):
+    """Per-node GAT scores ``s [n_src, H]``, ``t [n_dst, H]``, requiring gradients."""
+    gen = torch.Generator().manual_seed(seed)
+    return [
+        torch.randn(n, heads, generator=gen, dtype=dtype).requires_grad_() for n in (n_src, n_dst)
+    ]
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+@pytest.mark.parametrize("negative_slope", [0.2, 0.0, 1.5])
+def test_gat_attention_and_gradients_match_dense(shuffle, negative_slope):
+    ei = random_graph(N, 50, seed=31, shuffle=shuffle)
+    s, t = node_scores(seed=31)
+    v = features(seed=31)[2].requires_grad_()
+    attn = edge_gat_attention(s, t, ei, N, negative_slope=negative_slope)
+    dense = dense_gat_attention(s, t, ei, negative_slope)
+    torch.testing.assert_close(attn, edge_values(dense, ei))
+    out, expected = diffuse(attn, v, ei, 3, 0.2), dense_diffuse(dense, v, 3, 0.2)
+    torch.testing.assert_close(out, expected)
+    weight = torch.randn_like(out)
+    got = torch.autograd.grad((out * weight).sum(), (s, t, v))
+    want = torch.autograd.grad((expected * weight).sum(), (s, t, v))
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
+
+
+@pytest.mark.parametrize("kernel", ["ppr", "heat"])
+def test_gradcheck_fused_gat_scores(kernel):
+    ei = random_graph(7, 20, seed=32)
+    s, t = node_scores(7, 7, heads=2, seed=32)
+    v = features(n=7, heads=2, channels=3, seed=32)[2].requires_grad_()
+
+    def fn(s, t, v):
+        attn = edge_gat_attention(s, t, ei, negative_slope=0.3)
+        return diffuse(attn, v, ei, 3, 0.2, kernel=kernel, t=1.5)
+
+    assert torch.autograd.gradcheck(fn, (s, t, v))
+
+
+@pytest.mark.parametrize("num_src, num_dst", [(1, 1), (3, 1), (1, 3), (5, 4)])
+def test_gat_duplicate_edges_and_bipartite_graphs_match_pyg_softmax(num_src, num_dst):
+    # Each duplicate is an edge of its own, as in PyG's softmax; the gradients of s and t
+    # are the sums over each source's and each target's edges.
+    from torch_geometric.utils import softmax
+
+    gen = torch.Generator().manual_seed(33)
+    edges = 3 * num_src * num_dst + 1
+    ei = torch.stack(
+        [
+            torch.randint(num_src, (edges,), generator=gen),
+            torch.randint(num_dst, (edges,), generator=gen),
+        ]
+    )
+    s, t = node_scores(num_src, num_dst, seed=33)
+    attn = edge_gat_attention(s, t, ei)
+    expected = softmax(F.leaky_relu(s[ei[0]] + t[ei[1]], 0.2), ei[1], num_nodes=num_dst)
+    torch.testing.assert_close(attn, expected)
+    weight = torch.randn_like(attn)
+    got = torch.autograd.grad((attn * weight).sum(), (s, t))
+    want = torch.autograd.grad((expected * weight).sum(), (s, t))
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
+
+
+def test_gat_graph_without_edges_and_targets_without_incoming_edges():
+    s, t = node_scores(seed=34)
+    empty = edge_gat_attention(s, t, torch.empty(2, 0, dtype=torch.long))
+    assert empty.shape == (0, H)
+    grad_s, grad_t = torch.autograd.grad(empty.sum(), (s, t))
+    assert not grad_s.any() and not grad_t.any()
+    ei = torch.tensor([[0, 1, 2, 3], [1, 2, 3, 1]])  # targets 0, 4, ... receive nothing
+    attn = edge_gat_attention(s, t, ei)
+    grad_s, grad_t = torch.autograd.grad((attn * attn).sum(), (s, t))
+    assert torch.isfinite(grad_s).all() and not grad_t[[0, 4]].any()
+    torch.testing.assert_close(attn[[0, 3]].sum(0), torch.ones(H, dtype=torch.float64))
+
+
+def test_gat_huge_scores_give_no_nan():
+    ei = random_graph(N, 60, seed=35)
+    s, t = node_scores(seed=35, dtype=torch.float32)
+    attn = edge_gat_attention(s * 1e4, t, ei)
+    attn.square().sum().backward()
+    assert torch.isfinite(attn).all() and torch.isfinite(s.grad).all()
+
+
+def test_gat_never_materialises_per_edge_features():
+    n, heads, channels, hops = 48, 2, 8, 3
+    ei = torch.cartesian_prod(torch.arange(n), torch.arange(n)).t()  # E = n^2 >> K n
+    s, t = node_scores(n, n, heads, seed=36)
+    v = features(n, heads, channels, seed=36)[2].requires_grad_()
+    with _MaxNumel() as mode:
+        out = diffuse(edge_gat_attention(s, t, ei), v, ei, hops, 0.1)
+        out.sum().backward()
+    E = ei.size(1)
+    assert mode.largest <= max(E * heads, hops * n * heads * channels) < E * heads * channels
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_gat_half_precision_scores_match_float64(dtype):
+    ei = random_graph(N, 50, seed=37)
+    s, t = (x.detach().to(dtype).requires_grad_() for x in node_scores(seed=37))
+    attn = edge_gat_attention(s, t, ei)
+    assert attn.dtype == dtype
+    reference = [x.detach().double().requires_grad_() for x in (s, t)]
+    expected = edge_values(dense_gat_attention(*reference, ei), ei)
+    tolerance = dict(rtol=0.0, atol=0.005 if dtype == torch.float16 else 0.03)
+    torch.testing.assert_close(attn.double(), expected, **tolerance)
+    weight = torch.randn(attn.shape, dtype=torch.float64)
+    got = torch.autograd.grad((attn.double() * weight).sum(), (s, t))
+    want = torch.autograd.grad((expected * weight).sum(), reference)
+    for g, w in zip(got, want):
+        assert g.dtype == dtype
+        torch.testing.assert_close(g.double(), w, **tolerance)
+
+
+def test_gat_bad_inputs():
+    ei = random_graph(N, 30)
+    s, t = node_scores()
+    with pytest.raises(ValueError, match="'src_scores' and 'dst_scores'"):
+        edge_gat_attention(s, t[:, :2], ei)
+    with pytest.raises(ValueError, match="'src_scores' and 'dst_scores'"):
+        edge_gat_attention(s, t.float(), ei)
+    with pytest.raises(TypeError, match="'src_scores'"):
+        edge_gat_attention(s.long(), t, ei)
+    with pytest.raises(TypeError, match="'dst_scores'"):
+        edge_gat_attention(s, t.tolist(), ei)
+    for bad in (s[:, 0], s[:, :0], s.unsqueeze(-1)):
+        with pytest.raises(ValueError, match="'src_scores' must have shape"):
+            edge_gat_attention(bad, bad, ei)
+    with pytest.raises(ValueError, match="num_nodes"):
+        edge_gat_attention(s, t, ei, num_nodes=N + 1)
+    with pytest.raises(ValueError, match="edge_index"):
+        edge_gat_attention(s, t, torch.tensor([[0, N], [1, 2]]))
+    for bad in (math.inf, math.nan, "0.2", True, None):
+        with pytest.raises(ValueError, match="'negative_slope'"):
+            edge_gat_attention(s, t, ei, negative_slope=bad)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    n=st.integers(1, 10),
+    density=st.floats(0.0, 1.0),
+    negative_slope=st.floats(0.0, 1.0),
+    seed=st.integers(0, 1000),
+    loops=st.booleans(),
+)
+def test_gat_property_matches_dense(n, density, negative_slope, seed, loops):
+    ei = random_graph(n, int(density * n * n), seed=seed, self_loops=loops)
+    s, t = node_scores(n, n, 2, seed=seed)
+    attn = edge_gat_attention(s, t, ei, negative_slope=negative_slope)
+    torch.testing.assert_close(attn, edge_values(dense_gat_attention(s, t, ei, negative_slope), ei))

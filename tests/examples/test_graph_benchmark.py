@@ -158,6 +158,7 @@ def test_quick_benchmark_selects_on_the_first_seed_writes_tables_and_resumes(ben
     assert layers["tree2", "GCNConv"] == 2 and layers["tree2", "AD-dot"] == 1  # ceil(2 / 5)
     table = (tmp_path / "results.md").read_text()
     assert "| Block-gat+X |" in table and "| chance | 25.0 |" in table
+    assert "| root key alone |" in table
     assert json.loads((tmp_path / "results.json").read_text())["rows"] == summary["rows"]
     record = tmp_path / "runs" / "karate" / "AD-dot" / "lr0.005_dropout0.5" / "seed0.json"
     stamp = os.stat(record).st_mtime_ns
@@ -179,3 +180,24 @@ def test_bad_arguments_are_usage_errors(bench, argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         bench.main(["--quick", *argv])
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.skipif(
+    not any(importlib.util.find_spec(name) for name in ("pyg_lib", "torch_sparse")),
+    reason="NeighborLoader needs pyg-lib or torch-sparse",
+)
+def test_scale_worker_samples_layers_times_hops(bench):
+    threads = torch.get_num_threads()
+    settings = dict(nodes=300, degree_out=3, hidden=8, hops=3, fanout=2, batch_size=16, epochs=1)
+    try:
+        full = bench.scale_worker({**settings, "model": "AD-dot", "mode": "full", "threads": 1})
+        assert (full["layers"], full["sampled_hops"], full["nodes_per_batch"]) == (1, 3, 300)
+        # GATConv: 2 layers, 2 sampled hops; AD-dot: 1 layer of 3 hops, 3 sampled hops. At most
+        # 16 seeds and fan-out 2 per hop: 16 (1 + 2 + 4) and 16 (1 + 2 + 4 + 8) nodes.
+        for model, layers, hops, most in (("GATConv", 2, 2, 112), ("AD-dot", 1, 3, 240)):
+            run = bench.scale_worker({**settings, "model": model, "mode": "neighbor", "threads": 1})
+            assert (run["layers"], run["sampled_hops"]) == (layers, hops)
+            assert 16 < run["nodes_per_batch"] <= most
+            assert run["peak_rss_mb"] >= run["peak_rss_mb"] - run["extra_rss_mb"] > 0
+    finally:
+        torch.set_num_threads(threads)

@@ -182,7 +182,7 @@ def run_one(variant: str, args: TrainArgs) -> Dict[str, Any]:
     if os.path.exists(path):
         with open(path) as handle:
             previous = json.load(handle)
-        if previous["train_args"] == recorded:
+        if previous["train_args"] == recorded and "test" in previous:  # this script's layout
             return previous
     started = time.perf_counter()
     result = train(args)

@@ -77,6 +77,11 @@ def run_train(args: argparse.Namespace) -> int:
     from graphdiff.train.distributed import init_distributed, shutdown
 
     with user_errors():
+        if args.init is not None and hasattr(args, "preset"):
+            raise ValueError(
+                "--preset does not apply with --init: the pretrained encoder fixes the "
+                "architecture (--pattern, --hops, --alpha and --model-arg still apply)"
+            )
         train_args = TrainArgs(
             # Every TrainArgs field is an option of the same name, but for these two.
             **{
@@ -167,8 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument(
         "--preset",
-        default="tiny",
-        help="model preset: tiny, small or paper_base (not used with --init)",
+        default=argparse.SUPPRESS,  # unset: tiny, or the --init encoder's architecture
+        help="model preset: tiny (the default), small or paper_base; not with --init, whose "
+        "encoder fixes the architecture",
     )
     train.add_argument(
         "--init",
@@ -295,7 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument(
         "--data",
-        help="a data file or directory (for listops: an LRA TSV file; for mlm: a folder of text)",
+        help="a data file or directory: for listops also one LRA TSV file; for mlm a folder of "
+        "text, every document scored; for retrieval LRA's AAN files, or text for matching",
     )
     evaluate.add_argument("--split", default="test", choices=("train", "val", "test"))
     evaluate.add_argument("--batch-size", type=positive_int, default=32)

@@ -312,9 +312,10 @@ class DiffuserForMaskedLM(PretrainedMixin, nn.Module):
                 so no ``[B, L, V]`` tensor is built. (default: :obj:`None`)
         """
         batch = self.diffuser.to_batch(inputs, mask, truncate=truncate)
+        selected = None if select is None else self._node_selection(select, inputs, mask)
         states = self.diffuser.encode(batch)
-        if select is not None:
-            states = states[self._node_selection(select, inputs, mask)]
+        if selected is not None:
+            states = states[selected]
         states = self.norm(F.gelu(self.dense(states)))
         logits = F.linear(states, self.diffuser.embeddings.tokens.weight, self.bias)
         return logits if select is not None else self.diffuser.restore_padding(logits, inputs, mask)

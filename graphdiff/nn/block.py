@@ -13,6 +13,10 @@ from torch_geometric.nn.resolver import activation_resolver
 from graphdiff.checks import is_integer, is_real
 from graphdiff.nn.conv import AttentionDiffusion
 
+# AttentionDiffusion's arguments that the block derives from its own (heads and dropout are
+# the block's arguments themselves, so they cannot arrive among the others).
+BLOCK_DERIVED_ARGS = frozenset({"in_channels", "out_channels", "concat"})
+
 
 class DiffusionBlock(torch.nn.Module):
     r"""Attention diffusion and a feed-forward network, each in a pre-LayerNorm residual
@@ -21,10 +25,10 @@ class DiffusionBlock(torch.nn.Module):
     LayerNorm after each residual instead),
 
     .. math::
-        \mathbf{X}' &= \mathbf{X} + \mathrm{Dropout}\left(\mathbf{W}_O\,
+        \mathbf{X}' = \mathbf{X} + \mathrm{Dropout}\left(\mathbf{W}_O\,
         \mathrm{AttentionDiffusion}(\mathrm{LN}_1(\mathbf{X})) + \mathbf{b}_O\right)
 
-        \mathbf{X}'' &= \mathbf{X}' + \mathrm{Dropout}\left(\mathrm{FFN}(\mathrm{LN}_2
+        \mathbf{X}'' = \mathbf{X}' + \mathrm{Dropout}\left(\mathrm{FFN}(\mathrm{LN}_2
         (\mathbf{X}'))\right), \qquad
         \mathrm{FFN}(\mathbf{x}) = \mathbf{W}_2\,\mathrm{Dropout}(\sigma(\mathbf{W}_1
         \mathbf{x} + \mathbf{b}_1)) + \mathbf{b}_2,
@@ -56,7 +60,9 @@ class DiffusionBlock(torch.nn.Module):
         act_kwargs (Dict[str, Any], optional): Arguments of the activation.
             (default: :obj:`None`)
         **kwargs (optional): Further arguments of :class:`~graphdiff.nn.AttentionDiffusion`
-            (``kernel``, ``t``, ``hop_dropout``, ``negative_slope``, ``bias``, ``fused``).
+            (``kernel``, ``t``, ``hop_dropout``, ``negative_slope``, ``add_self_loops``,
+            ``bias``, ``fused``); not those the block sets itself (``in_channels``,
+            ``out_channels``, ``concat``), which are an error.
 
     Shapes:
         - **input:**
@@ -95,8 +101,16 @@ class DiffusionBlock(torch.nn.Module):
         for name, value in (("dropout", dropout), ("attention_dropout", attention_dropout)):
             if not is_real(value) or not 0.0 <= value < 1.0:
                 raise ValueError(f"'{name}' must be a float in [0, 1) (got {value!r})")
+        fixed = sorted(BLOCK_DERIVED_ARGS.intersection(kwargs))
+        if fixed:
+            raise ValueError(
+                f"DiffusionBlock sets AttentionDiffusion's {', '.join(fixed)} itself (in and "
+                f"out channels from 'channels' and 'heads', heads concatenated): remove "
+                f"{', '.join(repr(name) for name in fixed)}"
+            )
         self.channels = channels
         self.heads = heads
+        self.ffn_channels = ffn_channels
         self.dropout = dropout
 
         self.attention_norm = LayerNorm(channels)
@@ -128,7 +142,7 @@ class DiffusionBlock(torch.nn.Module):
             if isinstance(module, Linear):
                 module.reset_parameters()
 
-    def forward(self, x: Tensor, edge_index: Any) -> Tensor:
+    def forward(self, x: Tensor, edge_index: Any, edge_attr: Optional[Tensor] = None) -> Tensor:
         r"""Runs the forward pass of the module.
 
         Args:
@@ -136,18 +150,35 @@ class DiffusionBlock(torch.nn.Module):
             edge_index: Any adjacency :class:`~graphdiff.nn.AttentionDiffusion` takes (an
                 ``edge_index``, ``EdgeIndex``, ``torch.sparse`` or ``SparseTensor`` ``adj_t``,
                 or a :class:`~graphdiff.nn.DiffusionGraph`).
+            edge_attr (torch.Tensor, optional): Only :obj:`None`: the attention does not read
+                edge features, and :class:`~torch_geometric.nn.conv.GPSConv` hands its local
+                conv whatever keyword arguments it gets, so a tensor here is an error rather
+                than ignored. (default: :obj:`None`)
         """
         if not isinstance(x, Tensor) or x.dim() != 2 or x.size(-1) != self.channels:
             shape = list(x.shape) if isinstance(x, Tensor) else type(x).__name__
             raise ValueError(f"'x' must be a [num_nodes, {self.channels}] Tensor (got {shape})")
+        if edge_attr is not None:
+            raise ValueError(
+                "DiffusionBlock does not use edge features, got 'edge_attr': encode them into "
+                "the node features or leave them out of the call (GPSConv passes its keyword "
+                "arguments on to the local conv)"
+            )
         h = self.lin_out(self.diffusion(self.attention_norm(x), edge_index))
         x = x + F.dropout(h, p=self.dropout, training=self.training)
         h = self.ffn(self.ffn_norm(x))
         return x + F.dropout(h, p=self.dropout, training=self.training)
 
     def __repr__(self) -> str:
+        diffusion = self.diffusion
+        extra = f", t={diffusion.t}" if diffusion.kernel == "heat" else ""
+        if diffusion.dropout:
+            extra += f", attention_dropout={diffusion.dropout}"
+        if diffusion.add_self_loops:
+            extra += ", add_self_loops=True"
         return (
             f"{self.__class__.__name__}({self.channels}, heads={self.heads}, "
-            f"hops={self.diffusion.hops}, alpha={self.diffusion.alpha}, "
-            f"attention='{self.diffusion.attention}')"
+            f"hops={diffusion.hops}, alpha={diffusion.alpha}, kernel='{diffusion.kernel}'"
+            f"{extra}, attention='{diffusion.attention}', ffn_channels={self.ffn_channels}, "
+            f"dropout={self.dropout})"
         )

@@ -12,11 +12,11 @@ from torch.nn import Parameter
 from torch_geometric.nn.conv import MessagePassing
 from torch_geometric.nn.dense.linear import Linear
 from torch_geometric.nn.inits import glorot, zeros
-from torch_geometric.typing import PairTensor, SparseTensor
-from torch_geometric.utils import is_torch_sparse_tensor, softmax
+from torch_geometric.typing import PairTensor, SparseTensor, torch_sparse
+from torch_geometric.utils import add_self_loops, is_torch_sparse_tensor, remove_self_loops, softmax
 from torch_geometric.utils.sparse import set_sparse_value
 
-from graphdiff.checks import is_integer, is_real
+from graphdiff.checks import check_edge_index, is_integer, is_real
 from graphdiff.nn import _core
 from graphdiff.nn.functional import (
     check_diffusion_args,
@@ -28,6 +28,49 @@ from graphdiff.nn.graph import DiffusionGraph, diffusion_graph
 
 # The one-hop scores AttentionDiffusion offers: Diffuser's scaled dot product, GAT's additive.
 ATTENTION_SCORES = ("dot", "gat")
+
+
+def _with_self_loops(adj: Any, num_nodes: Tuple[int, int]) -> Any:
+    """``adj`` with its self-loops replaced by one per node, in its own type: PyG's
+    ``remove_self_loops`` then ``add_self_loops`` for an edge_index or ``EdgeIndex`` (the loops
+    last), ``torch_sparse.set_diag`` for a ``SparseTensor``, and the same (loops valued one,
+    coalesced, in the input's layout) for a ``torch.sparse`` adjacency."""
+    if isinstance(adj, DiffusionGraph):
+        raise ValueError(
+            "add_self_loops=True cannot change a prebuilt DiffusionGraph: build the graph from "
+            "an adjacency with self-loops (torch_geometric.utils.add_self_loops, or a pattern's "
+            "self_loops=True) and leave add_self_loops=False"
+        )
+    if num_nodes[0] != num_nodes[1]:
+        raise ValueError(
+            f"add_self_loops=True needs as many targets as sources (got {num_nodes[0]} sources "
+            f"and {num_nodes[1]} targets): a bipartite graph has no self-loops"
+        )
+    num = num_nodes[0]
+    if isinstance(adj, SparseTensor):
+        return torch_sparse.set_diag(adj)
+    if not is_torch_sparse_tensor(adj):
+        check_edge_index(adj, num_nodes)
+        return add_self_loops(remove_self_loops(adj)[0], num_nodes=num)[0]
+    if adj.dim() - adj.dense_dim() != 2:
+        return adj  # a batch of adjacencies: diffusion_graph refuses it, with the reason
+    # In the mode it was made in: torch cannot coalesce an inference tensor outside it.
+    with torch.inference_mode(adj.is_inference()):
+        coo = adj.to_sparse_coo().coalesce()
+        index, value = coo.indices(), coo.values()
+        keep = index[0] != index[1]
+        loops = torch.arange(num, device=index.device).expand(2, num)
+        out = torch.sparse_coo_tensor(
+            torch.cat([index[:, keep], loops], dim=1),
+            torch.cat([value[keep], value.new_ones((num, *value.shape[1:]))]),
+            adj.shape,
+            check_invariants=False,
+        ).coalesce()
+        if adj.layout == torch.sparse_csr:
+            return out.to_sparse_csr()
+        if adj.layout == torch.sparse_csc:
+            return out.to_sparse_csc()
+        return out
 
 
 class AttentionDiffusion(MessagePassing):
@@ -46,7 +89,11 @@ class AttentionDiffusion(MessagePassing):
 
     .. math::
         e_{ij} = \mathrm{LeakyReLU}\left(\mathbf{a}_s^{\top} \mathbf{W}_V \mathbf{x}_j +
-        \mathbf{a}_t^{\top} \mathbf{W}_V \mathbf{x}_i\right),
+        \mathbf{a}_t^{\top} \mathbf{W}_T \mathbf{x}_i\right),
+
+    where :math:`\mathbf{W}_T = \mathbf{W}_V` (GATConv's one :math:`\mathbf{W}`) unless the
+    input sizes come as a pair, where :math:`\mathbf{W}_T` is ``lin_query`` (GATConv's
+    ``lin_dst``),
 
     is diffused over :math:`K` hops with personalised PageRank (``kernel="ppr"``),
 
@@ -63,13 +110,13 @@ class AttentionDiffusion(MessagePassing):
     projection ``lin_value`` is GATConv's ``lin`` (``lin_src`` for a pair of input sizes, whose
     ``lin_dst`` is ``lin_query``; no ``lin_key``), and ``att_src``, ``att_dst`` and ``bias``
     are GATConv's (the bias is added to the output; the projections have none). With
-    ``hops=1, alpha=0`` it computes GATConv's output (on a graph with self-loops, where
-    GATConv adds none).
+    ``hops=1, alpha=0`` it computes GATConv's output: with ``add_self_loops=True`` that of
+    GATConv's defaults, without it that of ``GATConv(add_self_loops=False)``.
 
     The default (fused) path is :func:`~graphdiff.nn.functional.edge_softmax_attention` (or
     :func:`~graphdiff.nn.functional.edge_gat_attention` on the per-node scores
     :math:`\mathbf{a}_s^{\top} \mathbf{W}_V \mathbf{x}_j` and
-    :math:`\mathbf{a}_t^{\top} \mathbf{W}_V \mathbf{x}_i`) then
+    :math:`\mathbf{a}_t^{\top} \mathbf{W}_T \mathbf{x}_i`) then
     :func:`~graphdiff.nn.functional.diffuse`: every hop is one sparse-dense product on the
     graph's CSR structure (:class:`~graphdiff.nn.DiffusionGraph`; pass one to skip building
     it), and no per-edge features ``[E, H, C]`` are materialised, forward or backward. With
@@ -103,9 +150,21 @@ class AttentionDiffusion(MessagePassing):
             (GAT's additive score). (default: :obj:`"dot"`)
         negative_slope (float, optional): LeakyReLU's slope of the ``"gat"`` score.
             (default: :obj:`0.2`)
+        add_self_loops (bool, optional): If :obj:`True`, remove the graph's self-loops and
+            add one per node, as :class:`~torch_geometric.nn.conv.GATConv` does by default,
+            so that a node without incoming edges attends to itself instead of keeping only
+            the teleport share of its value (nothing at ``hops=1, alpha=0``). Off by default
+            because Diffuser's patterns (:mod:`graphdiff.patterns`) already hold a self-loop
+            per node. It needs as many targets as sources, and cannot change a prebuilt
+            :class:`~graphdiff.nn.DiffusionGraph` (build that from an adjacency with
+            self-loops). The loops are added at every call, as GATConv does, so the
+            structure is built anew each time: for a graph used many times, add them to the
+            data once (:class:`~torch_geometric.transforms.AddSelfLoops`).
+            (default: :obj:`False`)
         bias (bool, optional): If :obj:`False`, the layer learns no additive bias. With
             ``"dot"`` the biases are in the query, key and value projections: when every
-            target has incoming edges (as with self-loops, which canonical patterns include)
+            target has incoming edges (as with self-loops, which canonical patterns include
+            and ``add_self_loops=True`` adds)
             and without attention dropout, every row of :math:`\mathbf{A}` sums to one and
             the value bias passes through the diffusion unchanged: it is the output bias. (A
             target without incoming edges gets :math:`\alpha` times it with PPR, and so,
@@ -144,6 +203,7 @@ class AttentionDiffusion(MessagePassing):
         hop_dropout: float = 0.0,
         attention: str = "dot",
         negative_slope: float = 0.2,
+        add_self_loops: bool = False,
         bias: bool = True,
         fused: bool = True,
         **kwargs: Any,
@@ -176,6 +236,11 @@ class AttentionDiffusion(MessagePassing):
             raise ValueError(f"'attention' must be one of {ATTENTION_SCORES} (got {attention!r})")
         if not is_real(negative_slope) or not math.isfinite(negative_slope):
             raise ValueError(f"'negative_slope' must be a finite float (got {negative_slope!r})")
+        if attention == "dot" and negative_slope != 0.2:
+            raise ValueError(
+                "'negative_slope' shapes the \"gat\" score only; attention='dot' has no "
+                f"LeakyReLU (got negative_slope={negative_slope!r})"
+            )
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.heads = heads
@@ -188,6 +253,7 @@ class AttentionDiffusion(MessagePassing):
         self.hop_dropout = hop_dropout
         self.attention = attention
         self.negative_slope = negative_slope
+        self.add_self_loops = add_self_loops
         self.fused = fused
 
         src_channels, dst_channels = pair
@@ -241,7 +307,8 @@ class AttentionDiffusion(MessagePassing):
                 ``(edge_index, attention)`` with the one-hop attention ``[E, H]`` in the
                 order of the edges (for sparse inputs: the adjacency holding it as values,
                 coalesced for COO; for a ``DiffusionGraph``: the order of the adjacency it
-                was built from). (default: :obj:`None`)
+                was built from; with ``add_self_loops=True``: the adjacency with its
+                self-loops, as GATConv returns it). (default: :obj:`None`)
         """
         if not isinstance(x, Tensor) and not (isinstance(x, (tuple, list)) and len(x) == 2):
             raise TypeError(
@@ -262,7 +329,10 @@ class AttentionDiffusion(MessagePassing):
                     f"'{name}' has {feat.size(-1)} features but the layer "
                     f"expects in_channels={size}"
                 )
-        graph = diffusion_graph(edge_index, (x_src.size(0), x_dst.size(0)))
+        num_nodes = (x_src.size(0), x_dst.size(0))
+        if self.add_self_loops:
+            edge_index = _with_self_loops(edge_index, num_nodes)
+        graph = diffusion_graph(edge_index, num_nodes)
         v = _core.split_heads(self.lin_value(x_src), H)
         if self.hops == 0 and not return_attention_weights:  # Z_0 = V: no attention needed
             _core.check_bipartite(graph, 0, ())
@@ -374,10 +444,15 @@ class AttentionDiffusion(MessagePassing):
         return edge_index
 
     def __repr__(self) -> str:
-        heat = f", t={self.t}" if self.kernel == "heat" else ""
-        gat = ", attention='gat'" if self.attention == "gat" else ""
+        extra = f", t={self.t}" if self.kernel == "heat" else ""
+        if self.attention == "gat":
+            extra += ", attention='gat'"
+        if self.negative_slope != 0.2:
+            extra += f", negative_slope={self.negative_slope}"
+        if self.add_self_loops:
+            extra += ", add_self_loops=True"
         return (
             f"{self.__class__.__name__}({self.in_channels}, {self.out_channels}, "
             f"heads={self.heads}, hops={self.hops}, alpha={self.alpha}, "
-            f"kernel='{self.kernel}'{heat}{gat})"
+            f"kernel='{self.kernel}'{extra})"
         )

@@ -61,6 +61,9 @@ def _check_text(path: Path, text: bytes) -> None:
         raise ValueError(f"{path}: binary, not text (NUL byte at offset {nul})")
 
 
+DOCUMENT_BLOCK = 1 << 18  # bytes: a longer file counts as blocks of this size
+
+
 def read_documents(data_dir: str | os.PathLike) -> list[Document]:
     """Every non-empty text file under ``data_dir``, recursively, sorted by relative path.
 
@@ -68,7 +71,9 @@ def read_documents(data_dir: str | os.PathLike) -> list[Document]:
     is whatever is not a regular file (a socket, a pipe, a broken link); links to files are
     read, links to folders are not followed (a link cycle would never end). Each document is
     named by its path relative to ``data_dir`` with ``/`` separators and keeps the file's bytes
-    as they are.
+    as they are. A file longer than :data:`DOCUMENT_BLOCK` bytes (256 KiB) counts as its
+    consecutive blocks of that size, named ``path#0``, ``path#1``, ...: a corpus that comes as
+    one large file (enwik8, text8) then splits into train, validation and test by block.
 
     Raises:
         FileNotFoundError: when ``data_dir`` does not exist.
@@ -91,7 +96,14 @@ def read_documents(data_dir: str | os.PathLike) -> list[Document]:
             text = path.read_bytes()
             if text:
                 _check_text(path, text)
-                documents.append(Document(path.relative_to(root).as_posix(), text))
+                name = path.relative_to(root).as_posix()
+                if len(text) <= DOCUMENT_BLOCK:
+                    documents.append(Document(name, text))
+                else:
+                    documents.extend(
+                        Document(f"{name}#{block}", text[start : start + DOCUMENT_BLOCK])
+                        for block, start in enumerate(range(0, len(text), DOCUMENT_BLOCK))
+                    )
     if not documents:
         raise ValueError(f"data_dir: {root} holds no non-empty text file (hidden files skipped)")
     return sorted(documents)

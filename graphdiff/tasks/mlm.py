@@ -113,6 +113,9 @@ class MaskedLMTask(TaskDataset):
         mask_prob: probability that a position is selected, in (0, 1). (default: 0.15)
         val_fraction: share of the documents held out as ``"val"``. (default: 0.1)
         test_fraction: share of the documents held out as ``"test"``. (default: 0.1)
+        all_documents: every document of the corpus, not the split's: what ``graphdiff
+            evaluate --data DIR`` scores. ``split`` then only picks the masking stream.
+            (default: ``False``)
 
     Attributes:
         documents: the :class:`~graphdiff.tasks.corpus.Document` list of the split.
@@ -133,9 +136,12 @@ class MaskedLMTask(TaskDataset):
         mask_prob: float = 0.15,
         val_fraction: float = 0.1,
         test_fraction: float = 0.1,
+        all_documents: bool = False,
     ) -> None:
         check_split(split)
         check_int("max_len", max_len, 2, why="CLS and at least one byte")
+        if not isinstance(all_documents, bool):
+            raise TypeError(f"all_documents must be a bool, got {all_documents!r}")
         self.seed = check_int("seed", seed, 0)
         if not is_real(mask_prob) or not 0.0 < mask_prob < 1.0:
             raise ValueError(f"mask_prob must be a number in (0, 1), got {mask_prob!r}")
@@ -143,8 +149,11 @@ class MaskedLMTask(TaskDataset):
         super().__init__(split, max_len, truncate=False)
         self.mask_prob = float(mask_prob)
         self.epoch = 0
-        self.documents = split_documents(
-            load_documents(data_dir), split, val_fraction, test_fraction
+        documents = load_documents(data_dir)
+        self.documents = (
+            sorted(documents)
+            if all_documents
+            else split_documents(documents, split, val_fraction, test_fraction)
         )
         chunk = self.max_len - 1
         # Example i is documents[_document[i]].text[_start[i] : _start[i] + chunk].

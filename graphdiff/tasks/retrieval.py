@@ -356,14 +356,31 @@ class MatchingTask(PairTask):
         return a, b, label
 
 
-def retrieval(
-    split: str = "train", data_dir: str | os.PathLike | None = None, **kwargs
-) -> RetrievalTSV | MatchingTask:
-    """The Retrieval task: LRA's files when ``data_dir`` is given, else the generated matching
-    task on Python's documentation.
+SOURCES = ("lra", "text")
 
-    ``kwargs`` go to :class:`RetrievalTSV` or :class:`MatchingTask` respectively.
+
+def retrieval(
+    split: str = "train",
+    data_dir: str | os.PathLike | None = None,
+    source: str | None = None,
+    **kwargs,
+) -> RetrievalTSV | MatchingTask:
+    """The Retrieval task: LRA's AAN files, or the generated matching task on a text corpus.
+
+    Args:
+        split: ``"train"``, ``"val"`` or ``"test"``.
+        data_dir: LRA's ``tsv_data`` directory (``source="lra"``) or a directory of text
+            files (``source="text"``); ``None``: the matching task on Python's documentation.
+        source: ``"lra"`` or ``"text"``; default ``"lra"`` when ``data_dir`` is given, else
+            ``"text"``. ``"lra"`` needs a ``data_dir``.
+        **kwargs: for :class:`RetrievalTSV` or :class:`MatchingTask` respectively.
     """
+    if source is None:
+        source = "text" if data_dir is None else "lra"
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
+    if source == "text":
+        return MatchingTask(split, data_dir, **kwargs)
     if data_dir is None:
-        return MatchingTask(split, **kwargs)
+        raise ValueError("source='lra' reads LRA's AAN files: give their directory as data_dir")
     return RetrievalTSV(split, data_dir, **kwargs)

@@ -8,8 +8,16 @@ from typing import Any, Dict, Optional, Tuple
 from torch import nn
 
 from graphdiff.tasks import TaskDataset
+from graphdiff.tasks.retrieval import AAN_FILES
 from graphdiff.train.checkpoint import load_checkpoint, model_from_checkpoint
 from graphdiff.train.loop import build_task, evaluate
+
+
+def holds_aan_files(data: str) -> bool:
+    """Whether ``data`` is one of LRA's Retrieval files or a directory that holds one."""
+    if os.path.isfile(data):
+        return True
+    return any(os.path.exists(os.path.join(data, name)) for name in AAN_FILES.values())
 
 
 def load_evaluation(
@@ -18,8 +26,10 @@ def load_evaluation(
     """The model in checkpoint ``path``, the data to evaluate it on, and its task's name.
 
     The task and its arguments come from the checkpoint. ``data`` replaces the task's data
-    directory; for ListOps it may also be one LRA TSV file (``basic_test.tsv``), read with
-    the model's ``max_len``: a longer sequence is an error here, before any evaluation, unless
+    directory: for masked LM every document in it is scored (``split`` picks the masks); for
+    retrieval it holds LRA's AAN files (or is one), else text for the matching task; for
+    ListOps it may also be one LRA TSV file (``basic_test.tsv``). LRA's files are read with the
+    model's ``max_len``: a longer sequence is an error here, before any evaluation, unless
     ``truncate`` cuts it (its label still refers to the whole sequence).
 
     Raises:
@@ -37,6 +47,12 @@ def load_evaluation(
         data_dir = data
         if train_args["task"] == "listops":  # the generator's arguments do not apply to LRA's files
             task_args = {"max_len": config.max_len, "truncate": truncate}
+        elif train_args["task"] == "retrieval" and holds_aan_files(data):
+            task_args = {"max_len": config.max_len, "truncate": truncate}
+        elif train_args["task"] == "retrieval":  # text: the matching task on its documents
+            task_args["source"] = "text"
+        elif train_args["task"] == "mlm":  # a folder of text is scored whole
+            task_args["all_documents"] = True
     return model, build_task(train_args["task"], split, task_args, data_dir), train_args["task"]
 
 

@@ -36,7 +36,7 @@ from graphdiff.models import (
     preset_config,
 )
 from graphdiff.patterns import parse_pattern
-from graphdiff.tasks import TASKS, TaskDataset, get_task
+from graphdiff.tasks import CLS, PAD, TASKS, TaskDataset, get_task
 from graphdiff.train.checkpoint import RUN_KEYS, load_checkpoint, save_checkpoint, save_json
 from graphdiff.train.distributed import (
     DistributedContext,
@@ -234,12 +234,19 @@ def build_config(
     overrides.update(
         {name: getattr(args, name) for name in ("hops", "alpha") if getattr(args, name) is not None}
     )
-    if args.grad_checkpoint:
-        overrides["gradient_checkpointing"] = True
+    # Always set: a run's flag decides, not the value a pretrained encoder was trained with.
+    overrides["gradient_checkpointing"] = args.grad_checkpoint
     overrides.update(args.model_args)
-    if pretrained is not None:
-        return init_config(pretrained, **overrides)
-    return preset_config(args.preset, **overrides)
+    if pretrained is None:
+        return preset_config(args.preset, **overrides)
+    if pretrained.pad_token_id != PAD:
+        raise ValueError(
+            f"--init: the encoder pads with token id {pretrained.pad_token_id}, but graphdiff's "
+            f"tasks pad with {PAD} and put CLS at {CLS} (a converted RoBERTa keeps its own "
+            "vocabulary): start task runs from an encoder trained on graphdiff's tokens, such "
+            "as an mlm run"
+        )
+    return init_config(pretrained, **overrides)
 
 
 def lr_factor(step: int, total: int, warmup_steps: int) -> float:
@@ -352,7 +359,7 @@ def _batches(
         DataLoader(
             Subset(dataset, indices),
             batch_size=per_process,
-            collate_fn=dataset.collate,
+            collate_fn=collate_of(dataset),
             num_workers=workers,
             generator=torch.Generator(),
         )

@@ -3,6 +3,7 @@ errors, against Python sets, counts and networkx."""
 
 import copy
 import math
+import warnings
 
 import networkx as nx
 import numpy as np
@@ -10,15 +11,18 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch.utils.data import DataLoader
 from torch_geometric.data import Batch, Data, HeteroData
+from torch_geometric.transforms import VirtualNode
 
 from graphdiff.data import AddExpander
 from graphdiff.data.expander import _permutation_edges
 
-INPUT, EXPANDER, VIRTUAL = (
+INPUT, EXPANDER, VIRTUAL_IN, VIRTUAL_OUT = (
     AddExpander.INPUT_EDGE,
     AddExpander.EXPANDER_EDGE,
-    AddExpander.VIRTUAL_EDGE,
+    AddExpander.VIRTUAL_IN_EDGE,
+    AddExpander.VIRTUAL_OUT_EDGE,
 )
 
 
@@ -96,12 +100,12 @@ def test_structure(data, degree, virtual, seed):
     assert edge_set(expander) == edge_set(expander.flip(0))
     assert int(torch.bincount(expander[1], minlength=n).max()) <= min(2 * degree, n - 1)
 
-    # Virtual nodes: every real node in and out of each, once; nothing else touches them.
-    virtual_edges = out.edge_index[:, edge_type == VIRTUAL]
+    # Virtual nodes: every real node into and out of each, once; nothing else touches them.
+    into, out_of = (out.edge_index[:, edge_type == kind] for kind in (VIRTUAL_IN, VIRTUAL_OUT))
     expected_in = {(i, n + k) for k in range(virtual) for i in range(n)}
-    assert edge_set(virtual_edges) == expected_in | {(v, i) for i, v in expected_in}
-    assert virtual_edges.size(1) == 2 * n * virtual
-    assert (out.edge_index[:, edge_type != VIRTUAL] < n).all()
+    assert edge_set(into) == expected_in and into.size(1) == n * virtual
+    assert torch.equal(out_of, into.flip(0))
+    assert (out.edge_index[:, edge_type < VIRTUAL_IN] < n).all()
 
     # Attributes: the originals first, zeros (ones for edge_weight) for what is new.
     new_edges = out.edge_index.size(1) - e
@@ -135,20 +139,61 @@ def test_the_path_gains_its_expander():
     assert expected.degree[n] == n
 
 
-def test_graph_level_and_index_attributes_are_left_alone():
-    n = 6
+def test_one_virtual_node_is_pygs_virtual_node():
+    # PyG's VirtualNode after the expander: the same edges, edge types (it numbers into and
+    # out of the virtual node after the types present), features and edge attributes.
+    n = 8
+    data = ring(n, edge_attr=torch.randn(n, 3), edge_weight=torch.rand(n))
+    out = AddExpander(2, virtual_nodes=1, seed=5, max_tries=1)(data)
+    expected = VirtualNode()(AddExpander(2, seed=5, max_tries=1)(data))
+    for key in ("edge_index", "edge_type", "x", "edge_attr", "edge_weight"):
+        assert torch.equal(out[key], expected[key]), key
+    assert out.num_nodes == expected.num_nodes == n + 1
+
+
+def test_labels_of_their_own_index_graph_level_and_index_attributes_are_left_alone():
+    n = 6  # a ring: as many nodes as edges
     data = Data(
         x=torch.randn(n, 2),
         edge_index=torch.tensor([[0, 1, 2, 3, 4, 5], [1, 2, 3, 4, 5, 0]]),
         y=torch.tensor([1.5]),  # graph label
         edge_label_index=torch.tensor([[0, 2, 4, 1, 3, 5], [3, 5, 1, 4, 0, 2]]),  # [2, E]
-        edge_label=torch.ones(6),
+        edge_label=torch.ones(6),  # labels of edge_label_index's pairs, E of them
+        pair_label_index=torch.tensor([[0, 1, 2, 3, 4, 5], [2, 3, 4, 5, 0, 1]]),
+        pair_label=torch.arange(6),
         name="ring",
     )
     out = AddExpander(2, virtual_nodes=1, seed=3)(data)
-    assert out.y is data.y and out.name == "ring" and out.edge_label_index is data.edge_label_index
-    # edge_label has E entries: PyG counts it as an edge attribute, so it is extended.
-    assert out.edge_label.size(0) == out.edge_index.size(1)
+    for key in ("y", "edge_label_index", "edge_label", "pair_label_index", "pair_label", "name"):
+        assert out[key] is data[key], key
+    assert out.x.size(0) == n + 1
+
+
+def test_node_or_edge_level():
+    # N != E: PyG's is_node_attr / is_edge_attr decide by the size, whatever the key.
+    n = 6
+    data = ring(n, score=torch.randn(n), weights=torch.randn(2 * n, 2), other=torch.ones(5))
+    data.edge_index = torch.cat([data.edge_index, data.edge_index.flip(0)], dim=1)
+    out = AddExpander(2, virtual_nodes=1, seed=3)(data)
+    e = out.edge_index.size(1)
+    assert out.score.shape == (n + 1,) and out.weights.shape == (e, 2)
+    assert out.other is data.other
+    # N == E: by the key where it says the level; anything else is an error, before any work.
+    data = ring(
+        n,
+        edge_score=torch.randn(n),
+        train_mask=torch.rand(n) < 0.5,
+        node_score=torch.randn(n),
+        y=torch.arange(n),
+    )
+    out = AddExpander(2, virtual_nodes=1, seed=3)(data)
+    e = out.edge_index.size(1)
+    assert out.edge_score.shape == (e,)
+    assert out.train_mask.shape == out.node_score.shape == out.y.shape == (n + 1,)
+    transform = AddExpander(2, virtual_nodes=1, seed=3)
+    with pytest.raises(ValueError, match="data.weights has 6 rows.*node- or edge-level"):
+        transform(ring(n, weights=torch.randn(n)))
+    assert torch.equal(transform.expander(n), AddExpander(2, seed=3).expander(n))  # no draw yet
 
 
 def test_batching_after_the_transform():
@@ -161,6 +206,38 @@ def test_batching_after_the_transform():
     assert torch.equal(batch.virtual_mask, torch.cat([g.virtual_mask for g in graphs]))
     assert torch.equal(batch.edge_type, torch.cat([g.edge_type for g in graphs]))
     assert torch.equal(batch.edge_index[:, graphs[0].num_edges :], graphs[1].edge_index + 5)
+
+
+class Repeated(torch.utils.data.Dataset):
+    """The same graph ``length`` times, through ``transform``."""
+
+    def __init__(self, data, transform, length):
+        self.data, self.transform, self.length = data, transform, length
+
+    def __len__(self):
+        return self.length
+
+    def __getitem__(self, index):
+        return self.transform(self.data)
+
+
+def test_dataloader_workers_draw_differently_and_reproducibly():
+    data = Data(num_nodes=30, edge_index=torch.empty(2, 0, dtype=torch.long))
+    dataset = Repeated(data, AddExpander(3, seed=7), 4)
+
+    def loader(seed):
+        generator = torch.Generator().manual_seed(seed)
+        return DataLoader(dataset, batch_size=None, num_workers=2, generator=generator)
+
+    def draws(loader):
+        return [graph.edge_index for graph in loader]
+
+    first = draws(loader(0))  # items 0, 2 by worker 0; 1, 3 by worker 1
+    assert not torch.equal(first[0], first[1]) and not torch.equal(first[2], first[3])
+    again = loader(0)
+    assert all(torch.equal(a, b) for a, b in zip(first, draws(again)))
+    # A new epoch (new workers, new torch seeds) draws anew.
+    assert not any(torch.equal(a, b) for a, b in zip(first, draws(again)))
 
 
 def test_determinism():
@@ -207,13 +284,27 @@ def test_redraws_keep_the_first_accepted_draw_or_the_best(n, degree, tolerance, 
     draws = [single.expander(n) for _ in range(max_tries)]
     scores = [gap_reference(edges, n) for edges in draws]
     accepted = [c == 1 and gap >= checked.min_gap - 1e-9 for c, gap in scores]
-    result = checked.expander(n)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = checked.expander(n)
     if any(accepted):
         assert torch.equal(result, draws[accepted.index(True)])
+        assert not caught
     else:
         best = max((-c, gap) for c, gap in scores)
         kept = scores[[i for i, d in enumerate(draws) if torch.equal(d, result)][0]]
         assert (-kept[0], kept[1]) == pytest.approx(best)
+        assert len(caught) == 1 and f"none of max_tries={max_tries} draws" in str(caught[0].message)
+
+
+def test_failed_redraws_warn_with_what_they_reached():
+    # d = 1 on 40 nodes: connected only when the permutation is one cycle (1 in 40).
+    with pytest.warns(UserWarning, match=r"none of max_tries=2 draws on 40 nodes.*with \d+ conn"):
+        AddExpander(1, seed=0, max_tries=2).expander(40)
+    # A gap above 1 is out of reach: the best connected draw, with its gap.
+    transform = AddExpander(2, seed=0, max_tries=3, tolerance=-5.0)
+    with pytest.warns(UserWarning, match=r"gap of 0\.\d+ < min_gap = 1\.\d+"):
+        transform(ring(9))
 
 
 def test_min_gap_is_exphormers_threshold():

@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch_geometric.data import Batch, Data
 from torch_geometric.nn import GPSConv, Sequential
+from torch_geometric.utils import add_self_loops, remove_self_loops
 
 from graphdiff.nn import DiffusionBlock
 
@@ -65,7 +66,19 @@ def test_matches_hand_written_reference_with_gradients(attention):
 
 def test_defaults():
     block = DiffusionBlock(16, heads=4)
-    assert str(block) == "DiffusionBlock(16, heads=4, hops=5, alpha=0.1, attention='dot')"
+    assert str(block) == (
+        "DiffusionBlock(16, heads=4, hops=5, alpha=0.1, kernel='ppr', attention='dot', "
+        "ffn_channels=64, dropout=0.0)"
+    )
+    assert str(
+        DiffusionBlock(
+            8, kernel="heat", t=2.0, attention_dropout=0.1, add_self_loops=True, dropout=0.2
+        )
+    ) == (
+        "DiffusionBlock(8, heads=1, hops=5, alpha=0.1, kernel='heat', t=2.0, "
+        "attention_dropout=0.1, add_self_loops=True, attention='dot', ffn_channels=32, "
+        "dropout=0.2)"
+    )
     assert block.ffn[0].out_features == 64 and isinstance(block.ffn[1], torch.nn.ReLU)
     assert (block.diffusion.heads, block.diffusion.out_channels) == (4, 4)
     gat = DiffusionBlock(16, heads=2, attention="gat", kernel="heat", negative_slope=0.1)
@@ -88,6 +101,19 @@ def test_every_adjacency_type(attention):
     expected = reference(block, x, ei)
     for name, adj in adjacencies(ei, N):
         torch.testing.assert_close(block(x, adj), expected, msg=name)
+
+
+@pytest.mark.parametrize("attention", ATTENTIONS)
+def test_add_self_loops_reaches_the_layer(attention):
+    # A node without incoming edges: with add_self_loops=True the block equals the reference
+    # on the graph with a loop per node.
+    x, ei = inputs()
+    ei = remove_self_loops(ei)[0]
+    ei = ei[:, ei[1] != 0]
+    block = make(attention=attention, add_self_loops=True)
+    torch.testing.assert_close(
+        block(x, ei), reference(block, x, add_self_loops(ei, num_nodes=N)[0])
+    )
 
 
 def test_sequential():
@@ -146,6 +172,22 @@ def test_bad_arguments():
             DiffusionBlock(8, **{name: 1.0})
     with pytest.raises(ValueError, match="'attention'"):
         DiffusionBlock(8, attention="additive")
+    # What the block sets itself: an error naming them, not a late shape error or a clash.
+    for kwargs in ({"concat": False}, {"out_channels": 4}, {"in_channels": 8, "concat": True}):
+        names = ", ".join(sorted(kwargs))
+        with pytest.raises(ValueError, match=f"sets AttentionDiffusion's {names} itself"):
+            DiffusionBlock(8, heads=2, **kwargs)
     x, ei = inputs()
     with pytest.raises(ValueError, match=r"'x' must be a \[num_nodes, 8\] Tensor"):
         make()(F.pad(x, (0, 1)), ei)
+    with pytest.raises(ValueError, match="does not use edge features"):
+        make()(x, ei, edge_attr=torch.ones(ei.size(1), 3))
+    torch.testing.assert_close(make()(x, ei, edge_attr=None), make()(x, ei))
+
+
+def test_gpsconv_edge_attr_is_an_error():
+    # GPSConv hands its keyword arguments to the local conv: edge features are refused there.
+    x, ei = inputs()
+    gps = GPSConv(C, conv=make(), heads=2).double()
+    with pytest.raises(ValueError, match="does not use edge features"):
+        gps(x, ei, edge_attr=torch.ones(ei.size(1), 3, dtype=torch.float64))

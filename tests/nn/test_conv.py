@@ -52,6 +52,12 @@ def test_repr():
     assert str(AttentionDiffusion(16, 8, attention="gat")) == (
         "AttentionDiffusion(16, 8, heads=1, hops=5, alpha=0.1, kernel='ppr', attention='gat')"
     )
+    assert str(
+        AttentionDiffusion(16, 8, attention="gat", negative_slope=0.1, add_self_loops=True)
+    ) == (
+        "AttentionDiffusion(16, 8, heads=1, hops=5, alpha=0.1, kernel='ppr', attention='gat', "
+        "negative_slope=0.1, add_self_loops=True)"
+    )
 
 
 @pytest.mark.parametrize("attention", ATTENTIONS)
@@ -118,7 +124,8 @@ def test_matches_dense_reference(kernel, concat, attention):
 
 @pytest.mark.parametrize("attention", ATTENTIONS)
 def test_gradcheck(attention):
-    # The layer's gradients of its input and every weight, against finite differences.
+    # The layer's gradients of its input and every weight against finite differences (on
+    # random projections: the functions' gradchecks cover the full Jacobians).
     x, ei = inputs(n=6, edges=14)
     conv = make(F_IN, 2, heads=2, hops=3, alpha=0.2, attention=attention)
     names = [name for name, _ in conv.named_parameters()]
@@ -127,7 +134,7 @@ def test_gradcheck(attention):
         return torch.func.functional_call(conv, dict(zip(names, params)), (x, ei))
 
     params = [p.detach().clone().requires_grad_() for p in conv.parameters()]
-    assert torch.autograd.gradcheck(fn, (x.requires_grad_(), *params))
+    assert torch.autograd.gradcheck(fn, (x.requires_grad_(), *params), fast_mode=True)
 
 
 @pytest.mark.parametrize("attention", ATTENTIONS)
@@ -147,11 +154,20 @@ def test_fused_equals_gather_scatter_reference_with_gradients(attention):
 
 def gat_pair(in_channels, heads=3, concat=True, add_loops=False):
     """A GATConv (float64, a random output bias) and an AttentionDiffusion with ``hops=1,
-    alpha=0`` holding the same weights."""
+    alpha=0`` holding the same weights, both with ``add_self_loops=add_loops``."""
     torch.manual_seed(1)
     gat = GATConv(in_channels, 4, heads=heads, concat=concat, add_self_loops=add_loops).double()
     torch.nn.init.normal_(gat.bias)
-    conv = make(in_channels, 4, heads=heads, hops=1, alpha=0.0, concat=concat, attention="gat")
+    conv = make(
+        in_channels,
+        4,
+        heads=heads,
+        hops=1,
+        alpha=0.0,
+        concat=concat,
+        attention="gat",
+        add_self_loops=add_loops,
+    )
     pairs = {"lin_value.weight": "lin.weight"}
     if not isinstance(in_channels, int):
         pairs = {"lin_value.weight": "lin_src.weight", "lin_query.weight": "lin_dst.weight"}
@@ -200,9 +216,70 @@ def test_gat_one_hop_equals_gatconv(concat, fused):
         torch.testing.assert_close(conv(x, adj), gat(x, ei))
 
     loopless = remove_self_loops(random_graph(N, 40, seed=3, self_loops=False))[0]
-    gat, conv, pairs = gat_pair(F_IN, concat=concat, add_loops=True)
+    gat, _, pairs = gat_pair(F_IN, concat=concat, add_loops=True)
+    _, conv, _ = gat_pair(F_IN, concat=concat)
     conv.fused = fused
     assert_same_as_gatconv(gat, conv, pairs, x, add_self_loops(loopless)[0], loopless)
+
+
+def graph_with_some_loops():
+    """A graph without incoming edges into node 0, loops on nodes 2 and 5 (5's twice), and
+    none on the others."""
+    ei = remove_self_loops(random_graph(N, 30, seed=4, self_loops=False))[0]
+    ei = ei[:, ei[1] != 0]
+    return torch.cat([ei, torch.tensor([[5, 2, 5], [5, 2, 5]])], dim=1)
+
+
+@pytest.mark.parametrize("concat", [True, False])
+@pytest.mark.parametrize("fused", [True, False])
+def test_gat_add_self_loops_equals_gatconvs_default(concat, fused):
+    # add_self_loops=True and GATConv's default alike: a graph's loops are replaced by one
+    # per node, so node 0 (no incoming edges) attends to itself instead of getting zeros.
+    x, _ = inputs()
+    gat, conv, pairs = gat_pair(F_IN, concat=concat, add_loops=True)
+    conv.fused = fused
+    some_loops = graph_with_some_loops()
+    for ei in (remove_self_loops(some_loops)[0], some_loops):
+        assert 0 not in ei[1]
+        assert_same_as_gatconv(gat, conv, pairs, x, ei, ei)
+        _, (ei_out, attn) = conv(x, ei, return_attention_weights=True)
+        _, (ei_expected, expected) = gat(x, ei, return_attention_weights=True)
+        assert torch.equal(ei_out, ei_expected)
+        torch.testing.assert_close(attn, expected)
+        if WITH_TORCH_SPARSE:  # GATConv's set_diag on a SparseTensor
+            adj = SparseTensor.from_edge_index(ei, sparse_sizes=(N, N)).t()
+            torch.testing.assert_close(conv(x, adj), gat(x, adj))
+
+
+@pytest.mark.parametrize("attention", ATTENTIONS)
+def test_add_self_loops_on_every_adjacency_type(attention):
+    # Every adjacency type gets its loops replaced by one per node; the attention comes back
+    # on the adjacency with its loops, in the input's type.
+    x, _ = inputs()
+    ei = graph_with_some_loops()
+    looped = add_self_loops(remove_self_loops(ei)[0], num_nodes=N)[0]
+    conv = make(F_IN, 4, heads=2, hops=3, attention=attention, add_self_loops=True)
+    expected = dense_layer(conv, x, looped)
+    dense = layer_attention(conv, x, looped)
+    edges = set(map(tuple, looped.t().tolist()))
+    for name, adj in adjacencies(ei, N):
+        if name == "DiffusionGraph":
+            with pytest.raises(ValueError, match="cannot change a prebuilt DiffusionGraph"):
+                conv(x, adj)
+            continue
+        out, (adj_out, attn) = conv(x, adj, return_attention_weights=True)
+        torch.testing.assert_close(out, expected, msg=name)
+        assert type(adj_out) is type(adj), name
+        if isinstance(adj, SparseTensor):
+            dst, src, attn = adj_out.coo()
+        elif adj.layout != torch.strided:
+            assert adj_out.layout == adj.layout, name
+            coo = adj_out.to_sparse_coo().coalesce()
+            (dst, src), attn = coo.indices(), coo.values()
+        else:
+            src, dst = adj_out
+        assert sorted(zip(src.tolist(), dst.tolist())) == sorted(edges), name
+        torch.testing.assert_close(attn, dense[:, dst, src].t(), msg=name)
 
 
 @pytest.mark.parametrize("fused", [True, False])
@@ -410,6 +487,9 @@ def test_bad_arguments():
     for bad in ("0.2", math.inf, math.nan, True):
         with pytest.raises(ValueError, match="'negative_slope'"):
             AttentionDiffusion(4, 4, attention="gat", negative_slope=bad)
+    bipartite = make((F_IN, 5), 4, add_self_loops=True)
+    with pytest.raises(ValueError, match=r"as many targets as sources \(got 10 sources and 4"):
+        bipartite((inputs()[0], torch.randn(4, 5, dtype=torch.float64)), inputs()[1][:, :3] % 4)
     x, ei = inputs()
     # Accepted: lazy input sizes, an int dropout, pairs of channels, NumPy numbers, sparse
     # adjacencies with a vector per edge (the values are never read).
@@ -494,11 +574,12 @@ def test_batch_of_graphs_equals_graphs_one_by_one(attention):
     torch.testing.assert_close(out, expected)
 
 
-def test_torch_compile():
+@pytest.mark.parametrize("attention", ATTENTIONS)
+def test_torch_compile(attention):
     x, ei = inputs()
     x = x.float()
     torch.manual_seed(0)
-    conv = AttentionDiffusion(F_IN, 4, heads=2, hops=3)
+    conv = AttentionDiffusion(F_IN, 4, heads=2, hops=3, attention=attention)
     # aot_eager: dynamo + AOTAutograd around the fused kernels (a graph break); inductor also
     # runs it but its C++ compile takes over a minute on 2 cores.
     compiled = torch.compile(conv, backend="aot_eager")
@@ -577,3 +658,11 @@ def test_a_readmitted_entry_keeps_one_clean_up_for_its_edge_index(fresh_cache):
     del kept, other
     gc.collect()
     assert not fresh_cache.finalizers and not fresh_cache.entries
+
+
+def test_negative_slope_with_dot_attention_is_refused():
+    with pytest.raises(ValueError, match="'negative_slope' shapes the \"gat\" score only"):
+        AttentionDiffusion(8, 4, heads=2, negative_slope=0.1)
+    assert (
+        AttentionDiffusion(8, 4, heads=2, attention="gat", negative_slope=0.1).negative_slope == 0.1
+    )

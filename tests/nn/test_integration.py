@@ -18,8 +18,9 @@ def layer(**kwargs):
 
 
 @pytest.mark.parametrize("fused", [True, False])
-def test_inference_mode_matches_no_grad_and_leaves_the_graph_trainable(fused):
-    conv, x = layer(fused=fused), torch.randn(6, 5)
+@pytest.mark.parametrize("attention", ["dot", "gat"])
+def test_inference_mode_matches_no_grad_and_leaves_the_graph_trainable(fused, attention):
+    conv, x = layer(fused=fused, attention=attention), torch.randn(6, 5)
     with torch.no_grad():
         expected = conv(x, EDGE_INDEX)
     with torch.inference_mode():  # an edge_index made here has no version counter

@@ -204,3 +204,17 @@ def test_python_docs_is_real_prose_and_cached_safely():
     documents.clear()  # the caller's copy: the next call is whole
     assert python_docs() == [Document(name, text) for name, text in by_name.items()]
     assert load_documents(None) == python_docs()
+
+
+def test_a_large_file_counts_as_blocks_so_one_file_splits(tmp_path):
+    """enwik8 and text8 come as one file: it is cut into 256 KiB blocks, split by block."""
+    from graphdiff.tasks.corpus import DOCUMENT_BLOCK
+
+    text = (b"0123456789abcdef" * (DOCUMENT_BLOCK // 16)) * 10 + b"tail"
+    (tmp_path / "enwik").write_bytes(text)
+    documents = read_documents(tmp_path)
+    assert [d.name for d in documents] == sorted(f"enwik#{k}" for k in range(11))
+    blocks = sorted(documents, key=lambda d: int(d.name.split("#")[1]))
+    assert b"".join(d.text for d in blocks) == text and len(blocks[-1].text) == 4
+    parts = [split_documents(documents, split) for split in ("train", "val", "test")]
+    assert [len(p) for p in parts] == [9, 1, 1]

@@ -131,8 +131,11 @@ def test_mlm_evaluates_a_folder_of_text_from_the_command_line(tmp_path, text_dir
     printed = json.loads(capsys.readouterr().out)
     assert code == 0 and printed["task"] == "mlm" and printed["split"] == "test"
     model, _ = load_model(str(tmp_path / "run" / "best.pt"))
-    test = get_task("mlm", "test", max_len=48, data_dir=str(other))
-    loss, _, count = reference_mlm_metrics(model, test)
+    # Every document of the folder, not its test split: file i has 21 * (20 + i) bytes, cut
+    # into chunks of 47.
+    scored = get_task("mlm", "test", max_len=48, data_dir=str(other), all_documents=True)
+    assert printed["examples"] == len(scored) == sum(-(-21 * (20 + i) // 47) for i in range(10))
+    loss, _, count = reference_mlm_metrics(model, scored)
     assert printed["masked_tokens"] == count
     assert printed["bpc"] == pytest.approx(loss / math.log(2), rel=1e-5)
 
@@ -215,3 +218,28 @@ def test_retrieval_tsv_with_a_missing_column_is_a_one_line_error(tmp_path, capsy
     assert main([*argv, "--out", str(tmp_path / "run")]) == 2
     error = capsys.readouterr().err
     assert "new_aan_pairs.train.tsv:1" in error and "Traceback" not in error
+
+
+def test_retrieval_checkpoint_evaluates_lra_files_or_a_folder_of_text(tmp_path, text_dir, capsys):
+    args = TrainArgs(
+        task="retrieval",
+        preset="tiny",
+        out=str(tmp_path / "run"),
+        pattern="Window(8)",
+        data_dir=str(text_dir),
+        task_args={"max_len": 48, "source": "text", "num_samples": 8, "val_fraction": 0.2},
+        model_args=MODEL_ARGS,
+        max_steps=1,
+        batch_size=4,
+        progress=False,
+    )
+    train(args)
+    checkpoint = str(tmp_path / "run" / "best.pt")
+    aan = write_aan(tmp_path)  # LRA's files: read as pairs of texts, cut to the model's length
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", checkpoint, "--data", str(aan)]) == 2
+    assert "exceeds max_len=48" in capsys.readouterr().err  # the model's length, not LRA's 4001
+    assert main(["evaluate", "--checkpoint", checkpoint, "--data", str(aan), "--truncate"]) == 0
+    assert json.loads(capsys.readouterr().out)["examples"] == 16
+    code = main(["evaluate", "--checkpoint", checkpoint, "--data", str(text_dir), "--split", "val"])
+    assert code == 0 and json.loads(capsys.readouterr().out)["examples"] == 8  # generated pairs

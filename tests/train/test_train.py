@@ -122,7 +122,8 @@ def test_best_checkpoint_evaluates_from_the_command_line(tmp_path, capsys):
     [
         (
             ["train", "--task", "sudoku", "--max-steps", "1", "--out", "x"],
-            "unknown task 'sudoku'; valid tasks: image, listops, mlm, multihop, pathfinder, retrieval, text",
+            "unknown task 'sudoku'; valid tasks: image, listops, mlm, multihop, pathfinder, "
+            "retrieval, text",
         ),
         (
             [

@@ -47,6 +47,8 @@ def pretrained(tmp_path_factory):
     train(TrainArgs(out=str(root / "run"), **PRETRAIN))
     model, _ = load_model(str(root / "run" / "best.pt"))
     model.save_pretrained(root / "saved")
+    config = dataclasses.replace(model.config, pad_token_id=1)
+    DiffuserForSequenceClassification(config).save_pretrained(root / "roberta_like")
     return root, model
 
 
@@ -105,6 +107,17 @@ def test_resume_continues_from_last_pt_without_reading_init(pretrained, tmp_path
         train(TrainArgs(out=str(tmp_path / "split"), resume=True, **FINETUNE))
 
 
+def test_the_run_decides_gradient_checkpointing_not_the_encoder(tmp_path):
+    """An encoder pretrained with --grad-checkpoint fine-tunes without it unless asked."""
+    pretrain = train(TrainArgs(out=str(tmp_path / "pre"), grad_checkpoint=True, **PRETRAIN))
+    assert pretrain.model.config.gradient_checkpointing
+    init = str(tmp_path / "pre" / "best.pt")
+    assert not started_run(tmp_path / "plain", init=init).config.gradient_checkpointing
+    assert started_run(
+        tmp_path / "ckpt", init=init, grad_checkpoint=True
+    ).config.gradient_checkpointing
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
@@ -116,6 +129,14 @@ def test_resume_continues_from_last_pt_without_reading_init(pretrained, tmp_path
         (
             ["--init", "{root}/run", "--task-arg", "num_fillers=20"],
             "vocab_size=32 exceeds the pretrained encoder's vocabulary of 20 tokens",
+        ),
+        (
+            ["--init", "{root}/run", "--preset", "small"],
+            "--preset does not apply with --init",
+        ),
+        (  # a converted RoBERTa: pad id 1, where graphdiff's tasks put CLS
+            ["--init", "{root}/roberta_like"],
+            "the encoder pads with token id 1, but graphdiff's tasks pad with 0",
         ),
     ],
 )

@@ -62,6 +62,7 @@ class PreparedBatch(NamedTuple):
 
     @property
     def num_nodes(self) -> int:
+        """The number of tokens ``N`` (as a graph batch's ``num_nodes``)."""
         return self.tokens.size(0)
 
 

@@ -36,7 +36,8 @@ numbers. Its fake kernel gives the outputs' shapes and strides from the inputs' 
 ``col``'s length, never read from values), so that ``torch.compile`` and ``torch.export`` see
 one opaque op of dynamic size; its gradient is registered with ``register_autograd`` and
 computed by a backward operator, which they trace in turn. The fake kernels allocate through
-the same functions as the real ones (:func:`diffusion_outputs`), so the two agree on layouts.
+the same functions as the real ones (:func:`optional_empty`, :func:`diffusion_outputs`,
+``empty_nodes``), so that the two agree on layouts.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ gradient count in memory), at least 256 (byte-level tokens, as graphdiff's tasks
 **Variants** (the default table)::
 
     python benchmarks/bench_model.py [--preset small] [--length 1024 4096 ...] [--batch 1]
-        [--steps 5] [--skip-reference] [--peers] [--out FILE]
+        [--steps 5] [--skip-reference] [--peers] [--compile] [--out FILE]
 
 ``graphdiff K=5`` (the preset: fused core, ``K`` hops) against the same model with ``K=1,
 alpha=0`` (plain sparse attention), the same model on PyG's gather-scatter reference path
@@ -26,6 +26,11 @@ head), randomly initialised from their configs:
   last). At ``length <= (5 + 2 num_random_blocks) block_size`` it falls back to full attention
   by itself; the table then says so.
 - ``HF RoBERTa, SDPA``: dense attention on torch's fused ``scaled_dot_product_attention``.
+
+With ``--compile``, ``graphdiff K=5, compiled``: the same model under
+``torch.compile(fullgraph=True, dynamic=True)`` (inductor), called on the batch prepared
+eagerly at each step (``Diffuser.prepare``, as the eager model does inside); its warm-up step
+compiles.
 
 The variants are built in one process and alternate step by step
 (:func:`bench_common.alternate`) for ``--steps`` rounds after one warm-up step each.
@@ -151,6 +156,14 @@ def graphdiff_variant(
     return model, lambda: model(tokens, mask)
 
 
+def compiled_variant(
+    config: DiffuserConfig, tokens: torch.Tensor, mask: torch.Tensor
+) -> Tuple[torch.nn.Module, Forward]:
+    model = Classifier(config).train()
+    compiled = torch.compile(model, fullgraph=True, dynamic=True)
+    return model, lambda: compiled(model.diffuser.prepare(tokens, mask))
+
+
 def pattern_sizes(config: DiffuserConfig) -> Tuple[int, int, int]:
     """``(window, num_global, num_random)`` of a ``diffuser()``-shaped pattern: a union of one
     window (``BlockWindow`` or ``Window``), ``Global(num)`` and ``Random(num)``, the sizes the
@@ -266,7 +279,7 @@ def variant_notes(models: Dict[str, torch.nn.Module]) -> List[str]:
 
 
 def compare_variants(
-    preset: str, length: int, batch: int, reference: bool, peers: bool
+    preset: str, length: int, batch: int, reference: bool, peers: bool, compiled: bool = False
 ) -> Dict[str, Tuple[torch.nn.Module, Forward]]:
     """Every variant of the default table, by name, ``graphdiff K=5`` first; the same seed
     before each model and the same batch for all."""
@@ -278,6 +291,8 @@ def compare_variants(
         BASELINE: lambda: graphdiff_variant(config, tokens, mask),
         "graphdiff K=1": lambda: graphdiff_variant(one_hop, tokens, mask),
     }
+    if compiled:
+        builders["graphdiff K=5, compiled"] = lambda: compiled_variant(config, tokens, mask)
     if reference:
         builders["graphdiff K=5, gather-scatter reference"] = lambda: graphdiff_variant(
             config, tokens, mask, fused=False
@@ -330,7 +345,9 @@ def run_compare(args: argparse.Namespace) -> List[str]:
     print("\n".join(lines), flush=True)
     notes = []
     for length in args.length:
-        variants = compare_variants(args.preset, length, args.batch, not args.skip_reference, peers)
+        variants = compare_variants(
+            args.preset, length, args.batch, not args.skip_reference, peers, args.compile
+        )
         steps = {
             name: training_step(model, forward, args.batch)
             for name, (model, forward) in variants.items()
@@ -484,6 +501,11 @@ def main(argv: Optional[List[str]] = None) -> None:
         help="add HF Longformer, BigBird and RoBERTa (SDPA) of the same size",
     )
     parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="add graphdiff K=5 under torch.compile(fullgraph=True, dynamic=True)",
+    )
+    parser.add_argument(
         "--savers",
         nargs="*",
         choices=SAVERS,
@@ -505,8 +527,10 @@ def main(argv: Optional[List[str]] = None) -> None:
         print(json.dumps(saver_worker(json.loads(args.worker))))
         return
     if args.savers is not None:
-        if args.peers or args.skip_reference:
-            parser.error("--peers and --skip-reference belong to the variants table, not --savers")
+        if args.peers or args.skip_reference or args.compile:
+            parser.error(
+                "--peers, --skip-reference and --compile belong to the variants table, not --savers"
+            )
         args.steps = args.steps or 2
         lines = run_savers(args)
     else:

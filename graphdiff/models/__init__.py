@@ -8,6 +8,7 @@ from graphdiff.models.diffuser import (
     DiffuserForRetrieval,
     DiffuserForSequenceClassification,
     DiffuserLayer,
+    PreparedBatch,
     count_parameters,
 )
 from graphdiff.models.initialize import extend_positions, init_config, initialize_encoder
@@ -22,6 +23,7 @@ __all__ = [
     "DiffuserForSequenceClassification",
     "DiffuserForMaskedLM",
     "DiffuserForRetrieval",
+    "PreparedBatch",
     "count_parameters",
     "from_roberta",
     "init_config",

@@ -6,12 +6,21 @@ token ids ``[N]``, ``edge_index``, ``pos``, ``batch``) or padded token ids ``[B,
 boolean mask ``[B, L]``; the padded form is turned into a graph batch with the model's pattern.
 The pattern's sparse structure (a :class:`~graphdiff.nn.DiffusionGraph`) is built once per
 batch and passed to every layer.
+
+Both are first turned into a :class:`PreparedBatch` (:meth:`Diffuser.prepare`): the checked
+token ids and positions and the built structure, everything that depends on the batch's
+values. A model called with a prepared batch runs only tensor code, so that it compiles whole
+(``torch.compile(model, fullgraph=True, dynamic=True)``: one graph for every length) and
+exports (``torch.export.export(model, (prepared,))``)::
+
+    prepared = model.diffuser.prepare(tokens, mask)   # eager: patterns, structure, checks
+    logits = compiled(prepared)
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, List, Optional, Union
+from typing import Any, List, NamedTuple, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -23,9 +32,41 @@ from torch_geometric.utils import scatter
 from graphdiff.data import graph_batch
 from graphdiff.models.config import DiffuserConfig
 from graphdiff.models.pretrained import PretrainedMixin
-from graphdiff.nn import AttentionDiffusion, diffusion_graph
+from graphdiff.nn import AttentionDiffusion, DiffusionGraph, diffusion_graph
 
-Inputs = Union[Batch, Tensor]
+
+class PreparedBatch(NamedTuple):
+    """A graph batch ready for the layers (:meth:`Diffuser.prepare`): its token ids and
+    positions, checked, and its pattern's :class:`~graphdiff.nn.DiffusionGraph`, built for the
+    model's heads (with the transposed structure that gradients read when prepared with
+    gradients enabled). Every model takes one where it takes a graph batch, and returns what it
+    returns for one (node-level outputs without padding). Only tensors and the built structure:
+    the whole model compiles and exports on it.
+
+    Attributes:
+        tokens (torch.Tensor): Token ids ``[N]``.
+        pos (torch.Tensor): Each token's position in its sequence ``[N]``.
+        graph (DiffusionGraph): The structure of ``edge_index``.
+        batch (torch.Tensor): Each token's sequence ``[N]``.
+        ptr (torch.Tensor): Where each sequence starts, and the end: ``[B + 1]``.
+        edge_index (torch.Tensor): The batch's ``[2, E]`` edges (returned with the attention
+            weights).
+    """
+
+    tokens: Tensor
+    pos: Tensor
+    graph: DiffusionGraph
+    batch: Tensor
+    ptr: Tensor
+    edge_index: Tensor
+
+    @property
+    def num_nodes(self) -> int:
+        """The number of tokens ``N`` (as a graph batch's ``num_nodes``)."""
+        return self.tokens.size(0)
+
+
+Inputs = Union[Batch, PreparedBatch, Tensor]
 
 
 def sinusoidal_positions(max_len: int, dim: int) -> Tensor:
@@ -103,10 +144,10 @@ class DiffuserLayer(nn.Module):
 class Diffuser(PretrainedMixin, nn.Module):
     """The Diffuser encoder.
 
-    ``model(batch)`` returns node states ``[N, D]``; ``model(tokens, mask)`` returns padded
-    states ``[B, L, D]``. With ``return_attention_weights=True`` it also returns
-    ``(edge_index, [attention [E, H] of each layer])``: the one-hop attention, never a dense
-    diffused matrix.
+    ``model(batch)`` returns node states ``[N, D]`` for a graph batch or a
+    :class:`PreparedBatch`; ``model(tokens, mask)`` returns padded states ``[B, L, D]``. With
+    ``return_attention_weights=True`` it also returns ``(edge_index, [attention [E, H] of each
+    layer])``: the one-hop attention, never a dense diffused matrix.
     """
 
     def __init__(self, config: DiffuserConfig):
@@ -119,7 +160,7 @@ class Diffuser(PretrainedMixin, nn.Module):
     def to_batch(
         self, inputs: Inputs, mask: Optional[Tensor] = None, *, truncate: bool = False
     ) -> Batch:
-        """The graph batch the model runs on: a :class:`~torch_geometric.data.Batch` as is, or
+        """The graph batch of the model's input: a :class:`~torch_geometric.data.Batch` as is, or
         padded ``[B, L]`` token ids with their boolean ``mask [B, L]`` (True = real token)
         turned into one with the model's pattern (:func:`graphdiff.data.graph_batch`).
 
@@ -159,10 +200,10 @@ class Diffuser(PretrainedMixin, nn.Module):
 
         Args:
             node_values (torch.Tensor): One row per real token, in batch order.
-            inputs (Batch or torch.Tensor): What the model was called with.
+            inputs (Batch, PreparedBatch or torch.Tensor): What the model was called with.
             mask (torch.Tensor, optional): The mask of padded input. (default: :obj:`None`)
         """
-        if isinstance(inputs, Batch):
+        if isinstance(inputs, (Batch, PreparedBatch)):
             return node_values
         if mask is None:
             raise ValueError("padded token input needs its mask [B, L] (True = real token)")
@@ -172,8 +213,26 @@ class Diffuser(PretrainedMixin, nn.Module):
         padded[mask] = node_values
         return padded
 
-    def encode(self, batch: Batch, return_attention_weights: bool = False):
-        """Node states ``[N, D]`` of a graph batch (and the per-layer attention if asked)."""
+    def prepare(
+        self, inputs: Inputs, mask: Optional[Tensor] = None, *, truncate: bool = False
+    ) -> PreparedBatch:
+        """The :class:`PreparedBatch` of the model's input (a prepared batch as is): the graph
+        batch (:meth:`to_batch`), its token ids and positions checked against the vocabulary
+        and ``max_len``, and the structure of its edges built once for every layer (found in
+        :mod:`graphdiff.cache` for lengths seen before), with the transposed structure when
+        gradients are enabled. What runs here reads tensor values or builds and caches
+        structure, so it runs eagerly: prepare outside a compiled model, then call it.
+
+        Args:
+            inputs (Batch, PreparedBatch or torch.Tensor): A graph batch or padded token ids
+                ``[B, L]``.
+            mask (torch.Tensor, optional): The mask of padded input. (default: :obj:`None`)
+            truncate (bool, optional): Cut padded sequences longer than ``max_len`` instead
+                of raising. (default: :obj:`False`)
+        """
+        if isinstance(inputs, PreparedBatch):
+            return inputs
+        batch = self.to_batch(inputs, mask, truncate=truncate)
         if batch.pos.numel() and int(batch.pos.max()) >= self.config.max_len:
             raise ValueError(
                 f"a sequence has {int(batch.pos.max()) + 1} tokens, more than "
@@ -201,19 +260,26 @@ class Diffuser(PretrainedMixin, nn.Module):
         # One structure per batch, shared by every layer (and found in graphdiff.cache when
         # graph_batch hands back a cached edge_index of lengths seen before).
         graph = diffusion_graph(batch.edge_index, (tokens.size(0), tokens.size(0)))
-        x = self.embeddings(tokens, batch.pos)
+        graph.prepare(self.config.heads, backward=torch.is_grad_enabled())
+        return PreparedBatch(tokens, batch.pos, graph, batch.batch, batch.ptr, batch.edge_index)
+
+    def encode(self, batch: Union[Batch, PreparedBatch], return_attention_weights: bool = False):
+        """Node states ``[N, D]`` of a graph batch or a prepared one (and the per-layer
+        attention if asked)."""
+        batch = self.prepare(batch)
+        x = self.embeddings(batch.tokens, batch.pos)
         attentions: List[Tensor] = []
         checkpointing = self.config.gradient_checkpointing and self.training
         for layer in self.layers:
             if return_attention_weights:
-                x, (_, attention) = layer(x, graph, return_attention_weights=True)
+                x, (_, attention) = layer(x, batch.graph, return_attention_weights=True)
                 attentions.append(attention)
             elif checkpointing and torch.is_grad_enabled():
                 # Non-reentrant: the layer's dropout masks are drawn again from the saved RNG
                 # state, so the gradients equal those of the plain run exactly.
-                x = checkpoint(layer, x, graph, use_reentrant=False)
+                x = checkpoint(layer, x, batch.graph, use_reentrant=False)
             else:
-                x = layer(x, graph)
+                x = layer(x, batch.graph)
         return (x, (batch.edge_index, attentions)) if return_attention_weights else x
 
     def forward(
@@ -224,18 +290,19 @@ class Diffuser(PretrainedMixin, nn.Module):
         truncate: bool = False,
         return_attention_weights: bool = False,
     ):
-        batch = self.to_batch(inputs, mask, truncate=truncate)
+        batch = self.prepare(inputs, mask, truncate=truncate)
         out = self.encode(batch, return_attention_weights)
         states, extra = out if return_attention_weights else (out, None)
         states = self.restore_padding(states, inputs, mask)
         return (states, extra) if return_attention_weights else states
 
 
-def pool(states: Tensor, batch: Batch, pooling: str) -> Tensor:
+def pool(states: Tensor, batch: Union[Batch, PreparedBatch], pooling: str) -> Tensor:
     """One vector per sequence: its first (CLS) token, or the mean of its tokens. ``[B, D]``."""
     if pooling == "cls":
         return states[batch.ptr[:-1]]
-    return scatter(states, batch.batch, dim=0, dim_size=batch.num_graphs, reduce="mean")
+    # The number of sequences from a shape, not an int: one compiled graph for every batch.
+    return scatter(states, batch.batch, dim=0, dim_size=batch.ptr.size(0) - 1, reduce="mean")
 
 
 class DiffuserForSequenceClassification(PretrainedMixin, nn.Module):
@@ -257,7 +324,7 @@ class DiffuserForSequenceClassification(PretrainedMixin, nn.Module):
         truncate: bool = False,
         return_attention_weights: bool = False,
     ):
-        batch = self.diffuser.to_batch(inputs, mask, truncate=truncate)
+        batch = self.diffuser.prepare(inputs, mask, truncate=truncate)
         out = self.diffuser.encode(batch, return_attention_weights)
         states, extra = out if return_attention_weights else (out, None)
         pooled = self.dropout(pool(states, batch, self.config.pooling))
@@ -301,7 +368,8 @@ class DiffuserForMaskedLM(PretrainedMixin, nn.Module):
         """Logits over the vocabulary.
 
         Args:
-            inputs (Batch or torch.Tensor): A graph batch or padded token ids ``[B, L]``.
+            inputs (Batch, PreparedBatch or torch.Tensor): A graph batch, a prepared one or
+                padded token ids ``[B, L]``.
             mask (torch.Tensor, optional): The mask of padded input. (default: :obj:`None`)
             truncate (bool, optional): Cut padded sequences longer than ``max_len``.
                 (default: :obj:`False`)
@@ -311,7 +379,7 @@ class DiffuserForMaskedLM(PretrainedMixin, nn.Module):
                 ``labels[select]`` orders their labels. Training selects the masked tokens,
                 so no ``[B, L, V]`` tensor is built. (default: :obj:`None`)
         """
-        batch = self.diffuser.to_batch(inputs, mask, truncate=truncate)
+        batch = self.diffuser.prepare(inputs, mask, truncate=truncate)
         selected = None if select is None else self._node_selection(select, inputs, mask)
         states = self.diffuser.encode(batch)
         if selected is not None:
@@ -324,7 +392,7 @@ class DiffuserForMaskedLM(PretrainedMixin, nn.Module):
         """``select`` as a boolean ``[N]`` over the batch's tokens (graph batch order)."""
         if select.dtype != torch.bool:
             raise TypeError(f"select must be a boolean tensor, got {select.dtype}")
-        if isinstance(inputs, Batch):
+        if isinstance(inputs, (Batch, PreparedBatch)):
             if select.shape != (inputs.num_nodes,):
                 raise ValueError(
                     f"select must be [N] = [{inputs.num_nodes}] for a graph batch, "
@@ -432,7 +500,7 @@ class DiffuserForRetrieval(PretrainedMixin, nn.Module):
             [F.pad(t, (0, length - t.size(1)), value=pad) for t in (tokens_a, tokens_b)]
         )
         mask = torch.cat([F.pad(m.bool(), (0, length - m.size(1))) for m in (mask_a, mask_b)])
-        batch = self.diffuser.to_batch(tokens, mask, truncate=truncate)
+        batch = self.diffuser.prepare(tokens, mask, truncate=truncate)
         pooled = pool(self.diffuser.encode(batch), batch, self.config.pooling)
         u, v = pooled.chunk(2)
         return self.classify(self.features(u, v))

@@ -1,4 +1,5 @@
-"""The fused kernels as autograd Functions on a :class:`~graphdiff.nn.graph.DiffusionGraph`.
+"""The fused kernels as custom operators, ``torch.ops.graphdiff``, on the tensors of a
+:class:`~graphdiff.nn.graph.DiffusionGraph`.
 
 Per-edge tensors are head-major ``[H, E]`` in CSR order, node tensors ``[H, N, C]``:
 contiguous, or head-major views of node-major ``[N, H, C]`` tensors (PyG's layout), which the
@@ -27,16 +28,25 @@ the same primitives as its forward:
 - for GAT's scores, which are sums of per-node scalars, gathers of ``[N]`` into ``[E]`` and
   their adjoints, segment sums over each target's edges (CSR order) and each source's (the
   transposed order).
+
+Each kernel is a ``torch.library.custom_op`` on plain tensors: the graph's
+:meth:`~graphdiff.nn.graph.DiffusionGraph.tensors` (``crow, col, row`` and the transposed
+``crow_t, col_t, position_t``, empty where no gradient is wanted), the features and plain
+numbers. Its fake kernel gives the outputs' shapes and strides from the inputs' (``E`` is
+``col``'s length, never read from values), so that ``torch.compile`` and ``torch.export`` see
+one opaque op of dynamic size; its gradient is registered with ``register_autograd`` and
+computed by a backward operator, which they trace in turn. The fake kernels allocate through
+the same functions as the real ones (:func:`optional_empty`, :func:`diffusion_outputs`,
+``empty_nodes``), so that the two agree on layouts.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Callable, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Tuple
 
 import torch
 from torch import Tensor
-from torch.autograd import Function
 
 from graphdiff.nn._core import empty_nodes, heads_view, is_node_major
 from graphdiff.nn.graph import DiffusionGraph
@@ -108,7 +118,7 @@ def per_edge_(
 def row_reduce(graph: DiffusionGraph, values: Tensor, reduce: str = "sum") -> Tensor:
     """``reduce`` ("sum" or "max") of one head's ``[E]`` values over each target's edges ->
     ``[N_dst]``; targets without edges get 0 (sum) or -inf (max)."""
-    return torch.segment_reduce(values, reduce, offsets=graph.offsets())
+    return torch.segment_reduce(values, reduce, offsets=graph.crow)
 
 
 def segment_softmax_(graph: DiffusionGraph, values: Tensor, buffer: Tensor) -> Tensor:
@@ -159,200 +169,416 @@ def first_order(backward: Callable) -> Callable:
     return wrapper
 
 
-class EdgeAttention(Function):
+# The gradients of the six structure tensors every operator takes first.
+NO_STRUCTURE_GRADS = (None,) * 6
+
+
+def optional_empty(x: Tensor, wanted: bool) -> Tensor:
+    """``torch.empty_like(x)``, or an empty tensor where that gradient is not wanted (an
+    operator returns tensors, never ``None``)."""
+    return torch.empty_like(x) if wanted else x.new_empty(0)
+
+
+# -- dot-product attention ------------------------------------------------------------------
+
+
+@torch.library.custom_op("graphdiff::edge_attention", mutates_args=())
+def edge_attention(
+    crow: Tensor,
+    col: Tensor,
+    row: Tensor,
+    crow_t: Tensor,
+    col_t: Tensor,
+    position_t: Tensor,
+    q: Tensor,
+    k: Tensor,
+    scale: float,
+) -> Tensor:
     r"""One-hop attention :math:`\mathrm{softmax}_j(\mathrm{scale}\,q_i \cdot k_j)` on the
-    edges, ``[H, E]``, from ``q`` and ``k`` ``[H, N, C]``: per head one SDDMM, then an
-    in-place segment softmax. Saves ``q``, ``k`` and the output; backward is the softmax
-    Jacobian and two SpMMs per head."""
+    edges, ``[H, E]``, from ``q [H, N_dst, C]`` and ``k [H, N_src, C]``: per head one SDDMM,
+    then an in-place segment softmax. Its gradient saves ``q``, ``k`` and the output and is
+    the softmax Jacobian and two SpMMs per head (:func:`edge_attention_backward`)."""
+    graph = DiffusionGraph.from_tensors((crow, col, row, crow_t, col_t, position_t), k.size(1))
+    attn = q.new_zeros(q.size(0), graph.num_edges)
+    buffer = attn.new_empty(graph.num_edges)
+    q_scratch, k_scratch = rows_scratch(q), rows_scratch(k)
+    for h, a in enumerate(attn):
+        accumulate_sddmm_(
+            graph, a, dense_rows(q[h], q_scratch), dense_rows(k[h], k_scratch), scale=scale
+        )
+        segment_softmax_(graph, a, buffer)
+    return attn
 
-    @staticmethod
-    def forward(ctx, graph: DiffusionGraph, q: Tensor, k: Tensor, scale: float) -> Tensor:
-        attn = q.new_zeros(q.size(0), graph.num_edges)
-        buffer = attn.new_empty(graph.num_edges)
-        q_scratch, k_scratch = rows_scratch(q), rows_scratch(k)
-        for h, a in enumerate(attn):
-            accumulate_sddmm_(
-                graph, a, dense_rows(q[h], q_scratch), dense_rows(k[h], k_scratch), scale=scale
+
+@edge_attention.register_fake
+def _edge_attention_fake(crow, col, row, crow_t, col_t, position_t, q, k, scale):
+    return q.new_empty(q.size(0), col.size(0))
+
+
+@torch.library.custom_op("graphdiff::edge_attention_backward", mutates_args=())
+def edge_attention_backward(
+    crow: Tensor,
+    col: Tensor,
+    row: Tensor,
+    crow_t: Tensor,
+    col_t: Tensor,
+    position_t: Tensor,
+    q: Tensor,
+    k: Tensor,
+    attn: Tensor,
+    grad: Tensor,
+    scale: float,
+    want_q: bool,
+    want_k: bool,
+) -> Tuple[Tensor, Tensor]:
+    """The gradients of :func:`edge_attention`'s ``q`` and ``k`` (each empty unless
+    wanted) from that of its output ``attn``."""
+    graph = DiffusionGraph.from_tensors((crow, col, row, crow_t, col_t, position_t), k.size(1))
+    grad_q, grad_k = optional_empty(q, want_q), optional_empty(k, want_k)
+    # Two allocations, not one [2, E]: each stays below the mmap threshold.
+    d_score, buffer = attn.new_empty(graph.num_edges), attn.new_empty(graph.num_edges)
+    # grad_q's product stages k and grad_k's stages q, so each gradient can pass through
+    # the other operand's scratch (it has the rows and, via empty_like, the layout).
+    q_scratch, k_scratch = rows_scratch(q), rows_scratch(k)
+    for h in range(attn.size(0)):
+        segment_softmax_backward_(graph, attn[h], grad[h], d_score, buffer).mul_(scale)
+        if want_q:
+            mm_into(grad_q[h], graph.csr(d_score), dense_rows(k[h], k_scratch), q_scratch)
+        if want_k:
+            graph.transpose_values(d_score, out=buffer)
+            mm_into(
+                grad_k[h],
+                graph.csr(buffer, transpose=True),
+                dense_rows(q[h], q_scratch),
+                k_scratch,
             )
-            segment_softmax_(graph, a, buffer)
-        ctx.graph, ctx.scale = graph, scale
-        ctx.save_for_backward(q, k, attn)
-        return attn
-
-    @staticmethod
-    @first_order  # written with out= kernels
-    def backward(ctx, grad: Tensor):
-        graph, scale = ctx.graph, ctx.scale
-        q, k, attn = ctx.saved_tensors
-        want_q, want_k = ctx.needs_input_grad[1:3]
-        grad_q = torch.empty_like(q) if want_q else None
-        grad_k = torch.empty_like(k) if want_k else None
-        # Two allocations, not one [2, E]: each stays below the mmap threshold.
-        d_score, buffer = attn.new_empty(graph.num_edges), attn.new_empty(graph.num_edges)
-        # grad_q's product stages k and grad_k's stages q, so each gradient can pass through
-        # the other operand's scratch (it has the rows and, via empty_like, the layout).
-        q_scratch, k_scratch = rows_scratch(q), rows_scratch(k)
-        for h in range(attn.size(0)):
-            segment_softmax_backward_(graph, attn[h], grad[h], d_score, buffer).mul_(scale)
-            if want_q:
-                mm_into(grad_q[h], graph.csr(d_score), dense_rows(k[h], k_scratch), q_scratch)
-            if want_k:
-                graph.transpose_values(d_score, out=buffer)
-                mm_into(
-                    grad_k[h],
-                    graph.csr(buffer, transpose=True),
-                    dense_rows(q[h], q_scratch),
-                    k_scratch,
-                )
-        return None, grad_q, grad_k, None
+    return grad_q, grad_k
 
 
-class GATEdgeAttention(Function):
+@edge_attention_backward.register_fake
+def _edge_attention_backward_fake(
+    crow, col, row, crow_t, col_t, position_t, q, k, attn, grad, scale, want_q, want_k
+):
+    return optional_empty(q, want_q), optional_empty(k, want_k)
+
+
+def _edge_attention_setup(ctx: Any, inputs: Tuple[Any, ...], output: Tensor) -> None:
+    *structure, q, k, scale = inputs
+    ctx.scale = scale
+    ctx.save_for_backward(*structure, q, k, output)
+
+
+@first_order  # written with out= kernels
+def _edge_attention_grad(ctx: Any, grad: Tensor) -> Tuple[Optional[Tensor], ...]:
+    *structure, q, k, attn = ctx.saved_tensors
+    want_q, want_k = ctx.needs_input_grad[6:8]
+    grad_q, grad_k = edge_attention_backward(
+        *structure, q, k, attn, grad, ctx.scale, want_q, want_k
+    )
+    return (*NO_STRUCTURE_GRADS, grad_q if want_q else None, grad_k if want_k else None, None)
+
+
+edge_attention.register_autograd(_edge_attention_grad, setup_context=_edge_attention_setup)
+
+
+# -- GAT attention --------------------------------------------------------------------------
+
+
+@torch.library.custom_op("graphdiff::gat_attention", mutates_args=())
+def gat_attention(
+    crow: Tensor,
+    col: Tensor,
+    row: Tensor,
+    crow_t: Tensor,
+    col_t: Tensor,
+    position_t: Tensor,
+    src: Tensor,
+    dst: Tensor,
+    slope: float,
+) -> Tensor:
     r"""GAT's one-hop attention :math:`\mathrm{softmax}_j(\mathrm{LeakyReLU}(s_j + t_i))` on
     the edges, ``[H, E]``, from per-node scores ``s [H, N_src]`` and ``t [H, N_dst]``: per head
-    two gathers, then the in-place segment softmax. Saves ``s``, ``t`` and the output;
-    backward recomputes the scores (for the LeakyReLU's slope) and sums each edge's gradient
+    two gathers, then the in-place segment softmax. Its gradient saves ``s``, ``t`` and the
+    output, recomputes the scores (for the LeakyReLU's slope) and sums each edge's gradient
     into its target (a segment sum) and its source (one in the transposed order)."""
-
-    @staticmethod
-    def forward(ctx, graph: DiffusionGraph, src: Tensor, dst: Tensor, slope: float) -> Tensor:
-        attn = src.new_empty(src.size(0), graph.num_edges)
-        buffer = attn.new_empty(graph.num_edges)
-        for h, a in enumerate(attn):
-            gather_scores_(graph, a, src[h], dst[h], buffer)
-            torch.nn.functional.leaky_relu_(a, slope)
-            segment_softmax_(graph, a, buffer)
-        ctx.graph, ctx.slope = graph, slope
-        ctx.save_for_backward(src, dst, attn)
-        return attn
-
-    @staticmethod
-    @first_order  # written with out= kernels
-    def backward(ctx, grad: Tensor):
-        graph, slope = ctx.graph, ctx.slope
-        src, dst, attn = ctx.saved_tensors
-        want_src, want_dst = ctx.needs_input_grad[1:3]
-        grad_src = torch.empty_like(src) if want_src else None
-        grad_dst = torch.empty_like(dst) if want_dst else None
-        d_score, slopes, buffer = (attn.new_empty(graph.num_edges) for _ in range(3))
-        for h in range(attn.size(0)):
-            segment_softmax_backward_(graph, attn[h], grad[h], d_score, buffer)
-            # LeakyReLU's derivative: 1 where the score is positive, the slope elsewhere.
-            gather_scores_(graph, slopes, src[h], dst[h], buffer)
-            d_score.mul_(slopes.gt_(0.0).mul_(1.0 - slope).add_(slope))
-            if want_dst:
-                grad_dst[h] = row_reduce(graph, d_score)
-            if want_src:
-                graph.transpose_values(d_score, out=buffer)
-                grad_src[h] = torch.segment_reduce(
-                    buffer, "sum", offsets=graph.offsets(transpose=True)
-                )
-        return None, grad_src, grad_dst, None
+    graph = DiffusionGraph.from_tensors((crow, col, row, crow_t, col_t, position_t), src.size(1))
+    attn = src.new_empty(src.size(0), graph.num_edges)
+    buffer = attn.new_empty(graph.num_edges)
+    for h, a in enumerate(attn):
+        gather_scores_(graph, a, src[h], dst[h], buffer)
+        torch.nn.functional.leaky_relu_(a, slope)
+        segment_softmax_(graph, a, buffer)
+    return attn
 
 
-class Diffusion(Function):
+@gat_attention.register_fake
+def _gat_attention_fake(crow, col, row, crow_t, col_t, position_t, src, dst, slope):
+    return src.new_empty(src.size(0), col.size(0))
+
+
+@torch.library.custom_op("graphdiff::gat_attention_backward", mutates_args=())
+def gat_attention_backward(
+    crow: Tensor,
+    col: Tensor,
+    row: Tensor,
+    crow_t: Tensor,
+    col_t: Tensor,
+    position_t: Tensor,
+    src: Tensor,
+    dst: Tensor,
+    attn: Tensor,
+    grad: Tensor,
+    slope: float,
+    want_src: bool,
+    want_dst: bool,
+) -> Tuple[Tensor, Tensor]:
+    """The gradients of :func:`gat_attention`'s scores ``src`` and ``dst`` (each empty
+    unless wanted) from that of its output ``attn``."""
+    graph = DiffusionGraph.from_tensors((crow, col, row, crow_t, col_t, position_t), src.size(1))
+    grad_src, grad_dst = optional_empty(src, want_src), optional_empty(dst, want_dst)
+    d_score, slopes, buffer = (attn.new_empty(graph.num_edges) for _ in range(3))
+    for h in range(attn.size(0)):
+        segment_softmax_backward_(graph, attn[h], grad[h], d_score, buffer)
+        # LeakyReLU's derivative: 1 where the score is positive, the slope elsewhere.
+        gather_scores_(graph, slopes, src[h], dst[h], buffer)
+        d_score.mul_(slopes.gt_(0.0).mul_(1.0 - slope).add_(slope))
+        if want_dst:
+            grad_dst[h] = row_reduce(graph, d_score)
+        if want_src:
+            graph.transpose_values(d_score, out=buffer)
+            grad_src[h] = torch.segment_reduce(buffer, "sum", offsets=graph.transposed()[0])
+    return grad_src, grad_dst
+
+
+@gat_attention_backward.register_fake
+def _gat_attention_backward_fake(
+    crow, col, row, crow_t, col_t, position_t, src, dst, attn, grad, slope, want_src, want_dst
+):
+    return optional_empty(src, want_src), optional_empty(dst, want_dst)
+
+
+def _gat_attention_setup(ctx: Any, inputs: Tuple[Any, ...], output: Tensor) -> None:
+    *structure, src, dst, slope = inputs
+    ctx.slope = slope
+    ctx.save_for_backward(*structure, src, dst, output)
+
+
+@first_order  # written with out= kernels
+def _gat_attention_grad(ctx: Any, grad: Tensor) -> Tuple[Optional[Tensor], ...]:
+    *structure, src, dst, attn = ctx.saved_tensors
+    want_src, want_dst = ctx.needs_input_grad[6:8]
+    grad_src, grad_dst = gat_attention_backward(
+        *structure, src, dst, attn, grad, ctx.slope, want_src, want_dst
+    )
+    return (
+        *NO_STRUCTURE_GRADS,
+        grad_src if want_src else None,
+        grad_dst if want_dst else None,
+        None,
+    )
+
+
+gat_attention.register_autograd(_gat_attention_grad, setup_context=_gat_attention_setup)
+
+
+# -- diffusion ------------------------------------------------------------------------------
+
+
+def diffusion_outputs(
+    v: Tensor, num_dst: int, hops: int, save_history: bool
+) -> Tuple[Tensor, Tensor]:
+    """The empty outputs of :func:`diffusion` for values ``v [H, N_src, C]``: the result,
+    ``[N_dst, H, C]`` when ``v`` is a view of a node-major tensor, else ``[H, N_dst, C]``,
+    and the history ``[H, K, N_src, C]`` (empty without ``save_history``)."""
+    heads, num_src, channels = v.shape
+    result = empty_nodes(v, num_dst, is_node_major(v))
+    history = v.new_empty(heads, hops, num_src, channels) if save_history else v.new_empty(0)
+    return result, history
+
+
+@torch.library.custom_op("graphdiff::diffusion", mutates_args=())
+def diffusion(
+    crow: Tensor,
+    col: Tensor,
+    row: Tensor,
+    crow_t: Tensor,
+    col_t: Tensor,
+    position_t: Tensor,
+    attn: Tensor,
+    v: Tensor,
+    s: float,
+    coeffs: List[float],
+    masks: Optional[Tensor],
+    keep: float,
+    save_history: bool,
+) -> Tuple[Tensor, Tensor]:
     r"""The recursion :math:`Z_0 = c_0 V`, :math:`Z_{m+1} = D_m(s\,A Z_m + c_{m+1} V)`
-    for ``m < K``, output :math:`Z_K`; :math:`D_m` is an optional (hop) dropout. ``V`` is
-    ``[H, N, C]``; the output is ``[N, H, C]`` when ``V`` is a view of a node-major tensor,
-    else ``[H, N, C]``: it must own its memory, since autograd forbids in-place changes of a
-    view created inside a Function (``relu_()`` on a layer's output), so the caller takes
-    the head-major view (:func:`heads_view`).
+    for ``m < K``, output :math:`Z_K`, on attention ``A`` ``[H, E]`` and values ``V``
+    ``[H, N, C]``; :math:`D_m` is an optional (hop) dropout, ``masks [K, H, N, C]`` (bool)
+    divided by ``keep``. Returns ``(Z_K, history)``: ``Z_K`` is ``[N, H, C]`` when ``V`` is a
+    view of a node-major tensor, else ``[H, N, C]`` (the caller takes the head-major view,
+    :func:`heads_view`; an operator's output never aliases another tensor); ``history``,
+    with ``save_history`` (for ``A``'s gradient), holds the hop inputs ``Z_0 .. Z_{K-1}`` as
+    ``[H, K, N, C]``, each hop writing straight into its slot.
 
     PPR is ``s = 1 - alpha, c = (1, alpha, ..., alpha)`` (teleport ``alpha``); the heat
-    kernel is its Horner form ``s = 1, c = (theta_K, ..., theta_0)``. Saves ``A`` ``[H, E]``,
-    the hop inputs ``Z_0 .. Z_{K-1}`` as ``[H, K, N, C]`` (each hop writes straight into its
-    slot) and the dropout masks; backward is the adjoint recursion (``A^T`` SpMMs), with each hop's
-    ``dA`` term accumulated by one SDDMM as its adjoint is formed.
+    kernel is its Horner form ``s = 1, c = (theta_K, ..., theta_0)``. The gradient is the
+    adjoint recursion (``A^T`` SpMMs), with each hop's ``dA`` term accumulated by one SDDMM
+    as its adjoint is formed (:func:`diffusion_backward`).
     """
-
-    @staticmethod
-    def forward(
-        ctx,
-        graph: DiffusionGraph,
-        attn: Tensor,
-        v: Tensor,
-        s: float,
-        coeffs: Sequence[float],
-        masks: Optional[List[Tensor]],
-        keep: float,
-    ) -> Tensor:
-        hops = len(coeffs) - 1
-        heads, _, channels = v.shape
-        save = ctx.needs_input_grad[1]
-        # Hop m's input is slot m of the saved history; without a gradient for A two
-        # scratch slots shared by all heads, used in turn (Z_0 may be V itself).
-        zs = v.new_empty(heads, hops, graph.num_src, channels) if save else None
-        scratch = None if save else v.new_empty(min(hops, 2), graph.num_src, channels)
-        node_major = is_node_major(v)
-        result = empty_nodes(v, graph.num_dst, node_major)
-        out = heads_view(result, node_major)
-        out_scratch = rows_scratch(out)  # strided heads: the last hop goes through it
-        for h in range(heads):
-            slots = zs[h] if save else scratch
-            matrix = graph.csr(attn[h])
-            if coeffs[0] == 1.0 and not save:  # Z_0 = V: read V itself, no copy to keep
-                z = dense_rows(v[h], slots[0])
+    graph = DiffusionGraph.from_tensors((crow, col, row, crow_t, col_t, position_t), v.size(1))
+    hops = len(coeffs) - 1
+    result, zs = diffusion_outputs(v, graph.num_dst, hops, save_history)
+    # Without the history, two scratch slots shared by all heads, used in turn (Z_0 may be
+    # V itself).
+    scratch = None if save_history else v.new_empty(min(hops, 2), graph.num_src, v.size(2))
+    out = heads_view(result, is_node_major(v))
+    out_scratch = rows_scratch(out)  # strided heads: the last hop goes through it
+    for h in range(v.size(0)):
+        slots = zs[h] if save_history else scratch
+        matrix = graph.csr(attn[h])
+        if coeffs[0] == 1.0 and not save_history:  # Z_0 = V: read V itself, no copy to keep
+            z = dense_rows(v[h], slots[0])
+        else:
+            z = torch.mul(v[h], coeffs[0], out=slots[0])
+        for m in range(hops):
+            if m < hops - 1:
+                nxt = slots[(m + 1) % len(slots)]
             else:
-                z = torch.mul(v[h], coeffs[0], out=slots[0])
-            for m in range(hops):
-                if m < hops - 1:
-                    nxt = slots[(m + 1) % len(slots)]
-                else:
-                    nxt = out[h] if out_scratch is None else out_scratch
-                # No teleport term when c = 0: also the bipartite case, where V and the
-                # output differ in size.
-                if coeffs[m + 1] != 0.0:
-                    torch.addmm(v[h], matrix, z, beta=coeffs[m + 1], alpha=s, out=nxt)
-                else:  # addmm(beta=0) would still read an input: this is as fast
-                    torch.mm(matrix, z, out=nxt)
-                    if s != 1.0:
-                        nxt.mul_(s)
-                if masks is not None:
-                    nxt.mul_(masks[m][h]).div_(keep)
-                z = nxt
-            if out_scratch is not None:
-                out[h].copy_(z)
-        ctx.graph, ctx.s, ctx.coeffs, ctx.masks, ctx.keep = graph, s, coeffs, masks, keep
-        ctx.node_major = node_major
-        ctx.save_for_backward(attn, zs)
-        return result
+                nxt = out[h] if out_scratch is None else out_scratch
+            # No teleport term when c = 0: also the bipartite case, where V and the
+            # output differ in size.
+            if coeffs[m + 1] != 0.0:
+                torch.addmm(v[h], matrix, z, beta=coeffs[m + 1], alpha=s, out=nxt)
+            else:  # addmm(beta=0) would still read an input: this is as fast
+                torch.mm(matrix, z, out=nxt)
+                if s != 1.0:
+                    nxt.mul_(s)
+            if masks is not None:
+                nxt.mul_(masks[m, h]).div_(keep)
+            z = nxt
+        if out_scratch is not None:
+            out[h].copy_(z)
+    return result, zs
 
-    @staticmethod
-    @first_order  # written with out= kernels
-    def backward(ctx, grad: Tensor):
-        graph, s, coeffs, masks, keep = ctx.graph, ctx.s, ctx.coeffs, ctx.masks, ctx.keep
-        attn, zs = ctx.saved_tensors
-        hops = len(coeffs) - 1
-        grad = heads_view(grad, ctx.node_major)
-        heads, _, channels = grad.shape
-        grad_v = heads_view(empty_nodes(grad, graph.num_src, ctx.node_major), ctx.node_major)
-        grad_attn = attn.new_zeros(attn.shape) if zs is not None else None
-        attn_t = attn.new_empty(graph.num_edges)  # one head's s * A^T, transposed order
-        slots = grad.new_empty(2, graph.num_dst, channels).unbind(0)
-        gv_scratch = rows_scratch(grad_v)
-        for h in range(heads):
-            values_t = graph.transpose_values(attn[h], out=attn_t)
-            matrix_t = graph.csr(values_t.mul_(s) if s != 1.0 else values_t, transpose=True)
-            # g is the adjoint of hop m's output. Masking writes into it, and the sparse
-            # products want it dense (a loss like out.sum() sends an expanded gradient), so
-            # then it starts as a copy of the incoming gradient.
-            g = grad[h]
-            if masks is not None or not g.is_contiguous():
-                g = slots[1].copy_(g)
-            free = 0  # the slot g is not in
-            g_v = (grad_v[h] if gv_scratch is None else gv_scratch).zero_()
-            for m in reversed(range(hops)):
-                if masks is not None:
-                    g.mul_(masks[m][h]).div_(keep)
-                if coeffs[m + 1] != 0.0:
-                    g_v.add_(g, alpha=coeffs[m + 1])
-                if zs is not None:
-                    accumulate_sddmm_(graph, grad_attn[h], g, zs[h, m], scale=s)
-                if m > 0:
-                    g = torch.mm(matrix_t, g, out=slots[free])
-                    free = 1 - free
-                elif coeffs[0] != 0.0:  # the last adjoint only feeds V's gradient
-                    torch.addmm(g_v, matrix_t, g, alpha=coeffs[0], out=g_v)
-            if gv_scratch is not None:
-                grad_v[h].copy_(g_v)
-        return None, grad_attn, grad_v, None, None, None, None
+
+@diffusion.register_fake
+def _diffusion_fake(
+    crow, col, row, crow_t, col_t, position_t, attn, v, s, coeffs, masks, keep, save_history
+):
+    return diffusion_outputs(v, crow.size(0) - 1, len(coeffs) - 1, save_history)
+
+
+@torch.library.custom_op("graphdiff::diffusion_backward", mutates_args=())
+def diffusion_backward(
+    crow: Tensor,
+    col: Tensor,
+    row: Tensor,
+    crow_t: Tensor,
+    col_t: Tensor,
+    position_t: Tensor,
+    attn: Tensor,
+    history: Tensor,
+    grad: Tensor,
+    s: float,
+    coeffs: List[float],
+    masks: Optional[Tensor],
+    keep: float,
+    node_major: bool,
+    want_attn: bool,
+) -> Tuple[Tensor, Tensor]:
+    """The gradients of :func:`diffusion`'s ``attn`` (empty unless wanted; it needs the
+    history) and ``v`` from that of its result, ``grad`` (in the result's layout,
+    ``node_major`` or not)."""
+    graph = DiffusionGraph.from_tensors(
+        (crow, col, row, crow_t, col_t, position_t), crow_t.size(0) - 1
+    )
+    hops = len(coeffs) - 1
+    grad = heads_view(grad, node_major)
+    heads, _, channels = grad.shape
+    grad_v = heads_view(empty_nodes(grad, graph.num_src, node_major), node_major)
+    grad_attn = attn.new_zeros(attn.shape) if want_attn else attn.new_empty(0)
+    attn_t = attn.new_empty(graph.num_edges)  # one head's s * A^T, transposed order
+    slots = grad.new_empty(2, graph.num_dst, channels).unbind(0)
+    gv_scratch = rows_scratch(grad_v)
+    for h in range(heads):
+        values_t = graph.transpose_values(attn[h], out=attn_t)
+        matrix_t = graph.csr(values_t.mul_(s) if s != 1.0 else values_t, transpose=True)
+        # g is the adjoint of hop m's output. Masking writes into it, and the sparse
+        # products want it dense (a loss like out.sum() sends an expanded gradient), so
+        # then it starts as a copy of the incoming gradient.
+        g = grad[h]
+        if masks is not None or not g.is_contiguous():
+            g = slots[1].copy_(g)
+        free = 0  # the slot g is not in
+        g_v = (grad_v[h] if gv_scratch is None else gv_scratch).zero_()
+        for m in reversed(range(hops)):
+            if masks is not None:
+                g.mul_(masks[m, h]).div_(keep)
+            if coeffs[m + 1] != 0.0:
+                g_v.add_(g, alpha=coeffs[m + 1])
+            if want_attn:
+                accumulate_sddmm_(graph, grad_attn[h], g, history[h, m], scale=s)
+            if m > 0:
+                g = torch.mm(matrix_t, g, out=slots[free])
+                free = 1 - free
+            elif coeffs[0] != 0.0:  # the last adjoint only feeds V's gradient
+                torch.addmm(g_v, matrix_t, g, alpha=coeffs[0], out=g_v)
+        if gv_scratch is not None:
+            grad_v[h].copy_(g_v)
+    return grad_attn, grad_v
+
+
+@diffusion_backward.register_fake
+def _diffusion_backward_fake(
+    crow,
+    col,
+    row,
+    crow_t,
+    col_t,
+    position_t,
+    attn,
+    history,
+    grad,
+    s,
+    coeffs,
+    masks,
+    keep,
+    node_major,
+    want_attn,
+):
+    grad_attn = attn.new_empty(attn.shape) if want_attn else attn.new_empty(0)
+    grad = heads_view(grad, node_major)
+    return grad_attn, heads_view(empty_nodes(grad, crow_t.size(0) - 1, node_major), node_major)
+
+
+def _diffusion_setup(ctx: Any, inputs: Tuple[Any, ...], output: Tuple[Tensor, Tensor]) -> None:
+    *structure, attn, v, s, coeffs, masks, keep, save_history = inputs
+    history = output[1]
+    ctx.s, ctx.coeffs, ctx.keep, ctx.node_major = s, coeffs, keep, is_node_major(v)
+    ctx.mark_non_differentiable(history)
+    ctx.save_for_backward(*structure, attn, history, masks)
+
+
+@first_order  # written with out= kernels
+def _diffusion_grad(ctx: Any, grad: Tensor, _: Optional[Tensor]) -> Tuple[Optional[Tensor], ...]:
+    *structure, attn, history, masks = ctx.saved_tensors
+    want_attn = ctx.needs_input_grad[6]
+    if want_attn and history.numel() == 0 and attn.numel() > 0:
+        raise RuntimeError("graphdiff::diffusion needs save_history=True for attn's gradient")
+    grad_attn, grad_v = diffusion_backward(
+        *structure,
+        attn,
+        history,
+        grad,
+        ctx.s,
+        ctx.coeffs,
+        masks,
+        ctx.keep,
+        ctx.node_major,
+        want_attn,
+    )
+    return (*NO_STRUCTURE_GRADS, grad_attn if want_attn else None, grad_v, *(None,) * 5)
+
+
+diffusion.register_autograd(_diffusion_grad, setup_context=_diffusion_setup)

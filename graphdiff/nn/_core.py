@@ -20,7 +20,6 @@ Layouts, with ``N`` nodes, ``H`` heads, ``C`` channels per head and ``E`` edges:
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import List, Tuple
 
@@ -118,7 +117,6 @@ def unstack_heads(out: Tensor, heads: int, groups: int, node_major: bool) -> Ten
 # -- the recursion --------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=64)
 def recursion_coefficients(
     hops: int, alpha: float, kernel: str = "ppr", t: float = 1.0
 ) -> Tuple[float, Tuple[float, ...]]:

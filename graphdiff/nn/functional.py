@@ -20,10 +20,15 @@ import torch
 from torch import Tensor
 
 from graphdiff.checks import DIFFUSION_KERNELS, is_integer, is_real
-from graphdiff.nn import _core
-from graphdiff.nn._autograd import Diffusion, EdgeAttention, GATEdgeAttention
+from graphdiff.nn import _autograd, _core
 from graphdiff.nn._core import recursion_coefficients
 from graphdiff.nn.graph import DiffusionGraph, diffusion_graph
+
+
+def _is_finite(x: Any) -> bool:
+    """``math.isfinite`` by comparisons, which a SymFloat (a module's float attribute under
+    ``torch.compile(dynamic=True)``) answers with a guard instead of a graph break."""
+    return -math.inf < x < math.inf
 
 
 def check_diffusion_args(
@@ -41,10 +46,16 @@ def check_diffusion_args(
         raise ValueError(f"'alpha' must be a float in [0, 1] (got {alpha!r})")
     if kernel not in DIFFUSION_KERNELS:
         raise ValueError(f"'kernel' must be one of {DIFFUSION_KERNELS} (got {kernel!r})")
-    if not is_real(t) or not t >= 0.0 or math.isinf(t):
+    if not is_real(t) or not 0.0 <= t < math.inf:
         raise ValueError(f"'t' must be a finite float >= 0 (got {t!r})")
     if not is_real(hop_dropout) or not 0.0 <= hop_dropout < 1.0:
         raise ValueError(f"'hop_dropout' must be a float in [0, 1) (got {hop_dropout!r})")
+
+
+def _wants_grad(*tensors: Tensor) -> bool:
+    """Whether autograd will ask for the gradient of any of ``tensors``: the kernels then
+    take the graph's transposed structure (and the diffusion keeps its hop inputs)."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
 def _check_features(name: str, x: Any) -> None:
@@ -82,7 +93,6 @@ def _check_num_nodes(num_nodes: Tuple[int, int], features: Tuple[Optional[int], 
         )
 
 
-@torch.compiler.disable
 def edge_softmax_attention(
     q: Tensor,
     k: Tensor,
@@ -122,7 +132,7 @@ def edge_softmax_attention(
                 f"'scale' must be a float, a 0-dim tensor without gradient or None "
                 f"(got {type(scale).__name__})"
             )
-        if not math.isfinite(scale):  # an infinite scale gives inf - inf = NaN scores
+        if not _is_finite(scale):  # an infinite scale gives inf - inf = NaN scores
             raise ValueError(f"'scale' must be finite (got {scale!r})")
         scale = float(scale)
     sizes = (k.size(0), q.size(0))
@@ -135,11 +145,11 @@ def edge_softmax_attention(
     heads, (stack, groups) = q.size(1), _core.stacks(graph, q.size(1))
     q_heads = _core.stack_heads(_core.heads_first(_core.compute_dtype(q)), groups)
     k_heads = _core.stack_heads(_core.heads_first(_core.compute_dtype(k)), groups)
-    attn = EdgeAttention.apply(stack, q_heads, k_heads, scale)
+    structure = stack.tensors(backward=_wants_grad(q_heads, k_heads))
+    attn = _autograd.edge_attention(*structure, q_heads, k_heads, scale)
     return _core.edges_last(attn.view(heads, graph.num_edges), graph).to(q.dtype)
 
 
-@torch.compiler.disable
 def edge_gat_attention(
     src_scores: Tensor,
     dst_scores: Tensor,
@@ -184,7 +194,7 @@ def edge_gat_attention(
             f"{list(src_scores.shape)} {src_scores.dtype} and "
             f"{list(dst_scores.shape)} {dst_scores.dtype})"
         )
-    if not is_real(negative_slope) or not math.isfinite(negative_slope):
+    if not is_real(negative_slope) or not _is_finite(negative_slope):
         raise ValueError(f"'negative_slope' must be a finite float (got {negative_slope!r})")
     sizes = (src_scores.size(0), dst_scores.size(0))
     if num_nodes is not None:
@@ -196,11 +206,11 @@ def edge_gat_attention(
         _core.stack_heads(_core.compute_dtype(scores).t().contiguous(), groups)
         for scores in (src_scores, dst_scores)
     )
-    attn = GATEdgeAttention.apply(stack, src_heads, dst_heads, float(negative_slope))
+    structure = stack.tensors(backward=_wants_grad(src_heads, dst_heads))
+    attn = _autograd.gat_attention(*structure, src_heads, dst_heads, float(negative_slope))
     return _core.edges_last(attn.view(heads, graph.num_edges), graph).to(src_scores.dtype)
 
 
-@torch.compiler.disable
 def diffuse(
     attn: Tensor,
     v: Tensor,
@@ -271,20 +281,18 @@ def diffuse(
     stack, groups = _core.stacks(graph, heads)
     masks = None
     if training and hop_dropout > 0.0:
-        shape = (groups, stack.num_dst, v.size(2))
-        masks = [
-            torch.empty(shape, dtype=torch.bool, device=v.device).bernoulli_(1.0 - hop_dropout)
-            for _ in range(hops)
-        ]
+        shape = (hops, groups, stack.num_dst, v.size(2))
+        masks = torch.empty(shape, dtype=torch.bool, device=v.device).bernoulli_(1.0 - hop_dropout)
     attn_heads = _core.edges_first(_core.compute_dtype(attn), graph)
-    out = Diffusion.apply(
-        stack,
+    out, _ = _autograd.diffusion(
+        *stack.tensors(backward=_wants_grad(attn_heads, v_heads)),
         _core.stack_heads(attn_heads, groups).contiguous(),
         _core.stack_heads(v_heads, groups),
         s,
         coeffs,
         masks,
         1.0 - hop_dropout,
+        _wants_grad(attn_heads),  # the history of hop inputs, for A's gradient
     )
     out = _core.unstack_heads(out, heads, groups, node_major)
     return _core.heads_first(out).to(dtype)

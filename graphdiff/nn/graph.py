@@ -15,11 +15,13 @@ second time is found in :mod:`graphdiff.cache`, under its byte budget.
 
 from __future__ import annotations
 
+import functools
 import warnings
 import weakref
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
+import torch.utils._pytree as pytree
 from torch import Tensor
 from torch_geometric.typing import SparseTensor
 
@@ -41,6 +43,26 @@ MAX_STACKED_EDGES = 1 << 20
 # docs/performance.md, "Memory allocator"): graphs with many nodes and few edges per node run
 # head by head.
 MAX_STACKED_NODES = 1 << 16
+
+# Why building structure (sorting, conversion, caching) stays out of a compiled region.
+BUILT_OUTSIDE = (
+    "graphdiff builds a graph's structure eagerly: pass torch.compile (fullgraph=True) and "
+    "torch.export a prebuilt DiffusionGraph, prepared for the layers' heads with "
+    "graph.prepare(heads) (a model's: Diffuser.prepare, with gradients enabled for training)"
+)
+
+
+def _structure_building(fn: Callable) -> Callable:
+    """Runs ``fn`` (it builds structure) outside ``torch.compile``'s graph, and refuses it
+    while ``torch.export`` traces, which would record the sort and fix every size."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if torch.compiler.is_exporting():
+            raise RuntimeError(BUILT_OUTSIDE)
+        return fn(*args, **kwargs)
+
+    return torch.compiler.disable(wrapper, reason=BUILT_OUTSIDE)
 
 
 def sparse_csr(crow: Tensor, col: Tensor, values: Tensor, size: Tuple[int, int]) -> Tensor:
@@ -97,12 +119,62 @@ class DiffusionGraph:
         self.col = src.to(self.index_dtype, copy=True)  # source of every CSR position
         self.crow = self._row_pointer(self.row, self.num_dst)
         self._transposed: Optional[Tuple[Tensor, Tensor, Tensor]] = None
-        self._offsets: Optional[Tensor] = None
-        self._offsets_t: Optional[Tensor] = None
         self._stacked: Dict[int, DiffusionGraph] = {}
         # A stack's transpose is its source's, repeated: no sort. Weak, so that the source's
         # cache of stacks makes no reference cycle (a stack alone falls back to sorting).
         self._stack_of: Optional[Tuple[weakref.ref, int]] = None
+
+    @classmethod
+    def from_tensors(cls, tensors: Sequence[Tensor], num_src: int) -> DiffusionGraph:
+        """The graph of :meth:`tensors`' six tensors (the transposed three empty when they were
+        left out), wrapped without copies or checks: how the fused kernels, which take plain
+        tensors, see the structure they were given."""
+        crow, col, row, crow_t, col_t, position_t = tensors
+        # A real transpose has a row pointer of N_src + 1 >= 1 entries.
+        transposed = (crow_t, col_t, position_t) if crow_t.numel() else None
+        return cls._assemble(crow, col, row, num_src, transposed=transposed)
+
+    @classmethod
+    def _assemble(
+        cls,
+        crow: Tensor,
+        col: Tensor,
+        row: Tensor,
+        num_src: int,
+        perm: Optional[Tensor] = None,
+        transposed: Optional[Tuple[Tensor, Tensor, Tensor]] = None,
+        stacked: Optional[Dict[int, DiffusionGraph]] = None,
+    ) -> DiffusionGraph:
+        """A graph of built parts, sizes read from them (``num_src`` aside)."""
+        graph = cls.__new__(cls)
+        graph.num_src, graph.num_dst, graph.num_edges = num_src, crow.size(0) - 1, col.size(0)
+        graph.perm, graph.index_dtype = perm, col.dtype
+        graph.row, graph.col, graph.crow = row, col, crow
+        graph._transposed, graph._stacked, graph._stack_of = transposed, stacked or {}, None
+        return graph
+
+    def tensors(self, backward: bool = True) -> Tuple[Tensor, ...]:
+        """The structure as plain tensors, what the fused kernels (custom operators) take:
+        ``(crow, col, row, crow_t, col_t, position_t)``, the CSR by target with the target of
+        every position, and the :meth:`transposed` CSR. Without ``backward`` the transposed
+        three are empty: only gradients read them, and building them sorts the edges."""
+        if backward:
+            transposed = self.transposed()
+        else:
+            empty = self.col.new_empty(0)
+            transposed = (empty, empty, empty.long())
+        return (self.crow, self.col, self.row, *transposed)
+
+    def prepare(self, heads: int, backward: bool = True) -> DiffusionGraph:
+        """Builds now what the kernels would build lazily on the first call with ``heads``
+        heads: the :meth:`stacked` graph that :meth:`heads_per_call` picks and, with
+        ``backward``, its :meth:`transposed` structure. A compiled region
+        (``torch.compile(fullgraph=True)``, ``torch.export``) can then read them; building
+        them (sorting, caching) cannot be traced. Returns this graph."""
+        stack = self.stacked(self.heads_per_call(heads))
+        if backward:
+            stack.transposed()
+        return self
 
     def __getstate__(self) -> Dict[str, Any]:
         # Stacks are rebuilt on demand; a stack's weak link to its source cannot be pickled.
@@ -110,7 +182,7 @@ class DiffusionGraph:
 
     def nbytes(self) -> int:
         """Bytes this structure holds now, its lazily built parts and stacks included."""
-        parts = [self.perm, self.row, self.col, self.crow, self._offsets, self._offsets_t]
+        parts = [self.perm, self.row, self.col, self.crow]
         parts += self._transposed or ()
         own = sum(t.numel() * t.element_size() for t in parts if t is not None)
         return own + sum(stack.nbytes() for stack in self._stacked.values())
@@ -147,14 +219,16 @@ class DiffusionGraph:
         is the transposed position of CSR position ``e``. Built lazily (only backward needs
         it)."""
         if self._transposed is None:
-            source = self._stack_of[0]() if self._stack_of is not None else None
-            with torch.inference_mode(False):
-                self._transposed = (
-                    self._sorted_transpose()
-                    if source is None
-                    else self._stacked_transpose(source, self._stack_of[1])
-                )
+            self._transposed = self._build_transpose()
         return self._transposed
+
+    @_structure_building
+    @torch.inference_mode(False)
+    def _build_transpose(self) -> Tuple[Tensor, Tensor, Tensor]:
+        source = self._stack_of[0]() if self._stack_of is not None else None
+        if source is None:
+            return self._sorted_transpose()
+        return self._stacked_transpose(source, self._stack_of[1])
 
     def _sorted_transpose(self) -> Tuple[Tensor, Tensor, Tensor]:
         perm_t = torch.sort(self.col, stable=True)[1]
@@ -191,19 +265,6 @@ class DiffusionGraph:
             return sparse_csr(crow, col, values, (self.num_src, self.num_dst))
         return sparse_csr(self.crow, self.col, values, (self.num_dst, self.num_src))
 
-    def offsets(self, transpose: bool = False) -> Tensor:
-        """The row pointer as int64: the offsets ``torch.segment_reduce`` takes (for
-        ``transpose=True``, those of the transposed CSR, rows = sources)."""
-        if transpose:
-            if self._offsets_t is None:
-                with torch.inference_mode(False):
-                    self._offsets_t = self.transposed()[0].long()
-            return self._offsets_t
-        if self._offsets is None:
-            with torch.inference_mode(False):
-                self._offsets = self.crow.long()
-        return self._offsets
-
     def transpose_values(self, values: Tensor, out: Optional[Tensor] = None) -> Tensor:
         """One head's per-edge values ``[E]`` from CSR order to the order of the transposed
         CSR (into ``out`` when given)."""
@@ -220,15 +281,19 @@ class DiffusionGraph:
         if copies == 1:
             return self
         if copies not in self._stacked:
-            stack = DiffusionGraph(
-                _repeat_offset(self.col, copies, self.num_src),
-                _repeat_offset(self.row, copies, self.num_dst),
-                (copies * self.num_src, copies * self.num_dst),
-                sorted_by_target=True,
-            )
-            stack._stack_of = (weakref.ref(self), copies)
-            self._stacked[copies] = stack
+            self._stacked[copies] = self._build_stack(copies)
         return self._stacked[copies]
+
+    @_structure_building
+    def _build_stack(self, copies: int) -> DiffusionGraph:
+        stack = DiffusionGraph(
+            _repeat_offset(self.col, copies, self.num_src),
+            _repeat_offset(self.row, copies, self.num_dst),
+            (copies * self.num_src, copies * self.num_dst),
+            sorted_by_target=True,
+        )
+        stack._stack_of = (weakref.ref(self), copies)
+        return stack
 
     def heads_per_call(self, heads: int) -> int:
         """How many of ``heads`` heads share one sparse call: the largest divisor of
@@ -255,6 +320,37 @@ def _repeat_offset(index: Tensor, copies: int, step: int) -> Tensor:
     """``index`` repeated ``copies`` times, copy ``g`` shifted by ``g * step`` (int64)."""
     shift = torch.arange(copies, device=index.device).unsqueeze(1) * step
     return (index + shift).reshape(-1)
+
+
+# A DiffusionGraph is a pytree of its built tensors (stacks included), so that torch.export
+# takes one as an input. A square graph's N_src is its N_dst, read from a tensor's shape:
+# then no size is a constant of the exported program.
+_GRAPH_PARTS = ("crow", "col", "row", "perm", "_transposed", "_stacked")
+
+
+def _flatten_graph(graph: DiffusionGraph) -> Tuple[List[Any], Optional[int]]:
+    num_src = None if graph.is_square else graph.num_src
+    return [getattr(graph, name) for name in _GRAPH_PARTS], num_src
+
+
+def _flatten_graph_with_keys(graph: DiffusionGraph) -> Tuple[List[Tuple[Any, Any]], Any]:
+    parts, context = _flatten_graph(graph)
+    return [(pytree.GetAttrKey(name), part) for name, part in zip(_GRAPH_PARTS, parts)], context
+
+
+def _unflatten_graph(parts: Iterable[Any], num_src: Optional[int]) -> DiffusionGraph:
+    crow, col, row, perm, transposed, stacked = parts
+    num_src = crow.size(0) - 1 if num_src is None else num_src
+    return DiffusionGraph._assemble(crow, col, row, num_src, perm, transposed, dict(stacked))
+
+
+pytree.register_pytree_node(
+    DiffusionGraph,
+    _flatten_graph,
+    _unflatten_graph,
+    serialized_type_name="graphdiff.nn.DiffusionGraph",
+    flatten_with_keys_fn=_flatten_graph_with_keys,
+)
 
 
 # --------------------------------------------------------------------------------------
@@ -309,9 +405,6 @@ def build_diffusion_graph(adj: Any, num_nodes: Tuple[int, int]) -> DiffusionGrap
     return DiffusionGraph(src, dst, (n_src, n_dst), sorted_by_target)
 
 
-# Structure building and caching, not model code: under torch.compile its Python (a cache,
-# weak references) would break the graph, or guard on state that changes at every call.
-@torch.compiler.disable
 def diffusion_graph(adj: Any, num_nodes: Tuple[int, int]) -> DiffusionGraph:
     r"""The :class:`DiffusionGraph` of an adjacency, validated (one structure for every layer
     and hop of a forward pass; build it once and pass it on).
@@ -333,12 +426,19 @@ def diffusion_graph(adj: Any, num_nodes: Tuple[int, int]) -> DiffusionGraph:
     in PyG, count as immutable). After such a write, pass a new tensor.
     """
     if isinstance(adj, DiffusionGraph):
-        if (adj.num_src, adj.num_dst) != tuple(num_nodes):
+        if adj.num_src != num_nodes[0] or adj.num_dst != num_nodes[1]:
             raise ValueError(
                 f"graph has num_nodes {(adj.num_src, adj.num_dst)} but the "
                 f"features need {tuple(num_nodes)}"
             )
         return adj
+    return _cached_diffusion_graph(adj, num_nodes)
+
+
+# Under torch.compile the cache's Python (weak references, a dict) would break the graph, or
+# guard on state that changes at every call. A prebuilt DiffusionGraph never gets here.
+@_structure_building
+def _cached_diffusion_graph(adj: Any, num_nodes: Tuple[int, int]) -> DiffusionGraph:
     num_nodes = (int(num_nodes[0]), int(num_nodes[1]))
     if isinstance(adj, Tensor) and adj.is_inference():
         return build_diffusion_graph(adj, num_nodes)

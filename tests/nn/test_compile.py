@@ -1,0 +1,68 @@
+"""The layer compiled whole on a prepared DiffusionGraph: no graph break, one graph for every
+length (``dynamic=True``), and the values and gradients of eager and of the dense reference."""
+
+import pytest
+import torch
+import torch._dynamo
+
+from graphdiff.nn import AttentionDiffusion, DiffusionGraph, diffusion_graph
+
+from .reference import dense_layer, random_graph
+
+HEADS, F_IN = 2, 8
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def layer(attention):
+    torch.manual_seed(0)
+    return AttentionDiffusion(F_IN, 4, heads=HEADS, hops=3, attention=attention).double()
+
+
+def graph_and_features(n):
+    ei = random_graph(n, 3 * n, seed=n)
+    graph = diffusion_graph(ei, (n, n)).prepare(HEADS)
+    x = torch.randn(n, F_IN, dtype=torch.float64, generator=torch.Generator().manual_seed(n))
+    return ei, graph, x.requires_grad_()
+
+
+@pytest.mark.parametrize("attention", ["dot", "gat"])
+def test_the_layer_is_one_graph_on_a_prepared_graph(attention):
+    _, graph, x = graph_and_features(10)
+    explanation = torch._dynamo.explain(layer(attention))(x, graph)
+    assert explanation.graph_break_count == 0 and explanation.graph_count == 1
+
+
+@pytest.mark.parametrize("attention", ["dot", "gat"])
+def test_one_compiled_layer_serves_every_length(attention):
+    conv = layer(attention)
+    # aot_eager: AOTAutograd traces the backward operators too (inductor's C++ build would
+    # take minutes on a small machine).
+    compiled = torch.compile(conv, backend="aot_eager", fullgraph=True, dynamic=True)
+    for n in (10, 13, 17):
+        ei, graph, x = graph_and_features(n)
+        # The first call compiles; the other lengths must not.
+        with torch._dynamo.config.patch(error_on_recompile=n > 10):
+            out = compiled(x, graph)
+        expected = conv(x, graph)
+        torch.testing.assert_close(out, expected)
+        torch.testing.assert_close(out, dense_layer(conv, x, ei))
+        weights = torch.randn_like(out)  # a loss whose gradient differs from node to node
+        inputs = [x, *conv.parameters()]
+        grads = torch.autograd.grad((out * weights).sum(), inputs)
+        for got, want in zip(grads, torch.autograd.grad((expected * weights).sum(), inputs)):
+            torch.testing.assert_close(got, want)
+
+
+def test_an_unprepared_graph_is_refused_with_the_way_out():
+    conv, (ei, _, x) = layer("dot"), graph_and_features(10)
+    graph = DiffusionGraph(ei[0], ei[1], (10, 10))  # nothing built ahead
+    with pytest.raises(torch._dynamo.exc.Unsupported, match=r"graph\.prepare\(heads\)"):
+        torch.compile(conv, backend="eager", fullgraph=True)(x, graph)
+    with pytest.raises(RuntimeError, match=r"graph\.prepare\(heads\)"):
+        torch.export.export(conv, (x, graph))

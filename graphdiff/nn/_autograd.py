@@ -179,6 +179,39 @@ def optional_empty(x: Tensor, wanted: bool) -> Tensor:
     return torch.empty_like(x) if wanted else x.new_empty(0)
 
 
+def register_edge_scores(op: Any, backward: Any) -> None:
+    """The fake kernels and the autograd of an edge-attention op.
+
+    Both attention ops share one signature: ``op(*structure, a, b, param) -> attn [H, E]``
+    (``a``, ``b`` per head, ``a.size(0) = H``) and ``backward(*structure, a, b, attn, grad,
+    param, want_a, want_b) -> (grad_a, grad_b)``, each gradient empty unless wanted.
+    """
+
+    @op.register_fake
+    def _fake(*inputs):
+        a, col = inputs[6], inputs[1]
+        return a.new_empty(a.size(0), col.size(0))
+
+    @backward.register_fake
+    def _backward_fake(*inputs):
+        a, b, want_a, want_b = inputs[6], inputs[7], inputs[11], inputs[12]
+        return optional_empty(a, want_a), optional_empty(b, want_b)
+
+    def setup(ctx: Any, inputs: Tuple[Any, ...], output: Tensor) -> None:
+        *structure, a, b, param = inputs
+        ctx.param = param
+        ctx.save_for_backward(*structure, a, b, output)
+
+    @first_order  # written with out= kernels
+    def grad(ctx: Any, grad_attn: Tensor) -> Tuple[Optional[Tensor], ...]:
+        *structure, a, b, attn = ctx.saved_tensors
+        want_a, want_b = ctx.needs_input_grad[6:8]
+        grad_a, grad_b = backward(*structure, a, b, attn, grad_attn, ctx.param, want_a, want_b)
+        return (*NO_STRUCTURE_GRADS, grad_a if want_a else None, grad_b if want_b else None, None)
+
+    op.register_autograd(grad, setup_context=setup)
+
+
 # -- dot-product attention ------------------------------------------------------------------
 
 
@@ -208,11 +241,6 @@ def edge_attention(
         )
         segment_softmax_(graph, a, buffer)
     return attn
-
-
-@edge_attention.register_fake
-def _edge_attention_fake(crow, col, row, crow_t, col_t, position_t, q, k, scale):
-    return q.new_empty(q.size(0), col.size(0))
 
 
 @torch.library.custom_op("graphdiff::edge_attention_backward", mutates_args=())
@@ -255,30 +283,7 @@ def edge_attention_backward(
     return grad_q, grad_k
 
 
-@edge_attention_backward.register_fake
-def _edge_attention_backward_fake(
-    crow, col, row, crow_t, col_t, position_t, q, k, attn, grad, scale, want_q, want_k
-):
-    return optional_empty(q, want_q), optional_empty(k, want_k)
-
-
-def _edge_attention_setup(ctx: Any, inputs: Tuple[Any, ...], output: Tensor) -> None:
-    *structure, q, k, scale = inputs
-    ctx.scale = scale
-    ctx.save_for_backward(*structure, q, k, output)
-
-
-@first_order  # written with out= kernels
-def _edge_attention_grad(ctx: Any, grad: Tensor) -> Tuple[Optional[Tensor], ...]:
-    *structure, q, k, attn = ctx.saved_tensors
-    want_q, want_k = ctx.needs_input_grad[6:8]
-    grad_q, grad_k = edge_attention_backward(
-        *structure, q, k, attn, grad, ctx.scale, want_q, want_k
-    )
-    return (*NO_STRUCTURE_GRADS, grad_q if want_q else None, grad_k if want_k else None, None)
-
-
-edge_attention.register_autograd(_edge_attention_grad, setup_context=_edge_attention_setup)
+register_edge_scores(edge_attention, edge_attention_backward)
 
 
 # -- GAT attention --------------------------------------------------------------------------
@@ -309,11 +314,6 @@ def gat_attention(
         torch.nn.functional.leaky_relu_(a, slope)
         segment_softmax_(graph, a, buffer)
     return attn
-
-
-@gat_attention.register_fake
-def _gat_attention_fake(crow, col, row, crow_t, col_t, position_t, src, dst, slope):
-    return src.new_empty(src.size(0), col.size(0))
 
 
 @torch.library.custom_op("graphdiff::gat_attention_backward", mutates_args=())
@@ -350,35 +350,7 @@ def gat_attention_backward(
     return grad_src, grad_dst
 
 
-@gat_attention_backward.register_fake
-def _gat_attention_backward_fake(
-    crow, col, row, crow_t, col_t, position_t, src, dst, attn, grad, slope, want_src, want_dst
-):
-    return optional_empty(src, want_src), optional_empty(dst, want_dst)
-
-
-def _gat_attention_setup(ctx: Any, inputs: Tuple[Any, ...], output: Tensor) -> None:
-    *structure, src, dst, slope = inputs
-    ctx.slope = slope
-    ctx.save_for_backward(*structure, src, dst, output)
-
-
-@first_order  # written with out= kernels
-def _gat_attention_grad(ctx: Any, grad: Tensor) -> Tuple[Optional[Tensor], ...]:
-    *structure, src, dst, attn = ctx.saved_tensors
-    want_src, want_dst = ctx.needs_input_grad[6:8]
-    grad_src, grad_dst = gat_attention_backward(
-        *structure, src, dst, attn, grad, ctx.slope, want_src, want_dst
-    )
-    return (
-        *NO_STRUCTURE_GRADS,
-        grad_src if want_src else None,
-        grad_dst if want_dst else None,
-        None,
-    )
-
-
-gat_attention.register_autograd(_gat_attention_grad, setup_context=_gat_attention_setup)
+register_edge_scores(gat_attention, gat_attention_backward)
 
 
 # -- diffusion ------------------------------------------------------------------------------

@@ -743,6 +743,14 @@ def main(argv: Optional[List[str]] = None) -> None:
         setting += "; timed with " + " ".join(f"{k}={v}" for k, v in REUSE_FREED_MEMORY.items())
     print(setting, flush=True)
     started = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
+    shape = dict(
+        heads=args.heads,
+        channels=args.channels,
+        hops=args.hops,
+        window=args.window,
+        num_global=args.num_global,
+        num_random=args.num_random,
+    )
     results: Dict[int, Dict[str, dict]] = {}
     for n in args.n:
         results[n] = {}
@@ -755,17 +763,7 @@ def main(argv: Optional[List[str]] = None) -> None:
             elif variant in DENSE and n > args.max_sdpa_n:
                 results[n][variant] = {"skipped": f"skipped above n={args.max_sdpa_n}"}
             else:
-                spec = dict(
-                    variant=variant,
-                    n=n,
-                    heads=args.heads,
-                    channels=args.channels,
-                    hops=args.hops,
-                    window=args.window,
-                    num_global=args.num_global,
-                    num_random=args.num_random,
-                    repeats=args.repeats,
-                )
+                spec = dict(variant=variant, n=n, **shape, repeats=args.repeats)
                 results[n][variant] = run_one(spec, args.timeout)
             r = results[n][variant]
             print(
@@ -779,14 +777,6 @@ def main(argv: Optional[List[str]] = None) -> None:
             )
     md = table(results, variants)
     checks = targets(results)
-    shape = dict(
-        heads=args.heads,
-        channels=args.channels,
-        hops=args.hops,
-        window=args.window,
-        num_global=args.num_global,
-        num_random=args.num_random,
-    )
     growth: Dict[str, Dict[int, List[float]]] = {}
     lengths = {variant: lengths_run(results, variant) for variant in INTERLEAVED_GROWTH}
     lengths = {variant: ns for variant, ns in lengths.items() if len(ns) > 1}

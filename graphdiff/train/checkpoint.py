@@ -15,12 +15,8 @@ import torch
 from torch import nn
 
 from graphdiff.io import atomic_write, atomic_write_text
-from graphdiff.models import (
-    DiffuserConfig,
-    DiffuserForMaskedLM,
-    DiffuserForRetrieval,
-    DiffuserForSequenceClassification,
-)
+from graphdiff.models import DiffuserConfig
+from graphdiff.train.objectives import OBJECTIVES
 
 
 class CheckpointError(ValueError):
@@ -50,14 +46,9 @@ RUN_KEYS = (
     "config",
     "train",
 )
-# The models a training checkpoint may hold, by the class name it records.
+# The models a training checkpoint may hold (one per objective), by the class name it records.
 MODEL_CLASSES = {
-    model_class.__name__: model_class
-    for model_class in (
-        DiffuserForSequenceClassification,
-        DiffuserForMaskedLM,
-        DiffuserForRetrieval,
-    )
+    objective.model_class.__name__: objective.model_class for objective in OBJECTIVES.values()
 }
 # torch.save writes a zip archive; anything else is not a checkpoint.
 ZIP_MAGIC = b"PK\x03\x04"

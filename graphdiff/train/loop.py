@@ -598,7 +598,7 @@ def build_run(plan: RunPlan) -> TrainingRun:
     args, context, total = plan.args, plan.context, plan.total
     torch.manual_seed(args.seed)
     objective = objective_of(plan.train_set)
-    model = objective.build_model(plan.config).to(context.device)
+    model = objective.model_class(plan.config).to(context.device)
     if plan.encoder is not None:  # after the seed: the head is the run's fresh one
         initialize_encoder(model, *plan.encoder)
     optimizer = make_optimizer(model, args)

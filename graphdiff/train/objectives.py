@@ -23,7 +23,6 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset, Subset
 
 from graphdiff.models import (
-    DiffuserConfig,
     DiffuserForMaskedLM,
     DiffuserForRetrieval,
     DiffuserForSequenceClassification,
@@ -43,9 +42,6 @@ class Objective:
     selection_metric = "accuracy"
     higher_is_better = True
 
-    def build_model(self, config: DiffuserConfig) -> nn.Module:
-        return self.model_class(config)
-
     def predict(
         self, model: nn.Module, batch: Sequence[Tensor], truncate: bool = False
     ) -> Tuple[Tensor, Tensor]:
@@ -64,11 +60,10 @@ class Objective:
             "examples": examples,
         }
 
-    def score(self, metrics: Dict[str, Any]) -> float:
-        """The selection metric of ``metrics`` (with a ``val_`` prefix or without), as a number
-        where higher is better."""
-        key = self.selection_metric
-        value = metrics[key] if key in metrics else metrics[f"val_{key}"]
+    def score(self, result: Dict[str, Any]) -> float:
+        """The selection metric of an evaluation's ``result`` (its ``val_`` entry), as a
+        number where higher is better."""
+        value = result[f"val_{self.selection_metric}"]
         return value if self.higher_is_better else -value
 
 

@@ -121,10 +121,29 @@ def row_reduce(graph: DiffusionGraph, values: Tensor, reduce: str = "sum") -> Te
     return torch.segment_reduce(values, reduce, offsets=graph.crow)
 
 
-def segment_softmax_(graph: DiffusionGraph, values: Tensor, buffer: Tensor) -> Tensor:
+# Scores within [-EXP_SAFE, EXP_SAFE] need no shift before exp(): exp(64) = 6.2e27 summed
+# over 2^31 edges stays finite in float32, and exp(-64) = 1.6e-28 is a normal number.
+EXP_SAFE = 64.0
+
+
+def max_abs(x: Tensor, dim: Optional[int] = None) -> float:
+    """The largest ``|x|`` (or, with ``dim``, the largest norm over ``dim``); 0 when empty."""
+    if x.numel() == 0:
+        return 0.0
+    return float(x.abs().max() if dim is None else torch.linalg.vector_norm(x, dim=dim).max())
+
+
+def segment_softmax_(
+    graph: DiffusionGraph, values: Tensor, buffer: Tensor, bound: float = float("inf")
+) -> Tensor:
     """In place softmax of one head's ``[E]`` scores over each target's edges; ``buffer`` is
-    ``[E]`` scratch."""
-    per_edge_(graph, values, row_reduce(graph, values, "max"), "sub_", buffer).exp_()
+    ``[E]`` scratch. ``bound`` is a bound on the scores' magnitude: the softmax is invariant
+    to a shift of each target's scores, which only keeps exp() from overflowing, so within
+    :data:`EXP_SAFE` the per-target maximum (a segment max and a broadcast, about half the
+    softmax's time) is not taken off."""
+    if not bound <= EXP_SAFE:  # also for a NaN bound
+        per_edge_(graph, values, row_reduce(graph, values, "max"), "sub_", buffer)
+    values.exp_()
     return per_edge_(graph, values, row_reduce(graph, values).reciprocal_(), "mul_", buffer)
 
 
@@ -235,11 +254,12 @@ def edge_attention(
     attn = q.new_zeros(q.size(0), graph.num_edges)
     buffer = attn.new_empty(graph.num_edges)
     q_scratch, k_scratch = rows_scratch(q), rows_scratch(k)
+    bound = abs(scale) * max_abs(q, dim=-1) * max_abs(k, dim=-1)  # Cauchy-Schwarz
     for h, a in enumerate(attn):
         accumulate_sddmm_(
             graph, a, dense_rows(q[h], q_scratch), dense_rows(k[h], k_scratch), scale=scale
         )
-        segment_softmax_(graph, a, buffer)
+        segment_softmax_(graph, a, buffer, bound)
     return attn
 
 
@@ -309,10 +329,11 @@ def gat_attention(
     graph = DiffusionGraph.from_tensors((crow, col, row, crow_t, col_t, position_t), src.size(1))
     attn = src.new_empty(src.size(0), graph.num_edges)
     buffer = attn.new_empty(graph.num_edges)
+    bound = max(1.0, abs(slope)) * (max_abs(src) + max_abs(dst))
     for h, a in enumerate(attn):
         gather_scores_(graph, a, src[h], dst[h], buffer)
         torch.nn.functional.leaky_relu_(a, slope)
-        segment_softmax_(graph, a, buffer)
+        segment_softmax_(graph, a, buffer, bound)
     return attn
 
 
@@ -529,11 +550,18 @@ def _diffusion_setup(ctx: Any, inputs: Tuple[Any, ...], output: Tuple[Tensor, Te
     history = output[1]
     ctx.s, ctx.coeffs, ctx.keep, ctx.node_major = s, coeffs, keep, is_node_major(v)
     ctx.mark_non_differentiable(history)
+    # Else autograd hands backward a zero gradient of the history, [H, K, N, C] filled anew
+    # at every step.
+    ctx.set_materialize_grads(False)
     ctx.save_for_backward(*structure, attn, history, masks)
 
 
 @first_order  # written with out= kernels
-def _diffusion_grad(ctx: Any, grad: Tensor, _: Optional[Tensor]) -> Tuple[Optional[Tensor], ...]:
+def _diffusion_grad(
+    ctx: Any, grad: Optional[Tensor], _: Optional[Tensor]
+) -> Tuple[Optional[Tensor], ...]:
+    if grad is None:  # only the history was used (it has no gradient)
+        return (None,) * 13
     *structure, attn, history, masks = ctx.saved_tensors
     want_attn = ctx.needs_input_grad[6]
     if want_attn and history.numel() == 0 and attn.numel() > 0:

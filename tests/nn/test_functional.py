@@ -182,6 +182,28 @@ def test_huge_scores_give_no_nan():
     assert torch.isfinite(q.grad).all()
 
 
+@pytest.mark.parametrize("magnitude", [0.3, 1.0, 3.0])  # bound below EXP_SAFE, above, far above
+@pytest.mark.parametrize("gat", [False, True])
+def test_softmax_with_and_without_the_shift_matches_dense(magnitude, gat, monkeypatch):
+    # The kernels skip the per-target maximum while a bound keeps every score within
+    # EXP_SAFE: scores on both sides of the bound, and either branch forced, give the dense
+    # softmax (which takes the maximum off).
+    from graphdiff.nn import _autograd
+
+    ei = random_graph(N, 60, seed=12)
+    if gat:
+        s, t = (x.detach() * 30 * magnitude for x in node_scores(seed=12))
+        want = dense_gat_attention(s, t, ei)
+    else:
+        q, k, _ = (x * 5 * magnitude for x in features(seed=12))
+        want = dense_attention(q, k, ei)
+    # Forced off the shift only where no score overflows exp() without it.
+    for safe in (_autograd.EXP_SAFE, 0.0) + ((math.inf,) if magnitude < 1 else ()):
+        monkeypatch.setattr(_autograd, "EXP_SAFE", safe)
+        got = edge_gat_attention(s, t, ei) if gat else edge_softmax_attention(q, k, ei)
+        torch.testing.assert_close(got, edge_values(want, ei))
+
+
 @pytest.mark.parametrize("int32_max", [2**31 - 1, 8])  # 8: every index stays int64
 def test_gradients_match_dense_with_either_index_width(int32_max, monkeypatch):
     from graphdiff.nn import graph as structure

@@ -39,6 +39,23 @@ to ``graphdiff K=5``, in which a drift of the machine cancels. Attention dropout
 every variant of this table (torch's fused dense CPU kernel has none: with it SDPA falls back
 to a path of quadratic memory); the other dropouts are the preset's.
 
+**Where the time goes** (``--profile``)::
+
+    python benchmarks/bench_model.py --profile [--preset small] [--length 4096 ...]
+        [--steps 3] [--out FILE]
+
+Milliseconds per training step of ``graphdiff K=5`` and ``graphdiff K=1`` in each part
+(:data:`PARTS`): building or finding the batch's structure, the embeddings, the Q/K/V and
+output projections, the attention kernels (scores, softmax, hops: everything inside
+``AttentionDiffusion`` but its projections), the feed-forward block, the LayerNorms with the
+residuals and dropouts, the classification head with the loss, and the optimizer, each
+forward and backward. torch.profiler's self CPU time of every op goes to the part of the
+module it ran in (a profiler scope opened by forward hooks); a backward op goes to the part
+of the forward op that created its autograd node (the same sequence number). "autograd,
+other" is backward work of no forward op, such as accumulating gradients. The profiler's own
+overhead makes the sum larger than the step time measured without it, which the table gives
+too.
+
 **Memory savers** (``--savers``)::
 
     python benchmarks/bench_model.py --savers [fp32 checkpointing bf16 checkpointing+bf16]
@@ -65,6 +82,7 @@ import argparse
 import importlib.util
 import json
 import math
+import re
 import resource
 import statistics
 import subprocess
@@ -477,6 +495,189 @@ def run_savers(args: argparse.Namespace) -> List[str]:
     return lines
 
 
+# ------------------------------------------------------------------------------ profile
+
+# Where a step's time goes: each module of the model belongs to one part (the first pattern
+# of PART_OF_MODULE its qualified name matches; the classifier head and the loss belong to
+# none of them).
+PART_OF_MODULE: List[Tuple[str, str]] = [
+    (r"diffuser\.embeddings", "embeddings"),
+    (r"diffuser\.layers\.\d+\.(attention\.lin_\w+|output)", "projections"),
+    (r"diffuser\.layers\.\d+\.attention", "attention kernels"),
+    (r"diffuser\.layers\.\d+\.ffn", "feed-forward"),
+    (r"diffuser\.layers\.\d+", "norms, residuals, dropout"),
+]
+PARTS = (
+    "structure",
+    "embeddings",
+    "projections",
+    "attention kernels",
+    "feed-forward",
+    "norms, residuals, dropout",
+    "head and loss",
+    "optimizer",
+)
+SCOPE = "part: "  # the profiler label of a part's scope
+
+
+def mark_parts(model: torch.nn.Module) -> Callable[[], None]:
+    """Opens a profiler scope ``"part: <name>"`` around the forward pass of every module of
+    :data:`PART_OF_MODULE` and around ``model.diffuser.prepare`` (the structure); returns the
+    function that removes the marks."""
+    handles, open_scopes = [], []
+
+    def enter(name: str) -> Callable[..., None]:
+        def hook(*_: object) -> None:
+            scope = torch.profiler.record_function(SCOPE + name)
+            scope.__enter__()
+            open_scopes.append(scope)
+
+        return hook
+
+    def leave(*_: object) -> None:
+        open_scopes.pop().__exit__(None, None, None)
+
+    for qualified, module in model.named_modules():
+        part = next((p for pattern, p in PART_OF_MODULE if re.fullmatch(pattern, qualified)), None)
+        if part is not None:
+            handles.append(module.register_forward_pre_hook(enter(part)))
+            handles.append(module.register_forward_hook(leave))
+    diffuser = model.diffuser
+    prepare = diffuser.prepare
+
+    def marked_prepare(*args: object, **kwargs: object) -> object:
+        with torch.profiler.record_function(SCOPE + "structure"):
+            return prepare(*args, **kwargs)
+
+    diffuser.prepare = marked_prepare
+
+    def unmark() -> None:
+        for handle in handles:
+            handle.remove()
+        del diffuser.prepare
+
+    return unmark
+
+
+def part_of_event(event: object, forward_parts: Dict[int, str]) -> Optional[str]:
+    """The part an event's own time belongs to: that of its innermost enclosing scope; in the
+    backward pass, that of the forward op whose autograd node it runs (matched by sequence
+    number); optimizer steps and zeroing to "optimizer"."""
+    while event is not None:
+        name = event.name
+        if name.startswith(SCOPE):
+            return name[len(SCOPE) :]
+        if name.startswith("Optimizer."):
+            return "optimizer"
+        if name.startswith("autograd::engine::evaluate_function"):
+            return forward_parts.get(event.sequence_nr)
+        event = event.cpu_parent
+    return None
+
+
+def attribute_events(events: Sequence[object]) -> List[Tuple[object, str]]:
+    """Every profiler event with the part (:data:`PARTS` or "autograd, other") its own time
+    belongs to (:func:`part_of_event`; events outside every scope: the head and the loss)."""
+    forward_parts: Dict[int, str] = {}
+    for event in events:
+        if event.sequence_nr >= 0 and not event.name.startswith("autograd::"):
+            part = part_of_event(event, {})
+            forward_parts.setdefault(event.sequence_nr, part or "head and loss")
+    attributed = []
+    for event in events:
+        part = part_of_event(event, forward_parts)
+        if part is None:
+            in_backward = any(
+                parent.name.startswith("autograd::engine::evaluate_function")
+                for parent in ancestors(event)
+            )
+            part = "autograd, other" if in_backward else "head and loss"
+        attributed.append((event, part))
+    return attributed
+
+
+def ancestors(event: object) -> List[object]:
+    """The event's enclosing events, innermost first."""
+    chain = []
+    while event.cpu_parent is not None:
+        event = event.cpu_parent
+        chain.append(event)
+    return chain
+
+
+def profile_events(model: torch.nn.Module, step: Callable[[], None], steps: int) -> List[object]:
+    """torch.profiler's events of ``steps`` calls of ``step`` with the model's parts marked
+    (:func:`mark_parts`)."""
+    unmark = mark_parts(model)
+    try:
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            for _ in range(steps):
+                step()
+    finally:
+        unmark()
+    return prof.events()
+
+
+def profile_parts(model: torch.nn.Module, step: Callable[[], None], steps: int) -> Dict[str, float]:
+    """Milliseconds per training step of each of :data:`PARTS` (and "autograd, other": backward
+    work of no forward op of the model, such as accumulating gradients), from torch.profiler's
+    self CPU time of every op over ``steps`` steps."""
+    totals = dict.fromkeys((*PARTS, "autograd, other"), 0.0)
+    for event, part in attribute_events(profile_events(model, step, steps)):
+        totals[part] += event.self_cpu_time_total / 1e3 / steps
+    return totals
+
+
+def run_profile(args: argparse.Namespace) -> List[str]:
+    variants = {
+        BASELINE: {},
+        "graphdiff K=1": dict(hops=1, alpha=0.0),
+    }
+    lines = [
+        f"preset {args.preset}, {args.batch} sequence(s) per step, pattern "
+        f"{model_config(args.preset, max(args.length)).pattern}, attention dropout off, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC",
+        f"self CPU time of torch.profiler over {args.steps} steps after one warm-up step, "
+        "per step; the step time is measured without the profiler",
+    ]
+    print("\n".join(lines), flush=True)
+    for length in args.length:
+        header = [
+            "",
+            f"| {length:,} tokens | " + " | ".join(f"{name} (ms)" for name in variants) + " |",
+            "|---|" + "---:|" * len(variants),
+        ]
+        columns, step_ms = {}, {}
+        for name, overrides in variants.items():
+            config = model_config(args.preset, length, attention_dropout=0.0, **overrides)
+            torch.manual_seed(0)
+            tokens, mask = random_batch(config, args.batch)
+            model, forward = graphdiff_variant(config, tokens, mask)
+            step = training_step(model, forward, args.batch)
+            step()  # warm-up: builds and caches the structure
+            step_ms[name] = 1e3 * statistics.median(alternate({name: step}, args.steps)[name])
+            print(f"{length:,} tokens, {name}: profiling", file=sys.stderr, flush=True)
+            columns[name] = profile_parts(model, step, args.steps)
+        rows = [
+            f"| {part} | " + " | ".join(f"{columns[name][part]:.1f}" for name in variants) + " |"
+            for part in columns[BASELINE]
+        ]
+        rows.append(
+            "| sum of the parts | "
+            + " | ".join(f"{sum(columns[name].values()):.1f}" for name in variants)
+            + " |"
+        )
+        rows.append(
+            "| step, without the profiler | "
+            + " | ".join(f"{step_ms[name]:.1f}" for name in variants)
+            + " |"
+        )
+        lines += header + rows
+        print("\n".join(header + rows), flush=True)
+    return lines
+
+
 # -------------------------------------------------------------------------------- main
 
 
@@ -512,6 +713,11 @@ def main(argv: Optional[List[str]] = None) -> None:
         help="the memory savers table instead, of these variants (default: all)",
     )
     parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="where a training step's time goes, part by part, instead of the variants table",
+    )
+    parser.add_argument(
         "--timeout",
         type=positive_float,
         default=7200.0,
@@ -526,13 +732,21 @@ def main(argv: Optional[List[str]] = None) -> None:
     if args.worker:
         print(json.dumps(saver_worker(json.loads(args.worker))))
         return
-    if args.savers is not None:
+    if args.savers is not None or args.profile:
         if args.peers or args.skip_reference or args.compile:
             parser.error(
-                "--peers, --skip-reference and --compile belong to the variants table, not --savers"
+                "--peers, --skip-reference and --compile belong to the variants table, not "
+                "--savers or --profile"
             )
+        if args.savers is not None and args.profile:
+            parser.error("--savers and --profile are two different tables: run them apart")
+    if args.savers is not None:
         args.steps = args.steps or 2
         lines = run_savers(args)
+    elif args.profile:
+        args.preset, args.length = args.preset or "small", args.length or [4096]
+        args.steps = args.steps or 3
+        lines = run_profile(args)
     else:
         args.preset, args.length = args.preset or "small", args.length or [4096]
         args.steps = args.steps or 5

@@ -635,3 +635,37 @@ def test_bench_model_refuses_bad_arguments(bench_model, monkeypatch, argv):
     with pytest.raises(SystemExit) as exit_:
         bench_model.main(argv)
     assert exit_.value.code == 2
+
+
+def test_profile_puts_each_op_in_the_part_of_its_module(bench_model):
+    # Forward ops by the module they ran in, backward ops by the forward op that made their
+    # autograd node: the graphdiff kernels and their gradients in "attention kernels", the
+    # GELU and its gradient in "feed-forward", the layers' LayerNorms (forward and backward)
+    # in "norms, residuals, dropout" but the embeddings' in "embeddings", AdamW in "optimizer".
+    config = bench_model.model_config("tiny", 64, attention_dropout=0.0)
+    torch.manual_seed(0)
+    tokens, mask = bench_model.random_batch(config, 1)
+    model, forward = bench_model.graphdiff_variant(config, tokens, mask)
+    step = bench_model.training_step(model, forward, 1)
+    step()
+    parts: dict = {}
+    attributed = bench_model.attribute_events(bench_model.profile_events(model, step, 1))
+    for event, part in attributed:
+        parts.setdefault(event.name, []).append(part)
+    kernels = [name for name in parts if name.startswith("graphdiff::")]
+    assert len(kernels) == 4  # the attention and the diffusion, and their backward ops
+    assert all(set(parts[name]) == {"attention kernels"} for name in kernels)
+    for name in ("aten::gelu", "aten::gelu_backward"):
+        assert set(parts[name]) == {"feed-forward"}
+    layers = config.layers
+    for name in ("aten::native_layer_norm", "aten::native_layer_norm_backward"):
+        assert sorted(parts[name]) == sorted(
+            ["embeddings"] + ["norms, residuals, dropout"] * 2 * layers
+        )
+    in_optimizer = [
+        part
+        for event, part in attributed
+        if any(a.name.startswith("Optimizer.step") for a in bench_model.ancestors(event))
+    ]
+    assert in_optimizer and set(in_optimizer) == {"optimizer"}
+    assert "prepare" not in vars(model.diffuser)  # the marks are gone

@@ -27,6 +27,10 @@ head), randomly initialised from their configs:
   by itself; the table then says so.
 - ``HF RoBERTa, SDPA``: dense attention on torch's fused ``scaled_dot_product_attention``.
 
+With them, ``graphdiff K=5, Longformer's pattern``: graphdiff's model on HF Longformer's edges
+(``Window(window) | Global(num_global)``, about two thirds of the ``diffuser()`` pattern's
+edges), which sets the cost of five hops against Longformer's one apart from the pattern's.
+
 With ``--compile``, ``graphdiff K=5, compiled``: the same model under
 ``torch.compile(fullgraph=True, dynamic=True)`` (inductor), called on the batch prepared
 eagerly at each step (``Diffuser.prepare``, as the eager model does inside); its warm-up step
@@ -102,6 +106,8 @@ from graphdiff.models import DiffuserForSequenceClassification as Classifier
 from graphdiff.patterns import BlockWindow, Global, PatternUnion, Random, Window
 
 BASELINE = "graphdiff K=5"
+# With --peers: graphdiff K=5 on HF Longformer's edges (its window, its global tokens).
+LONGFORMER_PATTERN = "graphdiff K=5, Longformer's pattern"
 # CLI name: (name in the table, gradient checkpointing, bf16 autocast).
 SAVERS: Dict[str, Tuple[str, bool, bool]] = {
     "fp32": ("fp32", False, False),
@@ -316,6 +322,14 @@ def compare_variants(
             config, tokens, mask, fused=False
         )
     if peers:
+        window, num_global, _ = pattern_sizes(config)
+        longformer_pattern = model_config(
+            preset,
+            length,
+            attention_dropout=0.0,
+            pattern=f"Window({window}) | Global({num_global})",
+        )
+        builders[LONGFORMER_PATTERN] = lambda: graphdiff_variant(longformer_pattern, tokens, mask)
         for name, build in PEERS.items():
             builders[name] = lambda build=build: build(config, tokens, mask)
     variants = {}

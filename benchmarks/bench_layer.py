@@ -103,6 +103,9 @@ INTERLEAVED_GROWTH = ("graphdiff", "layer")  # ... and measured interleaved too
 # makes its own call) at the same lengths: the growth of the machine's own sparse kernel on the
 # structure, in the same rounds, to read the core's growth against.
 GROWTH_BASELINE = {"graphdiff": "spmm_heads"}
+# The core's growth may exceed the bare product's by this factor: what the product does not
+# pay is the core's own (its softmax, copies and scratch).
+RELATIVE_GROWTH_TARGET = 1.25
 TARGET_N = 16384  # the length of the memory and layer targets (docs/performance.md)
 
 
@@ -372,7 +375,8 @@ def baseline_line(
 ) -> str:
     """The growth of ``baseline`` from n = a to n = b in the rounds of ``variant``'s, and the
     median over rounds of the variant's growth divided by the baseline's (1: the variant grows
-    exactly as much as the machine's bare sparse product on the same structure)."""
+    exactly as much as the machine's bare sparse product on the same structure; target: at
+    most :data:`RELATIVE_GROWTH_TARGET`)."""
     median, fastest = paired_ratios(growth[baseline][b], growth[baseline][a])
     relative = statistics.median(
         (vb / va) / (sb / sa)
@@ -383,7 +387,7 @@ def baseline_line(
     return (
         f"{baseline} (bare CSR SpMM, one per head) time({b}) / time({a}), same rounds = "
         f"{median:.2f} median, {fastest:.2f} fastest; {variant} growth / {baseline} "
-        f"growth = {relative:.2f} median"
+        f"growth = {relative:.2f} median (target <= {RELATIVE_GROWTH_TARGET})"
     )
 
 

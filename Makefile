@@ -46,7 +46,7 @@ lint: $(STAMP)
 docs: $(STAMP)
 	$(PY) -m sphinx -E -W --keep-going -q -b html docs docs/_build/html
 
-# One current output per bench under benchmarks/results (about an hour on 2 cores).
+# One current output per bench under benchmarks/results (about an hour and a half on 2 cores).
 RESULTS := benchmarks/results
 bench: $(STAMP)
 	$(PY) benchmarks/bench_patterns.py > $(RESULTS)/bench_patterns.md.tmp
@@ -55,6 +55,10 @@ bench: $(STAMP)
 	mv $(RESULTS)/bench_spectral.md.tmp $(RESULTS)/bench_spectral.md
 	$(PY) benchmarks/bench_layer.py --n 1024 4096 16384 65536 --out $(RESULTS) --plot
 	$(PY) benchmarks/bench_model.py --preset small --length 4096 --batch 1 --out $(RESULTS)/bench_model.md
+	$(PY) benchmarks/bench_model.py --length 1024 4096 16384 --skip-reference --peers --steps 8 \
+	  --out $(RESULTS)/bench_model_peers.md
+	$(PY) benchmarks/bench_model.py --profile --length 1024 4096 16384 \
+	  --out $(RESULTS)/bench_model_profile.md
 	$(PY) benchmarks/bench_memory.py > $(RESULTS)/bench_memory.md.tmp
 	mv $(RESULTS)/bench_memory.md.tmp $(RESULTS)/bench_memory.md
 

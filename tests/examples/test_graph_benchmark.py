@@ -148,12 +148,15 @@ def test_quick_benchmark_selects_on_the_first_seed_writes_tables_and_resumes(ben
         runs = [
             r for r in summary["runs"] if (r["task"], r["model"]) == (row["task"], row["model"])
         ]
-        # The grid (dropout 0 and 0.5 on karate, 0 on trees) on seed 0, the selection on seed 1.
-        grid = 2 if row["task"] == "karate" else 1
+        # The grid (learning rates 1e-3 and 5e-3, times dropout 0 and 0.5 on karate, 0 on
+        # trees) on seed 0, the selection on seed 1.
+        grid = 4 if row["task"] == "karate" else 2
         assert sorted(r["seed"] for r in runs) == [0] * grid + [1]
         best = max((r for r in runs if r["seed"] == 0), key=lambda r: r["val"])
-        assert row["dropout"] == best["dropout"]
-        assert [r["dropout"] for r in runs if r["seed"] == 1] == [best["dropout"]]
+        assert (row["lr"], row["dropout"]) == (best["lr"], best["dropout"])
+        assert [(r["lr"], r["dropout"]) for r in runs if r["seed"] == 1] == [
+            (best["lr"], best["dropout"])
+        ]
     layers = {(r["task"], r["model"]): r["layers"] for r in summary["rows"]}
     assert layers["tree2", "GCNConv"] == 2 and layers["tree2", "AD-dot"] == 1  # ceil(2 / 5)
     table = (tmp_path / "results.md").read_text()

@@ -294,12 +294,28 @@ PEERS = {
 }
 
 
+def edges_per_token(model: torch.nn.Module) -> float:
+    """The edges per token of a graphdiff model's pattern at its ``max_len``."""
+    length = model.config.max_len
+    return model.diffuser.pattern.num_edges(length) / length
+
+
 def variant_notes(models: Dict[str, torch.nn.Module]) -> List[str]:
-    """What a variant ran other than what its name says (read after its warm-up step)."""
+    """What a variant ran other than what its name says (read after its warm-up step), and
+    how many edges graphdiff's two patterns have when both run."""
+    notes = []
     bigbird = models.get("HF BigBird")
     if bigbird is not None and bigbird.bert.attention_type != "block_sparse":
-        return ["HF BigBird fell back to full attention: the sequence is too short for blocks"]
-    return []
+        notes.append("HF BigBird fell back to full attention: the sequence is too short for blocks")
+    if LONGFORMER_PATTERN in models:
+        notes.append(
+            "edges per token: "
+            + ", ".join(
+                f"{name} {edges_per_token(models[name]):.1f}"
+                for name in (BASELINE, LONGFORMER_PATTERN)
+            )
+        )
+    return notes
 
 
 def compare_variants(
@@ -573,41 +589,20 @@ def mark_parts(model: torch.nn.Module) -> Callable[[], None]:
     return unmark
 
 
-def part_of_event(event: object, forward_parts: Dict[int, str]) -> Optional[str]:
+def part_of_event(event: object, forward_parts: Dict[int, str]) -> str:
     """The part an event's own time belongs to: that of its innermost enclosing scope; in the
     backward pass, that of the forward op whose autograd node it runs (matched by sequence
-    number); optimizer steps and zeroing to "optimizer"."""
-    while event is not None:
-        name = event.name
+    number in ``forward_parts``), else "autograd, other"; optimizer steps and zeroing to
+    "optimizer"; outside all of them, "head and loss"."""
+    for enclosing in (event, *ancestors(event)):
+        name = enclosing.name
         if name.startswith(SCOPE):
             return name[len(SCOPE) :]
         if name.startswith("Optimizer."):
             return "optimizer"
         if name.startswith("autograd::engine::evaluate_function"):
-            return forward_parts.get(event.sequence_nr)
-        event = event.cpu_parent
-    return None
-
-
-def attribute_events(events: Sequence[object]) -> List[Tuple[object, str]]:
-    """Every profiler event with the part (:data:`PARTS` or "autograd, other") its own time
-    belongs to (:func:`part_of_event`; events outside every scope: the head and the loss)."""
-    forward_parts: Dict[int, str] = {}
-    for event in events:
-        if event.sequence_nr >= 0 and not event.name.startswith("autograd::"):
-            part = part_of_event(event, {})
-            forward_parts.setdefault(event.sequence_nr, part or "head and loss")
-    attributed = []
-    for event in events:
-        part = part_of_event(event, forward_parts)
-        if part is None:
-            in_backward = any(
-                parent.name.startswith("autograd::engine::evaluate_function")
-                for parent in ancestors(event)
-            )
-            part = "autograd, other" if in_backward else "head and loss"
-        attributed.append((event, part))
-    return attributed
+            return forward_parts.get(enclosing.sequence_nr, "autograd, other")
+    return "head and loss"
 
 
 def ancestors(event: object) -> List[object]:
@@ -617,6 +612,17 @@ def ancestors(event: object) -> List[object]:
         event = event.cpu_parent
         chain.append(event)
     return chain
+
+
+def attribute_events(events: Sequence[object]) -> List[Tuple[object, str]]:
+    """Every profiler event with the part (:data:`PARTS` or "autograd, other") its own time
+    belongs to (:func:`part_of_event`): the forward ops' parts first, by sequence number, then
+    every event's."""
+    forward_parts: Dict[int, str] = {}
+    for event in events:
+        if event.sequence_nr >= 0 and not event.name.startswith("autograd::"):
+            forward_parts.setdefault(event.sequence_nr, part_of_event(event, {}))
+    return [(event, part_of_event(event, forward_parts)) for event in events]
 
 
 def profile_events(model: torch.nn.Module, step: Callable[[], None], steps: int) -> List[object]:
@@ -640,6 +646,11 @@ def profile_parts(model: torch.nn.Module, step: Callable[[], None], steps: int) 
     for event, part in attribute_events(profile_events(model, step, steps)):
         totals[part] += event.self_cpu_time_total / 1e3 / steps
     return totals
+
+
+def profile_row(label: str, milliseconds: Sequence[float]) -> str:
+    """``| label | ms | ms |``: one row of the profile table."""
+    return f"| {label} | " + " | ".join(f"{ms:.1f}" for ms in milliseconds) + " |"
 
 
 def run_profile(args: argparse.Namespace) -> List[str]:
@@ -674,19 +685,13 @@ def run_profile(args: argparse.Namespace) -> List[str]:
             print(f"{length:,} tokens, {name}: profiling", file=sys.stderr, flush=True)
             columns[name] = profile_parts(model, step, args.steps)
         rows = [
-            f"| {part} | " + " | ".join(f"{columns[name][part]:.1f}" for name in variants) + " |"
-            for part in columns[BASELINE]
+            *(
+                profile_row(part, [columns[name][part] for name in variants])
+                for part in columns[BASELINE]
+            ),
+            profile_row("sum of the parts", [sum(columns[name].values()) for name in variants]),
+            profile_row("step, without the profiler", list(step_ms.values())),
         ]
-        rows.append(
-            "| sum of the parts | "
-            + " | ".join(f"{sum(columns[name].values()):.1f}" for name in variants)
-            + " |"
-        )
-        rows.append(
-            "| step, without the profiler | "
-            + " | ".join(f"{step_ms[name]:.1f}" for name in variants)
-            + " |"
-        )
         lines += header + rows
         print("\n".join(header + rows), flush=True)
     return lines

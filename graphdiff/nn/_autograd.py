@@ -127,7 +127,11 @@ EXP_SAFE = 64.0
 
 
 def max_abs(x: Tensor, dim: Optional[int] = None) -> float:
-    """The largest ``|x|`` (or, with ``dim``, the largest norm over ``dim``); 0 when empty."""
+    """The largest ``|x|`` (or, with ``dim``, the largest norm over ``dim``); 0 when empty.
+    Off the CPU infinity: reading the value back would stall the device at every call, for a
+    shift that costs a GPU little."""
+    if x.device.type != "cpu":
+        return float("inf")
     if x.numel() == 0:
         return 0.0
     return float(x.abs().max() if dim is None else torch.linalg.vector_norm(x, dim=dim).max())
@@ -550,8 +554,8 @@ def _diffusion_setup(ctx: Any, inputs: Tuple[Any, ...], output: Tuple[Tensor, Te
     history = output[1]
     ctx.s, ctx.coeffs, ctx.keep, ctx.node_major = s, coeffs, keep, is_node_major(v)
     ctx.mark_non_differentiable(history)
-    # Else autograd hands backward a zero gradient of the history, [H, K, N, C] filled anew
-    # at every step.
+    # Else autograd hands backward a zero gradient of the (non-differentiable) history,
+    # [H, K, N, C] filled anew at every step.
     ctx.set_materialize_grads(False)
     ctx.save_for_backward(*structure, attn, history, masks)
 
@@ -560,7 +564,9 @@ def _diffusion_setup(ctx: Any, inputs: Tuple[Any, ...], output: Tuple[Tensor, Te
 def _diffusion_grad(
     ctx: Any, grad: Optional[Tensor], _: Optional[Tensor]
 ) -> Tuple[Optional[Tensor], ...]:
-    if grad is None:  # only the history was used (it has no gradient)
+    # Gradients are not materialised: None when the loss does not reach the result (a
+    # gradcheck of another output of the caller's).
+    if grad is None:
         return (None,) * 13
     *structure, attn, history, masks = ctx.saved_tensors
     want_attn = ctx.needs_input_grad[6]

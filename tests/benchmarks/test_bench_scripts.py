@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from graphdiff.patterns import parse_pattern
+
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 SHAPE = dict(heads=2, channels=4, hops=3, window=4, num_global=2, num_random=2)
 
@@ -526,6 +528,17 @@ def test_peers_run_against_graphdiff_and_their_ratios_follow_the_rates(bench_mod
     for rate, row in zip(rates, rows):  # one step: the ratio is the ratio of the rates
         assert float(row[3]) == pytest.approx(rate / rates[0], abs=0.01 + 1 / rates[0])
     assert "fell back to full attention" not in out.read_text()  # 128 > (5 + 2) 16 tokens
+    # The two patterns' sizes (tiny: diffuser(window=16, num_global=1, num_random=4) against
+    # Window(16) | Global(1)).
+    config = bench_model.model_config("tiny", 128)
+    edges = [
+        config.build_pattern().num_edges(128) / 128,
+        parse_pattern("Window(16) | Global(1)").num_edges(128) / 128,
+    ]
+    assert (
+        f"128 tokens: edges per token: graphdiff K=5 {edges[0]:.1f}, "
+        f"graphdiff K=5, Longformer's pattern {edges[1]:.1f}"
+    ) in out.read_text()
 
 
 def test_peers_are_skipped_with_a_reason_without_transformers(bench_model, monkeypatch, capsys):

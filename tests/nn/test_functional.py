@@ -197,11 +197,24 @@ def test_softmax_with_and_without_the_shift_matches_dense(magnitude, gat, monkey
     else:
         q, k, _ = (x * 5 * magnitude for x in features(seed=12))
         want = dense_attention(q, k, ei)
+    reductions = []
+    row_reduce = _autograd.row_reduce
+    monkeypatch.setattr(
+        _autograd,
+        "row_reduce",
+        lambda graph, values, reduce="sum": (
+            reductions.append(reduce) or row_reduce(graph, values, reduce)
+        ),
+    )
     # Forced off the shift only where no score overflows exp() without it.
     for safe in (_autograd.EXP_SAFE, 0.0) + ((math.inf,) if magnitude < 1 else ()):
+        reductions.clear()
         monkeypatch.setattr(_autograd, "EXP_SAFE", safe)
         got = edge_gat_attention(s, t, ei) if gat else edge_softmax_attention(q, k, ei)
         torch.testing.assert_close(got, edge_values(want, ei))
+        # The maximum is taken when forced (EXP_SAFE = 0) and, at the default, only for the
+        # scores whose bound exceeds it (magnitudes 1 and 3).
+        assert ("max" in reductions) == (safe == 0.0 or (safe != math.inf and magnitude >= 1))
 
 
 @pytest.mark.parametrize("int32_max", [2**31 - 1, 8])  # 8: every index stays int64

@@ -59,17 +59,22 @@ def accumulate_sddmm_(
     graph: DiffusionGraph, values: Tensor, a: Tensor, b: Tensor, scale: float = 1.0
 ) -> Tensor:
     """In place ``values[e] += scale * <a[i_e], b[j_e]>`` for one head: values ``[E]``,
-    a ``[N_dst, C]``, b ``[N_src, C]``."""
-    if graph.num_edges > graph.num_dst * graph.num_src:
+    a ``[N_dst, C]``, b ``[N_src, C]`` (contiguous rows)."""
+    if graph.band:  # each block's [w, C] targets times its [3w, C] sources
+        graph.band_values(values).baddbmm_(
+            graph.band_targets(a), graph.band_sources(b).transpose(1, 2), alpha=scale
+        )
+    other = graph.other_values(values)
+    if other.numel() > graph.num_dst * graph.num_src:
         # Only duplicate edges get here: torch's sampled_addmm cuts the values of a CSR with
         # more entries than its matrix has down to that size (in place, with out=). Gathered
         # in chunks instead, so the [chunk, C] products stay small.
-        for start in range(0, graph.num_edges, DUPLICATES_CHUNK):
+        for start in range(0, other.numel(), DUPLICATES_CHUNK):
             end = start + DUPLICATES_CHUNK
             products = a.index_select(0, graph.row[start:end]) * b.index_select(
                 0, graph.col[start:end]
             )
-            values[start:end].add_(products.sum(-1), alpha=scale)
+            other[start:end].add_(products.sum(-1), alpha=scale)
         return values
     pattern = graph.csr(values)
     # out=pattern accumulates into `values` in place: without it torch copies the structure
@@ -92,13 +97,52 @@ def rows_scratch(x: Tensor) -> Optional[Tensor]:
     return None if x[0].is_contiguous() else x.new_empty(x.shape[1:])
 
 
-def mm_into(out: Tensor, matrix: Tensor, x: Tensor, scratch: Optional[Tensor]) -> Tensor:
-    """``out = matrix @ x`` for one head, through contiguous ``scratch`` when ``out`` is a
-    head of a node-major tensor: torch would compute into a strided temporary, slower than
-    the product plus one copy."""
+def spmm_(
+    graph: DiffusionGraph,
+    out: Tensor,
+    values: Tensor,
+    x: Tensor,
+    alpha: float = 1.0,
+    bias: Optional[Tensor] = None,
+    beta: float = 1.0,
+    values_t: Optional[Tensor] = None,
+) -> Tensor:
+    """``out = alpha * M x (+ beta * bias)`` for one head, ``M = A`` of per-edge ``values``
+    (storage order) or, given ``values_t`` (:meth:`DiffusionGraph.transpose_values` of
+    ``values``), ``A^T``; ``out`` and ``x`` ``[N, C]`` with contiguous rows."""
+    matrix = graph.csr(values) if values_t is None else graph.csr(values_t, transpose=True)
+    if bias is None:
+        torch.mm(matrix, x, out=out)
+        if alpha != 1.0:
+            out.mul_(alpha)
+    else:
+        torch.addmm(bias, matrix, x, beta=beta, alpha=alpha, out=out)
+    if graph.band:
+        band = graph.band_values(values)
+        if values_t is None:  # each block's [w, 3w] values times its [3w, C] sources
+            graph.band_targets(out).baddbmm_(band, graph.band_sources(x), alpha=alpha)
+        else:  # and transposed, into each of the three source blocks in turn
+            targets = graph.band_targets(x)
+            thirds = zip(graph.band_source_thirds(out), band.split(graph.band, dim=2))
+            for sources, part in thirds:
+                sources.baddbmm_(part.transpose(1, 2), targets, alpha=alpha)
+    return out
+
+
+def spmm_into(
+    graph: DiffusionGraph,
+    out: Tensor,
+    scratch: Optional[Tensor],
+    values: Tensor,
+    x: Tensor,
+    values_t: Optional[Tensor] = None,
+) -> Tensor:
+    """:func:`spmm_` into ``out``, through contiguous ``scratch`` when ``out`` is a head of
+    a node-major tensor: torch would compute into a strided temporary, slower than the
+    product plus one copy."""
     if scratch is None:
-        return torch.mm(matrix, x, out=out)
-    return out.copy_(torch.mm(matrix, x, out=scratch))
+        return spmm_(graph, out, values, x, values_t=values_t)
+    return out.copy_(spmm_(graph, scratch, values, x, values_t=values_t))
 
 
 def per_edge_(
@@ -111,14 +155,30 @@ def per_edge_(
 ) -> Tensor:
     """In place ``values[e] <op>= node_values[target(e)]`` (times ``scale[e]`` when given)
     for one head's ``[E]`` values; ``buffer`` is ``[E]`` scratch."""
-    torch.index_select(node_values, 0, graph.row, out=buffer)
-    return getattr(values, op)(buffer if scale is None else buffer.mul_(scale))
+    if graph.band:  # a broadcast of the band's targets
+        nodes = graph.band_targets(node_values).unsqueeze(-1)
+        if scale is not None:
+            nodes = torch.mul(nodes, graph.band_values(scale), out=graph.band_values(buffer))
+        getattr(graph.band_values(values), op)(nodes)
+    other = graph.other_values(buffer)
+    torch.index_select(node_values, 0, graph.row, out=other)
+    if scale is not None:
+        other.mul_(graph.other_values(scale))
+    getattr(graph.other_values(values), op)(other)
+    return values
 
 
 def row_reduce(graph: DiffusionGraph, values: Tensor, reduce: str = "sum") -> Tensor:
     """``reduce`` ("sum" or "max") of one head's ``[E]`` values over each target's edges ->
     ``[N_dst]``; targets without edges get 0 (sum) or -inf (max)."""
-    return torch.segment_reduce(values, reduce, offsets=graph.crow)
+    out = torch.segment_reduce(graph.other_values(values), reduce, offsets=graph.crow)
+    if graph.band:
+        targets, band = graph.band_targets(out), graph.band_values(values)
+        if reduce == "sum":
+            targets.add_(band.sum(-1))
+        else:
+            torch.maximum(targets, band.amax(-1), out=targets)
+    return out
 
 
 # Scores within [-EXP_SAFE, EXP_SAFE] need no shift before exp(): exp(64) = 6.2e27 summed
@@ -165,8 +225,22 @@ def gather_scores_(
 ) -> Tensor:
     """``out[e] = src[source(e)] + dst[target(e)]`` for one head's per-node scores ``src
     [N_src]`` and ``dst [N_dst]``; ``buffer`` is ``[E]`` scratch."""
-    torch.index_select(src, 0, graph.col, out=out)
+    if graph.band:
+        graph.band_values(out).copy_(graph.band_sources(src).unsqueeze(1))
+    torch.index_select(src, 0, graph.col, out=graph.other_values(out))
     return per_edge_(graph, out, dst, "add_", buffer)
+
+
+def source_sums(graph: DiffusionGraph, values: Tensor, buffer: Tensor) -> Tensor:
+    """The sum of one head's ``[E]`` values over each source's edges -> ``[N_src]`` (a
+    segment sum in the transposed order); ``buffer`` is ``[E]`` scratch."""
+    graph.transpose_values(values, out=buffer)
+    out = torch.segment_reduce(graph.other_values(buffer), "sum", offsets=graph.transposed()[0])
+    if graph.band:
+        sums = graph.band_values(values).sum(1)  # [B, 3w]: per block, over its targets
+        for sources, part in zip(graph.band_source_thirds(out), sums.split(graph.band, dim=1)):
+            sources.add_(part)
+    return out
 
 
 def first_order(backward: Callable) -> Callable:
@@ -193,7 +267,7 @@ def first_order(backward: Callable) -> Callable:
 
 
 # The gradients of the six structure tensors every operator takes first.
-NO_STRUCTURE_GRADS = (None,) * 6
+NO_STRUCTURE_GRADS = (None,) * 7
 
 
 def optional_empty(x: Tensor, wanted: bool) -> Tensor:
@@ -212,24 +286,27 @@ def register_edge_scores(op: Any, backward: Any) -> None:
 
     @op.register_fake
     def _fake(*inputs):
-        a, col = inputs[6], inputs[1]
-        return a.new_empty(a.size(0), col.size(0))
+        # The sources' count is not needed for the number of edges.
+        graph = DiffusionGraph.from_structure(inputs[:7], num_src=0)
+        return inputs[7].new_empty(inputs[7].size(0), graph.num_edges)
 
     @backward.register_fake
     def _backward_fake(*inputs):
-        a, b, want_a, want_b = inputs[6], inputs[7], inputs[11], inputs[12]
+        a, b, want_a, want_b = inputs[7], inputs[8], inputs[12], inputs[13]
         return optional_empty(a, want_a), optional_empty(b, want_b)
 
     def setup(ctx: Any, inputs: Tuple[Any, ...], output: Tensor) -> None:
-        *structure, a, b, param = inputs
-        ctx.param = param
+        *structure, band, a, b, param = inputs
+        ctx.param, ctx.band = param, band
         ctx.save_for_backward(*structure, a, b, output)
 
     @first_order  # written with out= kernels
     def grad(ctx: Any, grad_attn: Tensor) -> Tuple[Optional[Tensor], ...]:
         *structure, a, b, attn = ctx.saved_tensors
-        want_a, want_b = ctx.needs_input_grad[6:8]
-        grad_a, grad_b = backward(*structure, a, b, attn, grad_attn, ctx.param, want_a, want_b)
+        want_a, want_b = ctx.needs_input_grad[7:9]
+        grad_a, grad_b = backward(
+            *structure, ctx.band, a, b, attn, grad_attn, ctx.param, want_a, want_b
+        )
         return (*NO_STRUCTURE_GRADS, grad_a if want_a else None, grad_b if want_b else None, None)
 
     op.register_autograd(grad, setup_context=setup)
@@ -246,6 +323,7 @@ def edge_attention(
     crow_t: Tensor,
     col_t: Tensor,
     position_t: Tensor,
+    band: int,
     q: Tensor,
     k: Tensor,
     scale: float,
@@ -254,7 +332,9 @@ def edge_attention(
     edges, ``[H, E]``, from ``q [H, N_dst, C]`` and ``k [H, N_src, C]``: per head one SDDMM,
     then an in-place segment softmax. Its gradient saves ``q``, ``k`` and the output and is
     the softmax Jacobian and two SpMMs per head (:func:`edge_attention_backward`)."""
-    graph = DiffusionGraph.from_tensors((crow, col, row, crow_t, col_t, position_t), k.size(1))
+    graph = DiffusionGraph.from_structure(
+        (crow, col, row, crow_t, col_t, position_t, band), k.size(1)
+    )
     attn = q.new_zeros(q.size(0), graph.num_edges)
     buffer = attn.new_empty(graph.num_edges)
     q_scratch, k_scratch = rows_scratch(q), rows_scratch(k)
@@ -275,6 +355,7 @@ def edge_attention_backward(
     crow_t: Tensor,
     col_t: Tensor,
     position_t: Tensor,
+    band: int,
     q: Tensor,
     k: Tensor,
     attn: Tensor,
@@ -285,7 +366,9 @@ def edge_attention_backward(
 ) -> Tuple[Tensor, Tensor]:
     """The gradients of :func:`edge_attention`'s ``q`` and ``k`` (each empty unless
     wanted) from that of its output ``attn``."""
-    graph = DiffusionGraph.from_tensors((crow, col, row, crow_t, col_t, position_t), k.size(1))
+    graph = DiffusionGraph.from_structure(
+        (crow, col, row, crow_t, col_t, position_t, band), k.size(1)
+    )
     grad_q, grad_k = optional_empty(q, want_q), optional_empty(k, want_k)
     # Two allocations, not one [2, E]: each stays below the mmap threshold.
     d_score, buffer = attn.new_empty(graph.num_edges), attn.new_empty(graph.num_edges)
@@ -295,15 +378,11 @@ def edge_attention_backward(
     for h in range(attn.size(0)):
         segment_softmax_backward_(graph, attn[h], grad[h], d_score, buffer).mul_(scale)
         if want_q:
-            mm_into(grad_q[h], graph.csr(d_score), dense_rows(k[h], k_scratch), q_scratch)
+            spmm_into(graph, grad_q[h], q_scratch, d_score, dense_rows(k[h], k_scratch))
         if want_k:
             graph.transpose_values(d_score, out=buffer)
-            mm_into(
-                grad_k[h],
-                graph.csr(buffer, transpose=True),
-                dense_rows(q[h], q_scratch),
-                k_scratch,
-            )
+            rows = dense_rows(q[h], q_scratch)
+            spmm_into(graph, grad_k[h], k_scratch, d_score, rows, values_t=buffer)
     return grad_q, grad_k
 
 
@@ -321,6 +400,7 @@ def gat_attention(
     crow_t: Tensor,
     col_t: Tensor,
     position_t: Tensor,
+    band: int,
     src: Tensor,
     dst: Tensor,
     slope: float,
@@ -330,7 +410,9 @@ def gat_attention(
     two gathers, then the in-place segment softmax. Its gradient saves ``s``, ``t`` and the
     output, recomputes the scores (for the LeakyReLU's slope) and sums each edge's gradient
     into its target (a segment sum) and its source (one in the transposed order)."""
-    graph = DiffusionGraph.from_tensors((crow, col, row, crow_t, col_t, position_t), src.size(1))
+    graph = DiffusionGraph.from_structure(
+        (crow, col, row, crow_t, col_t, position_t, band), src.size(1)
+    )
     attn = src.new_empty(src.size(0), graph.num_edges)
     buffer = attn.new_empty(graph.num_edges)
     bound = max(1.0, abs(slope)) * (max_abs(src) + max_abs(dst))
@@ -349,6 +431,7 @@ def gat_attention_backward(
     crow_t: Tensor,
     col_t: Tensor,
     position_t: Tensor,
+    band: int,
     src: Tensor,
     dst: Tensor,
     attn: Tensor,
@@ -359,7 +442,9 @@ def gat_attention_backward(
 ) -> Tuple[Tensor, Tensor]:
     """The gradients of :func:`gat_attention`'s scores ``src`` and ``dst`` (each empty
     unless wanted) from that of its output ``attn``."""
-    graph = DiffusionGraph.from_tensors((crow, col, row, crow_t, col_t, position_t), src.size(1))
+    graph = DiffusionGraph.from_structure(
+        (crow, col, row, crow_t, col_t, position_t, band), src.size(1)
+    )
     grad_src, grad_dst = optional_empty(src, want_src), optional_empty(dst, want_dst)
     d_score, slopes, buffer = (attn.new_empty(graph.num_edges) for _ in range(3))
     for h in range(attn.size(0)):
@@ -370,8 +455,7 @@ def gat_attention_backward(
         if want_dst:
             grad_dst[h] = row_reduce(graph, d_score)
         if want_src:
-            graph.transpose_values(d_score, out=buffer)
-            grad_src[h] = torch.segment_reduce(buffer, "sum", offsets=graph.transposed()[0])
+            grad_src[h] = source_sums(graph, d_score, buffer)
     return grad_src, grad_dst
 
 
@@ -401,6 +485,7 @@ def diffusion(
     crow_t: Tensor,
     col_t: Tensor,
     position_t: Tensor,
+    band: int,
     attn: Tensor,
     v: Tensor,
     s: float,
@@ -423,7 +508,9 @@ def diffusion(
     adjoint recursion (``A^T`` SpMMs), with each hop's ``dA`` term accumulated by one SDDMM
     as its adjoint is formed (:func:`diffusion_backward`).
     """
-    graph = DiffusionGraph.from_tensors((crow, col, row, crow_t, col_t, position_t), v.size(1))
+    graph = DiffusionGraph.from_structure(
+        (crow, col, row, crow_t, col_t, position_t, band), v.size(1)
+    )
     hops = len(coeffs) - 1
     result, zs = diffusion_outputs(v, graph.num_dst, hops, save_history)
     # Without the history, two scratch slots shared by all heads, used in turn (Z_0 may be
@@ -433,7 +520,6 @@ def diffusion(
     out_scratch = rows_scratch(out)  # strided heads: the last hop goes through it
     for h in range(v.size(0)):
         slots = zs[h] if save_history else scratch
-        matrix = graph.csr(attn[h])
         if coeffs[0] == 1.0 and not save_history:  # Z_0 = V: read V itself, no copy to keep
             z = dense_rows(v[h], slots[0])
         else:
@@ -446,11 +532,9 @@ def diffusion(
             # No teleport term when c = 0: also the bipartite case, where V and the
             # output differ in size.
             if coeffs[m + 1] != 0.0:
-                torch.addmm(v[h], matrix, z, beta=coeffs[m + 1], alpha=s, out=nxt)
+                spmm_(graph, nxt, attn[h], z, alpha=s, bias=v[h], beta=coeffs[m + 1])
             else:  # addmm(beta=0) would still read an input: this is as fast
-                torch.mm(matrix, z, out=nxt)
-                if s != 1.0:
-                    nxt.mul_(s)
+                spmm_(graph, nxt, attn[h], z, alpha=s)
             if masks is not None:
                 nxt.mul_(masks[m, h]).div_(keep)
             z = nxt
@@ -461,7 +545,7 @@ def diffusion(
 
 @diffusion.register_fake
 def _diffusion_fake(
-    crow, col, row, crow_t, col_t, position_t, attn, v, s, coeffs, masks, keep, save_history
+    crow, col, row, crow_t, col_t, position_t, band, attn, v, s, coeffs, masks, keep, save_history
 ):
     return diffusion_outputs(v, crow.size(0) - 1, len(coeffs) - 1, save_history)
 
@@ -474,6 +558,7 @@ def diffusion_backward(
     crow_t: Tensor,
     col_t: Tensor,
     position_t: Tensor,
+    band: int,
     attn: Tensor,
     history: Tensor,
     grad: Tensor,
@@ -487,20 +572,19 @@ def diffusion_backward(
     """The gradients of :func:`diffusion`'s ``attn`` (empty unless wanted; it needs the
     history) and ``v`` from that of its result, ``grad`` (in the result's layout,
     ``node_major`` or not)."""
-    graph = DiffusionGraph.from_tensors(
-        (crow, col, row, crow_t, col_t, position_t), crow_t.size(0) - 1
+    graph = DiffusionGraph.from_structure(
+        (crow, col, row, crow_t, col_t, position_t, band), crow_t.size(0) - 1
     )
     hops = len(coeffs) - 1
     grad = heads_view(grad, node_major)
     heads, _, channels = grad.shape
     grad_v = heads_view(empty_nodes(grad, graph.num_src, node_major), node_major)
     grad_attn = attn.new_zeros(attn.shape) if want_attn else attn.new_empty(0)
-    attn_t = attn.new_empty(graph.num_edges)  # one head's s * A^T, transposed order
+    attn_t = attn.new_empty(graph.num_edges)  # one head's A^T, transposed order
     slots = grad.new_empty(2, graph.num_dst, channels).unbind(0)
     gv_scratch = rows_scratch(grad_v)
     for h in range(heads):
         values_t = graph.transpose_values(attn[h], out=attn_t)
-        matrix_t = graph.csr(values_t.mul_(s) if s != 1.0 else values_t, transpose=True)
         # g is the adjoint of hop m's output. Masking writes into it, and the sparse
         # products want it dense (a loss like out.sum() sends an expanded gradient), so
         # then it starts as a copy of the incoming gradient.
@@ -517,10 +601,11 @@ def diffusion_backward(
             if want_attn:
                 accumulate_sddmm_(graph, grad_attn[h], g, history[h, m], scale=s)
             if m > 0:
-                g = torch.mm(matrix_t, g, out=slots[free])
+                g = spmm_(graph, slots[free], attn[h], g, alpha=s, values_t=values_t)
                 free = 1 - free
             elif coeffs[0] != 0.0:  # the last adjoint only feeds V's gradient
-                torch.addmm(g_v, matrix_t, g, alpha=coeffs[0], out=g_v)
+                alpha = s * coeffs[0]
+                spmm_(graph, g_v, attn[h], g, alpha=alpha, bias=g_v, values_t=values_t)
         if gv_scratch is not None:
             grad_v[h].copy_(g_v)
     return grad_attn, grad_v
@@ -534,6 +619,7 @@ def _diffusion_backward_fake(
     crow_t,
     col_t,
     position_t,
+    band,
     attn,
     history,
     grad,
@@ -550,9 +636,10 @@ def _diffusion_backward_fake(
 
 
 def _diffusion_setup(ctx: Any, inputs: Tuple[Any, ...], output: Tuple[Tensor, Tensor]) -> None:
-    *structure, attn, v, s, coeffs, masks, keep, save_history = inputs
+    *structure, band, attn, v, s, coeffs, masks, keep, save_history = inputs
     history = output[1]
     ctx.s, ctx.coeffs, ctx.keep, ctx.node_major = s, coeffs, keep, is_node_major(v)
+    ctx.band = band
     ctx.mark_non_differentiable(history)
     # Else autograd hands backward a zero gradient of the (non-differentiable) history,
     # [H, K, N, C] filled anew at every step.
@@ -567,13 +654,14 @@ def _diffusion_grad(
     # Gradients are not materialised: None when the loss does not reach the result (a
     # gradcheck of another output of the caller's).
     if grad is None:
-        return (None,) * 13
+        return (None,) * 14
     *structure, attn, history, masks = ctx.saved_tensors
-    want_attn = ctx.needs_input_grad[6]
+    want_attn = ctx.needs_input_grad[7]
     if want_attn and history.numel() == 0 and attn.numel() > 0:
         raise RuntimeError("graphdiff::diffusion needs save_history=True for attn's gradient")
     grad_attn, grad_v = diffusion_backward(
         *structure,
+        ctx.band,
         attn,
         history,
         grad,

@@ -20,9 +20,9 @@ from graphdiff.checks import check_edge_index, is_integer, is_real
 from graphdiff.nn import _core
 from graphdiff.nn.functional import (
     check_diffusion_args,
-    diffuse,
-    edge_gat_attention,
-    edge_softmax_attention,
+    diffuse_in_storage_order,
+    gat_attention_in_storage_order,
+    softmax_attention_in_storage_order,
 )
 from graphdiff.nn.graph import DiffusionGraph, diffusion_graph
 
@@ -340,10 +340,10 @@ class AttentionDiffusion(MessagePassing):
         dtype = v.dtype  # the whole core in float32 for half precision, rounded once at the end
         v = _core.compute_dtype(v)
         fused = self._use_fused()
-        attn = self._edge_attention(x_src, x_dst, v, graph, fused)  # [E, H]
+        attn = self._edge_attention(x_src, x_dst, v, graph, fused)
         attn_used = F.dropout(attn, p=self.dropout, training=self.training)
         if fused:
-            out = diffuse(
+            out = diffuse_in_storage_order(
                 attn_used,
                 v,
                 graph,
@@ -351,15 +351,15 @@ class AttentionDiffusion(MessagePassing):
                 self.alpha,
                 self.kernel,
                 self.t,
-                hop_dropout=self.hop_dropout,
-                training=self.training,
+                self.hop_dropout,
+                self.training,
             )
         else:
             out = self._diffuse_by_messages(attn_used, v, graph)
         out = self._output(out.to(dtype))
         if not return_attention_weights:
             return out
-        weights = attn.to(dtype)
+        weights = (_core.edges_last(attn, graph) if fused else attn).to(dtype)
         return out, (self._with_values(edge_index, weights), weights)
 
     def _lin_dst(self) -> Linear:
@@ -370,9 +370,10 @@ class AttentionDiffusion(MessagePassing):
     def _edge_attention(
         self, x_src: Tensor, x_dst: Tensor, v: Tensor, graph: DiffusionGraph, fused: bool
     ) -> Tensor:
-        """The one-hop attention ``[E, H]`` in the input edge order, in ``v``'s dtype: by the
-        fused kernels, or (reference) by gathering the scores edge by edge, ``[E, H, C]``
-        products for ``"dot"``, and PyG's segment softmax."""
+        """The one-hop attention in ``v``'s dtype: by the fused kernels, ``[H, E]`` in the
+        graph's storage order, or (reference) ``[E, H]`` in the input edge order, by gathering
+        the scores edge by edge, ``[E, H, C]`` products for ``"dot"``, and PyG's segment
+        softmax."""
         H, C = self.heads, self.out_channels
         # The targets' projection [N_dst, H, C]: queries, or GAT's W x_i (V itself when
         # sources and targets share W and features).
@@ -383,15 +384,15 @@ class AttentionDiffusion(MessagePassing):
         if self.attention == "dot":
             k = _core.compute_dtype(_core.split_heads(self.lin_key(x_src), H))
             if fused:
-                return edge_softmax_attention(target, k, graph)
+                return softmax_attention_in_storage_order(target, k, graph, C**-0.5)
             edge_index = graph.edge_index()
             scores = (target[edge_index[1]] * k[edge_index[0]]).sum(-1) * C**-0.5
         else:
             src_scores = (v * self.att_src).sum(-1)  # [N_src, H]
             dst_scores = (target * self.att_dst).sum(-1)  # [N_dst, H]
             if fused:
-                return edge_gat_attention(
-                    src_scores, dst_scores, graph, negative_slope=self.negative_slope
+                return gat_attention_in_storage_order(
+                    src_scores, dst_scores, graph, self.negative_slope
                 )
             edge_index = graph.edge_index()
             scores = src_scores[edge_index[0]] + dst_scores[edge_index[1]]

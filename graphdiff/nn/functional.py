@@ -140,14 +140,24 @@ def edge_softmax_attention(
         _check_num_nodes(_num_nodes(num_nodes), sizes)
     graph = diffusion_graph(edge_index, sizes)
     scale = q.size(-1) ** -0.5 if scale is None else scale
+    attn = softmax_attention_in_storage_order(q, k, graph, scale)
+    return _core.edges_last(attn, graph).to(q.dtype)
+
+
+def softmax_attention_in_storage_order(
+    q: Tensor, k: Tensor, graph: DiffusionGraph, scale: float
+) -> Tensor:
+    """:func:`edge_softmax_attention` on checked inputs, as ``[H, E]`` in the graph's
+    storage order and the compute dtype: what a layer hands to
+    :func:`diffuse_in_storage_order` without reordering the edges twice."""
     # Head-major views of the node-major features: the kernel runs one head (or one stack of
     # heads, on short sequences) at a time.
     heads, (stack, groups) = q.size(1), _core.stacks(graph, q.size(1))
     q_heads = _core.stack_heads(_core.heads_first(_core.compute_dtype(q)), groups)
     k_heads = _core.stack_heads(_core.heads_first(_core.compute_dtype(k)), groups)
-    structure = stack.tensors(backward=_wants_grad(q_heads, k_heads))
+    structure = stack.structure(backward=_wants_grad(q_heads, k_heads))
     attn = _autograd.edge_attention(*structure, q_heads, k_heads, scale)
-    return _core.edges_last(attn.view(heads, graph.num_edges), graph).to(q.dtype)
+    return attn.view(heads, graph.num_edges)
 
 
 def edge_gat_attention(
@@ -200,15 +210,24 @@ def edge_gat_attention(
     if num_nodes is not None:
         _check_num_nodes(_num_nodes(num_nodes), sizes)
     graph = diffusion_graph(edge_index, sizes)
+    attn = gat_attention_in_storage_order(src_scores, dst_scores, graph, float(negative_slope))
+    return _core.edges_last(attn, graph).to(src_scores.dtype)
+
+
+def gat_attention_in_storage_order(
+    src_scores: Tensor, dst_scores: Tensor, graph: DiffusionGraph, negative_slope: float
+) -> Tensor:
+    """:func:`edge_gat_attention` on checked inputs, as ``[H, E]`` in the graph's storage
+    order and the compute dtype (see :func:`softmax_attention_in_storage_order`)."""
     heads, (stack, groups) = src_scores.size(1), _core.stacks(graph, src_scores.size(1))
     # Head-major [H, N] copies of the node-major scores: N H numbers, read per head.
     src_heads, dst_heads = (
         _core.stack_heads(_core.compute_dtype(scores).t().contiguous(), groups)
         for scores in (src_scores, dst_scores)
     )
-    structure = stack.tensors(backward=_wants_grad(src_heads, dst_heads))
-    attn = _autograd.gat_attention(*structure, src_heads, dst_heads, float(negative_slope))
-    return _core.edges_last(attn.view(heads, graph.num_edges), graph).to(src_scores.dtype)
+    structure = stack.structure(backward=_wants_grad(src_heads, dst_heads))
+    attn = _autograd.gat_attention(*structure, src_heads, dst_heads, negative_slope)
+    return attn.view(heads, graph.num_edges)
 
 
 def diffuse(
@@ -272,6 +291,25 @@ def diffuse(
         raise ValueError(
             f"'attn' has {attn.size(0)} rows but the graph has {graph.num_edges} edges"
         )
+    attn_heads = _core.edges_first(_core.compute_dtype(attn), graph)
+    return diffuse_in_storage_order(
+        attn_heads, v, graph, hops, alpha, kernel, t, hop_dropout, training
+    )
+
+
+def diffuse_in_storage_order(
+    attn_heads: Tensor,
+    v: Tensor,
+    graph: DiffusionGraph,
+    hops: int,
+    alpha: float,
+    kernel: str,
+    t: float,
+    hop_dropout: float,
+    training: bool,
+) -> Tensor:
+    """:func:`diffuse` on checked inputs, with the attention ``[H, E]`` in the graph's
+    storage order and the compute dtype."""
     s, coeffs = recursion_coefficients(hops, alpha, kernel, t)
     _core.check_bipartite(graph, hops, coeffs)
     if hops == 0:
@@ -283,9 +321,8 @@ def diffuse(
     if training and hop_dropout > 0.0:
         shape = (hops, groups, stack.num_dst, v.size(2))
         masks = torch.empty(shape, dtype=torch.bool, device=v.device).bernoulli_(1.0 - hop_dropout)
-    attn_heads = _core.edges_first(_core.compute_dtype(attn), graph)
     out, _ = _autograd.diffusion(
-        *stack.tensors(backward=_wants_grad(attn_heads, v_heads)),
+        *stack.structure(backward=_wants_grad(attn_heads, v_heads)),
         _core.stack_heads(attn_heads, groups).contiguous(),
         _core.stack_heads(v_heads, groups),
         s,

@@ -6,6 +6,8 @@ import torch
 import torch._dynamo
 
 from graphdiff.nn import AttentionDiffusion, DiffusionGraph, diffusion_graph
+from graphdiff.nn import graph as graph_module
+from graphdiff.patterns import BlockWindow, Global, Random
 
 from .reference import dense_layer, random_graph
 
@@ -24,9 +26,14 @@ def layer(attention):
     return AttentionDiffusion(F_IN, 4, heads=HEADS, hops=3, attention=attention).double()
 
 
-def graph_and_features(n):
-    ei = random_graph(n, 3 * n, seed=n)
+def graph_and_features(n, banded=False):
+    """A random graph, or one whose block window (blocks of 4 tokens) forms a band."""
+    if banded:
+        ei = (BlockWindow(8) | Global(1) | Random(2, seed=n))(n)
+    else:
+        ei = random_graph(n, 3 * n, seed=n)
     graph = diffusion_graph(ei, (n, n)).prepare(HEADS)
+    assert graph.band == (4 if banded else 0)
     x = torch.randn(n, F_IN, dtype=torch.float64, generator=torch.Generator().manual_seed(n))
     return ei, graph, x.requires_grad_()
 
@@ -38,16 +45,19 @@ def test_the_layer_is_one_graph_on_a_prepared_graph(attention):
     assert explanation.graph_break_count == 0 and explanation.graph_count == 1
 
 
+@pytest.mark.parametrize("banded", [False, True])
 @pytest.mark.parametrize("attention", ["dot", "gat"])
-def test_one_compiled_layer_serves_every_length(attention):
+def test_one_compiled_layer_serves_every_length(attention, banded, monkeypatch):
+    monkeypatch.setattr(graph_module, "MIN_BAND_BLOCK", 4)
     conv = layer(attention)
     # aot_eager: AOTAutograd traces the backward operators too (inductor's C++ build would
     # take minutes on a small machine).
     compiled = torch.compile(conv, backend="aot_eager", fullgraph=True, dynamic=True)
-    for n in (10, 13, 17):
-        ei, graph, x = graph_and_features(n)
+    lengths = (44, 53, 61) if banded else (10, 13, 17)
+    for n in lengths:
+        ei, graph, x = graph_and_features(n, banded)
         # The first call compiles; the other lengths must not.
-        with torch._dynamo.config.patch(error_on_recompile=n > 10):
+        with torch._dynamo.config.patch(error_on_recompile=n > lengths[0]):
             out = compiled(x, graph)
         expected = conv(x, graph)
         torch.testing.assert_close(out, expected)

@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from graphdiff.nn import _autograd, diffusion_graph
+from graphdiff.nn import graph as graph_module
 from graphdiff.nn._core import recursion_coefficients
+from graphdiff.patterns import BlockWindow, Random
 
 from .reference import random_graph
 
@@ -22,7 +24,7 @@ def head_calls():
 def graph_tensors(num_src=N, num_dst=N):
     ei = random_graph(max(num_src, num_dst), 30, seed=3, self_loops=False)
     ei = ei[:, (ei[0] < num_src) & (ei[1] < num_dst)]
-    return diffusion_graph(ei, (num_src, num_dst)).tensors()
+    return diffusion_graph(ei, (num_src, num_dst)).structure()
 
 
 def randn(*shape, grad=True, node_major=False):
@@ -35,8 +37,32 @@ def randn(*shape, grad=True, node_major=False):
     return x.requires_grad_(grad)
 
 
+def banded_structure(n=3 * N + 4):
+    """A graph whose block window (blocks of 3 tokens) is a band, with random edges besides."""
+    block, graph_module.MIN_BAND_BLOCK = graph_module.MIN_BAND_BLOCK, 3
+    try:
+        graph = diffusion_graph((BlockWindow(6) | Random(2))(n), (n, n))
+    finally:
+        graph_module.MIN_BAND_BLOCK = block
+    assert graph.band == 3
+    return graph.structure(), n, graph.num_edges
+
+
+def band_cases():
+    structure, n, edges = banded_structure()
+    s, coeffs = recursion_coefficients(HOPS, 0.1)
+    attn = torch.rand(H, edges, dtype=torch.float64)
+    yield "edge_attention band", (*structure, randn(H, n, C), randn(H, n, C), 0.5)
+    yield "gat_attention band", (*structure, randn(H, n), randn(H, n), 0.2)
+    yield (
+        "diffusion band",
+        (*structure, attn.requires_grad_(), randn(H, n, C), s, list(coeffs), None, 1.0, True),
+    )
+
+
 def op_cases():
     torch.manual_seed(0)
+    yield from band_cases()
     structure = graph_tensors()
     bipartite = graph_tensors(num_src=7, num_dst=N)
     edges = structure[1].numel()

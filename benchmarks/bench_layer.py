@@ -20,6 +20,8 @@ compare the machine's drift.
 Variants (all fp32, H heads x C channels, K hops):
 
 - ``graphdiff``   functional core: edge attention + K-hop PPR diffusion (default path)
+- ``graphdiff_csr`` the same core with every edge in the CSR: without the dense parts (the
+  band and global tokens) that ``diffusion_graph`` finds in the pattern
 - ``module``      ``AttentionDiffusion`` layer (adds the Q/K/V projections from ``H*C``)
 - ``gather``      the same layer with ``fused=False``: one PyG gather-scatter per hop
 - ``layer``       a whole ``DiffuserLayer`` (the module, output projection, two LayerNorms
@@ -81,6 +83,7 @@ from graphdiff.io import atomic_write
 
 ALL_VARIANTS = [
     "graphdiff",
+    "graphdiff_csr",
     "module",
     "gather",
     "layer",
@@ -125,7 +128,7 @@ def _setup(
     """Build inputs for one variant; returns (forward, whether it has a backward, info)."""
     import torch
 
-    from graphdiff.nn import AttentionDiffusion, diffusion_graph
+    from graphdiff.nn import AttentionDiffusion, DiffusionGraph, diffusion_graph
     from graphdiff.nn._core import stacks
     from graphdiff.nn.functional import diffuse, edge_softmax_attention
     from graphdiff.patterns import Global, Random, Window, longformer
@@ -177,7 +180,10 @@ def _setup(
     edge_index = pattern(n)
     info["edges"] = edge_index.size(1)
     before = rss_mb()
-    graph = diffusion_graph(edge_index, (n, n))
+    if variant == "graphdiff_csr":
+        graph = DiffusionGraph(edge_index[0], edge_index[1], (n, n), find_dense=False)
+    else:
+        graph = diffusion_graph(edge_index, (n, n))
     graph.transposed()  # the structure is built once per pattern, before timing
     if variant not in (*BARE_SPMMS, "gather"):  # graphdiff's kernels: with the heads' stack
         stacks(graph, H)[0].transposed()  # (short sequences), else the warm-up would build it
@@ -202,6 +208,8 @@ def _setup(
 
     bare = variant in ("spmm", "spmm_heads")
     q, k, v = (torch.randn(H, n, C, requires_grad=not bare) for _ in range(3))
+    if bare:  # the plain CSR of every edge, without the dense parts graphdiff finds
+        graph = DiffusionGraph(edge_index[0], edge_index[1], (n, n), find_dense=False)
     if variant == "spmm":  # what one would write by hand: all heads in one block-diagonal CSR
         crow, col, E = graph.crow, graph.col, graph.num_edges
         shift = torch.arange(H).unsqueeze(1)
@@ -600,6 +608,7 @@ def targets(results: Dict[int, Dict[str, dict]]) -> List[str]:
 # What each plotted variant is, for the figure's legend.
 PLOT_LABELS = {
     "graphdiff": "graphdiff core (functional API)",
+    "graphdiff_csr": "graphdiff core, every edge in the CSR",
     "module": "AttentionDiffusion module (+ Q/K/V projections)",
     "gather": "PyG gather-scatter path (fused=False)",
     "layer": "whole Diffuser layer (+ feed-forward, LayerNorms)",

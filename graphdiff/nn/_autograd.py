@@ -64,6 +64,8 @@ def accumulate_sddmm_(
         graph.band_values(values).baddbmm_(
             graph.band_targets(a), graph.band_sources(b).transpose(1, 2), alpha=scale
         )
+    for block, targets, sources in graph.global_blocks(values):
+        block.addmm_(a[targets], b[sources].t(), alpha=scale)
     other = graph.other_values(values)
     if other.numel() > graph.num_dst * graph.num_src:
         # Only duplicate edges get here: torch's sampled_addmm cuts the values of a CSR with
@@ -126,6 +128,11 @@ def spmm_(
             thirds = zip(graph.band_source_thirds(out), band.split(graph.band, dim=2))
             for sources, part in thirds:
                 sources.baddbmm_(part.transpose(1, 2), targets, alpha=alpha)
+    for block, targets, sources in graph.global_blocks(values):
+        if values_t is None:
+            out[targets].addmm_(block, x[sources], alpha=alpha)
+        else:
+            out[sources].addmm_(block.t(), x[targets], alpha=alpha)
     return out
 
 
@@ -160,6 +167,10 @@ def per_edge_(
         if scale is not None:
             nodes = torch.mul(nodes, graph.band_values(scale), out=graph.band_values(buffer))
         getattr(graph.band_values(values), op)(nodes)
+    scales = graph.global_blocks(scale) if scale is not None else None
+    for i, (block, targets, _) in enumerate(graph.global_blocks(values)):
+        nodes = node_values[targets].unsqueeze(-1)
+        getattr(block, op)(nodes if scales is None else nodes * scales[i][0])
     other = graph.other_values(buffer)
     torch.index_select(node_values, 0, graph.row, out=other)
     if scale is not None:
@@ -178,6 +189,11 @@ def row_reduce(graph: DiffusionGraph, values: Tensor, reduce: str = "sum") -> Te
             targets.add_(band.sum(-1))
         else:
             torch.maximum(targets, band.amax(-1), out=targets)
+    for block, targets, _ in graph.global_blocks(values):
+        if reduce == "sum":
+            out[targets] += block.sum(-1)
+        else:
+            out[targets] = torch.maximum(out[targets], block.amax(-1))
     return out
 
 
@@ -227,6 +243,8 @@ def gather_scores_(
     [N_src]`` and ``dst [N_dst]``; ``buffer`` is ``[E]`` scratch."""
     if graph.band:
         graph.band_values(out).copy_(graph.band_sources(src).unsqueeze(1))
+    for block, _, sources in graph.global_blocks(out):
+        block.copy_(src[sources].unsqueeze(0))
     torch.index_select(src, 0, graph.col, out=graph.other_values(out))
     return per_edge_(graph, out, dst, "add_", buffer)
 
@@ -240,6 +258,8 @@ def source_sums(graph: DiffusionGraph, values: Tensor, buffer: Tensor) -> Tensor
         sums = graph.band_values(values).sum(1)  # [B, 3w]: per block, over its targets
         for sources, part in zip(graph.band_source_thirds(out), sums.split(graph.band, dim=1)):
             sources.add_(part)
+    for block, _, sources in graph.global_blocks(values):
+        out[sources] += block.sum(0)
     return out
 
 
@@ -267,7 +287,7 @@ def first_order(backward: Callable) -> Callable:
 
 
 # The gradients of the six structure tensors every operator takes first.
-NO_STRUCTURE_GRADS = (None,) * 7
+NO_STRUCTURE_GRADS = (None,) * 8
 
 
 def optional_empty(x: Tensor, wanted: bool) -> Tensor:
@@ -287,25 +307,25 @@ def register_edge_scores(op: Any, backward: Any) -> None:
     @op.register_fake
     def _fake(*inputs):
         # The sources' count is not needed for the number of edges.
-        graph = DiffusionGraph.from_structure(inputs[:7], num_src=0)
-        return inputs[7].new_empty(inputs[7].size(0), graph.num_edges)
+        graph = DiffusionGraph.from_structure(inputs[:8], num_src=0)
+        return inputs[8].new_empty(inputs[8].size(0), graph.num_edges)
 
     @backward.register_fake
     def _backward_fake(*inputs):
-        a, b, want_a, want_b = inputs[7], inputs[8], inputs[12], inputs[13]
+        a, b, want_a, want_b = inputs[8], inputs[9], inputs[13], inputs[14]
         return optional_empty(a, want_a), optional_empty(b, want_b)
 
     def setup(ctx: Any, inputs: Tuple[Any, ...], output: Tensor) -> None:
-        *structure, band, a, b, param = inputs
-        ctx.param, ctx.band = param, band
+        *structure, band, num_global, a, b, param = inputs
+        ctx.param, ctx.dense = param, (band, num_global)
         ctx.save_for_backward(*structure, a, b, output)
 
     @first_order  # written with out= kernels
     def grad(ctx: Any, grad_attn: Tensor) -> Tuple[Optional[Tensor], ...]:
         *structure, a, b, attn = ctx.saved_tensors
-        want_a, want_b = ctx.needs_input_grad[7:9]
+        want_a, want_b = ctx.needs_input_grad[8:10]
         grad_a, grad_b = backward(
-            *structure, ctx.band, a, b, attn, grad_attn, ctx.param, want_a, want_b
+            *structure, *ctx.dense, a, b, attn, grad_attn, ctx.param, want_a, want_b
         )
         return (*NO_STRUCTURE_GRADS, grad_a if want_a else None, grad_b if want_b else None, None)
 
@@ -324,6 +344,7 @@ def edge_attention(
     col_t: Tensor,
     position_t: Tensor,
     band: int,
+    num_global: int,
     q: Tensor,
     k: Tensor,
     scale: float,
@@ -333,7 +354,7 @@ def edge_attention(
     then an in-place segment softmax. Its gradient saves ``q``, ``k`` and the output and is
     the softmax Jacobian and two SpMMs per head (:func:`edge_attention_backward`)."""
     graph = DiffusionGraph.from_structure(
-        (crow, col, row, crow_t, col_t, position_t, band), k.size(1)
+        (crow, col, row, crow_t, col_t, position_t, band, num_global), k.size(1)
     )
     attn = q.new_zeros(q.size(0), graph.num_edges)
     buffer = attn.new_empty(graph.num_edges)
@@ -356,6 +377,7 @@ def edge_attention_backward(
     col_t: Tensor,
     position_t: Tensor,
     band: int,
+    num_global: int,
     q: Tensor,
     k: Tensor,
     attn: Tensor,
@@ -367,7 +389,7 @@ def edge_attention_backward(
     """The gradients of :func:`edge_attention`'s ``q`` and ``k`` (each empty unless
     wanted) from that of its output ``attn``."""
     graph = DiffusionGraph.from_structure(
-        (crow, col, row, crow_t, col_t, position_t, band), k.size(1)
+        (crow, col, row, crow_t, col_t, position_t, band, num_global), k.size(1)
     )
     grad_q, grad_k = optional_empty(q, want_q), optional_empty(k, want_k)
     # Two allocations, not one [2, E]: each stays below the mmap threshold.
@@ -401,6 +423,7 @@ def gat_attention(
     col_t: Tensor,
     position_t: Tensor,
     band: int,
+    num_global: int,
     src: Tensor,
     dst: Tensor,
     slope: float,
@@ -411,7 +434,7 @@ def gat_attention(
     output, recomputes the scores (for the LeakyReLU's slope) and sums each edge's gradient
     into its target (a segment sum) and its source (one in the transposed order)."""
     graph = DiffusionGraph.from_structure(
-        (crow, col, row, crow_t, col_t, position_t, band), src.size(1)
+        (crow, col, row, crow_t, col_t, position_t, band, num_global), src.size(1)
     )
     attn = src.new_empty(src.size(0), graph.num_edges)
     buffer = attn.new_empty(graph.num_edges)
@@ -432,6 +455,7 @@ def gat_attention_backward(
     col_t: Tensor,
     position_t: Tensor,
     band: int,
+    num_global: int,
     src: Tensor,
     dst: Tensor,
     attn: Tensor,
@@ -443,7 +467,7 @@ def gat_attention_backward(
     """The gradients of :func:`gat_attention`'s scores ``src`` and ``dst`` (each empty
     unless wanted) from that of its output ``attn``."""
     graph = DiffusionGraph.from_structure(
-        (crow, col, row, crow_t, col_t, position_t, band), src.size(1)
+        (crow, col, row, crow_t, col_t, position_t, band, num_global), src.size(1)
     )
     grad_src, grad_dst = optional_empty(src, want_src), optional_empty(dst, want_dst)
     d_score, slopes, buffer = (attn.new_empty(graph.num_edges) for _ in range(3))
@@ -470,10 +494,10 @@ def diffusion_outputs(
 ) -> Tuple[Tensor, Tensor]:
     """The empty outputs of :func:`diffusion` for values ``v [H, N_src, C]``: the result,
     ``[N_dst, H, C]`` when ``v`` is a view of a node-major tensor, else ``[H, N_dst, C]``,
-    and the history ``[H, K, N_src, C]`` (empty without ``save_history``)."""
+    and the history ``[H, N_src, K, C]`` (empty without ``save_history``)."""
     heads, num_src, channels = v.shape
     result = empty_nodes(v, num_dst, is_node_major(v))
-    history = v.new_empty(heads, hops, num_src, channels) if save_history else v.new_empty(0)
+    history = v.new_empty(heads, num_src, hops, channels) if save_history else v.new_empty(0)
     return result, history
 
 
@@ -486,6 +510,7 @@ def diffusion(
     col_t: Tensor,
     position_t: Tensor,
     band: int,
+    num_global: int,
     attn: Tensor,
     v: Tensor,
     s: float,
@@ -501,30 +526,31 @@ def diffusion(
     view of a node-major tensor, else ``[H, N, C]`` (the caller takes the head-major view,
     :func:`heads_view`; an operator's output never aliases another tensor); ``history``,
     with ``save_history`` (for ``A``'s gradient), holds the hop inputs ``Z_0 .. Z_{K-1}`` as
-    ``[H, K, N, C]``, each hop writing straight into its slot.
+    ``[H, N, K, C]``.
 
     PPR is ``s = 1 - alpha, c = (1, alpha, ..., alpha)`` (teleport ``alpha``); the heat
     kernel is its Horner form ``s = 1, c = (theta_K, ..., theta_0)``. The gradient is the
-    adjoint recursion (``A^T`` SpMMs), with each hop's ``dA`` term accumulated by one SDDMM
-    as its adjoint is formed (:func:`diffusion_backward`).
+    adjoint recursion (``A^T`` SpMMs), with every hop's ``dA`` term summed by one SDDMM over
+    all hops at once (:func:`diffusion_backward`).
     """
     graph = DiffusionGraph.from_structure(
-        (crow, col, row, crow_t, col_t, position_t, band), v.size(1)
+        (crow, col, row, crow_t, col_t, position_t, band, num_global), v.size(1)
     )
     hops = len(coeffs) - 1
-    result, zs = diffusion_outputs(v, graph.num_dst, hops, save_history)
-    # Without the history, two scratch slots shared by all heads, used in turn (Z_0 may be
-    # V itself).
-    scratch = None if save_history else v.new_empty(min(hops, 2), graph.num_src, v.size(2))
+    result, history = diffusion_outputs(v, graph.num_dst, hops, save_history)
+    # Two scratch slots shared by all heads, used in turn (Z_0 may be V itself); each hop's
+    # input is copied into the history, whose [N, K C] rows the gradient's one SDDMM reads.
+    slots = v.new_empty(min(hops, 2), graph.num_src, v.size(2))
     out = heads_view(result, is_node_major(v))
     out_scratch = rows_scratch(out)  # strided heads: the last hop goes through it
     for h in range(v.size(0)):
-        slots = zs[h] if save_history else scratch
-        if coeffs[0] == 1.0 and not save_history:  # Z_0 = V: read V itself, no copy to keep
+        if coeffs[0] == 1.0:  # Z_0 = V: read V itself
             z = dense_rows(v[h], slots[0])
         else:
             z = torch.mul(v[h], coeffs[0], out=slots[0])
         for m in range(hops):
+            if save_history:
+                history[h, :, m].copy_(z)
             if m < hops - 1:
                 nxt = slots[(m + 1) % len(slots)]
             else:
@@ -540,12 +566,26 @@ def diffusion(
             z = nxt
         if out_scratch is not None:
             out[h].copy_(z)
-    return result, zs
+    return result, history
 
 
 @diffusion.register_fake
 def _diffusion_fake(
-    crow, col, row, crow_t, col_t, position_t, band, attn, v, s, coeffs, masks, keep, save_history
+    crow,
+    col,
+    row,
+    crow_t,
+    col_t,
+    position_t,
+    band,
+    num_global,
+    attn,
+    v,
+    s,
+    coeffs,
+    masks,
+    keep,
+    save_history,
 ):
     return diffusion_outputs(v, crow.size(0) - 1, len(coeffs) - 1, save_history)
 
@@ -559,6 +599,7 @@ def diffusion_backward(
     col_t: Tensor,
     position_t: Tensor,
     band: int,
+    num_global: int,
     attn: Tensor,
     history: Tensor,
     grad: Tensor,
@@ -573,7 +614,7 @@ def diffusion_backward(
     history) and ``v`` from that of its result, ``grad`` (in the result's layout,
     ``node_major`` or not)."""
     graph = DiffusionGraph.from_structure(
-        (crow, col, row, crow_t, col_t, position_t, band), crow_t.size(0) - 1
+        (crow, col, row, crow_t, col_t, position_t, band, num_global), crow_t.size(0) - 1
     )
     hops = len(coeffs) - 1
     grad = heads_view(grad, node_major)
@@ -582,6 +623,9 @@ def diffusion_backward(
     grad_attn = attn.new_zeros(attn.shape) if want_attn else attn.new_empty(0)
     attn_t = attn.new_empty(graph.num_edges)  # one head's A^T, transposed order
     slots = grad.new_empty(2, graph.num_dst, channels).unbind(0)
+    # Every hop's adjoint, [N, K C] rows against the history's for one SDDMM over all hops:
+    # one product of K C channels runs faster than K of C.
+    adjoints = grad.new_empty(graph.num_dst, hops, channels) if want_attn else None
     gv_scratch = rows_scratch(grad_v)
     for h in range(heads):
         values_t = graph.transpose_values(attn[h], out=attn_t)
@@ -599,13 +643,17 @@ def diffusion_backward(
             if coeffs[m + 1] != 0.0:
                 g_v.add_(g, alpha=coeffs[m + 1])
             if want_attn:
-                accumulate_sddmm_(graph, grad_attn[h], g, history[h, m], scale=s)
+                adjoints[:, m].copy_(g)
             if m > 0:
                 g = spmm_(graph, slots[free], attn[h], g, alpha=s, values_t=values_t)
                 free = 1 - free
             elif coeffs[0] != 0.0:  # the last adjoint only feeds V's gradient
                 alpha = s * coeffs[0]
                 spmm_(graph, g_v, attn[h], g, alpha=alpha, bias=g_v, values_t=values_t)
+        if want_attn:  # dA = s sum_m g_{m+1} Z_m^T on the edges
+            accumulate_sddmm_(
+                graph, grad_attn[h], adjoints.flatten(1), history[h].flatten(1), scale=s
+            )
         if gv_scratch is not None:
             grad_v[h].copy_(g_v)
     return grad_attn, grad_v
@@ -620,6 +668,7 @@ def _diffusion_backward_fake(
     col_t,
     position_t,
     band,
+    num_global,
     attn,
     history,
     grad,
@@ -636,10 +685,10 @@ def _diffusion_backward_fake(
 
 
 def _diffusion_setup(ctx: Any, inputs: Tuple[Any, ...], output: Tuple[Tensor, Tensor]) -> None:
-    *structure, band, attn, v, s, coeffs, masks, keep, save_history = inputs
+    *structure, band, num_global, attn, v, s, coeffs, masks, keep, save_history = inputs
     history = output[1]
     ctx.s, ctx.coeffs, ctx.keep, ctx.node_major = s, coeffs, keep, is_node_major(v)
-    ctx.band = band
+    ctx.dense = (band, num_global)
     ctx.mark_non_differentiable(history)
     # Else autograd hands backward a zero gradient of the (non-differentiable) history,
     # [H, K, N, C] filled anew at every step.
@@ -654,14 +703,14 @@ def _diffusion_grad(
     # Gradients are not materialised: None when the loss does not reach the result (a
     # gradcheck of another output of the caller's).
     if grad is None:
-        return (None,) * 14
+        return (None,) * 15
     *structure, attn, history, masks = ctx.saved_tensors
-    want_attn = ctx.needs_input_grad[7]
+    want_attn = ctx.needs_input_grad[8]
     if want_attn and history.numel() == 0 and attn.numel() > 0:
         raise RuntimeError("graphdiff::diffusion needs save_history=True for attn's gradient")
     grad_attn, grad_v = diffusion_backward(
         *structure,
-        ctx.band,
+        *ctx.dense,
         attn,
         history,
         grad,

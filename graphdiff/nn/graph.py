@@ -124,6 +124,72 @@ def find_band(src: Tensor, dst: Tensor, num_nodes: int) -> Optional[Tuple[int, T
     return None
 
 
+def find_global(
+    src: Tensor, dst: Tensor, num_nodes: int, band: int
+) -> Optional[Tuple[int, Tensor, Tensor, Tensor]]:
+    """The global tokens of a square graph's edges outside its band (sorted by target):
+    the largest ``G`` such that targets ``0 .. G - 1`` have an edge from every source and
+    every target from :func:`global_start` on has one from each of sources ``0 .. G - 1``,
+    each exactly once (:class:`~graphdiff.patterns.Global`'s first positions). Those edges
+    are a dense ``[G, N]`` and a dense ``[N - start, G]`` block, whose products are plain
+    matrix products; the global targets lie before the band's first block (``G <= w``).
+
+    Returns ``(G, rows, columns, other)``: the positions of the ``[G, N]`` block's edges (row
+    by row), of the ``[N - start, G]`` block's, and of the other edges in their order;
+    ``None`` when there are none.
+    """
+    limit = min(band or num_nodes // 2, num_nodes)
+    pointer = torch.searchsorted(dst, torch.arange(limit + 1).to(dst))
+    full = (pointer[1:] - pointer[:-1]).ge(num_nodes)
+    num_global = int(full.long().cumprod(0).sum())  # the leading full targets
+    if num_global == 0:
+        return None
+    start = global_start(band, num_global)
+    rows, columns = dst < num_global, (dst >= start) & (src < num_global)
+    parts = []
+    for mask, first, width, height in (
+        (rows, 0, num_nodes, num_global),
+        (columns, start, num_global, num_nodes - start),
+    ):
+        positions = mask.nonzero().squeeze(1)
+        if positions.numel() != width * height:
+            return None
+        slots = torch.full((width * height,), -1, dtype=torch.long, device=src.device)
+        slots[(dst[positions] - first) * width + src[positions]] = positions
+        if not bool((slots >= 0).all()):  # a duplicate edge took another's slot
+            return None
+        parts.append(slots)
+    return num_global, parts[0], parts[1], (~(rows | columns)).nonzero().squeeze(1)
+
+
+def global_start(band: int, num_global: int) -> int:
+    """The first target of the global columns' dense block: the band's second block (the
+    first block's targets have those sources in the band), else the first after the global
+    targets."""
+    return 2 * band if band else num_global
+
+
+def find_dense_parts(src: Tensor, dst: Tensor, num_nodes: int) -> Tuple[int, int, Tensor]:
+    """``(w, G, order)``: the band's block size (:func:`find_band`), the number of global
+    tokens (:func:`find_global`), each 0 where there is none, and the storage order of a
+    square graph's edges (sorted by target): the band's, the global rows', the global
+    columns', then the other edges'."""
+    other = torch.arange(src.numel(), device=src.device)
+    if num_nodes < 3 * MIN_BAND_BLOCK:
+        return 0, 0, other
+    dense, band, num_global = [], 0, 0
+    found = find_band(src, dst, num_nodes)
+    if found is not None:
+        band, positions, other = found
+        dense.append(positions)
+    found = find_global(src[other], dst[other], num_nodes, band)
+    if found is not None:
+        num_global, rows, columns, rest = found
+        dense += [other[rows], other[columns]]
+        other = other[rest]
+    return band, num_global, torch.cat([*dense, other])
+
+
 def _band_sizes(src: Tensor, dst: Tensor, num_nodes: int, samples: int = 8) -> List[int]:
     """Candidate block sizes: from the most common length ``L`` of the run of consecutive
     sources around a target's own position among a few targets (a random or global source
@@ -150,8 +216,9 @@ class DiffusionGraph:
     r"""Target-major CSR structure of a (possibly bipartite) graph with ``E`` edges.
 
     Per-edge values are kept in *storage order*: the CSR order (by target), except on a graph
-    with a block band (:attr:`band`, found when it is built), whose band edges come first,
-    ``[B, w, 3w]`` (see :func:`find_band`), and the CSR of the other edges after them.
+    with dense parts, found when it is built: a block band (:attr:`band`, :func:`find_band`),
+    whose edges come first as ``[B, w, 3w]``, then global tokens' rows and columns
+    (:attr:`num_global`, :func:`find_global`), then the CSR of the other edges.
     Edge ``e`` of the *input* order is storage position ``inv(perm)[e]``; ``perm`` is ``None``
     when the storage order is the input order (canonical patterns without a band), so no
     permutation is ever applied on that path.
@@ -161,6 +228,8 @@ class DiffusionGraph:
         dst (torch.Tensor): Target (query) index of every edge, input order.
         num_nodes (Tuple[int, int]): ``(N_src, N_dst)``.
         sorted_by_target (bool, optional): Skip the sortedness check. (default: :obj:`False`)
+        find_dense (bool, optional): Look for a band and global tokens, whose edges then run
+            as dense products. (default: :obj:`True`)
     """
 
     # Built outside inference mode, like every lazily cached part below: a structure first
@@ -168,7 +237,12 @@ class DiffusionGraph:
     # to save when the same graph is later used for training.
     @torch.inference_mode(False)
     def __init__(
-        self, src: Tensor, dst: Tensor, num_nodes: Tuple[int, int], sorted_by_target: bool = False
+        self,
+        src: Tensor,
+        dst: Tensor,
+        num_nodes: Tuple[int, int],
+        sorted_by_target: bool = False,
+        find_dense: bool = True,
     ) -> None:
         self.num_src, self.num_dst = int(num_nodes[0]), int(num_nodes[1])
         self.num_edges = src.numel()
@@ -176,14 +250,13 @@ class DiffusionGraph:
         if not sorted_by_target and self.num_edges > 1 and bool((dst[1:] < dst[:-1]).any()):
             self.perm = torch.sort(dst, stable=True)[1]
             src, dst = src[self.perm], dst[self.perm]
-        self.band = 0
-        if self.is_square:
-            found = find_band(src, dst, self.num_dst)
-            if found is not None:
-                self.band, band_slots, rest = found
-                order = torch.cat([band_slots, rest])
+        self.band = self.num_global = 0
+        if self.is_square and find_dense:
+            self.band, self.num_global, order = find_dense_parts(src, dst, self.num_dst)
+            if self.band or self.num_global:
                 self.perm = order if self.perm is None else self.perm[order]
-                src, dst = src[rest], dst[rest]
+                other = order[self.dense_edges :]
+                src, dst = src[other], dst[other]
         # int32 indices when they fit: half the index memory and traffic of every sparse
         # product (torch would convert int64 ones at every call). Copies, never views: a view
         # would keep the adjacency alive from inside the cache entry that dies with it.
@@ -203,10 +276,10 @@ class DiffusionGraph:
         """The graph of :meth:`structure` (the transposed three tensors empty when they were
         left out), wrapped without copies or checks: how the fused kernels, which take plain
         tensors and numbers, see the structure they were given."""
-        crow, col, row, crow_t, col_t, position_t, band = structure
+        crow, col, row, crow_t, col_t, position_t, band, num_global = structure
         # A real transpose has a row pointer of N_src + 1 >= 1 entries.
         transposed = (crow_t, col_t, position_t) if crow_t.numel() else None
-        return cls._assemble(crow, col, row, num_src, band, transposed=transposed)
+        return cls._assemble(crow, col, row, num_src, band, num_global, transposed=transposed)
 
     @classmethod
     def _assemble(
@@ -216,6 +289,7 @@ class DiffusionGraph:
         row: Tensor,
         num_src: int,
         band: int = 0,
+        num_global: int = 0,
         perm: Optional[Tensor] = None,
         transposed: Optional[Tuple[Tensor, Tensor, Tensor]] = None,
         stacked: Optional[Dict[int, DiffusionGraph]] = None,
@@ -223,7 +297,8 @@ class DiffusionGraph:
         """A graph of built parts, sizes read from them (``num_src`` aside)."""
         graph = cls.__new__(cls)
         graph.num_src, graph.num_dst, graph.band = num_src, crow.size(0) - 1, band
-        graph.num_edges = graph.band_edges + col.size(0)
+        graph.num_global = num_global
+        graph.num_edges = graph.dense_edges + col.size(0)
         graph.perm, graph.index_dtype = perm, col.dtype
         graph.row, graph.col, graph.crow = row, col, crow
         graph._transposed, graph._stacked, graph._stack_of = transposed, stacked or {}, None
@@ -231,9 +306,10 @@ class DiffusionGraph:
 
     def structure(self, backward: bool = True) -> Tuple[Any, ...]:
         """The structure as plain tensors and a number, what the fused kernels (custom
-        operators) take: ``(crow, col, row, crow_t, col_t, position_t, band)``, the CSR of the
-        edges outside the band by target with the target of every position, its
-        :meth:`transposed` CSR and the band's block size (0: none). Without ``backward`` the
+        operators) take: ``(crow, col, row, crow_t, col_t, position_t, band, num_global)``,
+        the CSR of the edges outside the dense parts by target with the target of every
+        position, its :meth:`transposed` CSR, the band's block size and the number of global
+        tokens (0: none). Without ``backward`` the
         transposed three are empty: only gradients read them, and building them sorts the
         edges."""
         if backward:
@@ -241,7 +317,7 @@ class DiffusionGraph:
         else:
             empty = self.col.new_empty(0)
             transposed = (empty, empty, empty.long())
-        return (self.crow, self.col, self.row, *transposed, self.band)
+        return (self.crow, self.col, self.row, *transposed, self.band, self.num_global)
 
     def prepare(self, heads: int, backward: bool = True) -> DiffusionGraph:
         """Builds now what the kernels would build lazily on the first call with ``heads``
@@ -270,10 +346,11 @@ class DiffusionGraph:
         return self.num_src == self.num_dst
 
     def __repr__(self) -> str:
-        band = f", band={self.band}" if self.band else ""
+        dense = f", band={self.band}" if self.band else ""
+        dense += f", num_global={self.num_global}" if self.num_global else ""
         return (
             f"{self.__class__.__name__}(num_nodes=({self.num_src}, {self.num_dst}), "
-            f"num_edges={self.num_edges}{band})"
+            f"num_edges={self.num_edges}{dense})"
         )
 
     # -- the block band: targets of blocks 1 .. B of w tokens, each with the 3w sources of
@@ -289,33 +366,69 @@ class DiffusionGraph:
         """The number of band edges, ``B * w * 3w``, the first positions of the storage."""
         return self.band_blocks * 3 * self.band**2
 
+    # The views below are single as_strided calls: a kernel takes a few of them per sparse
+    # product, and a chain of narrow/unflatten/unfold costs about 5 us a link.
+
     def band_values(self, values: Tensor) -> Tensor:
         """One head's band values as ``[B, w, 3w]`` (a view of ``values [E]``)."""
         w = self.band
-        return values[: self.band_edges].view(self.band_blocks, w, 3 * w)
+        return values.as_strided((self.band_blocks, w, 3 * w), (3 * w * w, 3 * w, 1))
+
+    @property
+    def dense_edges(self) -> int:
+        """The number of edges in dense parts (band, global rows and columns), the first
+        positions of the storage."""
+        start = global_start(self.band, self.num_global)
+        return self.band_edges + self.num_global * (2 * self.num_dst - start)
+
+    def global_blocks(self, values: Tensor) -> List[Tuple[Tensor, slice, slice]]:
+        """One head's global edges as dense blocks ``(values [R, S], targets, sources)``
+        (views; the slices select the block's rows of target and source tensors): the
+        global targets' ``[G, N]`` and the global sources' ``[N - start, G]``. Empty
+        without global tokens."""
+        if not self.num_global:
+            return []
+        n, num_global = self.num_dst, self.num_global
+        start = global_start(self.band, num_global)
+        rows_end = self.band_edges + num_global * n
+        offset = values.storage_offset()
+        global_rows = values.as_strided((num_global, n), (n, 1), offset + self.band_edges)
+        global_columns = values.as_strided(
+            (n - start, num_global), (num_global, 1), offset + rows_end
+        )
+        return [
+            (global_rows, slice(0, num_global), slice(0, n)),
+            (global_columns, slice(start, n), slice(0, num_global)),
+        ]
 
     def other_values(self, values: Tensor) -> Tensor:
-        """One head's values of the edges outside the band, in CSR order (a view)."""
-        return values[self.band_edges :]
+        """One head's values of the edges outside the dense parts, in CSR order (a view)."""
+        return values[self.dense_edges :]
 
     def band_targets(self, x: Tensor) -> Tensor:
         """The band's targets of a node tensor ``x [N, ...]``: ``[B, w, ...]`` (a view)."""
-        w = self.band
-        return x.narrow(0, w, self.band_blocks * w).unflatten(0, (self.band_blocks, w))
+        return self._node_blocks(x, self.band, self.band)
 
     def band_sources(self, x: Tensor) -> Tensor:
         """The band's sources of ``x [N, ...]``: block ``b``'s ``3w`` sources ``[B, 3w, ...]``,
         overlapping windows of ``x`` (a view)."""
-        windows = x.unfold(0, 3 * self.band, self.band)[: self.band_blocks]
-        return windows.movedim(-1, 1)
+        return self._node_blocks(x, 0, 3 * self.band)
+
+    def _node_blocks(self, x: Tensor, first: int, rows: int) -> Tensor:
+        """``x [N, ...]`` as ``[B, rows, ...]``, block ``b`` from row ``first + b w`` on."""
+        step = x.stride(0)
+        return x.as_strided(
+            (self.band_blocks, rows, *x.shape[1:]),
+            (self.band * step, step, *x.stride()[1:]),
+            x.storage_offset() + first * step,
+        )
 
     def band_source_thirds(self, x: Tensor) -> List[Tensor]:
         """``x [N, ...]`` as three ``[B, w, ...]`` views, the ``s``-th holding each block's
         ``s``-th block of sources: a sum over the band's targets into their sources adds one
         ``[B, w, ...]`` part into each (the three cover ``x`` without overlapping within
         one)."""
-        w, blocks = self.band, self.band_blocks
-        return [x.narrow(0, s * w, blocks * w).unflatten(0, (blocks, w)) for s in range(3)]
+        return [self._node_blocks(x, s * self.band, self.band) for s in range(3)]
 
     def to_input_order(self, values: Tensor) -> Tensor:
         """Reorder per-edge values ``[E, ...]`` from storage order to the input edge order."""
@@ -335,7 +448,15 @@ class DiffusionGraph:
             offset = torch.arange(3 * w, device=src.device)
             band_src = (block * w + offset).expand(blocks, w, 3 * w)
             band_dst = ((block + 1) * w + offset[:w].view(w, 1)).expand(blocks, w, 3 * w)
-            src, dst = torch.cat([band_src.flatten(), src]), torch.cat([band_dst.flatten(), dst])
+            dense_src, dense_dst = [band_src.flatten()], [band_dst.flatten()]
+        else:
+            dense_src, dense_dst = [], []
+        arange = functools.partial(torch.arange, device=src.device)
+        for block, targets, sources in self.global_blocks(arange(self.num_edges)):
+            rows, cols = block.shape
+            dense_src.append(arange(sources.start, sources.stop).repeat(rows))
+            dense_dst.append(arange(targets.start, targets.stop).repeat_interleave(cols))
+        src, dst = torch.cat([*dense_src, src]), torch.cat([*dense_dst, dst])
         return self.to_input_order(torch.stack([src, dst], dim=1)).t()
 
     def to_csr_order(self, values: Tensor) -> Tensor:
@@ -411,8 +532,8 @@ class DiffusionGraph:
         ``[copies * N, C]`` and whose ``[copies, E]`` values as ``[copies * E]``."""
         if copies == 1:
             return self
-        if self.band:
-            raise ValueError("a graph with a band runs head by head (heads_per_call is 1)")
+        if self.band or self.num_global:
+            raise ValueError("a graph with dense parts runs head by head (heads_per_call is 1)")
         if copies not in self._stacked:
             self._stacked[copies] = self._build_stack(copies)
         return self._stacked[copies]
@@ -424,6 +545,7 @@ class DiffusionGraph:
             _repeat_offset(self.row, copies, self.num_dst),
             (copies * self.num_src, copies * self.num_dst),
             sorted_by_target=True,
+            find_dense=False,  # its transpose is built from the source's (CSR order)
         )
         stack._stack_of = (weakref.ref(self), copies)
         return stack
@@ -432,9 +554,8 @@ class DiffusionGraph:
         """How many of ``heads`` heads share one sparse call: the largest divisor of
         ``heads`` whose :meth:`stacked` graph holds at most ``MAX_STACKED_EDGES`` edges and
         ``MAX_STACKED_NODES`` nodes on either side (1 on long sequences, where each head runs
-        alone on this graph, and on a graph with a band, whose dense products have no
-        per-call overhead to share)."""
-        if self.band:
+        alone on this graph, and on a graph with dense parts, a band or global tokens)."""
+        if self.band or self.num_global:
             return 1
         nodes = max(self.num_src, self.num_dst)
         fits = [
@@ -464,9 +585,12 @@ def _repeat_offset(index: Tensor, copies: int, step: int) -> Tensor:
 _GRAPH_PARTS = ("crow", "col", "row", "perm", "_transposed", "_stacked")
 
 
-def _flatten_graph(graph: DiffusionGraph) -> Tuple[List[Any], Tuple[Optional[int], int]]:
+def _flatten_graph(
+    graph: DiffusionGraph,
+) -> Tuple[List[Any], Tuple[Optional[int], int, int]]:
     num_src = None if graph.is_square else graph.num_src
-    return [getattr(graph, name) for name in _GRAPH_PARTS], (num_src, graph.band)
+    context = (num_src, graph.band, graph.num_global)
+    return [getattr(graph, name) for name in _GRAPH_PARTS], context
 
 
 def _flatten_graph_with_keys(graph: DiffusionGraph) -> Tuple[List[Tuple[Any, Any]], Any]:
@@ -474,11 +598,15 @@ def _flatten_graph_with_keys(graph: DiffusionGraph) -> Tuple[List[Tuple[Any, Any
     return [(pytree.GetAttrKey(name), part) for name, part in zip(_GRAPH_PARTS, parts)], context
 
 
-def _unflatten_graph(parts: Iterable[Any], context: Tuple[Optional[int], int]) -> DiffusionGraph:
+def _unflatten_graph(
+    parts: Iterable[Any], context: Tuple[Optional[int], int, int]
+) -> DiffusionGraph:
     crow, col, row, perm, transposed, stacked = parts
-    num_src, band = context
+    num_src, band, num_global = context
     num_src = crow.size(0) - 1 if num_src is None else num_src
-    return DiffusionGraph._assemble(crow, col, row, num_src, band, perm, transposed, dict(stacked))
+    return DiffusionGraph._assemble(
+        crow, col, row, num_src, band, num_global, perm, transposed, dict(stacked)
+    )
 
 
 pytree.register_pytree_node(

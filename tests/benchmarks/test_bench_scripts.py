@@ -45,6 +45,21 @@ def test_fused_module_and_gather_scatter_variants_compute_the_same_layer(bench_l
     )
 
 
+def test_the_core_with_dense_parts_computes_what_the_csr_core_does(bench_layer):
+    from graphdiff.nn import diffusion_graph
+    from graphdiff.patterns import Global, Random, Window
+
+    shape = {**SHAPE, "window": 64}  # a sliding window of 65 holds a band of blocks of 16
+    graph = diffusion_graph((Window(64) | Global(2) | Random(2, seed=0))(160), (160, 160))
+    assert (graph.band, graph.num_global) == (16, 2)
+    outputs = []
+    for variant in ("graphdiff", "graphdiff_csr"):
+        forward, _, _ = bench_layer._setup(variant=variant, n=160, **shape)
+        with torch.no_grad():
+            outputs.append(forward())
+    torch.testing.assert_close(*outputs)
+
+
 # A length of its own per variant, used by no other test: its structure is built here.
 @pytest.mark.parametrize(
     "variant, n", [("graphdiff", 40), ("module", 41), ("layer", 42), ("hop", 43)]
@@ -71,12 +86,14 @@ def test_bare_spmm_variants_and_hop_compute_the_same_product(bench_layer):
     block_diagonal = output(bench_layer, "spmm", n).view(heads, n, channels)
     torch.testing.assert_close(block_diagonal, per_head)
     # Both draw q, k, v and then the edge values from the same seed: rebuild them densely.
-    from graphdiff.nn import diffusion_graph
+    from graphdiff.nn import DiffusionGraph
     from graphdiff.patterns import Global, Random, Window
 
     torch.manual_seed(0)
     q, k, v = (torch.randn(heads, n, channels) for _ in range(3))
-    graph = diffusion_graph((Window(4) | Global(2) | Random(2, seed=0))(n), (n, n))
+    # The plain CSR of the pattern (in its edge order, which hop's attention follows).
+    ei = (Window(4) | Global(2) | Random(2, seed=0))(n)
+    graph = DiffusionGraph(ei[0], ei[1], (n, n), find_dense=False)
     values = torch.rand(heads, graph.num_edges)
     dense = torch.stack([graph.csr(w).to_dense() for w in values])
     torch.testing.assert_close(per_head, dense @ v)

@@ -1,5 +1,6 @@
-"""Graphs with a block band: its edges run as dense [w, 3w] blocks, and every kernel must
-give what the dense references give, whatever order the edges came in."""
+"""Graphs with dense parts: a block band, whose edges run as dense [w, 3w] blocks, and
+global tokens, whose rows and columns run as dense matrices. Every kernel must give what
+the dense references give, whatever order the edges came in."""
 
 import pytest
 import torch
@@ -24,10 +25,19 @@ def small_blocks(monkeypatch):
     monkeypatch.setattr(graph_module, "MIN_BAND_BLOCK", W)
 
 
-def banded_graph(shuffle=False, seed=0):
-    """The official block window (blocks of W tokens), two global tokens and three random
-    keys per query: a band of W with other edges in and around it."""
-    ei = (BlockWindow(2 * W) | Global(2) | Random(3, seed=seed))(N)
+# The official block window (blocks of W tokens), two global tokens and three random keys
+# per query: a band of W and global rows and columns, with other edges in and around them;
+# and each dense part alone.
+PATTERNS = {
+    "band and global": lambda seed: BlockWindow(2 * W) | Global(2) | Random(3, seed=seed),
+    "band": lambda seed: BlockWindow(2 * W) | Random(3, seed=seed),
+    "global": lambda seed: Global(2) | Random(3, seed=seed),
+}
+DENSE_PARTS = {"band and global": (W, 2), "band": (W, 0), "global": (0, 2)}
+
+
+def banded_graph(shuffle=False, seed=0, pattern="band and global"):
+    ei = PATTERNS[pattern](seed)(N)
     if shuffle:
         ei = ei[:, torch.randperm(ei.size(1), generator=torch.Generator().manual_seed(seed))]
     return ei
@@ -39,42 +49,55 @@ def features(seed, heads=H, dtype=torch.float64):
 
 
 @pytest.mark.parametrize(
-    "pattern, n, band",
+    "pattern, n, band, num_global",
     [
-        (diffuser(window=64, num_global=8, num_random=8), 1024, 32),
-        (BlockWindow(64), 160, 32),  # B = 3
-        (Window(64) | Global(8), 1024, 16),  # a sliding window of 65 holds blocks of 16
-        (Window(16) | Global(1), 512, 0),  # runs of 17: blocks of at most 4 fit
-        (Random(8) | Global(1), 512, 0),
+        (diffuser(window=64, num_global=8, num_random=8), 1024, 32, 8),
+        (BlockWindow(64), 160, 32, 0),  # B = 3
+        (Window(64) | Global(8), 1024, 16, 8),  # a sliding window of 65 holds blocks of 16
+        (Window(16) | Global(1), 512, 0, 1),  # runs of 17: blocks of at most 4 fit
+        (Random(8) | Global(3), 512, 0, 3),
+        (Random(8), 512, 0, 0),
     ],
 )
-def test_band_is_found_where_every_edge_of_it_is_there(pattern, n, band, monkeypatch):
+def test_dense_parts_are_found_where_every_edge_of_them_is_there(
+    pattern, n, band, num_global, monkeypatch
+):
     monkeypatch.setattr(graph_module, "MIN_BAND_BLOCK", 16)
     graph = diffusion_graph(pattern(n), (n, n))
-    assert graph.band == band
+    assert (graph.band, graph.num_global) == (band, num_global)
     assert graph.num_edges == pattern(n).size(1)
     if band:
         assert graph.band_blocks == n // band - 2
-        assert graph.col.numel() == graph.num_edges - graph.band_edges
+    start = 2 * band if band else num_global
+    dense = band * 3 * band * graph.band_blocks + num_global * n + num_global * (n - start)
+    assert graph.dense_edges == dense
+    assert graph.col.numel() == graph.num_edges - dense
 
 
-def test_a_missing_or_duplicate_band_edge_means_no_band():
+def dense_parts(ei, num_nodes=(N, N)):
+    graph = diffusion_graph(ei, num_nodes)
+    return graph.band, graph.num_global
+
+
+@pytest.mark.parametrize("target, source, parts", [(2 * W, 2 * W + 1, (0, 2)), (0, N - 1, (W, 0))])
+def test_a_missing_or_duplicate_edge_means_no_dense_part(target, source, parts):
+    # An edge of block 2's band, then one of the first global token's row.
     ei = banded_graph()
-    full = diffusion_graph(ei, (N, N))
-    assert full.band == W
-    inside = ((ei[1] == 2 * W) & (ei[0] == 2 * W + 1)).nonzero().item()  # in block 2's band
+    assert dense_parts(ei) == (W, 2)
+    inside = ((ei[1] == target) & (ei[0] == source)).nonzero().item()
     missing = torch.cat([ei[:, :inside], ei[:, inside + 1 :]], dim=1)
-    assert diffusion_graph(missing, (N, N)).band == 0
+    assert dense_parts(missing) == parts
     duplicate = torch.cat([ei, ei[:, inside : inside + 1]], dim=1)
-    assert diffusion_graph(duplicate, (N, N)).band == 0
+    assert dense_parts(duplicate) == parts
     # A bipartite graph has none.
-    assert diffusion_graph(ei[:, ei[1] < N - 1], (N, N - 1)).band == 0
+    assert dense_parts(ei[:, ei[1] < N - 1], (N, N - 1)) == (0, 0)
 
 
 @pytest.mark.parametrize("shuffle", [False, True])
 def test_storage_order_round_trips_to_the_input_order(shuffle):
     ei = banded_graph(shuffle)
     graph = diffusion_graph(ei, (N, N))
+    assert (graph.band, graph.num_global) == (W, 2)
     assert torch.equal(graph.edge_index(), ei)
     values = torch.randn(ei.size(1), 2)
     assert torch.equal(graph.to_input_order(graph.to_csr_order(values)), values)
@@ -87,15 +110,24 @@ def test_storage_order_round_trips_to_the_input_order(shuffle):
         band_dst, ((blocks + 1) * W + torch.arange(W).view(1, W, 1)).float().expand_as(band_dst)
     )
     assert torch.equal(band_src, (blocks * W + torch.arange(3 * W)).float().expand_as(band_src))
+    # Then the global rows [2, N] and columns [N - 2W, 2], row by row.
+    (rows, rows_dst, rows_src), (columns, columns_dst, columns_src) = graph.global_blocks(
+        torch.arange(graph.num_edges)
+    )
+    assert torch.equal(dst[rows], torch.arange(2).view(2, 1).expand(2, N))
+    assert torch.equal(src[rows], torch.arange(N).expand(2, N))
+    assert torch.equal(dst[columns], torch.arange(2 * W, N).view(-1, 1).expand(-1, 2))
+    assert torch.equal(src[columns], torch.arange(2).expand(N - 2 * W, 2))
 
 
+@pytest.mark.parametrize("pattern", list(PATTERNS))
 @pytest.mark.parametrize("shuffle", [False, True])
 @pytest.mark.parametrize("node_major", [True, False])
 @pytest.mark.parametrize("kernel", ["ppr", "heat"])
 def test_dot_product_attention_and_diffusion_with_gradients_match_dense(
-    shuffle, node_major, kernel
+    pattern, shuffle, node_major, kernel
 ):
-    ei = banded_graph(shuffle, seed=1)
+    ei = banded_graph(shuffle, seed=1, pattern=pattern)
     q, k, v = features(seed=1)
     if not node_major:  # head-major [H, N, C] storage, viewed as [N, H, C]
         q, k, v = (
@@ -103,7 +135,7 @@ def test_dot_product_attention_and_diffusion_with_gradients_match_dense(
             for x in (q, k, v)
         )
     graph = diffusion_graph(ei, (N, N))
-    assert graph.band == W
+    assert (graph.band, graph.num_global) == DENSE_PARTS[pattern]
     attn = edge_softmax_attention(q, k, graph)
     dense = dense_attention(q, k, ei)
     torch.testing.assert_close(attn, edge_values(dense, ei))
@@ -117,9 +149,10 @@ def test_dot_product_attention_and_diffusion_with_gradients_match_dense(
         torch.testing.assert_close(g, w)
 
 
+@pytest.mark.parametrize("pattern", list(PATTERNS))
 @pytest.mark.parametrize("shuffle", [False, True])
-def test_gat_attention_and_gradients_match_dense(shuffle):
-    ei = banded_graph(shuffle, seed=2)
+def test_gat_attention_and_gradients_match_dense(pattern, shuffle):
+    ei = banded_graph(shuffle, seed=2, pattern=pattern)
     gen = torch.Generator().manual_seed(2)
     s, t = (torch.randn(N, H, generator=gen, dtype=torch.float64).requires_grad_() for _ in "st")
     v = features(seed=2)[2]
@@ -135,10 +168,11 @@ def test_gat_attention_and_gradients_match_dense(shuffle):
         torch.testing.assert_close(g, w)
 
 
-def test_softmax_shift_and_hop_dropout_gradcheck(monkeypatch):
-    # Scores far beyond EXP_SAFE take the row maximum (the band's and the CSR's); hop dropout
-    # masks each hop; gradcheck checks the whole backward by finite differences.
-    ei = banded_graph(seed=3)
+@pytest.mark.parametrize("pattern", list(PATTERNS))
+def test_softmax_shift_and_hop_dropout_gradcheck(pattern):
+    # Scores far beyond EXP_SAFE take the row maximum (the dense parts' and the CSR's); hop
+    # dropout masks each hop; gradcheck checks the whole backward by finite differences.
+    ei = banded_graph(seed=3, pattern=pattern)
     q, k, v = features(seed=3, heads=2)
 
     def fn(q, k, v):
@@ -149,8 +183,9 @@ def test_softmax_shift_and_hop_dropout_gradcheck(monkeypatch):
     assert torch.autograd.gradcheck(fn, (q, k, v))
 
 
-def test_values_only_gradient_without_history():
-    ei = banded_graph(seed=4)
+@pytest.mark.parametrize("pattern", list(PATTERNS))
+def test_values_only_gradient_without_history(pattern):
+    ei = banded_graph(seed=4, pattern=pattern)
     attn = torch.rand(ei.size(1), 2, dtype=torch.float64)
     v = features(seed=4, heads=2)[2]
     assert torch.autograd.gradcheck(lambda v: diffuse(attn, v, ei, 3, 0.1), (v,))

@@ -95,7 +95,7 @@ def op_cases():
         (*structure, randn(H, N, grad=False), randn(H, N, grad=False), attn.detach())
         + (grad_attn, 0.2, False, True),
     )
-    history = randn(H, HOPS, N, C, grad=False)
+    history = randn(H, N, HOPS, C, grad=False)
     yield (
         "diffusion_backward",
         # The result's gradient in its layout: node-major [N, H, C].

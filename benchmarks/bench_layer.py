@@ -19,7 +19,8 @@ compare the machine's drift.
 
 Variants (all fp32, H heads x C channels, K hops):
 
-- ``graphdiff``   functional core: edge attention + K-hop PPR diffusion (default path)
+- ``graphdiff``   functional core: edge attention + K-hop PPR diffusion (default path), the
+  attention in the graph's storage order (``edge_order="storage"``), as the layer runs it
 - ``graphdiff_csr`` the same core with every edge in the CSR: without the dense parts (the
   band and global tokens) that ``diffusion_graph`` finds in the pattern
 - ``module``      ``AttentionDiffusion`` layer (adds the Q/K/V projections from ``H*C``)
@@ -230,8 +231,12 @@ def _setup(
         vv = v.detach().transpose(0, 1)
         return (lambda: diffuse(attn, vv, graph, 1, 0.1)), False, info
     q_, k_, v_ = (x.transpose(0, 1) for x in (q, k, v))
+    # In the graph's storage order, as the layer runs it: no reordering of the [E, H] values.
+    order = dict(edge_order="storage")
     return (
-        (lambda: diffuse(edge_softmax_attention(q_, k_, graph), v_, graph, hops, 0.1)),
+        lambda: diffuse(
+            edge_softmax_attention(q_, k_, graph, **order), v_, graph, hops, 0.1, **order
+        ),
         True,
         info,
     )

@@ -72,6 +72,19 @@ def _check_features(name: str, x: Any) -> None:
         )
 
 
+EDGE_ORDERS = ("input", "storage")
+
+
+def _check_edge_order(edge_order: Any) -> None:
+    if edge_order not in EDGE_ORDERS:
+        raise ValueError(f"'edge_order' must be one of {EDGE_ORDERS} (got {edge_order!r})")
+
+
+def _edges_last(attn: Tensor, graph: DiffusionGraph, edge_order: str) -> Tensor:
+    """``[H, E]`` in storage order -> ``[E, H]`` in ``edge_order``."""
+    return attn.t() if edge_order == "storage" else _core.edges_last(attn, graph)
+
+
 def _num_nodes(num_nodes: Union[int, Tuple[int, int]]) -> Tuple[int, int]:
     """``num_nodes`` as a pair ``(N_src, N_dst)`` of ints."""
     pair = num_nodes if isinstance(num_nodes, (tuple, list)) else (num_nodes, num_nodes)
@@ -99,6 +112,8 @@ def edge_softmax_attention(
     edge_index: Any,
     num_nodes: Union[int, Tuple[int, int], None] = None,
     scale: Optional[float] = None,
+    *,
+    edge_order: str = "input",
 ) -> Tensor:
     r"""One-hop attention :math:`A_{ij} = \mathrm{softmax}_{j \in \mathcal{N}(i)}
     (q_i \cdot k_j / \sqrt{C})` on the edges ``j -> i`` of the graph.
@@ -112,11 +127,17 @@ def edge_softmax_attention(
         scale (float, optional): Score scale, a finite constant (a number or a 0-dim tensor
             without gradient).
             (default: :math:`1/\sqrt{C}`)
+        edge_order (str, optional): ``"input"``, the adjacency's edge order, or
+            ``"storage"``, the graph's storage order (see :class:`DiffusionGraph`), which
+            skips reordering ``[E, H]`` values on a graph with dense parts: pass the result
+            to :func:`diffuse` with the same order (what :class:`AttentionDiffusion` does),
+            and reorder it with ``graph.to_input_order``. (default: :obj:`"input"`)
 
     Returns:
-        ``[E, H]`` attention in the input edge order (possibly a non-contiguous view); each
+        ``[E, H]`` attention in ``edge_order`` (possibly a non-contiguous view); each
         target's incoming weights sum to one; targets without edges have none.
     """
+    _check_edge_order(edge_order)
     _check_features("q", q)
     _check_features("k", k)
     if q.shape[1:] != k.shape[1:] or q.dtype != k.dtype:
@@ -141,7 +162,7 @@ def edge_softmax_attention(
     graph = diffusion_graph(edge_index, sizes)
     scale = q.size(-1) ** -0.5 if scale is None else scale
     attn = softmax_attention_in_storage_order(q, k, graph, scale)
-    return _core.edges_last(attn, graph).to(q.dtype)
+    return _edges_last(attn, graph, edge_order).to(q.dtype)
 
 
 def softmax_attention_in_storage_order(
@@ -166,6 +187,8 @@ def edge_gat_attention(
     edge_index: Any,
     num_nodes: Union[int, Tuple[int, int], None] = None,
     negative_slope: float = 0.2,
+    *,
+    edge_order: str = "input",
 ) -> Tensor:
     r"""GAT's one-hop attention :math:`A_{ij} = \mathrm{softmax}_{j \in \mathcal{N}(i)}
     \mathrm{LeakyReLU}(s_j + t_i)` on the edges ``j -> i`` of the graph, from per-node scores
@@ -182,12 +205,15 @@ def edge_gat_attention(
             against the scores. (default: taken from the scores)
         negative_slope (float, optional): LeakyReLU's slope for negative scores.
             (default: :obj:`0.2`)
+        edge_order (str, optional): ``"input"`` or ``"storage"``, as for
+            :func:`edge_softmax_attention`. (default: :obj:`"input"`)
 
     Returns:
-        ``[E, H]`` attention in the input edge order (possibly a non-contiguous view); each
+        ``[E, H]`` attention in ``edge_order`` (possibly a non-contiguous view); each
         target's incoming weights sum to one; targets without edges have none. Memory:
         ``O(E H)``, forward and backward.
     """
+    _check_edge_order(edge_order)
     for name, scores in (("src_scores", src_scores), ("dst_scores", dst_scores)):
         if not isinstance(scores, Tensor):
             raise TypeError(f"'{name}' must be a Tensor (got {type(scores).__name__})")
@@ -211,7 +237,7 @@ def edge_gat_attention(
         _check_num_nodes(_num_nodes(num_nodes), sizes)
     graph = diffusion_graph(edge_index, sizes)
     attn = gat_attention_in_storage_order(src_scores, dst_scores, graph, float(negative_slope))
-    return _core.edges_last(attn, graph).to(src_scores.dtype)
+    return _edges_last(attn, graph, edge_order).to(src_scores.dtype)
 
 
 def gat_attention_in_storage_order(
@@ -242,6 +268,7 @@ def diffuse(
     num_nodes: Union[int, Tuple[int, int], None] = None,
     hop_dropout: float = 0.0,
     training: bool = False,
+    edge_order: str = "input",
 ) -> Tensor:
     r"""Multi-hop diffusion of one-hop attention ``A`` over values ``V``.
 
@@ -253,7 +280,7 @@ def diffuse(
         \theta_k \propto e^{-t} t^k / k!,\ \textstyle\sum_k \theta_k = 1
 
     Args:
-        attn (torch.Tensor): One-hop attention ``[E, H]`` in the input edge order.
+        attn (torch.Tensor): One-hop attention ``[E, H]`` in ``edge_order``.
         v (torch.Tensor): Values ``[N_src, H, C]``.
         edge_index: The adjacency (any type :func:`~graphdiff.nn.diffusion_graph` accepts).
         hops (int, optional): Number of hops :math:`K \ge 0`. (default: :obj:`5`)
@@ -266,11 +293,14 @@ def diffuse(
         hop_dropout (float, optional): Dropout probability applied to the features produced
             by every hop (a fresh mask per hop), in training only. (default: :obj:`0.0`)
         training (bool, optional): Whether ``hop_dropout`` is active. (default: :obj:`False`)
+        edge_order (str, optional): ``"input"`` or ``"storage"``, the order of ``attn``'s
+            edges, as for :func:`edge_softmax_attention`. (default: :obj:`"input"`)
 
     Returns:
         ``[N_dst, H, C]``. Memory: ``O(E H + K N H C)``; each hop is one sparse-dense product.
     """
     check_diffusion_args(hops, alpha, kernel, t, hop_dropout)
+    _check_edge_order(edge_order)
     _check_features("v", v)
     if not isinstance(attn, Tensor) or attn.dim() != 2 or attn.size(1) != v.size(1):
         raise ValueError(
@@ -291,7 +321,8 @@ def diffuse(
         raise ValueError(
             f"'attn' has {attn.size(0)} rows but the graph has {graph.num_edges} edges"
         )
-    attn_heads = _core.edges_first(_core.compute_dtype(attn), graph)
+    attn = _core.compute_dtype(attn)
+    attn_heads = attn.t() if edge_order == "storage" else _core.edges_first(attn, graph)
     return diffuse_in_storage_order(
         attn_heads, v, graph, hops, alpha, kernel, t, hop_dropout, training
     )

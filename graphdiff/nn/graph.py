@@ -86,6 +86,10 @@ _silence_csr_beta_warning()
 # A band's blocks hold at least this many tokens: smaller ones make dense products too
 # small to beat the sparse ones.
 MIN_BAND_BLOCK = 16
+# Dense parts are looked for in graphs of at least this many edges. Smaller ones stack four
+# or more heads into one sparse call, which on the benchmark patterns is as fast as the dense
+# parts head by head or faster (docs/performance.md, "Dense parts").
+MIN_DENSE_EDGES = MAX_STACKED_EDGES // 4
 
 
 def find_band(src: Tensor, dst: Tensor, num_nodes: int) -> Optional[Tuple[int, Tensor, Tensor]]:
@@ -175,7 +179,7 @@ def find_dense_parts(src: Tensor, dst: Tensor, num_nodes: int) -> Tuple[int, int
     square graph's edges (sorted by target): the band's, the global rows', the global
     columns', then the other edges'."""
     other = torch.arange(src.numel(), device=src.device)
-    if num_nodes < 3 * MIN_BAND_BLOCK:
+    if num_nodes < 3 * MIN_BAND_BLOCK or src.numel() < MIN_DENSE_EDGES:
         return 0, 0, other
     dense, band, num_global = [], 0, 0
     found = find_band(src, dst, num_nodes)

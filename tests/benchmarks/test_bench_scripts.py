@@ -45,10 +45,12 @@ def test_fused_module_and_gather_scatter_variants_compute_the_same_layer(bench_l
     )
 
 
-def test_the_core_with_dense_parts_computes_what_the_csr_core_does(bench_layer):
+def test_the_core_with_dense_parts_computes_what_the_csr_core_does(bench_layer, monkeypatch):
     from graphdiff.nn import diffusion_graph
+    from graphdiff.nn import graph as graph_module
     from graphdiff.patterns import Global, Random, Window
 
+    monkeypatch.setattr(graph_module, "MIN_DENSE_EDGES", 0)
     shape = {**SHAPE, "window": 64}  # a sliding window of 65 holds a band of blocks of 16
     graph = diffusion_graph((Window(64) | Global(2) | Random(2, seed=0))(160), (160, 160))
     assert (graph.band, graph.num_global) == (16, 2)

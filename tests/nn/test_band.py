@@ -5,7 +5,7 @@ the dense references give, whatever order the edges came in."""
 import pytest
 import torch
 
-from graphdiff.nn import diffusion_graph
+from graphdiff.nn import DiffusionGraph, diffusion_graph
 from graphdiff.nn import graph as graph_module
 from graphdiff.nn.functional import diffuse, edge_gat_attention, edge_softmax_attention
 from graphdiff.patterns import BlockWindow, Global, Random, Window, diffuser
@@ -23,6 +23,7 @@ def head_calls():
 @pytest.fixture(autouse=True)
 def small_blocks(monkeypatch):
     monkeypatch.setattr(graph_module, "MIN_BAND_BLOCK", W)
+    monkeypatch.setattr(graph_module, "MIN_DENSE_EDGES", 0)
 
 
 # The official block window (blocks of W tokens), two global tokens and three random keys
@@ -75,7 +76,7 @@ def test_dense_parts_are_found_where_every_edge_of_them_is_there(
 
 
 def dense_parts(ei, num_nodes=(N, N)):
-    graph = diffusion_graph(ei, num_nodes)
+    graph = DiffusionGraph(ei[0], ei[1], num_nodes)  # not the cache: a new structure
     return graph.band, graph.num_global
 
 
@@ -189,3 +190,37 @@ def test_values_only_gradient_without_history(pattern):
     attn = torch.rand(ei.size(1), 2, dtype=torch.float64)
     v = features(seed=4, heads=2)[2]
     assert torch.autograd.gradcheck(lambda v: diffuse(attn, v, ei, 3, 0.1), (v,))
+
+
+def test_storage_order_skips_the_reordering_and_gives_the_same_values():
+    ei = banded_graph(shuffle=True, seed=5)
+    graph = diffusion_graph(ei, (N, N))
+    q, k, v = features(seed=5)
+    attn = edge_softmax_attention(q, k, graph)
+    stored = edge_softmax_attention(q, k, graph, edge_order="storage")
+    torch.testing.assert_close(stored, graph.to_csr_order(attn))
+    torch.testing.assert_close(graph.to_input_order(stored), attn)
+    out = diffuse(attn, v, graph, 3, 0.1)
+    torch.testing.assert_close(diffuse(stored, v, graph, 3, 0.1, edge_order="storage"), out)
+    gen = torch.Generator().manual_seed(5)
+    s, t = (torch.randn(N, H, generator=gen, dtype=torch.float64) for _ in "st")
+    torch.testing.assert_close(
+        edge_gat_attention(s, t, graph, edge_order="storage"),
+        graph.to_csr_order(edge_gat_attention(s, t, graph)),
+    )
+    for call in (
+        lambda: edge_softmax_attention(q, k, graph, edge_order="csr"),
+        lambda: edge_gat_attention(s, t, graph, edge_order=None),
+        lambda: diffuse(attn, v, graph, edge_order="Storage"),
+    ):
+        with pytest.raises(ValueError, match="'edge_order' must be one of"):
+            call()
+
+
+def test_small_graphs_have_no_dense_parts(monkeypatch):
+    # Below MIN_DENSE_EDGES the heads stack into one CSR call instead.
+    ei = banded_graph()
+    monkeypatch.setattr(graph_module, "MIN_DENSE_EDGES", ei.size(1) + 1)
+    assert dense_parts(ei) == (0, 0)
+    monkeypatch.setattr(graph_module, "MIN_DENSE_EDGES", ei.size(1))
+    assert dense_parts(ei) == (W, 2)

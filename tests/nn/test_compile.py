@@ -49,6 +49,7 @@ def test_the_layer_is_one_graph_on_a_prepared_graph(attention):
 @pytest.mark.parametrize("attention", ["dot", "gat"])
 def test_one_compiled_layer_serves_every_length(attention, banded, monkeypatch):
     monkeypatch.setattr(graph_module, "MIN_BAND_BLOCK", 4)
+    monkeypatch.setattr(graph_module, "MIN_DENSE_EDGES", 0)
     conv = layer(attention)
     # aot_eager: AOTAutograd traces the backward operators too (inductor's C++ build would
     # take minutes on a small machine).

@@ -39,11 +39,12 @@ def randn(*shape, grad=True, node_major=False):
 
 def banded_structure(n=3 * N + 4):
     """A graph whose block window (blocks of 3 tokens) is a band, with random edges besides."""
-    block, graph_module.MIN_BAND_BLOCK = graph_module.MIN_BAND_BLOCK, 3
+    limits = graph_module.MIN_BAND_BLOCK, graph_module.MIN_DENSE_EDGES
+    graph_module.MIN_BAND_BLOCK, graph_module.MIN_DENSE_EDGES = 3, 0
     try:
         graph = diffusion_graph((BlockWindow(6) | Random(2))(n), (n, n))
     finally:
-        graph_module.MIN_BAND_BLOCK = block
+        graph_module.MIN_BAND_BLOCK, graph_module.MIN_DENSE_EDGES = limits
     assert graph.band == 3
     return graph.structure(), n, graph.num_edges
 

@@ -229,7 +229,7 @@ def _setup(
     if variant == "hop":
         attn = torch.rand(H, graph.num_edges).t()
         vv = v.detach().transpose(0, 1)
-        return (lambda: diffuse(attn, vv, graph, 1, 0.1)), False, info
+        return (lambda: diffuse(attn, vv, graph, 1, 0.1, edge_order="storage")), False, info
     q_, k_, v_ = (x.transpose(0, 1) for x in (q, k, v))
     # In the graph's storage order, as the layer runs it: no reordering of the [E, H] values.
     order = dict(edge_order="storage")

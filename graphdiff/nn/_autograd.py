@@ -1,7 +1,9 @@
 """The fused kernels as custom operators, ``torch.ops.graphdiff``, on the tensors of a
 :class:`~graphdiff.nn.graph.DiffusionGraph`.
 
-Per-edge tensors are head-major ``[H, E]`` in CSR order, node tensors ``[H, N, C]``:
+Per-edge tensors are head-major ``[H, E]`` in the graph's storage order (its dense parts, a
+block band and global tokens, first, then the CSR of the other edges), node tensors
+``[H, N, C]``:
 contiguous, or head-major views of node-major ``[N, H, C]`` tensors (PyG's layout), which the
 kernels take and return in their layout, without whole-tensor conversion copies (each head of
 a node-major tensor passes through ``[N, C]`` scratch instead). Every head shares the graph's
@@ -18,7 +20,9 @@ short sequences the caller stacks several heads into one "head" of a block-diago
   pages that fault in on first touch (docs/performance.md, "Memory allocator").
 
 Each kernel saves only ``[H, E]`` or node tensors for backward and computes its gradients with
-the same primitives as its forward:
+the same primitives as its forward, each of which runs the band as batched dense products
+(``bmm`` on ``[B, w, 3w]`` blocks and overlapping windows of the operand), the global rows and
+columns as ``addmm``, and the other edges as:
 
 - SDDMM (``torch.sparse.sampled_addmm``): ``out[e] = <a[i_e], b[j_e]>``, the per-edge dot
   product, never materialising the ``[E, H, C]`` products a gather would (except on graphs
@@ -30,12 +34,14 @@ the same primitives as its forward:
   transposed order).
 
 Each kernel is a ``torch.library.custom_op`` on plain tensors: the graph's
-:meth:`~graphdiff.nn.graph.DiffusionGraph.tensors` (``crow, col, row`` and the transposed
-``crow_t, col_t, position_t``, empty where no gradient is wanted), the features and plain
-numbers. Its fake kernel gives the outputs' shapes and strides from the inputs' (``E`` is
-``col``'s length, never read from values), so that ``torch.compile`` and ``torch.export`` see
-one opaque op of dynamic size; its gradient is registered with ``register_autograd`` and
-computed by a backward operator, which they trace in turn. The fake kernels allocate through
+:meth:`~graphdiff.nn.graph.DiffusionGraph.structure` (``crow, col, row`` and the transposed
+``crow_t, col_t, position_t``, empty where no gradient is wanted, then the band's block size
+and the number of global tokens), the features and plain numbers. Its fake kernel gives the
+outputs' shapes and strides from the inputs' (``E`` is ``col``'s length plus the dense parts'
+size, which follows from ``N`` and the two numbers, never read from values), so that
+``torch.compile`` and ``torch.export`` see one opaque op of dynamic size; its gradient is
+registered with ``register_autograd`` and computed by a backward operator, which they trace in
+turn. The fake kernels allocate through
 the same functions as the real ones (:func:`optional_empty`, :func:`diffusion_outputs`,
 ``empty_nodes``), so that the two agree on layouts.
 """
@@ -94,7 +100,7 @@ def dense_rows(x: Tensor, scratch: Optional[Tensor]) -> Tensor:
 
 
 def rows_scratch(x: Tensor) -> Optional[Tensor]:
-    """The ``[N, C]`` scratch that :func:`dense_rows` and :func:`mm_into` need for the heads
+    """The ``[N, C]`` scratch that :func:`dense_rows` and :func:`spmm_into` need for the heads
     of ``x [H, N, C]`` (``None`` when they are contiguous already)."""
     return None if x[0].is_contiguous() else x.new_empty(x.shape[1:])
 
@@ -286,7 +292,7 @@ def first_order(backward: Callable) -> Callable:
     return wrapper
 
 
-# The gradients of the six structure tensors every operator takes first.
+# The gradients of the structure (six tensors, two numbers) every operator takes first.
 NO_STRUCTURE_GRADS = (None,) * 8
 
 
@@ -691,7 +697,7 @@ def _diffusion_setup(ctx: Any, inputs: Tuple[Any, ...], output: Tuple[Tensor, Te
     ctx.dense = (band, num_global)
     ctx.mark_non_differentiable(history)
     # Else autograd hands backward a zero gradient of the (non-differentiable) history,
-    # [H, K, N, C] filled anew at every step.
+    # [H, N, K, C] filled anew at every step.
     ctx.set_materialize_grads(False)
     ctx.save_for_backward(*structure, attn, history, masks)
 

@@ -14,8 +14,9 @@ Layouts, with ``N`` nodes, ``H`` heads, ``C`` channels per head and ``E`` edges:
   :meth:`~graphdiff.nn.DiffusionGraph.stacked` graph, ``[H, N, C]`` viewed as
   ``[H / G, G * N, C]`` (:func:`stack_heads`);
 - per-edge values: ``[E, H]`` in the adjacency's edge order in the public API, ``[H, E]`` in
-  CSR order in the kernels (:func:`edges_first`, :func:`edges_last`): for an adjacency sorted
-  by target (every pattern's) both are views of one tensor.
+  the graph's storage order in the kernels (:func:`edges_first`, :func:`edges_last`): for an
+  adjacency sorted by target whose graph has no dense parts both are views of one tensor, else
+  a reordering (which ``edge_order="storage"`` and the layer skip).
 """
 
 from __future__ import annotations
@@ -60,13 +61,13 @@ def heads_first(x: Tensor) -> Tensor:
 
 
 def edges_first(attn: Tensor, graph: DiffusionGraph) -> Tensor:
-    """Per-edge ``[E, H]`` in the adjacency's order -> ``[H, E]`` in CSR order (a view for an
-    adjacency sorted by target, a gather otherwise)."""
+    """Per-edge ``[E, H]`` in the adjacency's order -> ``[H, E]`` in storage order (a view
+    where the two agree, a gather otherwise)."""
     return graph.to_csr_order(attn).t()
 
 
 def edges_last(attn: Tensor, graph: DiffusionGraph) -> Tensor:
-    """Per-edge ``[H, E]`` in CSR order -> ``[E, H]`` in the adjacency's order (the inverse of
+    """Per-edge ``[H, E]`` in storage order -> ``[E, H]`` in the adjacency's order (the inverse of
     :func:`edges_first`)."""
     return graph.to_input_order(attn.t())
 

@@ -392,7 +392,7 @@ class AttentionDiffusion(MessagePassing):
             dst_scores = (target * self.att_dst).sum(-1)  # [N_dst, H]
             if fused:
                 return gat_attention_in_storage_order(
-                    src_scores, dst_scores, graph, self.negative_slope
+                    src_scores, dst_scores, graph, float(self.negative_slope)
                 )
             edge_index = graph.edge_index()
             scores = src_scores[edge_index[0]] + dst_scores[edge_index[1]]

@@ -132,9 +132,10 @@ def find_global(
     src: Tensor, dst: Tensor, num_nodes: int, band: int
 ) -> Optional[Tuple[int, Tensor, Tensor, Tensor]]:
     """The global tokens of a square graph's edges outside its band (sorted by target):
-    the largest ``G`` such that targets ``0 .. G - 1`` have an edge from every source and
-    every target from :func:`global_start` on has one from each of sources ``0 .. G - 1``,
-    each exactly once (:class:`~graphdiff.patterns.Global`'s first positions). Those edges
+    ``G``, the number of leading targets with an edge from every source (at most ``w`` with a
+    band, ``N / 2`` without), when every target from :func:`global_start` on has an edge from
+    each of sources ``0 .. G - 1`` and all of these edges are there exactly once
+    (:class:`~graphdiff.patterns.Global`'s first positions); else none. Those edges
     are a dense ``[G, N]`` and a dense ``[N - start, G]`` block, whose products are plain
     matrix products; the global targets lie before the band's first block (``G <= w``).
 
@@ -235,6 +236,9 @@ class DiffusionGraph:
         find_dense (bool, optional): Look for a band and global tokens, whose edges then run
             as dense products. (default: :obj:`True`)
     """
+
+    # No dense parts unless found (also for a graph pickled before they existed).
+    band = num_global = 0
 
     # Built outside inference mode, like every lazily cached part below: a structure first
     # built under torch.inference_mode() would hold inference tensors, which autograd refuses
@@ -510,9 +514,9 @@ class DiffusionGraph:
         )
 
     def csr(self, values: Tensor, transpose: bool = False) -> Tensor:
-        """One head's sparse matrix ``A`` (``[N_dst, N_src]``) of the edges outside the band,
-        with per-edge ``values [E]`` in storage order, or for ``transpose=True`` ``A^T`` with
-        values from :meth:`transpose_values`. Shares the indices; never copies."""
+        """One head's sparse matrix ``A`` (``[N_dst, N_src]``) of the edges outside the dense
+        parts, with per-edge ``values [E]`` in storage order, or for ``transpose=True`` ``A^T``
+        with values from :meth:`transpose_values`. Shares the indices; never copies."""
         values = self.other_values(values)
         if transpose:
             crow, col, _ = self.transposed()
@@ -520,7 +524,7 @@ class DiffusionGraph:
         return sparse_csr(self.crow, self.col, values, (self.num_dst, self.num_src))
 
     def transpose_values(self, values: Tensor, out: Optional[Tensor] = None) -> Tensor:
-        """One head's per-edge values ``[E]`` of the edges outside the band, from storage
+        """One head's per-edge values ``[E]`` of the edges outside the dense parts, from storage
         order to the order of the transposed CSR, into ``out`` (``[E]``, its band part left
         as it is) when given."""
         out = torch.empty_like(values) if out is None else out
@@ -613,12 +617,23 @@ def _unflatten_graph(
     )
 
 
+def _dumpable_context(context: Tuple[Optional[int], int, int]) -> List[Optional[int]]:
+    return list(context)
+
+
+def _loaded_context(dumped: List[Optional[int]]) -> Tuple[Optional[int], int, int]:
+    # JSON gives the tuple back as a list, which a treespec would not compare equal to.
+    return tuple(dumped)
+
+
 pytree.register_pytree_node(
     DiffusionGraph,
     _flatten_graph,
     _unflatten_graph,
     serialized_type_name="graphdiff.nn.DiffusionGraph",
     flatten_with_keys_fn=_flatten_graph_with_keys,
+    to_dumpable_context=_dumpable_context,
+    from_dumpable_context=_loaded_context,
 )
 
 

@@ -4,8 +4,9 @@ the dense references give, whatever order the edges came in."""
 
 import pytest
 import torch
+import torch.utils._pytree as pytree
 
-from graphdiff.nn import DiffusionGraph, diffusion_graph
+from graphdiff.nn import AttentionDiffusion, DiffusionGraph, diffusion_graph
 from graphdiff.nn import graph as graph_module
 from graphdiff.nn.functional import diffuse, edge_gat_attention, edge_softmax_attention
 from graphdiff.patterns import BlockWindow, Global, Random, Window, diffuser
@@ -224,3 +225,46 @@ def test_small_graphs_have_no_dense_parts(monkeypatch):
     assert dense_parts(ei) == (0, 0)
     monkeypatch.setattr(graph_module, "MIN_DENSE_EDGES", ei.size(1))
     assert dense_parts(ei) == (W, 2)
+
+
+def test_a_length_off_the_blocks_and_more_global_tokens_than_a_block():
+    # 47 tokens: 11 whole blocks of 4 and a part; six global tokens, of which the dense rows
+    # hold the first W (the global targets lie before the band), the rest go to the CSR.
+    n = 47
+    ei = (BlockWindow(2 * W) | Global(6) | Random(3, seed=6))(n)
+    graph = diffusion_graph(ei, (n, n))
+    assert (graph.band, graph.num_global, graph.band_blocks) == (W, W, n // W - 2)
+    gen = torch.Generator().manual_seed(6)
+    q, k, v = (
+        torch.randn(n, H, C, generator=gen, dtype=torch.float64).requires_grad_() for _ in "qkv"
+    )
+    out = diffuse(edge_softmax_attention(q, k, graph), v, graph, 3, 0.2)
+    dense = dense_attention(q, k, ei)
+    expected = dense_diffuse(dense, v, 3, 0.2)
+    torch.testing.assert_close(out, expected)
+    weight = torch.randn_like(out)
+    got = torch.autograd.grad((out * weight).sum(), (q, k, v))
+    want = torch.autograd.grad((expected * weight).sum(), (q, k, v))
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
+
+
+@pytest.mark.parametrize("attention", ["dot", "gat"])
+def test_layer_returns_its_attention_in_the_input_order(attention):
+    # The layer keeps the attention in storage order; what it returns is in the adjacency's.
+    ei = banded_graph(shuffle=True, seed=7)
+    torch.manual_seed(7)
+    conv = AttentionDiffusion(8, C, heads=H, hops=2, attention=attention).double()
+    x = torch.randn(N, 8, dtype=torch.float64)
+    out, (_, weights) = conv(x, ei, return_attention_weights=True)
+    conv.fused = False  # the reference path: PyG's softmax on the edges as given
+    ref_out, (_, ref_weights) = conv(x, ei, return_attention_weights=True)
+    torch.testing.assert_close(weights, ref_weights)
+    torch.testing.assert_close(out, ref_out)
+
+
+def test_the_exported_graph_spec_survives_saving():
+    # torch.export saves an input's pytree context as JSON; the loaded spec must equal it.
+    graph = diffusion_graph(banded_graph(), (N, N))
+    spec = pytree.tree_flatten(graph)[1]
+    assert pytree.treespec_loads(pytree.treespec_dumps(spec)) == spec

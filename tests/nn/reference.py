@@ -123,3 +123,14 @@ def adjacencies(ei: Tensor, n: int) -> Iterator[Tuple[str, Any]]:
     yield "csc", adj.to_sparse_csc()
     if WITH_TORCH_SPARSE:
         yield "SparseTensor", SparseTensor.from_edge_index(ei, sparse_sizes=(n, n)).t()
+
+
+def assert_same_values_and_gradients(out: Tensor, expected: Tensor, inputs: Tuple[Tensor, ...]):
+    """``out`` equals ``expected``, and so do the gradients of ``inputs`` through each, for a
+    loss whose gradient differs from node to node."""
+    torch.testing.assert_close(out, expected)
+    weight = torch.randn_like(out)
+    got = torch.autograd.grad((out * weight).sum(), inputs)
+    want = torch.autograd.grad((expected * weight).sum(), inputs)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)

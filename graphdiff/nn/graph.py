@@ -101,9 +101,9 @@ def find_band(src: Tensor, dst: Tensor, num_nodes: int) -> Optional[Tuple[int, T
     ``2h + 1`` tokens holds one with ``w = (h + 1) // 2``.
 
     A band's edges are dense ``[w, 3w]`` blocks, whose scores and products are batched
-    dense matrix products (``bmm``) instead of sparse ones: 2-3.5x faster per edge on a
-    CPU. The candidate sizes are read off the run of consecutive sources around a few
-    targets, and the band is used only when every one of its ``B w \cdot 3w`` edges is there.
+    dense matrix products (``bmm``) instead of sparse ones. The candidate sizes are read off
+    the run of consecutive sources around a few targets, and the band is used only when every
+    one of its ``B w \cdot 3w`` edges is there.
 
     Returns ``(w, band, other)``: the positions of the band's edges in ``[B, w, 3w]`` order
     (target block, target within it, source within the three blocks) and those of the other
@@ -117,15 +117,22 @@ def find_band(src: Tensor, dst: Tensor, num_nodes: int) -> Optional[Tuple[int, T
         blocks = num_nodes // w - 2
         offset = src - (torch.div(dst, w, rounding_mode="floor") - 1) * w
         in_band = (dst >= w) & (dst < (blocks + 1) * w) & (offset >= 0) & (offset < 3 * w)
-        positions = in_band.nonzero().squeeze(1)
-        size = blocks * 3 * w * w
-        if positions.numel() != size:
-            continue
-        band = torch.full((size,), -1, dtype=torch.long, device=src.device)
-        band[(dst[positions] - w) * (3 * w) + offset[positions]] = positions
-        if bool((band >= 0).all()):  # else a duplicate edge took another's slot
+        band = _dense_block(in_band, (dst - w) * (3 * w) + offset, blocks * 3 * w * w)
+        if band is not None:
             return w, band, (~in_band).nonzero().squeeze(1)
     return None
+
+
+def _dense_block(mask: Tensor, slot: Tensor, size: int) -> Optional[Tensor]:
+    """The positions of the edges in ``mask`` ordered by their ``slot`` in a dense block of
+    ``size`` entries, or ``None`` unless every slot holds exactly one edge (a missing edge
+    leaves one empty; a duplicate takes another's)."""
+    positions = mask.nonzero().squeeze(1)
+    if positions.numel() != size:
+        return None
+    order = torch.full((size,), -1, dtype=torch.long, device=mask.device)
+    order[slot[positions]] = positions
+    return order if bool((order >= 0).all()) else None
 
 
 def find_global(
@@ -151,20 +158,13 @@ def find_global(
         return None
     start = global_start(band, num_global)
     rows, columns = dst < num_global, (dst >= start) & (src < num_global)
-    parts = []
-    for mask, first, width, height in (
-        (rows, 0, num_nodes, num_global),
-        (columns, start, num_global, num_nodes - start),
-    ):
-        positions = mask.nonzero().squeeze(1)
-        if positions.numel() != width * height:
-            return None
-        slots = torch.full((width * height,), -1, dtype=torch.long, device=src.device)
-        slots[(dst[positions] - first) * width + src[positions]] = positions
-        if not bool((slots >= 0).all()):  # a duplicate edge took another's slot
-            return None
-        parts.append(slots)
-    return num_global, parts[0], parts[1], (~(rows | columns)).nonzero().squeeze(1)
+    row_block = _dense_block(rows, dst * num_nodes + src, num_global * num_nodes)
+    column_block = _dense_block(
+        columns, (dst - start) * num_global + src, (num_nodes - start) * num_global
+    )
+    if row_block is None or column_block is None:
+        return None
+    return num_global, row_block, column_block, (~(rows | columns)).nonzero().squeeze(1)
 
 
 def global_start(band: int, num_global: int) -> int:
@@ -258,7 +258,6 @@ class DiffusionGraph:
         if not sorted_by_target and self.num_edges > 1 and bool((dst[1:] < dst[:-1]).any()):
             self.perm = torch.sort(dst, stable=True)[1]
             src, dst = src[self.perm], dst[self.perm]
-        self.band = self.num_global = 0
         if self.is_square and find_dense:
             self.band, self.num_global, order = find_dense_parts(src, dst, self.num_dst)
             if self.band or self.num_global:

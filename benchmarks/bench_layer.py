@@ -19,8 +19,8 @@ compare the machine's drift.
 
 Variants (all fp32, H heads x C channels, K hops):
 
-- ``graphdiff``   functional core: edge attention + K-hop PPR diffusion (default path), the
-  attention in the graph's storage order (``edge_order="storage"``), as the layer runs it
+- ``graphdiff``   the core: edge attention + K-hop PPR diffusion (default path), the
+  attention in the storage order of the heads' stack, as the layer runs it
 - ``graphdiff_csr`` the same core with every edge in the CSR: without the dense parts (the
   band and global tokens) that ``diffusion_graph`` finds in the pattern
 - ``module``      ``AttentionDiffusion`` layer (adds the Q/K/V projections from ``H*C``)
@@ -130,8 +130,8 @@ def _setup(
     import torch
 
     from graphdiff.nn import AttentionDiffusion, DiffusionGraph, diffusion_graph
-    from graphdiff.nn._core import stacks
-    from graphdiff.nn.functional import diffuse, edge_softmax_attention
+    from graphdiff.nn._core import stack_edges, stacks
+    from graphdiff.nn.functional import diffuse_stacked, softmax_attention_stacked
     from graphdiff.patterns import Global, Random, Window, longformer
 
     torch.manual_seed(0)
@@ -227,15 +227,24 @@ def _setup(
         return (lambda: [matrix @ x for matrix, x in zip(matrices, v)]), False, info
     # The functions take [N, H, C]: head-major [H, N, C] storage passes as its transpose.
     if variant == "hop":
-        attn = torch.rand(H, graph.num_edges).t()
+        attn = stack_edges(torch.rand(H, graph.num_edges), graph)
         vv = v.detach().transpose(0, 1)
-        return (lambda: diffuse(attn, vv, graph, 1, 0.1, edge_order="storage")), False, info
+        hop = (attn, vv, graph, 1, 0.1, "ppr", 1.0, 0.0, False)
+        return (lambda: diffuse_stacked(*hop)), False, info
     q_, k_, v_ = (x.transpose(0, 1) for x in (q, k, v))
-    # In the graph's storage order, as the layer runs it: no reordering of the [E, H] values.
-    order = dict(edge_order="storage")
+    # The attention in the storage order of the heads' stack, as the layer runs it: never
+    # reordered into the [E, H] of the public functions.
     return (
-        lambda: diffuse(
-            edge_softmax_attention(q_, k_, graph, **order), v_, graph, hops, 0.1, **order
+        lambda: diffuse_stacked(
+            softmax_attention_stacked(q_, k_, graph, C**-0.5),
+            v_,
+            graph,
+            hops,
+            0.1,
+            "ppr",
+            1.0,
+            0.0,
+            False,
         ),
         True,
         info,

@@ -22,7 +22,7 @@ short sequences the caller stacks several heads into one "head" of a block-diago
 Each kernel saves only ``[H, E]`` or node tensors for backward and computes its gradients with
 the same primitives as its forward, each of which runs the band as batched dense products
 (``bmm`` on ``[B, w, 3w]`` blocks and overlapping windows of the operand), the global rows and
-columns as ``addmm``, and the other edges as:
+columns as ``bmm`` over the copies of a stack (one for a single head), and the other edges as:
 
 - SDDMM (``torch.sparse.sampled_addmm``): ``out[e] = <a[i_e], b[j_e]>``, the per-edge dot
   product, never materialising the ``[E, H, C]`` products a gather would (except on graphs
@@ -35,10 +35,11 @@ columns as ``addmm``, and the other edges as:
 
 Each kernel is a ``torch.library.custom_op`` on plain tensors: the graph's
 :meth:`~graphdiff.nn.graph.DiffusionGraph.structure` (``crow, col, row`` and the transposed
-``crow_t, col_t, position_t``, empty where no gradient is wanted, then the band's block size
-and the number of global tokens), the features and plain numbers. Its fake kernel gives the
-outputs' shapes and strides from the inputs' (``E`` is ``col``'s length plus the dense parts'
-size, which follows from ``N`` and the two numbers, never read from values), so that
+``crow_t, col_t, position_t``, empty where no gradient is wanted, then the band's block size,
+the number of global tokens and of a stack's copies), the features and plain numbers. Its fake
+kernel gives the outputs' shapes and strides from the inputs' (``E`` is ``col``'s length plus
+the dense parts' size, which follows from ``N`` and the three numbers, never read from
+values), so that
 ``torch.compile`` and ``torch.export`` see one opaque op of dynamic size; its gradient is
 registered with ``register_autograd`` and computed by a backward operator, which they trace in
 turn. The fake kernels allocate through
@@ -49,6 +50,7 @@ the same functions as the real ones (:func:`optional_empty`, :func:`diffusion_ou
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, Callable, List, Optional, Tuple
 
 import torch
@@ -57,22 +59,32 @@ from torch import Tensor
 from graphdiff.nn._core import empty_nodes, heads_view, is_node_major
 from graphdiff.nn.graph import DiffusionGraph
 
-# Edges per gathered chunk where torch's SDDMM cannot serve (see accumulate_sddmm_).
+# Edges per gathered chunk where torch's SDDMM cannot serve (see sddmm_).
 DUPLICATES_CHUNK = 1 << 14
 
 
-def accumulate_sddmm_(
+def sddmm_(
     graph: DiffusionGraph, values: Tensor, a: Tensor, b: Tensor, scale: float = 1.0
 ) -> Tensor:
-    """In place ``values[e] += scale * <a[i_e], b[j_e]>`` for one head: values ``[E]``,
-    a ``[N_dst, C]``, b ``[N_src, C]`` (contiguous rows)."""
+    """``values[e] = scale * <a[i_e], b[j_e]>`` for one head, in place: values ``[E]`` (its
+    contents are not read), a ``[N_dst, C]``, b ``[N_src, C]`` (contiguous rows)."""
+    # beta=0: the dense products write their blocks without reading them (no zero fill of
+    # a fresh [E] first, whose pages would fault in twice); torch's SDDMM reads its input.
     if graph.band:  # each block's [w, C] targets times its [3w, C] sources
         graph.band_values(values).baddbmm_(
-            graph.band_targets(a), graph.band_sources(b).transpose(1, 2), alpha=scale
+            graph.band_targets(a), graph.band_sources(b).transpose(1, 2), beta=0, alpha=scale
         )
-    for block, targets, sources in graph.global_blocks(values):
-        block.addmm_(a[targets], b[sources].t(), alpha=scale)
-    other = graph.other_values(values)
+        clear_padding_(graph, values)
+    if graph.num_global:
+        a_copies, b_copies = graph.per_copy(a), graph.per_copy(b)
+        for block, targets, sources in graph.global_blocks(values):
+            block.baddbmm_(
+                a_copies[:, targets],
+                b_copies[:, sources].transpose(1, 2),
+                beta=0,
+                alpha=scale,
+            )
+    other = graph.other_values(values).zero_()
     if other.numel() > graph.num_dst * graph.num_src:
         # Only duplicate edges get here: torch's sampled_addmm cuts the values of a CSR with
         # more entries than its matrix has down to that size (in place, with out=). Gathered
@@ -89,6 +101,14 @@ def accumulate_sddmm_(
     # and values first (3x the kernel's own time).
     torch.sparse.sampled_addmm(pattern, a, b.t(), alpha=scale, out=pattern)
     return values
+
+
+def clear_padding_(graph: DiffusionGraph, values: Tensor, fill: float = 0.0) -> None:
+    """Sets a stack's :meth:`~graphdiff.nn.graph.DiffusionGraph.band_padding` in one stack's
+    ``values [E]`` to ``fill``: 0, what every kernel that writes the band leaves there (they
+    are no edges), or ``-inf`` for a softmax to pass over them."""
+    if graph.band and graph.copies > 1:
+        graph.band_padding(values).fill_(fill)
 
 
 def dense_rows(x: Tensor, scratch: Optional[Tensor]) -> Tensor:
@@ -134,11 +154,15 @@ def spmm_(
             thirds = zip(graph.band_source_thirds(out), band.split(graph.band, dim=2))
             for sources, part in thirds:
                 sources.baddbmm_(part.transpose(1, 2), targets, alpha=alpha)
-    for block, targets, sources in graph.global_blocks(values):
-        if values_t is None:
-            out[targets].addmm_(block, x[sources], alpha=alpha)
-        else:
-            out[sources].addmm_(block.t(), x[targets], alpha=alpha)
+    if graph.num_global:
+        out_copies, x_copies = graph.per_copy(out), graph.per_copy(x)
+        for block, targets, sources in graph.global_blocks(values):
+            if values_t is None:
+                out_copies[:, targets].baddbmm_(block, x_copies[:, sources], alpha=alpha)
+            else:
+                out_copies[:, sources].baddbmm_(
+                    block.transpose(1, 2), x_copies[:, targets], alpha=alpha
+                )
     return out
 
 
@@ -173,10 +197,12 @@ def per_edge_(
         if scale is not None:
             nodes = torch.mul(nodes, graph.band_values(scale), out=graph.band_values(buffer))
         getattr(graph.band_values(values), op)(nodes)
-    scales = graph.global_blocks(scale) if scale is not None else None
-    for i, (block, targets, _) in enumerate(graph.global_blocks(values)):
-        nodes = node_values[targets].unsqueeze(-1)
-        getattr(block, op)(nodes if scales is None else nodes * scales[i][0])
+    if graph.num_global:
+        node_copies = graph.per_copy(node_values)
+        scales = graph.global_blocks(scale) if scale is not None else None
+        for i, (block, targets, _) in enumerate(graph.global_blocks(values)):
+            nodes = node_copies[:, targets].unsqueeze(-1)
+            getattr(block, op)(nodes if scales is None else nodes * scales[i][0])
     other = graph.other_values(buffer)
     torch.index_select(node_values, 0, graph.row, out=other)
     if scale is not None:
@@ -195,11 +221,13 @@ def row_reduce(graph: DiffusionGraph, values: Tensor, reduce: str = "sum") -> Te
             targets.add_(band.sum(-1))
         else:
             torch.maximum(targets, band.amax(-1), out=targets)
-    for block, targets, _ in graph.global_blocks(values):
-        if reduce == "sum":
-            out[targets] += block.sum(-1)
-        else:
-            out[targets] = torch.maximum(out[targets], block.amax(-1))
+    if graph.num_global:
+        out_copies = graph.per_copy(out)
+        for block, targets, _ in graph.global_blocks(values):
+            if reduce == "sum":
+                out_copies[:, targets] += block.sum(-1)
+            else:
+                out_copies[:, targets] = torch.maximum(out_copies[:, targets], block.amax(-1))
     return out
 
 
@@ -227,10 +255,13 @@ def segment_softmax_(
     to a shift of each target's scores, which only keeps exp() from overflowing, so within
     :data:`EXP_SAFE` the per-target maximum (a segment max and a broadcast, about half the
     softmax's time) is not taken off."""
+    clear_padding_(graph, values, -math.inf)  # no edges: out of the maximum and the sums
     if not bound <= EXP_SAFE:  # also for a NaN bound
         per_edge_(graph, values, row_reduce(graph, values, "max"), "sub_", buffer)
     values.exp_()
-    return per_edge_(graph, values, row_reduce(graph, values).reciprocal_(), "mul_", buffer)
+    per_edge_(graph, values, row_reduce(graph, values).reciprocal_(), "mul_", buffer)
+    clear_padding_(graph, values)  # 0 / 0 on rows without edges
+    return values
 
 
 def segment_softmax_backward_(
@@ -249,10 +280,14 @@ def gather_scores_(
     [N_src]`` and ``dst [N_dst]``; ``buffer`` is ``[E]`` scratch."""
     if graph.band:
         graph.band_values(out).copy_(graph.band_sources(src).unsqueeze(1))
-    for block, _, sources in graph.global_blocks(out):
-        block.copy_(src[sources].unsqueeze(0))
+    if graph.num_global:
+        src_copies = graph.per_copy(src)
+        for block, _, sources in graph.global_blocks(out):
+            block.copy_(src_copies[:, sources].unsqueeze(1))
     torch.index_select(src, 0, graph.col, out=graph.other_values(out))
-    return per_edge_(graph, out, dst, "add_", buffer)
+    per_edge_(graph, out, dst, "add_", buffer)
+    clear_padding_(graph, out)
+    return out
 
 
 def source_sums(graph: DiffusionGraph, values: Tensor, buffer: Tensor) -> Tensor:
@@ -264,8 +299,10 @@ def source_sums(graph: DiffusionGraph, values: Tensor, buffer: Tensor) -> Tensor
         sums = graph.band_values(values).sum(1)  # [B, 3w]: per block, over its targets
         for sources, part in zip(graph.band_source_thirds(out), sums.split(graph.band, dim=1)):
             sources.add_(part)
-    for block, _, sources in graph.global_blocks(values):
-        out[sources] += block.sum(0)
+    if graph.num_global:
+        out_copies = graph.per_copy(out)
+        for block, _, sources in graph.global_blocks(values):
+            out_copies[:, sources] += block.sum(1)
     return out
 
 
@@ -292,8 +329,8 @@ def first_order(backward: Callable) -> Callable:
     return wrapper
 
 
-# The gradients of the structure (six tensors, two numbers) every operator takes first.
-NO_STRUCTURE_GRADS = (None,) * 8
+# The gradients of the structure (six tensors, three numbers) every operator takes first.
+NO_STRUCTURE_GRADS = (None,) * 9
 
 
 def optional_empty(x: Tensor, wanted: bool) -> Tensor:
@@ -313,23 +350,23 @@ def register_edge_scores(op: Any, backward: Any) -> None:
     @op.register_fake
     def _fake(*inputs):
         # The sources' count is not needed for the number of edges.
-        graph = DiffusionGraph.from_structure(inputs[:8], num_src=0)
-        return inputs[8].new_empty(inputs[8].size(0), graph.num_edges)
+        graph = DiffusionGraph.from_structure(inputs[:9], num_src=0)
+        return inputs[9].new_empty(inputs[9].size(0), graph.num_edges)
 
     @backward.register_fake
     def _backward_fake(*inputs):
-        a, b, want_a, want_b = inputs[8], inputs[9], inputs[13], inputs[14]
+        a, b, want_a, want_b = inputs[9], inputs[10], inputs[14], inputs[15]
         return optional_empty(a, want_a), optional_empty(b, want_b)
 
     def setup(ctx: Any, inputs: Tuple[Any, ...], output: Tensor) -> None:
-        *structure, band, num_global, a, b, param = inputs
-        ctx.param, ctx.dense = param, (band, num_global)
+        *structure, band, num_global, copies, a, b, param = inputs
+        ctx.param, ctx.dense = param, (band, num_global, copies)
         ctx.save_for_backward(*structure, a, b, output)
 
     @first_order  # written with out= kernels
     def grad(ctx: Any, grad_attn: Tensor) -> Tuple[Optional[Tensor], ...]:
         *structure, a, b, attn = ctx.saved_tensors
-        want_a, want_b = ctx.needs_input_grad[8:10]
+        want_a, want_b = ctx.needs_input_grad[9:11]
         grad_a, grad_b = backward(
             *structure, *ctx.dense, a, b, attn, grad_attn, ctx.param, want_a, want_b
         )
@@ -351,6 +388,7 @@ def edge_attention(
     position_t: Tensor,
     band: int,
     num_global: int,
+    copies: int,
     q: Tensor,
     k: Tensor,
     scale: float,
@@ -360,16 +398,14 @@ def edge_attention(
     then an in-place segment softmax. Its gradient saves ``q``, ``k`` and the output and is
     the softmax Jacobian and two SpMMs per head (:func:`edge_attention_backward`)."""
     graph = DiffusionGraph.from_structure(
-        (crow, col, row, crow_t, col_t, position_t, band, num_global), k.size(1)
+        (crow, col, row, crow_t, col_t, position_t, band, num_global, copies), k.size(1)
     )
-    attn = q.new_zeros(q.size(0), graph.num_edges)
+    attn = q.new_empty(q.size(0), graph.num_edges)
     buffer = attn.new_empty(graph.num_edges)
     q_scratch, k_scratch = rows_scratch(q), rows_scratch(k)
     bound = abs(scale) * max_abs(q, dim=-1) * max_abs(k, dim=-1)  # Cauchy-Schwarz
     for h, a in enumerate(attn):
-        accumulate_sddmm_(
-            graph, a, dense_rows(q[h], q_scratch), dense_rows(k[h], k_scratch), scale=scale
-        )
+        sddmm_(graph, a, dense_rows(q[h], q_scratch), dense_rows(k[h], k_scratch), scale=scale)
         segment_softmax_(graph, a, buffer, bound)
     return attn
 
@@ -384,6 +420,7 @@ def edge_attention_backward(
     position_t: Tensor,
     band: int,
     num_global: int,
+    copies: int,
     q: Tensor,
     k: Tensor,
     attn: Tensor,
@@ -395,7 +432,7 @@ def edge_attention_backward(
     """The gradients of :func:`edge_attention`'s ``q`` and ``k`` (each empty unless
     wanted) from that of its output ``attn``."""
     graph = DiffusionGraph.from_structure(
-        (crow, col, row, crow_t, col_t, position_t, band, num_global), k.size(1)
+        (crow, col, row, crow_t, col_t, position_t, band, num_global, copies), k.size(1)
     )
     grad_q, grad_k = optional_empty(q, want_q), optional_empty(k, want_k)
     # Two allocations, not one [2, E]: each stays below the mmap threshold.
@@ -430,6 +467,7 @@ def gat_attention(
     position_t: Tensor,
     band: int,
     num_global: int,
+    copies: int,
     src: Tensor,
     dst: Tensor,
     slope: float,
@@ -440,7 +478,7 @@ def gat_attention(
     output, recomputes the scores (for the LeakyReLU's slope) and sums each edge's gradient
     into its target (a segment sum) and its source (one in the transposed order)."""
     graph = DiffusionGraph.from_structure(
-        (crow, col, row, crow_t, col_t, position_t, band, num_global), src.size(1)
+        (crow, col, row, crow_t, col_t, position_t, band, num_global, copies), src.size(1)
     )
     attn = src.new_empty(src.size(0), graph.num_edges)
     buffer = attn.new_empty(graph.num_edges)
@@ -462,6 +500,7 @@ def gat_attention_backward(
     position_t: Tensor,
     band: int,
     num_global: int,
+    copies: int,
     src: Tensor,
     dst: Tensor,
     attn: Tensor,
@@ -473,7 +512,7 @@ def gat_attention_backward(
     """The gradients of :func:`gat_attention`'s scores ``src`` and ``dst`` (each empty
     unless wanted) from that of its output ``attn``."""
     graph = DiffusionGraph.from_structure(
-        (crow, col, row, crow_t, col_t, position_t, band, num_global), src.size(1)
+        (crow, col, row, crow_t, col_t, position_t, band, num_global, copies), src.size(1)
     )
     grad_src, grad_dst = optional_empty(src, want_src), optional_empty(dst, want_dst)
     d_score, slopes, buffer = (attn.new_empty(graph.num_edges) for _ in range(3))
@@ -517,6 +556,7 @@ def diffusion(
     position_t: Tensor,
     band: int,
     num_global: int,
+    copies: int,
     attn: Tensor,
     v: Tensor,
     s: float,
@@ -540,7 +580,7 @@ def diffusion(
     all hops at once (:func:`diffusion_backward`).
     """
     graph = DiffusionGraph.from_structure(
-        (crow, col, row, crow_t, col_t, position_t, band, num_global), v.size(1)
+        (crow, col, row, crow_t, col_t, position_t, band, num_global, copies), v.size(1)
     )
     hops = len(coeffs) - 1
     result, history = diffusion_outputs(v, graph.num_dst, hops, save_history)
@@ -585,6 +625,7 @@ def _diffusion_fake(
     position_t,
     band,
     num_global,
+    copies,
     attn,
     v,
     s,
@@ -606,6 +647,7 @@ def diffusion_backward(
     position_t: Tensor,
     band: int,
     num_global: int,
+    copies: int,
     attn: Tensor,
     history: Tensor,
     grad: Tensor,
@@ -620,13 +662,13 @@ def diffusion_backward(
     history) and ``v`` from that of its result, ``grad`` (in the result's layout,
     ``node_major`` or not)."""
     graph = DiffusionGraph.from_structure(
-        (crow, col, row, crow_t, col_t, position_t, band, num_global), crow_t.size(0) - 1
+        (crow, col, row, crow_t, col_t, position_t, band, num_global, copies), crow_t.size(0) - 1
     )
     hops = len(coeffs) - 1
     grad = heads_view(grad, node_major)
     heads, _, channels = grad.shape
     grad_v = heads_view(empty_nodes(grad, graph.num_src, node_major), node_major)
-    grad_attn = attn.new_zeros(attn.shape) if want_attn else attn.new_empty(0)
+    grad_attn = attn.new_empty(attn.shape) if want_attn else attn.new_empty(0)
     attn_t = attn.new_empty(graph.num_edges)  # one head's A^T, transposed order
     slots = grad.new_empty(2, graph.num_dst, channels).unbind(0)
     # Every hop's adjoint, [N, K C] rows against the history's for one SDDMM over all hops:
@@ -657,9 +699,7 @@ def diffusion_backward(
                 alpha = s * coeffs[0]
                 spmm_(graph, g_v, attn[h], g, alpha=alpha, bias=g_v, values_t=values_t)
         if want_attn:  # dA = s sum_m g_{m+1} Z_m^T on the edges
-            accumulate_sddmm_(
-                graph, grad_attn[h], adjoints.flatten(1), history[h].flatten(1), scale=s
-            )
+            sddmm_(graph, grad_attn[h], adjoints.flatten(1), history[h].flatten(1), scale=s)
         if gv_scratch is not None:
             grad_v[h].copy_(g_v)
     return grad_attn, grad_v
@@ -675,6 +715,7 @@ def _diffusion_backward_fake(
     position_t,
     band,
     num_global,
+    copies,
     attn,
     history,
     grad,
@@ -691,10 +732,10 @@ def _diffusion_backward_fake(
 
 
 def _diffusion_setup(ctx: Any, inputs: Tuple[Any, ...], output: Tuple[Tensor, Tensor]) -> None:
-    *structure, band, num_global, attn, v, s, coeffs, masks, keep, save_history = inputs
+    *structure, band, num_global, copies, attn, v, s, coeffs, masks, keep, save_history = inputs
     history = output[1]
     ctx.s, ctx.coeffs, ctx.keep, ctx.node_major = s, coeffs, keep, is_node_major(v)
-    ctx.dense = (band, num_global)
+    ctx.dense = (band, num_global, copies)
     ctx.mark_non_differentiable(history)
     # Else autograd hands backward a zero gradient of the (non-differentiable) history,
     # [H, N, K, C] filled anew at every step.
@@ -709,9 +750,9 @@ def _diffusion_grad(
     # Gradients are not materialised: None when the loss does not reach the result (a
     # gradcheck of another output of the caller's).
     if grad is None:
-        return (None,) * 15
+        return (None,) * 16
     *structure, attn, history, masks = ctx.saved_tensors
-    want_attn = ctx.needs_input_grad[8]
+    want_attn = ctx.needs_input_grad[9]
     if want_attn and history.numel() == 0 and attn.numel() > 0:
         raise RuntimeError("graphdiff::diffusion needs save_history=True for attn's gradient")
     grad_attn, grad_v = diffusion_backward(

@@ -14,9 +14,12 @@ Layouts, with ``N`` nodes, ``H`` heads, ``C`` channels per head and ``E`` edges:
   :meth:`~graphdiff.nn.DiffusionGraph.stacked` graph, ``[H, N, C]`` viewed as
   ``[H / G, G * N, C]`` (:func:`stack_heads`);
 - per-edge values: ``[E, H]`` in the adjacency's edge order in the public API, ``[H, E]`` in
-  the graph's storage order in the kernels (:func:`edges_first`, :func:`edges_last`): for an
-  adjacency sorted by target whose graph has no dense parts both are views of one tensor, else
-  a reordering (which ``edge_order="storage"`` and the layer skip).
+  the graph's storage order (:func:`edges_first`, :func:`edges_last`): for an adjacency sorted
+  by target whose graph has no dense parts both are views of one tensor, else a reordering
+  (which ``edge_order="storage"`` and the layer skip); the kernels take them in the storage
+  order of the heads' stack, ``[H / G, E_stack]`` (:func:`stack_edges`,
+  :func:`unstack_edges`): a view of ``[H, E]``, except on a graph with dense parts, whose stack
+  keeps each part of all its heads together (a reordering, which the layer skips).
 """
 
 from __future__ import annotations
@@ -104,6 +107,28 @@ def stack_heads(x: Tensor, groups: int) -> Tensor:
     whole-tensor copy for node-major features (with at most ``MAX_STACKED_NODES`` nodes per
     stack)."""
     return x if groups == x.size(0) else x.reshape(groups, -1, *x.shape[2:])
+
+
+def stack_edges(attn: Tensor, graph: DiffusionGraph) -> Tensor:
+    """Per-edge ``[H, E]`` in the graph's storage order -> ``[H / G, E_stack]`` in the storage
+    order of its stack of ``G`` heads (:meth:`DiffusionGraph.stacked`): a view where the
+    stack's storage is its heads' one after the other, else a scatter (the stack's band
+    padding 0)."""
+    heads = attn.size(0)
+    stack, groups = stacks(graph, heads)
+    if stack.copies == 1 or not (stack.band or stack.num_global):
+        return attn.reshape(groups, stack.num_edges)
+    out = attn.new_zeros(groups, stack.num_edges)
+    out[:, stack.copy_slots().flatten()] = attn.reshape(groups, -1)
+    return out
+
+
+def unstack_edges(attn: Tensor, graph: DiffusionGraph, heads: int) -> Tensor:
+    """The inverse of :func:`stack_edges`: ``[H / G, E_stack]`` -> ``[H, E]``."""
+    stack, _ = stacks(graph, heads)
+    if stack.copies == 1 or not (stack.band or stack.num_global):
+        return attn.reshape(heads, graph.num_edges)
+    return attn[:, stack.copy_slots().flatten()].reshape(heads, graph.num_edges)
 
 
 def unstack_heads(out: Tensor, heads: int, groups: int, node_major: bool) -> Tensor:

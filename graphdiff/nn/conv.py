@@ -20,9 +20,9 @@ from graphdiff.checks import check_edge_index, is_integer, is_real
 from graphdiff.nn import _core
 from graphdiff.nn.functional import (
     check_diffusion_args,
-    diffuse_in_storage_order,
-    gat_attention_in_storage_order,
-    softmax_attention_in_storage_order,
+    diffuse_stacked,
+    gat_attention_stacked,
+    softmax_attention_stacked,
 )
 from graphdiff.nn.graph import DiffusionGraph, diffusion_graph
 
@@ -343,7 +343,7 @@ class AttentionDiffusion(MessagePassing):
         attn = self._edge_attention(x_src, x_dst, v, graph, fused)
         attn_used = F.dropout(attn, p=self.dropout, training=self.training)
         if fused:
-            out = diffuse_in_storage_order(
+            out = diffuse_stacked(
                 attn_used,
                 v,
                 graph,
@@ -359,7 +359,9 @@ class AttentionDiffusion(MessagePassing):
         out = self._output(out.to(dtype))
         if not return_attention_weights:
             return out
-        weights = (_core.edges_last(attn, graph) if fused else attn).to(dtype)
+        if fused:
+            attn = _core.edges_last(_core.unstack_edges(attn, graph, H), graph)
+        weights = attn.to(dtype)
         return out, (self._with_values(edge_index, weights), weights)
 
     def _lin_dst(self) -> Linear:
@@ -370,8 +372,10 @@ class AttentionDiffusion(MessagePassing):
     def _edge_attention(
         self, x_src: Tensor, x_dst: Tensor, v: Tensor, graph: DiffusionGraph, fused: bool
     ) -> Tensor:
-        """The one-hop attention in ``v``'s dtype: by the fused kernels, ``[H, E]`` in the
-        graph's storage order, or (reference) ``[E, H]`` in the input edge order, by gathering
+        """The one-hop attention in ``v``'s dtype: by the fused kernels, ``[H / G, E_stack]``
+        in the storage order of the graph's stack of heads (see
+        :func:`~graphdiff.nn.functional.diffuse_stacked`), or (reference) ``[E, H]`` in the
+        input edge order, by gathering
         the scores edge by edge, ``[E, H, C]`` products for ``"dot"``, and PyG's segment
         softmax."""
         H, C = self.heads, self.out_channels
@@ -384,14 +388,14 @@ class AttentionDiffusion(MessagePassing):
         if self.attention == "dot":
             k = _core.compute_dtype(_core.split_heads(self.lin_key(x_src), H))
             if fused:
-                return softmax_attention_in_storage_order(target, k, graph, C**-0.5)
+                return softmax_attention_stacked(target, k, graph, C**-0.5)
             edge_index = graph.edge_index()
             scores = (target[edge_index[1]] * k[edge_index[0]]).sum(-1) * C**-0.5
         else:
             src_scores = (v * self.att_src).sum(-1)  # [N_src, H]
             dst_scores = (target * self.att_dst).sum(-1)  # [N_dst, H]
             if fused:
-                return gat_attention_in_storage_order(
+                return gat_attention_stacked(
                     src_scores, dst_scores, graph, float(self.negative_slope)
                 )
             edge_index = graph.edge_index()

@@ -161,24 +161,22 @@ def edge_softmax_attention(
         _check_num_nodes(_num_nodes(num_nodes), sizes)
     graph = diffusion_graph(edge_index, sizes)
     scale = q.size(-1) ** -0.5 if scale is None else scale
-    attn = softmax_attention_in_storage_order(q, k, graph, scale)
+    attn = _core.unstack_edges(softmax_attention_stacked(q, k, graph, scale), graph, q.size(1))
     return _edges_last(attn, graph, edge_order).to(q.dtype)
 
 
-def softmax_attention_in_storage_order(
-    q: Tensor, k: Tensor, graph: DiffusionGraph, scale: float
-) -> Tensor:
-    """:func:`edge_softmax_attention` on checked inputs, as ``[H, E]`` in the graph's
-    storage order and the compute dtype: what a layer hands to
-    :func:`diffuse_in_storage_order` without reordering the edges twice."""
+def softmax_attention_stacked(q: Tensor, k: Tensor, graph: DiffusionGraph, scale: float) -> Tensor:
+    """:func:`edge_softmax_attention` on checked inputs, as ``[H / G, E_stack]`` in the
+    storage order of the graph's stack of heads (:func:`graphdiff.nn._core.stack_edges`) and
+    the compute dtype: what a layer hands to :func:`diffuse_stacked` without reordering the
+    edges twice."""
     # Head-major views of the node-major features: the kernel runs one head (or one stack of
     # heads, on short sequences) at a time.
-    heads, (stack, groups) = q.size(1), _core.stacks(graph, q.size(1))
+    stack, groups = _core.stacks(graph, q.size(1))
     q_heads = _core.stack_heads(_core.heads_first(_core.compute_dtype(q)), groups)
     k_heads = _core.stack_heads(_core.heads_first(_core.compute_dtype(k)), groups)
     structure = stack.structure(backward=_wants_grad(q_heads, k_heads))
-    attn = _autograd.edge_attention(*structure, q_heads, k_heads, scale)
-    return attn.view(heads, graph.num_edges)
+    return _autograd.edge_attention(*structure, q_heads, k_heads, scale)
 
 
 def edge_gat_attention(
@@ -236,24 +234,26 @@ def edge_gat_attention(
     if num_nodes is not None:
         _check_num_nodes(_num_nodes(num_nodes), sizes)
     graph = diffusion_graph(edge_index, sizes)
-    attn = gat_attention_in_storage_order(src_scores, dst_scores, graph, float(negative_slope))
+    heads = src_scores.size(1)
+    attn = gat_attention_stacked(src_scores, dst_scores, graph, float(negative_slope))
+    attn = _core.unstack_edges(attn, graph, heads)
     return _edges_last(attn, graph, edge_order).to(src_scores.dtype)
 
 
-def gat_attention_in_storage_order(
+def gat_attention_stacked(
     src_scores: Tensor, dst_scores: Tensor, graph: DiffusionGraph, negative_slope: float
 ) -> Tensor:
-    """:func:`edge_gat_attention` on checked inputs, as ``[H, E]`` in the graph's storage
-    order and the compute dtype (see :func:`softmax_attention_in_storage_order`)."""
-    heads, (stack, groups) = src_scores.size(1), _core.stacks(graph, src_scores.size(1))
+    """:func:`edge_gat_attention` on checked inputs, as ``[H / G, E_stack]`` in the storage
+    order of the graph's stack of heads and the compute dtype (see
+    :func:`softmax_attention_stacked`)."""
+    stack, groups = _core.stacks(graph, src_scores.size(1))
     # Head-major [H, N] copies of the node-major scores: N H numbers, read per head.
     src_heads, dst_heads = (
         _core.stack_heads(_core.compute_dtype(scores).t().contiguous(), groups)
         for scores in (src_scores, dst_scores)
     )
     structure = stack.structure(backward=_wants_grad(src_heads, dst_heads))
-    attn = _autograd.gat_attention(*structure, src_heads, dst_heads, negative_slope)
-    return attn.view(heads, graph.num_edges)
+    return _autograd.gat_attention(*structure, src_heads, dst_heads, negative_slope)
 
 
 def diffuse(
@@ -323,13 +323,21 @@ def diffuse(
         )
     attn = _core.compute_dtype(attn)
     attn_heads = attn.t() if edge_order == "storage" else _core.edges_first(attn, graph)
-    return diffuse_in_storage_order(
-        attn_heads, v, graph, hops, alpha, kernel, t, hop_dropout, training
+    return diffuse_stacked(
+        _core.stack_edges(attn_heads, graph),
+        v,
+        graph,
+        hops,
+        alpha,
+        kernel,
+        t,
+        hop_dropout,
+        training,
     )
 
 
-def diffuse_in_storage_order(
-    attn_heads: Tensor,
+def diffuse_stacked(
+    attn: Tensor,
     v: Tensor,
     graph: DiffusionGraph,
     hops: int,
@@ -339,8 +347,9 @@ def diffuse_in_storage_order(
     hop_dropout: float,
     training: bool,
 ) -> Tensor:
-    """:func:`diffuse` on checked inputs, with the attention ``[H, E]`` in the graph's
-    storage order and the compute dtype."""
+    """:func:`diffuse` on checked inputs, with the attention ``[H / G, E_stack]`` in the
+    storage order of the graph's stack of heads (:func:`graphdiff.nn._core.stack_edges`) and
+    the compute dtype."""
     s, coeffs = recursion_coefficients(hops, alpha, kernel, t)
     _core.check_bipartite(graph, hops, coeffs)
     if hops == 0:
@@ -353,14 +362,14 @@ def diffuse_in_storage_order(
         shape = (hops, groups, stack.num_dst, v.size(2))
         masks = torch.empty(shape, dtype=torch.bool, device=v.device).bernoulli_(1.0 - hop_dropout)
     out, _ = _autograd.diffusion(
-        *stack.structure(backward=_wants_grad(attn_heads, v_heads)),
-        _core.stack_heads(attn_heads, groups).contiguous(),
+        *stack.structure(backward=_wants_grad(attn, v_heads)),
+        attn.contiguous(),
         _core.stack_heads(v_heads, groups),
         s,
         coeffs,
         masks,
         1.0 - hop_dropout,
-        _wants_grad(attn_heads),  # the history of hop inputs, for A's gradient
+        _wants_grad(attn),  # the history of hop inputs, for A's gradient
     )
     out = _core.unstack_heads(out, heads, groups, node_major)
     return _core.heads_first(out).to(dtype)

@@ -86,10 +86,10 @@ _silence_csr_beta_warning()
 # A band's blocks hold at least this many tokens: smaller ones make dense products too
 # small to beat the sparse ones.
 MIN_BAND_BLOCK = 16
-# Dense parts are looked for in graphs of at least this many edges. Smaller ones stack four
-# or more heads into one sparse call, which on the benchmark patterns is as fast as the dense
-# parts head by head or faster (docs/performance.md, "Dense parts").
-MIN_DENSE_EDGES = MAX_STACKED_EDGES // 4
+# Dense parts are looked for in graphs of at least this many edges. On smaller ones (the
+# benchmark pattern below about 512 tokens) a band has too few blocks, and the CSR of every
+# edge is as fast or faster (docs/performance.md, "Dense parts").
+MIN_DENSE_EDGES = MAX_STACKED_EDGES // 16
 
 
 def find_band(src: Tensor, dst: Tensor, num_nodes: int) -> Optional[Tuple[int, Tensor, Tensor]]:
@@ -237,8 +237,10 @@ class DiffusionGraph:
             as dense products. (default: :obj:`True`)
     """
 
-    # No dense parts unless found (also for a graph pickled before they existed).
+    # No dense parts unless found (also for a graph pickled before they existed); a graph is
+    # one copy of itself unless it is a stack.
     band = num_global = 0
+    copies = 1
 
     # Built outside inference mode, like every lazily cached part below: a structure first
     # built under torch.inference_mode() would hold inference tensors, which autograd refuses
@@ -283,10 +285,12 @@ class DiffusionGraph:
         """The graph of :meth:`structure` (the transposed three tensors empty when they were
         left out), wrapped without copies or checks: how the fused kernels, which take plain
         tensors and numbers, see the structure they were given."""
-        crow, col, row, crow_t, col_t, position_t, band, num_global = structure
+        crow, col, row, crow_t, col_t, position_t, band, num_global, copies = structure
         # A real transpose has a row pointer of N_src + 1 >= 1 entries.
         transposed = (crow_t, col_t, position_t) if crow_t.numel() else None
-        return cls._assemble(crow, col, row, num_src, band, num_global, transposed=transposed)
+        return cls._assemble(
+            crow, col, row, num_src, band, num_global, copies, transposed=transposed
+        )
 
     @classmethod
     def _assemble(
@@ -297,6 +301,7 @@ class DiffusionGraph:
         num_src: int,
         band: int = 0,
         num_global: int = 0,
+        copies: int = 1,
         perm: Optional[Tensor] = None,
         transposed: Optional[Tuple[Tensor, Tensor, Tensor]] = None,
         stacked: Optional[Dict[int, DiffusionGraph]] = None,
@@ -304,7 +309,7 @@ class DiffusionGraph:
         """A graph of built parts, sizes read from them (``num_src`` aside)."""
         graph = cls.__new__(cls)
         graph.num_src, graph.num_dst, graph.band = num_src, crow.size(0) - 1, band
-        graph.num_global = num_global
+        graph.num_global, graph.copies = num_global, copies
         graph.num_edges = graph.dense_edges + col.size(0)
         graph.perm, graph.index_dtype = perm, col.dtype
         graph.row, graph.col, graph.crow = row, col, crow
@@ -313,18 +318,19 @@ class DiffusionGraph:
 
     def structure(self, backward: bool = True) -> Tuple[Any, ...]:
         """The structure as plain tensors and a number, what the fused kernels (custom
-        operators) take: ``(crow, col, row, crow_t, col_t, position_t, band, num_global)``,
-        the CSR of the edges outside the dense parts by target with the target of every
-        position, its :meth:`transposed` CSR, the band's block size and the number of global
-        tokens (0: none). Without ``backward`` the
-        transposed three are empty: only gradients read them, and building them sorts the
-        edges."""
+        operators) take: ``(crow, col, row, crow_t, col_t, position_t, band, num_global,
+        copies)``, the CSR of the edges outside the dense parts by target with the target of
+        every position, its :meth:`transposed` CSR, the band's block size, the number of
+        global tokens (0: none) and the number of copies of a :meth:`stacked` graph (1 for
+        others). Without ``backward`` the transposed three are empty: only gradients read
+        them, and building them sorts the edges."""
         if backward:
             transposed = self.transposed()
         else:
             empty = self.col.new_empty(0)
             transposed = (empty, empty, empty.long())
-        return (self.crow, self.col, self.row, *transposed, self.band, self.num_global)
+        dense = (self.band, self.num_global, self.copies)
+        return (self.crow, self.col, self.row, *transposed, *dense)
 
     def prepare(self, heads: int, backward: bool = True) -> DiffusionGraph:
         """Builds now what the kernels would build lazily on the first call with ``heads``
@@ -381,32 +387,76 @@ class DiffusionGraph:
         w = self.band
         return values.as_strided((self.band_blocks, w, 3 * w), (3 * w * w, 3 * w, 1))
 
+    def band_padding(self, values: Tensor) -> Tensor:
+        """A stack's band slots that hold no edge, as ``[copies - 1, 2, w, 3w]`` (a view of
+        one stack's ``values [E]``): the two blocks on either side of each boundary between
+        copies, whose targets are a copy's first or last block and whose sources reach into
+        the next copy or the previous one. The kernels keep them 0 (they are not edges of any
+        copy); empty for a single copy."""
+        w, size = self.band, 3 * self.band**2
+        blocks = self.num_dst // self.copies // w  # per copy
+        return values.as_strided(
+            (self.copies - 1, 2, w, 3 * w),
+            (blocks * size, size, 3 * w, 1),
+            values.storage_offset() + (blocks - 2) * size,
+        )
+
     @property
     def dense_edges(self) -> int:
         """The number of edges in dense parts (band, global rows and columns), the first
         positions of the storage."""
         start = global_start(self.band, self.num_global)
-        return self.band_edges + self.num_global * (2 * self.num_dst - start)
+        return self.band_edges + self.num_global * (2 * self.num_dst - self.copies * start)
 
     def global_blocks(self, values: Tensor) -> List[Tuple[Tensor, slice, slice]]:
-        """One head's global edges as dense blocks ``(values [R, S], targets, sources)``
-        (views; the slices select the block's rows of target and source tensors): the
-        global targets' ``[G, N]`` and the global sources' ``[N - start, G]``. Empty
-        without global tokens."""
+        """One head's (or stack's) global edges as dense blocks ``(values [copies, R, S],
+        targets, sources)`` (views; the slices select the block's rows of each copy of target
+        and source tensors, :meth:`per_copy`): each copy's global targets' ``[G, n]`` and
+        global sources' ``[n - start, G]`` (``n`` nodes per copy). Empty without global
+        tokens."""
         if not self.num_global:
             return []
-        n, num_global = self.num_dst, self.num_global
+        copies, num_global = self.copies, self.num_global
+        n = self.num_dst // copies
         start = global_start(self.band, num_global)
-        rows_end = self.band_edges + num_global * n
-        offset = values.storage_offset()
-        global_rows = values.as_strided((num_global, n), (n, 1), offset + self.band_edges)
+        offset = values.storage_offset() + self.band_edges
+        global_rows = values.as_strided((copies, num_global, n), (num_global * n, n, 1), offset)
         global_columns = values.as_strided(
-            (n - start, num_global), (num_global, 1), offset + rows_end
+            (copies, n - start, num_global),
+            ((n - start) * num_global, num_global, 1),
+            offset + copies * num_global * n,
         )
         return [
             (global_rows, slice(0, num_global), slice(0, n)),
             (global_columns, slice(start, n), slice(0, num_global)),
         ]
+
+    def per_copy(self, x: Tensor) -> Tensor:
+        """A node tensor ``x [copies * n, ...]`` with contiguous rows as ``[copies, n, ...]``
+        (a view), the rows that :meth:`global_blocks`' slices select."""
+        return x.view(self.copies, -1, *x.shape[1:])
+
+    def copy_slots(self) -> Tensor:
+        """``[copies, E]`` (int64): the storage position in this stack of each copy's edges,
+        in the copy's own storage order. Every position but the :meth:`band_padding` is one
+        copy's edge."""
+        copies, w, num_global = self.copies, self.band, self.num_global
+        n = self.num_dst // copies
+        parts = []  # (base, step per copy, length) of each part, in a copy's storage order
+        if w:
+            blocks = n // w
+            parts.append((0, blocks * 3 * w * w, (blocks - 2) * 3 * w * w))
+        if num_global:
+            rows, columns = num_global * n, (n - global_start(w, num_global)) * num_global
+            parts += [
+                (self.band_edges, rows, rows),
+                (self.band_edges + copies * rows, columns, columns),
+            ]
+        others = self.col.numel() // copies
+        parts.append((self.dense_edges, others, others))
+        copy = torch.arange(copies, device=self.col.device).unsqueeze(1)
+        arange = functools.partial(torch.arange, device=self.col.device)
+        return torch.cat([base + copy * step + arange(size) for base, step, size in parts], dim=1)
 
     def other_values(self, values: Tensor) -> Tensor:
         """One head's values of the edges outside the dense parts, in CSR order (a view)."""
@@ -460,7 +510,7 @@ class DiffusionGraph:
             dense_src, dense_dst = [], []
         arange = functools.partial(torch.arange, device=src.device)
         for block, targets, sources in self.global_blocks(arange(self.num_edges)):
-            rows, cols = block.shape
+            _, rows, cols = block.shape  # one copy
             dense_src.append(arange(sources.start, sources.stop).repeat(rows))
             dense_dst.append(arange(targets.start, targets.stop).repeat_interleave(cols))
         src, dst = torch.cat([*dense_src, src]), torch.cat([*dense_dst, dst])
@@ -499,7 +549,7 @@ class DiffusionGraph:
         """The transpose of a stack of ``copies`` copies of ``source``: ``source``'s, with
         every copy shifted (a stack's transpose is the stack of the transposes)."""
         crow_t, col_t, position_t = source.transposed()
-        edges = source.num_edges
+        edges = source.col.numel()  # the CSR part's
         crow = torch.cat(
             [
                 _repeat_offset(crow_t[:-1], copies, edges),
@@ -536,11 +586,22 @@ class DiffusionGraph:
         """The block-diagonal union of ``copies`` copies of this graph (copy ``g`` numbers its
         sources ``g * N_src + j`` and targets ``g * N_dst + i``), built once and cached: the
         graph of ``copies`` heads whose ``[copies, N, C]`` features are viewed as
-        ``[copies * N, C]`` and whose ``[copies, E]`` values as ``[copies * E]``."""
+        ``[copies * N, C]``.
+
+        Without dense parts its ``[copies, E]`` values are viewed as ``[copies * E]``. With
+        them its storage holds each part of every copy together, so that one dense product
+        serves all copies: the band runs over the ``copies * N`` rows as one band (block rows
+        that straddle two copies are :meth:`band_padding`, not edges; so it needs ``N`` to be a
+        multiple of ``w``), then the global rows ``[copies, G, N]``, the global columns, and
+        the block-diagonal CSR of the other edges; :meth:`copy_slots` maps each copy's storage
+        order into it."""
         if copies == 1:
             return self
-        if self.band or self.num_global:
-            raise ValueError("a graph with dense parts runs head by head (heads_per_call is 1)")
+        if self.band and self.num_dst % self.band:
+            raise ValueError(
+                f"copies of a band of {self.band} tokens over {self.num_dst} tokens would not "
+                f"line up: a multiple of {self.band} is needed (heads_per_call is 1)"
+            )
         if copies not in self._stacked:
             self._stacked[copies] = self._build_stack(copies)
         return self._stacked[copies]
@@ -552,8 +613,11 @@ class DiffusionGraph:
             _repeat_offset(self.row, copies, self.num_dst),
             (copies * self.num_src, copies * self.num_dst),
             sorted_by_target=True,
-            find_dense=False,  # its transpose is built from the source's (CSR order)
+            find_dense=False,  # the copies' dense parts, set below
         )
+        stack.band, stack.num_global, stack.copies = self.band, self.num_global, copies
+        stack.num_edges = stack.dense_edges + stack.col.numel()
+        # Its transpose is the source's, repeated (of the CSR part).
         stack._stack_of = (weakref.ref(self), copies)
         return stack
 
@@ -561,8 +625,9 @@ class DiffusionGraph:
         """How many of ``heads`` heads share one sparse call: the largest divisor of
         ``heads`` whose :meth:`stacked` graph holds at most ``MAX_STACKED_EDGES`` edges and
         ``MAX_STACKED_NODES`` nodes on either side (1 on long sequences, where each head runs
-        alone on this graph, and on a graph with dense parts, a band or global tokens)."""
-        if self.band or self.num_global:
+        alone on this graph, and where a band's copies would not line up, see
+        :meth:`stacked`)."""
+        if self.band and self.num_dst % self.band:
             return 1
         nodes = max(self.num_src, self.num_dst)
         fits = [
@@ -594,9 +659,9 @@ _GRAPH_PARTS = ("crow", "col", "row", "perm", "_transposed", "_stacked")
 
 def _flatten_graph(
     graph: DiffusionGraph,
-) -> Tuple[List[Any], Tuple[Optional[int], int, int]]:
+) -> Tuple[List[Any], Tuple[Optional[int], int, int, int]]:
     num_src = None if graph.is_square else graph.num_src
-    context = (num_src, graph.band, graph.num_global)
+    context = (num_src, graph.band, graph.num_global, graph.copies)
     return [getattr(graph, name) for name in _GRAPH_PARTS], context
 
 
@@ -606,21 +671,21 @@ def _flatten_graph_with_keys(graph: DiffusionGraph) -> Tuple[List[Tuple[Any, Any
 
 
 def _unflatten_graph(
-    parts: Iterable[Any], context: Tuple[Optional[int], int, int]
+    parts: Iterable[Any], context: Tuple[Optional[int], int, int, int]
 ) -> DiffusionGraph:
     crow, col, row, perm, transposed, stacked = parts
-    num_src, band, num_global = context
+    num_src, band, num_global, copies = context
     num_src = crow.size(0) - 1 if num_src is None else num_src
     return DiffusionGraph._assemble(
-        crow, col, row, num_src, band, num_global, perm, transposed, dict(stacked)
+        crow, col, row, num_src, band, num_global, copies, perm, transposed, dict(stacked)
     )
 
 
-def _dumpable_context(context: Tuple[Optional[int], int, int]) -> List[Optional[int]]:
+def _dumpable_context(context: Tuple[Optional[int], int, int, int]) -> List[Optional[int]]:
     return list(context)
 
 
-def _loaded_context(dumped: List[Optional[int]]) -> Tuple[Optional[int], int, int]:
+def _loaded_context(dumped: List[Optional[int]]) -> Tuple[Optional[int], int, int, int]:
     # JSON gives the tuple back as a list, which a treespec would not compare equal to.
     return tuple(dumped)
 

@@ -8,7 +8,15 @@ import torch.utils._pytree as pytree
 
 from graphdiff.nn import AttentionDiffusion, DiffusionGraph, diffusion_graph
 from graphdiff.nn import graph as graph_module
-from graphdiff.nn.functional import diffuse, edge_gat_attention, edge_softmax_attention
+from graphdiff.nn._core import stack_edges, stacks, unstack_edges
+from graphdiff.nn.functional import (
+    diffuse,
+    diffuse_stacked,
+    edge_gat_attention,
+    edge_softmax_attention,
+    gat_attention_stacked,
+    softmax_attention_stacked,
+)
 from graphdiff.patterns import BlockWindow, Global, Random, Window, diffuser
 
 from .reference import (
@@ -20,11 +28,6 @@ from .reference import (
 )
 
 N, H, C, W = 44, 3, 4, 4  # blocks of 4 tokens: 11 blocks, blocks 1 .. 9 in the band
-
-
-@pytest.fixture(autouse=True)
-def head_calls():
-    """A graph with a band runs head by head: no stacked variant to check."""
 
 
 @pytest.fixture(autouse=True)
@@ -118,10 +121,11 @@ def test_storage_order_round_trips_to_the_input_order(shuffle):
         band_dst, ((blocks + 1) * W + torch.arange(W).view(1, W, 1)).float().expand_as(band_dst)
     )
     assert torch.equal(band_src, (blocks * W + torch.arange(3 * W)).float().expand_as(band_src))
-    # Then the global rows [2, N] and columns [N - 2W, 2], row by row.
+    # Then the global rows [2, N] and columns [N - 2W, 2], row by row (of the one copy).
     (rows, rows_dst, rows_src), (columns, columns_dst, columns_src) = graph.global_blocks(
         torch.arange(graph.num_edges)
     )
+    rows, columns = rows.squeeze(0), columns.squeeze(0)
     assert torch.equal(dst[rows], torch.arange(2).view(2, 1).expand(2, N))
     assert torch.equal(src[rows], torch.arange(N).expand(2, N))
     assert torch.equal(dst[columns], torch.arange(2 * W, N).view(-1, 1).expand(-1, 2))
@@ -254,8 +258,76 @@ def test_layer_returns_its_attention_in_the_input_order(attention):
     torch.testing.assert_close(out, ref_out)
 
 
-def test_the_exported_graph_spec_survives_saving():
-    # torch.export saves an input's pytree context as JSON; the loaded spec must equal it.
-    graph = diffusion_graph(banded_graph(), (N, N))
+@pytest.fixture
+def all_heads_in_one_call(monkeypatch):
+    """Stacks every head of the test graphs, whichever way ``head_calls`` runs the others."""
+    monkeypatch.setattr(graph_module, "MAX_STACKED_EDGES", 1 << 20)
+    monkeypatch.setattr(graph_module, "MAX_STACKED_NODES", 1 << 16)
+
+
+def test_a_stack_holds_each_dense_part_of_its_copies_together(all_heads_in_one_call):
+    graph = diffusion_graph(banded_graph(shuffle=True), (N, N))
+    stack, groups = stacks(graph, H)
+    assert (stack.band, stack.num_global, stack.copies, groups) == (W, 2, H, 1)
+    # One band over the H N rows: the two blocks around each boundary are padding.
+    assert stack.band_blocks == H * N // W - 2
+    padding = 2 * 3 * W * W
+    assert stack.num_edges == H * graph.num_edges + (H - 1) * padding
+    # Every slot but the padding holds exactly one copy's edge.
+    slots = stack.copy_slots()
+    assert slots.shape == (H, graph.num_edges)
+    is_padding = torch.zeros(stack.num_edges, dtype=torch.bool)
+    stack.band_padding(is_padding).fill_(True)
+    counts = torch.bincount(slots.flatten(), minlength=stack.num_edges)
+    assert torch.equal(counts, (~is_padding).long())
+    # A length off the blocks would misalign the copies' bands: its heads run one by one.
+    off = diffusion_graph((BlockWindow(2 * W) | Global(2))(N + 1), (N + 1, N + 1))
+    assert off.band == W and off.heads_per_call(H) == 1
+    with pytest.raises(ValueError, match="would not line up"):
+        off.stacked(H)
+
+
+@pytest.mark.parametrize("attention", ["dot", "gat"])
+def test_the_kernels_keep_a_stacks_padding_zero(attention, all_heads_in_one_call):
+    # Scores far beyond EXP_SAFE take the softmax's row-maximum path, which must pass over the
+    # padding; the gradient's SDDMM must not leave products there.
+    graph = diffusion_graph(banded_graph(seed=8), (N, N))
+    stack, _ = stacks(graph, H)
+    q, k, v = features(seed=8)
+    if attention == "dot":
+        attn = softmax_attention_stacked(q * 40, k * 40, graph, C**-0.5)
+    else:
+        s, t = (x.sum(-1) * 40 for x in (q, k))
+        attn = gat_attention_stacked(s, t, graph, 0.2)
+    assert attn.shape == (1, stack.num_edges)
+    assert not stack.band_padding(attn[0]).any()
+    assert torch.equal(stack_edges(unstack_edges(attn, graph, H), graph), attn)
+    out = diffuse_stacked(attn, v, graph, 3, 0.1, "ppr", 1.0, 0.0, False)
+    (grad,) = torch.autograd.grad(out, attn, torch.randn_like(out))
+    assert grad.abs().sum() > 0 and not stack.band_padding(grad[0]).any()
+
+
+def test_rows_without_edges_around_the_band(all_heads_in_one_call):
+    # The band alone: each copy's first and last blocks have no edge, and a stack's padding
+    # lies on exactly these rows, whose maximum is -inf on the softmax's shift path.
+    n = N
+    target = torch.arange(W, n - W).repeat_interleave(3 * W)
+    source = (target // W - 1) * W + torch.arange(3 * W).repeat(n - 2 * W)
+    ei = torch.stack([source, target])
+    graph = diffusion_graph(ei, (n, n))
+    assert (graph.band, graph.num_global, graph.heads_per_call(H)) == (W, 0, H)
+    q, k, v = features(seed=9)
+    attn = edge_softmax_attention(q * 40, k * 40, graph)
+    dense = dense_attention(q * 40, k * 40, ei)
+    torch.testing.assert_close(attn, edge_values(dense, ei))
+    out = diffuse(attn, v, graph, 3, 0.2)
+    assert_same_values_and_gradients(out, dense_diffuse(dense, v, 3, 0.2), (q, k, v))
+
+
+def test_the_exported_graph_spec_survives_saving(all_heads_in_one_call):
+    # torch.export saves an input's pytree context as JSON; the loaded spec must equal it,
+    # a prepared stack's (with its copies) included.
+    graph = diffusion_graph(banded_graph(), (N, N)).prepare(H)
+    assert graph.stacked(H).copies == H
     spec = pytree.tree_flatten(graph)[1]
     assert pytree.treespec_loads(pytree.treespec_dumps(spec)) == spec

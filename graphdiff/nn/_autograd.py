@@ -2,8 +2,8 @@
 :class:`~graphdiff.nn.graph.DiffusionGraph`.
 
 Per-edge tensors are head-major ``[H, E]`` in the graph's storage order (its dense parts, a
-block band and global tokens, first, then the CSR of the other edges), node tensors
-``[H, N, C]``:
+block band and global tokens, first, then the CSR of the other edges; for a stack of heads,
+each part of all of them together), node tensors ``[H, N, C]``:
 contiguous, or head-major views of node-major ``[N, H, C]`` tensors (PyG's layout), which the
 kernels take and return in their layout, without whole-tensor conversion copies (each head of
 a node-major tensor passes through ``[N, C]`` scratch instead). Every head shares the graph's
@@ -566,9 +566,10 @@ def diffusion(
     save_history: bool,
 ) -> Tuple[Tensor, Tensor]:
     r"""The recursion :math:`Z_0 = c_0 V`, :math:`Z_{m+1} = D_m(s\,A Z_m + c_{m+1} V)`
-    for ``m < K``, output :math:`Z_K`, on attention ``A`` ``[H, E]`` and values ``V``
-    ``[H, N, C]``; :math:`D_m` is an optional (hop) dropout, ``masks [K, H, N, C]`` (bool)
-    divided by ``keep``. Returns ``(Z_K, history)``: ``Z_K`` is ``[N, H, C]`` when ``V`` is a
+    for ``m < K``, output :math:`Z_K`, on attention ``A`` ``[H, E]`` (a stack's band padding
+    0: those slots are products like any edge's) and values ``V`` ``[H, N, C]``;
+    :math:`D_m` is an optional (hop) dropout, ``masks [K, H, N, C]`` (bool) divided by
+    ``keep``. Returns ``(Z_K, history)``: ``Z_K`` is ``[N, H, C]`` when ``V`` is a
     view of a node-major tensor, else ``[H, N, C]`` (the caller takes the head-major view,
     :func:`heads_view`; an operator's output never aliases another tensor); ``history``,
     with ``save_history`` (for ``A``'s gradient), holds the hop inputs ``Z_0 .. Z_{K-1}`` as

@@ -130,8 +130,11 @@ def edge_softmax_attention(
         edge_order (str, optional): ``"input"``, the adjacency's edge order, or
             ``"storage"``, the graph's storage order (see :class:`DiffusionGraph`), which
             skips reordering ``[E, H]`` values on a graph with dense parts: pass the result
-            to :func:`diffuse` with the same order (what :class:`AttentionDiffusion` does),
-            and reorder it with ``graph.to_input_order``. (default: :obj:`"input"`)
+            to :func:`diffuse` with the same order, and reorder it with
+            ``graph.to_input_order``. (On short sequences the kernels share calls among
+            heads, and on a graph with dense parts their layout is the stack's: the
+            functions convert to and from it, which :class:`AttentionDiffusion`, keeping the
+            stack's layout, skips.) (default: :obj:`"input"`)
 
     Returns:
         ``[E, H]`` attention in ``edge_order`` (possibly a non-contiguous view); each
@@ -348,8 +351,8 @@ def diffuse_stacked(
     training: bool,
 ) -> Tensor:
     """:func:`diffuse` on checked inputs, with the attention ``[H / G, E_stack]`` in the
-    storage order of the graph's stack of heads (:func:`graphdiff.nn._core.stack_edges`) and
-    the compute dtype."""
+    storage order of the graph's stack of heads and the compute dtype, its band padding 0 (as
+    the attention functions and :func:`graphdiff.nn._core.stack_edges` leave it)."""
     s, coeffs = recursion_coefficients(hops, alpha, kernel, t)
     _core.check_bipartite(graph, hops, coeffs)
     if hops == 0:

@@ -90,6 +90,10 @@ MIN_BAND_BLOCK = 16
 # benchmark pattern below about 512 tokens) a band has too few blocks, and the CSR of every
 # edge is as fast or faster (docs/performance.md, "Dense parts").
 MIN_DENSE_EDGES = MAX_STACKED_EDGES // 16
+# A band whose blocks do not divide N runs head by head (its copies in a stack would not line
+# up, see DiffusionGraph.stacked): it is kept from this many edges on, below which the CSR of
+# stacked heads is faster.
+MIN_UNSTACKED_BAND_EDGES = MAX_STACKED_EDGES // 4
 
 
 def find_band(src: Tensor, dst: Tensor, num_nodes: int) -> Optional[Tuple[int, Tensor, Tensor]]:
@@ -178,13 +182,15 @@ def find_dense_parts(src: Tensor, dst: Tensor, num_nodes: int) -> Tuple[int, int
     """``(w, G, order)``: the band's block size (:func:`find_band`), the number of global
     tokens (:func:`find_global`), each 0 where there is none, and the storage order of a
     square graph's edges (sorted by target): the band's, the global rows', the global
-    columns', then the other edges'."""
+    columns', then the other edges'. A band whose blocks do not divide ``N`` is kept only from
+    ``MIN_UNSTACKED_BAND_EDGES`` edges on (its heads cannot share a call)."""
     other = torch.arange(src.numel(), device=src.device)
     if num_nodes < 3 * MIN_BAND_BLOCK or src.numel() < MIN_DENSE_EDGES:
         return 0, 0, other
     dense, band, num_global = [], 0, 0
     found = find_band(src, dst, num_nodes)
-    if found is not None:
+    stackable = found is not None and num_nodes % found[0] == 0
+    if found is not None and (stackable or src.numel() >= MIN_UNSTACKED_BAND_EDGES):
         band, positions, other = found
         dense.append(positions)
     found = find_global(src[other], dst[other], num_nodes, band)
@@ -361,6 +367,7 @@ class DiffusionGraph:
     def __repr__(self) -> str:
         dense = f", band={self.band}" if self.band else ""
         dense += f", num_global={self.num_global}" if self.num_global else ""
+        dense += f", copies={self.copies}" if self.copies > 1 else ""
         return (
             f"{self.__class__.__name__}(num_nodes=({self.num_src}, {self.num_dst}), "
             f"num_edges={self.num_edges}{dense})"
@@ -498,6 +505,8 @@ class DiffusionGraph:
     def edge_index(self) -> Tensor:
         """The edges as a plain int64 ``[2, E]`` edge_index (source, target) in the input
         edge order: what PyG's ``propagate`` takes, whatever adjacency built the graph."""
+        if self.copies > 1:
+            raise ValueError("a stack's edges are its copies': ask the graph it stacks")
         src, dst = self.col.long(), self.row.long()
         if self.band:
             w, blocks = self.band, self.band_blocks
@@ -630,11 +639,12 @@ class DiffusionGraph:
         if self.band and self.num_dst % self.band:
             return 1
         nodes = max(self.num_src, self.num_dst)
+        padding = 6 * self.band**2  # per boundary between copies (see band_padding)
         fits = [
             size
             for size in range(2, heads + 1)
             if heads % size == 0
-            and size * self.num_edges <= MAX_STACKED_EDGES
+            and size * self.num_edges + (size - 1) * padding <= MAX_STACKED_EDGES
             and size * nodes <= MAX_STACKED_NODES
         ]
         return max(fits, default=1)

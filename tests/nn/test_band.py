@@ -2,6 +2,8 @@
 global tokens, whose rows and columns run as dense matrices. Every kernel must give what
 the dense references give, whatever order the edges came in."""
 
+import pickle
+
 import pytest
 import torch
 import torch.utils._pytree as pytree
@@ -34,6 +36,7 @@ N, H, C, W = 44, 3, 4, 4  # blocks of 4 tokens: 11 blocks, blocks 1 .. 9 in the 
 def small_blocks(monkeypatch):
     monkeypatch.setattr(graph_module, "MIN_BAND_BLOCK", W)
     monkeypatch.setattr(graph_module, "MIN_DENSE_EDGES", 0)
+    monkeypatch.setattr(graph_module, "MIN_UNSTACKED_BAND_EDGES", 0)
 
 
 # The official block window (blocks of W tokens), two global tokens and three random keys
@@ -227,6 +230,21 @@ def test_small_graphs_have_no_dense_parts(monkeypatch):
     assert dense_parts(ei) == (W, 2)
 
 
+def test_a_band_off_the_blocks_needs_more_edges(monkeypatch, all_heads_in_one_call):
+    # A length that is no multiple of the blocks runs its band head by head, which only
+    # larger graphs repay: below MIN_UNSTACKED_BAND_EDGES the band's edges join the CSR (the
+    # global tokens stay dense, and every head stacks).
+    ei = (BlockWindow(2 * W) | Global(2) | Random(3, seed=0))(N + 1)
+    monkeypatch.setattr(graph_module, "MIN_UNSTACKED_BAND_EDGES", ei.size(1) + 1)
+    assert dense_parts(ei, (N + 1, N + 1)) == (0, 2)
+    assert diffusion_graph(ei, (N + 1, N + 1)).heads_per_call(H) == H
+    monkeypatch.setattr(graph_module, "MIN_UNSTACKED_BAND_EDGES", ei.size(1))
+    assert dense_parts(ei, (N + 1, N + 1)) == (W, 2)
+    assert diffusion_graph(ei.clone(), (N + 1, N + 1)).heads_per_call(H) == 1
+    # On the blocks the band is kept at any size.
+    assert dense_parts(banded_graph()) == (W, 2)
+
+
 def test_a_length_off_the_blocks_and_more_global_tokens_than_a_block():
     # 47 tokens: 11 whole blocks of 4 and a part; six global tokens, of which the dense rows
     # hold the first W (the global targets lie before the band), the rest go to the CSR.
@@ -307,21 +325,54 @@ def test_the_kernels_keep_a_stacks_padding_zero(attention, all_heads_in_one_call
     assert grad.abs().sum() > 0 and not stack.band_padding(grad[0]).any()
 
 
-def test_rows_without_edges_around_the_band(all_heads_in_one_call):
+@pytest.mark.parametrize("attention", ["dot", "gat"])
+def test_rows_without_edges_around_the_band(attention, all_heads_in_one_call):
     # The band alone: each copy's first and last blocks have no edge, and a stack's padding
     # lies on exactly these rows, whose maximum is -inf on the softmax's shift path.
-    n = N
-    target = torch.arange(W, n - W).repeat_interleave(3 * W)
-    source = (target // W - 1) * W + torch.arange(3 * W).repeat(n - 2 * W)
+    target = torch.arange(W, N - W).repeat_interleave(3 * W)
+    source = (target // W - 1) * W + torch.arange(3 * W).repeat(N - 2 * W)
     ei = torch.stack([source, target])
-    graph = diffusion_graph(ei, (n, n))
+    graph = diffusion_graph(ei, (N, N))
     assert (graph.band, graph.num_global, graph.heads_per_call(H)) == (W, 0, H)
     q, k, v = features(seed=9)
-    attn = edge_softmax_attention(q * 40, k * 40, graph)
-    dense = dense_attention(q * 40, k * 40, ei)
+    if attention == "gat":  # per-node scores as large, as leaves
+        q, k = ((x.detach().sum(-1) * 40).requires_grad_() for x in (q, k))
+        attn, dense = edge_gat_attention(q, k, graph), dense_gat_attention(q, k, ei)
+    else:
+        attn = edge_softmax_attention(q * 40, k * 40, graph)
+        dense = dense_attention(q * 40, k * 40, ei)
     torch.testing.assert_close(attn, edge_values(dense, ei))
     out = diffuse(attn, v, graph, 3, 0.2)
     assert_same_values_and_gradients(out, dense_diffuse(dense, v, 3, 0.2), (q, k, v))
+
+
+def test_stacks_of_some_heads_each(monkeypatch):
+    # Four heads, two per call: two stacks of dense parts, whose heads keep their order.
+    ei = banded_graph(shuffle=True, seed=10)
+    graph = diffusion_graph(ei, (N, N))
+    stack_edges_of_two = 2 * graph.num_edges + 6 * W * W
+    monkeypatch.setattr(graph_module, "MAX_STACKED_EDGES", stack_edges_of_two)
+    monkeypatch.setattr(graph_module, "MAX_STACKED_NODES", 1 << 16)
+    stack, groups = stacks(graph, 4)
+    assert (stack.copies, groups, stack.num_edges) == (2, 2, stack_edges_of_two)
+    q, k, v = features(seed=10, heads=4)
+    attn = edge_softmax_attention(q, k, graph)
+    dense = dense_attention(q, k, ei)
+    torch.testing.assert_close(attn, edge_values(dense, ei))
+    heads = graph.to_csr_order(attn).t()
+    assert torch.equal(unstack_edges(stack_edges(heads, graph), graph, 4), heads)
+    out = diffuse(attn, v, graph, 3, 0.2, kernel="heat")
+    expected = dense_diffuse(dense, v, 3, 0.2, "heat")
+    assert_same_values_and_gradients(out, expected, (q, k, v))
+
+
+def test_a_pickled_stack_keeps_its_copies(all_heads_in_one_call):
+    stack = diffusion_graph(banded_graph(seed=11), (N, N)).stacked(H)
+    loaded = pickle.loads(pickle.dumps(stack))  # before its transpose is built
+    assert (loaded.copies, loaded.num_edges, loaded.band) == (H, stack.num_edges, W)
+    # Alone, it sorts its own transpose: the same as the one repeated from its source's.
+    for got, want in zip(loaded.transposed(), stack.transposed()):
+        assert torch.equal(got, want)
 
 
 def test_the_exported_graph_spec_survives_saving(all_heads_in_one_call):

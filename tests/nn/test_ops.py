@@ -7,8 +7,8 @@ import torch
 
 from graphdiff.nn import _autograd, diffusion_graph
 from graphdiff.nn import graph as graph_module
-from graphdiff.nn._core import recursion_coefficients
-from graphdiff.patterns import BlockWindow, Random
+from graphdiff.nn._core import recursion_coefficients, stack_edges
+from graphdiff.patterns import BlockWindow, Global, Random
 
 from .reference import random_graph
 
@@ -37,28 +37,51 @@ def randn(*shape, grad=True, node_major=False):
     return x.requires_grad_(grad)
 
 
-def banded_structure(n=3 * N + 4):
-    """A graph whose block window (blocks of 3 tokens) is a band, with random edges besides."""
-    limits = graph_module.MIN_BAND_BLOCK, graph_module.MIN_DENSE_EDGES
-    graph_module.MIN_BAND_BLOCK, graph_module.MIN_DENSE_EDGES = 3, 0
+def banded_graph(n, pattern):
+    """The graph of a pattern whose block window (blocks of 3 tokens) is a band."""
+    names = ("MIN_BAND_BLOCK", "MIN_DENSE_EDGES", "MIN_UNSTACKED_BAND_EDGES")
+    limits = [getattr(graph_module, name) for name in names]
+    for name, value in zip(names, (3, 0, 0)):
+        setattr(graph_module, name, value)
     try:
-        graph = diffusion_graph((BlockWindow(6) | Random(2))(n), (n, n))
+        graph = diffusion_graph(pattern(n), (n, n))
     finally:
-        graph_module.MIN_BAND_BLOCK, graph_module.MIN_DENSE_EDGES = limits
+        for name, value in zip(names, limits):
+            setattr(graph_module, name, value)
     assert graph.band == 3
-    return graph.structure(), n, graph.num_edges
+    return graph
 
 
 def band_cases():
-    structure, n, edges = banded_structure()
+    # A band over a length off its blocks (one head per call), and the stack of both heads of
+    # a graph with a band and global tokens (one call, each dense part of the heads together,
+    # the attention with the band padding 0, as the kernels leave it).
     s, coeffs = recursion_coefficients(HOPS, 0.1)
-    attn = torch.rand(H, edges, dtype=torch.float64)
-    yield "edge_attention band", (*structure, randn(H, n, C), randn(H, n, C), 0.5)
-    yield "gat_attention band", (*structure, randn(H, n), randn(H, n), 0.2)
-    yield (
-        "diffusion band",
-        (*structure, attn.requires_grad_(), randn(H, n, C), s, list(coeffs), None, 1.0, True),
-    )
+    single = banded_graph(3 * N + 4, BlockWindow(6) | Random(2))
+    source = banded_graph(3 * N, BlockWindow(6) | Global(2) | Random(2))
+    stack = source.stacked(H)
+    assert stack.copies == H and stack.num_global == 2
+    stacked_attn = stack_edges(torch.rand(H, source.num_edges, dtype=torch.float64), source)
+    for name, graph, heads, attn in (
+        ("band", single, H, torch.rand(H, single.num_edges, dtype=torch.float64)),
+        ("stacked band", stack, 1, stacked_attn),
+    ):
+        structure, n = graph.structure(), graph.num_dst
+        yield f"edge_attention {name}", (*structure, randn(heads, n, C), randn(heads, n, C), 0.5)
+        yield f"gat_attention {name}", (*structure, randn(heads, n), randn(heads, n), 0.2)
+        yield (
+            f"diffusion {name}",
+            (
+                *structure,
+                attn.requires_grad_(),
+                randn(heads, n, C),
+                s,
+                list(coeffs),
+                None,
+                1.0,
+                True,
+            ),
+        )
 
 
 def op_cases():

@@ -79,3 +79,19 @@ def test_an_unprepared_graph_is_refused_with_the_way_out():
         torch.compile(conv, backend="eager", fullgraph=True)(x, graph)
     with pytest.raises(RuntimeError, match=r"graph\.prepare\(heads\)"):
         torch.export.export(conv, (x, graph))
+
+
+def test_one_exported_layer_serves_every_length_of_a_banded_graph(monkeypatch):
+    # The heads of each length share one band (a stack with padding): its sizes follow N.
+    monkeypatch.setattr(graph_module, "MIN_BAND_BLOCK", 4)
+    monkeypatch.setattr(graph_module, "MIN_DENSE_EDGES", 0)
+    conv = layer("dot")
+    inputs = [graph_and_features(n, banded=True)[1:] for n in (44, 52, 60)]
+    examples = torch.export.AdditionalInputs()
+    for graph, x in inputs[:2]:
+        examples.add((x.detach(), graph))
+    program = torch.export.export(
+        conv, (inputs[0][1].detach(), inputs[0][0]), dynamic_shapes=examples
+    )
+    for graph, x in inputs:  # the third length was never seen
+        torch.testing.assert_close(program.module()(x.detach(), graph), conv(x.detach(), graph))

@@ -329,8 +329,10 @@ def first_order(backward: Callable) -> Callable:
     return wrapper
 
 
-# The gradients of the structure (six tensors, three numbers) every operator takes first.
-NO_STRUCTURE_GRADS = (None,) * 9
+# Every operator takes the structure first: six tensors, three numbers (band, num_global,
+# copies); none of them has a gradient.
+STRUCTURE_ARGS = 9
+NO_STRUCTURE_GRADS = (None,) * STRUCTURE_ARGS
 
 
 def optional_empty(x: Tensor, wanted: bool) -> Tensor:
@@ -350,12 +352,13 @@ def register_edge_scores(op: Any, backward: Any) -> None:
     @op.register_fake
     def _fake(*inputs):
         # The sources' count is not needed for the number of edges.
-        graph = DiffusionGraph.from_structure(inputs[:9], num_src=0)
-        return inputs[9].new_empty(inputs[9].size(0), graph.num_edges)
+        graph = DiffusionGraph.from_structure(inputs[:STRUCTURE_ARGS], num_src=0)
+        a = inputs[STRUCTURE_ARGS]
+        return a.new_empty(a.size(0), graph.num_edges)
 
     @backward.register_fake
     def _backward_fake(*inputs):
-        a, b, want_a, want_b = inputs[9], inputs[10], inputs[14], inputs[15]
+        a, b, _, _, _, want_a, want_b = inputs[STRUCTURE_ARGS:]
         return optional_empty(a, want_a), optional_empty(b, want_b)
 
     def setup(ctx: Any, inputs: Tuple[Any, ...], output: Tensor) -> None:
@@ -366,7 +369,7 @@ def register_edge_scores(op: Any, backward: Any) -> None:
     @first_order  # written with out= kernels
     def grad(ctx: Any, grad_attn: Tensor) -> Tuple[Optional[Tensor], ...]:
         *structure, a, b, attn = ctx.saved_tensors
-        want_a, want_b = ctx.needs_input_grad[9:11]
+        want_a, want_b = ctx.needs_input_grad[STRUCTURE_ARGS : STRUCTURE_ARGS + 2]
         grad_a, grad_b = backward(
             *structure, *ctx.dense, a, b, attn, grad_attn, ctx.param, want_a, want_b
         )
@@ -617,24 +620,9 @@ def diffusion(
 
 
 @diffusion.register_fake
-def _diffusion_fake(
-    crow,
-    col,
-    row,
-    crow_t,
-    col_t,
-    position_t,
-    band,
-    num_global,
-    copies,
-    attn,
-    v,
-    s,
-    coeffs,
-    masks,
-    keep,
-    save_history,
-):
+def _diffusion_fake(*inputs):
+    crow = inputs[0]
+    _, v, _, coeffs, _, _, save_history = inputs[STRUCTURE_ARGS:]
     return diffusion_outputs(v, crow.size(0) - 1, len(coeffs) - 1, save_history)
 
 
@@ -707,26 +695,9 @@ def diffusion_backward(
 
 
 @diffusion_backward.register_fake
-def _diffusion_backward_fake(
-    crow,
-    col,
-    row,
-    crow_t,
-    col_t,
-    position_t,
-    band,
-    num_global,
-    copies,
-    attn,
-    history,
-    grad,
-    s,
-    coeffs,
-    masks,
-    keep,
-    node_major,
-    want_attn,
-):
+def _diffusion_backward_fake(*inputs):
+    crow_t = inputs[3]
+    attn, _, grad, _, _, _, _, node_major, want_attn = inputs[STRUCTURE_ARGS:]
     grad_attn = attn.new_empty(attn.shape) if want_attn else attn.new_empty(0)
     grad = heads_view(grad, node_major)
     return grad_attn, heads_view(empty_nodes(grad, crow_t.size(0) - 1, node_major), node_major)
@@ -751,9 +722,9 @@ def _diffusion_grad(
     # Gradients are not materialised: None when the loss does not reach the result (a
     # gradcheck of another output of the caller's).
     if grad is None:
-        return (None,) * 16
+        return (*NO_STRUCTURE_GRADS, *(None,) * 7)
     *structure, attn, history, masks = ctx.saved_tensors
-    want_attn = ctx.needs_input_grad[9]
+    want_attn = ctx.needs_input_grad[STRUCTURE_ARGS]
     if want_attn and history.numel() == 0 and attn.numel() > 0:
         raise RuntimeError("graphdiff::diffusion needs save_history=True for attn's gradient")
     grad_attn, grad_v = diffusion_backward(

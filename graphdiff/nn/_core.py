@@ -114,9 +114,8 @@ def stack_edges(attn: Tensor, graph: DiffusionGraph) -> Tensor:
     order of its stack of ``G`` heads (:meth:`DiffusionGraph.stacked`): a view where the
     stack's storage is its heads' one after the other, else a scatter (the stack's band
     padding 0)."""
-    heads = attn.size(0)
-    stack, groups = stacks(graph, heads)
-    if stack.copies == 1 or not (stack.band or stack.num_global):
+    stack, groups = stacks(graph, attn.size(0))
+    if not stack.interleaves_copies:
         return attn.reshape(groups, stack.num_edges)
     out = attn.new_zeros(groups, stack.num_edges)
     out[:, stack.copy_slots().flatten()] = attn.reshape(groups, -1)
@@ -126,7 +125,7 @@ def stack_edges(attn: Tensor, graph: DiffusionGraph) -> Tensor:
 def unstack_edges(attn: Tensor, graph: DiffusionGraph, heads: int) -> Tensor:
     """The inverse of :func:`stack_edges`: ``[H / G, E_stack]`` -> ``[H, E]``."""
     stack, _ = stacks(graph, heads)
-    if stack.copies == 1 or not (stack.band or stack.num_global):
+    if not stack.interleaves_copies:
         return attn.reshape(heads, graph.num_edges)
     return attn[:, stack.copy_slots().flatten()].reshape(heads, graph.num_edges)
 

@@ -86,9 +86,9 @@ _silence_csr_beta_warning()
 # A band's blocks hold at least this many tokens: smaller ones make dense products too
 # small to beat the sparse ones.
 MIN_BAND_BLOCK = 16
-# Dense parts are looked for in graphs of at least this many edges. On smaller ones (the
-# benchmark pattern below about 512 tokens) a band has too few blocks, and the CSR of every
-# edge is as fast or faster (docs/performance.md, "Dense parts").
+# Dense parts are looked for in graphs of at least this many edges: the benchmark pattern's
+# from about 550 tokens on; below, its band has few blocks (docs/performance.md, "Dense
+# parts").
 MIN_DENSE_EDGES = MAX_STACKED_EDGES // 16
 # A band whose blocks do not divide N runs head by head (its copies in a stack would not line
 # up, see DiffusionGraph.stacked): it is kept from this many edges on, below which the CSR of
@@ -189,8 +189,7 @@ def find_dense_parts(src: Tensor, dst: Tensor, num_nodes: int) -> Tuple[int, int
         return 0, 0, other
     dense, band, num_global = [], 0, 0
     found = find_band(src, dst, num_nodes)
-    stackable = found is not None and num_nodes % found[0] == 0
-    if found is not None and (stackable or src.numel() >= MIN_UNSTACKED_BAND_EDGES):
+    if found is not None and (num_nodes % found[0] == 0 or src.numel() >= MIN_UNSTACKED_BAND_EDGES):
         band, positions, other = found
         dense.append(positions)
     found = find_global(src[other], dst[other], num_nodes, band)
@@ -275,8 +274,7 @@ class DiffusionGraph:
         # int32 indices when they fit: half the index memory and traffic of every sparse
         # product (torch would convert int64 ones at every call). Copies, never views: a view
         # would keep the adjacency alive from inside the cache entry that dies with it.
-        fits = max(self.num_edges, self.num_src, self.num_dst) <= _INT32_MAX
-        self.index_dtype = torch.int32 if fits else torch.long
+        self.index_dtype = _index_dtype(self.num_edges, self.num_src, self.num_dst)
         self.row = dst.to(self.index_dtype, copy=True)  # target of every CSR position
         self.col = src.to(self.index_dtype, copy=True)  # source of every CSR position
         self.crow = self._row_pointer(self.row, self.num_dst)
@@ -401,7 +399,7 @@ class DiffusionGraph:
         the next copy or the previous one. The kernels keep them 0 (they are not edges of any
         copy); empty for a single copy."""
         w, size = self.band, 3 * self.band**2
-        blocks = self.num_dst // self.copies // w  # per copy
+        blocks = self.copy_nodes // w  # per copy
         return values.as_strided(
             (self.copies - 1, 2, w, 3 * w),
             (blocks * size, size, 3 * w, 1),
@@ -423,8 +421,7 @@ class DiffusionGraph:
         tokens."""
         if not self.num_global:
             return []
-        copies, num_global = self.copies, self.num_global
-        n = self.num_dst // copies
+        copies, num_global, n = self.copies, self.num_global, self.copy_nodes
         start = global_start(self.band, num_global)
         offset = values.storage_offset() + self.band_edges
         global_rows = values.as_strided((copies, num_global, n), (num_global * n, n, 1), offset)
@@ -438,6 +435,17 @@ class DiffusionGraph:
             (global_columns, slice(start, n), slice(0, num_global)),
         ]
 
+    @property
+    def copy_nodes(self) -> int:
+        """``n``, the nodes of one copy: all of them unless this graph is a stack."""
+        return self.num_dst // self.copies
+
+    @property
+    def interleaves_copies(self) -> bool:
+        """Whether this stack keeps each dense part of all its copies together (see
+        :meth:`stacked`) rather than each copy's values one after the other."""
+        return self.copies > 1 and bool(self.band or self.num_global)
+
     def per_copy(self, x: Tensor) -> Tensor:
         """A node tensor ``x [copies * n, ...]`` with contiguous rows as ``[copies, n, ...]``
         (a view), the rows that :meth:`global_blocks`' slices select."""
@@ -447,8 +455,7 @@ class DiffusionGraph:
         """``[copies, E]`` (int64): the storage position in this stack of each copy's edges,
         in the copy's own storage order. Every position but the :meth:`band_padding` is one
         copy's edge."""
-        copies, w, num_global = self.copies, self.band, self.num_global
-        n = self.num_dst // copies
+        copies, w, num_global, n = self.copies, self.band, self.num_global, self.copy_nodes
         parts = []  # (base, step per copy, length) of each part, in a copy's storage order
         if w:
             blocks = n // w
@@ -559,14 +566,8 @@ class DiffusionGraph:
         every copy shifted (a stack's transpose is the stack of the transposes)."""
         crow_t, col_t, position_t = source.transposed()
         edges = source.col.numel()  # the CSR part's
-        crow = torch.cat(
-            [
-                _repeat_offset(crow_t[:-1], copies, edges),
-                crow_t.new_full((1,), copies * edges, dtype=torch.long),
-            ]
-        )
         return (
-            crow.to(self.index_dtype),
+            _repeat_pointer(crow_t, copies, edges).to(self.index_dtype),
             _repeat_offset(col_t, copies, source.num_dst).to(self.index_dtype),
             _repeat_offset(position_t, copies, edges),
         )
@@ -617,15 +618,18 @@ class DiffusionGraph:
 
     @_structure_building
     def _build_stack(self, copies: int) -> DiffusionGraph:
-        stack = DiffusionGraph(
-            _repeat_offset(self.col, copies, self.num_src),
-            _repeat_offset(self.row, copies, self.num_dst),
-            (copies * self.num_src, copies * self.num_dst),
-            sorted_by_target=True,
-            find_dense=False,  # the copies' dense parts, set below
+        # The copies' CSR parts one after the other, their dense parts as this graph's.
+        others = self.col.numel()
+        itype = _index_dtype(copies * self.num_edges, copies * self.num_src, copies * self.num_dst)
+        stack = DiffusionGraph._assemble(
+            _repeat_pointer(self.crow, copies, others).to(itype),
+            _repeat_offset(self.col, copies, self.num_src).to(itype),
+            _repeat_offset(self.row, copies, self.num_dst).to(itype),
+            copies * self.num_src,
+            self.band,
+            self.num_global,
+            copies,
         )
-        stack.band, stack.num_global, stack.copies = self.band, self.num_global, copies
-        stack.num_edges = stack.dense_edges + stack.col.numel()
         # Its transpose is the source's, repeated (of the CSR part).
         stack._stack_of = (weakref.ref(self), copies)
         return stack
@@ -653,6 +657,18 @@ class DiffusionGraph:
         return torch.ops.aten._convert_indices_from_coo_to_csr(
             sorted_rows, num_rows, out_int32=self.index_dtype == torch.int32
         )
+
+
+def _index_dtype(*sizes: int) -> torch.dtype:
+    """int32 when every index and position of these sizes fits, else int64."""
+    return torch.int32 if max(sizes) <= _INT32_MAX else torch.long
+
+
+def _repeat_pointer(pointer: Tensor, copies: int, entries: int) -> Tensor:
+    """The row pointer of ``copies`` copies of a CSR of ``entries`` entries, one after the
+    other (int64)."""
+    tail = pointer.new_full((1,), copies * entries, dtype=torch.long)
+    return torch.cat([_repeat_offset(pointer[:-1], copies, entries), tail])
 
 
 def _repeat_offset(index: Tensor, copies: int, step: int) -> Tensor:

@@ -106,7 +106,11 @@ def stack_heads(x: Tensor, groups: int) -> Tensor:
     other: the layout of :meth:`DiffusionGraph.stacked`. A view when ``x`` is contiguous; a
     whole-tensor copy for node-major features (with at most ``MAX_STACKED_NODES`` nodes per
     stack)."""
-    return x if groups == x.size(0) else x.reshape(groups, -1, *x.shape[2:])
+    if groups == x.size(0):
+        return x
+    # Split the heads, then merge each group's: inductor (dynamic shapes) then copies a
+    # node-major x once, where one reshape [H, N, C] -> [G, H / G * N, C] made it copy twice.
+    return x.reshape(groups, x.size(0) // groups, *x.shape[1:]).flatten(1, 2)
 
 
 def stack_edges(attn: Tensor, graph: DiffusionGraph) -> Tensor:

@@ -32,9 +32,9 @@ With them, ``graphdiff K=5, Longformer's pattern``: graphdiff's model on HF Long
 edges), which sets the cost of five hops against Longformer's one apart from the pattern's.
 
 With ``--compile``, ``graphdiff K=5, compiled``: the same model under
-``torch.compile(fullgraph=True, dynamic=True)`` (inductor), called on the batch prepared
-eagerly at each step (``Diffuser.prepare``, as the eager model does inside); its warm-up step
-compiles.
+``torch.compile(fullgraph=True, dynamic=True)`` (inductor) with :data:`COMPILE_OPTIONS`,
+called on the batch prepared eagerly at each step (``Diffuser.prepare``, as the eager model
+does inside); its warm-up step compiles.
 
 The variants are built in one process and alternate step by step
 (:func:`bench_common.alternate`) for ``--steps`` rounds after one warm-up step each.
@@ -123,6 +123,10 @@ SAVER_ROWS: List[Tuple[str, int, Tuple[str, ...]]] = [
 ]
 
 Forward = Callable[[], torch.Tensor]  # one forward pass: logits [B, num_classes]
+# Inductor's options for --compile. fallback_random: dropout draws its masks from torch's
+# generator, as eager does (the same masks for a seed), not from inductor's own, whose C++
+# for the CPU draws one element at a time (docs/performance.md, "Compiled").
+COMPILE_OPTIONS = {"fallback_random": True}
 
 
 # ------------------------------------------------------------------------------ shared
@@ -184,7 +188,7 @@ def compiled_variant(
     config: DiffuserConfig, tokens: torch.Tensor, mask: torch.Tensor
 ) -> Tuple[torch.nn.Module, Forward]:
     model = Classifier(config).train()
-    compiled = torch.compile(model, fullgraph=True, dynamic=True)
+    compiled = torch.compile(model, fullgraph=True, dynamic=True, options=COMPILE_OPTIONS)
     return model, lambda: compiled(model.diffuser.prepare(tokens, mask))
 
 

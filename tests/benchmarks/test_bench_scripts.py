@@ -711,3 +711,21 @@ def test_profile_puts_each_op_in_the_part_of_its_module(bench_model):
     ]
     assert in_optimizer and set(in_optimizer) == {"optimizer"}
     assert "prepare" not in vars(model.diffuser)  # the marks are gone
+
+
+def test_compiled_variant_steps_as_the_eager_model(bench_model):
+    """Inductor with COMPILE_OPTIONS: dropout draws the eager model's masks from the same
+    seed, so a training step gives the same parameters."""
+    config = bench_model.model_config("tiny", 16, layers=1, dropout=0.2, attention_dropout=0.0)
+    torch.manual_seed(0)
+    tokens, mask = bench_model.random_batch(config, 2)
+    torch.manual_seed(1)
+    model, forward = bench_model.graphdiff_variant(config, tokens, mask)
+    torch.manual_seed(1)
+    compiled, compiled_forward = bench_model.compiled_variant(config, tokens, mask)
+    torch.manual_seed(2)
+    bench_model.training_step(model, forward, 2)()
+    torch.manual_seed(2)
+    bench_model.training_step(compiled, compiled_forward, 2)()
+    for got, want in zip(compiled.parameters(), model.parameters()):
+        torch.testing.assert_close(got, want)

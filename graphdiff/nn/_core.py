@@ -108,8 +108,8 @@ def stack_heads(x: Tensor, groups: int) -> Tensor:
     stack)."""
     if groups == x.size(0):
         return x
-    # Split the heads, then merge each group's: inductor (dynamic shapes) then copies a
-    # node-major x once, where one reshape [H, N, C] -> [G, H / G * N, C] made it copy twice.
+    # Split the heads, then merge each group's: under dynamic shapes inductor lowers one
+    # reshape [H, N, C] -> [G, H / G * N, C] of a node-major x into two copies.
     return x.reshape(groups, x.size(0) // groups, *x.shape[1:]).flatten(1, 2)
 
 

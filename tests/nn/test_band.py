@@ -10,7 +10,7 @@ import torch.utils._pytree as pytree
 
 from graphdiff.nn import AttentionDiffusion, DiffusionGraph, diffusion_graph
 from graphdiff.nn import graph as graph_module
-from graphdiff.nn._core import stack_edges, stacks, unstack_edges
+from graphdiff.nn._core import stack_edges, stack_heads, stacks, unstack_edges
 from graphdiff.nn.functional import (
     diffuse,
     diffuse_stacked,
@@ -303,6 +303,20 @@ def test_a_stack_holds_each_dense_part_of_its_copies_together(all_heads_in_one_c
     assert off.band == W and off.heads_per_call(H) == 1
     with pytest.raises(ValueError, match="would not line up"):
         off.stacked(H)
+
+
+@pytest.mark.parametrize("node_major", [False, True])
+@pytest.mark.parametrize("groups", [1, 2, 4])
+def test_stack_heads_puts_each_groups_heads_one_after_the_other(node_major, groups):
+    x = torch.randn(5, 4, 3).transpose(0, 1) if node_major else torch.randn(4, 5, 3)
+    per_group = 4 // groups
+    expected = torch.stack(
+        [torch.cat(list(x[g * per_group : (g + 1) * per_group])) for g in range(groups)]
+    )
+    stacked = stack_heads(x, groups)
+    assert torch.equal(stacked, expected)
+    # Only a node-major x with heads to merge is copied.
+    assert (stacked.data_ptr() == x.data_ptr()) == (not node_major or groups == 4)
 
 
 @pytest.mark.parametrize("attention", ["dot", "gat"])

@@ -19,7 +19,9 @@ from graphdiff.train import (
     save_checkpoint,
     train,
 )
+from graphdiff.models import DiffuserForSequenceClassification, preset_config
 from graphdiff.train.checkpoint import RUN_KEYS
+from graphdiff.train.loop import make_optimizer
 from graphdiff.train.evaluation import evaluate_checkpoint
 
 TASK_ARGS = {"num_samples": 32, "length": 32}
@@ -182,6 +184,27 @@ def test_bad_input_is_a_clear_error(argv, message, capsys, tmp_path, monkeypatch
 def test_train_args_validation(overrides, error, message):
     with pytest.raises(error, match=message):
         TrainArgs(**{"max_steps": 3, **overrides})
+
+
+def test_optimizer_is_fused_adamw_without_decay_on_biases_and_norms():
+    # Reference: AdamW written out (Loshchilov and Hutter), decay only on matrices.
+    torch.manual_seed(0)
+    model = DiffuserForSequenceClassification(preset_config("tiny", vocab_size=40, max_len=16))
+    args = TrainArgs(max_steps=3, lr=0.01, weight_decay=0.5)
+    optimizer = make_optimizer(model, args)
+    assert optimizer.defaults["fused"]
+    before = [p.detach().clone() for p in model.parameters()]
+    grads = [torch.randn_like(p) for p in model.parameters()]
+    for p, g in zip(model.parameters(), grads):
+        p.grad = g.clone()
+    optimizer.step()
+    beta1, beta2, eps = 0.9, 0.999, 1e-8
+    for p, p0, g in zip(model.parameters(), before, grads):
+        decay = args.weight_decay if p.dim() >= 2 else 0.0
+        m_hat = (1 - beta1) * g / (1 - beta1)
+        v_hat = (1 - beta2) * g * g / (1 - beta2)
+        expected = p0 * (1 - args.lr * decay) - args.lr * m_hat / (v_hat.sqrt() + eps)
+        torch.testing.assert_close(p.detach(), expected)
 
 
 def test_train_args_take_paths_and_clip_zero_turns_clipping_off(tmp_path, monkeypatch):

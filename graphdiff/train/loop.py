@@ -265,8 +265,10 @@ def lr_factor(step: int, total: int, warmup_steps: int) -> float:
 
 
 def make_optimizer(model: nn.Module, args: TrainArgs) -> torch.optim.Optimizer:
-    """AdamW in torch's fused form: one kernel per parameter group and step, where the
-    default (``foreach``) makes several passes over the parameters and its state."""
+    """AdamW in torch's fused form: one kernel per parameter group and step, where torch's
+    default makes several passes over the parameters and their state (per parameter on the
+    CPU, ``foreach`` on CUDA). A resumed run keeps the form its checkpoint was written with
+    (``load_state_dict`` restores it), so that it continues exactly."""
     # As in BERT/RoBERTa: no weight decay on biases and LayerNorm weights.
     decay = [p for p in model.parameters() if p.dim() >= 2]
     rest = [p for p in model.parameters() if p.dim() < 2]

@@ -7,9 +7,11 @@ import platform
 
 import pytest
 import torch
+from torch.nn import LayerNorm
 
 import graphdiff.train.loop
 from graphdiff.cli import main
+from graphdiff.models import DiffuserForSequenceClassification, preset_config
 from graphdiff.train import (
     CheckpointError,
     TrainArgs,
@@ -19,10 +21,9 @@ from graphdiff.train import (
     save_checkpoint,
     train,
 )
-from graphdiff.models import DiffuserForSequenceClassification, preset_config
 from graphdiff.train.checkpoint import RUN_KEYS
-from graphdiff.train.loop import make_optimizer
 from graphdiff.train.evaluation import evaluate_checkpoint
+from graphdiff.train.loop import make_optimizer
 
 TASK_ARGS = {"num_samples": 32, "length": 32}
 MODEL_ARGS = {"hidden": 16, "ffn": 32, "heads": 2}
@@ -187,24 +188,45 @@ def test_train_args_validation(overrides, error, message):
 
 
 def test_optimizer_is_fused_adamw_without_decay_on_biases_and_norms():
-    # Reference: AdamW written out (Loshchilov and Hutter), decay only on matrices.
+    # Reference: AdamW written out (Loshchilov and Hutter), three steps of different gradients
+    # (one step cancels the bias corrections), decay on all but biases and LayerNorm weights.
     torch.manual_seed(0)
     model = DiffuserForSequenceClassification(preset_config("tiny", vocab_size=40, max_len=16))
     args = TrainArgs(max_steps=3, lr=0.01, weight_decay=0.5)
     optimizer = make_optimizer(model, args)
     assert optimizer.defaults["fused"]
-    before = [p.detach().clone() for p in model.parameters()]
-    grads = [torch.randn_like(p) for p in model.parameters()]
-    for p, g in zip(model.parameters(), grads):
-        p.grad = g.clone()
-    optimizer.step()
+    no_decay = {id(module.weight) for module in model.modules() if isinstance(module, LayerNorm)}
+    decays = [
+        0.0 if name.endswith("bias") or id(p) in no_decay else args.weight_decay
+        for name, p in model.named_parameters()
+    ]
+    expected = [p.detach().clone() for p in model.parameters()]
+    moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in expected]
     beta1, beta2, eps = 0.9, 0.999, 1e-8
-    for p, p0, g in zip(model.parameters(), before, grads):
-        decay = args.weight_decay if p.dim() >= 2 else 0.0
-        m_hat = (1 - beta1) * g / (1 - beta1)
-        v_hat = (1 - beta2) * g * g / (1 - beta2)
-        expected = p0 * (1 - args.lr * decay) - args.lr * m_hat / (v_hat.sqrt() + eps)
-        torch.testing.assert_close(p.detach(), expected)
+    for step in range(1, 4):
+        grads = [torch.randn_like(p) for p in expected]
+        for p, g in zip(model.parameters(), grads):
+            p.grad = g.clone()
+        optimizer.step()
+        for p, (m, v), g, decay in zip(expected, moments, grads, decays):
+            m.mul_(beta1).add_((1 - beta1) * g)
+            v.mul_(beta2).add_((1 - beta2) * g * g)
+            m_hat, v_hat = m / (1 - beta1**step), v / (1 - beta2**step)
+            p.mul_(1 - args.lr * decay).sub_(args.lr * m_hat / (v_hat.sqrt() + eps))
+    for p, q in zip(model.parameters(), expected):
+        torch.testing.assert_close(p.detach(), q)
+
+
+def test_resume_keeps_the_adamw_form_of_its_checkpoint():
+    # A checkpoint of torch's default AdamW (as the trainer wrote before it used the fused
+    # kernel) resumes on that form, the one its run would have continued with.
+    model = DiffuserForSequenceClassification(preset_config("tiny", vocab_size=40, max_len=16))
+    old = make_optimizer(model, TrainArgs(max_steps=3))
+    for group in old.param_groups:
+        group["fused"] = None
+    resumed = make_optimizer(model, TrainArgs(max_steps=3))
+    resumed.load_state_dict(old.state_dict())
+    assert [group["fused"] for group in resumed.param_groups] == [None, None]
 
 
 def test_train_args_take_paths_and_clip_zero_turns_clipping_off(tmp_path, monkeypatch):

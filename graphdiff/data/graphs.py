@@ -66,18 +66,24 @@ def _lengths_and_mask(padded: Tensor, mask_or_lengths: Tensor) -> Tuple[Tensor, 
     batch_size, max_len = padded.shape[:2]
     # On the tokens' device, so that every part of the batch is (a CPU mask for GPU tokens).
     mask_or_lengths = torch.as_tensor(mask_or_lengths, device=padded.device)
-    if mask_or_lengths.dtype == torch.bool:
+    is_integer = not (mask_or_lengths.dtype.is_floating_point or mask_or_lengths.is_complex())
+    if mask_or_lengths.dtype == torch.bool or (is_integer and mask_or_lengths.dim() == 2):
         mask = mask_or_lengths
         if mask.shape != (batch_size, max_len):
             raise ValueError(
                 f"mask must have shape [B, L] = {[batch_size, max_len]}, got {list(mask.shape)}"
             )
+        if mask.dtype != torch.bool:  # Hugging Face's attention_mask
+            if ((mask != 0) & (mask != 1)).any():
+                raise ValueError("an integer mask must hold only 0 and 1 (1 = a real token)")
+            mask = mask.bool()
         lengths = mask.sum(dim=1)
     else:
-        if mask_or_lengths.dtype.is_floating_point or mask_or_lengths.shape != (batch_size,):
+        if not is_integer or mask_or_lengths.shape != (batch_size,):
             raise ValueError(
-                f"lengths must be an integer tensor of shape [B] = [{batch_size}], "
-                f"got {mask_or_lengths.dtype} {list(mask_or_lengths.shape)}"
+                f"mask_or_lengths must be a mask [B, L] (bool, or integer 0/1) or integer "
+                f"lengths [B] = [{batch_size}], got {mask_or_lengths.dtype} "
+                f"{list(mask_or_lengths.shape)}"
             )
         lengths = mask_or_lengths.long()
         if (lengths < 0).any() or (lengths > max_len).any():
@@ -131,8 +137,9 @@ def graph_batch(padded: Tensor, mask_or_lengths: Tensor, pattern: Pattern) -> Ba
 
     Args:
         padded (Tensor): ``[B, L]`` token ids or ``[B, L, F]`` features.
-        mask_or_lengths (Tensor): a boolean mask ``[B, L]`` (True = real token; any layout,
-            left padding too) or integer lengths ``[B]`` (right padding).
+        mask_or_lengths (Tensor): a mask ``[B, L]``, boolean or Hugging Face's 0/1 integers
+            (True or 1 = real token; any layout, left padding too), or integer lengths
+            ``[B]`` (right padding).
         pattern (Pattern): who attends whom; built once per distinct length.
 
     Returns:

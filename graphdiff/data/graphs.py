@@ -61,27 +61,34 @@ class AddPattern(BaseTransform):
         return f"{self.__class__.__name__}({self.pattern!r})"
 
 
+def as_bool_mask(mask: Tensor) -> Tensor:
+    """A padding mask as booleans (True = a real token): a boolean mask as it is, or Hugging
+    Face's ``attention_mask`` of 0/1 numbers, any real dtype."""
+    if mask.dtype == torch.bool:
+        return mask
+    if mask.is_complex() or bool(((mask != 0) & (mask != 1)).any()):
+        raise ValueError("a mask must be boolean or hold only 0 and 1 (1 = a real token)")
+    return mask != 0
+
+
 def _lengths_and_mask(padded: Tensor, mask_or_lengths: Tensor) -> Tuple[Tensor, Tensor]:
     """Normalise the second argument of :func:`graph_batch` to ``(lengths [B], mask [B, L])``."""
     batch_size, max_len = padded.shape[:2]
     # On the tokens' device, so that every part of the batch is (a CPU mask for GPU tokens).
     mask_or_lengths = torch.as_tensor(mask_or_lengths, device=padded.device)
-    is_integer = not (mask_or_lengths.dtype.is_floating_point or mask_or_lengths.is_complex())
-    if mask_or_lengths.dtype == torch.bool or (is_integer and mask_or_lengths.dim() == 2):
-        mask = mask_or_lengths
-        if mask.shape != (batch_size, max_len):
+    if mask_or_lengths.dtype == torch.bool or mask_or_lengths.dim() == 2:
+        if mask_or_lengths.shape != (batch_size, max_len):
             raise ValueError(
-                f"mask must have shape [B, L] = {[batch_size, max_len]}, got {list(mask.shape)}"
+                f"mask must have shape [B, L] = {[batch_size, max_len]}, "
+                f"got {list(mask_or_lengths.shape)}"
             )
-        if mask.dtype != torch.bool:  # Hugging Face's attention_mask
-            if ((mask != 0) & (mask != 1)).any():
-                raise ValueError("an integer mask must hold only 0 and 1 (1 = a real token)")
-            mask = mask.bool()
+        mask = as_bool_mask(mask_or_lengths)
         lengths = mask.sum(dim=1)
     else:
-        if not is_integer or mask_or_lengths.shape != (batch_size,):
+        integer = not (mask_or_lengths.is_floating_point() or mask_or_lengths.is_complex())
+        if not integer or mask_or_lengths.shape != (batch_size,):
             raise ValueError(
-                f"mask_or_lengths must be a mask [B, L] (bool, or integer 0/1) or integer "
+                f"mask_or_lengths must be a mask [B, L] (boolean, or 0/1 numbers) or integer "
                 f"lengths [B] = [{batch_size}], got {mask_or_lengths.dtype} "
                 f"{list(mask_or_lengths.shape)}"
             )
@@ -137,9 +144,9 @@ def graph_batch(padded: Tensor, mask_or_lengths: Tensor, pattern: Pattern) -> Ba
 
     Args:
         padded (Tensor): ``[B, L]`` token ids or ``[B, L, F]`` features.
-        mask_or_lengths (Tensor): a mask ``[B, L]``, boolean or Hugging Face's 0/1 integers
-            (True or 1 = real token; any layout, left padding too), or integer lengths
-            ``[B]`` (right padding).
+        mask_or_lengths (Tensor): a mask ``[B, L]``, boolean or Hugging Face's 0/1 numbers
+            (:func:`as_bool_mask`; True or 1 = real token; any layout, left padding too), or
+            integer lengths ``[B]`` (right padding).
         pattern (Pattern): who attends whom; built once per distinct length.
 
     Returns:

@@ -3,7 +3,8 @@ attention diffusion on a sparse pattern graph.
 
 Every model takes either a PyG :class:`~torch_geometric.data.Batch` of token graphs (``x``
 token ids ``[N]``, ``edge_index``, ``pos``, ``batch``) or padded token ids ``[B, L]`` with a
-boolean mask ``[B, L]``; the padded form is turned into a graph batch with the model's pattern.
+mask ``[B, L]``, boolean or Hugging Face's 0/1 ``attention_mask``; the padded form is turned
+into a graph batch with the model's pattern.
 The pattern's sparse structure (a :class:`~graphdiff.nn.DiffusionGraph`) is built once per
 batch and passed to every layer.
 
@@ -30,6 +31,7 @@ from torch_geometric.data import Batch
 from torch_geometric.utils import scatter
 
 from graphdiff.data import graph_batch
+from graphdiff.data.graphs import as_bool_mask
 from graphdiff.models.config import DiffuserConfig
 from graphdiff.models.pretrained import PretrainedMixin
 from graphdiff.nn import AttentionDiffusion, DiffusionGraph, diffusion_graph
@@ -188,7 +190,7 @@ class Diffuser(PretrainedMixin, nn.Module):
                     f"sequences to max_len"
                 )
             tokens, mask = tokens[:, : self.config.max_len], mask[:, : self.config.max_len]
-        return graph_batch(tokens, mask.bool(), self.pattern)
+        return graph_batch(tokens, mask, self.pattern)
 
     def restore_padding(
         self, node_values: Tensor, inputs: Inputs, mask: Optional[Tensor] = None
@@ -207,7 +209,7 @@ class Diffuser(PretrainedMixin, nn.Module):
             return node_values
         if mask is None:
             raise ValueError("padded token input needs its mask [B, L] (True = real token)")
-        mask = mask[:, : self.config.max_len].bool()
+        mask = as_bool_mask(mask[:, : self.config.max_len])
         # graph_batch took the tokens in mask order, so this assignment is its exact inverse.
         padded = node_values.new_zeros(tuple(mask.shape) + tuple(node_values.shape[1:]))
         padded[mask] = node_values
@@ -404,7 +406,7 @@ class DiffuserForMaskedLM(PretrainedMixin, nn.Module):
                 f"select must have the tokens' shape {list(inputs.shape)}, got {list(select.shape)}"
             )
         max_len = self.config.max_len
-        select, mask = select[:, :max_len], mask[:, :max_len].bool()
+        select, mask = select[:, :max_len], as_bool_mask(mask[:, :max_len])
         if bool((select & ~mask).any()):
             raise ValueError("select marks padding positions (where mask is False)")
         return select[mask]
@@ -499,7 +501,9 @@ class DiffuserForRetrieval(PretrainedMixin, nn.Module):
         tokens = torch.cat(
             [F.pad(t, (0, length - t.size(1)), value=pad) for t in (tokens_a, tokens_b)]
         )
-        mask = torch.cat([F.pad(m.bool(), (0, length - m.size(1))) for m in (mask_a, mask_b)])
+        mask = torch.cat(
+            [F.pad(as_bool_mask(m), (0, length - m.size(1))) for m in (mask_a, mask_b)]
+        )
         batch = self.diffuser.prepare(tokens, mask, truncate=truncate)
         pooled = pool(self.diffuser.encode(batch), batch, self.config.pooling)
         u, v = pooled.chunk(2)

@@ -45,7 +45,8 @@ def test_graph_batch_equals_pyg_batching(lengths, features):
     padded = torch.randn(shape) if features else torch.randint(1, 50, shape)
     expected = reference_batch(padded, lengths, PATTERN)
     mask = torch.arange(max_len) < torch.tensor(lengths).unsqueeze(1)
-    for second in (torch.tensor(lengths), mask, mask.long()):  # long: HF's attention_mask
+    # 0/1 numbers: Hugging Face's attention_mask
+    for second in (torch.tensor(lengths), mask, mask.long(), mask.float()):
         batch = graph_batch(padded, second, PATTERN)
         for key in ("x", "edge_index", "pos", "batch", "ptr"):
             assert torch.equal(batch[key], expected[key]), key
@@ -95,8 +96,9 @@ def test_left_padding_mask_gives_positions_inside_each_sequence():
         ((torch.zeros(2, 3), torch.tensor([3, 4])), ValueError, r"lengths must lie in \[0, 3\]"),
         ((torch.zeros(2, 3), torch.tensor([3, 0])), ValueError, "at least one token"),
         ((torch.zeros(2, 3), torch.tensor([3.0, 1.0])), ValueError, r"or integer lengths \[B\]"),
-        ((torch.zeros(2, 3), torch.ones(2, 3)), ValueError, r"a mask \[B, L\] \(bool, or"),
+        ((torch.zeros(2, 3), torch.ones(2)), ValueError, r"a mask \[B, L\] \(boolean, or"),
         ((torch.zeros(2, 3), torch.full((2, 3), 2)), ValueError, "only 0 and 1"),
+        ((torch.zeros(2, 3), torch.full((2, 3), 0.5)), ValueError, "only 0 and 1"),
         ((torch.zeros(2, 3), torch.ones(2, 4, dtype=torch.long)), ValueError, r"shape \[B, L\]"),
         (
             (torch.zeros(2, 3), torch.ones(2, 4, dtype=torch.bool)),

@@ -81,6 +81,10 @@ def test_outputs_come_back_where_the_mask_put_each_token():
     mask = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 1], [1, 1, 0, 1, 1, 0, 0, 0]], dtype=torch.bool)
     for model in (encoder, lm):
         out = model(tokens, mask)
+        # Hugging Face's attention_mask: 0/1 numbers, as the boolean mask; other values refused
+        torch.testing.assert_close(model(tokens, mask.long()), out)
+        with pytest.raises(ValueError, match="only 0 and 1"):
+            model(tokens, mask.long() * 2)
         for b in range(2):
             alone = model(
                 tokens[b, mask[b]].unsqueeze(0), torch.ones(1, int(mask[b].sum()), dtype=torch.bool)
@@ -193,6 +197,8 @@ def test_masked_lm_select_scores_only_the_selected_tokens():
     full = model(tokens, mask, truncate=True)  # [3, 12, V]
     cut = select[:, :12]
     torch.testing.assert_close(model(tokens, mask, truncate=True, select=select), full[cut])
+    numbers = model(tokens, mask.long(), truncate=True, select=select)  # HF's attention_mask
+    torch.testing.assert_close(numbers, full[cut])
     batch = model.diffuser.to_batch(tokens, mask, truncate=True)
     torch.testing.assert_close(model(batch, select=cut[mask[:, :12]]), full[cut])
     with pytest.raises(ValueError, match="padding positions"):

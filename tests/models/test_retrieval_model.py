@@ -72,6 +72,9 @@ def test_logits_equal_each_document_encoded_alone(pooling):
         expected = head_by_hand(model, pooled_alone(model, *A), pooled_alone(model, *B))
     assert logits.shape == (3, 2)
     torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():  # Hugging Face's 0/1 attention_mask reads as the boolean one
+        as_numbers = model(A[0], A[1].long(), B[0], B[1].float())
+    torch.testing.assert_close(as_numbers, logits)
 
 
 def test_head_shapes_follow_lra():
@@ -141,6 +144,8 @@ def test_bad_inputs_name_the_problem():
         model(*A, B[0][:2], B[1][:2])
     with pytest.raises(ValueError, match=r"tokens_b and mask_b must both be \[B, L\]"):
         model(*A, B[0], B[1][:, :5])
+    with pytest.raises(ValueError, match="only 0 and 1"):
+        model(*A, B[0], B[1].long() * 3)
     with pytest.raises(TypeError, match="tokens_a and mask_a must be tensors"):
         model(A[0].tolist(), A[1], *B)
     with pytest.raises(ValueError, match="needs config.ffn >= 2"):

@@ -145,8 +145,8 @@ def graph_batch(padded: Tensor, mask_or_lengths: Tensor, pattern: Pattern) -> Ba
     Args:
         padded (Tensor): ``[B, L]`` token ids or ``[B, L, F]`` features.
         mask_or_lengths (Tensor): a mask ``[B, L]``, boolean or Hugging Face's 0/1 numbers
-            (:func:`as_bool_mask`; True or 1 = real token; any layout, left padding too), or
-            integer lengths ``[B]`` (right padding).
+            (True or 1 = real token; any layout, left padding too), or integer lengths ``[B]``
+            (right padding).
         pattern (Pattern): who attends whom; built once per distinct length.
 
     Returns:

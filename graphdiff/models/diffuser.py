@@ -163,7 +163,7 @@ class Diffuser(PretrainedMixin, nn.Module):
         self, inputs: Inputs, mask: Optional[Tensor] = None, *, truncate: bool = False
     ) -> Batch:
         """The graph batch of the model's input: a :class:`~torch_geometric.data.Batch` as is, or
-        padded ``[B, L]`` token ids with their boolean ``mask [B, L]`` (True = real token)
+        padded ``[B, L]`` token ids with their ``mask [B, L]`` (True or 1 = real token)
         turned into one with the model's pattern (:func:`graphdiff.data.graph_batch`).
 
         Args:
@@ -209,7 +209,7 @@ class Diffuser(PretrainedMixin, nn.Module):
             return node_values
         if mask is None:
             raise ValueError("padded token input needs its mask [B, L] (True = real token)")
-        mask = as_bool_mask(mask[:, : self.config.max_len])
+        mask = as_bool_mask(mask[:, : self.config.max_len]).to(node_values.device)
         # graph_batch took the tokens in mask order, so this assignment is its exact inverse.
         padded = node_values.new_zeros(tuple(mask.shape) + tuple(node_values.shape[1:]))
         padded[mask] = node_values
@@ -406,7 +406,8 @@ class DiffuserForMaskedLM(PretrainedMixin, nn.Module):
                 f"select must have the tokens' shape {list(inputs.shape)}, got {list(select.shape)}"
             )
         max_len = self.config.max_len
-        select, mask = select[:, :max_len], as_bool_mask(mask[:, :max_len])
+        select = select[:, :max_len]
+        mask = as_bool_mask(mask[:, :max_len]).to(select.device)  # a CPU mask for GPU tokens
         if bool((select & ~mask).any()):
             raise ValueError("select marks padding positions (where mask is False)")
         return select[mask]
@@ -439,7 +440,8 @@ class DiffuserForRetrieval(PretrainedMixin, nn.Module):
 
     Shapes:
         - **input:** ``tokens_a [B, La]``, ``mask_a [B, La]``, ``tokens_b [B, Lb]``,
-          ``mask_b [B, Lb]`` (masks boolean, True on real tokens; every row at least one)
+          ``mask_b [B, Lb]`` (masks boolean or 0/1, True or 1 on real tokens; every row at
+          least one)
         - **output:** ``logits [B, num_classes]``
     """
 

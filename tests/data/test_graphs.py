@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 from torch_geometric.data import Batch, Data
 
 from graphdiff.data import AddPattern, graph_batch, sequence_graph, to_padded
+from graphdiff.data.graphs import as_bool_mask
 from graphdiff.patterns import Global, Random, Window
 
 PATTERN = Window(4) | Global(1) | Random(2, seed=1)
@@ -111,6 +112,34 @@ def test_left_padding_mask_gives_positions_inside_each_sequence():
 def test_graph_batch_rejects_bad_input(args, error, match):
     with pytest.raises(error, match=match):
         graph_batch(*args, PATTERN)
+
+
+@pytest.mark.parametrize(
+    "mask",
+    [
+        torch.tensor([[1, 0, 1]]),
+        torch.tensor([[1.0, 0.0, 1.0]]),
+        torch.tensor([[1, 0, 1]], dtype=torch.uint8),
+        torch.tensor([[True, False, True]]),
+    ],
+)
+def test_as_bool_mask_reads_zero_one_numbers_as_booleans(mask):
+    assert torch.equal(as_bool_mask(mask), torch.tensor([[True, False, True]]))
+
+
+@pytest.mark.parametrize(
+    "mask",
+    [
+        torch.tensor([[1, 2]]),
+        torch.tensor([[1.0, float("nan")]]),
+        torch.tensor([[0.5, 1.0]]),
+        torch.tensor([[1, -1]]),
+        torch.tensor([[1 + 0j, 0j]]),
+    ],
+)
+def test_as_bool_mask_refuses_other_values(mask):
+    with pytest.raises(ValueError, match="only 0 and 1"):
+        as_bool_mask(mask)
 
 
 def test_to_padded_rejects_bad_input():
